@@ -1,0 +1,178 @@
+//! Every way a proxied request can fail, mapped to a status in one place and
+//! rendered as a short HTML page for browsers or JSON for API clients.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::ProxyBody;
+use crate::headers::X_REQUEST_ID;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("missing Host header")]
+    MissingHost,
+    #[error("invalid Host header {0:?}")]
+    InvalidHost(String),
+    #[error("no route for {host}{path}")]
+    NoRoute { host: String, path: String },
+    #[error("session {0} is paused")]
+    Paused(String),
+    #[error("upstream {upstream}: {reason}")]
+    UpstreamUnreachable { upstream: String, reason: String },
+    #[error("upstream {upstream}: connect timed out after {secs}s")]
+    UpstreamConnectTimeout { upstream: String, secs: u64 },
+    #[error("upstream {upstream}: no response within {secs}s")]
+    UpstreamTimeout { upstream: String, secs: u64 },
+    #[error("upstream {upstream}: {reason}")]
+    UpstreamProtocol { upstream: String, reason: String },
+    #[error("upstream {0}: https upstreams are not supported by this build yet")]
+    UpstreamSchemeUnsupported(String),
+}
+
+impl ProxyError {
+    /// The one mapping from error to status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingHost | ProxyError::InvalidHost(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::Paused(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::UpstreamSchemeUnsupported(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// A stable machine-readable code for the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::MissingHost => "missing_host",
+            ProxyError::InvalidHost(_) => "invalid_host",
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::Paused(_) => "session_paused",
+            ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ProxyError::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::UpstreamProtocol { .. } => "upstream_error",
+            ProxyError::UpstreamSchemeUnsupported(_) => "upstream_unsupported",
+        }
+    }
+
+    /// Whether this is the upstream's fault (logged at warn) rather than the client's.
+    pub fn is_upstream(&self) -> bool {
+        self.status().is_server_error() && !matches!(self, ProxyError::Paused(_))
+    }
+}
+
+/// Whether the client prefers JSON: it names `application/json` (or `+json`) in
+/// `Accept` and does not name `text/html` first.
+pub fn wants_json(accept: Option<&HeaderValue>) -> bool {
+    let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    for part in accept.split(',') {
+        let media = part.split(';').next().unwrap_or("").trim();
+        if media.eq_ignore_ascii_case("text/html") {
+            return false;
+        }
+        if media.eq_ignore_ascii_case("application/json") || media.ends_with("+json") {
+            return true;
+        }
+    }
+    false
+}
+
+/// Renders `err` for the client. `request_id` is echoed in the body and header.
+pub fn error_response(
+    err: &ProxyError,
+    json: bool,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let status = err.status();
+    let message = err.to_string();
+    let rid = request_id.to_str().unwrap_or("");
+    let (content_type, body) = if json {
+        let v = serde_json::json!({
+            "error": {"code": err.code(), "message": message, "request_id": rid}
+        });
+        ("application/json", v.to_string())
+    } else {
+        let reason = status.canonical_reason().unwrap_or("Error");
+        let body = format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{code} {reason}</title></head>\
+             <body><h1>{code} {reason}</h1><p>{msg}</p><p><small>request id {rid} · sessiongate</small></p></body></html>\n",
+            code = status.as_u16(),
+            reason = reason,
+            msg = html_escape(&message),
+            rid = html_escape(rid),
+        );
+        ("text/html; charset=utf-8", body)
+    };
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(&X_REQUEST_ID, request_id.clone());
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+    }
+    resp
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wants_json_cases() {
+        let cases: &[(Option<&str>, bool)] = &[
+            (None, false),
+            (Some("application/json"), true),
+            (Some("application/problem+json"), true),
+            (
+                Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+                false,
+            ),
+            (Some("*/*"), false),
+            (Some("application/json, text/html"), true),
+        ];
+        for (accept, want) in cases {
+            let v = accept.map(|s| HeaderValue::from_str(s).unwrap());
+            assert_eq!(wants_json(v.as_ref()), *want, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn html_page_escapes_the_message() {
+        let err = ProxyError::NoRoute {
+            host: "<script>".into(),
+            path: "/".into(),
+        };
+        let resp = error_response(&err, false, &HeaderValue::from_static("rid"));
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(resp.headers()["x-request-id"], "rid");
+        let body = resp.into_body().into_full_bytes().unwrap();
+        let body = std::str::from_utf8(&body).unwrap();
+        assert!(body.contains("&lt;script&gt;"), "{body}");
+        assert!(!body.contains("<script>"));
+    }
+}

@@ -1,0 +1,33 @@
+//! The sessiongate data plane.
+//!
+//! It knows routes, not sessions: the control plane compiles sessions into a
+//! [`RouteTable`] and publishes it through a [`RouteHandle`]; every request does
+//! one atomic load of the current table and never waits on the control plane.
+//!
+//! # Layout
+//! - [`table`]: `RouteTable`, `Route`, per-route runtime state that survives
+//!   table swaps (activity, live upgraded connections), the `ArcSwap` handle.
+//! - [`router`]: the pure lookup from host and path to a route.
+//! - [`proxy`]: the request path as phases, from early checks to the response.
+//! - [`headers`]: hop-by-hop removal, forwarding headers, request ids.
+//! - [`upstream`]: the pooled upstream client and its error classification.
+//! - [`tunnel`]: copying upgraded connections (WebSocket) both ways.
+//! - [`server`]: the accept loop, limits, timeouts, graceful shutdown.
+//! - [`error`]: every failure, its status, and its HTML/JSON rendering.
+//! - [`body`]: the body types, without boxing.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod table;
+mod tunnel;
+pub mod upstream;
+
+pub use proxy::Proxy;
+pub use server::{run, ServerConfig};
+pub use table::{Route, RouteHandle, RouteSpec, RouteState, RouteTable, TableSettings, Upstream};
+pub use upstream::{UpstreamClient, UpstreamConfig};

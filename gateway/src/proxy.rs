@@ -1,0 +1,224 @@
+//! The request path, as fixed phases:
+//!
+//! 1. early checks: request id, Host;
+//! 2. pick the route (one table load) — 404 / 503 here;
+//! 3. rewrite the request for the upstream (hop-by-hop, forwarding headers,
+//!    Host, path);
+//! 4. forward, with connect and response timeouts — 502 / 504 here;
+//! 5. rewrite the response (hop-by-hop, request id), and for a `101` start the
+//!    tunnel that copies the upgraded bytes both ways.
+//!
+//! Every failure goes through [`ProxyError`] and one renderer.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use crate::body::{ProxyBody, UpstreamRequestBody};
+use crate::error::{error_response, wants_json, ProxyError};
+use crate::headers::{self, ClientInfo, X_REQUEST_ID};
+use crate::router::{lookup, normalize_host};
+use crate::table::{unix_millis, RouteHandle};
+use crate::tunnel;
+use crate::upstream::UpstreamClient;
+
+/// The proxy service shared by every connection of a listener.
+#[derive(Debug)]
+pub struct Proxy {
+    routes: RouteHandle,
+    client: UpstreamClient,
+    /// `http` or `https`: what the client spoke to us, for X-Forwarded-Proto.
+    proto: &'static str,
+}
+
+impl Proxy {
+    pub fn new(routes: RouteHandle, client: UpstreamClient, proto: &'static str) -> Self {
+        Proxy {
+            routes,
+            client,
+            proto,
+        }
+    }
+
+    pub fn routes(&self) -> &RouteHandle {
+        &self.routes
+    }
+
+    /// Handles one request end to end. Never fails: errors become responses.
+    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+        let request_id = headers::request_id(req.headers());
+        let json = wants_json(req.headers().get(header::ACCEPT));
+        match self.forward(req, remote, &request_id).await {
+            Ok(mut resp) => {
+                resp.headers_mut().insert(&X_REQUEST_ID, request_id);
+                resp
+            }
+            Err(err) => {
+                if err.is_upstream() {
+                    tracing::warn!(request_id = ?request_id, error = %err, "proxy error");
+                } else {
+                    tracing::debug!(request_id = ?request_id, error = %err, "request refused");
+                }
+                error_response(&err, json, &request_id)
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        remote: SocketAddr,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // Phase 1: the host, from the authority (HTTP/2, absolute-form) or Host.
+        let raw_host: HeaderValue = match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::MissingHost)?,
+            None => req
+                .headers()
+                .get(header::HOST)
+                .cloned()
+                .ok_or(ProxyError::MissingHost)?,
+        };
+        let raw_host_str = raw_host.to_str().map_err(|_| {
+            ProxyError::InvalidHost(String::from_utf8_lossy(raw_host.as_bytes()).into())
+        })?;
+        let host = normalize_host(raw_host_str)
+            .ok_or_else(|| ProxyError::InvalidHost(raw_host_str.to_string()))?;
+
+        // Phase 2: the route.
+        let table = self.routes.load();
+        let path = req.uri().path();
+        let m = lookup(&table, &host, path).ok_or_else(|| ProxyError::NoRoute {
+            host: host.to_string(),
+            path: path.to_string(),
+        })?;
+        let route = Arc::clone(m.route);
+        if route.paused {
+            return Err(ProxyError::Paused(route.id.to_string()));
+        }
+        route.state.touch();
+
+        // Phase 3: the upstream request.
+        let upstream_pq = if route.strip_prefix && m.prefix_len > 0 {
+            let rest = m.upstream_path(path);
+            let pq = match req.uri().query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_string(),
+            };
+            Some(PathAndQuery::try_from(pq).map_err(|_| ProxyError::NoRoute {
+                host: host.to_string(),
+                path: path.to_string(),
+            })?)
+        } else {
+            None
+        };
+        drop(table);
+        let pq = match upstream_pq {
+            Some(pq) => pq,
+            None => req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        };
+        let uri = Uri::builder()
+            .scheme(route.upstream.scheme.clone())
+            .authority(route.upstream.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ProxyError::UpstreamProtocol {
+                upstream: route.upstream.to_string(),
+                reason: format!("cannot build upstream URI: {e}"),
+            })?;
+
+        let upgrade = if req.version() == Version::HTTP_11
+            && headers::connection_has(req.headers(), "upgrade")
+        {
+            req.headers().get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        let h = &mut parts.headers;
+        headers::remove_hop_by_hop(h);
+        // hyper already answered `Expect: 100-continue` on the client side.
+        h.remove(header::EXPECT);
+        headers::set_forwarded(
+            h,
+            &ClientInfo {
+                ip: remote.ip(),
+                proto: self.proto,
+                host: raw_host_str,
+            },
+        );
+        if route.rewrite_host {
+            h.insert(
+                header::HOST,
+                HeaderValue::from_str(route.upstream.authority.as_str())
+                    .unwrap_or_else(|_| raw_host.clone()),
+            );
+        } else {
+            h.insert(header::HOST, raw_host.clone());
+        }
+        h.insert(&X_REQUEST_ID, request_id.clone());
+        if let Some(u) = &upgrade {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, u.clone());
+        }
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let progress = if body.is_end_stream() {
+            None
+        } else {
+            Some(Arc::new(AtomicU64::new(unix_millis())))
+        };
+        let upstream_req =
+            Request::from_parts(parts, UpstreamRequestBody::new(body, progress.clone()));
+
+        // Phase 4: forward.
+        let mut resp = self
+            .client
+            .send(&route.upstream, upstream_req, progress)
+            .await?;
+
+        // Phase 5: the response.
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                let proto = resp.headers().get(header::UPGRADE).cloned();
+                let (mut parts, _) = resp.into_parts();
+                headers::remove_hop_by_hop(&mut parts.headers);
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Some(p) = proto {
+                    parts.headers.insert(header::UPGRADE, p);
+                }
+                tunnel::spawn(
+                    Arc::clone(&route.state),
+                    None,
+                    client_upgrade,
+                    upstream_upgrade,
+                    route.upstream.to_string(),
+                );
+                return Ok(Response::from_parts(parts, ProxyBody::empty()));
+            }
+            // A 101 the client did not ask for cannot be passed on.
+            return Err(ProxyError::UpstreamProtocol {
+                upstream: route.upstream.to_string(),
+                reason: "switched protocols without an upgrade request".into(),
+            });
+        }
+        let (mut parts, body) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+    }
+}
