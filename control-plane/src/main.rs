@@ -1,1 +1,98 @@
-fn main() {}
+//! The `sessiongate` binary: command-line parsing, logging, wiring.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use control_plane::config::Config;
+use control_plane::serve::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "sessiongate",
+    version,
+    about = "A reverse-proxy gateway for interactive sessions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway and the control plane in one process.
+    ///
+    /// Without --config it runs on embedded defaults: gateway on
+    /// 127.0.0.1:8080 (sessions at http://<name>.localhost:8080/), control
+    /// plane on 127.0.0.1:9090, data in ./data. Every configuration key can be
+    /// overridden by SESSIONGATE_<SECTION>_<KEY> (for example
+    /// SESSIONGATE_GATEWAY_HTTP_LISTEN=0.0.0.0:8080). The admin token comes
+    /// from SESSIONGATE_ADMIN_TOKEN, or is generated into <data_dir>/admin-token.
+    /// SIGHUP, or a change to the file, reloads the static routes; SIGTERM or
+    /// Ctrl-C stops accepting and drains in-flight requests.
+    Serve {
+        /// TOML configuration file.
+        #[arg(long, short = 'c', env = "SESSIONGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = match Config::load(config.as_deref(), std::env::vars()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sessiongate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match run_serve(cfg, config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sessiongate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run_serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let server = Server::bind(config, path).await?;
+        server.run(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -76,6 +76,7 @@ impl Proxy {
         remote: SocketAddr,
         request_id: &HeaderValue,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let client_version = req.version();
         // Phase 1: the host, from the authority (HTTP/2, absolute-form) or Host.
         let raw_host: HeaderValue = match req.uri().authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::MissingHost)?,
@@ -195,6 +196,7 @@ impl Proxy {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 let proto = resp.headers().get(header::UPGRADE).cloned();
                 let (mut parts, _) = resp.into_parts();
+                parts.version = client_version;
                 headers::remove_hop_by_hop(&mut parts.headers);
                 parts
                     .headers
@@ -218,6 +220,8 @@ impl Proxy {
             });
         }
         let (mut parts, body) = resp.into_parts();
+        // The upstream's HTTP version describes its hop, not ours.
+        parts.version = client_version;
         headers::remove_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
     }

@@ -1,0 +1,542 @@
+//! Configuration: a TOML file (or the embedded defaults), every key overridable
+//! by a `SESSIONGATE_<SECTION>_<KEY>` environment variable. An unknown key or a
+//! bad value is an error that names it; nothing starts on a bad configuration.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gateway::{RouteSpec, ServerConfig, TableSettings, Upstream, UpstreamConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub control_plane: ControlPlaneConfig,
+    pub routes: Vec<StaticRoute>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    pub http_listen: SocketAddr,
+    pub base_domains: Vec<String>,
+    pub portal_host: String,
+    pub max_connections: usize,
+    pub header_read_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub max_header_bytes: usize,
+    pub upstream_connect_timeout_secs: u64,
+    pub upstream_response_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlPlaneConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+/// A route from the configuration file: exactly one of `host` and `slug`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRoute {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slug: Option<String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub rewrite_host: bool,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        let server = ServerConfig::default();
+        let upstream = UpstreamConfig::default();
+        GatewayConfig {
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            base_domains: vec!["localhost".into()],
+            portal_host: "localhost".into(),
+            max_connections: server.max_connections,
+            header_read_timeout_secs: server.header_read_timeout.as_secs(),
+            idle_timeout_secs: server.idle_timeout.as_secs(),
+            max_header_bytes: server.max_header_bytes,
+            upstream_connect_timeout_secs: upstream.connect_timeout.as_secs(),
+            upstream_response_timeout_secs: upstream.response_timeout.as_secs(),
+            shutdown_grace_secs: server.shutdown_grace.as_secs(),
+        }
+    }
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        ControlPlaneConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gateway: GatewayConfig::default(),
+            control_plane: ControlPlaneConfig::default(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// Why a configuration was refused. The message names the key or variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// Sections that environment variables may address. Longest first, so that
+/// `CONTROL_PLANE_LISTEN` is not read as a `CONTROL` section.
+const ENV_SECTIONS: &[&str] = &["control_plane", "gateway"];
+const ENV_PREFIX: &str = "SESSIONGATE_";
+
+impl Config {
+    /// Loads `path` (or the embedded defaults when `None`), applies the
+    /// `SESSIONGATE_*` variables from `env`, and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml(&text, path, env)
+    }
+
+    /// As [`Config::load`], from text already read.
+    pub fn from_toml(
+        text: &str,
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let origin = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(embedded defaults)".into());
+        // Parse as the typed config first: its errors carry the line and key.
+        let parsed: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.clone(),
+            message: one_line(&e.to_string()),
+        })?;
+        let overrides = env_overrides(env)?;
+        let config = if overrides.is_empty() {
+            parsed
+        } else {
+            let mut table = toml::Table::try_from(&parsed).map_err(|e| ConfigError::Parse {
+                path: origin.clone(),
+                message: e.to_string(),
+            })?;
+            let defaults =
+                toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse {
+                    path: origin.clone(),
+                    message: e.to_string(),
+                })?;
+            for ((section, key), (var, raw)) in overrides {
+                let Some(default) = defaults
+                    .get(&section)
+                    .and_then(|s| s.as_table())
+                    .and_then(|s| s.get(&key))
+                else {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: format!("unknown key `{section}.{key}`"),
+                    });
+                };
+                let value = env_value(default, &raw).map_err(|message| ConfigError::Env {
+                    var: var.clone(),
+                    message,
+                })?;
+                let sect = table
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let Some(t) = sect.as_table_mut() {
+                    t.insert(key.clone(), value);
+                }
+                // Deserialize per variable so that a bad value names its variable.
+                toml::Value::Table(table.clone())
+                    .try_into::<Config>()
+                    .map_err(|e| ConfigError::Env {
+                        var: var.clone(),
+                        message: one_line(&e.to_string()),
+                    })?;
+            }
+            toml::Value::Table(table)
+                .try_into::<Config>()
+                .map_err(|e| ConfigError::Parse {
+                    path: origin,
+                    message: one_line(&e.to_string()),
+                })?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let g = &self.gateway;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_string(),
+            message,
+        };
+        if g.base_domains.is_empty() {
+            return Err(invalid(
+                "gateway.base_domains",
+                "at least one base domain is needed".into(),
+            ));
+        }
+        for d in &g.base_domains {
+            if !is_hostname(d) {
+                return Err(invalid(
+                    "gateway.base_domains",
+                    format!("{d:?} is not a hostname"),
+                ));
+            }
+        }
+        if !is_hostname(&g.portal_host) {
+            return Err(invalid(
+                "gateway.portal_host",
+                format!("{:?} is not a hostname", g.portal_host),
+            ));
+        }
+        if g.max_connections == 0 {
+            return Err(invalid(
+                "gateway.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        if g.max_header_bytes < gateway::server::MIN_HEADER_BYTES {
+            return Err(invalid(
+                "gateway.max_header_bytes",
+                format!(
+                    "{} is below the minimum of {}",
+                    g.max_header_bytes,
+                    gateway::server::MIN_HEADER_BYTES
+                ),
+            ));
+        }
+        for (key, v) in [
+            (
+                "gateway.header_read_timeout_secs",
+                g.header_read_timeout_secs,
+            ),
+            ("gateway.idle_timeout_secs", g.idle_timeout_secs),
+            (
+                "gateway.upstream_connect_timeout_secs",
+                g.upstream_connect_timeout_secs,
+            ),
+            (
+                "gateway.upstream_response_timeout_secs",
+                g.upstream_response_timeout_secs,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1 second".into()));
+            }
+        }
+        if self.control_plane.data_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "control_plane.data_dir",
+                "must not be empty".into(),
+            ));
+        }
+        // Compiling the routes checks hosts, slugs, upstreams and conflicts.
+        gateway::RouteTable::build(&self.table_settings(), self.route_specs()?, None, 0)
+            .map_err(|e| invalid("routes", e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn table_settings(&self) -> TableSettings {
+        TableSettings {
+            base_domains: self.gateway.base_domains.clone(),
+            portal_host: Some(self.gateway.portal_host.clone()),
+        }
+    }
+
+    /// The static routes as specs. Ids are `static:host:<host>` and `static:slug:<slug>`.
+    pub fn route_specs(&self) -> Result<Vec<RouteSpec>, ConfigError> {
+        self.routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let key = |field: &str| format!("routes[{i}].{field}");
+                let upstream =
+                    Upstream::parse(&r.upstream).map_err(|message| ConfigError::Invalid {
+                        key: key("upstream"),
+                        message,
+                    })?;
+                let (id, hosts, slugs) = match (&r.host, &r.slug) {
+                    (Some(h), None) => (format!("static:host:{h}"), vec![h.clone()], vec![]),
+                    (None, Some(s)) => (format!("static:slug:{s}"), vec![], vec![s.clone()]),
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            key: format!("routes[{i}]"),
+                            message: "needs exactly one of `host` and `slug`".into(),
+                        })
+                    }
+                };
+                if r.strip_prefix && r.slug.is_none() {
+                    return Err(ConfigError::Invalid {
+                        key: key("strip_prefix"),
+                        message: "only applies to slug routes".into(),
+                    });
+                }
+                Ok(RouteSpec {
+                    id: id.into(),
+                    hosts,
+                    labels: vec![],
+                    slugs,
+                    upstream,
+                    strip_prefix: r.strip_prefix,
+                    rewrite_host: r.rewrite_host,
+                    paused: false,
+                })
+            })
+            .collect()
+    }
+
+    pub fn server_config(&self) -> ServerConfig {
+        let g = &self.gateway;
+        ServerConfig {
+            max_connections: g.max_connections,
+            header_read_timeout: Duration::from_secs(g.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(g.idle_timeout_secs),
+            max_header_bytes: g.max_header_bytes,
+            shutdown_grace: Duration::from_secs(g.shutdown_grace_secs),
+        }
+    }
+
+    pub fn upstream_config(&self) -> UpstreamConfig {
+        UpstreamConfig {
+            connect_timeout: Duration::from_secs(self.gateway.upstream_connect_timeout_secs),
+            response_timeout: Duration::from_secs(self.gateway.upstream_response_timeout_secs),
+            ..UpstreamConfig::default()
+        }
+    }
+}
+
+/// `SESSIONGATE_GATEWAY_HTTP_LISTEN=…` → `(("gateway", "http_listen"), (var, value))`.
+/// Variables of other sections (such as `SESSIONGATE_ADMIN_TOKEN`) are not config keys.
+type Overrides = BTreeMap<(String, String), (String, String)>;
+
+fn env_overrides(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Overrides, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let lower = rest.to_ascii_lowercase();
+        for section in ENV_SECTIONS {
+            if let Some(key) = lower
+                .strip_prefix(section)
+                .and_then(|k| k.strip_prefix('_'))
+            {
+                if key.is_empty() {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: "names a section but no key".into(),
+                    });
+                }
+                out.insert(
+                    (section.to_string(), key.to_string()),
+                    (var.clone(), value.clone()),
+                );
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads an environment value as the type of the key's default: lists are
+/// comma-separated (or a TOML array), numbers and booleans are parsed.
+fn env_value(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    Ok(match default {
+        toml::Value::Array(_) => {
+            if raw.trim_start().starts_with('[') {
+                let doc: toml::Table =
+                    toml::from_str(&format!("v = {raw}")).map_err(|e| one_line(&e.to_string()))?;
+                doc.get("v").cloned().unwrap_or(toml::Value::Array(vec![]))
+            } else {
+                toml::Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_string()))
+                        .collect(),
+                )
+            }
+        }
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("{raw:?} is not a whole number"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => return Err(format!("{raw:?} is not a boolean (true or false)")),
+        }),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
+fn is_hostname(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(gateway::table::is_dns_label)
+}
+
+/// toml's errors span several lines (a source excerpt); logs want one.
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_defaults_match_the_design() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.gateway.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.control_plane.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.gateway.base_domains, vec!["localhost"]);
+        assert_eq!(c.gateway.portal_host, "localhost");
+        assert_eq!(c.control_plane.data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn file_keys_and_routes_parse() {
+        let c = Config::from_toml(
+            r#"
+            [gateway]
+            http_listen = "127.0.0.1:0"
+            base_domains = ["localhost", "sessions.example.com"]
+            [[routes]]
+            host = "app.localhost"
+            upstream = "http://127.0.0.1:9001"
+            [[routes]]
+            slug = "/lab"
+            upstream = "http://127.0.0.1:9002"
+            strip_prefix = true
+            "#,
+            None,
+            env(&[]),
+        )
+        .unwrap();
+        let specs = c.route_specs().unwrap();
+        assert_eq!(&*specs[0].id, "static:host:app.localhost");
+        assert_eq!(&*specs[1].id, "static:slug:/lab");
+        assert!(specs[1].strip_prefix);
+    }
+
+    #[test]
+    fn env_overrides_every_kind_of_key() {
+        let c = Config::from_toml(
+            "[gateway]\nmax_connections = 5\n",
+            None,
+            env(&[
+                ("SESSIONGATE_GATEWAY_HTTP_LISTEN", "127.0.0.1:18080"),
+                ("SESSIONGATE_GATEWAY_BASE_DOMAINS", "a.test, b.test"),
+                ("SESSIONGATE_GATEWAY_MAX_CONNECTIONS", "77"),
+                ("SESSIONGATE_CONTROL_PLANE_DATA_DIR", "/tmp/x"),
+                ("SESSIONGATE_ADMIN_TOKEN", "not-a-config-key"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.http_listen.port(), 18080);
+        assert_eq!(c.gateway.base_domains, vec!["a.test", "b.test"]);
+        assert_eq!(c.gateway.max_connections, 77);
+        assert_eq!(c.control_plane.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn errors_name_the_key_or_variable() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            ("[gateway]\nbogus = 1\n", &[], "bogus"),
+            ("[gatway]\n", &[], "gatway"),
+            ("[gateway]\nmax_connections = \"many\"\n", &[], "max_connections"),
+            ("[gateway]\nhttp_listen = \"nowhere\"\n", &[], "http_listen"),
+            ("[gateway]\nmax_header_bytes = 100\n", &[], "gateway.max_header_bytes"),
+            ("[gateway]\nbase_domains = []\n", &[], "gateway.base_domains"),
+            ("[gateway]\nportal_host = \"a b\"\n", &[], "gateway.portal_host"),
+            ("[gateway]\nidle_timeout_secs = 0\n", &[], "gateway.idle_timeout_secs"),
+            ("[[routes]]\nupstream = \"http://127.0.0.1:1\"\n", &[], "routes[0]"),
+            (
+                "[[routes]]\nhost = \"a.localhost\"\nupstream = \"tcp://x:1\"\n",
+                &[],
+                "routes[0].upstream",
+            ),
+            (
+                "[[routes]]\nhost = \"a.localhost\"\nupstream = \"http://x:1\"\nstrip_prefix = true\n",
+                &[],
+                "routes[0].strip_prefix",
+            ),
+            (
+                "[[routes]]\nhost = \"a.localhost\"\nupstream = \"http://x:1\"\n[[routes]]\nhost = \"A.localhost\"\nupstream = \"http://x:2\"\n",
+                &[],
+                "claimed by both",
+            ),
+            ("", &[("SESSIONGATE_GATEWAY_NOPE", "1")], "SESSIONGATE_GATEWAY_NOPE"),
+            (
+                "",
+                &[("SESSIONGATE_GATEWAY_MAX_CONNECTIONS", "lots")],
+                "SESSIONGATE_GATEWAY_MAX_CONNECTIONS",
+            ),
+            (
+                "",
+                &[("SESSIONGATE_GATEWAY_HTTP_LISTEN", "nowhere")],
+                "SESSIONGATE_GATEWAY_HTTP_LISTEN",
+            ),
+            ("not toml at all [", &[], "config file"),
+        ];
+        for (text, vars, want) in cases {
+            let err = Config::from_toml(text, None, env(vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{text:?} {vars:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+}

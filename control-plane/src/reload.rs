@@ -1,0 +1,124 @@
+//! Reloading static routes without a restart: on SIGHUP, and when the
+//! configuration file's contents change (checked every second). A file that
+//! does not parse or validate is logged with the reason, and the current table
+//! keeps serving.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gateway::RouteHandle;
+
+use crate::config::{Config, ConfigError};
+
+/// How often the file is compared with what was last loaded.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Reloader {
+    path: Option<PathBuf>,
+    /// The configuration currently applied.
+    current: Config,
+    /// The file's bytes when last read, so that an unchanged file is not re-parsed
+    /// and a bad file is reported once, not every second.
+    last_text: Option<String>,
+    routes: RouteHandle,
+}
+
+impl Reloader {
+    pub fn new(path: Option<PathBuf>, current: Config, routes: RouteHandle) -> Self {
+        let last_text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+        Reloader {
+            path,
+            current,
+            last_text,
+            routes,
+        }
+    }
+
+    pub async fn run(mut self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload on file change only");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading configuration");
+                    self.reload(true);
+                }
+                _ = tick.tick() => self.reload(false),
+            }
+        }
+    }
+
+    /// Re-reads the file; `forced` reloads even when its bytes did not change.
+    fn reload(&mut self, forced: bool) {
+        let Some(path) = self.path.clone() else {
+            if forced {
+                tracing::info!("no configuration file; nothing to reload");
+            }
+            return;
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                if forced {
+                    tracing::error!(path = %path.display(), error = %e, "reload failed; keeping the current routes");
+                }
+                return;
+            }
+        };
+        if !forced && self.last_text.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        self.last_text = Some(text.clone());
+        match self.apply(&text, &path) {
+            Ok(Some(version)) => {
+                tracing::info!(version, path = %path.display(), "configuration reloaded")
+            }
+            Ok(None) => tracing::debug!("configuration unchanged"),
+            Err(e) => tracing::error!(
+                error = %e,
+                "invalid configuration; keeping the current routes (version {})",
+                self.routes.load().version()
+            ),
+        }
+    }
+
+    fn apply(&mut self, text: &str, path: &std::path::Path) -> Result<Option<u64>, ConfigError> {
+        let next = Config::from_toml(text, Some(path), std::env::vars())?;
+        if next == self.current {
+            return Ok(None);
+        }
+        let mut restart_only = next.clone();
+        restart_only.routes = self.current.routes.clone();
+        restart_only.gateway.base_domains = self.current.gateway.base_domains.clone();
+        restart_only.gateway.portal_host = self.current.gateway.portal_host.clone();
+        if restart_only != self.current {
+            tracing::warn!(
+                "listener, limit or timeout settings changed; they take effect on restart \
+                 (routes, base_domains and portal_host are applied now)"
+            );
+        }
+        let table = self
+            .routes
+            .publish(&next.table_settings(), next.route_specs()?)
+            .map_err(|e| ConfigError::Invalid {
+                key: "routes".into(),
+                message: e.to_string(),
+            })?;
+        // Only what was applied becomes current, so a later restart-only change
+        // is still noticed.
+        self.current.routes = next.routes;
+        self.current.gateway.base_domains = next.gateway.base_domains;
+        self.current.gateway.portal_host = next.gateway.portal_host;
+        Ok(Some(table.version()))
+    }
+}
