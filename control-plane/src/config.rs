@@ -10,7 +10,7 @@ use std::time::Duration;
 use gateway::{RouteSpec, ServerConfig, TableSettings, Upstream, UpstreamConfig};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub gateway: GatewayConfig,
@@ -79,16 +79,6 @@ impl Default for ControlPlaneConfig {
         ControlPlaneConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             data_dir: PathBuf::from("data"),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            gateway: GatewayConfig::default(),
-            control_plane: ControlPlaneConfig::default(),
-            routes: Vec::new(),
         }
     }
 }
@@ -491,9 +481,12 @@ mod tests {
         assert_eq!(c.control_plane.data_dir, PathBuf::from("/tmp/x"));
     }
 
+    /// A configuration text, environment variables, and what the error must name.
+    type BadCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
     #[test]
     fn errors_name_the_key_or_variable() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        let cases: &[BadCase] = &[
             ("[gateway]\nbogus = 1\n", &[], "bogus"),
             ("[gatway]\n", &[], "gatway"),
             ("[gateway]\nmax_connections = \"many\"\n", &[], "max_connections"),

@@ -117,7 +117,7 @@ impl UpstreamClient {
             return ProxyError::UpstreamUnreachable {
                 upstream: upstream.to_string(),
                 reason: io_err
-                    .map(|e| describe_io(e))
+                    .map(describe_io)
                     .unwrap_or_else(|| innermost_message(err)),
             };
         }

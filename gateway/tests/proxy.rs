@@ -488,9 +488,13 @@ async fn table_swaps_under_64_concurrent_clients_drop_nothing() {
     // adding and removing an unrelated route.
     let mut swaps = 0u32;
     while done.load(Ordering::Relaxed) < 64 * 40 {
-        let up = if swaps % 2 == 0 { b.url() } else { a.url() };
+        let up = if swaps.is_multiple_of(2) {
+            b.url()
+        } else {
+            a.url()
+        };
         let mut specs = vec![route("nb", &["nb"], &[], &up)];
-        if swaps % 3 == 0 {
+        if swaps.is_multiple_of(3) {
             specs.push(route(
                 &format!("extra{swaps}"),
                 &[&format!("extra{swaps}")],
