@@ -461,6 +461,18 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_configs_are_valid() {
+        for (name, text) in [
+            ("examples/quickstart.toml", include_str!("../../examples/quickstart.toml")),
+            ("deploy/sessiongate.example.toml", include_str!("../../deploy/sessiongate.example.toml")),
+        ] {
+            let c = Config::from_toml(text, Some(Path::new(name)), env(&[]))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!c.routes.is_empty(), "{name} shows no route");
+        }
+    }
+
+    #[test]
     fn env_overrides_every_kind_of_key() {
         let c = Config::from_toml(
             "[gateway]\nmax_connections = 5\n",
