@@ -1,0 +1,246 @@
+//! Running wrk and reading its text report.
+//!
+//! wrk is used rather than an in-process client because it is the tool
+//! people compare proxies with, and because a separate process keeps the load
+//! generator's CPU out of the harness's own accounting.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::procs::interrupted;
+
+/// The Host header every request carries: the route name in sessiongate's
+/// config. nginx and the origin ignore it.
+pub const HOST: &str = "app.localhost";
+
+/// What one wrk run reported.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WrkResult {
+    /// Completed requests ("N requests in").
+    pub requests: u64,
+    pub req_per_sec: f64,
+    /// Latency percentiles, in microseconds.
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub non_2xx: u64,
+    pub connect_errors: u64,
+    pub read_errors: u64,
+    pub write_errors: u64,
+    pub timeouts: u64,
+}
+
+impl WrkResult {
+    pub fn socket_errors(&self) -> u64 {
+        self.connect_errors + self.read_errors + self.write_errors + self.timeouts
+    }
+
+    /// A short description of the errors, empty when there were none.
+    pub fn error_summary(&self) -> String {
+        let parts: Vec<String> = [
+            ("non-2xx/3xx", self.non_2xx),
+            ("connect", self.connect_errors),
+            ("read", self.read_errors),
+            ("write", self.write_errors),
+            ("timeout", self.timeouts),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(what, n)| format!("{what} {n}"))
+        .collect();
+        parts.join(", ")
+    }
+}
+
+/// Runs `wrk -t1 -c<connections> -d<secs>s --latency` against `url`.
+pub fn run(wrk: &Path, url: &str, connections: u32, secs: u64) -> Result<WrkResult> {
+    let mut child = Command::new(wrk)
+        .arg("-t1")
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{secs}s"))
+        .arg("--latency")
+        .arg("-H")
+        .arg(format!("Host: {HOST}"))
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", wrk.display()))?;
+    // Poll rather than block so that SIGTERM to the harness ends the run
+    // promptly. wrk's report is a few hundred bytes: it cannot fill the pipe.
+    let deadline = Instant::now() + Duration::from_secs(secs + 30);
+    loop {
+        if child.try_wait().context("waiting for wrk")?.is_some() {
+            break;
+        }
+        if interrupted() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            if interrupted() {
+                bail!("interrupted");
+            }
+            bail!("wrk ran past its {secs}s duration by 30s; killed it");
+        }
+        sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().context("reading wrk's output")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "wrk failed ({}) against {url}:\n{}{}",
+            output.status,
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    parse(&stdout).with_context(|| format!("parsing wrk's report:\n{stdout}"))
+}
+
+/// Parses wrk's text report (as printed with `--latency`).
+pub fn parse(report: &str) -> Result<WrkResult> {
+    let mut out = WrkResult::default();
+    let (mut rps, mut requests, mut p50, mut p99) = (None, None, None, None);
+    for line in report.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("Requests/sec:") {
+            rps = Some(rest.trim().parse::<f64>().context("Requests/sec")?);
+        } else if let Some((count, _)) = line.split_once(" requests in ") {
+            requests = Some(count.trim().parse::<u64>().context("requests in")?);
+        } else if let Some(rest) = line.strip_prefix("50%") {
+            p50 = Some(parse_duration_us(rest.trim())?);
+        } else if let Some(rest) = line.strip_prefix("99%") {
+            p99 = Some(parse_duration_us(rest.trim())?);
+        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            out.non_2xx = rest.trim().parse().context("Non-2xx or 3xx responses")?;
+        } else if let Some(rest) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 1, write 0, timeout 2"
+            for part in rest.split(',') {
+                let mut words = part.split_whitespace();
+                let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                    bail!("unexpected Socket errors line: {line}");
+                };
+                let n: u64 = n
+                    .parse()
+                    .with_context(|| format!("Socket errors: {kind}"))?;
+                match kind {
+                    "connect" => out.connect_errors = n,
+                    "read" => out.read_errors = n,
+                    "write" => out.write_errors = n,
+                    "timeout" => out.timeouts = n,
+                    other => bail!("unknown socket error kind {other:?}"),
+                }
+            }
+        }
+    }
+    out.req_per_sec = rps.context("no Requests/sec line")?;
+    out.requests = requests.context("no 'N requests in' line")?;
+    out.p50_us = p50.context("no 50% latency line (was --latency passed?)")?;
+    out.p99_us = p99.context("no 99% latency line (was --latency passed?)")?;
+    Ok(out)
+}
+
+/// Converts wrk's durations ("812.00us", "1.23ms", "2.00s", "1.00m") to µs.
+pub fn parse_duration_us(text: &str) -> Result<f64> {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .with_context(|| format!("no unit in duration {text:?}"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .with_context(|| format!("bad number in duration {text:?}"))?;
+    let scale = match unit {
+        "us" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        "m" => 60e6,
+        "h" => 3600e6,
+        other => bail!("unknown unit {other:?} in duration {text:?}"),
+    };
+    Ok(value * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLEAN: &str = "Running 5s test @ http://127.0.0.1:40000/
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   412.35us  120.01us   8.12ms   93.10%
+    Req/Sec    77.10k     3.01k   81.50k    82.00%
+  Latency Distribution
+     50%  398.00us
+     75%  450.00us
+     90%  520.00us
+     99%    1.02ms
+  383512 requests in 5.00s, 88.51MB read
+Requests/sec:  76702.40
+Transfer/sec:     17.70MB
+";
+
+    const ERRORS: &str = "Running 1s test @ http://127.0.0.1:40000/
+  1 threads and 4 connections
+  Latency Distribution
+     50%    1.50s
+     75%    1.70s
+     90%    1.90s
+     99%    2.00s
+  12 requests in 1.00s, 2.00KB read
+  Socket errors: connect 1, read 2, write 3, timeout 4
+  Non-2xx or 3xx responses: 5
+Requests/sec:     12.00
+Transfer/sec:      2.00KB
+";
+
+    #[test]
+    fn parses_clean_report() -> Result<()> {
+        let r = parse(CLEAN)?;
+        assert_eq!(r.requests, 383_512);
+        assert!((r.req_per_sec - 76_702.40).abs() < 1e-6);
+        assert!((r.p50_us - 398.0).abs() < 1e-6);
+        assert!((r.p99_us - 1020.0).abs() < 1e-6);
+        assert_eq!(r.socket_errors() + r.non_2xx, 0);
+        assert_eq!(r.error_summary(), "");
+        Ok(())
+    }
+
+    #[test]
+    fn parses_errors() -> Result<()> {
+        let r = parse(ERRORS)?;
+        assert_eq!(r.requests, 12);
+        assert!((r.p50_us - 1.5e6).abs() < 1e-3);
+        assert!((r.p99_us - 2.0e6).abs() < 1e-3);
+        assert_eq!(
+            (
+                r.connect_errors,
+                r.read_errors,
+                r.write_errors,
+                r.timeouts,
+                r.non_2xx
+            ),
+            (1, 2, 3, 4, 5)
+        );
+        assert_eq!(
+            r.error_summary(),
+            "non-2xx/3xx 5, connect 1, read 2, write 3, timeout 4"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_truncated_report() {
+        assert!(parse("Running 1s test @ x\n").is_err());
+    }
+
+    #[test]
+    fn durations() -> Result<()> {
+        assert!((parse_duration_us("812.00us")? - 812.0).abs() < 1e-9);
+        assert!((parse_duration_us("1.00m")? - 60e6).abs() < 1e-3);
+        assert!(parse_duration_us("12").is_err());
+        assert!(parse_duration_us("1.0xs").is_err());
+        Ok(())
+    }
+}
