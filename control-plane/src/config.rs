@@ -463,8 +463,14 @@ mod tests {
     #[test]
     fn shipped_example_configs_are_valid() {
         for (name, text) in [
-            ("examples/quickstart.toml", include_str!("../../examples/quickstart.toml")),
-            ("deploy/sessiongate.example.toml", include_str!("../../deploy/sessiongate.example.toml")),
+            (
+                "examples/quickstart.toml",
+                include_str!("../../examples/quickstart.toml"),
+            ),
+            (
+                "deploy/sessiongate.example.toml",
+                include_str!("../../deploy/sessiongate.example.toml"),
+            ),
         ] {
             let c = Config::from_toml(text, Some(Path::new(name)), env(&[]))
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
