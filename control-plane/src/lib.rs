@@ -10,6 +10,7 @@
 //! - [`reload`]: static-route reload on SIGHUP and on file change.
 //! - [`api`]: the HTTP API handlers (axum).
 //! - [`auth`]: the admin token and bearer checks.
+//! - [`session`]: the session model and its lifecycle state machine.
 //! - [`time`]: RFC 3339 formatting.
 #![forbid(unsafe_code)]
 
@@ -18,4 +19,5 @@ pub mod auth;
 pub mod config;
 pub mod reload;
 pub mod serve;
+pub mod session;
 pub mod time;
