@@ -72,13 +72,7 @@ pub struct ClientInfo<'a> {
 /// and `Forwarded` (appended, RFC 7239).
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
     let ip = client.ip.to_canonical();
-    let mut xff = String::with_capacity(48);
-    for v in headers.get_all(&X_FORWARDED_FOR).iter() {
-        if let Ok(s) = v.to_str() {
-            xff.push_str(s);
-            xff.push_str(", ");
-        }
-    }
+    let mut xff = list_so_far(headers, &X_FORWARDED_FOR, 48);
     xff.push_str(&ip.to_string());
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(&X_FORWARDED_FOR, v);
@@ -88,13 +82,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
         headers.insert(&X_FORWARDED_HOST, v);
     }
 
-    let mut fwd = String::with_capacity(64);
-    for v in headers.get_all(&FORWARDED).iter() {
-        if let Ok(s) = v.to_str() {
-            fwd.push_str(s);
-            fwd.push_str(", ");
-        }
-    }
+    let mut fwd = list_so_far(headers, &FORWARDED, 64);
     match ip {
         IpAddr::V4(v4) => {
             fwd.push_str("for=");
@@ -114,6 +102,17 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
     if let Ok(v) = HeaderValue::from_str(&fwd) {
         headers.insert(&FORWARDED, v);
     }
+}
+
+/// The values of a list header sent by earlier hops, each followed by `, `,
+/// ready for this hop's element to be appended.
+fn list_so_far(headers: &HeaderMap, name: &HeaderName, capacity: usize) -> String {
+    let mut out = String::with_capacity(capacity);
+    for s in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        out.push_str(s);
+        out.push_str(", ");
+    }
+    out
 }
 
 /// The longest client-sent request id that is kept as it is.
