@@ -26,11 +26,13 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(path: Option<PathBuf>, current: Config, routes: RouteHandle) -> Self {
-        let last_text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+        // No remembered text: the first check parses the file once and finds it
+        // equal to `current` (nothing is republished), while an edit saved
+        // between start-up's read and now is still applied.
         Reloader {
             path,
             current,
-            last_text,
+            last_text: None,
             routes,
         }
     }
