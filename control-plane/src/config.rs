@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gateway::{RouteSpec, ServerConfig, TableSettings, Upstream, UpstreamConfig};
+use gateway::{RouteSpec, RouteTarget, ServerConfig, TableSettings, Upstream, UpstreamConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -301,10 +301,11 @@ impl Config {
                     hosts,
                     labels: vec![],
                     slugs,
-                    upstream,
+                    target: RouteTarget::Upstream(upstream),
                     strip_prefix: r.strip_prefix,
                     rewrite_host: r.rewrite_host,
                     paused: false,
+                    public: true,
                 })
             })
             .collect()

@@ -18,6 +18,8 @@ pub enum ProxyError {
     NoRoute { host: String, path: String },
     #[error("session {0} is paused")]
     Paused(String),
+    #[error("route {0} is not public and this gateway cannot sign browsers in yet")]
+    SignInRequired(String),
     #[error("upstream {upstream}: {reason}")]
     UpstreamUnreachable { upstream: String, reason: String },
     #[error("upstream {upstream}: connect timed out after {secs}s")]
@@ -36,6 +38,7 @@ impl ProxyError {
         match self {
             ProxyError::MissingHost | ProxyError::InvalidHost(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::SignInRequired(_) => StatusCode::FORBIDDEN,
             ProxyError::Paused(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamProtocol { .. }
@@ -53,6 +56,7 @@ impl ProxyError {
             ProxyError::InvalidHost(_) => "invalid_host",
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::Paused(_) => "session_paused",
+            ProxyError::SignInRequired(_) => "sign_in_required",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",

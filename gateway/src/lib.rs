@@ -29,5 +29,8 @@ pub mod upstream;
 
 pub use proxy::Proxy;
 pub use server::{run, ServerConfig};
-pub use table::{Route, RouteHandle, RouteSpec, RouteState, RouteTable, TableSettings, Upstream};
+pub use table::{
+    Route, RouteChange, RouteHandle, RouteSpec, RouteState, RouteTable, RouteTarget, TableSettings,
+    Upstream,
+};
 pub use upstream::{UpstreamClient, UpstreamConfig};

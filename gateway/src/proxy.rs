@@ -24,7 +24,7 @@ use crate::body::{ProxyBody, UpstreamRequestBody};
 use crate::error::{error_response, wants_json, ProxyError};
 use crate::headers::{self, ClientInfo, X_REQUEST_ID};
 use crate::router::{lookup, normalize_host};
-use crate::table::{unix_millis, RouteHandle};
+use crate::table::{unix_millis, RouteHandle, RouteTarget};
 use crate::tunnel;
 use crate::upstream::UpstreamClient;
 
@@ -100,10 +100,18 @@ impl Proxy {
             path: path.to_string(),
         })?;
         let route = Arc::clone(m.route);
+        // Access before state: a stranger learns nothing about a paused session.
+        if !route.public {
+            return Err(ProxyError::SignInRequired(route.id.to_string()));
+        }
         if route.paused {
             return Err(ProxyError::Paused(route.id.to_string()));
         }
         route.state.touch();
+        let upstream = match &route.target {
+            RouteTarget::Upstream(u) => u,
+            RouteTarget::Redirect(url) => return Ok(redirect(url)),
+        };
 
         // Phase 3: the upstream request.
         let upstream_pq = if route.strip_prefix && m.prefix_len > 0 {
@@ -129,12 +137,12 @@ impl Proxy {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         };
         let uri = Uri::builder()
-            .scheme(route.upstream.scheme.clone())
-            .authority(route.upstream.authority.clone())
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
             .path_and_query(pq)
             .build()
             .map_err(|e| ProxyError::UpstreamProtocol {
-                upstream: route.upstream.to_string(),
+                upstream: upstream.to_string(),
                 reason: format!("cannot build upstream URI: {e}"),
             })?;
 
@@ -163,7 +171,7 @@ impl Proxy {
         if route.rewrite_host {
             h.insert(
                 header::HOST,
-                HeaderValue::from_str(route.upstream.authority.as_str())
+                HeaderValue::from_str(upstream.authority.as_str())
                     .unwrap_or_else(|_| raw_host.clone()),
             );
         } else {
@@ -185,10 +193,7 @@ impl Proxy {
             Request::from_parts(parts, UpstreamRequestBody::new(body, progress.clone()));
 
         // Phase 4: forward.
-        let mut resp = self
-            .client
-            .send(&route.upstream, upstream_req, progress)
-            .await?;
+        let mut resp = self.client.send(&upstream, upstream_req, progress).await?;
 
         // Phase 5: the response.
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -209,13 +214,13 @@ impl Proxy {
                     None,
                     client_upgrade,
                     upstream_upgrade,
-                    route.upstream.to_string(),
+                    upstream.to_string(),
                 );
                 return Ok(Response::from_parts(parts, ProxyBody::empty()));
             }
             // A 101 the client did not ask for cannot be passed on.
             return Err(ProxyError::UpstreamProtocol {
-                upstream: route.upstream.to_string(),
+                upstream: upstream.to_string(),
                 reason: "switched protocols without an upgrade request".into(),
             });
         }
@@ -225,4 +230,16 @@ impl Proxy {
         headers::remove_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
     }
+}
+
+/// `302 Found` to a link session's external URL.
+fn redirect(url: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(url) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }

@@ -143,7 +143,7 @@ fn lookup_slug<'t>(table: &'t RouteTable, path: &str) -> Option<RouteMatch<'t>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{RouteSpec, TableSettings, Upstream};
+    use crate::table::{RouteSpec, RouteTarget, TableSettings, Upstream};
 
     fn spec(id: &str, hosts: &[&str], labels: &[&str], slugs: &[&str], strip: bool) -> RouteSpec {
         RouteSpec {
@@ -151,10 +151,11 @@ mod tests {
             hosts: hosts.iter().map(|s| s.to_string()).collect(),
             labels: labels.iter().map(|s| s.to_string()).collect(),
             slugs: slugs.iter().map(|s| s.to_string()).collect(),
-            upstream: Upstream::parse("http://127.0.0.1:1").unwrap(),
+            target: RouteTarget::Upstream(Upstream::parse("http://127.0.0.1:1").unwrap()),
             strip_prefix: strip,
             rewrite_host: false,
             paused: false,
+            public: true,
         }
     }
 

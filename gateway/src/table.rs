@@ -73,6 +73,25 @@ impl fmt::Display for Upstream {
     }
 }
 
+/// Where a matched request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// Proxy it to this upstream.
+    Upstream(Upstream),
+    /// Answer `302 Found` to this absolute URL (a `link` session: the app
+    /// lives elsewhere and the gateway only hands the browser over).
+    Redirect(Arc<str>),
+}
+
+impl fmt::Display for RouteTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteTarget::Upstream(u) => u.fmt(f),
+            RouteTarget::Redirect(url) => write!(f, "redirect {url}"),
+        }
+    }
+}
+
 /// What the table builder is given for one route.
 #[derive(Clone, Debug)]
 pub struct RouteSpec {
@@ -85,23 +104,27 @@ pub struct RouteSpec {
     pub labels: Vec<String>,
     /// Path prefixes on the portal host, such as `/lab`.
     pub slugs: Vec<String>,
-    pub upstream: Upstream,
+    pub target: RouteTarget,
     /// Remove the matched slug from the path before forwarding.
     pub strip_prefix: bool,
     /// Send the upstream's own authority as `Host` instead of the client's.
     pub rewrite_host: bool,
     /// Answer 503 instead of forwarding (a paused session).
     pub paused: bool,
+    /// Anyone may use it. A route that is not public needs a signed-in,
+    /// authorised browser; until browser access exists it answers 403.
+    pub public: bool,
 }
 
 /// A compiled route, shared by every table version that contains it unchanged.
 #[derive(Debug)]
 pub struct Route {
     pub id: Arc<str>,
-    pub upstream: Upstream,
+    pub target: RouteTarget,
     pub strip_prefix: bool,
     pub rewrite_host: bool,
     pub paused: bool,
+    pub public: bool,
     pub state: Arc<RouteState>,
     /// The spec it was built from, for `GET /api/v1/routes`.
     pub spec: RouteSpec,
@@ -246,10 +269,20 @@ pub struct TableSettings {
     pub portal_host: Option<String>,
 }
 
+/// One change to the table, for incremental publishing.
+#[derive(Clone, Debug)]
+pub enum RouteChange {
+    /// Add the route, or replace the one with the same id.
+    Upsert(RouteSpec),
+    /// Remove the route with this id (nothing happens if there is none).
+    Remove(Arc<str>),
+}
+
 /// An immutable routing table. Lookups are in `router`.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     pub(crate) version: u64,
+    pub(crate) settings: TableSettings,
     /// Lower-case base domains, each with a leading dot (`.localhost`).
     pub(crate) base_suffixes: Vec<Box<str>>,
     pub(crate) portal_host: Option<Box<str>>,
@@ -307,6 +340,11 @@ impl RouteTable {
         self.portal_host.as_deref()
     }
 
+    /// The settings it was built with.
+    pub fn settings(&self) -> &TableSettings {
+        &self.settings
+    }
+
     /// Compiles `specs` into a table. Runtime state is taken from `previous` for
     /// every route id it already has, so activity and live connections carry over.
     pub fn build(
@@ -321,6 +359,7 @@ impl RouteTable {
 
         let mut table = RouteTable {
             version,
+            settings: settings.clone(),
             base_suffixes: settings
                 .base_domains
                 .iter()
@@ -340,16 +379,27 @@ impl RouteTable {
             if spec.hosts.is_empty() && spec.labels.is_empty() && spec.slugs.is_empty() {
                 return Err(TableError::NoMatcher(spec.id.to_string()));
             }
+            if let RouteTarget::Redirect(url) = &spec.target {
+                if !is_redirect_url(url) {
+                    return Err(invalid(
+                        &spec.id,
+                        "redirect",
+                        url,
+                        "must be an absolute http:// or https:// URL",
+                    ));
+                }
+            }
             let state = prev_state
                 .get(&*spec.id)
                 .map(|s| Arc::clone(s))
                 .unwrap_or_default();
             let route = Arc::new(Route {
                 id: spec.id.clone(),
-                upstream: spec.upstream.clone(),
+                target: spec.target.clone(),
                 strip_prefix: spec.strip_prefix,
                 rewrite_host: spec.rewrite_host,
                 paused: spec.paused,
+                public: spec.public,
                 state,
                 spec,
             });
@@ -406,6 +456,16 @@ fn insert_unique(
     }
     map.insert(key.into_boxed_str(), Arc::clone(route));
     Ok(())
+}
+
+/// An absolute `http`/`https` URL that can be sent as a `Location` header.
+pub fn is_redirect_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.host().is_some_and(|h| !h.is_empty())
+        && http::HeaderValue::from_str(url).is_ok()
 }
 
 /// Lower-cases a hostname and drops one trailing dot.
@@ -508,6 +568,54 @@ impl RouteHandle {
         self.inner.table.store(Arc::clone(&table));
         Ok(table)
     }
+
+    /// Applies `changes`, and `settings` when given, as one new table version.
+    /// All or nothing: if one change is invalid or conflicts, the current table
+    /// keeps serving untouched.
+    pub fn apply(
+        &self,
+        settings: Option<&TableSettings>,
+        changes: Vec<RouteChange>,
+    ) -> Result<Arc<RouteTable>, TableError> {
+        let _serial = self.inner.publish.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.inner.table.load_full();
+        let mut specs: Vec<Option<RouteSpec>> = previous
+            .routes
+            .iter()
+            .map(|r| Some(r.spec.clone()))
+            .collect();
+        let mut index: HashMap<Arc<str>, usize> = previous
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.clone(), i))
+            .collect();
+        for change in changes {
+            match change {
+                RouteChange::Upsert(spec) => match index.get(&spec.id) {
+                    Some(&i) => specs[i] = Some(spec),
+                    None => {
+                        index.insert(spec.id.clone(), specs.len());
+                        specs.push(Some(spec));
+                    }
+                },
+                RouteChange::Remove(id) => {
+                    if let Some(i) = index.remove(&id) {
+                        specs[i] = None;
+                    }
+                }
+            }
+        }
+        let settings = settings.unwrap_or(&previous.settings);
+        let table = Arc::new(RouteTable::build(
+            settings,
+            specs.into_iter().flatten().collect(),
+            Some(&previous),
+            previous.version + 1,
+        )?);
+        self.inner.table.store(Arc::clone(&table));
+        Ok(table)
+    }
 }
 
 #[cfg(test)]
@@ -520,10 +628,11 @@ mod tests {
             hosts: vec![],
             labels: vec![id.to_string()],
             slugs: vec![],
-            upstream: Upstream::parse("http://127.0.0.1:1").unwrap(),
+            target: RouteTarget::Upstream(Upstream::parse("http://127.0.0.1:1").unwrap()),
             strip_prefix: false,
             rewrite_host: false,
             paused: false,
+            public: true,
         }
     }
 
@@ -593,6 +702,67 @@ mod tests {
             .is_err());
         assert_eq!(handle.load().version(), 1);
         assert!(handle.load().route("a").is_some());
+    }
+
+    #[test]
+    fn apply_upserts_and_removes_by_id_and_keeps_state() {
+        let handle = RouteHandle::new();
+        let settings = TableSettings {
+            base_domains: vec!["example.test".into()],
+            portal_host: None,
+        };
+        handle
+            .publish(&settings, vec![spec("a"), spec("b")])
+            .unwrap();
+        let state_a = Arc::clone(&handle.load().route("a").unwrap().state);
+        let mut paused = spec("a");
+        paused.paused = true;
+        let t = handle
+            .apply(
+                None,
+                vec![
+                    RouteChange::Upsert(paused),
+                    RouteChange::Remove("b".into()),
+                    RouteChange::Upsert(spec("c")),
+                    RouteChange::Remove("missing".into()),
+                ],
+            )
+            .unwrap();
+        assert_eq!(t.version(), 2);
+        assert!(t.route("a").unwrap().paused);
+        assert!(Arc::ptr_eq(&t.route("a").unwrap().state, &state_a));
+        assert!(t.route("b").is_none());
+        assert!(t.route("c").is_some());
+        assert_eq!(t.base_domains().collect::<Vec<_>>(), ["example.test"]);
+
+        // A conflicting change refuses the whole call.
+        let mut clash = spec("d");
+        clash.labels = vec!["c".into()];
+        let err = handle
+            .apply(
+                None,
+                vec![RouteChange::Remove("a".into()), RouteChange::Upsert(clash)],
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("claimed by both"), "{err}");
+        assert_eq!(handle.load().version(), 2);
+        assert!(handle.load().route("a").is_some());
+    }
+
+    #[test]
+    fn redirect_targets_must_be_absolute_http_urls() {
+        let handle = RouteHandle::new();
+        for bad in ["/relative", "ftp://x/", "https://", "http://a b/"] {
+            let mut s = spec("l");
+            s.target = RouteTarget::Redirect(bad.into());
+            assert!(
+                handle.publish(&TableSettings::default(), vec![s]).is_err(),
+                "{bad}"
+            );
+        }
+        let mut s = spec("l");
+        s.target = RouteTarget::Redirect("https://docs.example.com/x?y=1".into());
+        handle.publish(&TableSettings::default(), vec![s]).unwrap();
     }
 
     #[test]

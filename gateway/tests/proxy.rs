@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use gateway::{ServerConfig, UpstreamConfig};
+use gateway::{RouteTarget, ServerConfig, UpstreamConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
@@ -173,11 +173,16 @@ async fn errors_have_the_right_status_and_shape() {
     };
     let mut paused = route("paused", &["paused"], &[], &slow.url());
     paused.paused = true;
+    // Not public and paused: the access refusal comes first.
+    let mut private = route("private", &["private"], &[], &slow.url());
+    private.public = false;
+    private.paused = true;
     let gw = Gateway::start_with(
         vec![
             route("slow", &["slow"], &[], &slow.url()),
             route("dead", &["dead"], &[], &dead),
             paused,
+            private,
         ],
         ServerConfig::default(),
         UpstreamConfig {
@@ -216,6 +221,13 @@ async fn errors_have_the_right_status_and_shape() {
             StatusCode::SERVICE_UNAVAILABLE,
             "session_paused",
             "paused",
+        ),
+        (
+            "private.localhost",
+            "/",
+            StatusCode::FORBIDDEN,
+            "sign_in_required",
+            "private",
         ),
         (
             "bad host!",
@@ -670,5 +682,27 @@ async fn activity_is_recorded_and_survives_table_swaps() {
             .state
             .last_activity_ms(),
         Some(seen)
+    );
+}
+
+#[tokio::test]
+async fn link_route_redirects_to_its_external_url() {
+    let origin = Origin::start("unused").await;
+    let mut link = route("docs", &["docs"], &["/docs"], &origin.url());
+    link.target = RouteTarget::Redirect("https://docs.example.com/guide?x=1".into());
+    let gw = Gateway::start(vec![link]).await;
+    let c = client();
+    for (host, path) in [("docs.localhost", "/anything"), ("portal.test", "/docs/")] {
+        let r = send(&c, &gw, "GET", host, path, &[], vec![]).await;
+        assert_eq!(r.status, StatusCode::FOUND, "{host}{path}");
+        assert_eq!(
+            r.headers["location"], "https://docs.example.com/guide?x=1",
+            "{host}{path}"
+        );
+    }
+    assert_eq!(
+        origin.requests.load(Ordering::SeqCst),
+        0,
+        "a link route never reaches an upstream"
     );
 }

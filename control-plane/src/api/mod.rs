@@ -11,7 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use gateway::RouteHandle;
+use gateway::{RouteHandle, RouteTarget};
 use serde::Serialize;
 
 use crate::auth::bearer_matches;
@@ -114,10 +114,14 @@ struct RouteView {
     hosts: Vec<String>,
     labels: Vec<String>,
     slugs: Vec<String>,
-    upstream: String,
+    /// `http://host:port`, or null for a redirect.
+    upstream: Option<String>,
+    /// The external URL of a link route, or null.
+    redirect: Option<String>,
     strip_prefix: bool,
     rewrite_host: bool,
     paused: bool,
+    public: bool,
     /// RFC 3339, to within a second; null if it never served traffic.
     last_activity: Option<String>,
     upgraded_connections: usize,
@@ -137,10 +141,18 @@ async fn list_routes(State(state): State<ApiState>) -> Json<RoutesView> {
                 hosts: r.spec.hosts.clone(),
                 labels: r.spec.labels.clone(),
                 slugs: r.spec.slugs.clone(),
-                upstream: r.upstream.to_string(),
+                upstream: match &r.target {
+                    RouteTarget::Upstream(u) => Some(u.to_string()),
+                    RouteTarget::Redirect(_) => None,
+                },
+                redirect: match &r.target {
+                    RouteTarget::Redirect(url) => Some(url.to_string()),
+                    RouteTarget::Upstream(_) => None,
+                },
                 strip_prefix: r.strip_prefix,
                 rewrite_host: r.rewrite_host,
                 paused: r.paused,
+                public: r.public,
                 last_activity: r.state.last_activity_ms().map(rfc3339_millis),
                 upgraded_connections: r.state.upgraded_count(),
             })

@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use gateway::{
-    Proxy, RouteHandle, RouteSpec, ServerConfig, TableSettings, Upstream, UpstreamClient,
-    UpstreamConfig,
+    Proxy, RouteHandle, RouteSpec, RouteTarget, ServerConfig, TableSettings, Upstream,
+    UpstreamClient, UpstreamConfig,
 };
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -239,10 +239,11 @@ pub fn route(id: &str, labels: &[&str], slugs: &[&str], upstream: &str) -> Route
         hosts: vec![],
         labels: labels.iter().map(|s| s.to_string()).collect(),
         slugs: slugs.iter().map(|s| s.to_string()).collect(),
-        upstream: Upstream::parse(upstream).unwrap(),
+        target: RouteTarget::Upstream(Upstream::parse(upstream).unwrap()),
         strip_prefix: false,
         rewrite_host: false,
         paused: false,
+        public: true,
     }
 }
 
