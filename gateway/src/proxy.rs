@@ -193,7 +193,7 @@ impl Proxy {
             Request::from_parts(parts, UpstreamRequestBody::new(body, progress.clone()));
 
         // Phase 4: forward.
-        let mut resp = self.client.send(&upstream, upstream_req, progress).await?;
+        let mut resp = self.client.send(upstream, upstream_req, progress).await?;
 
         // Phase 5: the response.
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
