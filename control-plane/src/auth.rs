@@ -1,24 +1,64 @@
-//! The admin token: from `SESSIONGATE_ADMIN_TOKEN`, or generated once into
-//! `<data_dir>/admin-token` (mode 0600) and printed once; and the
-//! constant-time check of `Authorization: Bearer` against it.
+//! API tokens.
+//!
+//! The admin token comes from `SESSIONGATE_ADMIN_TOKEN`, or is generated once
+//! and printed once; only its SHA-256 is written to `<data_dir>/admin-token`
+//! (mode 0600), like every other token, so the data dir holds no usable secret.
+//! Read-only tokens for dashboards are created through the API and stored
+//! hashed in the database. Checks hash the presented token and compare the
+//! digests in constant time.
 
 use std::fs::OpenOptions;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
 pub const ADMIN_TOKEN_ENV: &str = "SESSIONGATE_ADMIN_TOKEN";
 const TOKEN_FILE: &str = "admin-token";
-/// Shortest admin token accepted from the environment: a guessable token on a
+const HASH_PREFIX: &str = "sha256:";
+/// Shortest token accepted from the environment: a guessable token on a
 /// control plane is worse than none.
-const MIN_TOKEN_LEN: usize = 16;
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// Everything.
+    Admin,
+    /// `GET` only: dashboards and monitoring.
+    Readonly,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Admin => "admin",
+            TokenKind::Readonly => "readonly",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(TokenKind::Admin),
+            "readonly" => Some(TokenKind::Readonly),
+            _ => None,
+        }
+    }
+}
 
 /// Where the admin token came from.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TokenSource {
     Env,
+    /// The hash stored by an earlier start.
     File(PathBuf),
-    Generated(PathBuf),
+    /// Generated now; the plain token is returned once, to be printed.
+    Generated(PathBuf, String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,13 +67,15 @@ pub enum TokenError {
     TooShort { len: usize },
     #[error("admin token file {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("admin token file {0} is empty")]
-    Empty(PathBuf),
+    #[error("admin token file {0}: expected \"sha256:<64 hex digits>\"")]
+    Malformed(PathBuf),
+    #[error("no random numbers from the system")]
+    Random,
 }
 
-/// The admin token, from `env_value`, else the data dir's token file, else a
-/// newly generated one written there.
-pub fn admin_token(
+/// The admin token's SHA-256 hex digest: from `env_value`, else the data
+/// dir's token file, else a newly generated token whose hash is written there.
+pub fn admin_token_hash(
     data_dir: &Path,
     env_value: Option<String>,
 ) -> Result<(String, TokenSource), TokenError> {
@@ -41,7 +83,7 @@ pub fn admin_token(
         if t.len() < MIN_TOKEN_LEN {
             return Err(TokenError::TooShort { len: t.len() });
         }
-        return Ok((t, TokenSource::Env));
+        return Ok((hash_token(&t), TokenSource::Env));
     }
     let path = data_dir.join(TOKEN_FILE);
     let io_err = |source| TokenError::Io {
@@ -50,33 +92,52 @@ pub fn admin_token(
     };
     match std::fs::read_to_string(&path) {
         Ok(s) => {
-            let t = s.trim().to_string();
-            if t.is_empty() {
-                return Err(TokenError::Empty(path));
-            }
-            return Ok((t, TokenSource::File(path)));
+            let hash = s
+                .trim()
+                .strip_prefix(HASH_PREFIX)
+                .filter(|h| h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()))
+                .ok_or_else(|| TokenError::Malformed(path.clone()))?;
+            return Ok((hash.to_ascii_lowercase(), TokenSource::File(path)));
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(e)),
     }
-    let token = random_hex(32).map_err(io_err)?;
+    let token = random_token()?;
+    let hash = hash_token(&token);
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&path)
         .map_err(io_err)?;
-    f.write_all(format!("{token}\n").as_bytes())
+    f.write_all(format!("{HASH_PREFIX}{hash}\n").as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(io_err)?;
-    Ok((token, TokenSource::Generated(path)))
+    Ok((hash, TokenSource::Generated(path, token)))
 }
 
-/// `n` random bytes from the kernel, hex-encoded.
-pub fn random_hex(n: usize) -> io::Result<String> {
+/// A new token: 32 random bytes, hex-encoded.
+pub fn random_token() -> Result<String, TokenError> {
+    random_hex(32)
+}
+
+/// `n` random bytes from the system's CSPRNG, hex-encoded.
+pub fn random_hex(n: usize) -> Result<String, TokenError> {
     let mut buf = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| TokenError::Random)?;
+    Ok(hex(&buf))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of the token, hex. Tokens are 256 random bits, so a fast hash is
+/// enough: there is nothing to brute-force.
+pub fn hash_token(token: &str) -> String {
+    hex(digest::digest(&digest::SHA256, token.as_bytes()).as_ref())
 }
 
 /// Compares in time that depends only on the lengths, never on where the
@@ -88,17 +149,52 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Whether an `Authorization` header value carries `token` as a bearer token.
-pub fn bearer_matches(header: Option<&[u8]>, token: &str) -> bool {
-    let Some(h) = header else { return false };
-    let Some(rest) = h
+/// The token in an `Authorization: Bearer <token>` header value.
+pub fn bearer_token(header: &[u8]) -> Option<&str> {
+    let rest = header
         .get(..7)
         .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
-        .map(|_| &h[7..])
-    else {
-        return false;
-    };
-    constant_time_eq(rest.trim_ascii(), token.as_bytes())
+        .map(|_| &header[7..])?
+        .trim_ascii();
+    if rest.is_empty() {
+        return None;
+    }
+    std::str::from_utf8(rest).ok()
+}
+
+/// The tokens the API accepts, as hashes.
+#[derive(Clone, Debug, Default)]
+pub struct TokenSet {
+    entries: Vec<(String, TokenKind)>,
+}
+
+impl TokenSet {
+    pub fn new(admin_hash: String) -> Self {
+        TokenSet {
+            entries: vec![(admin_hash, TokenKind::Admin)],
+        }
+    }
+
+    pub fn add(&mut self, hash: String, kind: TokenKind) {
+        self.entries.push((hash, kind));
+    }
+
+    pub fn remove(&mut self, hash: &str) {
+        self.entries.retain(|(h, _)| h != hash);
+    }
+
+    /// What the presented token may do, if it is one of ours. Every entry is
+    /// compared, so the time does not tell which one matched.
+    pub fn check(&self, token: &str) -> Option<TokenKind> {
+        let presented = hash_token(token);
+        let mut found = None;
+        for (hash, kind) in &self.entries {
+            if constant_time_eq(presented.as_bytes(), hash.as_bytes()) {
+                found = Some(*kind);
+            }
+        }
+        found
+    }
 }
 
 #[cfg(test)]
@@ -107,38 +203,48 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn generated_once_with_mode_0600_then_reused() {
+    fn generated_once_stored_hashed_with_mode_0600_then_reused() {
         let dir = std::env::temp_dir().join(format!("sg-token-{}", random_hex(6).unwrap()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (t1, src1) = admin_token(&dir, None).unwrap();
-        assert!(matches!(src1, TokenSource::Generated(_)));
-        assert_eq!(t1.len(), 64);
-        let mode = std::fs::metadata(dir.join("admin-token"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let (h1, src1) = admin_token_hash(&dir, None).unwrap();
+        let TokenSource::Generated(_, token) = src1 else {
+            panic!("not generated: {src1:?}")
+        };
+        assert_eq!(token.len(), 64);
+        assert_eq!(h1, hash_token(&token));
+        let path = dir.join("admin-token");
+        let stored = std::fs::read_to_string(&path).unwrap();
+        assert!(!stored.contains(&token), "the plain token is on disk");
+        assert_eq!(stored.trim(), format!("sha256:{h1}"));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let (t2, src2) = admin_token(&dir, None).unwrap();
-        assert_eq!(t1, t2);
+        let (h2, src2) = admin_token_hash(&dir, None).unwrap();
+        assert_eq!(h1, h2);
         assert!(matches!(src2, TokenSource::File(_)));
-        let (t3, src3) = admin_token(&dir, Some("x".repeat(20))).unwrap();
-        assert_eq!(
-            (t3.as_str(), src3),
-            ("xxxxxxxxxxxxxxxxxxxx", TokenSource::Env)
-        );
-        assert!(admin_token(&dir, Some("short".into())).is_err());
+        let (h3, src3) = admin_token_hash(&dir, Some("x".repeat(20))).unwrap();
+        assert_eq!((h3, src3), (hash_token(&"x".repeat(20)), TokenSource::Env));
+        assert!(admin_token_hash(&dir, Some("short".into())).is_err());
+        std::fs::write(&path, "plain-token\n").unwrap();
+        assert!(matches!(
+            admin_token_hash(&dir, None),
+            Err(TokenError::Malformed(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
-    fn bearer_checks() {
-        let t = "s3cret-token-value";
-        assert!(bearer_matches(Some(b"Bearer s3cret-token-value"), t));
-        assert!(bearer_matches(Some(b"bearer s3cret-token-value"), t));
-        assert!(!bearer_matches(Some(b"Bearer s3cret-token-valuX"), t));
-        assert!(!bearer_matches(Some(b"Bearer "), t));
-        assert!(!bearer_matches(Some(b"Basic s3cret-token-value"), t));
-        assert!(!bearer_matches(Some(b"Bear"), t));
-        assert!(!bearer_matches(None, t));
+    fn bearer_tokens_and_the_token_set() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token(b"bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bear"), None);
+        let mut set = TokenSet::new(hash_token("admin-secret-value"));
+        set.add(hash_token("dash-secret-value"), TokenKind::Readonly);
+        assert_eq!(set.check("admin-secret-value"), Some(TokenKind::Admin));
+        assert_eq!(set.check("dash-secret-value"), Some(TokenKind::Readonly));
+        assert_eq!(set.check("admin-secret-valuX"), None);
+        set.remove(&hash_token("dash-secret-value"));
+        assert_eq!(set.check("dash-secret-value"), None);
     }
 }

@@ -15,7 +15,34 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub gateway: GatewayConfig,
     pub control_plane: ControlPlaneConfig,
+    pub sessions: SessionsConfig,
     pub routes: Vec<StaticRoute>,
+}
+
+/// The session lifecycle: deadlines, retention and the reaper.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// A pending session not activated within this is deleted.
+    pub activation_deadline_secs: u64,
+    /// Expired and deleted records are purged after this.
+    pub retention_secs: u64,
+    /// An evicted session without activity for this long expires.
+    pub evicted_expiry_secs: u64,
+    /// How often the reaper looks for due sessions.
+    pub reaper_interval_secs: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        let d = crate::control::LifecycleSettings::default();
+        SessionsConfig {
+            activation_deadline_secs: d.activation_deadline.as_secs(),
+            retention_secs: d.retention.as_secs(),
+            evicted_expiry_secs: d.evicted_expiry.as_secs(),
+            reaper_interval_secs: d.reaper_interval.as_secs(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,7 +128,7 @@ pub enum ConfigError {
 
 /// Sections that environment variables may address. Longest first, so that
 /// `CONTROL_PLANE_LISTEN` is not read as a `CONTROL` section.
-const ENV_SECTIONS: &[&str] = &["control_plane", "gateway"];
+const ENV_SECTIONS: &[&str] = &["control_plane", "sessions", "gateway"];
 const ENV_PREFIX: &str = "SESSIONGATE_";
 
 impl Config {
@@ -249,6 +276,29 @@ impl Config {
                 return Err(invalid(key, "must be at least 1 second".into()));
             }
         }
+        let sess = &self.sessions;
+        for (key, v) in [
+            (
+                "sessions.activation_deadline_secs",
+                sess.activation_deadline_secs,
+            ),
+            ("sessions.retention_secs", sess.retention_secs),
+            ("sessions.evicted_expiry_secs", sess.evicted_expiry_secs),
+            ("sessions.reaper_interval_secs", sess.reaper_interval_secs),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1 second".into()));
+            }
+            if v > crate::session::model::MAX_SECS {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must be at most {} seconds",
+                        crate::session::model::MAX_SECS
+                    ),
+                ));
+            }
+        }
         if self.control_plane.data_dir.as_os_str().is_empty() {
             return Err(invalid(
                 "control_plane.data_dir",
@@ -259,6 +309,16 @@ impl Config {
         gateway::RouteTable::build(&self.table_settings(), self.route_specs()?, None, 0)
             .map_err(|e| invalid("routes", e.to_string()))?;
         Ok(())
+    }
+
+    pub fn lifecycle_settings(&self) -> crate::control::LifecycleSettings {
+        let s = &self.sessions;
+        crate::control::LifecycleSettings {
+            activation_deadline: Duration::from_secs(s.activation_deadline_secs),
+            retention: Duration::from_secs(s.retention_secs),
+            evicted_expiry: Duration::from_secs(s.evicted_expiry_secs),
+            reaper_interval: Duration::from_secs(s.reaper_interval_secs),
+        }
     }
 
     pub fn table_settings(&self) -> TableSettings {

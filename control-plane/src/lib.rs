@@ -1,23 +1,34 @@
 //! The sessiongate control plane.
 //!
-//! For now it serves the static routes of the configuration file, reloads them
-//! on SIGHUP or when the file changes, and exposes the route table over the
-//! API. Sessions, users, groups and the store arrive with the control-plane issue.
+//! It keeps users, groups and sessions in a durable store, drives the
+//! session lifecycle, compiles sessions into routes and swaps them into the
+//! gateway's table, and serves the REST API and the operator CLI.
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration, environment overrides, validation.
 //! - [`serve`]: `sessiongate serve`: start-up order, listeners, shutdown.
+//! - [`control`]: every operation: validate, write in one transaction, publish.
+//! - [`store`]: SQLite through sqlx, migrations, portable queries.
+//! - [`session`]: the session model, its lifecycle state machine, the reaper.
+//! - [`publish`]: sessions → gateway routes.
+//! - [`api`]: the HTTP API handlers (axum) and the OpenAPI document.
+//! - [`auth`]: API tokens, hashed at rest, checked in constant time.
+//! - [`ctl`]: `sessiongate ctl`, the operator CLI over the API.
 //! - [`reload`]: static-route reload on SIGHUP and on file change.
-//! - [`api`]: the HTTP API handlers (axum).
-//! - [`auth`]: the admin token and bearer checks.
-//! - [`session`]: the session model and its lifecycle state machine.
+//! - [`metrics`]: the control plane's Prometheus metrics.
+//! - [`clock`]: wall and manual clocks, so the lifecycle can be tested.
 //! - [`time`]: RFC 3339 formatting.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod config;
+pub mod control;
+pub mod metrics;
+pub mod publish;
 pub mod reload;
 pub mod serve;
 pub mod session;
+pub mod store;
 pub mod time;

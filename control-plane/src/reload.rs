@@ -7,12 +7,18 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gateway::RouteHandle;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use gateway::{RouteChange, RouteHandle, RouteSpec};
 
 use crate::config::{Config, ConfigError};
 
 /// How often the file is compared with what was last loaded.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Called with the static routes after a successful reload.
+pub type StaticRoutesHook = Arc<dyn Fn(&[RouteSpec]) + Send + Sync>;
 
 pub struct Reloader {
     path: Option<PathBuf>,
@@ -22,6 +28,9 @@ pub struct Reloader {
     /// and a bad file is reported once, not every second.
     last_text: Option<String>,
     routes: RouteHandle,
+    /// Told the static routes after each successful reload (the control plane
+    /// keeps sessions off their slugs and hosts).
+    on_routes: Option<StaticRoutesHook>,
 }
 
 impl Reloader {
@@ -34,7 +43,14 @@ impl Reloader {
             current,
             last_text: None,
             routes,
+            on_routes: None,
         }
+    }
+
+    /// Calls `f` with the static routes after every successful reload.
+    pub fn on_static_routes(mut self, f: StaticRoutesHook) -> Self {
+        self.on_routes = Some(f);
+        self
     }
 
     pub async fn run(mut self, stop: impl Future<Output = ()>) {
@@ -109,13 +125,27 @@ impl Reloader {
                  (routes, base_domains and portal_host are applied now)"
             );
         }
+        // Only the static routes change: sessions' routes stay in the table.
+        let specs = next.route_specs()?;
+        let new_ids: HashSet<&str> = specs.iter().map(|s| &*s.id).collect();
+        let mut changes: Vec<RouteChange> = self
+            .current
+            .route_specs()?
+            .into_iter()
+            .filter(|old| !new_ids.contains(&*old.id))
+            .map(|old| RouteChange::Remove(old.id))
+            .collect();
+        changes.extend(specs.iter().cloned().map(RouteChange::Upsert));
         let table = self
             .routes
-            .publish(&next.table_settings(), next.route_specs()?)
+            .apply(Some(&next.table_settings()), changes)
             .map_err(|e| ConfigError::Invalid {
                 key: "routes".into(),
                 message: e.to_string(),
             })?;
+        if let Some(f) = &self.on_routes {
+            f(&specs);
+        }
         // Only what was applied becomes current, so a later restart-only change
         // is still noticed.
         self.current.routes = next.routes;

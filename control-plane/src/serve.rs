@@ -14,10 +14,18 @@ use gateway::{Proxy, RouteHandle, UpstreamClient};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{self, ApiState};
+use crate::api;
 use crate::auth::{self, TokenSource};
+use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError};
+use crate::control::{ControlError, ControlPlane, StaticKeys};
+use crate::metrics::Metrics;
 use crate::reload::Reloader;
+use crate::session::reaper::spawn_reaper;
+use crate::store::{Store, StoreError};
+
+/// The database file in the data dir.
+pub const DB_FILE: &str = "sessiongate.db";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -30,6 +38,10 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Token(#[from] auth::TokenError),
+    #[error("store {path}: {source}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error("restoring sessions from the store: {0}")]
+    Restore(#[from] ControlError),
     #[error("{key} = {addr}: cannot listen: {source}")]
     Bind {
         key: &'static str,
@@ -45,7 +57,7 @@ pub struct Server {
     config: Config,
     config_path: Option<PathBuf>,
     routes: RouteHandle,
-    admin_token: Arc<str>,
+    control: Arc<ControlPlane>,
     gateway_listener: TcpListener,
     api_listener: TcpListener,
 }
@@ -59,32 +71,60 @@ impl Server {
             path: data_dir.clone(),
             source,
         })?;
-        let (token, source) =
-            auth::admin_token(&data_dir, std::env::var(auth::ADMIN_TOKEN_ENV).ok())?;
+        let (token_hash, source) =
+            auth::admin_token_hash(&data_dir, std::env::var(auth::ADMIN_TOKEN_ENV).ok())?;
         match &source {
             TokenSource::Env => tracing::info!("admin token from {}", auth::ADMIN_TOKEN_ENV),
-            TokenSource::File(p) => tracing::info!(path = %p.display(), "admin token from file"),
-            TokenSource::Generated(p) => {
-                // Printed once, on stdout, never through the logger.
+            TokenSource::File(p) => {
+                tracing::info!(path = %p.display(), "admin token hash from file")
+            }
+            TokenSource::Generated(p, token) => {
+                // Printed once, on stdout, never through the logger; only its
+                // hash is on disk.
                 println!(
-                    "Generated an admin token, stored in {} (mode 0600):\n\n    {token}\n",
+                    "Generated an admin token (only its hash is stored, in {}):\n\n    {token}\n",
                     p.display()
                 );
             }
         }
 
+        let db_path = data_dir.join(DB_FILE);
+        let store = Store::open(&db_path)
+            .await
+            .map_err(|source| ServeError::Store {
+                path: db_path.clone(),
+                source,
+            })?;
+
         let routes = RouteHandle::new();
-        let table = routes
-            .publish(&config.table_settings(), config.route_specs()?)
+        let static_specs = config.route_specs()?;
+        routes
+            .publish(&config.table_settings(), static_specs.clone())
             .map_err(|e| ConfigError::Invalid {
                 key: "routes".into(),
                 message: e.to_string(),
             })?;
+        let control = Arc::new(ControlPlane::new(
+            store,
+            routes.clone(),
+            Arc::new(SystemClock),
+            config.lifecycle_settings(),
+            token_hash,
+            Metrics::new(),
+        ));
+        control.set_static_keys(StaticKeys::from_specs(&static_specs));
+        // The table is whole — static routes and every routed session — before
+        // either listener exists.
+        let sessions = control.start().await?;
+        let table = routes.load();
         tracing::info!(
             version = table.version(),
             routes = table.routes().len(),
+            sessions,
+            db = %db_path.display(),
             "route table loaded"
         );
+        drop(table);
 
         let gateway_listener = bind("gateway.http_listen", config.gateway.http_listen).await?;
         let api_listener = bind("control_plane.listen", config.control_plane.listen).await?;
@@ -92,7 +132,7 @@ impl Server {
             config,
             config_path,
             routes,
-            admin_token: token.into(),
+            control,
             gateway_listener,
             api_listener,
         })
@@ -108,6 +148,10 @@ impl Server {
 
     pub fn routes(&self) -> &RouteHandle {
         &self.routes
+    }
+
+    pub fn control(&self) -> &Arc<ControlPlane> {
+        &self.control
     }
 
     /// Serves until `shutdown` resolves, then drains the gateway (up to
@@ -132,22 +176,28 @@ impl Server {
             stopped(stop_rx.clone()),
         ));
 
-        let app = api::router(ApiState {
-            routes: self.routes.clone(),
-            admin_token: self.admin_token.clone(),
-        });
+        let app = api::router(self.control.clone());
         let api_task = tokio::spawn(
             axum::serve(self.api_listener, app)
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
         );
 
+        let cp = self.control.clone();
         let reloader = Reloader::new(
             self.config_path.clone(),
             self.config.clone(),
             self.routes.clone(),
-        );
+        )
+        .on_static_routes(Arc::new(move |specs| {
+            cp.set_static_keys(StaticKeys::from_specs(specs))
+        }));
         let reload_task = tokio::spawn(reloader.run(stopped(stop_rx.clone())));
+        let reaper_task = spawn_reaper(
+            self.control.clone(),
+            self.config.lifecycle_settings().reaper_interval,
+            stopped(stop_rx.clone()),
+        );
 
         tracing::info!("gateway listening on http://{gateway_addr}");
         tracing::info!("control plane listening on http://{api_addr}");
@@ -165,11 +215,13 @@ impl Server {
         );
         let _ = stop_tx.send(true);
         let _ = reload_task.await;
+        let _ = reaper_task.await;
         if let Ok(Err(e)) = gateway_task.await {
             tracing::error!(error = %e, "gateway stopped with an error");
         }
         // The API's own connections get a short grace; nothing there is long-lived.
         let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+        self.control.store().close().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -1,28 +1,35 @@
-//! The control-plane HTTP API (axum): thin handlers over the shared state.
+//! The control-plane HTTP API (axum): thin handlers over [`ControlPlane`].
 //!
-//! Everything under `/api/` needs `Authorization: Bearer <admin token>`;
-//! `/healthz` and `/readyz` do not. Errors are `{"error": {"code", "message"}}`.
+//! Everything under `/api/v1/` needs `Authorization: Bearer <token>`: the
+//! admin token may do everything, a read-only token only `GET`. `/healthz`,
+//! `/readyz`, `/metrics` and `/api/openapi.json` are open. Errors are
+//! `{"error": {"code", "message"}}` (plus `state` for a refused transition),
+//! mapped from [`ControlError`] in one function.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use gateway::{RouteHandle, RouteTarget};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
 
-use crate::auth::bearer_matches;
-use crate::time::rfc3339_millis;
+use crate::auth::{bearer_token, TokenKind};
+use crate::control::{ControlError, ControlPlane};
+use crate::session::lifecycle::SessionState;
+
+pub mod directory;
+pub mod openapi;
+pub mod routes;
+pub mod sessions;
 
 /// What the handlers share.
-#[derive(Clone)]
-pub struct ApiState {
-    pub routes: RouteHandle,
-    pub admin_token: Arc<str>,
-}
+pub type ApiState = Arc<ControlPlane>;
 
 /// An API error: a status, a stable code and a message naming what was wrong.
 #[derive(Debug)]
@@ -30,6 +37,25 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The session's current state, for a refused transition.
+    pub state: Option<SessionState>,
+}
+
+/// The error body, for the OpenAPI document.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable, such as `not_found` or `invalid_transition`.
+    pub code: String,
+    /// What was wrong, naming the value.
+    pub message: String,
+    /// The session's current state, when a transition was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<SessionState>,
 }
 
 impl ApiError {
@@ -38,13 +64,50 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            state: None,
         }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+/// The one mapping from a control-plane error to a status and code.
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let message = e.to_string();
+        let (status, code) = match &e {
+            ControlError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            ControlError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ControlError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ControlError::Transition { err, .. } => {
+                return ApiError {
+                    status: StatusCode::CONFLICT,
+                    code: "invalid_transition",
+                    message,
+                    state: Some(err.from),
+                }
+            }
+            ControlError::NotExtendable(_) => (StatusCode::CONFLICT, "not_extendable"),
+            ControlError::Store(_) | ControlError::Publish(_) => {
+                tracing::error!(error = %e, "api: internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        ApiError::new(status, code, message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                state: self.state,
+            },
+        };
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
@@ -56,40 +119,151 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `Json<T>` whose refusals are our JSON errors: a syntax error or an unknown
+/// field is a 400 naming it, a wrong content type a 415.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    match r {
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/json",
+        ),
+        JsonRejection::JsonSyntaxError(e) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            lower_first(&e.body_text()),
+        ),
+        JsonRejection::JsonDataError(e) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            lower_first(&e.body_text()),
+        ),
+        other => ApiError::bad_request(lower_first(&other.body_text())),
+    }
+}
+
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
-        .route("/api/v1/routes", get(list_routes))
+        .route("/api/v1/routes", get(routes::list_routes))
+        .route(
+            "/api/v1/sessions",
+            get(sessions::list_sessions).post(sessions::create_session),
+        )
+        .route("/api/v1/sessions/bulk", post(sessions::bulk_action))
+        .route(
+            "/api/v1/sessions/{name}",
+            get(sessions::get_session)
+                .patch(sessions::patch_session)
+                .delete(sessions::delete_session),
+        )
+        .route("/api/v1/sessions/{name}/groups", put(sessions::set_groups))
+        .route(
+            "/api/v1/sessions/{name}/{action}",
+            post(sessions::session_action),
+        )
+        .route(
+            "/api/v1/users",
+            get(directory::list_users).post(directory::create_user),
+        )
+        .route(
+            "/api/v1/users/{name}",
+            get(directory::get_user)
+                .patch(directory::update_user)
+                .delete(directory::delete_user),
+        )
+        .route(
+            "/api/v1/groups",
+            get(directory::list_groups).post(directory::create_group),
+        )
+        .route(
+            "/api/v1/groups/{name}",
+            get(directory::get_group).delete(directory::delete_group),
+        )
+        .route(
+            "/api/v1/groups/{name}/members",
+            get(directory::get_members)
+                .put(directory::set_members)
+                .post(directory::add_member),
+        )
+        .route(
+            "/api/v1/groups/{name}/members/{user}",
+            axum::routing::delete(directory::remove_member),
+        )
+        .route(
+            "/api/v1/tokens",
+            get(directory::list_tokens).post(directory::create_token),
+        )
+        .route(
+            "/api/v1/tokens/{name}",
+            axum::routing::delete(directory::delete_token),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/openapi.json", get(openapi_json))
         .merge(api)
         .fallback(not_found)
         .with_state(state)
 }
 
-async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
-    if header.is_none() {
+async fn require_token(State(cp): State<ApiState>, req: Request, next: Next) -> Response {
+    let Some(header) = req.headers().get(header::AUTHORIZATION) else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing Authorization: Bearer token",
         )
         .into_response();
-    }
-    if !bearer_matches(header, &state.admin_token) {
-        return ApiError::new(
+    };
+    let kind = bearer_token(header.as_bytes()).and_then(|t| cp.check_token(t));
+    match kind {
+        None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "invalid bearer token",
         )
-        .into_response();
+        .into_response(),
+        Some(TokenKind::Readonly) if !matches!(*req.method(), Method::GET | Method::HEAD) => {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "a read-only token cannot {} {}",
+                    req.method(),
+                    req.uri().path()
+                ),
+            )
+            .into_response()
+        }
+        Some(_) => next.run(req).await,
     }
-    next.run(req).await
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -100,62 +274,34 @@ async fn not_found(req: Request) -> ApiError {
     )
 }
 
-#[derive(Serialize)]
-struct RoutesView {
-    version: u64,
-    base_domains: Vec<String>,
-    portal_host: Option<String>,
-    routes: Vec<RouteView>,
+async fn metrics(State(cp): State<ApiState>) -> Response {
+    if let Ok(counts) = cp.count_by_state().await {
+        for (state, n) in counts {
+            cp.metrics().set_sessions(state.as_str(), n);
+        }
+    }
+    let table = cp.routes().load();
+    let mut text = cp.metrics().render();
+    text.push_str(&format!(
+        "# HELP sessiongate_route_table_version Version of the route table the gateway holds.\n\
+         # TYPE sessiongate_route_table_version gauge\n\
+         sessiongate_route_table_version {}\n\
+         # HELP sessiongate_route_table_routes Routes in the gateway's table.\n\
+         # TYPE sessiongate_route_table_routes gauge\n\
+         sessiongate_route_table_routes {}\n",
+        table.version(),
+        table.routes().len()
+    ));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
-#[derive(Serialize)]
-struct RouteView {
-    id: String,
-    hosts: Vec<String>,
-    labels: Vec<String>,
-    slugs: Vec<String>,
-    /// `http://host:port`, or null for a redirect.
-    upstream: Option<String>,
-    /// The external URL of a link route, or null.
-    redirect: Option<String>,
-    strip_prefix: bool,
-    rewrite_host: bool,
-    paused: bool,
-    public: bool,
-    /// RFC 3339, to within a second; null if it never served traffic.
-    last_activity: Option<String>,
-    upgraded_connections: usize,
-}
-
-async fn list_routes(State(state): State<ApiState>) -> Json<RoutesView> {
-    let table = state.routes.current();
-    Json(RoutesView {
-        version: table.version(),
-        base_domains: table.base_domains().map(str::to_string).collect(),
-        portal_host: table.portal_host().map(str::to_string),
-        routes: table
-            .routes()
-            .iter()
-            .map(|r| RouteView {
-                id: r.id.to_string(),
-                hosts: r.spec.hosts.clone(),
-                labels: r.spec.labels.clone(),
-                slugs: r.spec.slugs.clone(),
-                upstream: match &r.target {
-                    RouteTarget::Upstream(u) => Some(u.to_string()),
-                    RouteTarget::Redirect(_) => None,
-                },
-                redirect: match &r.target {
-                    RouteTarget::Redirect(url) => Some(url.to_string()),
-                    RouteTarget::Upstream(_) => None,
-                },
-                strip_prefix: r.strip_prefix,
-                rewrite_host: r.rewrite_host,
-                paused: r.paused,
-                public: r.public,
-                last_activity: r.state.last_activity_ms().map(rfc3339_millis),
-                upgraded_connections: r.state.upgraded_count(),
-            })
-            .collect(),
-    })
+async fn openapi_json() -> Response {
+    Json(openapi::ApiDoc::openapi()).into_response()
 }

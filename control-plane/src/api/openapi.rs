@@ -1,0 +1,63 @@
+//! The OpenAPI document, generated from the handlers' annotations and types.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{directory, routes, sessions};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sessiongate control plane",
+        description = "Sessions, users, groups and routes. Every /api/v1 endpoint needs \
+            `Authorization: Bearer <token>`; a read-only token may only GET."
+    ),
+    paths(
+        sessions::list_sessions,
+        sessions::create_session,
+        sessions::get_session,
+        sessions::patch_session,
+        sessions::delete_session,
+        sessions::session_action,
+        sessions::set_groups,
+        sessions::bulk_action,
+        directory::list_users,
+        directory::create_user,
+        directory::get_user,
+        directory::update_user,
+        directory::delete_user,
+        directory::list_groups,
+        directory::create_group,
+        directory::get_group,
+        directory::delete_group,
+        directory::get_members,
+        directory::set_members,
+        directory::add_member,
+        directory::remove_member,
+        directory::list_tokens,
+        directory::create_token,
+        directory::delete_token,
+        routes::list_routes,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "sessions", description = "Sessions and their lifecycle"),
+        (name = "users", description = "People who own and open sessions"),
+        (name = "groups", description = "Groups sessions are shared with"),
+        (name = "tokens", description = "API tokens (admin and read-only)"),
+        (name = "routes", description = "The gateway's route table"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}

@@ -1,0 +1,376 @@
+//! `/api/v1/sessions`: create, list, read, change, share, act, bulk.
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiError, ApiJson, ApiState, ErrorBody};
+use crate::control::{BulkResult, DEFAULT_PER_PAGE, MAX_PER_PAGE};
+use crate::session::lifecycle::{Action, SessionState};
+use crate::session::model::{NewSession, Session, SessionPatch};
+use crate::store::SessionFilter;
+
+/// A page of a listing.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// How many match in all.
+    pub total: u64,
+    /// 1-based.
+    pub page: u64,
+    pub per_page: u64,
+}
+
+/// The session listing's query. `state` may be repeated, or comma-separated.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SessionQuery {
+    /// Case-insensitive substring of the name, the owner or a label.
+    q: Option<String>,
+    /// Only these states (default: every state but `deleted`).
+    state: Option<Vec<SessionState>>,
+    /// Only this owner's sessions.
+    owner: Option<String>,
+    /// Only sessions shared with this group.
+    group: Option<String>,
+    /// 1-based page (default 1).
+    page: Option<u64>,
+    /// Items per page (default 50, at most 1000).
+    per_page: Option<u64>,
+}
+
+/// Parses `page` and `per_page`, with the same rules for every listing.
+pub fn paging(page: Option<&str>, per_page: Option<&str>) -> Result<(u64, u64), ApiError> {
+    let page = match page {
+        None => 1,
+        Some(p) => p
+            .parse::<u64>()
+            .ok()
+            .filter(|p| (1..=1_000_000).contains(p))
+            .ok_or_else(|| ApiError::bad_request(format!("page {p:?}: must be a number from 1")))?,
+    };
+    let per_page = match per_page {
+        None => DEFAULT_PER_PAGE,
+        Some(p) => p
+            .parse::<u64>()
+            .ok()
+            .filter(|p| (1..=MAX_PER_PAGE).contains(p))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("per_page {p:?}: must be 1-{MAX_PER_PAGE}"))
+            })?,
+    };
+    Ok((page, per_page))
+}
+
+/// The query string's pairs; a malformed one is a 400.
+pub fn query_pairs(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("query string: {e}")))
+}
+
+fn session_filter(pairs: Vec<(String, String)>) -> Result<SessionFilter, ApiError> {
+    let mut f = SessionFilter::default();
+    let (mut page, mut per_page) = (None, None);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "q" => f.q = Some(v).filter(|v| !v.is_empty()),
+            "state" => {
+                for s in v.split(',').filter(|s| !s.is_empty()) {
+                    let state = s.parse::<SessionState>().map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "state {s:?}: expected one of pending, running, paused, evicted, expired, deleted"
+                        ))
+                    })?;
+                    if !f.states.contains(&state) {
+                        f.states.push(state);
+                    }
+                }
+            }
+            "owner" => f.owner = Some(v),
+            "group" => f.group = Some(v),
+            "page" => page = Some(v),
+            "per_page" => per_page = Some(v),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (expected q, state, owner, group, page, per_page)"
+                )))
+            }
+        }
+    }
+    (f.page, f.per_page) = paging(page.as_deref(), per_page.as_deref())?;
+    Ok(f)
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/sessions", tag = "sessions",
+    params(SessionQuery),
+    responses(
+        (status = 200, description = "A page of sessions, by name", body = Page<Session>),
+        (status = 400, description = "A bad filter or page", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_sessions(
+    State(cp): State<ApiState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Page<Session>>, ApiError> {
+    let f = session_filter(query_pairs(raw)?)?;
+    let (records, total) = cp.list_sessions(&f).await?;
+    let now = cp.now_ms();
+    Ok(Json(Page {
+        items: records.iter().map(|r| r.view(now)).collect(),
+        total,
+        page: f.page,
+        per_page: f.per_page,
+    }))
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/sessions", tag = "sessions",
+    request_body = NewSession,
+    responses(
+        (status = 201, description = "Created; routed at once unless pending", body = Session),
+        (status = 400, description = "Malformed JSON or an unknown field", body = ErrorBody),
+        (status = 409, description = "The name, slug or custom domain is taken", body = ErrorBody),
+        (status = 422, description = "An invalid value, or an unknown owner or group", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_session(
+    State(cp): State<ApiState>,
+    ApiJson(input): ApiJson<NewSession>,
+) -> Result<Response, ApiError> {
+    let rec = cp.create_session(input).await?;
+    let location = format!("/api/v1/sessions/{}", rec.name);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(rec.view(cp.now_ms())),
+    )
+        .into_response())
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/sessions/{name}", tag = "sessions",
+    params(("name" = String, Path, description = "Session name")),
+    responses(
+        (status = 200, body = Session),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_session(
+    State(cp): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Session>, ApiError> {
+    let rec = cp.get_session(&name).await?;
+    Ok(Json(rec.view(cp.now_ms())))
+}
+
+#[utoipa::path(
+    patch, path = "/api/v1/sessions/{name}", tag = "sessions",
+    params(("name" = String, Path, description = "Session name")),
+    request_body = SessionPatch,
+    responses(
+        (status = 200, description = "Changed and hot-swapped", body = Session),
+        (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn patch_session(
+    State(cp): State<ApiState>,
+    Path(name): Path<String>,
+    ApiJson(patch): ApiJson<SessionPatch>,
+) -> Result<Json<Session>, ApiError> {
+    let rec = cp.patch_session(&name, patch).await?;
+    Ok(Json(rec.view(cp.now_ms())))
+}
+
+#[utoipa::path(
+    delete, path = "/api/v1/sessions/{name}", tag = "sessions",
+    params(("name" = String, Path, description = "Session name")),
+    responses(
+        (status = 200, description = "Deleted: the route is gone; the backend is not stopped", body = Session),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Already deleted", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete_session(
+    State(cp): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Session>, ApiError> {
+    let rec = cp.session_action(&name, Action::Delete, None).await?;
+    Ok(Json(rec.view(cp.now_ms())))
+}
+
+/// The actions `POST /api/v1/sessions/{name}/{action}` takes.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionName {
+    Activate,
+    Keepalive,
+    Extend,
+    Pause,
+    Resume,
+    Evict,
+    Expire,
+}
+
+/// `extend`'s optional body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    /// Seconds to add (default: the session's duration).
+    pub seconds: Option<u64>,
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/sessions/{name}/{action}", tag = "sessions",
+    params(
+        ("name" = String, Path, description = "Session name"),
+        ("action" = ActionName, Path, description = "activate, keepalive, extend, pause, resume, evict or expire"),
+    ),
+    request_body(content = Option<ExtendBody>, description = "Only for extend, optional"),
+    responses(
+        (status = 200, description = "Applied", body = Session),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Not allowed in the current state (`state` says which), or not extendable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn session_action(
+    State(cp): State<ApiState>,
+    Path((name, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Session>, ApiError> {
+    let action = parse_action(&action).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no session action {action:?} (expected activate, keepalive, extend, pause, resume, evict or expire)"),
+        )
+    })?;
+    let mut seconds = None;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        if action != Action::Extend {
+            return Err(ApiError::bad_request(
+                format!("{action:?} takes no body").to_lowercase(),
+            ));
+        }
+        let b: ExtendBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
+        seconds = b.seconds;
+    }
+    let rec = cp.session_action(&name, action, seconds).await?;
+    Ok(Json(rec.view(cp.now_ms())))
+}
+
+fn parse_action(s: &str) -> Option<Action> {
+    Some(match s {
+        "activate" => Action::Activate,
+        "keepalive" => Action::Keepalive,
+        "extend" => Action::Extend,
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "evict" => Action::Evict,
+        "expire" => Action::Expire,
+        _ => return None,
+    })
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsBody {
+    pub groups: Vec<String>,
+}
+
+#[utoipa::path(
+    put, path = "/api/v1/sessions/{name}/groups", tag = "sessions",
+    params(("name" = String, Path, description = "Session name")),
+    request_body = GroupsBody,
+    responses(
+        (status = 200, description = "Shared with exactly these groups", body = Session),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "An unknown group", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn set_groups(
+    State(cp): State<ApiState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<GroupsBody>,
+) -> Result<Json<Session>, ApiError> {
+    let rec = cp.set_session_groups(&name, body.groups).await?;
+    Ok(Json(rec.view(cp.now_ms())))
+}
+
+/// The actions a bulk request may apply.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BulkAction {
+    Pause,
+    Resume,
+    Evict,
+    Expire,
+    Delete,
+    Keepalive,
+    Extend,
+    Activate,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    pub action: BulkAction,
+    pub names: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BulkResponse {
+    pub action: BulkAction,
+    /// How many it was applied to.
+    pub applied: usize,
+    /// One per name, in the order given.
+    pub results: Vec<BulkResult>,
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/sessions/bulk", tag = "sessions",
+    request_body = BulkRequest,
+    responses(
+        (status = 200, description = "Applied where applicable; a result per name", body = BulkResponse),
+        (status = 400, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn bulk_action(
+    State(cp): State<ApiState>,
+    ApiJson(req): ApiJson<BulkRequest>,
+) -> Result<Json<BulkResponse>, ApiError> {
+    let action = match req.action {
+        BulkAction::Pause => Action::Pause,
+        BulkAction::Resume => Action::Resume,
+        BulkAction::Evict => Action::Evict,
+        BulkAction::Expire => Action::Expire,
+        BulkAction::Delete => Action::Delete,
+        BulkAction::Keepalive => Action::Keepalive,
+        BulkAction::Extend => Action::Extend,
+        BulkAction::Activate => Action::Activate,
+    };
+    let results = cp.bulk_action(action, req.names).await?;
+    Ok(Json(BulkResponse {
+        action: req.action,
+        applied: results.iter().filter(|r| r.ok).count(),
+        results,
+    }))
+}

@@ -1,0 +1,1283 @@
+//! The control plane's operations: every change to users, groups, sessions
+//! and tokens goes through [`ControlPlane`], which validates it, writes it in
+//! one transaction, and then publishes the affected routes to the gateway.
+//!
+//! Writes are serialised by one async lock (SQLite has one writer anyway), so
+//! a check-then-write such as a state transition cannot race another. Input
+//! is validated before the transaction starts and the transaction is dropped
+//! (rolled back) on any error, so bad input never changes stored state. The
+//! answer is sent only after the commit and after the gateway's table shows
+//! the change.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use gateway::{RouteChange, RouteHandle, RouteState};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::SqliteConnection;
+use tokio::sync::Mutex;
+use utoipa::ToSchema;
+
+use crate::auth::{self, TokenKind, TokenSet};
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::publish::{route_id, route_spec};
+use crate::session::lifecycle::{Action, SessionState, TransitionError};
+use crate::session::model::{
+    self, invalid, Group, Invalid, NewGroup, NewSession, NewUser, SessionKind, SessionPatch,
+    SessionRecord, User, UserPatch,
+};
+use crate::store::{self, SessionFilter, Store, StoreError, TokenRow, UserRow};
+use crate::time::rfc3339_millis;
+
+/// Lifecycle settings (the `[sessions]` configuration section).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LifecycleSettings {
+    /// A pending session not activated within this is deleted.
+    pub activation_deadline: Duration,
+    /// Expired and deleted records are purged after this.
+    pub retention: Duration,
+    /// An evicted session without activity for this long expires.
+    pub evicted_expiry: Duration,
+    /// How often the reaper runs.
+    pub reaper_interval: Duration,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        LifecycleSettings {
+            activation_deadline: Duration::from_secs(60),
+            retention: Duration::from_secs(86_400),
+            evicted_expiry: Duration::from_secs(30 * 86_400),
+            reaper_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why an operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{what} {name:?} not found")]
+    NotFound { what: &'static str, name: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("session {name:?}: {err}")]
+    Transition { name: String, err: TransitionError },
+    #[error("session {0:?} is not extendable")]
+    NotExtendable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored, but the route table refused it: {0}")]
+    Publish(String),
+}
+
+impl From<sqlx::Error> for ControlError {
+    fn from(e: sqlx::Error) -> Self {
+        ControlError::Store(StoreError::Db(e))
+    }
+}
+
+fn not_found(what: &'static str, name: &str) -> ControlError {
+    ControlError::NotFound {
+        what,
+        name: name.to_string(),
+    }
+}
+
+/// One name's outcome in a bulk action.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BulkResult {
+    pub name: String,
+    /// Whether the action was applied to this session.
+    pub ok: bool,
+    /// The session's state afterwards (absent if there is no such session).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<SessionState>,
+    /// Why it was not applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<BulkError>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BulkError {
+    pub code: String,
+    pub message: String,
+}
+
+/// An API token as listed (never the token itself).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    pub name: String,
+    pub kind: TokenKind,
+    pub created: String,
+}
+
+/// What the reaper did in one pass, by action.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Pending sessions past their activation deadline.
+    pub deleted_unactivated: Vec<String>,
+    /// Running sessions past `expires`.
+    pub expired: Vec<String>,
+    /// Running sessions idle longer than their idle timeout.
+    pub expired_idle: Vec<String>,
+    /// Evicted sessions without activity for the evicted expiry.
+    pub expired_evicted: Vec<String>,
+    /// Expired and deleted records past the retention.
+    pub purged: Vec<String>,
+}
+
+pub struct ControlPlane {
+    store: Store,
+    routes: RouteHandle,
+    clock: Arc<dyn Clock>,
+    settings: LifecycleSettings,
+    metrics: Metrics,
+    writes: Mutex<()>,
+    tokens: RwLock<TokenSet>,
+    /// Slugs and hosts held by the configuration file's static routes, which
+    /// a session may not take.
+    static_keys: RwLock<StaticKeys>,
+    /// The activity time last written to the store, per session route, so
+    /// the reaper writes only what changed.
+    synced_activity: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StaticKeys {
+    pub hosts: HashSet<String>,
+    pub slugs: HashSet<String>,
+}
+
+impl StaticKeys {
+    pub fn from_specs(specs: &[gateway::RouteSpec]) -> Self {
+        let norm = |s: &String| s.trim_end_matches('.').to_ascii_lowercase();
+        StaticKeys {
+            hosts: specs
+                .iter()
+                .flat_map(|s| s.hosts.iter().map(norm))
+                .collect(),
+            slugs: specs
+                .iter()
+                .flat_map(|s| s.slugs.iter().map(|x| x.trim_end_matches('/').to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// Page size when none is asked for, and the most one page may hold.
+pub const DEFAULT_PER_PAGE: u64 = 50;
+pub const MAX_PER_PAGE: u64 = 1000;
+
+impl ControlPlane {
+    pub fn new(
+        store: Store,
+        routes: RouteHandle,
+        clock: Arc<dyn Clock>,
+        settings: LifecycleSettings,
+        admin_token_hash: String,
+        metrics: Metrics,
+    ) -> Self {
+        ControlPlane {
+            store,
+            routes,
+            clock,
+            settings,
+            metrics,
+            writes: Mutex::new(()),
+            tokens: RwLock::new(TokenSet::new(admin_token_hash)),
+            static_keys: RwLock::new(StaticKeys::default()),
+            synced_activity: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn routes(&self) -> &RouteHandle {
+        &self.routes
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub fn settings(&self) -> &LifecycleSettings {
+        &self.settings
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn set_static_keys(&self, keys: StaticKeys) {
+        *self.static_keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
+    /// Loads the API tokens from the store and publishes every routed session,
+    /// in one table version. Called once before any listener accepts.
+    pub async fn start(&self) -> Result<usize, ControlError> {
+        let mut c = self.store.conn().await?;
+        {
+            let rows = store::tokens_list(&mut c).await?;
+            let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+            for t in rows {
+                if let Some(kind) = TokenKind::parse(&t.kind) {
+                    tokens.add(t.hash, kind);
+                }
+            }
+        }
+        let sessions =
+            store::sessions_in_states(&mut c, &[SessionState::Running, SessionState::Paused])
+                .await?;
+        let mut changes = Vec::with_capacity(sessions.len());
+        for s in &sessions {
+            match route_spec(s) {
+                Ok(Some(spec)) => changes.push(RouteChange::Upsert(spec)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(session = %s.name, error = %e, "stored session cannot be routed")
+                }
+            }
+        }
+        let n = changes.len();
+        if n > 0 {
+            self.routes
+                .apply(None, changes)
+                .map_err(|e| ControlError::Publish(e.to_string()))?;
+        }
+        Ok(n)
+    }
+
+    // ---- tokens ----
+
+    /// What the bearer token may do, if it is valid.
+    pub fn check_token(&self, token: &str) -> Option<TokenKind> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(token)
+    }
+
+    /// Creates a token; the plain token is returned this once.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        kind: TokenKind,
+    ) -> Result<(TokenInfo, String), ControlError> {
+        model::validate_name("name", name)?;
+        let token = auth::random_token().map_err(|e| ControlError::Publish(e.to_string()))?;
+        let row = TokenRow {
+            name: name.to_string(),
+            kind: kind.as_str().to_string(),
+            hash: auth::hash_token(&token),
+            created_ms: self.now_ms(),
+        };
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        if store::tokens_list(&mut tx)
+            .await?
+            .iter()
+            .any(|t| t.name == name)
+        {
+            return Err(ControlError::Conflict(format!(
+                "token {name:?} already exists"
+            )));
+        }
+        store::token_insert(&mut tx, &row).await?;
+        tx.commit().await?;
+        self.tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(row.hash.clone(), kind);
+        tracing::info!(token = %name, kind = kind.as_str(), "api token created");
+        Ok((token_info(&row), token))
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, ControlError> {
+        let mut c = self.store.conn().await?;
+        Ok(store::tokens_list(&mut c)
+            .await?
+            .iter()
+            .map(token_info)
+            .collect())
+    }
+
+    pub async fn delete_token(&self, name: &str) -> Result<(), ControlError> {
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        let rows = store::tokens_list(&mut tx).await?;
+        let row = rows
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| not_found("token", name))?;
+        store::token_delete(&mut tx, name).await?;
+        tx.commit().await?;
+        self.tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&row.hash);
+        tracing::info!(token = %name, "api token deleted");
+        Ok(())
+    }
+
+    // ---- users ----
+
+    pub async fn create_user(&self, input: NewUser) -> Result<User, ControlError> {
+        model::validate_user_name("name", &input.name)?;
+        model::validate_optional_text("email", &input.email)?;
+        model::validate_optional_text("first_name", &input.first_name)?;
+        model::validate_optional_text("last_name", &input.last_name)?;
+        let row = UserRow {
+            id: format!(
+                "u-{}",
+                auth::random_hex(8).map_err(|e| ControlError::Publish(e.to_string()))?
+            ),
+            name: input.name,
+            email: input.email,
+            first_name: input.first_name,
+            last_name: input.last_name,
+            created_ms: self.now_ms(),
+        };
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        if store::user_exists(&mut tx, &row.name).await? {
+            return Err(ControlError::Conflict(format!(
+                "user {:?} already exists",
+                row.name
+            )));
+        }
+        store::user_insert(&mut tx, &row).await?;
+        tx.commit().await?;
+        tracing::info!(user = %row.name, "user created");
+        Ok(user_view(row, vec![]))
+    }
+
+    pub async fn get_user(&self, name: &str) -> Result<User, ControlError> {
+        let mut c = self.store.conn().await?;
+        let row = store::user_get(&mut c, name)
+            .await?
+            .ok_or_else(|| not_found("user", name))?;
+        let mut groups = store::groups_of_users(&mut c, std::slice::from_ref(&row.name)).await?;
+        let g = groups.remove(&row.name).unwrap_or_default();
+        Ok(user_view(row, g))
+    }
+
+    pub async fn list_users(
+        &self,
+        q: Option<&str>,
+        page: u64,
+        per_page: u64,
+    ) -> Result<(Vec<User>, u64), ControlError> {
+        let mut c = self.store.conn().await?;
+        let (rows, total) = store::users_list(&mut c, q, page, per_page).await?;
+        let names: Vec<String> = rows.iter().map(|u| u.name.clone()).collect();
+        let mut groups = store::groups_of_users(&mut c, &names).await?;
+        let users = rows
+            .into_iter()
+            .map(|u| {
+                let g = groups.remove(&u.name).unwrap_or_default();
+                user_view(u, g)
+            })
+            .collect();
+        Ok((users, total))
+    }
+
+    pub async fn update_user(&self, name: &str, patch: UserPatch) -> Result<User, ControlError> {
+        for (field, v) in [
+            ("email", &patch.email),
+            ("first_name", &patch.first_name),
+            ("last_name", &patch.last_name),
+        ] {
+            if let Some(v) = v {
+                model::validate_optional_text(field, v)?;
+            }
+        }
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        let mut row = store::user_get(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("user", name))?;
+        if let Some(v) = patch.email {
+            row.email = v;
+        }
+        if let Some(v) = patch.first_name {
+            row.first_name = v;
+        }
+        if let Some(v) = patch.last_name {
+            row.last_name = v;
+        }
+        store::user_update(&mut tx, &row).await?;
+        tx.commit().await?;
+        drop(_w);
+        self.get_user(name).await
+    }
+
+    /// Deletes a user who owns no session that can still be used; their
+    /// finished session records and group memberships go with them.
+    pub async fn delete_user(&self, name: &str) -> Result<(), ControlError> {
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        if !store::user_exists(&mut tx, name).await? {
+            return Err(not_found("user", name));
+        }
+        let live = store::user_live_sessions(&mut tx, name).await?;
+        if live > 0 {
+            return Err(ControlError::Conflict(format!(
+                "user {name:?} owns {live} session(s) that are not expired or deleted; \
+                 delete or expire them first"
+            )));
+        }
+        store::user_purge_finished_sessions(&mut tx, name).await?;
+        store::user_delete(&mut tx, name).await?;
+        tx.commit().await?;
+        tracing::info!(user = %name, "user deleted");
+        Ok(())
+    }
+
+    // ---- groups ----
+
+    pub async fn create_group(&self, input: NewGroup) -> Result<Group, ControlError> {
+        model::validate_name("name", &input.name)?;
+        let members = sorted_unique(input.members);
+        for m in &members {
+            model::validate_user_name("members", m)?;
+        }
+        let now = self.now_ms();
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        if store::group_created(&mut tx, &input.name).await?.is_some() {
+            return Err(ControlError::Conflict(format!(
+                "group {:?} already exists",
+                input.name
+            )));
+        }
+        let missing = store::missing_users(&mut tx, &members).await?;
+        if !missing.is_empty() {
+            return Err(unknown("members", "user", &missing));
+        }
+        store::group_insert(&mut tx, &input.name, now).await?;
+        for m in &members {
+            store::member_add(&mut tx, &input.name, m).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(group = %input.name, members = members.len(), "group created");
+        Ok(Group {
+            name: input.name,
+            members,
+            created: rfc3339_millis(now),
+        })
+    }
+
+    pub async fn get_group(&self, name: &str) -> Result<Group, ControlError> {
+        let mut c = self.store.conn().await?;
+        group_view(&mut c, name).await
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<Group>, ControlError> {
+        let mut c = self.store.conn().await?;
+        let groups = store::groups_list(&mut c).await?;
+        let mut members = store::group_members(&mut c, None).await?;
+        Ok(groups
+            .into_iter()
+            .map(|(name, created)| Group {
+                members: members.remove(&name).unwrap_or_default(),
+                name,
+                created: rfc3339_millis(created),
+            })
+            .collect())
+    }
+
+    /// Deletes a group; sessions shared with it are no longer shared with it.
+    pub async fn delete_group(&self, name: &str) -> Result<(), ControlError> {
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        if !store::group_delete(&mut tx, name).await? {
+            return Err(not_found("group", name));
+        }
+        tx.commit().await?;
+        tracing::info!(group = %name, "group deleted");
+        Ok(())
+    }
+
+    /// Replaces the members of a group.
+    pub async fn set_members(
+        &self,
+        group: &str,
+        members: Vec<String>,
+    ) -> Result<Group, ControlError> {
+        let members = sorted_unique(members);
+        for m in &members {
+            model::validate_user_name("members", m)?;
+        }
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        if store::group_created(&mut tx, group).await?.is_none() {
+            return Err(not_found("group", group));
+        }
+        let missing = store::missing_users(&mut tx, &members).await?;
+        if !missing.is_empty() {
+            return Err(unknown("members", "user", &missing));
+        }
+        let current = store::group_members(&mut tx, Some(group))
+            .await?
+            .remove(group)
+            .unwrap_or_default();
+        for old in &current {
+            if !members.contains(old) {
+                store::member_remove(&mut tx, group, old).await?;
+            }
+        }
+        for m in &members {
+            store::member_add(&mut tx, group, m).await?;
+        }
+        let view = group_view(&mut tx, group).await?;
+        tx.commit().await?;
+        tracing::info!(group = %group, members = members.len(), "group members replaced");
+        Ok(view)
+    }
+
+    pub async fn add_member(&self, group: &str, user: &str) -> Result<Group, ControlError> {
+        model::validate_user_name("user", user)?;
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        if store::group_created(&mut tx, group).await?.is_none() {
+            return Err(not_found("group", group));
+        }
+        if !store::user_exists(&mut tx, user).await? {
+            return Err(unknown("user", "user", &[user.to_string()]));
+        }
+        store::member_add(&mut tx, group, user).await?;
+        let view = group_view(&mut tx, group).await?;
+        tx.commit().await?;
+        tracing::info!(group = %group, user = %user, "group member added");
+        Ok(view)
+    }
+
+    pub async fn remove_member(&self, group: &str, user: &str) -> Result<Group, ControlError> {
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        if store::group_created(&mut tx, group).await?.is_none() {
+            return Err(not_found("group", group));
+        }
+        if !store::member_remove(&mut tx, group, user).await? {
+            return Err(ControlError::NotFound {
+                what: "member",
+                name: format!("{user} in group {group}"),
+            });
+        }
+        let view = group_view(&mut tx, group).await?;
+        tx.commit().await?;
+        tracing::info!(group = %group, user = %user, "group member removed");
+        Ok(view)
+    }
+
+    // ---- sessions ----
+
+    pub async fn get_session(&self, name: &str) -> Result<SessionRecord, ControlError> {
+        let mut c = self.store.conn().await?;
+        store::session_get(&mut c, name)
+            .await?
+            .ok_or_else(|| not_found("session", name))
+    }
+
+    pub async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+    ) -> Result<(Vec<SessionRecord>, u64), ControlError> {
+        let mut c = self.store.conn().await?;
+        Ok(store::sessions_list(&mut c, filter).await?)
+    }
+
+    pub async fn create_session(&self, input: NewSession) -> Result<SessionRecord, ControlError> {
+        let now = self.now_ms();
+        model::validate_name("name", &input.name)?;
+        model::validate_user_name("owner", &input.owner)?;
+        let kind = input.kind.unwrap_or(SessionKind::Tunnel);
+        let groups = sorted_unique(input.groups);
+        for g in &groups {
+            model::validate_name("groups", g)?;
+        }
+        let (state, activated_ms, expires_ms) = if input.pending {
+            (SessionState::Pending, None, None)
+        } else {
+            (
+                SessionState::Running,
+                Some(now),
+                input.duration.map(|d| now + d * 1000),
+            )
+        };
+        let rec = SessionRecord {
+            name: input.name,
+            kind,
+            remote_host: match kind {
+                SessionKind::Tunnel => {
+                    Some(input.remote_host.unwrap_or_else(|| "localhost".into()))
+                }
+                SessionKind::Link => input.remote_host,
+            },
+            remote_port: input.remote_port,
+            url: input.url,
+            https: input.https,
+            tls_verify: input.tls_verify.unwrap_or(true),
+            slug: input
+                .slug
+                .as_deref()
+                .map(model::normalize_slug)
+                .transpose()?,
+            strip_prefix: input.strip_prefix,
+            rewrite_host: input.rewrite_host,
+            custom_domain: input
+                .custom_domain
+                .as_deref()
+                .map(|d| model::normalize_custom_domain(d, &self.base_domains()))
+                .transpose()?,
+            workspace_port: input.workspace_port,
+            owner: input.owner,
+            groups,
+            public: input.public,
+            state,
+            created_ms: now,
+            activated_ms,
+            expires_ms,
+            last_activity_ms: None,
+            paused_ms: None,
+            state_changed_ms: now,
+            duration_secs: input.duration,
+            idle_timeout_secs: input.idle_timeout,
+            extendable: input.extendable.unwrap_or(true),
+            environment: input.environment,
+            labels: input.labels,
+        };
+        model::validate_target(&rec)?;
+        self.check_static_keys(&rec)?;
+
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        if let Some(old) = store::session_get(&mut tx, &rec.name).await? {
+            if old.state.is_live() {
+                return Err(ControlError::Conflict(format!(
+                    "session {:?} already exists (it is {})",
+                    rec.name, old.state
+                )));
+            }
+            // A finished record waiting for the purge gives way to the new one.
+            store::session_purge(&mut tx, &rec.name).await?;
+        }
+        if !store::user_exists(&mut tx, &rec.owner).await? {
+            return Err(unknown("owner", "user", std::slice::from_ref(&rec.owner)));
+        }
+        let missing = store::missing_groups(&mut tx, &rec.groups).await?;
+        if !missing.is_empty() {
+            return Err(unknown("groups", "group", &missing));
+        }
+        check_unique_keys(&mut tx, &rec).await?;
+        store::session_insert(&mut tx, &rec).await?;
+        tx.commit().await?;
+        self.publish(None, Some(&rec))?;
+        tracing::info!(session = %rec.name, owner = %rec.owner, state = %rec.state, "session created");
+        Ok(rec)
+    }
+
+    /// Changes the target or routing of a session; a routed one is swapped
+    /// into the gateway at once.
+    pub async fn patch_session(
+        &self,
+        name: &str,
+        patch: SessionPatch,
+    ) -> Result<SessionRecord, ControlError> {
+        let slug = match &patch.slug {
+            Some(Some(s)) => Some(Some(model::normalize_slug(s)?)),
+            Some(None) => Some(None),
+            None => None,
+        };
+        let custom_domain = match &patch.custom_domain {
+            Some(Some(d)) => Some(Some(model::normalize_custom_domain(
+                d,
+                &self.base_domains(),
+            )?)),
+            Some(None) => Some(None),
+            None => None,
+        };
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        let old = store::session_get(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("session", name))?;
+        if !old.state.is_live() {
+            return Err(ControlError::Conflict(format!(
+                "session {name:?} is {} and can no longer be changed",
+                old.state
+            )));
+        }
+        let mut rec = old.clone();
+        if let Some(v) = patch.remote_host {
+            rec.remote_host = Some(v);
+        }
+        if let Some(v) = patch.remote_port {
+            rec.remote_port = Some(v);
+        }
+        if let Some(v) = patch.url {
+            rec.url = Some(v);
+        }
+        if let Some(v) = patch.https {
+            rec.https = v;
+        }
+        if let Some(v) = patch.tls_verify {
+            rec.tls_verify = v;
+        }
+        if let Some(v) = slug {
+            rec.slug = v;
+        }
+        if let Some(v) = patch.strip_prefix {
+            rec.strip_prefix = v;
+        }
+        if let Some(v) = patch.rewrite_host {
+            rec.rewrite_host = v;
+        }
+        if let Some(v) = custom_domain {
+            rec.custom_domain = v;
+        }
+        if let Some(v) = patch.public {
+            rec.public = v;
+        }
+        if let Some(v) = patch.duration {
+            rec.duration_secs = v;
+        }
+        if let Some(v) = patch.idle_timeout {
+            rec.idle_timeout_secs = v;
+        }
+        if let Some(v) = patch.extendable {
+            rec.extendable = v;
+        }
+        if let Some(v) = patch.labels {
+            rec.labels = v;
+        }
+        model::validate_target(&rec)?;
+        self.check_static_keys(&rec)?;
+        check_unique_keys(&mut tx, &rec).await?;
+        store::session_update(&mut tx, &rec).await?;
+        tx.commit().await?;
+        self.publish(Some(&old), Some(&rec))?;
+        tracing::info!(session = %name, "session changed");
+        Ok(rec)
+    }
+
+    /// Replaces the groups a session is shared with.
+    pub async fn set_session_groups(
+        &self,
+        name: &str,
+        groups: Vec<String>,
+    ) -> Result<SessionRecord, ControlError> {
+        let groups = sorted_unique(groups);
+        for g in &groups {
+            model::validate_name("groups", g)?;
+        }
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        let old = store::session_get(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("session", name))?;
+        if !old.state.is_live() {
+            return Err(ControlError::Conflict(format!(
+                "session {name:?} is {} and can no longer be shared",
+                old.state
+            )));
+        }
+        let missing = store::missing_groups(&mut tx, &groups).await?;
+        if !missing.is_empty() {
+            return Err(unknown("groups", "group", &missing));
+        }
+        let mut rec = old.clone();
+        rec.groups = groups;
+        store::session_update(&mut tx, &rec).await?;
+        tx.commit().await?;
+        self.publish(Some(&old), Some(&rec))?;
+        tracing::info!(session = %name, groups = ?rec.groups, "session sharing replaced");
+        Ok(rec)
+    }
+
+    /// Applies a lifecycle action. `extend_secs` is what `extend` adds
+    /// (default: the session's duration).
+    pub async fn session_action(
+        &self,
+        name: &str,
+        action: Action,
+        extend_secs: Option<u64>,
+    ) -> Result<SessionRecord, ControlError> {
+        if let Some(s) = extend_secs {
+            if s == 0 || s > model::MAX_SECS {
+                return Err(
+                    invalid("seconds", format!("must be 1-{} seconds", model::MAX_SECS)).into(),
+                );
+            }
+        }
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        let old = store::session_get(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("session", name))?;
+        let rec = self.transition(&old, action, extend_secs)?;
+        store::session_update(&mut tx, &rec).await?;
+        tx.commit().await?;
+        self.publish(Some(&old), Some(&rec))?;
+        tracing::info!(session = %name, action = ?action, from = %old.state, to = %rec.state, "session action");
+        Ok(rec)
+    }
+
+    /// Applies `action` to each name where it is applicable, in one
+    /// transaction and one table update, and reports per name.
+    pub async fn bulk_action(
+        &self,
+        action: Action,
+        names: Vec<String>,
+    ) -> Result<Vec<BulkResult>, ControlError> {
+        if names.len() > 10_000 {
+            return Err(invalid("names", format!("{} names; at most 10000", names.len())).into());
+        }
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        let mut results = Vec::with_capacity(names.len());
+        let mut changed: Vec<(SessionRecord, SessionRecord)> = Vec::new();
+        let mut seen = HashSet::new();
+        for name in names {
+            if !seen.insert(name.clone()) {
+                results.push(BulkResult {
+                    name: name.clone(),
+                    ok: false,
+                    state: None,
+                    error: Some(BulkError {
+                        code: "duplicate".into(),
+                        message: format!("{name:?} is listed more than once"),
+                    }),
+                });
+                continue;
+            }
+            let Some(old) = store::session_get(&mut tx, &name).await? else {
+                results.push(BulkResult {
+                    error: Some(BulkError {
+                        code: "not_found".into(),
+                        message: format!("session {name:?} not found"),
+                    }),
+                    name,
+                    ok: false,
+                    state: None,
+                });
+                continue;
+            };
+            match self.transition(&old, action, None) {
+                Ok(rec) => {
+                    store::session_update(&mut tx, &rec).await?;
+                    results.push(BulkResult {
+                        name,
+                        ok: true,
+                        state: Some(rec.state),
+                        error: None,
+                    });
+                    changed.push((old, rec));
+                }
+                Err(e) => results.push(BulkResult {
+                    name,
+                    ok: false,
+                    state: Some(old.state),
+                    error: Some(BulkError {
+                        code: error_code(&e).into(),
+                        message: e.to_string(),
+                    }),
+                }),
+            }
+        }
+        tx.commit().await?;
+        let mut changes = Vec::new();
+        let mut closing = Vec::new();
+        for (old, rec) in &changed {
+            self.route_changes(old, rec, &mut changes, &mut closing)?;
+        }
+        self.apply_changes(changes, closing)?;
+        tracing::info!(action = ?action, applied = changed.len(), asked = results.len(), "bulk session action");
+        Ok(results)
+    }
+
+    /// The record after `action`, or why not. Times move by the clock.
+    fn transition(
+        &self,
+        old: &SessionRecord,
+        action: Action,
+        extend_secs: Option<u64>,
+    ) -> Result<SessionRecord, ControlError> {
+        let now = self.now_ms();
+        let next = old
+            .state
+            .apply(action)
+            .map_err(|err| ControlError::Transition {
+                name: old.name.clone(),
+                err,
+            })?;
+        let mut rec = old.clone();
+        // The expiry clock: frozen at the pause while paused.
+        let clock = match (old.state, old.paused_ms) {
+            (SessionState::Paused, Some(p)) => p,
+            _ => now,
+        };
+        match action {
+            Action::Activate => {
+                rec.activated_ms.get_or_insert(now);
+                if rec.expires_ms.is_none() || old.state == SessionState::Pending {
+                    rec.expires_ms = rec.duration_secs.map(|d| now + d * 1000);
+                }
+                rec.last_activity_ms = Some(now);
+            }
+            Action::Pause => rec.paused_ms = Some(now),
+            Action::Resume => {
+                if let (Some(p), Some(e)) = (old.paused_ms, old.expires_ms) {
+                    rec.expires_ms = Some(e + now.saturating_sub(p));
+                }
+                rec.paused_ms = None;
+            }
+            Action::Keepalive => {
+                rec.last_activity_ms = Some(now);
+                if let Some(d) = rec.duration_secs {
+                    let advanced = clock + d * 1000;
+                    rec.expires_ms = Some(rec.expires_ms.map_or(advanced, |e| e.max(advanced)));
+                }
+            }
+            Action::Extend => {
+                if !old.extendable {
+                    return Err(ControlError::NotExtendable(old.name.clone()));
+                }
+                let secs = extend_secs.or(old.duration_secs).ok_or_else(|| {
+                    invalid(
+                        "seconds",
+                        "the session has no duration; say how many seconds to extend by",
+                    )
+                })?;
+                rec.expires_ms = Some(rec.expires_ms.unwrap_or(clock) + secs * 1000);
+            }
+            Action::Evict | Action::Expire | Action::Delete => rec.paused_ms = None,
+        }
+        if next != old.state {
+            rec.state = next;
+            rec.state_changed_ms = now;
+        }
+        Ok(rec)
+    }
+
+    /// Base domains of the table the gateway holds now.
+    fn base_domains(&self) -> Vec<String> {
+        self.routes
+            .load()
+            .base_domains()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn check_static_keys(&self, rec: &SessionRecord) -> Result<(), ControlError> {
+        let keys = self.static_keys.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(slug) = &rec.slug {
+            if keys.slugs.contains(slug) {
+                return Err(ControlError::Conflict(format!(
+                    "slug {slug:?} is a static route of the configuration file"
+                )));
+            }
+        }
+        if let Some(d) = &rec.custom_domain {
+            if keys.hosts.contains(d) {
+                return Err(ControlError::Conflict(format!(
+                    "custom_domain {d:?} is a static route of the configuration file"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The table changes that take the gateway from `old` to `new`, and the
+    /// routes whose live connections must close.
+    fn route_changes(
+        &self,
+        old: &SessionRecord,
+        new: &SessionRecord,
+        changes: &mut Vec<RouteChange>,
+        closing: &mut Vec<Arc<RouteState>>,
+    ) -> Result<(), ControlError> {
+        let spec = route_spec(new).map_err(ControlError::Publish)?;
+        let id = route_id(&new.name);
+        // Leaving `running` for anything (pause included) ends live
+        // WebSockets: the session no longer serves traffic.
+        if old.state == SessionState::Running && new.state != SessionState::Running {
+            if let Some(route) = self.routes.load().route(&id) {
+                closing.push(Arc::clone(&route.state));
+            }
+        }
+        match spec {
+            Some(spec) => changes.push(RouteChange::Upsert(spec)),
+            None if old.state.is_routed() => changes.push(RouteChange::Remove(id)),
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn publish(
+        &self,
+        old: Option<&SessionRecord>,
+        new: Option<&SessionRecord>,
+    ) -> Result<(), ControlError> {
+        let mut changes = Vec::new();
+        let mut closing = Vec::new();
+        match (old, new) {
+            (Some(o), Some(n)) => self.route_changes(o, n, &mut changes, &mut closing)?,
+            (None, Some(n)) => {
+                if let Some(spec) = route_spec(n).map_err(ControlError::Publish)? {
+                    changes.push(RouteChange::Upsert(spec));
+                }
+            }
+            _ => {}
+        }
+        self.apply_changes(changes, closing)
+    }
+
+    fn apply_changes(
+        &self,
+        changes: Vec<RouteChange>,
+        closing: Vec<Arc<RouteState>>,
+    ) -> Result<(), ControlError> {
+        if !changes.is_empty() {
+            let started = std::time::Instant::now();
+            self.routes.apply(None, changes).map_err(|e| {
+                tracing::error!(error = %e, "route table refused a stored change");
+                ControlError::Publish(e.to_string())
+            })?;
+            self.metrics.observe_table_swap(started.elapsed());
+        }
+        for state in closing {
+            let n = state.close_upgraded();
+            if n > 0 {
+                tracing::info!(connections = n, "closed live upgraded connections");
+            }
+        }
+        Ok(())
+    }
+
+    // ---- the reaper ----
+
+    /// One pass of the lifecycle reaper: records the gateway's activity,
+    /// then deletes, expires and purges what is due, in one transaction.
+    pub async fn reap(&self) -> Result<ReapReport, ControlError> {
+        let now = self.now_ms();
+        let s = &self.settings;
+        let mut report = ReapReport::default();
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+
+        // The gateway's per-route activity, written when it moved.
+        let activity: Vec<(String, u64)> = {
+            let table = self.routes.load();
+            let synced = self
+                .synced_activity
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            table
+                .routes()
+                .iter()
+                .filter_map(|r| {
+                    let name = crate::publish::session_name(&r.id)?;
+                    let at = r.state.last_activity_ms()?;
+                    (synced.get(name) != Some(&at)).then(|| (name.to_string(), at))
+                })
+                .collect()
+        };
+        for (name, at) in &activity {
+            store::session_touch(&mut tx, name, *at).await?;
+        }
+
+        let deadline_cutoff = now.saturating_sub(s.activation_deadline.as_millis() as u64);
+        let evicted_cutoff = now.saturating_sub(s.evicted_expiry.as_millis() as u64);
+        let candidates = store::sessions_in_states(
+            &mut tx,
+            &[
+                SessionState::Pending,
+                SessionState::Running,
+                SessionState::Evicted,
+            ],
+        )
+        .await?;
+        let mut changed = Vec::new();
+        for old in candidates {
+            let verdict = match old.state {
+                SessionState::Pending if old.created_ms <= deadline_cutoff => Some((
+                    Action::Delete,
+                    &mut report.deleted_unactivated,
+                    "activation deadline passed",
+                )),
+                SessionState::Running if old.expires_ms.is_some_and(|e| e <= now) => {
+                    Some((Action::Expire, &mut report.expired, "expires passed"))
+                }
+                SessionState::Running => {
+                    let idle_since = old
+                        .last_activity_ms
+                        .unwrap_or(0)
+                        .max(old.state_changed_ms)
+                        .max(old.activated_ms.unwrap_or(0));
+                    match old.idle_timeout_secs {
+                        Some(t) if now.saturating_sub(idle_since) >= t * 1000 => {
+                            Some((Action::Expire, &mut report.expired_idle, "idle timeout"))
+                        }
+                        _ => None,
+                    }
+                }
+                SessionState::Evicted => {
+                    let since = old.last_activity_ms.unwrap_or(0).max(old.state_changed_ms);
+                    (since <= evicted_cutoff).then_some((
+                        Action::Expire,
+                        &mut report.expired_evicted,
+                        "evicted and unused",
+                    ))
+                }
+                _ => None,
+            };
+            let Some((action, list, reason)) = verdict else {
+                continue;
+            };
+            let rec = self.transition(&old, action, None)?;
+            store::session_update(&mut tx, &rec).await?;
+            tracing::info!(session = %old.name, action = ?action, reason, "reaper");
+            list.push(old.name.clone());
+            changed.push((old, rec));
+        }
+        let retention_cutoff = now.saturating_sub(s.retention.as_millis() as u64);
+        report.purged = store::sessions_purge_finished(&mut tx, retention_cutoff).await?;
+        for name in &report.purged {
+            tracing::info!(session = %name, action = "purge", reason = "retention passed", "reaper");
+        }
+        tx.commit().await?;
+
+        {
+            let mut synced = self
+                .synced_activity
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (name, at) in activity {
+                synced.insert(name, at);
+            }
+            for (old, _) in &changed {
+                synced.remove(&old.name);
+            }
+        }
+        let mut changes = Vec::new();
+        let mut closing = Vec::new();
+        for (old, rec) in &changed {
+            self.route_changes(old, rec, &mut changes, &mut closing)?;
+        }
+        self.apply_changes(changes, closing)?;
+        let m = &self.metrics;
+        m.count_reaper("delete_unactivated", report.deleted_unactivated.len());
+        m.count_reaper("expire", report.expired.len());
+        m.count_reaper("expire_idle", report.expired_idle.len());
+        m.count_reaper("expire_evicted", report.expired_evicted.len());
+        m.count_reaper("purge", report.purged.len());
+        Ok(report)
+    }
+
+    /// Sessions by state, for the metrics.
+    pub async fn count_by_state(&self) -> Result<BTreeMap<SessionState, u64>, ControlError> {
+        let mut c = self.store.conn().await?;
+        let mut out = BTreeMap::new();
+        for s in SessionState::ALL {
+            let f = SessionFilter {
+                states: vec![s],
+                page: 1,
+                per_page: 0,
+                ..SessionFilter::default()
+            };
+            out.insert(s, store::sessions_list(&mut c, &f).await?.1);
+        }
+        Ok(out)
+    }
+}
+
+/// The API error code of a refusal, for bulk results.
+pub fn error_code(e: &ControlError) -> &'static str {
+    match e {
+        ControlError::NotFound { .. } => "not_found",
+        ControlError::Conflict(_) => "conflict",
+        ControlError::Invalid(_) => "invalid",
+        ControlError::Transition { .. } => "invalid_transition",
+        ControlError::NotExtendable(_) => "not_extendable",
+        ControlError::Store(_) | ControlError::Publish(_) => "internal",
+    }
+}
+
+fn unknown(field: &str, what: &str, names: &[String]) -> ControlError {
+    let list = names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let s = if names.len() == 1 { "" } else { "s" };
+    invalid(field, format!("no such {what}{s}: {list}")).into()
+}
+
+fn sorted_unique(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v.dedup();
+    v
+}
+
+async fn check_unique_keys(
+    c: &mut SqliteConnection,
+    rec: &SessionRecord,
+) -> Result<(), ControlError> {
+    if let Some(slug) = &rec.slug {
+        if let Some(other) = store::live_session_with(c, "slug", slug, &rec.name).await? {
+            return Err(ControlError::Conflict(format!(
+                "slug {slug:?} is used by session {other:?}"
+            )));
+        }
+    }
+    if let Some(d) = &rec.custom_domain {
+        if let Some(other) = store::live_session_with(c, "custom_domain", d, &rec.name).await? {
+            return Err(ControlError::Conflict(format!(
+                "custom_domain {d:?} is used by session {other:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn group_view(c: &mut SqliteConnection, name: &str) -> Result<Group, ControlError> {
+    let created = store::group_created(c, name)
+        .await?
+        .ok_or_else(|| not_found("group", name))?;
+    let members = store::group_members(c, Some(name))
+        .await?
+        .remove(name)
+        .unwrap_or_default();
+    Ok(Group {
+        name: name.to_string(),
+        members,
+        created: rfc3339_millis(created),
+    })
+}
+
+fn user_view(u: UserRow, groups: Vec<String>) -> User {
+    User {
+        id: u.id,
+        name: u.name,
+        email: u.email,
+        first_name: u.first_name,
+        last_name: u.last_name,
+        created: rfc3339_millis(u.created_ms),
+        groups,
+    }
+}
+
+fn token_info(t: &TokenRow) -> TokenInfo {
+    TokenInfo {
+        name: t.name.clone(),
+        kind: TokenKind::parse(&t.kind).unwrap_or(TokenKind::Readonly),
+        created: rfc3339_millis(t.created_ms),
+    }
+}

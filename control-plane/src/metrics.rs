@@ -1,0 +1,104 @@
+//! The control plane's Prometheus metrics. One registry per process (not the
+//! global default), so tests can run several servers side by side.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    reaper_actions: IntCounterVec,
+    table_swap_seconds: HistogramVec,
+    sessions: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reaper_actions = IntCounterVec::new(
+            Opts::new(
+                "sessiongate_reaper_actions_total",
+                "Sessions the lifecycle reaper acted on, by action.",
+            ),
+            &["action"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let table_swap_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "sessiongate_route_table_swap_seconds",
+                "Time to apply a change to the gateway's route table.",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25,
+            ]),
+            &[],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let sessions = IntGaugeVec::new(
+            Opts::new("sessiongate_sessions", "Sessions in the store, by state."),
+            &["state"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        for c in [
+            Box::new(reaper_actions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(table_swap_seconds.clone()),
+            Box::new(sessions.clone()),
+        ] {
+            let _ = registry.register(c);
+        }
+        // Every action shows up at 0 before the first one happens.
+        for a in [
+            "delete_unactivated",
+            "expire",
+            "expire_idle",
+            "expire_evicted",
+            "purge",
+        ] {
+            reaper_actions.with_label_values(&[a]);
+        }
+        Metrics {
+            registry,
+            reaper_actions,
+            table_swap_seconds,
+            sessions,
+        }
+    }
+
+    pub fn count_reaper(&self, action: &str, n: usize) {
+        self.reaper_actions
+            .with_label_values(&[action])
+            .inc_by(n as u64);
+    }
+
+    pub fn reaper_count(&self, action: &str) -> u64 {
+        self.reaper_actions.with_label_values(&[action]).get()
+    }
+
+    pub fn observe_table_swap(&self, d: Duration) {
+        self.table_swap_seconds
+            .with_label_values(&[] as &[&str])
+            .observe(d.as_secs_f64());
+    }
+
+    pub fn set_sessions(&self, state: &str, n: u64) {
+        self.sessions
+            .with_label_values(&[state])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

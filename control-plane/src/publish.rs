@@ -1,0 +1,59 @@
+//! Sessions → routes: what the gateway's table holds for each session.
+//!
+//! A session is routed while it is running or paused (a paused one answers
+//! 503). Its route id is `session:<name>`, so per-route activity and live
+//! connections follow it across updates.
+
+use std::sync::Arc;
+
+use gateway::{RouteSpec, RouteTarget, Upstream};
+
+use crate::session::model::{SessionKind, SessionRecord};
+
+pub const SESSION_ROUTE_PREFIX: &str = "session:";
+
+pub fn route_id(name: &str) -> Arc<str> {
+    format!("{SESSION_ROUTE_PREFIX}{name}").into()
+}
+
+/// The session name of a session route id.
+pub fn session_name(route_id: &str) -> Option<&str> {
+    route_id.strip_prefix(SESSION_ROUTE_PREFIX)
+}
+
+/// The route for `s`, or `None` if the gateway should not route it.
+/// Fails only on a record that validation should have refused.
+pub fn route_spec(s: &SessionRecord) -> Result<Option<RouteSpec>, String> {
+    if !s.state.is_routed() {
+        return Ok(None);
+    }
+    let target = match s.kind {
+        SessionKind::Tunnel => {
+            let host = s.remote_host.as_deref().unwrap_or("localhost");
+            let port = s
+                .remote_port
+                .ok_or("a tunnel session without remote_port")?;
+            let scheme = if s.https { "https" } else { "http" };
+            let url = if host.contains(':') {
+                format!("{scheme}://[{host}]:{port}")
+            } else {
+                format!("{scheme}://{host}:{port}")
+            };
+            RouteTarget::Upstream(Upstream::parse(&url)?)
+        }
+        SessionKind::Link => {
+            RouteTarget::Redirect(s.url.as_deref().ok_or("a link session without url")?.into())
+        }
+    };
+    Ok(Some(RouteSpec {
+        id: route_id(&s.name),
+        hosts: s.custom_domain.iter().cloned().collect(),
+        labels: vec![s.name.clone()],
+        slugs: s.slug.iter().cloned().collect(),
+        target,
+        strip_prefix: s.strip_prefix,
+        rewrite_host: s.rewrite_host,
+        paused: s.state == crate::session::lifecycle::SessionState::Paused,
+        public: s.public,
+    }))
+}

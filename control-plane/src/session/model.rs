@@ -1,0 +1,659 @@
+//! The records the control plane keeps — users, groups, sessions — and the
+//! shapes the API reads and writes. Validation lives here so that the API,
+//! the workshop API and `ctl` refuse bad input the same way, before anything
+//! is stored.
+
+use std::collections::BTreeMap;
+
+use gateway::table::is_redirect_url;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::lifecycle::SessionState;
+use crate::time::rfc3339_millis;
+
+/// A person who can own sessions and be a member of groups.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct User {
+    /// Generated at creation, never reused.
+    pub id: String,
+    /// Unique; what sessions and groups refer to.
+    pub name: String,
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub created: String,
+    /// The groups the user is a member of.
+    pub groups: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub first_name: Option<String>,
+    #[serde(default)]
+    pub last_name: Option<String>,
+}
+
+/// A change to a user; absent fields stay as they are, `null` clears.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub first_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub last_name: Option<Option<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Group {
+    pub name: String,
+    pub members: Vec<String>,
+    pub created: String,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewGroup {
+    pub name: String,
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    /// Forwarded to `remote_host:remote_port`.
+    Tunnel,
+    /// Answered with a redirect to an external `url`.
+    Link,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Tunnel => "tunnel",
+            SessionKind::Link => "link",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tunnel" => Some(SessionKind::Tunnel),
+            "link" => Some(SessionKind::Link),
+            _ => None,
+        }
+    }
+}
+
+/// A session as stored. Times are Unix milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub name: String,
+    pub kind: SessionKind,
+    pub remote_host: Option<String>,
+    pub remote_port: Option<u16>,
+    pub url: Option<String>,
+    pub https: bool,
+    pub tls_verify: bool,
+    /// Normalised: a leading `/`, no trailing `/`.
+    pub slug: Option<String>,
+    pub strip_prefix: bool,
+    pub rewrite_host: bool,
+    /// Lower case, no trailing dot.
+    pub custom_domain: Option<String>,
+    pub workspace_port: Option<u16>,
+    pub owner: String,
+    /// Sorted, without duplicates.
+    pub groups: Vec<String>,
+    pub public: bool,
+    pub state: SessionState,
+    pub created_ms: u64,
+    pub activated_ms: Option<u64>,
+    pub expires_ms: Option<u64>,
+    pub last_activity_ms: Option<u64>,
+    /// When it was paused; the expiry clock is stopped from then on.
+    pub paused_ms: Option<u64>,
+    /// When it entered its current state (eviction age, retention).
+    pub state_changed_ms: u64,
+    /// What `keepalive` and `extend` add to `expires`.
+    pub duration_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub extendable: bool,
+    pub environment: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A session as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    pub name: String,
+    pub kind: SessionKind,
+    pub remote_host: Option<String>,
+    pub remote_port: Option<u16>,
+    pub url: Option<String>,
+    pub https: bool,
+    pub tls_verify: bool,
+    pub slug: Option<String>,
+    pub strip_prefix: bool,
+    pub rewrite_host: bool,
+    pub custom_domain: Option<String>,
+    pub workspace_port: Option<u16>,
+    pub owner: String,
+    pub groups: Vec<String>,
+    pub public: bool,
+    pub state: SessionState,
+    /// RFC 3339 UTC.
+    pub created: String,
+    pub activated: Option<String>,
+    pub expires: Option<String>,
+    pub last_activity: Option<String>,
+    /// Seconds until `expires` (frozen while paused); null without an expiry.
+    pub countdown: Option<u64>,
+    pub extendable: bool,
+    /// Seconds that `keepalive` and `extend` add; null for no expiry.
+    pub duration: Option<u64>,
+    /// Seconds without traffic or keep-alive after which it expires.
+    pub idle_timeout: Option<u64>,
+    pub environment: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl SessionRecord {
+    /// The time the expiry clock reads: frozen at the pause while paused.
+    fn clock_ms(&self, now_ms: u64) -> u64 {
+        match (self.state, self.paused_ms) {
+            (SessionState::Paused, Some(p)) => p,
+            _ => now_ms,
+        }
+    }
+
+    /// Seconds left before `expires`, by the session's own clock.
+    pub fn countdown_secs(&self, now_ms: u64) -> Option<u64> {
+        let expires = self.expires_ms?;
+        Some(expires.saturating_sub(self.clock_ms(now_ms)) / 1000)
+    }
+
+    pub fn view(&self, now_ms: u64) -> Session {
+        Session {
+            name: self.name.clone(),
+            kind: self.kind,
+            remote_host: self.remote_host.clone(),
+            remote_port: self.remote_port,
+            url: self.url.clone(),
+            https: self.https,
+            tls_verify: self.tls_verify,
+            slug: self.slug.clone(),
+            strip_prefix: self.strip_prefix,
+            rewrite_host: self.rewrite_host,
+            custom_domain: self.custom_domain.clone(),
+            workspace_port: self.workspace_port,
+            owner: self.owner.clone(),
+            groups: self.groups.clone(),
+            public: self.public,
+            state: self.state,
+            created: rfc3339_millis(self.created_ms),
+            activated: self.activated_ms.map(rfc3339_millis),
+            expires: self.expires_ms.map(rfc3339_millis),
+            last_activity: self.last_activity_ms.map(rfc3339_millis),
+            countdown: if self.state.is_live() {
+                self.countdown_secs(now_ms)
+            } else {
+                None
+            },
+            extendable: self.extendable,
+            duration: self.duration_secs,
+            idle_timeout: self.idle_timeout_secs,
+            environment: self.environment.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+/// `POST /api/v1/sessions`.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSession {
+    /// A DNS label: 1–63 of `a-z`, `0-9` and `-`; the default subdomain.
+    pub name: String,
+    /// `tunnel` (default) or `link`.
+    #[serde(default)]
+    pub kind: Option<SessionKind>,
+    /// Tunnel: the app's host (default `localhost`).
+    #[serde(default)]
+    pub remote_host: Option<String>,
+    /// Tunnel: the app's port (required).
+    #[serde(default)]
+    pub remote_port: Option<u16>,
+    /// Link: the external URL (required).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The app speaks HTTPS.
+    #[serde(default)]
+    pub https: bool,
+    /// Verify the app's certificate (default true).
+    #[serde(default)]
+    pub tls_verify: Option<bool>,
+    /// A path on the portal host, such as `/lab`.
+    #[serde(default)]
+    pub slug: Option<String>,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Send the app's own host as `Host`.
+    #[serde(default)]
+    pub rewrite_host: bool,
+    /// A full hostname routed to this session.
+    #[serde(default)]
+    pub custom_domain: Option<String>,
+    /// A raw TCP listener for the session (not available in this build).
+    #[serde(default)]
+    pub workspace_port: Option<u16>,
+    /// An existing user's name.
+    pub owner: String,
+    /// Groups whose members may open it.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Anyone may open it, signed in or not (default false).
+    #[serde(default)]
+    pub public: bool,
+    /// Seconds until it expires; `keepalive` and `extend` add this much again.
+    #[serde(default)]
+    pub duration: Option<u64>,
+    /// Seconds without traffic or keep-alive after which it expires.
+    #[serde(default)]
+    pub idle_timeout: Option<u64>,
+    /// Whether `extend` is allowed (default true).
+    #[serde(default)]
+    pub extendable: Option<bool>,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Wait for activation instead of running at once; deleted if not
+    /// activated within the activation deadline.
+    #[serde(default)]
+    pub pending: bool,
+}
+
+/// `PATCH /api/v1/sessions/{name}`: the target and routing, hot-swapped.
+/// Absent fields stay as they are; `null` clears an optional one.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionPatch {
+    #[serde(default)]
+    pub remote_host: Option<String>,
+    #[serde(default)]
+    pub remote_port: Option<u16>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub https: Option<bool>,
+    #[serde(default)]
+    pub tls_verify: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub slug: Option<Option<String>>,
+    #[serde(default)]
+    pub strip_prefix: Option<bool>,
+    #[serde(default)]
+    pub rewrite_host: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub custom_domain: Option<Option<String>>,
+    #[serde(default)]
+    pub public: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u64>)]
+    pub duration: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u64>)]
+    pub idle_timeout: Option<Option<u64>>,
+    #[serde(default)]
+    pub extendable: Option<bool>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Input that cannot be stored: the field and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Longest accepted duration, idle timeout or extension: ten years. Keeps
+/// millisecond arithmetic far from overflow.
+pub const MAX_SECS: u64 = 10 * 365 * 86_400;
+const MAX_LABELS: usize = 64;
+const MAX_TEXT: usize = 256;
+
+/// A name for a session, user or group: a DNS label, because session names
+/// are subdomains and the same rule everywhere is easier to remember.
+pub fn validate_name(field: &str, name: &str) -> Result<(), Invalid> {
+    if gateway::table::is_dns_label(name) {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!(
+                "{name:?} is not a DNS label (1-63 of a-z, 0-9 and '-', not starting or ending with '-')"
+            ),
+        ))
+    }
+}
+
+/// A user name: a DNS label, or an e-mail-like name (`a.b@c`) as portals use.
+pub fn validate_user_name(field: &str, name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.@+".contains(&c))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!(
+                "{name:?} is not a user name (1-128 of letters, digits and - _ . @ +, starting with a letter or digit)"
+            ),
+        ))
+    }
+}
+
+fn validate_text(field: &str, value: &str) -> Result<(), Invalid> {
+    if value.len() > MAX_TEXT || value.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_TEXT} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_optional_text(field: &str, value: &Option<String>) -> Result<(), Invalid> {
+    value
+        .as_deref()
+        .map(|v| validate_text(field, v))
+        .unwrap_or(Ok(()))
+}
+
+fn validate_secs(field: &str, value: Option<u64>) -> Result<(), Invalid> {
+    match value {
+        Some(0) => Err(invalid(field, "must be at least 1 second")),
+        Some(v) if v > MAX_SECS => Err(invalid(
+            field,
+            format!("{v} is more than the maximum of {MAX_SECS} seconds"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A hostname or IP literal for `remote_host`.
+fn validate_remote_host(host: &str) -> Result<(), Invalid> {
+    let ip = host.parse::<std::net::IpAddr>().is_ok();
+    let name = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| gateway::table::is_dns_label(&l.to_ascii_lowercase()));
+    if ip || name {
+        Ok(())
+    } else {
+        Err(invalid(
+            "remote_host",
+            format!("{host:?} is not a hostname or IP address"),
+        ))
+    }
+}
+
+/// `/lab/` → `/lab`. The portal root is refused: it would take the whole portal.
+pub fn normalize_slug(slug: &str) -> Result<String, Invalid> {
+    let ok = slug.starts_with('/')
+        && !slug.contains("//")
+        && slug.len() <= 256
+        && slug
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"/-._~".contains(&c));
+    let trimmed = slug.trim_end_matches('/');
+    if !ok {
+        return Err(invalid(
+            "slug",
+            format!("{slug:?} must be a path such as \"/lab\" (letters, digits and - . _ ~)"),
+        ));
+    }
+    if trimmed.is_empty() {
+        return Err(invalid(
+            "slug",
+            "\"/\" would take the whole portal; use a path such as \"/lab\"",
+        ));
+    }
+    if trimmed.matches('/').count() > gateway::router::MAX_SLUG_SEGMENTS {
+        return Err(invalid(
+            "slug",
+            format!(
+                "{slug:?} has more than {} segments",
+                gateway::router::MAX_SLUG_SEGMENTS
+            ),
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Lower case, no trailing dot; refused when it is `<label>.<base domain>`,
+/// which belongs to the session named `<label>`.
+pub fn normalize_custom_domain(domain: &str, base_domains: &[String]) -> Result<String, Invalid> {
+    let d = domain
+        .strip_suffix('.')
+        .unwrap_or(domain)
+        .to_ascii_lowercase();
+    if d.is_empty() || d.len() > 253 || !d.split('.').all(gateway::table::is_dns_label) {
+        return Err(invalid(
+            "custom_domain",
+            format!("{domain:?} is not a hostname"),
+        ));
+    }
+    for base in base_domains {
+        let base = base.strip_suffix('.').unwrap_or(base).to_ascii_lowercase();
+        if d == base {
+            return Err(invalid(
+                "custom_domain",
+                format!("{domain:?} is a base domain"),
+            ));
+        }
+        if let Some(label) = d.strip_suffix(&format!(".{base}")) {
+            if !label.contains('.') {
+                return Err(invalid(
+                    "custom_domain",
+                    format!("{domain:?} is the address of the session named {label:?}"),
+                ));
+            }
+        }
+    }
+    Ok(d)
+}
+
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    if labels.len() > MAX_LABELS {
+        return Err(invalid(
+            "labels",
+            format!("{} labels; at most {MAX_LABELS}", labels.len()),
+        ));
+    }
+    for (k, v) in labels {
+        let key_ok = !k.is_empty()
+            && k.len() <= 63
+            && k.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_./".contains(&c));
+        if !key_ok {
+            return Err(invalid(
+                "labels",
+                format!("key {k:?} must be 1-63 of letters, digits and - _ . /"),
+            ));
+        }
+        validate_text(&format!("labels.{k}"), v)?;
+    }
+    Ok(())
+}
+
+/// The routing-relevant fields, checked together because they depend on the kind.
+pub fn validate_target(s: &SessionRecord) -> Result<(), Invalid> {
+    match s.kind {
+        SessionKind::Tunnel => {
+            if s.url.is_some() {
+                return Err(invalid("url", "only a link session has a url"));
+            }
+            match s.remote_port {
+                None => return Err(invalid("remote_port", "a tunnel session needs one")),
+                Some(0) => return Err(invalid("remote_port", "must be 1-65535")),
+                Some(_) => {}
+            }
+            validate_remote_host(s.remote_host.as_deref().unwrap_or(""))?;
+        }
+        SessionKind::Link => {
+            if s.remote_port.is_some() || s.remote_host.is_some() {
+                return Err(invalid(
+                    "remote_port",
+                    "a link session has a url, not remote_host or remote_port",
+                ));
+            }
+            match &s.url {
+                None => return Err(invalid("url", "a link session needs one")),
+                Some(u) if !is_redirect_url(u) => {
+                    return Err(invalid(
+                        "url",
+                        format!("{u:?} must be an absolute http:// or https:// URL"),
+                    ))
+                }
+                Some(_) => {}
+            }
+            if s.https || s.strip_prefix || s.rewrite_host {
+                return Err(invalid(
+                    "kind",
+                    "https, strip_prefix and rewrite_host apply to tunnel sessions only",
+                ));
+            }
+        }
+    }
+    if s.strip_prefix && s.slug.is_none() {
+        return Err(invalid("strip_prefix", "only applies with a slug"));
+    }
+    if s.workspace_port.is_some() {
+        return Err(invalid(
+            "workspace_port",
+            "raw TCP workspace ports are not available in this build",
+        ));
+    }
+    validate_secs("duration", s.duration_secs)?;
+    validate_secs("idle_timeout", s.idle_timeout_secs)?;
+    validate_labels(&s.labels)?;
+    validate_optional_text("environment", &s.environment)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_normalised_and_bad_ones_named() {
+        assert_eq!(normalize_slug("/lab/").unwrap(), "/lab");
+        assert_eq!(normalize_slug("/a/b").unwrap(), "/a/b");
+        for bad in ["lab", "/", "//x", "/a b", "/a?b", ""] {
+            let e = normalize_slug(bad).unwrap_err();
+            assert_eq!(e.field, "slug", "{bad}");
+        }
+    }
+
+    #[test]
+    fn custom_domains_cannot_take_a_session_address() {
+        let bases = vec!["localhost".to_string(), "example.com".to_string()];
+        assert_eq!(
+            normalize_custom_domain("Lab.Example.org.", &bases).unwrap(),
+            "lab.example.org"
+        );
+        assert_eq!(
+            normalize_custom_domain("a.b.example.com", &bases).unwrap(),
+            "a.b.example.com"
+        );
+        for bad in ["x.localhost", "example.com", "a b.org", "", "-a.org"] {
+            assert!(normalize_custom_domain(bad, &bases).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_follow_their_rules() {
+        assert!(validate_name("name", "lab-1").is_ok());
+        for bad in ["Lab", "-x", "x_y", "", &"a".repeat(64)] {
+            assert!(validate_name("name", bad).is_err(), "{bad}");
+        }
+        assert!(validate_user_name("name", "ann.lee@example.org").is_ok());
+        for bad in ["", ".x", "a b", "a/b"] {
+            assert!(validate_user_name("name", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn countdown_freezes_while_paused() {
+        let mut s = SessionRecord {
+            name: "s".into(),
+            kind: SessionKind::Tunnel,
+            remote_host: Some("localhost".into()),
+            remote_port: Some(1),
+            url: None,
+            https: false,
+            tls_verify: true,
+            slug: None,
+            strip_prefix: false,
+            rewrite_host: false,
+            custom_domain: None,
+            workspace_port: None,
+            owner: "o".into(),
+            groups: vec![],
+            public: false,
+            state: SessionState::Running,
+            created_ms: 0,
+            activated_ms: Some(0),
+            expires_ms: Some(100_000),
+            last_activity_ms: None,
+            paused_ms: None,
+            state_changed_ms: 0,
+            duration_secs: Some(100),
+            idle_timeout_secs: None,
+            extendable: true,
+            environment: None,
+            labels: BTreeMap::new(),
+        };
+        assert_eq!(s.countdown_secs(40_000), Some(60));
+        s.state = SessionState::Paused;
+        s.paused_ms = Some(40_000);
+        assert_eq!(s.countdown_secs(90_000), Some(60));
+    }
+}

@@ -1,0 +1,830 @@
+//! The durable store: SQLite through sqlx, in the data dir.
+//!
+//! A write is acknowledged only after its transaction commits, and commits
+//! are synchronous in WAL mode (`synchronous = FULL`), so an acknowledged
+//! write survives a `kill -9` at any moment. The SQL is kept portable —
+//! numbered `$n` parameters, BIGINT milliseconds, no engine functions — so
+//! that PostgreSQL can take over for several nodes.
+//!
+//! Functions take a `&mut SqliteConnection`, so callers choose the
+//! transaction: the service runs a check-then-write as one transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use crate::session::lifecycle::SessionState;
+use crate::session::model::{SessionKind, SessionRecord};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database row {what} {key:?}: {message}")]
+    Corrupt {
+        what: &'static str,
+        key: String,
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Whether the database refused the write as a duplicate key.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Db(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+}
+
+/// The connection pool. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// A stored user row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub created_ms: u64,
+}
+
+/// A stored API token (only its hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRow {
+    pub name: String,
+    pub kind: String,
+    pub hash: String,
+    pub created_ms: u64,
+}
+
+/// What a session listing asks for.
+#[derive(Clone, Debug, Default)]
+pub struct SessionFilter {
+    /// Case-insensitive substring of the name, the owner or a label.
+    pub q: Option<String>,
+    /// Any of these states; empty means every state but `deleted`.
+    pub states: Vec<SessionState>,
+    pub owner: Option<String>,
+    /// Only sessions shared with this group.
+    pub group: Option<String>,
+    /// 1-based.
+    pub page: u64,
+    pub per_page: u64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and runs the migrations.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: the WAL is synced at every commit, so an acknowledged
+            // write survives a crash of the process or of the machine.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// An in-memory database, for tests that do not need the file.
+    pub async fn open_in_memory() -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        // One connection: every connection to `:memory:` is its own database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>, StoreError> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn opt_ms(v: Option<u64>) -> Option<i64> {
+    v.map(ms)
+}
+
+fn get_u64(row: &SqliteRow, col: &str) -> Result<u64, sqlx::Error> {
+    let v: i64 = row.try_get(col)?;
+    Ok(v.max(0) as u64)
+}
+
+fn get_opt_u64(row: &SqliteRow, col: &str) -> Result<Option<u64>, sqlx::Error> {
+    let v: Option<i64> = row.try_get(col)?;
+    Ok(v.map(|v| v.max(0) as u64))
+}
+
+fn get_opt_port(row: &SqliteRow, col: &str) -> Result<Option<u16>, sqlx::Error> {
+    let v: Option<i64> = row.try_get(col)?;
+    Ok(v.and_then(|v| u16::try_from(v).ok()))
+}
+
+// ---- users ----
+
+const USER_COLS: &str = "id, name, email, first_name, last_name, created_ms";
+
+fn user_row(row: &SqliteRow) -> Result<UserRow, sqlx::Error> {
+    Ok(UserRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        email: row.try_get("email")?,
+        first_name: row.try_get("first_name")?,
+        last_name: row.try_get("last_name")?,
+        created_ms: get_u64(row, "created_ms")?,
+    })
+}
+
+pub async fn user_get(c: &mut SqliteConnection, name: &str) -> Result<Option<UserRow>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {USER_COLS} FROM users WHERE name = $1"))
+        .bind(name)
+        .fetch_optional(&mut *c)
+        .await?;
+    Ok(row.as_ref().map(user_row).transpose()?)
+}
+
+pub async fn user_exists(c: &mut SqliteConnection, name: &str) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT 1 FROM users WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *c)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Users whose name, e-mail or names contain `q`, a page of them, and the total.
+pub async fn users_list(
+    c: &mut SqliteConnection,
+    q: Option<&str>,
+    page: u64,
+    per_page: u64,
+) -> Result<(Vec<UserRow>, u64), StoreError> {
+    let filter = |b: &mut QueryBuilder<Sqlite>| {
+        if let Some(q) = q {
+            let pat = like_pattern(q);
+            b.push(" WHERE LOWER(name) LIKE ")
+                .push_bind(pat.clone())
+                .push(" ESCAPE '\\' OR LOWER(COALESCE(email, '')) LIKE ")
+                .push_bind(pat.clone())
+                .push(" ESCAPE '\\' OR LOWER(COALESCE(first_name, '') || ' ' || COALESCE(last_name, '')) LIKE ")
+                .push_bind(pat)
+                .push(" ESCAPE '\\'");
+        }
+    };
+    let mut count = QueryBuilder::new("SELECT COUNT(*) AS n FROM users");
+    filter(&mut count);
+    let total = get_u64(&count.build().fetch_one(&mut *c).await?, "n")?;
+    let mut b = QueryBuilder::new(format!("SELECT {USER_COLS} FROM users"));
+    filter(&mut b);
+    push_page(&mut b, "name", page, per_page);
+    let rows = b.build().fetch_all(&mut *c).await?;
+    let users = rows.iter().map(user_row).collect::<Result<_, _>>()?;
+    Ok((users, total))
+}
+
+pub async fn user_insert(c: &mut SqliteConnection, u: &UserRow) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "INSERT INTO users ({USER_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"
+    ))
+    .bind(&u.id)
+    .bind(&u.name)
+    .bind(&u.email)
+    .bind(&u.first_name)
+    .bind(&u.last_name)
+    .bind(ms(u.created_ms))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+pub async fn user_update(c: &mut SqliteConnection, u: &UserRow) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET email = $1, first_name = $2, last_name = $3 WHERE name = $4")
+        .bind(&u.email)
+        .bind(&u.first_name)
+        .bind(&u.last_name)
+        .bind(&u.name)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+pub async fn user_delete(c: &mut SqliteConnection, name: &str) -> Result<bool, StoreError> {
+    let r = sqlx::query("DELETE FROM users WHERE name = $1")
+        .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Sessions the user owns, counted by whether they can still be used.
+pub async fn user_live_sessions(c: &mut SqliteConnection, name: &str) -> Result<u64, StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM sessions WHERE owner = $1 AND state NOT IN ('expired', 'deleted')",
+    )
+    .bind(name)
+    .fetch_one(&mut *c)
+    .await?;
+    Ok(get_u64(&row, "n")?)
+}
+
+/// Purges the user's finished session records (so the user can be deleted).
+pub async fn user_purge_finished_sessions(
+    c: &mut SqliteConnection,
+    name: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM sessions WHERE owner = $1 AND state IN ('expired', 'deleted')")
+        .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+/// The groups of each of these users.
+pub async fn groups_of_users(
+    c: &mut SqliteConnection,
+    users: &[String],
+) -> Result<HashMap<String, Vec<String>>, StoreError> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    if users.is_empty() {
+        return Ok(out);
+    }
+    let mut b =
+        QueryBuilder::new("SELECT user_name, group_name FROM group_members WHERE user_name IN (");
+    let mut sep = b.separated(", ");
+    for u in users {
+        sep.push_bind(u);
+    }
+    b.push(") ORDER BY group_name");
+    for row in b.build().fetch_all(&mut *c).await? {
+        let user: String = row.try_get("user_name")?;
+        out.entry(user)
+            .or_default()
+            .push(row.try_get("group_name")?);
+    }
+    Ok(out)
+}
+
+// ---- groups ----
+
+pub async fn group_created(
+    c: &mut SqliteConnection,
+    name: &str,
+) -> Result<Option<u64>, StoreError> {
+    let row = sqlx::query("SELECT created_ms FROM user_groups WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *c)
+        .await?;
+    Ok(row.map(|r| get_u64(&r, "created_ms")).transpose()?)
+}
+
+/// Every group with its creation time, by name.
+pub async fn groups_list(c: &mut SqliteConnection) -> Result<Vec<(String, u64)>, StoreError> {
+    let rows = sqlx::query("SELECT name, created_ms FROM user_groups ORDER BY name")
+        .fetch_all(&mut *c)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("name")?, get_u64(r, "created_ms")?)))
+        .collect()
+}
+
+pub async fn group_insert(
+    c: &mut SqliteConnection,
+    name: &str,
+    created_ms: u64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO user_groups (name, created_ms) VALUES ($1, $2)")
+        .bind(name)
+        .bind(ms(created_ms))
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+pub async fn group_delete(c: &mut SqliteConnection, name: &str) -> Result<bool, StoreError> {
+    let r = sqlx::query("DELETE FROM user_groups WHERE name = $1")
+        .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Members of every group (or of one), by group.
+pub async fn group_members(
+    c: &mut SqliteConnection,
+    group: Option<&str>,
+) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+    let rows = match group {
+        Some(g) => {
+            sqlx::query("SELECT group_name, user_name FROM group_members WHERE group_name = $1 ORDER BY user_name")
+                .bind(g)
+                .fetch_all(&mut *c)
+                .await?
+        }
+        None => {
+            sqlx::query("SELECT group_name, user_name FROM group_members ORDER BY group_name, user_name")
+                .fetch_all(&mut *c)
+                .await?
+        }
+    };
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in rows {
+        out.entry(r.try_get("group_name")?)
+            .or_default()
+            .push(r.try_get("user_name")?);
+    }
+    Ok(out)
+}
+
+pub async fn member_add(
+    c: &mut SqliteConnection,
+    group: &str,
+    user: &str,
+) -> Result<bool, StoreError> {
+    let r = sqlx::query(
+        "INSERT INTO group_members (group_name, user_name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(group)
+    .bind(user)
+    .execute(&mut *c)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+pub async fn member_remove(
+    c: &mut SqliteConnection,
+    group: &str,
+    user: &str,
+) -> Result<bool, StoreError> {
+    let r = sqlx::query("DELETE FROM group_members WHERE group_name = $1 AND user_name = $2")
+        .bind(group)
+        .bind(user)
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Names among `names` that are not users, in the order given.
+pub async fn missing_users(
+    c: &mut SqliteConnection,
+    names: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let mut missing = Vec::new();
+    for n in names {
+        if !user_exists(c, n).await? {
+            missing.push(n.clone());
+        }
+    }
+    Ok(missing)
+}
+
+/// Names among `names` that are not groups, in the order given.
+pub async fn missing_groups(
+    c: &mut SqliteConnection,
+    names: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let mut missing = Vec::new();
+    for n in names {
+        if group_created(c, n).await?.is_none() {
+            missing.push(n.clone());
+        }
+    }
+    Ok(missing)
+}
+
+// ---- sessions ----
+
+const SESSION_COLS: &str = "name, kind, remote_host, remote_port, url, https, tls_verify, slug, \
+    strip_prefix, rewrite_host, custom_domain, workspace_port, owner, public, state, created_ms, \
+    activated_ms, expires_ms, last_activity_ms, paused_ms, state_changed_ms, duration_secs, \
+    idle_timeout_secs, extendable, environment, labels";
+
+fn session_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
+    let name: String = row.try_get("name")?;
+    let corrupt = |message: String| StoreError::Corrupt {
+        what: "session",
+        key: name.clone(),
+        message,
+    };
+    let kind: String = row.try_get("kind")?;
+    let state: String = row.try_get("state")?;
+    let labels: String = row.try_get("labels")?;
+    Ok(SessionRecord {
+        kind: SessionKind::parse(&kind).ok_or_else(|| corrupt(format!("kind {kind:?}")))?,
+        remote_host: row.try_get("remote_host")?,
+        remote_port: get_opt_port(row, "remote_port")?,
+        url: row.try_get("url")?,
+        https: row.try_get("https")?,
+        tls_verify: row.try_get("tls_verify")?,
+        slug: row.try_get("slug")?,
+        strip_prefix: row.try_get("strip_prefix")?,
+        rewrite_host: row.try_get("rewrite_host")?,
+        custom_domain: row.try_get("custom_domain")?,
+        workspace_port: get_opt_port(row, "workspace_port")?,
+        owner: row.try_get("owner")?,
+        groups: Vec::new(),
+        public: row.try_get("public")?,
+        state: state.parse().map_err(corrupt)?,
+        created_ms: get_u64(row, "created_ms")?,
+        activated_ms: get_opt_u64(row, "activated_ms")?,
+        expires_ms: get_opt_u64(row, "expires_ms")?,
+        last_activity_ms: get_opt_u64(row, "last_activity_ms")?,
+        paused_ms: get_opt_u64(row, "paused_ms")?,
+        state_changed_ms: get_u64(row, "state_changed_ms")?,
+        duration_secs: get_opt_u64(row, "duration_secs")?,
+        idle_timeout_secs: get_opt_u64(row, "idle_timeout_secs")?,
+        extendable: row.try_get("extendable")?,
+        environment: row.try_get("environment")?,
+        labels: serde_json::from_str(&labels).map_err(|e| corrupt(format!("labels: {e}")))?,
+        name,
+    })
+}
+
+/// Fills in `groups` for each record, with one query.
+async fn attach_groups(
+    c: &mut SqliteConnection,
+    records: &mut [SessionRecord],
+) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut by_name: HashMap<String, Vec<String>> = HashMap::new();
+    // SQLite allows 32766 parameters; chunk to stay far below.
+    for chunk in records.chunks(500) {
+        let mut b = QueryBuilder::new(
+            "SELECT session_name, group_name FROM session_groups WHERE session_name IN (",
+        );
+        let mut sep = b.separated(", ");
+        for r in chunk {
+            sep.push_bind(&r.name);
+        }
+        b.push(") ORDER BY group_name");
+        for row in b.build().fetch_all(&mut *c).await? {
+            by_name
+                .entry(row.try_get("session_name")?)
+                .or_default()
+                .push(row.try_get("group_name")?);
+        }
+    }
+    for r in records {
+        r.groups = by_name.remove(&r.name).unwrap_or_default();
+    }
+    Ok(())
+}
+
+pub async fn session_get(
+    c: &mut SqliteConnection,
+    name: &str,
+) -> Result<Option<SessionRecord>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {SESSION_COLS} FROM sessions WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(&mut *c)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut recs = vec![session_row(&row)?];
+    attach_groups(c, &mut recs).await?;
+    Ok(recs.pop())
+}
+
+/// `%q%` with the LIKE wildcards in `q` escaped, lower-cased.
+fn like_pattern(q: &str) -> String {
+    let mut p = String::with_capacity(q.len() + 2);
+    p.push('%');
+    for ch in q.to_lowercase().chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(ch);
+    }
+    p.push('%');
+    p
+}
+
+fn push_page(b: &mut QueryBuilder<Sqlite>, order: &str, page: u64, per_page: u64) {
+    b.push(format!(" ORDER BY {order} LIMIT "))
+        .push_bind(ms(per_page))
+        .push(" OFFSET ")
+        .push_bind(ms(page.saturating_sub(1).saturating_mul(per_page)));
+}
+
+fn push_session_filter(b: &mut QueryBuilder<Sqlite>, f: &SessionFilter) {
+    b.push(" WHERE 1 = 1");
+    if let Some(q) = &f.q {
+        let pat = like_pattern(q);
+        b.push(" AND (LOWER(name) LIKE ")
+            .push_bind(pat.clone())
+            .push(" ESCAPE '\\' OR LOWER(owner) LIKE ")
+            .push_bind(pat.clone())
+            .push(" ESCAPE '\\' OR LOWER(labels) LIKE ")
+            .push_bind(pat)
+            .push(" ESCAPE '\\')");
+    }
+    if f.states.is_empty() {
+        b.push(" AND state <> 'deleted'");
+    } else {
+        b.push(" AND state IN (");
+        let mut sep = b.separated(", ");
+        for s in &f.states {
+            sep.push_bind(s.as_str());
+        }
+        b.push(")");
+    }
+    if let Some(o) = &f.owner {
+        b.push(" AND owner = ").push_bind(o.clone());
+    }
+    if let Some(g) = &f.group {
+        b.push(" AND name IN (SELECT session_name FROM session_groups WHERE group_name = ")
+            .push_bind(g.clone())
+            .push(")");
+    }
+}
+
+/// A page of sessions matching `f`, by name, and how many match in all.
+pub async fn sessions_list(
+    c: &mut SqliteConnection,
+    f: &SessionFilter,
+) -> Result<(Vec<SessionRecord>, u64), StoreError> {
+    let mut count = QueryBuilder::new("SELECT COUNT(*) AS n FROM sessions");
+    push_session_filter(&mut count, f);
+    let total = get_u64(&count.build().fetch_one(&mut *c).await?, "n")?;
+    let mut b = QueryBuilder::new(format!("SELECT {SESSION_COLS} FROM sessions"));
+    push_session_filter(&mut b, f);
+    push_page(&mut b, "name", f.page, f.per_page);
+    let rows = b.build().fetch_all(&mut *c).await?;
+    let mut recs = rows
+        .iter()
+        .map(session_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    attach_groups(c, &mut recs).await?;
+    Ok((recs, total))
+}
+
+/// Sessions in any of `states`, all of them (start-up, reaper).
+pub async fn sessions_in_states(
+    c: &mut SqliteConnection,
+    states: &[SessionState],
+) -> Result<Vec<SessionRecord>, StoreError> {
+    let mut b = QueryBuilder::new(format!(
+        "SELECT {SESSION_COLS} FROM sessions WHERE state IN ("
+    ));
+    let mut sep = b.separated(", ");
+    for s in states {
+        sep.push_bind(s.as_str());
+    }
+    b.push(") ORDER BY name");
+    let rows = b.build().fetch_all(&mut *c).await?;
+    let mut recs = rows
+        .iter()
+        .map(session_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    attach_groups(c, &mut recs).await?;
+    Ok(recs)
+}
+
+/// Names of sessions shared with `group` that can still be used.
+pub async fn sessions_shared_with(
+    c: &mut SqliteConnection,
+    group: &str,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT s.name AS name FROM sessions s JOIN session_groups g ON g.session_name = s.name \
+         WHERE g.group_name = $1 AND s.state NOT IN ('expired', 'deleted') ORDER BY s.name",
+    )
+    .bind(group)
+    .fetch_all(&mut *c)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get("name"))
+        .collect::<Result<_, _>>()?)
+}
+
+fn bind_session<'q>(
+    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    s: &'q SessionRecord,
+    labels: String,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    q.bind(&s.name)
+        .bind(s.kind.as_str())
+        .bind(&s.remote_host)
+        .bind(s.remote_port.map(i64::from))
+        .bind(&s.url)
+        .bind(s.https)
+        .bind(s.tls_verify)
+        .bind(&s.slug)
+        .bind(s.strip_prefix)
+        .bind(s.rewrite_host)
+        .bind(&s.custom_domain)
+        .bind(s.workspace_port.map(i64::from))
+        .bind(&s.owner)
+        .bind(s.public)
+        .bind(s.state.as_str())
+        .bind(ms(s.created_ms))
+        .bind(opt_ms(s.activated_ms))
+        .bind(opt_ms(s.expires_ms))
+        .bind(opt_ms(s.last_activity_ms))
+        .bind(opt_ms(s.paused_ms))
+        .bind(ms(s.state_changed_ms))
+        .bind(opt_ms(s.duration_secs))
+        .bind(opt_ms(s.idle_timeout_secs))
+        .bind(s.extendable)
+        .bind(&s.environment)
+        .bind(labels)
+}
+
+fn labels_json(s: &SessionRecord) -> String {
+    serde_json::to_string(&s.labels).unwrap_or_else(|_| "{}".into())
+}
+
+async fn set_session_groups(c: &mut SqliteConnection, s: &SessionRecord) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM session_groups WHERE session_name = $1")
+        .bind(&s.name)
+        .execute(&mut *c)
+        .await?;
+    for g in &s.groups {
+        sqlx::query("INSERT INTO session_groups (session_name, group_name) VALUES ($1, $2)")
+            .bind(&s.name)
+            .bind(g)
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn session_insert(c: &mut SqliteConnection, s: &SessionRecord) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+    );
+    bind_session(sqlx::query(&sql), s, labels_json(s))
+        .execute(&mut *c)
+        .await?;
+    set_session_groups(c, s).await
+}
+
+/// Overwrites the stored record (and its groups) with `s`.
+pub async fn session_update(c: &mut SqliteConnection, s: &SessionRecord) -> Result<(), StoreError> {
+    let sql = "UPDATE sessions SET kind = $2, remote_host = $3, remote_port = $4, url = $5, \
+        https = $6, tls_verify = $7, slug = $8, strip_prefix = $9, rewrite_host = $10, \
+        custom_domain = $11, workspace_port = $12, owner = $13, public = $14, state = $15, \
+        created_ms = $16, activated_ms = $17, expires_ms = $18, last_activity_ms = $19, \
+        paused_ms = $20, state_changed_ms = $21, duration_secs = $22, idle_timeout_secs = $23, \
+        extendable = $24, environment = $25, labels = $26 WHERE name = $1";
+    bind_session(sqlx::query(sql), s, labels_json(s))
+        .execute(&mut *c)
+        .await?;
+    set_session_groups(c, s).await
+}
+
+/// Removes the record for good (retention purge, or replacing a finished one).
+pub async fn session_purge(c: &mut SqliteConnection, name: &str) -> Result<bool, StoreError> {
+    let r = sqlx::query("DELETE FROM sessions WHERE name = $1")
+        .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Purges expired and deleted records whose state is older than `cutoff_ms`.
+pub async fn sessions_purge_finished(
+    c: &mut SqliteConnection,
+    cutoff_ms: u64,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT name FROM sessions WHERE state IN ('expired', 'deleted') AND state_changed_ms < $1",
+    )
+    .bind(ms(cutoff_ms))
+    .fetch_all(&mut *c)
+    .await?;
+    let names: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get("name"))
+        .collect::<Result<_, _>>()?;
+    for n in &names {
+        session_purge(c, n).await?;
+    }
+    Ok(names)
+}
+
+/// Records traffic seen by the gateway; never moves `last_activity` back.
+pub async fn session_touch(
+    c: &mut SqliteConnection,
+    name: &str,
+    at_ms: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE sessions SET last_activity_ms = $2 WHERE name = $1 \
+         AND (last_activity_ms IS NULL OR last_activity_ms < $2)",
+    )
+    .bind(name)
+    .bind(ms(at_ms))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// Whether a session that can still be used holds this slug or custom domain.
+pub async fn live_session_with(
+    c: &mut SqliteConnection,
+    column: &'static str,
+    value: &str,
+    except: &str,
+) -> Result<Option<String>, StoreError> {
+    debug_assert!(matches!(column, "slug" | "custom_domain"));
+    let row = sqlx::query(&format!(
+        "SELECT name FROM sessions WHERE {column} = $1 AND name <> $2 \
+         AND state NOT IN ('expired', 'deleted')"
+    ))
+    .bind(value)
+    .bind(except)
+    .fetch_optional(&mut *c)
+    .await?;
+    Ok(row.map(|r| r.try_get("name")).transpose()?)
+}
+
+// ---- tokens ----
+
+pub async fn tokens_list(c: &mut SqliteConnection) -> Result<Vec<TokenRow>, StoreError> {
+    let rows = sqlx::query("SELECT name, kind, hash, created_ms FROM api_tokens ORDER BY name")
+        .fetch_all(&mut *c)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(TokenRow {
+                name: r.try_get("name")?,
+                kind: r.try_get("kind")?,
+                hash: r.try_get("hash")?,
+                created_ms: get_u64(r, "created_ms")?,
+            })
+        })
+        .collect()
+}
+
+pub async fn token_insert(c: &mut SqliteConnection, t: &TokenRow) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO api_tokens (name, kind, hash, created_ms) VALUES ($1, $2, $3, $4)")
+        .bind(&t.name)
+        .bind(&t.kind)
+        .bind(&t.hash)
+        .bind(ms(t.created_ms))
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+pub async fn token_delete(c: &mut SqliteConnection, name: &str) -> Result<bool, StoreError> {
+    let r = sqlx::query("DELETE FROM api_tokens WHERE name = $1")
+        .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_pattern("Ab"), "%ab%");
+        assert_eq!(like_pattern("50%_x\\"), "%50\\%\\_x\\\\%");
+    }
+}
