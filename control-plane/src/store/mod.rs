@@ -822,6 +822,30 @@ pub async fn token_delete(c: &mut SqliteConnection, name: &str) -> Result<bool, 
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_file_is_in_wal_mode_with_synchronous_commits() {
+        let dir = std::env::temp_dir().join(format!("sg-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("t.db")).await.unwrap();
+        let mut c = store.conn().await.unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1), "2 = FULL");
+        drop(c);
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn like_patterns_escape_wildcards() {
         assert_eq!(like_pattern("Ab"), "%ab%");
