@@ -155,6 +155,11 @@ fn json_rejection(r: JsonRejection) -> ApiError {
             "invalid_json",
             lower_first(&e.body_text()),
         ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is larger than the 2 MiB limit",
+        ),
         other => ApiError::bad_request(lower_first(&other.body_text())),
     }
 }
