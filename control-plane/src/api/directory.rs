@@ -1,6 +1,6 @@
 //! `/api/v1/users`, `/api/v1/groups` and `/api/v1/tokens`.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::sessions::{paging, query_pairs, Page};
-use super::{ApiError, ApiJson, ApiState, ErrorBody};
+use super::{ApiError, ApiJson, ApiPath, ApiState, ErrorBody};
 use crate::auth::TokenKind;
 use crate::control::TokenInfo;
 use crate::session::model::{Group, NewGroup, NewUser, User, UserPatch};
@@ -90,7 +90,7 @@ pub async fn create_user(
 )]
 pub async fn get_user(
     State(cp): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<User>, ApiError> {
     Ok(Json(cp.get_user(&name).await?))
 }
@@ -104,7 +104,7 @@ pub async fn get_user(
 )]
 pub async fn update_user(
     State(cp): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(patch): ApiJson<UserPatch>,
 ) -> Result<Json<User>, ApiError> {
     Ok(Json(cp.update_user(&name, patch).await?))
@@ -122,7 +122,7 @@ pub async fn update_user(
 )]
 pub async fn delete_user(
     State(cp): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     cp.delete_user(&name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -170,7 +170,7 @@ pub async fn create_group(
 )]
 pub async fn get_group(
     State(cp): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Group>, ApiError> {
     Ok(Json(cp.get_group(&name).await?))
 }
@@ -186,7 +186,7 @@ pub async fn get_group(
 )]
 pub async fn delete_group(
     State(cp): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     cp.delete_group(&name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -212,7 +212,7 @@ pub struct MemberBody {
 )]
 pub async fn get_members(
     State(cp): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<MembersBody>, ApiError> {
     let g = cp.get_group(&name).await?;
     Ok(Json(MembersBody { members: g.members }))
@@ -227,7 +227,7 @@ pub async fn get_members(
 )]
 pub async fn set_members(
     State(cp): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<MembersBody>,
 ) -> Result<Json<Group>, ApiError> {
     Ok(Json(cp.set_members(&name, body.members).await?))
@@ -242,7 +242,7 @@ pub async fn set_members(
 )]
 pub async fn add_member(
     State(cp): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<MemberBody>,
 ) -> Result<Json<Group>, ApiError> {
     Ok(Json(cp.add_member(&name, &body.user).await?))
@@ -256,7 +256,7 @@ pub async fn add_member(
 )]
 pub async fn remove_member(
     State(cp): State<ApiState>,
-    Path((name, user)): Path<(String, String)>,
+    ApiPath((name, user)): ApiPath<(String, String)>,
 ) -> Result<Json<Group>, ApiError> {
     Ok(Json(cp.remove_member(&name, &user).await?))
 }
@@ -326,7 +326,7 @@ pub async fn create_token(
 )]
 pub async fn delete_token(
     State(cp): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     cp.delete_token(&name).await?;
     Ok(StatusCode::NO_CONTENT)

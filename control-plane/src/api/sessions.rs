@@ -1,14 +1,14 @@
 //! `/api/v1/sessions`: create, list, read, change, share, act, bulk.
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, ApiJson, ApiState, ErrorBody};
+use super::{ApiError, ApiJson, ApiPath, ApiState, ErrorBody};
 use crate::control::{BulkResult, DEFAULT_PER_PAGE, MAX_PER_PAGE};
 use crate::session::lifecycle::{Action, SessionState};
 use crate::session::model::{NewSession, Session, SessionPatch};
@@ -167,7 +167,7 @@ pub async fn create_session(
 )]
 pub async fn get_session(
     State(cp): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Session>, ApiError> {
     let rec = cp.get_session(&name).await?;
     Ok(Json(rec.view(cp.now_ms())))
@@ -188,7 +188,7 @@ pub async fn get_session(
 )]
 pub async fn patch_session(
     State(cp): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(patch): ApiJson<SessionPatch>,
 ) -> Result<Json<Session>, ApiError> {
     let rec = cp.patch_session(&name, patch).await?;
@@ -207,7 +207,7 @@ pub async fn patch_session(
 )]
 pub async fn delete_session(
     State(cp): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Session>, ApiError> {
     let rec = cp.session_action(&name, Action::Delete, None).await?;
     Ok(Json(rec.view(cp.now_ms())))
@@ -250,7 +250,7 @@ pub struct ExtendBody {
 )]
 pub async fn session_action(
     State(cp): State<ApiState>,
-    Path((name, action)): Path<(String, String)>,
+    ApiPath((name, action)): ApiPath<(String, String)>,
     body: Bytes,
 ) -> Result<Json<Session>, ApiError> {
     let action = parse_action(&action).ok_or_else(|| {
@@ -307,7 +307,7 @@ pub struct GroupsBody {
 )]
 pub async fn set_groups(
     State(cp): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<GroupsBody>,
 ) -> Result<Json<Session>, ApiError> {
     let rec = cp.set_session_groups(&name, body.groups).await?;
