@@ -1,160 +1,27 @@
 //! `sessiongate serve` as a process: configuration errors, the routes API,
 //! reload on file change and SIGHUP, and shutdown on SIGTERM.
 
-use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use common::*;
+use tokio::net::TcpStream;
 
 /// A configuration text, environment variables, and what the error must name.
 type BadCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
 
-const TOKEN: &str = "test-admin-token-0123456789";
-
-fn temp_dir(name: &str) -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!("sg-{name}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A real origin that answers every request with its name.
-async fn origin(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| async move {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(name))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// One HTTP/1.1 request over a fresh connection; returns status and body.
-async fn http(addr: SocketAddr, host: &str, path: &str, extra: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("no answer")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-struct Serve {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    gateway: SocketAddr,
-    api: SocketAddr,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(config: &Path, dir: &Path, env: &[(&str, &str)]) -> (Child, Arc<Mutex<Vec<String>>>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiongate"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(config)
-        .current_dir(dir)
-        .env("RUST_LOG", "info")
-        .env_remove("SESSIONGATE_ADMIN_TOKEN");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    for stream in [
-        Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stdout.take().unwrap()),
-    ] {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                log.lock().unwrap().push(line);
-            }
-        });
-    }
-    (child, log)
-}
-
-async fn wait_log(log: &Arc<Mutex<Vec<String>>>, needle: &str) -> String {
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(l) = log.lock().unwrap().iter().find(|l| l.contains(needle)) {
-            return l.clone();
-        }
-        assert!(
-            Instant::now() < end,
-            "no log line with {needle:?}; log: {:#?}",
-            log.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn addr_after(line: &str, marker: &str) -> SocketAddr {
-    let rest = &line[line.find(marker).unwrap() + marker.len()..];
-    rest.split_whitespace()
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap()
-}
-
-async fn start(config_text: &str, env: &[(&str, &str)]) -> (Serve, PathBuf) {
+/// Starts the server on a configuration text of the test's own (these tests
+/// exercise the file itself: reload, static routes).
+async fn start(config_text: &str, env: &[(&str, &str)]) -> (Sessiongate, PathBuf) {
     let dir = temp_dir("serve");
     let config = dir.join("sessiongate.toml");
     std::fs::write(&config, config_text).unwrap();
-    let (child, log) = spawn(&config, &dir, env);
-    let g = wait_log(&log, "gateway listening on http://").await;
-    let a = wait_log(&log, "control plane listening on http://").await;
-    let gateway = addr_after(&g, "gateway listening on http://");
-    let api = addr_after(&a, "control plane listening on http://");
-    (
-        Serve {
-            child,
-            log,
-            gateway,
-            api,
-        },
-        config,
-    )
+    let sg = Sessiongate::start_with_config(&dir, &config, env).await;
+    (sg, config)
 }
 
 fn config_with(upstream: SocketAddr, extra: &str) -> String {
