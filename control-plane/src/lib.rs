@@ -25,6 +25,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod metrics;
 pub mod publish;
 pub mod reload;

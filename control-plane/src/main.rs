@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use control_plane::config::Config;
+use control_plane::ctl;
 use control_plane::serve::Server;
 
 #[derive(Parser)]
@@ -36,13 +37,15 @@ enum Command {
         #[arg(long, short = 'c', env = "SESSIONGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Operate a running sessiongate through its REST API.
+    Ctl(ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     match cli.command {
         Command::Serve { config } => {
+            init_logging();
             let cfg = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -57,6 +60,35 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        // No logging: ctl's output is its tables and its one-line errors.
+        Command::Ctl(args) => run_ctl(args),
+    }
+}
+
+/// Runs a `ctl` command on a current-thread runtime: it makes one request at
+/// a time, so more threads would only cost start-up time.
+fn run_ctl(args: ctl::CtlArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sessiongate ctl: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match rt.block_on(ctl::run(args, &mut stdout)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `ctl ... | head`: the reader has what it wanted.
+        Err(ctl::CtlError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sessiongate ctl: {e}");
+            ExitCode::FAILURE
         }
     }
 }
