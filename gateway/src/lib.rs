@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`table`]: `RouteTable`, `Route`, per-route runtime state that survives
 //!   table swaps (activity, live upgraded connections), the `ArcSwap` handle.
+//!   Tables are sharded copy-on-write maps, so a change costs the change.
 //! - [`router`]: the pure lookup from host and path to a route.
 //! - [`proxy`]: the request path as phases, from early checks to the response.
 //! - [`headers`]: hop-by-hop removal, forwarding headers, request ids.
@@ -30,7 +31,7 @@ pub mod upstream;
 pub use proxy::Proxy;
 pub use server::{run, ServerConfig};
 pub use table::{
-    Route, RouteChange, RouteHandle, RouteSpec, RouteState, RouteTable, RouteTarget, TableSettings,
-    Upstream,
+    Route, RouteChange, RouteHandle, RouteSpec, RouteState, RouteTable, RouteTarget, Routes,
+    TableError, TableSettings, Upstream,
 };
 pub use upstream::{UpstreamClient, UpstreamConfig};
