@@ -8,6 +8,8 @@
 //! - [`table`]: `RouteTable`, `Route`, per-route runtime state that survives
 //!   table swaps (activity, live upgraded connections), the `ArcSwap` handle.
 //!   Tables are sharded copy-on-write maps, so a change costs the change.
+//! - [`publish`]: `RoutePublisher`, one task that applies queued changes in
+//!   batches, one table version per batch.
 //! - [`router`]: the pure lookup from host and path to a route.
 //! - [`proxy`]: the request path as phases, from early checks to the response.
 //! - [`headers`]: hop-by-hop removal, forwarding headers, request ids.
@@ -22,6 +24,7 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod proxy;
+pub mod publish;
 pub mod router;
 pub mod server;
 pub mod table;
@@ -29,6 +32,7 @@ mod tunnel;
 pub mod upstream;
 
 pub use proxy::Proxy;
+pub use publish::{PublishError, RoutePublisher};
 pub use server::{run, ServerConfig};
 pub use table::{
     Route, RouteChange, RouteHandle, RouteSpec, RouteState, RouteTable, RouteTarget, Routes,

@@ -957,7 +957,6 @@ impl RouteHandle {
     /// successful groups are visible at, stored before this returns; when no
     /// group changed anything, no version is made and the current one is
     /// returned.
-    #[allow(dead_code)] // used by the publisher, next commit
     pub(crate) fn apply_each(
         &self,
         groups: Vec<Vec<RouteChange>>,
