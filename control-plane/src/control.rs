@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use gateway::{RouteChange, RouteHandle, RouteState};
+use gateway::{RouteChange, RouteHandle, RoutePublisher, RouteState};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::Mutex;
@@ -133,6 +133,9 @@ pub struct ReapReport {
 pub struct ControlPlane {
     store: Store,
     routes: RouteHandle,
+    /// Every session change reaches the table through this one writer, the
+    /// path `bench table-updates` measures.
+    publisher: RoutePublisher,
     clock: Arc<dyn Clock>,
     settings: LifecycleSettings,
     metrics: Metrics,
@@ -173,6 +176,7 @@ pub const DEFAULT_PER_PAGE: u64 = 50;
 pub const MAX_PER_PAGE: u64 = 1000;
 
 impl ControlPlane {
+    /// Must be called inside a tokio runtime (it starts the publisher task).
     pub fn new(
         store: Store,
         routes: RouteHandle,
@@ -183,6 +187,7 @@ impl ControlPlane {
     ) -> Self {
         ControlPlane {
             store,
+            publisher: RoutePublisher::spawn(routes.clone()),
             routes,
             clock,
             settings,
@@ -678,7 +683,7 @@ impl ControlPlane {
         check_unique_keys(&mut tx, &rec).await?;
         store::session_insert(&mut tx, &rec).await?;
         tx.commit().await?;
-        self.publish(None, Some(&rec))?;
+        self.publish(None, Some(&rec)).await?;
         tracing::info!(session = %rec.name, owner = %rec.owner, state = %rec.state, "session created");
         Ok(rec)
     }
@@ -762,7 +767,7 @@ impl ControlPlane {
         check_unique_keys(&mut tx, &rec).await?;
         store::session_update(&mut tx, &rec).await?;
         tx.commit().await?;
-        self.publish(Some(&old), Some(&rec))?;
+        self.publish(Some(&old), Some(&rec)).await?;
         tracing::info!(session = %name, "session changed");
         Ok(rec)
     }
@@ -796,7 +801,7 @@ impl ControlPlane {
         rec.groups = groups;
         store::session_update(&mut tx, &rec).await?;
         tx.commit().await?;
-        self.publish(Some(&old), Some(&rec))?;
+        self.publish(Some(&old), Some(&rec)).await?;
         tracing::info!(session = %name, groups = ?rec.groups, "session sharing replaced");
         Ok(rec)
     }
@@ -824,7 +829,7 @@ impl ControlPlane {
         let rec = self.transition(&old, action, extend_secs)?;
         store::session_update(&mut tx, &rec).await?;
         tx.commit().await?;
-        self.publish(Some(&old), Some(&rec))?;
+        self.publish(Some(&old), Some(&rec)).await?;
         tracing::info!(session = %name, action = ?action, from = %old.state, to = %rec.state, "session action");
         Ok(rec)
     }
@@ -897,7 +902,7 @@ impl ControlPlane {
         for (old, rec) in &changed {
             self.route_changes(old, rec, &mut changes, &mut closing)?;
         }
-        self.apply_changes(changes, closing)?;
+        self.apply_changes(changes, closing).await?;
         tracing::info!(action = ?action, applied = changed.len(), asked = results.len(), "bulk session action");
         Ok(results)
     }
@@ -1020,7 +1025,7 @@ impl ControlPlane {
         Ok(())
     }
 
-    fn publish(
+    async fn publish(
         &self,
         old: Option<&SessionRecord>,
         new: Option<&SessionRecord>,
@@ -1036,17 +1041,17 @@ impl ControlPlane {
             }
             _ => {}
         }
-        self.apply_changes(changes, closing)
+        self.apply_changes(changes, closing).await
     }
 
-    fn apply_changes(
+    async fn apply_changes(
         &self,
         changes: Vec<RouteChange>,
         closing: Vec<Arc<RouteState>>,
     ) -> Result<(), ControlError> {
         if !changes.is_empty() {
             let started = std::time::Instant::now();
-            self.routes.apply(None, changes).map_err(|e| {
+            self.publisher.submit(changes).await.map_err(|e| {
                 tracing::error!(error = %e, "route table refused a stored change");
                 ControlError::Publish(e.to_string())
             })?;
@@ -1171,7 +1176,7 @@ impl ControlPlane {
         for (old, rec) in &changed {
             self.route_changes(old, rec, &mut changes, &mut closing)?;
         }
-        self.apply_changes(changes, closing)?;
+        self.apply_changes(changes, closing).await?;
         let m = &self.metrics;
         m.count_reaper("delete_unactivated", report.deleted_unactivated.len());
         m.count_reaper("expire", report.expired.len());
