@@ -83,16 +83,32 @@ impl RoutePublisher {
 /// behind it, applies them all as one table version, answers each.
 async fn publish_batches(handle: RouteHandle, mut submissions: mpsc::Receiver<Submission>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while submissions.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while let Some(first) = submissions.recv().await {
+        batch.push(first);
+        // Let the tasks that are ready to run (such as callers woken by the
+        // previous batch's answers) queue their changes behind this one before
+        // the batch closes. Without it, on a busy runtime the task tends to be
+        // polled right after each send and every batch holds one submission.
+        // A yield, not a timer: a lone change waits microseconds, not a window.
+        tokio::task::yield_now().await;
+        while batch.len() < MAX_BATCH {
+            match submissions.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
         let (groups, answers): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|s| (s.changes, s.answer)).unzip();
         // Synchronous and short (see MAX_BATCH); the handle's lock is never
         // held across an await.
-        let (version, results) = handle.apply_each(groups);
-        for (answer, result) in answers.into_iter().zip(results) {
+        let applied = handle.apply_each(groups);
+        for (answer, result) in answers.into_iter().zip(applied.results) {
             // A caller that stopped waiting does not need its answer.
-            let _ = answer.send(result.map(|()| version));
+            let _ = answer.send(result.map(|()| applied.version));
         }
+        // Freeing the replaced version costs about as much as making the new
+        // one: done after the answers, not before.
+        drop(applied.previous);
     }
 }
 

@@ -11,15 +11,19 @@
 //! # Storage
 //!
 //! Each of the table's maps (hosts, labels, slugs, and routes by id) is a
-//! [`RouteMap`]: [`SHARDS`] shards, each an `Arc<HashMap>`. A new version starts
-//! as a copy of the previous one's shard pointers and copies, on write, only the
-//! shards that a change touches. One change to a table of `n` routes therefore
-//! costs `O(SHARDS + n / SHARDS)` pointer copies, not a rebuild of `n` routes,
-//! while a lookup stays one hash lookup behind one extra pointer.
+//! `RouteMap`: [`SHARDS`] shards, each an `Arc<HashMap>`. A new version shares
+//! every map with the previous one and copies, on write, the shard pointers of
+//! a map it changes and the shards that a change touches. One change to a table
+//! of `n` routes therefore costs `O(SHARDS + n / SHARDS)` pointer copies, not a
+//! rebuild of `n` routes ([`RouteHandle::apply`], and in batches
+//! [`crate::RoutePublisher`]). A lookup still hashes the name once and finds it
+//! behind one extra pointer; short names are stored in the entries themselves,
+//! so comparing them reads no other memory.
 
-use std::collections::{hash_map, HashMap, HashSet};
+use std::collections::hash_map::{self, RandomState};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::iter::FusedIterator;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -378,8 +382,19 @@ impl RouteTable {
 
     /// A table with these settings and no routes.
     fn empty(settings: &TableSettings, version: u64) -> RouteTable {
+        let fresh = RouteTable::settings_only(settings);
         RouteTable {
             version,
+            settings: fresh.settings,
+            base_suffixes: fresh.base_suffixes,
+            portal_host: fresh.portal_host,
+            ..RouteTable::default()
+        }
+    }
+
+    /// The settings and what lookups derive from them.
+    fn settings_only(settings: &TableSettings) -> CompiledSettings {
+        CompiledSettings {
             settings: settings.clone(),
             base_suffixes: settings
                 .base_domains
@@ -390,7 +405,6 @@ impl RouteTable {
                 .portal_host
                 .as_deref()
                 .map(|h| normalize_name(h).into_boxed_str()),
-            ..RouteTable::default()
         }
     }
 
@@ -430,24 +444,30 @@ impl RouteTable {
         Ok(table)
     }
 
-    /// The next version of this table: the same routes (sharing every shard),
-    /// and `settings` when given. Costs [`SHARDS`] pointer copies per map.
+    /// The next version of this table: the same routes (sharing every map and
+    /// shard until written), and `settings` when given.
     fn successor(&self, settings: Option<&TableSettings>, version: u64) -> RouteTable {
-        let mut next = match settings {
-            Some(settings) => RouteTable::empty(settings, version),
-            None => RouteTable {
-                version,
-                settings: self.settings.clone(),
-                base_suffixes: self.base_suffixes.clone(),
-                portal_host: self.portal_host.clone(),
-                ..RouteTable::default()
-            },
+        let (settings, base_suffixes, portal_host) = match settings {
+            Some(settings) => {
+                let fresh = RouteTable::settings_only(settings);
+                (fresh.settings, fresh.base_suffixes, fresh.portal_host)
+            }
+            None => (
+                self.settings.clone(),
+                self.base_suffixes.clone(),
+                self.portal_host.clone(),
+            ),
         };
-        next.hosts = self.hosts.clone();
-        next.labels = self.labels.clone();
-        next.slugs = self.slugs.clone();
-        next.routes = self.routes.clone();
-        next
+        RouteTable {
+            version,
+            settings,
+            base_suffixes,
+            portal_host,
+            hosts: self.hosts.clone(),
+            labels: self.labels.clone(),
+            slugs: self.slugs.clone(),
+            routes: self.routes.clone(),
+        }
     }
 
     /// Applies one group of changes to this table (a draft not yet published),
@@ -545,6 +565,13 @@ impl RouteTable {
     }
 }
 
+/// [`TableSettings`] with the normalised forms lookups use.
+struct CompiledSettings {
+    settings: TableSettings,
+    base_suffixes: Vec<Box<str>>,
+    portal_host: Option<Box<str>>,
+}
+
 /// A spec that passed validation, with its normalised keys, before it gets
 /// its runtime state.
 struct CompiledSpec {
@@ -631,47 +658,105 @@ fn conflict(what: &'static str, key: &str, first: &str, second: &str) -> TableEr
 /// log2 of [`SHARDS`].
 const SHARD_BITS: u32 = 10;
 
-/// Shards per [`RouteMap`]. Each new table version copies this many pointers
-/// per map (4 maps), and each change copies the shards it touches, about
-/// `routes / SHARDS` entries each: 1024 keeps both at a few microseconds for
-/// 100k routes (see `bench table-updates`).
+/// Shards per map of a [`RouteTable`]. A table version copies this many
+/// pointers for each map it changes, and each change copies the shards it
+/// touches, about `routes / SHARDS` entries each: 1024 keeps a version of a
+/// few changes to 100k routes at tens of microseconds (see `bench
+/// table-updates`).
 pub const SHARDS: usize = 1 << SHARD_BITS;
 
-type Shard = Arc<HashMap<Arc<str>, Arc<Route>>>;
+/// One shard: the full 64-bit hash of a name to that name and its route.
+type Shard = Arc<HashMap<u64, (Name, Arc<Route>), BuildHasherDefault<HashIsKey>>>;
+
+/// A name in a shard entry. Most names (labels, session ids, slugs) fit in
+/// the entry itself, so comparing one during a lookup reads no other memory
+/// and copying a shard touches no reference count for it.
+#[derive(Clone)]
+enum Name {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Shared(Arc<str>),
+}
+
+/// The longest name kept inline: the entry's name then takes no more room
+/// than an `Arc<str>` and a tag.
+const INLINE_NAME: usize = 22;
+
+impl Name {
+    fn new(name: Arc<str>) -> Name {
+        let b = name.as_bytes();
+        if b.len() > INLINE_NAME {
+            return Name::Shared(name);
+        }
+        let mut bytes = [0u8; INLINE_NAME];
+        bytes[..b.len()].copy_from_slice(b);
+        Name::Inline {
+            len: b.len() as u8,
+            bytes,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Name::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Name::Shared(name) => name.as_bytes(),
+        }
+    }
+
+    fn is(&self, key: &str) -> bool {
+        self.as_bytes() == key.as_bytes()
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&String::from_utf8_lossy(self.as_bytes()), f)
+    }
+}
 
 /// A map from a name (host, label, slug or id) to a route, split into
 /// [`SHARDS`] copy-on-write shards so that a new table version shares every
 /// shard it does not change with the previous one.
 ///
-/// The shard is picked by a fast seeded hash of the key; inside a shard the
-/// standard `HashMap` (SipHash, random keys) does the real lookup, so names
-/// chosen to collide can at worst make one shard larger, which costs updates
-/// to that shard, never lookups.
+/// A lookup hashes the name once (SipHash with random keys, as `HashMap`
+/// does): bits 32.. of the hash pick the shard, and the shard is keyed by the
+/// whole hash, so it does not hash again. The cost over one `HashMap` lookup
+/// is the pointer to the shard. Two names with the same 64-bit hash cannot
+/// both sit in a shard; the second goes to `overflow`, which random keys keep
+/// empty in practice but which makes a collision cost a lookup, never a route.
 #[derive(Clone)]
-pub(crate) struct RouteMap {
-    seed: u64,
+pub(crate) struct RouteMap<S = RandomState> {
+    hasher: S,
     len: usize,
-    shards: Box<[Shard]>,
+    /// Shared too, so that a version that does not change this map does not
+    /// copy even the shard pointers.
+    shards: Arc<[Shard]>,
+    /// Names whose hash is taken in its shard by another name. Invariant: the
+    /// hash of every name here is in its shard.
+    overflow: Arc<HashMap<Arc<str>, Arc<Route>>>,
 }
 
-impl Default for RouteMap {
+impl<S: Default> Default for RouteMap<S> {
     fn default() -> Self {
         // Every slot starts as the same empty map; the first write to a slot
         // gives it its own.
         let empty: Shard = Arc::default();
         RouteMap {
-            seed: std::collections::hash_map::RandomState::new()
-                .build_hasher()
-                .finish(),
+            hasher: S::default(),
             len: 0,
-            shards: vec![empty; SHARDS].into_boxed_slice(),
+            shards: vec![empty; SHARDS].into(),
+            overflow: Arc::default(),
         }
     }
 }
 
-impl RouteMap {
+impl<S: BuildHasher> RouteMap<S> {
     pub(crate) fn get(&self, key: &str) -> Option<&Arc<Route>> {
-        self.shards[self.shard_of(key)].get(key)
+        let hash = self.hasher.hash_one(key);
+        match self.shards[shard_index(hash)].get(&hash) {
+            Some((name, route)) if name.is(key) => Some(route),
+            Some(_) => self.overflow.get(key),
+            None => None,
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -684,8 +769,19 @@ impl RouteMap {
 
     /// Inserts or replaces, copying the shard first if an older table shares it.
     fn insert(&mut self, key: Arc<str>, route: Arc<Route>) -> Option<Arc<Route>> {
-        let i = self.shard_of(&key);
-        let old = Arc::make_mut(&mut self.shards[i]).insert(key, route);
+        let hash = self.hasher.hash_one(&*key);
+        let spine = Arc::make_mut(&mut self.shards);
+        let shard = Arc::make_mut(&mut spine[shard_index(hash)]);
+        let old = match shard.entry(hash) {
+            hash_map::Entry::Vacant(slot) => {
+                slot.insert((Name::new(key), route));
+                None
+            }
+            hash_map::Entry::Occupied(mut slot) if slot.get().0.is(&key) => {
+                Some(std::mem::replace(&mut slot.get_mut().1, route))
+            }
+            hash_map::Entry::Occupied(_) => Arc::make_mut(&mut self.overflow).insert(key, route),
+        };
         if old.is_none() {
             self.len += 1;
         }
@@ -693,56 +789,89 @@ impl RouteMap {
     }
 
     fn remove(&mut self, key: &str) -> Option<Arc<Route>> {
-        let i = self.shard_of(key);
-        // Copy the shard only when there is something to remove from it.
-        if !self.shards[i].contains_key(key) {
-            return None;
+        let hash = self.hasher.hash_one(key);
+        let i = shard_index(hash);
+        // Copy a shard only when there is something to remove from it.
+        match self.shards[i].get(&hash) {
+            None => return None,
+            Some((name, _)) if !name.is(key) => {
+                if !self.overflow.contains_key(key) {
+                    return None;
+                }
+                self.len -= 1;
+                return Arc::make_mut(&mut self.overflow).remove(key);
+            }
+            Some(_) => {}
         }
-        let old = Arc::make_mut(&mut self.shards[i]).remove(key);
-        if old.is_some() {
-            self.len -= 1;
+        let spine = Arc::make_mut(&mut self.shards);
+        let shard = Arc::make_mut(&mut spine[i]);
+        let (_, old) = shard.remove(&hash)?;
+        self.len -= 1;
+        // Keep the invariant: a name with this hash waiting in the overflow
+        // takes the freed place.
+        let waiting = self
+            .overflow
+            .keys()
+            .find(|name| self.hasher.hash_one(&***name) == hash)
+            .cloned();
+        if let Some(name) = waiting {
+            if let Some(route) = Arc::make_mut(&mut self.overflow).remove(&name) {
+                shard.insert(hash, (Name::new(name), route));
+            }
         }
-        old
+        Some(old)
     }
 
     fn values(&self) -> RouteIter<'_> {
         RouteIter {
             shards: self.shards.iter(),
             current: None,
+            overflow: self.overflow.values(),
             remaining: self.len,
         }
     }
+}
 
-    /// Which shard holds `key`: a multiply-rotate hash over 8-byte words
-    /// (a few nanoseconds for a hostname), top bits taken.
-    fn shard_of(&self, key: &str) -> usize {
-        const K: u64 = 0x9e37_79b9_7f4a_7c15;
-        let bytes = key.as_bytes();
-        let mut h = self.seed ^ (bytes.len() as u64).wrapping_mul(K);
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(23);
+/// Which shard holds a name with this hash. Not the low bits (the shard's own
+/// table places entries by them) nor the top 7 (its probe filter uses them).
+fn shard_index(hash: u64) -> usize {
+    (hash >> 32) as usize & (SHARDS - 1)
+}
+
+/// The hasher of the shards, whose keys are already hashes.
+#[derive(Clone, Copy, Default)]
+struct HashIsKey(u64);
+
+impl Hasher for HashIsKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed; this keeps any other input well defined.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         }
-        let rest = words.remainder();
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K);
-        h ^= h >> 29;
-        h = h.wrapping_mul(K);
-        (h >> (64 - SHARD_BITS)) as usize
     }
 }
 
-impl fmt::Debug for RouteMap {
+impl<S> fmt::Debug for RouteMap<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
             .entries(
                 self.shards
                     .iter()
-                    .flat_map(|s| s.iter())
-                    .map(|(k, r)| (k, &r.id)),
+                    .flat_map(|s| s.values())
+                    .map(|(name, route)| (name.clone(), &route.id))
+                    .chain(
+                        self.overflow
+                            .iter()
+                            .map(|(name, route)| (Name::Shared(Arc::clone(name)), &route.id)),
+                    ),
             )
             .finish()
     }
@@ -790,7 +919,8 @@ impl<'t> IntoIterator for &Routes<'t> {
 #[derive(Debug)]
 pub struct RouteIter<'t> {
     shards: std::slice::Iter<'t, Shard>,
-    current: Option<hash_map::Values<'t, Arc<str>, Arc<Route>>>,
+    current: Option<hash_map::Values<'t, u64, (Name, Arc<Route>)>>,
+    overflow: hash_map::Values<'t, Arc<str>, Arc<Route>>,
     /// Routes not yet returned, for an exact `size_hint`.
     remaining: usize,
 }
@@ -800,14 +930,21 @@ impl<'t> Iterator for RouteIter<'t> {
 
     fn next(&mut self) -> Option<&'t Arc<Route>> {
         loop {
-            if let Some(route) = self.current.as_mut().and_then(|c| c.next()) {
+            if let Some((_, route)) = self.current.as_mut().and_then(|c| c.next()) {
                 self.remaining -= 1;
                 return Some(route);
             }
             if self.remaining == 0 {
                 return None;
             }
-            self.current = Some(self.shards.next()?.values());
+            match self.shards.next() {
+                Some(shard) => self.current = Some(shard.values()),
+                None => {
+                    let route = self.overflow.next()?;
+                    self.remaining -= 1;
+                    return Some(route);
+                }
+            }
         }
     }
 
@@ -953,14 +1090,9 @@ impl RouteHandle {
     /// Applies several groups of changes, in order, as one new table version,
     /// each group all or nothing on its own: a group that is invalid or
     /// conflicts (with the table as the groups before it left it) is skipped
-    /// and gets its error, and the others go ahead. Returns the version the
-    /// successful groups are visible at, stored before this returns; when no
-    /// group changed anything, no version is made and the current one is
-    /// returned.
-    pub(crate) fn apply_each(
-        &self,
-        groups: Vec<Vec<RouteChange>>,
-    ) -> (u64, Vec<Result<(), TableError>>) {
+    /// and gets its error, and the others go ahead. The new version is stored
+    /// before this returns; when no group changed anything, none is made.
+    pub(crate) fn apply_each(&self, groups: Vec<Vec<RouteChange>>) -> AppliedGroups {
         let _serial = self.inner.publish.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.inner.table.load_full();
         let mut next = previous.successor(None, previous.version + 1);
@@ -974,13 +1106,31 @@ impl RouteHandle {
                 result
             })
             .collect();
-        if !changed {
-            return (previous.version, results);
+        let version = if changed {
+            let version = next.version;
+            self.inner.table.store(Arc::new(next));
+            version
+        } else {
+            previous.version
+        };
+        AppliedGroups {
+            version,
+            results,
+            previous,
         }
-        let version = next.version;
-        self.inner.table.store(Arc::new(next));
-        (version, results)
     }
+}
+
+/// What [`RouteHandle::apply_each`] did.
+pub(crate) struct AppliedGroups {
+    /// The version at which the successful groups are visible.
+    pub(crate) version: u64,
+    /// One per group, in order.
+    pub(crate) results: Vec<Result<(), TableError>>,
+    /// The version that was current before, handed back so that the caller
+    /// can answer first and free it after (the last reference to an old
+    /// version costs thousands of reference-count updates to drop).
+    pub(crate) previous: Arc<RouteTable>,
 }
 
 #[cfg(test)]
@@ -1301,7 +1451,7 @@ mod tests {
     fn shards_stay_balanced_for_similar_names() {
         // Session names differ in a few characters; the shard hash must still
         // spread them, or updates would copy oversized shards.
-        let mut map = RouteMap::default();
+        let mut map = RouteMap::<RandomState>::default();
         let route = RouteTable::build(&TableSettings::default(), vec![spec("x")], None, 1)
             .unwrap()
             .route("x")
@@ -1317,6 +1467,67 @@ mod tests {
         let largest = map.shards.iter().map(|s| s.len()).max().unwrap();
         assert!(largest < 200, "largest shard {largest}, mean 100");
         assert_eq!(map.len(), n);
+    }
+
+    /// Hashes a name to its length: names of one length collide.
+    #[derive(Default)]
+    struct LengthHasher(u64);
+
+    impl Hasher for LengthHasher {
+        fn finish(&self) -> u64 {
+            self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        }
+
+        fn write(&mut self, bytes: &[u8]) {
+            self.0 += bytes.len() as u64;
+        }
+    }
+
+    #[test]
+    fn names_with_one_hash_all_keep_their_routes() {
+        let table = RouteTable::build(
+            &TableSettings::default(),
+            vec![spec("r1"), spec("r2"), spec("r3"), spec("r4")],
+            None,
+            1,
+        )
+        .unwrap();
+        let r = |id: &str| Arc::clone(table.route(id).unwrap());
+        let mut map = RouteMap::<BuildHasherDefault<LengthHasher>>::default();
+        for (name, id) in [("aa", "r1"), ("bb", "r2"), ("cc", "r3"), ("ddd", "r4")] {
+            assert!(map.insert(name.into(), r(id)).is_none());
+        }
+        assert_eq!(map.len(), 4);
+        assert_eq!(map.overflow.len(), 2, "two of the three two-letter names");
+        let before = map.clone();
+        assert_eq!(&*map.insert("bb".into(), r("r4")).unwrap().id, "r2");
+        assert_eq!(map.len(), 4);
+        let ids = |m: &RouteMap<_>| {
+            ["aa", "bb", "cc", "ddd", "ee"].map(|n| m.get(n).map(|r| r.id.to_string()))
+        };
+        assert_eq!(
+            ids(&map),
+            [Some("r1"), Some("r4"), Some("r3"), Some("r4"), None].map(|s| s.map(String::from))
+        );
+        // Whichever of them holds the shard's place, removing it lets the
+        // others be found.
+        for name in ["aa", "bb", "cc"] {
+            assert!(map.remove(name).is_some(), "{name}");
+            assert!(map.get(name).is_none(), "{name}");
+            assert!(map.remove(name).is_none(), "{name}");
+        }
+        assert_eq!(map.len(), 1);
+        assert!(map.overflow.is_empty());
+        assert_eq!(&*map.get("ddd").unwrap().id, "r4");
+        assert_eq!(map.values().len(), 1);
+        // The copy taken before is as it was.
+        assert_eq!(
+            ids(&before),
+            [Some("r1"), Some("r2"), Some("r3"), Some("r4"), None].map(|s| s.map(String::from))
+        );
+        let mut all: Vec<String> = before.values().map(|r| r.id.to_string()).collect();
+        all.sort();
+        assert_eq!(all, ["r1", "r2", "r3", "r4"]);
     }
 
     /// A tiny deterministic generator for the randomized tests.
