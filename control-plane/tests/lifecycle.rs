@@ -11,7 +11,31 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A real WebSocket peer that echoes every message.
+async fn ws_echo() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
 
 #[tokio::test]
 async fn public_session_is_reached_paused_resumed_and_deleted_through_the_gateway() {
@@ -139,6 +163,68 @@ async fn every_acknowledged_create_survives_kill_9_and_serves_after_restart() {
             (200, "backend".to_string()),
             "{name} (log: {restored})"
         );
+    }
+    drop(sg);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn evict_and_pause_close_open_websockets_and_the_owner_can_reopen() {
+    let peer = ws_echo().await;
+    let dir = temp_dir("ws");
+    let sg = Sessiongate::start(&dir, "", &[]).await;
+    sg.api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
+        .await;
+    let (s, v) = sg
+        .api(
+            "POST",
+            "/api/v1/sessions",
+            Some(json!({"name": "ide", "owner": "ann", "public": true,
+                        "remote_host": "127.0.0.1", "remote_port": peer.port()})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    for action in ["evict", "pause"] {
+        let stream = TcpStream::connect(sg.gateway).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async("ws://ide.localhost/", stream)
+            .await
+            .expect("handshake through the gateway");
+        ws.send(Message::text("ping")).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), "ping");
+
+        let (s, v) = sg
+            .api("POST", &format!("/api/v1/sessions/ide/{action}"), None)
+            .await;
+        assert_eq!(s, 200, "{action}: {v}");
+        // The gateway ends the tunnel: the stream closes, well before the
+        // deadline that guards against a hang.
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) => return,
+                    Some(Ok(m)) if m.is_close() => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{action} left the WebSocket open");
+
+        let reopen = if action == "evict" {
+            "activate"
+        } else {
+            "resume"
+        };
+        let (s, v) = sg
+            .api("POST", &format!("/api/v1/sessions/ide/{reopen}"), None)
+            .await;
+        assert_eq!((s, v["state"].as_str()), (200, Some("running")), "{v}");
     }
     drop(sg);
     let _ = std::fs::remove_dir_all(&dir);
