@@ -433,10 +433,11 @@ impl RouteTable {
                 ("slug", &mut table.slugs, &route.keys.slugs),
             ] {
                 for key in keys {
-                    if let Some(existing) = map.get(key) {
+                    // On a conflict the whole table is dropped, so there is
+                    // no need to look before inserting.
+                    if let Some(existing) = map.insert(Arc::clone(key), Arc::clone(&route)) {
                         return Err(conflict(what, key, &existing.id, &route.id));
                     }
-                    map.insert(Arc::clone(key), Arc::clone(&route));
                 }
             }
             table.routes.insert(Arc::clone(&route.id), route);
