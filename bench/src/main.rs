@@ -1,10 +1,12 @@
 //! Benchmark harness: sessiongate next to nginx and a direct connection, in
 //! one run, so that the figures that matter are same-run ratios rather than
-//! absolute numbers from a shared, noisy machine.
+//! absolute numbers from a shared, noisy machine; and `table-updates`, the
+//! route table under a stream of single-route changes.
 
 mod origin;
 mod procs;
 mod report;
+mod table_updates;
 mod targets;
 mod wrk;
 
@@ -35,6 +37,9 @@ struct Cli {
 enum Scenario {
     /// 128-byte responses over keep-alive connections, driven by wrk.
     Keepalive(KeepaliveArgs),
+    /// Single-route updates published into a large route table while a
+    /// reader looks routes up (in-process, no proxy or sockets).
+    TableUpdates(table_updates::TableUpdatesArgs),
 }
 
 #[derive(Args)]
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Keepalive(args) => keepalive(args),
+        Scenario::TableUpdates(args) => table_updates::run(args),
     };
     match result {
         Ok(problems) if problems.is_empty() => ExitCode::SUCCESS,
@@ -428,21 +434,8 @@ fn written_report(
             version.unwrap_or_else(unknown)
         );
     }
-    let repo = env!("CARGO_MANIFEST_DIR");
-    if let Some(commit) =
-        report::command_line_output("git", &["-C", repo, "rev-parse", "--short", "HEAD"])
-    {
-        let dirty =
-            report::command_line_output("git", &["-C", repo, "status", "--porcelain"]).is_some();
-        let _ = writeln!(
-            r,
-            "- Source: commit {commit}{}",
-            if dirty {
-                " with uncommitted changes"
-            } else {
-                ""
-            }
-        );
+    if let Some(commit) = report::source_commit() {
+        let _ = writeln!(r, "- Source: commit {commit}");
     }
     let _ = writeln!(r, "- Command: `{}`", command.join(" "));
     let _ = writeln!(

@@ -274,6 +274,19 @@ fn first_line(stdout: Vec<u8>, stderr: Vec<u8>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The short commit of the harness's source tree, marked when the tree has
+/// uncommitted changes.
+pub fn source_commit() -> Option<String> {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let commit = command_line_output("git", &["-C", repo, "rev-parse", "--short", "HEAD"])?;
+    let dirty = command_line_output("git", &["-C", repo, "status", "--porcelain"]).is_some();
+    Some(if dirty {
+        format!("{commit} with uncommitted changes")
+    } else {
+        commit
+    })
+}
+
 /// `date -u`, `nproc`, the CPU model and the kernel, for the report header.
 pub struct Machine {
     pub date: String,
