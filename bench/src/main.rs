@@ -434,7 +434,7 @@ fn written_report(
             version.unwrap_or_else(unknown)
         );
     }
-    if let Some(commit) = report::source_commit() {
+    if let Some(commit) = report::source_commit(&[]) {
         let _ = writeln!(r, "- Source: commit {commit}");
     }
     let _ = writeln!(r, "- Command: `{}`", command.join(" "));

@@ -274,12 +274,16 @@ fn first_line(stdout: Vec<u8>, stderr: Vec<u8>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The short commit of the harness's source tree, marked when the tree has
-/// uncommitted changes.
-pub fn source_commit() -> Option<String> {
+/// The short commit of the harness's source tree, marked when `paths` (all
+/// of the tree when empty) have uncommitted changes.
+pub fn source_commit(paths: &[&str]) -> Option<String> {
     let repo = env!("CARGO_MANIFEST_DIR");
     let commit = command_line_output("git", &["-C", repo, "rev-parse", "--short", "HEAD"])?;
-    let dirty = command_line_output("git", &["-C", repo, "status", "--porcelain"]).is_some();
+    // `git -C bench` takes paths from bench/; `:/` makes them repository-relative.
+    let pathspecs: Vec<String> = paths.iter().map(|p| format!(":/{p}")).collect();
+    let mut args = vec!["-C", repo, "status", "--porcelain", "--"];
+    args.extend(pathspecs.iter().map(String::as_str));
+    let dirty = command_line_output("git", &args).is_some();
     Some(if dirty {
         format!("{commit} with uncommitted changes")
     } else {

@@ -731,7 +731,8 @@ fn write_section(path: &Path, plan: &Plan, o: &Outcome) -> Result<()> {
     let row = format!(
         "| {} | {} | {} CPUs, {} | {}, {}, {}, {} | {:.0} | {} | {} | {} | {} ({:.1}) | {} / {} | {} | {} / {} | {:.2} M ({:.2} M) | {} |",
         machine.date,
-        report::source_commit().unwrap_or_else(|| "unknown".into()),
+        report::source_commit(&["gateway", "bench/src", "bench/Cargo.toml"])
+            .unwrap_or_else(|| "unknown".into()),
         machine.nproc,
         machine.cpu_model,
         plan.routes,
@@ -791,26 +792,31 @@ fn update_section(existing: &str, row: &str, command: &str) -> String {
     format!("{before}{}{after}", section(&all, command).trim_end())
 }
 
+/// What the section's figures are; see also bench/README.md.
+const SECTION_TEXT: &str = "\
+Single-route changes published into a table of session-like routes (a label
+each, a slug for one in three, a custom host for one in twenty) through
+`gateway::RoutePublisher::submit` by concurrent submitter tasks, each on routes
+of its own: 40% pause toggles, 40% upstream changes, 20% removals, and a
+removed route comes back under a new name. Submit to visible (p50, p99, max) is
+the time from `submit` to its answer, which comes after the new table is
+stored; each answer is then checked in a fresh load of the table. Versions are
+the table versions the updates made (one per batch). A reader thread looks up
+routes that no update touches, one table load per lookup, alone for 0.5 s
+(\"before\") and then during the updates; a failed lookup is an error. For
+comparison: `RouteHandle::apply` with 1 and with 64 changes per version, one
+call after the other; `RouteTable::build` of all the routes, which is what every
+change cost before the table was sharded; and all the routes added to an empty
+table in one `apply`, as the control plane does at start-up. Target: >= 10k
+updates/s with p99 < 5 ms. In-process, no sockets; the machine is shared and
+noisy.
+";
+
 fn section(rows: &[&str], command: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{BEGIN}");
     let _ = writeln!(s, "## Route table updates\n");
-    let _ = writeln!(
-        s,
-        "Single-route changes published into a table of session-like routes (a label each, \
-         a slug for one in three, a custom host for one in twenty) through \
-         `gateway::RoutePublisher::submit`, from concurrent submitter tasks that each own \
-         their routes: 40% pause toggles, 40% upstream changes, 20% removals, and a removed \
-         route comes back under a new name. Submit to visible is the time from `submit` to \
-         its answer, which comes after the new table is stored; each answer is then checked \
-         in a fresh load of the table. A reader thread looks up the routes no update touches \
-         for the whole run (one table load per lookup), first alone for 0.5 s (\"before\"), \
-         then during the updates; any miss is an error. \"apply, 1 \
-         change\" is `RouteHandle::apply` with one change per version, one after the other; \
-         \"full build\" is `RouteTable::build` of all the routes, which is what every change \
-         cost before the table was sharded. Target: >= 10k updates/s with p99 < 5 ms. \
-         In-process, no sockets; the machine is shared and noisy.\n"
-    );
+    let _ = writeln!(s, "{SECTION_TEXT}");
     let _ = writeln!(s, "Last command: `{command}`\n");
     let _ = writeln!(s, "{TABLE_HEAD}");
     for row in rows {
