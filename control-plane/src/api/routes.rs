@@ -47,13 +47,15 @@ pub struct RouteView {
 )]
 pub async fn list_routes(State(cp): State<ApiState>) -> Json<RoutesView> {
     let table = cp.routes().current();
+    let mut routes: Vec<_> = table.routes().iter().collect();
+    // The table's own order is its hash order; a listing reads better by id.
+    routes.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     Json(RoutesView {
         version: table.version(),
         base_domains: table.base_domains().map(str::to_string).collect(),
         portal_host: table.portal_host().map(str::to_string),
-        routes: table
-            .routes()
-            .iter()
+        routes: routes
+            .into_iter()
             .map(|r| RouteView {
                 id: r.id.to_string(),
                 hosts: r.spec.hosts.clone(),
