@@ -25,6 +25,8 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod jar;
+
 /// The admin token [`Sessiongate::start`] gives the server.
 pub const TOKEN: &str = "test-admin-token-0123456789";
 
