@@ -206,6 +206,8 @@ fn session_spec(i: usize, name: &str, upstream: u32, paused: bool) -> Result<Rou
         rewrite_host: false,
         paused,
         public: true,
+        access: None,
+        inactive: false,
     })
 }
 

@@ -16,7 +16,45 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub control_plane: ControlPlaneConfig,
     pub sessions: SessionsConfig,
+    pub access: AccessConfig,
     pub routes: Vec<StaticRoute>,
+}
+
+/// Browser access: access links, cookies, signing keys, redirects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// How long an access link may wait to be opened.
+    pub link_ttl_secs: u64,
+    /// How long a browser's session cookie is valid.
+    pub cookie_ttl_secs: u64,
+    /// How long cookies signed by the previous key are accepted after a rotation.
+    pub key_grace_secs: u64,
+    /// The scheme of access links: `http`, or `https` behind a TLS terminator.
+    pub link_scheme: String,
+    /// The port of access links; 0 means the gateway's own HTTP port.
+    pub link_port: u16,
+    /// Where a browser without a valid cookie is sent (with
+    /// `notification=session-invalid`); empty answers 401. Must be on
+    /// `redirect_origins`, or it is ignored.
+    pub login_url: String,
+    /// Origins (`https://portal.example.com`) that redirects may go to.
+    pub redirect_origins: Vec<String>,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        let d = crate::access::AccessSettings::default();
+        AccessConfig {
+            link_ttl_secs: d.link_ttl.as_secs(),
+            cookie_ttl_secs: d.cookie_ttl.as_secs(),
+            key_grace_secs: d.key_grace.as_secs(),
+            link_scheme: d.link_scheme,
+            link_port: 0,
+            login_url: String::new(),
+            redirect_origins: Vec::new(),
+        }
+    }
 }
 
 /// The session lifecycle: deadlines, retention and the reaper.
@@ -128,7 +166,7 @@ pub enum ConfigError {
 
 /// Sections that environment variables may address. Longest first, so that
 /// `CONTROL_PLANE_LISTEN` is not read as a `CONTROL` section.
-const ENV_SECTIONS: &[&str] = &["control_plane", "sessions", "gateway"];
+const ENV_SECTIONS: &[&str] = &["control_plane", "sessions", "gateway", "access"];
 const ENV_PREFIX: &str = "SESSIONGATE_";
 
 impl Config {
@@ -305,6 +343,34 @@ impl Config {
                 "must not be empty".into(),
             ));
         }
+        let a = &self.access;
+        for (key, v) in [
+            ("access.link_ttl_secs", a.link_ttl_secs),
+            ("access.cookie_ttl_secs", a.cookie_ttl_secs),
+            ("access.key_grace_secs", a.key_grace_secs),
+        ] {
+            if v == 0 || v > crate::session::model::MAX_SECS {
+                return Err(invalid(
+                    key,
+                    format!("must be 1-{} seconds", crate::session::model::MAX_SECS),
+                ));
+            }
+        }
+        if !matches!(a.link_scheme.as_str(), "http" | "https") {
+            return Err(invalid(
+                "access.link_scheme",
+                format!("{:?} is neither http nor https", a.link_scheme),
+            ));
+        }
+        crate::access::RedirectPolicy::new(&a.redirect_origins)
+            .map_err(|m| invalid("access.redirect_origins", m))?;
+        if !a.login_url.trim().is_empty() && crate::access::origin_of(a.login_url.trim()).is_none()
+        {
+            return Err(invalid(
+                "access.login_url",
+                format!("{:?} is not an absolute http(s) URL", a.login_url),
+            ));
+        }
         // Compiling the routes checks hosts, slugs, upstreams and conflicts.
         gateway::RouteTable::build(&self.table_settings(), self.route_specs()?, None, 0)
             .map_err(|e| invalid("routes", e.to_string()))?;
@@ -319,6 +385,34 @@ impl Config {
             evicted_expiry: Duration::from_secs(s.evicted_expiry_secs),
             reaper_interval: Duration::from_secs(s.reaper_interval_secs),
         }
+    }
+
+    /// The access settings; `gateway_port` is the bound HTTP port, used when
+    /// `access.link_port` is 0.
+    pub fn access_settings(&self, gateway_port: u16) -> crate::access::AccessSettings {
+        let a = &self.access;
+        crate::access::AccessSettings {
+            link_ttl: Duration::from_secs(a.link_ttl_secs),
+            cookie_ttl: Duration::from_secs(a.cookie_ttl_secs),
+            key_grace: Duration::from_secs(a.key_grace_secs),
+            link_scheme: a.link_scheme.clone(),
+            link_port: Some(if a.link_port == 0 {
+                gateway_port
+            } else {
+                a.link_port
+            }),
+        }
+    }
+
+    /// The redirect allow-list (validated at load).
+    pub fn redirect_policy(&self) -> crate::access::RedirectPolicy {
+        crate::access::RedirectPolicy::new(&self.access.redirect_origins).unwrap_or_default()
+    }
+
+    /// The login URL when it is set and allowed.
+    pub fn login_url(&self) -> Option<String> {
+        let url = self.access.login_url.trim();
+        (!url.is_empty() && self.redirect_policy().allows(url)).then(|| url.to_string())
     }
 
     pub fn table_settings(&self) -> TableSettings {
@@ -366,6 +460,8 @@ impl Config {
                     rewrite_host: r.rewrite_host,
                     paused: false,
                     public: true,
+                    access: None,
+                    inactive: false,
                 })
             })
             .collect()

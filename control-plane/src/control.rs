@@ -13,12 +13,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use gateway::access::{Activation, ActivationError, ActivationRequest, KeyHandle};
 use gateway::{RouteChange, RouteHandle, RoutePublisher, RouteState};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
+use crate::access::{self as acc, AccessLink, AccessSettings, GroupCache, KeyRotation};
 use crate::auth::{self, TokenKind, TokenSet};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -28,7 +30,7 @@ use crate::session::model::{
     self, invalid, Group, Invalid, NewGroup, NewSession, NewUser, SessionKind, SessionPatch,
     SessionRecord, User, UserPatch,
 };
-use crate::store::{self, SessionFilter, Store, StoreError, TokenRow, UserRow};
+use crate::store::{self, AccessTokenRow, SessionFilter, Store, StoreError, TokenRow, UserRow};
 use crate::time::rfc3339_millis;
 
 /// Lifecycle settings (the `[sessions]` configuration section).
@@ -72,12 +74,30 @@ pub enum ControlError {
     Store(#[from] StoreError),
     #[error("stored, but the route table refused it: {0}")]
     Publish(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("session {name:?} is {state} and can no longer be opened")]
+    Finished { name: String, state: SessionState },
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<sqlx::Error> for ControlError {
     fn from(e: sqlx::Error) -> Self {
         ControlError::Store(StoreError::Db(e))
     }
+}
+
+/// A ring to verify with until [`ControlPlane::start`] loads the stored
+/// keys: a random key nobody holds, so nothing verifies against it.
+fn placeholder_ring() -> gateway::access::KeyRing {
+    let mut secret = [0u8; 32];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret);
+    gateway::access::KeyRing::new(
+        gateway::access::SigningKey::new("unset", &secret)
+            .unwrap_or_else(|_| unreachable!("a valid id and a 32-byte secret")),
+        None,
+    )
 }
 
 fn not_found(what: &'static str, name: &str) -> ControlError {
@@ -147,6 +167,12 @@ pub struct ControlPlane {
     /// The activity time last written to the store, per session route, so
     /// the reaper writes only what changed.
     synced_activity: std::sync::Mutex<HashMap<String, u64>>,
+    /// The cookie keys the gateway verifies with; replaced on rotation.
+    keys: KeyHandle,
+    access: RwLock<AccessSettings>,
+    /// Every group's members, shared by the routes that need them. Changed
+    /// only under the write lock, after the commit.
+    groups: RwLock<GroupCache>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -196,7 +222,30 @@ impl ControlPlane {
             tokens: RwLock::new(TokenSet::new(admin_token_hash)),
             static_keys: RwLock::new(StaticKeys::default()),
             synced_activity: std::sync::Mutex::new(HashMap::new()),
+            keys: KeyHandle::new(placeholder_ring()),
+            access: RwLock::new(AccessSettings::default()),
+            groups: RwLock::new(GroupCache::new()),
         }
+    }
+
+    /// The keys the gateway verifies cookies with (loaded by [`Self::start`]).
+    pub fn keys(&self) -> &KeyHandle {
+        &self.keys
+    }
+
+    pub fn access_settings(&self) -> AccessSettings {
+        self.access
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_access_settings(&self, settings: AccessSettings) {
+        *self.access.write().unwrap_or_else(|e| e.into_inner()) = settings;
+    }
+
+    fn group_cache(&self) -> std::sync::RwLockReadGuard<'_, GroupCache> {
+        self.groups.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn routes(&self) -> &RouteHandle {
@@ -236,12 +285,32 @@ impl ControlPlane {
                 }
             }
         }
-        let sessions =
-            store::sessions_in_states(&mut c, &[SessionState::Running, SessionState::Paused])
-                .await?;
+        self.load_keys(&mut c).await?;
+        {
+            let all = store::group_members(&mut c, None).await?;
+            let mut cache = GroupCache::new();
+            for (name, _) in store::groups_list(&mut c).await? {
+                cache.insert(name, acc::members(Vec::new()));
+            }
+            for (name, m) in all {
+                cache.insert(name, acc::members(m));
+            }
+            *self.groups.write().unwrap_or_else(|e| e.into_inner()) = cache;
+        }
+        let sessions = store::sessions_in_states(
+            &mut c,
+            &[
+                SessionState::Pending,
+                SessionState::Running,
+                SessionState::Paused,
+                SessionState::Evicted,
+            ],
+        )
+        .await?;
+        let groups = self.group_cache().clone();
         let mut changes = Vec::with_capacity(sessions.len());
         for s in &sessions {
-            match route_spec(s) {
+            match route_spec(s, &groups) {
                 Ok(Some(spec)) => changes.push(RouteChange::Upsert(spec)),
                 Ok(None) => {}
                 Err(e) => {
@@ -437,9 +506,16 @@ impl ControlPlane {
                  delete or expire them first"
             )));
         }
+        let groups: Vec<String> = store::groups_of_users(&mut tx, &[name.to_string()])
+            .await?
+            .remove(name)
+            .unwrap_or_default();
         store::user_purge_finished_sessions(&mut tx, name).await?;
         store::user_delete(&mut tx, name).await?;
+        let updates = self.member_lists(&mut tx, &groups).await?;
+        let shared = Self::sessions_shared(&mut tx, &groups).await?;
         tx.commit().await?;
+        self.groups_changed(updates, shared).await?;
         tracing::info!(user = %name, "user deleted");
         Ok(())
     }
@@ -470,6 +546,11 @@ impl ControlPlane {
             store::member_add(&mut tx, &input.name, m).await?;
         }
         tx.commit().await?;
+        self.groups_changed(
+            vec![(input.name.clone(), Some(members.clone()))],
+            Vec::new(),
+        )
+        .await?;
         tracing::info!(group = %input.name, members = members.len(), "group created");
         Ok(Group {
             name: input.name,
@@ -501,10 +582,20 @@ impl ControlPlane {
     pub async fn delete_group(&self, name: &str) -> Result<(), ControlError> {
         let _w = self.writes.lock().await;
         let mut tx = self.store.begin().await?;
+        let shared = Self::sessions_shared(&mut tx, &[name.to_string()]).await?;
         if !store::group_delete(&mut tx, name).await? {
             return Err(not_found("group", name));
         }
         tx.commit().await?;
+        let shared = shared
+            .into_iter()
+            .map(|mut s| {
+                s.groups.retain(|g| g != name);
+                s
+            })
+            .collect();
+        self.groups_changed(vec![(name.to_string(), None)], shared)
+            .await?;
         tracing::info!(group = %name, "group deleted");
         Ok(())
     }
@@ -541,7 +632,13 @@ impl ControlPlane {
             store::member_add(&mut tx, group, m).await?;
         }
         let view = group_view(&mut tx, group).await?;
+        let shared = Self::sessions_shared(&mut tx, &[group.to_string()]).await?;
         tx.commit().await?;
+        self.groups_changed(
+            vec![(group.to_string(), Some(view.members.clone()))],
+            shared,
+        )
+        .await?;
         tracing::info!(group = %group, members = members.len(), "group members replaced");
         Ok(view)
     }
@@ -558,7 +655,13 @@ impl ControlPlane {
         }
         store::member_add(&mut tx, group, user).await?;
         let view = group_view(&mut tx, group).await?;
+        let shared = Self::sessions_shared(&mut tx, &[group.to_string()]).await?;
         tx.commit().await?;
+        self.groups_changed(
+            vec![(group.to_string(), Some(view.members.clone()))],
+            shared,
+        )
+        .await?;
         tracing::info!(group = %group, user = %user, "group member added");
         Ok(view)
     }
@@ -576,7 +679,13 @@ impl ControlPlane {
             });
         }
         let view = group_view(&mut tx, group).await?;
+        let shared = Self::sessions_shared(&mut tx, &[group.to_string()]).await?;
         tx.commit().await?;
+        self.groups_changed(
+            vec![(group.to_string(), Some(view.members.clone()))],
+            shared,
+        )
+        .await?;
         tracing::info!(group = %group, user = %user, "group member removed");
         Ok(view)
     }
@@ -802,6 +911,15 @@ impl ControlPlane {
         store::session_update(&mut tx, &rec).await?;
         tx.commit().await?;
         self.publish(Some(&old), Some(&rec)).await?;
+        let lost = {
+            let cache = self.group_cache();
+            let now_allowed = acc::allowed_users(&rec, &cache);
+            acc::allowed_users(&old, &cache)
+                .into_iter()
+                .filter(|u| now_allowed.binary_search(u).is_err())
+                .collect::<Vec<_>>()
+        };
+        self.close_for_users(vec![(route_id(name), lost)]);
         tracing::info!(session = %name, groups = ?rec.groups, "session sharing replaced");
         Ok(rec)
     }
@@ -1008,7 +1126,7 @@ impl ControlPlane {
         changes: &mut Vec<RouteChange>,
         closing: &mut Vec<Arc<RouteState>>,
     ) -> Result<(), ControlError> {
-        let spec = route_spec(new).map_err(ControlError::Publish)?;
+        let spec = route_spec(new, &self.group_cache()).map_err(ControlError::Publish)?;
         let id = route_id(&new.name);
         // Leaving `running` for anything (pause included) ends live
         // WebSockets: the session no longer serves traffic.
@@ -1019,7 +1137,7 @@ impl ControlPlane {
         }
         match spec {
             Some(spec) => changes.push(RouteChange::Upsert(spec)),
-            None if old.state.is_routed() => changes.push(RouteChange::Remove(id)),
+            None if old.state.is_live() => changes.push(RouteChange::Remove(id)),
             None => {}
         }
         Ok(())
@@ -1035,7 +1153,8 @@ impl ControlPlane {
         match (old, new) {
             (Some(o), Some(n)) => self.route_changes(o, n, &mut changes, &mut closing)?,
             (None, Some(n)) => {
-                if let Some(spec) = route_spec(n).map_err(ControlError::Publish)? {
+                let spec = route_spec(n, &self.group_cache()).map_err(ControlError::Publish)?;
+                if let Some(spec) = spec {
                     changes.push(RouteChange::Upsert(spec));
                 }
             }
@@ -1058,12 +1177,321 @@ impl ControlPlane {
             self.metrics.observe_table_swap(started.elapsed());
         }
         for state in closing {
-            let n = state.close_upgraded();
+            let n = state.close_live();
             if n > 0 {
                 tracing::info!(connections = n, "closed live upgraded connections");
             }
         }
         Ok(())
+    }
+
+    // ---- browser access ----
+
+    /// Loads the cookie keys, creating the first one on a new store.
+    async fn load_keys(&self, _c: &mut SqliteConnection) -> Result<(), ControlError> {
+        let grace = self.access_settings().key_grace;
+        let mut tx = self.store.begin().await?;
+        let mut rows = store::signing_keys(&mut tx).await?;
+        if rows.iter().all(|r| r.retired_ms.is_some()) {
+            let key = acc::new_key(self.now_ms()).map_err(ControlError::Internal)?;
+            store::signing_key_rotate(&mut tx, &key, self.now_ms()).await?;
+            rows = store::signing_keys(&mut tx).await?;
+            tracing::info!(key = %key.id, "cookie signing key created");
+        }
+        tx.commit().await?;
+        self.keys
+            .store(acc::key_ring(&rows, grace).map_err(ControlError::Internal)?);
+        Ok(())
+    }
+
+    /// Replaces the cookie signing key. Cookies signed by the replaced key
+    /// keep working for the grace period (`access.key_grace_secs`), and
+    /// those signed by any older key stop at once.
+    pub async fn rotate_keys(&self) -> Result<KeyRotation, ControlError> {
+        let now = self.now_ms();
+        let grace = self.access_settings().key_grace;
+        let key = acc::new_key(now).map_err(ControlError::Internal)?;
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        store::signing_key_rotate(&mut tx, &key, now).await?;
+        let rows = store::signing_keys(&mut tx).await?;
+        let ring = acc::key_ring(&rows, grace).map_err(ControlError::Internal)?;
+        tx.commit().await?;
+        self.keys.store(ring);
+        let previous = rows.iter().find(|r| r.retired_ms.is_some());
+        tracing::info!(key = %key.id, previous = ?previous.map(|r| &r.id), "cookie signing key rotated");
+        Ok(KeyRotation {
+            current: key.id,
+            previous: previous.map(|r| r.id.clone()),
+            previous_valid_until: previous
+                .and_then(|r| r.retired_ms)
+                .map(|ms| rfc3339_millis(ms + grace.as_millis() as u64)),
+        })
+    }
+
+    /// Issues a one-time access link for `user` on session `name`.
+    pub async fn create_access_link(
+        &self,
+        name: &str,
+        user: &str,
+        path: Option<&str>,
+    ) -> Result<AccessLink, ControlError> {
+        model::validate_user_name("user", user)?;
+        let path = path.unwrap_or("/");
+        acc::validate_entry_path(path).map_err(|m| ControlError::Invalid(invalid("path", m)))?;
+        let settings = self.access_settings();
+        let now = self.now_ms();
+        let token = auth::random_token().map_err(|e| ControlError::Internal(e.to_string()))?;
+        let expires_ms = now + settings.link_ttl.as_millis() as u64;
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        let s = store::session_get(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("session", name))?;
+        if !s.state.is_live() {
+            return Err(ControlError::Finished {
+                name: name.to_string(),
+                state: s.state,
+            });
+        }
+        if !store::user_exists(&mut tx, user).await? {
+            return Err(unknown("user", "user", &[user.to_string()]));
+        }
+        if !acc::allowed(&s, user, &self.group_cache()) {
+            return Err(ControlError::Forbidden(format!(
+                "user {user:?} is neither the owner of session {name:?} nor a member of a group it is shared with"
+            )));
+        }
+        store::access_token_insert(
+            &mut tx,
+            &AccessTokenRow {
+                hash: auth::hash_token(&token),
+                session: s.name.clone(),
+                user: user.to_string(),
+                path: path.to_string(),
+                created_ms: now,
+                expires_ms,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(session = %name, user = %user, "access link issued");
+        Ok(AccessLink {
+            url: self.link_url(&s, &token, &settings),
+            expires: rfc3339_millis(expires_ms),
+        })
+    }
+
+    /// The link's URL, on the host the session is used on, since that is
+    /// where the cookie will be: its custom domain if it has one, else its
+    /// slug on the portal host if it has one, else `<name>.<first base
+    /// domain>`.
+    fn link_url(&self, s: &SessionRecord, token: &str, settings: &AccessSettings) -> String {
+        let table = self.routes.load();
+        let scheme = settings.link_scheme.as_str();
+        let port = match (settings.link_port, scheme) {
+            (None, _) | (Some(80), "http") | (Some(443), "https") => String::new(),
+            (Some(p), _) => format!(":{p}"),
+        };
+        let path = gateway::access::ACTIVATE_PATH;
+        let portal = table.portal_host().map(str::to_string);
+        let base = table.base_domains().next().map(str::to_string);
+        match (&s.custom_domain, &s.slug, portal, base) {
+            (Some(d), _, _, _) => format!("{scheme}://{d}{port}{path}?token={token}"),
+            (None, Some(slug), Some(portal), _) => {
+                format!("{scheme}://{portal}{port}{slug}{path}?token={token}")
+            }
+            (None, _, _, Some(base)) => {
+                format!("{scheme}://{}.{base}{port}{path}?token={token}", s.name)
+            }
+            _ => format!("{scheme}://{}{port}{path}?token={token}", s.name),
+        }
+    }
+
+    /// Consumes an access link opened on `req.session`'s host: the token is
+    /// deleted whatever the outcome, a pending or evicted session becomes
+    /// running, and the answer carries the signed cookie.
+    pub async fn activate_link(
+        &self,
+        req: ActivationRequest,
+    ) -> Result<Activation, ActivationError> {
+        let unavailable = |e: ControlError| {
+            tracing::error!(error = %e, "access link: store error");
+            ActivationError::Unavailable("the session store failed".into())
+        };
+        let now = self.now_ms();
+        let settings = self.access_settings();
+        let hash = auth::hash_token(&req.token);
+        let _w = self.writes.lock().await;
+        let mut tx = self
+            .store
+            .begin()
+            .await
+            .map_err(|e| unavailable(e.into()))?;
+        let Some(t) = store::access_token_take(&mut tx, &hash)
+            .await
+            .map_err(|e| unavailable(e.into()))?
+        else {
+            return Err(ActivationError::InvalidToken);
+        };
+        // From here on the token is spent: refusals still commit its removal.
+        let refused = if t.expires_ms <= now {
+            Some(ActivationError::InvalidToken)
+        } else if t.session != *req.session {
+            Some(ActivationError::WrongSession)
+        } else {
+            None
+        };
+        let old = match refused {
+            Some(_) => None,
+            None => store::session_get(&mut tx, &t.session)
+                .await
+                .map_err(|e| unavailable(e.into()))?,
+        };
+        let refused = refused.or_else(|| match &old {
+            None => Some(ActivationError::InvalidToken),
+            Some(o) if !o.state.is_live() => Some(ActivationError::Gone {
+                session: o.name.clone(),
+                state: o.state.to_string(),
+            }),
+            Some(o) if !acc::allowed(o, &t.user, &self.group_cache()) => {
+                Some(ActivationError::NotAllowed)
+            }
+            Some(_) => None,
+        });
+        if let Some(err) = refused {
+            tx.commit().await.map_err(|e| unavailable(e.into()))?;
+            tracing::info!(session = %req.session, user = %t.user, reason = %err, "access link refused");
+            return Err(err);
+        }
+        let Some(old) = old else {
+            return Err(ActivationError::InvalidToken);
+        };
+        let rec = if matches!(old.state, SessionState::Pending | SessionState::Evicted) {
+            let rec = self
+                .transition(&old, Action::Activate, None)
+                .map_err(|e| ActivationError::Unavailable(e.to_string()))?;
+            store::session_update(&mut tx, &rec)
+                .await
+                .map_err(|e| unavailable(e.into()))?;
+            Some(rec)
+        } else {
+            None
+        };
+        tx.commit().await.map_err(|e| unavailable(e.into()))?;
+        if let Some(rec) = &rec {
+            self.publish(Some(&old), Some(rec))
+                .await
+                .map_err(unavailable)?;
+            tracing::info!(session = %rec.name, from = %old.state, "session activated");
+        }
+        let ttl = settings.cookie_ttl.as_secs().max(1);
+        let cookie = self
+            .keys
+            .load()
+            .sign(&old.name, &t.user, now / 1000 + ttl)
+            .map_err(ActivationError::Unavailable)?;
+        Ok(Activation {
+            cookie,
+            max_age: ttl,
+            path: t.path,
+            user: t.user,
+        })
+    }
+
+    /// After the members of groups changed (committed, write lock held):
+    /// swaps in their member lists (`None`: the group is gone), republishes
+    /// `sessions` (those shared with them), and closes the live connections
+    /// of every user who lost access to one of them.
+    async fn groups_changed(
+        &self,
+        updates: Vec<(String, Option<Vec<String>>)>,
+        sessions: Vec<SessionRecord>,
+    ) -> Result<(), ControlError> {
+        let before = self.group_cache().clone();
+        {
+            let mut cache = self.groups.write().unwrap_or_else(|e| e.into_inner());
+            for (g, m) in updates {
+                match m {
+                    Some(m) => cache.insert(g, acc::members(m)),
+                    None => cache.remove(&g),
+                };
+            }
+        }
+        let after = self.group_cache().clone();
+        let mut changes = Vec::new();
+        let mut revoked = Vec::new();
+        for s in &sessions {
+            if let Some(spec) = route_spec(s, &after).map_err(ControlError::Publish)? {
+                changes.push(RouteChange::Upsert(spec));
+            }
+            let now_allowed = acc::allowed_users(s, &after);
+            let lost: Vec<String> = acc::allowed_users(s, &before)
+                .into_iter()
+                .filter(|u| now_allowed.binary_search(u).is_err())
+                .collect();
+            if !lost.is_empty() {
+                revoked.push((route_id(&s.name), lost));
+            }
+        }
+        self.apply_changes(changes, Vec::new()).await?;
+        self.close_for_users(revoked);
+        Ok(())
+    }
+
+    /// Closes the live connections of these users on these routes.
+    fn close_for_users(&self, revoked: Vec<(Arc<str>, Vec<String>)>) {
+        if revoked.is_empty() {
+            return;
+        }
+        let table = self.routes.load();
+        for (id, users) in revoked {
+            let Some(route) = table.route(&id) else {
+                continue;
+            };
+            for u in users {
+                let n = route.state.close_live_for_user(&u);
+                if n > 0 {
+                    tracing::info!(route = %id, user = %u, connections = n, "access revoked: closed live connections");
+                }
+            }
+        }
+    }
+
+    /// The member lists of `groups` as stored now (`None`: no such group).
+    async fn member_lists(
+        &self,
+        c: &mut SqliteConnection,
+        groups: &[String],
+    ) -> Result<Vec<(String, Option<Vec<String>>)>, ControlError> {
+        let mut out = Vec::with_capacity(groups.len());
+        for g in groups {
+            let exists = store::group_created(c, g).await?.is_some();
+            let members = store::group_members(c, Some(g))
+                .await?
+                .remove(g)
+                .unwrap_or_default();
+            out.push((g.clone(), exists.then_some(members)));
+        }
+        Ok(out)
+    }
+
+    /// Live sessions shared with any of `groups`, as stored now.
+    async fn sessions_shared(
+        c: &mut SqliteConnection,
+        groups: &[String],
+    ) -> Result<Vec<SessionRecord>, ControlError> {
+        let mut names = std::collections::BTreeSet::new();
+        for g in groups {
+            names.extend(store::sessions_shared_with(c, g).await?);
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            if let Some(s) = store::session_get(c, &n).await? {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
     // ---- the reaper ----
@@ -1157,6 +1585,8 @@ impl ControlPlane {
         for name in &report.purged {
             tracing::info!(session = %name, action = "purge", reason = "retention passed", "reaper");
         }
+        // Unused access links: nothing can open them any more.
+        store::access_tokens_purge(&mut tx, now).await?;
         tx.commit().await?;
 
         {
@@ -1211,7 +1641,9 @@ pub fn error_code(e: &ControlError) -> &'static str {
         ControlError::Invalid(_) => "invalid",
         ControlError::Transition { .. } => "invalid_transition",
         ControlError::NotExtendable(_) => "not_extendable",
-        ControlError::Store(_) | ControlError::Publish(_) => "internal",
+        ControlError::Forbidden(_) => "forbidden",
+        ControlError::Finished { .. } => "session_finished",
+        ControlError::Store(_) | ControlError::Publish(_) | ControlError::Internal(_) => "internal",
     }
 }
 

@@ -107,6 +107,9 @@ pub enum CtlCommand {
     Tokens(TokensCommand),
     /// Show the route table the gateway holds.
     Routes,
+    /// Rotate the key that signs browser cookies (the previous one keeps
+    /// verifying for access.key_grace_secs).
+    RotateKeys,
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,6 +159,16 @@ pub enum SessionsCommand {
     },
     /// Share a session with exactly these groups (none: unshare it).
     Share { name: String, groups: Vec<String> },
+    /// Issue a one-time access link (valid 60 s) that signs USER in to the session.
+    Access {
+        name: String,
+        /// The owner, or a member of a group the session is shared with.
+        #[arg(long)]
+        user: String,
+        /// Where the browser lands, relative to the session's root (default /).
+        #[arg(long)]
+        path: Option<String>,
+    },
 }
 
 /// One or more session names; several go in one bulk request.
@@ -374,6 +387,25 @@ async fn execute(
             emit(out, json, &v, routes_table);
             Ok(())
         }
+        CtlCommand::RotateKeys => {
+            let v = api
+                .send(Method::POST, "/api/v1/access/keys/rotate", None)
+                .await?;
+            emit(out, json, &v, |v, out| {
+                out.push_str(&format!(
+                    "signing key {}",
+                    v["current"].as_str().unwrap_or("?")
+                ));
+                if let Some(p) = v["previous"].as_str() {
+                    out.push_str(&format!(
+                        "; {p} verifies until {}",
+                        v["previous_valid_until"].as_str().unwrap_or("?")
+                    ));
+                }
+                out.push('\n');
+            });
+            Ok(())
+        }
     }
 }
 
@@ -436,6 +468,22 @@ async fn sessions(
                 .send(Method::PUT, &path, Some(json!({ "groups": groups })))
                 .await?;
             emit(out, json, &v, session_line);
+            return Ok(());
+        }
+        S::Access { name, user, path } => {
+            let p = format!("/api/v1/sessions/{}/access", seg(&name));
+            let mut body = json!({ "user": user });
+            if let Some(path) = path {
+                body["path"] = json!(path);
+            }
+            let v = api.send(Method::POST, &p, Some(body)).await?;
+            emit(out, json, &v, |v, out| {
+                out.push_str(&format!(
+                    "{}\n(one use, until {})\n",
+                    v["url"].as_str().unwrap_or("?"),
+                    v["expires"].as_str().unwrap_or("?")
+                ));
+            });
             return Ok(());
         }
         S::Delete(n) => ("delete", n.names),

@@ -20,6 +20,7 @@
 //! - [`time`]: RFC 3339 formatting.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod clock;

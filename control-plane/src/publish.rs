@@ -1,13 +1,18 @@
 //! Sessions → routes: what the gateway's table holds for each session.
 //!
-//! A session is routed while it is running or paused (a paused one answers
-//! 503). Its route id is `session:<name>`, so per-route activity and live
-//! connections follow it across updates.
+//! A session is routed while it is live: running, paused (answers 503), or
+//! pending or evicted (only its access link is served, so that opening the
+//! link can activate it). Its route id is `session:<name>`, so per-route
+//! activity and live connections follow it across updates. Every session
+//! route carries its access list, so a private one lets in the owner and
+//! the members of its groups as they are at this version of the table.
 
 use std::sync::Arc;
 
 use gateway::{RouteSpec, RouteTarget, Upstream};
 
+use crate::access::{access_list, GroupCache};
+use crate::session::lifecycle::SessionState;
 use crate::session::model::{SessionKind, SessionRecord};
 
 pub const SESSION_ROUTE_PREFIX: &str = "session:";
@@ -23,8 +28,8 @@ pub fn session_name(route_id: &str) -> Option<&str> {
 
 /// The route for `s`, or `None` if the gateway should not route it.
 /// Fails only on a record that validation should have refused.
-pub fn route_spec(s: &SessionRecord) -> Result<Option<RouteSpec>, String> {
-    if !s.state.is_routed() {
+pub fn route_spec(s: &SessionRecord, groups: &GroupCache) -> Result<Option<RouteSpec>, String> {
+    if !s.state.is_live() {
         return Ok(None);
     }
     let target = match s.kind {
@@ -53,7 +58,9 @@ pub fn route_spec(s: &SessionRecord) -> Result<Option<RouteSpec>, String> {
         target,
         strip_prefix: s.strip_prefix,
         rewrite_host: s.rewrite_host,
-        paused: s.state == crate::session::lifecycle::SessionState::Paused,
+        paused: s.state == SessionState::Paused,
         public: s.public,
+        access: Some(access_list(s, groups)),
+        inactive: matches!(s.state, SessionState::Pending | SessionState::Evicted),
     }))
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gateway::access::{AccessConfig, ActivationFuture, ActivationRequest, Activator};
 use gateway::{Proxy, RouteHandle, UpstreamClient};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -113,6 +114,9 @@ impl Server {
             Metrics::new(),
         ));
         control.set_static_keys(StaticKeys::from_specs(&static_specs));
+        // The link port is known only once the listener is bound; the keys'
+        // grace period is needed by `start`.
+        control.set_access_settings(config.access_settings(config.gateway.http_listen.port()));
         // The table is whole — static routes and every routed session — before
         // either listener exists.
         let sessions = control.start().await?;
@@ -128,6 +132,18 @@ impl Server {
 
         let gateway_listener = bind("gateway.http_listen", config.gateway.http_listen).await?;
         let api_listener = bind("control_plane.listen", config.control_plane.listen).await?;
+        let port = gateway_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(config.gateway.http_listen.port());
+        control.set_access_settings(config.access_settings(port));
+        let login = config.access.login_url.trim();
+        if !login.is_empty() && config.login_url().is_none() {
+            tracing::warn!(
+                login_url = %login,
+                "access.login_url is not on access.redirect_origins: ignored, browsers without a cookie get 401"
+            );
+        }
         Ok(Server {
             config,
             config_path,
@@ -164,11 +180,19 @@ impl Server {
             let _ = rx.wait_for(|s| *s).await;
         };
 
-        let proxy = Arc::new(Proxy::new(
-            self.routes.clone(),
-            UpstreamClient::new(self.config.upstream_config()),
-            "http",
-        ));
+        let access = AccessConfig {
+            keys: self.control.keys().clone(),
+            activator: Some(Arc::new(InProcessActivator(self.control.clone()))),
+            login_url: self.config.login_url().map(Arc::from),
+        };
+        let proxy = Arc::new(
+            Proxy::new(
+                self.routes.clone(),
+                UpstreamClient::new(self.config.upstream_config()),
+                "http",
+            )
+            .with_access(access),
+        );
         let gateway_task = tokio::spawn(gateway::run(
             self.gateway_listener,
             proxy,
@@ -224,6 +248,17 @@ impl Server {
         self.control.store().close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Access links opened at the gateway, consumed by the control plane in
+/// the same process.
+struct InProcessActivator(Arc<ControlPlane>);
+
+impl Activator for InProcessActivator {
+    fn activate(&self, req: ActivationRequest) -> ActivationFuture {
+        let cp = self.0.clone();
+        Box::pin(async move { cp.activate_link(req).await })
     }
 }
 

@@ -611,13 +611,14 @@ async fn create_session_validates_and_publishes_its_route() {
         other => panic!("{other:?}"),
     }
 
-    // A pending session is stored but not routed until it is activated.
+    // A pending session is routed, but only its access link is served there
+    // until it is activated.
     let v = api
         .ok("POST", "/api/v1/sessions", Some(json!({"name": "later", "owner": "ann", "remote_port": 1, "pending": true, "duration": 60})))
         .await;
     assert_eq!(v["state"], "pending");
     assert!(v["expires"].is_null());
-    assert!(api.route("later").is_none());
+    assert!(api.route("later").unwrap().inactive);
     api.clock.advance(Duration::from_secs(10));
     let v = api
         .ok("POST", "/api/v1/sessions/later/activate", None)
@@ -626,7 +627,7 @@ async fn create_session_validates_and_publishes_its_route() {
         (v["state"].as_str(), v["countdown"].as_u64()),
         (Some("running"), Some(60))
     );
-    assert!(api.route("later").is_some());
+    assert!(!api.route("later").unwrap().inactive);
 
     // A deleted session's name, slug and domain can be used again.
     api.ok("DELETE", "/api/v1/sessions/lab", None).await;
@@ -734,10 +735,11 @@ async fn lifecycle_actions_follow_the_state_machine_and_the_table() {
     )
     .await;
 
-    // evict: unrouted, and the owner can open it again.
+    // evict: inactive (only an access link is served), and the owner can
+    // open it again.
     let v = api.ok("POST", "/api/v1/sessions/s/evict", None).await;
     assert_eq!(v["state"], "evicted");
-    assert!(api.route("s").is_none());
+    assert!(api.route("s").unwrap().inactive);
     api.err(
         "POST",
         "/api/v1/sessions/s/resume",
@@ -747,7 +749,7 @@ async fn lifecycle_actions_follow_the_state_machine_and_the_table() {
     .await;
     let v = api.ok("POST", "/api/v1/sessions/s/activate", None).await;
     assert_eq!(v["state"], "running");
-    assert!(api.route("s").is_some());
+    assert!(!api.route("s").unwrap().inactive);
 
     // expire: for good.
     let v = api.ok("POST", "/api/v1/sessions/s/expire", None).await;
@@ -1027,7 +1029,7 @@ async fn bulk_applies_where_applicable_and_reports_each_name() {
         ]
     );
     assert_eq!(res[1]["state"], "paused");
-    assert!(api.route("a").is_none() && api.route("c").is_none());
+    assert!(api.route("a").unwrap().inactive && api.route("c").unwrap().inactive);
     assert!(api.route("b").unwrap().paused);
     // Both evictions reached the gateway in one table version.
     assert_eq!(api.routes.load().version(), v1 + 1);
@@ -1070,6 +1072,8 @@ async fn openapi_document_covers_every_endpoint() {
         ("/api/v1/tokens", &["get", "post"]),
         ("/api/v1/tokens/{name}", &["delete"]),
         ("/api/v1/routes", &["get"]),
+        ("/api/v1/sessions/{name}/access", &["post"]),
+        ("/api/v1/access/keys/rotate", &["post"]),
     ] {
         for m in methods {
             assert!(
@@ -1089,6 +1093,9 @@ async fn openapi_document_covers_every_endpoint() {
         "BulkRequest",
         "BulkResponse",
         "ErrorBody",
+        "AccessRequest",
+        "AccessLink",
+        "KeyRotation",
     ] {
         assert!(schemas.contains_key(s), "schema {s} missing");
     }
@@ -1115,4 +1122,202 @@ async fn openapi_document_covers_every_endpoint() {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert_eq!(api.cp.metrics().reaper_count("expire"), 0);
+}
+
+#[tokio::test]
+async fn access_links_and_key_rotation_through_the_router() {
+    let api = Api::new("access").await;
+    for u in ["ann", "bob", "eve"] {
+        api.ok("POST", "/api/v1/users", Some(json!({ "name": u })))
+            .await;
+    }
+    api.ok(
+        "POST",
+        "/api/v1/groups",
+        Some(json!({"name": "team", "members": ["bob"]})),
+    )
+    .await;
+    api.ok(
+        "POST",
+        "/api/v1/sessions",
+        Some(json!({"name": "nb", "owner": "ann", "remote_port": 1, "groups": ["team"]})),
+    )
+    .await;
+    api.ok(
+        "POST",
+        "/api/v1/sessions",
+        Some(json!({"name": "lab", "owner": "ann", "remote_port": 1, "slug": "/lab/ann"})),
+    )
+    .await;
+
+    // The owner and a member get a link; its URL is on the session's host.
+    let v = api
+        .ok(
+            "POST",
+            "/api/v1/sessions/nb/access",
+            Some(json!({"user": "ann"})),
+        )
+        .await;
+    let url = v["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("http://nb.localhost/__sessiongate/activate?token="),
+        "{url}"
+    );
+    let v = api
+        .ok(
+            "POST",
+            "/api/v1/sessions/nb/access",
+            Some(json!({"user": "bob", "path": "/lab?reset"})),
+        )
+        .await;
+    assert!(v["expires"].as_str().unwrap().ends_with('Z'));
+    // A slug session's link is on the portal host, under its slug.
+    let v = api
+        .ok(
+            "POST",
+            "/api/v1/sessions/lab/access",
+            Some(json!({"user": "ann"})),
+        )
+        .await;
+    assert!(
+        v["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://portal.test/lab/ann/__sessiongate/activate?token="),
+        "{v}"
+    );
+
+    let before = api.snapshot().await;
+    // Bad input: each refused with its status and a message naming the problem.
+    api.err(
+        "POST",
+        "/api/v1/sessions/nb/access",
+        Some(json!({"user": "eve"})),
+        (403, "forbidden", "eve"),
+    )
+    .await;
+    api.err(
+        "POST",
+        "/api/v1/sessions/nb/access",
+        Some(json!({"user": "nobody"})),
+        (422, "invalid", "nobody"),
+    )
+    .await;
+    api.err(
+        "POST",
+        "/api/v1/sessions/nb/access",
+        Some(json!({"user": "no such user!"})),
+        (422, "invalid", "user"),
+    )
+    .await;
+    for path in [
+        "//evil.example/",
+        "https://evil.example/",
+        "relative",
+        "/a b",
+    ] {
+        api.err(
+            "POST",
+            "/api/v1/sessions/nb/access",
+            Some(json!({"user": "ann", "path": path})),
+            (422, "invalid", "path"),
+        )
+        .await;
+    }
+    api.err(
+        "POST",
+        "/api/v1/sessions/nb/access",
+        Some(json!({"user": "ann", "admin": true})),
+        (400, "invalid_json", "admin"),
+    )
+    .await;
+    api.err(
+        "POST",
+        "/api/v1/sessions/nb/access",
+        Some(json!({})),
+        (400, "invalid_json", "user"),
+    )
+    .await;
+    let (s, v) = api
+        .raw(
+            "POST",
+            "/api/v1/sessions/nb/access",
+            Some(ADMIN),
+            Some("{\"user\": ".into()),
+            "application/json",
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), v["error"]["code"].as_str()),
+        (400, Some("malformed_json"))
+    );
+    api.err(
+        "POST",
+        "/api/v1/sessions/nope/access",
+        Some(json!({"user": "ann"})),
+        (404, "not_found", "nope"),
+    )
+    .await;
+    let (s, _) = api
+        .raw(
+            "POST",
+            "/api/v1/sessions/nb/access",
+            None,
+            Some(json!({"user": "ann"}).to_string()),
+            "application/json",
+        )
+        .await;
+    assert_eq!(s, 401);
+    assert_eq!(
+        api.snapshot().await,
+        before,
+        "bad input changed stored state"
+    );
+    let readonly = api
+        .ok(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "dash", "kind": "readonly"})),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before_ro = api.snapshot().await;
+    for path in ["/api/v1/sessions/nb/access", "/api/v1/access/keys/rotate"] {
+        let (s, _) = api
+            .raw(
+                "POST",
+                path,
+                Some(&readonly),
+                Some(json!({"user": "ann"}).to_string()),
+                "application/json",
+            )
+            .await;
+        assert_eq!(s, 403, "{path}");
+    }
+    assert_eq!(api.snapshot().await, before_ro);
+
+    // Finished sessions give no links, and say their state.
+    api.ok("POST", "/api/v1/sessions/nb/expire", None).await;
+    let v = api
+        .err(
+            "POST",
+            "/api/v1/sessions/nb/access",
+            Some(json!({"user": "ann"})),
+            (409, "session_finished", "expired"),
+        )
+        .await;
+    assert_eq!(v["error"]["state"], "expired");
+
+    // Rotation: a new current key, the old one named with its grace end.
+    let first = api.ok("POST", "/api/v1/access/keys/rotate", None).await;
+    let second = api.ok("POST", "/api/v1/access/keys/rotate", None).await;
+    assert_eq!(second["previous"], first["current"], "{first} {second}");
+    assert_ne!(second["current"], first["current"]);
+    assert!(second["previous_valid_until"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert_eq!(api.cp.keys().load().current_id(), second["current"]);
 }

@@ -13,29 +13,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A real WebSocket peer that echoes every message.
-async fn ws_echo() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-                    return;
-                };
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_text() && ws.send(m).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 #[tokio::test]
 async fn public_session_is_reached_paused_resumed_and_deleted_through_the_gateway() {
@@ -77,14 +56,15 @@ async fn public_session_is_reached_paused_resumed_and_deleted_through_the_gatewa
     assert_eq!((s, v["state"].as_str()), (200, Some("deleted")), "{v}");
     assert_eq!(sg.open("lab").await.0, 404);
 
-    // A session that is not public is refused until browser access exists.
+    // A session that is not public needs a browser signed in by an access
+    // link (tests/access.rs); without a cookie it is 401.
     sg.api(
         "POST",
         "/api/v1/sessions",
         Some(json!({"name": "private", "owner": "ann", "remote_host": "127.0.0.1", "remote_port": backend.port()})),
     )
     .await;
-    assert_eq!(sg.open("private").await.0, 403);
+    assert_eq!(sg.open("private").await.0, 401);
     drop(sg);
     let _ = std::fs::remove_dir_all(&dir);
 }

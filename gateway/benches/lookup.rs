@@ -58,6 +58,8 @@ fn spec(i: usize) -> RouteSpec {
         rewrite_host: false,
         paused: false,
         public: true,
+        access: None,
+        inactive: false,
     }
 }
 

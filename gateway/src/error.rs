@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
+use crate::access::ActivationError;
 use crate::body::ProxyBody;
 use crate::headers::X_REQUEST_ID;
 
@@ -18,8 +19,14 @@ pub enum ProxyError {
     NoRoute { host: String, path: String },
     #[error("session {0} is paused")]
     Paused(String),
-    #[error("route {0} is not public and this gateway cannot sign browsers in yet")]
+    #[error("{0} needs a sign-in: open it with an access link from the portal that manages it")]
     SignInRequired(String),
+    #[error("user {user} may not open {route}")]
+    Forbidden { user: String, route: String },
+    #[error("{0} is not active: open it with an access link from the portal that manages it")]
+    Inactive(String),
+    #[error(transparent)]
+    Activation(crate::access::ActivationError),
     #[error("upstream {upstream}: {reason}")]
     UpstreamUnreachable { upstream: String, reason: String },
     #[error("upstream {upstream}: connect timed out after {secs}s")]
@@ -38,7 +45,16 @@ impl ProxyError {
         match self {
             ProxyError::MissingHost | ProxyError::InvalidHost(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::SignInRequired(_) => StatusCode::FORBIDDEN,
+            ProxyError::SignInRequired(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::Inactive(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Activation(e) => match e {
+                ActivationError::InvalidToken
+                | ActivationError::WrongSession
+                | ActivationError::NotAllowed => StatusCode::FORBIDDEN,
+                ActivationError::Gone { .. } => StatusCode::GONE,
+                ActivationError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
             ProxyError::Paused(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamProtocol { .. }
@@ -57,6 +73,15 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::Paused(_) => "session_paused",
             ProxyError::SignInRequired(_) => "sign_in_required",
+            ProxyError::Forbidden { .. } => "forbidden",
+            ProxyError::Inactive(_) => "session_inactive",
+            ProxyError::Activation(e) => match e {
+                ActivationError::InvalidToken => "access_link_invalid",
+                ActivationError::WrongSession => "access_link_wrong_session",
+                ActivationError::NotAllowed => "forbidden",
+                ActivationError::Gone { .. } => "session_gone",
+                ActivationError::Unavailable(_) => "access_unavailable",
+            },
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -67,7 +92,11 @@ impl ProxyError {
 
     /// Whether this is the upstream's fault (logged at warn) rather than the client's.
     pub fn is_upstream(&self) -> bool {
-        self.status().is_server_error() && !matches!(self, ProxyError::Paused(_))
+        self.status().is_server_error()
+            && !matches!(
+                self,
+                ProxyError::Paused(_) | ProxyError::Inactive(_) | ProxyError::Activation(_)
+            )
     }
 }
 

@@ -20,6 +20,7 @@
 //! - [`body`]: the body types, without boxing.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod body;
 pub mod error;
 pub mod headers;

@@ -20,11 +20,12 @@ use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::body::{ProxyBody, UpstreamRequestBody};
+use crate::access::{self, AccessConfig, ActivationRequest, Verdict, ACTIVATE_PATH};
+use crate::body::{ProxyBody, RevocableBody, UpstreamRequestBody};
 use crate::error::{error_response, wants_json, ProxyError};
 use crate::headers::{self, ClientInfo, X_REQUEST_ID};
 use crate::router::{lookup, normalize_host};
-use crate::table::{unix_millis, RouteHandle, RouteTarget};
+use crate::table::{unix_millis, LiveKind, Route, RouteHandle, RouteTarget};
 use crate::tunnel;
 use crate::upstream::UpstreamClient;
 
@@ -35,7 +36,14 @@ pub struct Proxy {
     client: UpstreamClient,
     /// `http` or `https`: what the client spoke to us, for X-Forwarded-Proto.
     proto: &'static str,
+    /// Browser access; without it private routes let nobody in.
+    access: Option<AccessConfig>,
 }
+
+/// A streaming response longer than this (or of unknown length) is
+/// registered with its route so that revocation can cut it off; shorter ones
+/// finish on their own.
+const STREAMING_BYTES: u64 = 1 << 20;
 
 impl Proxy {
     pub fn new(routes: RouteHandle, client: UpstreamClient, proto: &'static str) -> Self {
@@ -43,7 +51,19 @@ impl Proxy {
             routes,
             client,
             proto,
+            access: None,
         }
+    }
+
+    /// Enables browser access: cookies are checked on private routes and
+    /// access links are served at [`ACTIVATE_PATH`].
+    pub fn with_access(mut self, access: AccessConfig) -> Self {
+        self.access = Some(access);
+        self
+    }
+
+    fn secure(&self) -> bool {
+        self.proto == "https"
     }
 
     pub fn routes(&self) -> &RouteHandle {
@@ -100,9 +120,38 @@ impl Proxy {
             path: path.to_string(),
         })?;
         let route = Arc::clone(m.route);
+        let slug = (m.prefix_len > 0).then(|| &path[..m.prefix_len]);
+        let relative = slug.map_or(path, |s| &path[s.len()..]);
+        if relative == ACTIVATE_PATH && route.access.is_some() {
+            let slug = slug.map(str::to_string);
+            let query = req.uri().query().map(str::to_string);
+            drop(table);
+            return self
+                .activate(&route, slug.as_deref(), query.as_deref())
+                .await;
+        }
         // Access before state: a stranger learns nothing about a paused session.
-        if !route.public {
-            return Err(ProxyError::SignInRequired(route.id.to_string()));
+        let user = if route.public {
+            None
+        } else {
+            match self.check_access(&route, req.headers(), slug) {
+                Ok(user) => Some(user),
+                Err(AccessDenied::SignIn) => {
+                    if let Some(url) = self.access.as_ref().and_then(|a| a.login_url.as_deref()) {
+                        return Ok(redirect(&access::with_notification(url, "session-invalid")));
+                    }
+                    return Err(ProxyError::SignInRequired(route.id.to_string()));
+                }
+                Err(AccessDenied::Forbidden(user)) => {
+                    return Err(ProxyError::Forbidden {
+                        user,
+                        route: route.id.to_string(),
+                    })
+                }
+            }
+        };
+        if route.inactive {
+            return Err(ProxyError::Inactive(route.id.to_string()));
         }
         if route.paused {
             return Err(ProxyError::Paused(route.id.to_string()));
@@ -158,6 +207,8 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let h = &mut parts.headers;
         headers::remove_hop_by_hop(h);
+        // The gateway's cookie is its own business, never the app's.
+        access::strip_own_cookies(h);
         // hyper already answered `Expect: 100-continue` on the client side.
         h.remove(header::EXPECT);
         headers::set_forwarded(
@@ -211,7 +262,7 @@ impl Proxy {
                 }
                 tunnel::spawn(
                     Arc::clone(&route.state),
-                    None,
+                    user,
                     client_upgrade,
                     upstream_upgrade,
                     upstream.to_string(),
@@ -228,8 +279,100 @@ impl Proxy {
         // The upstream's HTTP version describes its hop, not ours.
         parts.version = client_version;
         headers::remove_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+        let streaming =
+            !body.is_end_stream() && body.size_hint().exact().is_none_or(|n| n > STREAMING_BYTES);
+        let body = if streaming {
+            let (guard, close) = route.state.register_live(LiveKind::Stream, user);
+            ProxyBody::Revocable(Box::new(RevocableBody::new(body, guard, close)))
+        } else {
+            ProxyBody::Upstream(body)
+        };
+        Ok(Response::from_parts(parts, body))
     }
+
+    /// The user a private route lets in, from the request's cookie.
+    fn check_access(
+        &self,
+        route: &Route,
+        headers: &http::HeaderMap,
+        slug: Option<&str>,
+    ) -> Result<Arc<str>, AccessDenied> {
+        let (Some(cfg), Some(list)) = (&self.access, &route.access) else {
+            return Err(AccessDenied::SignIn);
+        };
+        let (name, _) = access::cookie_name_and_path(self.secure(), slug);
+        let keys = cfg.keys.load();
+        match access::check(&keys, list, headers, name, unix_secs()) {
+            Verdict::Allowed(user) => Ok(user.into()),
+            Verdict::Forbidden(user) => Err(AccessDenied::Forbidden(user.to_string())),
+            Verdict::NoCookie => Err(AccessDenied::SignIn),
+        }
+    }
+
+    /// Opens an access link: the control plane consumes the token, and the
+    /// browser gets its cookie and goes on to the session's entry path.
+    async fn activate(
+        &self,
+        route: &Route,
+        slug: Option<&str>,
+        query: Option<&str>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (Some(cfg), Some(list)) = (&self.access, &route.access) else {
+            return Err(ProxyError::Activation(
+                access::ActivationError::Unavailable("browser access is not configured".into()),
+            ));
+        };
+        let Some(activator) = &cfg.activator else {
+            return Err(ProxyError::Activation(
+                access::ActivationError::Unavailable(
+                    "this gateway does not take access links".into(),
+                ),
+            ));
+        };
+        let token = query
+            .and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("token="))
+                    .map(str::to_string)
+            })
+            .filter(|t| !t.is_empty())
+            .ok_or(ProxyError::Activation(
+                access::ActivationError::InvalidToken,
+            ))?;
+        let a = activator
+            .activate(ActivationRequest {
+                token,
+                session: Arc::clone(&list.session),
+            })
+            .await
+            .map_err(ProxyError::Activation)?;
+        let location = match slug {
+            Some(s) => format!("{s}{}", a.path),
+            None => a.path.clone(),
+        };
+        let mut resp = redirect(&location);
+        let cookie = access::set_cookie(self.secure(), slug, &a.cookie, a.max_age);
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        // The link's token must not travel on in a Referer.
+        resp.headers_mut()
+            .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+        tracing::info!(route = %route.id, user = %a.user, "access link opened");
+        Ok(resp)
+    }
+}
+
+/// Why a private route refused a request.
+enum AccessDenied {
+    /// No valid cookie for this session.
+    SignIn,
+    /// A valid cookie whose user the route does not allow.
+    Forbidden(String),
+}
+
+fn unix_secs() -> u64 {
+    unix_millis() / 1000
 }
 
 /// `302 Found` to a link session's external URL.

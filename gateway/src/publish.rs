@@ -135,6 +135,8 @@ mod tests {
             rewrite_host: false,
             paused: false,
             public: true,
+            access: None,
+            inactive: false,
         }
     }
 

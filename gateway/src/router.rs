@@ -156,6 +156,8 @@ mod tests {
             rewrite_host: false,
             paused: false,
             public: true,
+            access: None,
+            inactive: false,
         }
     }
 

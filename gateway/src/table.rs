@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::access::AccessList;
 use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
 use tokio::sync::watch;
@@ -126,9 +127,14 @@ pub struct RouteSpec {
     pub rewrite_host: bool,
     /// Answer 503 instead of forwarding (a paused session).
     pub paused: bool,
-    /// Anyone may use it. A route that is not public needs a signed-in,
-    /// authorised browser; until browser access exists it answers 403.
+    /// Anyone may use it. A route that is not public needs a browser with a
+    /// valid cookie for a user its `access` list allows.
     pub public: bool,
+    /// Who may use a private route. A private route without one lets nobody in.
+    pub access: Option<Arc<AccessList>>,
+    /// The session waits for an access link (pending, or evicted): the link
+    /// is served, everything else answers 503.
+    pub inactive: bool,
 }
 
 /// A compiled route, shared by every table version that contains it unchanged.
@@ -140,6 +146,8 @@ pub struct Route {
     pub rewrite_host: bool,
     pub paused: bool,
     pub public: bool,
+    pub access: Option<Arc<AccessList>>,
+    pub inactive: bool,
     pub state: Arc<RouteState>,
     /// The spec it was built from, for `GET /api/v1/routes`.
     pub spec: RouteSpec,
@@ -173,8 +181,16 @@ struct UpgradedSet {
 
 #[derive(Debug)]
 struct UpgradedEntry {
+    kind: LiveKind,
     user: Option<Arc<str>>,
     close: watch::Sender<bool>,
+}
+
+/// What a live connection is, for counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LiveKind {
+    Upgraded,
+    Stream,
 }
 
 /// Granularity of the activity clock. Writing the shared atomic at most once per
@@ -220,20 +236,35 @@ impl RouteState {
 
     /// Number of live upgraded connections (WebSockets and other `Upgrade`s).
     pub fn upgraded_count(&self) -> usize {
-        self.lock_upgraded().conns.len()
+        self.count_live(LiveKind::Upgraded)
     }
 
-    /// Closes every live upgraded connection on this route. Returns how many.
-    pub fn close_upgraded(&self) -> usize {
-        self.close_upgraded_where(|_| true)
+    /// Number of streaming responses in flight (no length, or a long one).
+    pub fn streaming_count(&self) -> usize {
+        self.count_live(LiveKind::Stream)
     }
 
-    /// Closes the live upgraded connections opened by `user`. Returns how many.
-    pub fn close_upgraded_for_user(&self, user: &str) -> usize {
-        self.close_upgraded_where(|u| u.is_some_and(|u| &**u == user))
+    fn count_live(&self, kind: LiveKind) -> usize {
+        self.lock_upgraded()
+            .conns
+            .values()
+            .filter(|e| e.kind == kind)
+            .count()
     }
 
-    fn close_upgraded_where(&self, pred: impl Fn(Option<&Arc<str>>) -> bool) -> usize {
+    /// Closes every live upgraded connection and streaming response on this
+    /// route. Returns how many.
+    pub fn close_live(&self) -> usize {
+        self.close_live_where(|_| true)
+    }
+
+    /// Closes the live upgraded connections and streaming responses opened
+    /// by `user`. Returns how many.
+    pub fn close_live_for_user(&self, user: &str) -> usize {
+        self.close_live_where(|u| u.is_some_and(|u| &**u == user))
+    }
+
+    fn close_live_where(&self, pred: impl Fn(Option<&Arc<str>>) -> bool) -> usize {
         let set = self.lock_upgraded();
         let mut n = 0;
         for entry in set.conns.values() {
@@ -245,19 +276,28 @@ impl RouteState {
         n
     }
 
-    /// Registers an upgraded connection; the guard unregisters it when dropped.
-    pub(crate) fn register_upgraded(
+    /// Registers a live connection; the guard unregisters it when dropped,
+    /// and the receiver turns `true` when the route closes it.
+    pub(crate) fn register_live(
         self: &Arc<Self>,
+        kind: LiveKind,
         user: Option<Arc<str>>,
-    ) -> (UpgradedGuard, watch::Receiver<bool>) {
+    ) -> (LiveGuard, watch::Receiver<bool>) {
         let (tx, rx) = watch::channel(false);
         let mut set = self.lock_upgraded();
         let id = set.next_id;
         set.next_id += 1;
-        set.conns.insert(id, UpgradedEntry { user, close: tx });
+        set.conns.insert(
+            id,
+            UpgradedEntry {
+                kind,
+                user,
+                close: tx,
+            },
+        );
         drop(set);
         (
-            UpgradedGuard {
+            LiveGuard {
                 state: Arc::clone(self),
                 id,
             },
@@ -273,13 +313,14 @@ impl RouteState {
     }
 }
 
-/// Removes an upgraded connection from its route's set when the tunnel ends.
-pub(crate) struct UpgradedGuard {
+/// Removes a live connection from its route's set when it ends.
+#[derive(Debug)]
+pub(crate) struct LiveGuard {
     state: Arc<RouteState>,
     id: u64,
 }
 
-impl Drop for UpgradedGuard {
+impl Drop for LiveGuard {
     fn drop(&mut self) {
         self.state.lock_upgraded().conns.remove(&self.id);
     }
@@ -631,6 +672,8 @@ impl CompiledSpec {
             rewrite_host: spec.rewrite_host,
             paused: spec.paused,
             public: spec.public,
+            access: spec.access.clone(),
+            inactive: spec.inactive,
             state,
             spec,
             keys: self.keys,
@@ -1149,6 +1192,8 @@ mod tests {
             rewrite_host: false,
             paused: false,
             public: true,
+            access: None,
+            inactive: false,
         }
     }
 
@@ -1282,17 +1327,17 @@ mod tests {
     }
 
     #[test]
-    fn close_upgraded_for_user_closes_only_theirs() {
+    fn close_live_for_user_closes_only_theirs() {
         let state = Arc::new(RouteState::default());
-        let (g1, mut rx1) = state.register_upgraded(Some("alice".into()));
-        let (g2, rx2) = state.register_upgraded(Some("bob".into()));
+        let (g1, mut rx1) = state.register_live(LiveKind::Upgraded, Some("alice".into()));
+        let (g2, rx2) = state.register_live(LiveKind::Upgraded, Some("bob".into()));
         assert_eq!(state.upgraded_count(), 2);
-        assert_eq!(state.close_upgraded_for_user("alice"), 1);
+        assert_eq!(state.close_live_for_user("alice"), 1);
         assert!(*rx1.borrow_and_update());
         assert!(!*rx2.borrow());
         drop(g1);
         assert_eq!(state.upgraded_count(), 1);
-        assert_eq!(state.close_upgraded(), 1);
+        assert_eq!(state.close_live(), 1);
         assert!(*rx2.borrow());
         drop(g2);
         assert_eq!(state.upgraded_count(), 0);

@@ -12,7 +12,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::table::RouteState;
+use crate::table::{LiveKind, RouteState};
 
 /// Starts the tunnel task. `user` tags the connection for per-user revocation.
 pub(crate) fn spawn(
@@ -24,7 +24,7 @@ pub(crate) fn spawn(
 ) {
     // Registered before the 101 reaches the client, so a revocation that
     // follows the handshake always finds it.
-    let (guard, mut close) = state.register_upgraded(user);
+    let (guard, mut close) = state.register_live(LiveKind::Upgraded, user);
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,

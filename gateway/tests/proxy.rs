@@ -225,7 +225,7 @@ async fn errors_have_the_right_status_and_shape() {
         (
             "private.localhost",
             "/",
-            StatusCode::FORBIDDEN,
+            StatusCode::UNAUTHORIZED,
             "sign_in_required",
             "private",
         ),
@@ -408,7 +408,7 @@ async fn websocket_echo_through_host_and_slug_routes() {
         let state = &table.route(id).unwrap().state;
         assert_eq!(state.upgraded_count(), 1);
         assert!(state.last_activity_ms().is_some());
-        assert_eq!(state.close_upgraded(), 1);
+        assert_eq!(state.close_live(), 1);
         let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
             .await
             .expect("tunnel was not closed");

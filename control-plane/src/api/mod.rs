@@ -23,6 +23,7 @@ use crate::auth::{bearer_token, TokenKind};
 use crate::control::{ControlError, ControlPlane};
 use crate::session::lifecycle::SessionState;
 
+pub mod access;
 pub mod directory;
 pub mod openapi;
 pub mod routes;
@@ -90,7 +91,16 @@ impl From<ControlError> for ApiError {
                 }
             }
             ControlError::NotExtendable(_) => (StatusCode::CONFLICT, "not_extendable"),
-            ControlError::Store(_) | ControlError::Publish(_) => {
+            ControlError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ControlError::Finished { state, .. } => {
+                return ApiError {
+                    status: StatusCode::CONFLICT,
+                    code: "session_finished",
+                    message,
+                    state: Some(*state),
+                }
+            }
+            ControlError::Store(_) | ControlError::Publish(_) | ControlError::Internal(_) => {
                 tracing::error!(error = %e, "api: internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -212,6 +222,11 @@ pub fn router(state: ApiState) -> Router {
                 .delete(sessions::delete_session),
         )
         .route("/api/v1/sessions/{name}/groups", put(sessions::set_groups))
+        .route(
+            "/api/v1/sessions/{name}/access",
+            post(access::create_access),
+        )
+        .route("/api/v1/access/keys/rotate", post(access::rotate_keys))
         .route(
             "/api/v1/sessions/{name}/{action}",
             post(sessions::session_action),

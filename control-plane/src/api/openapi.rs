@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{directory, routes, sessions};
+use super::{access, directory, routes, sessions};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,8 @@ use super::{directory, routes, sessions};
         sessions::session_action,
         sessions::set_groups,
         sessions::bulk_action,
+        access::create_access,
+        access::rotate_keys,
         directory::list_users,
         directory::create_user,
         directory::get_user,
@@ -46,6 +48,7 @@ use super::{directory, routes, sessions};
         (name = "groups", description = "Groups sessions are shared with"),
         (name = "tokens", description = "API tokens (admin and read-only)"),
         (name = "routes", description = "The gateway's route table"),
+        (name = "access", description = "Browser access: one-time access links, cookie keys"),
     )
 )]
 pub struct ApiDoc;

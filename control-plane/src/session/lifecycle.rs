@@ -87,11 +87,6 @@ impl SessionState {
         Ok(next)
     }
 
-    /// Whether the gateway routes it at all (a paused session is routed, to answer 503).
-    pub fn is_routed(self) -> bool {
-        matches!(self, SessionState::Running | SessionState::Paused)
-    }
-
     /// Whether the session is still live: not expired and not deleted.
     pub fn is_live(self) -> bool {
         !matches!(self, SessionState::Expired | SessionState::Deleted)
@@ -247,9 +242,7 @@ mod tests {
     }
 
     #[test]
-    fn routed_and_live() {
-        let routed: Vec<_> = S::ALL.into_iter().filter(|s| s.is_routed()).collect();
-        assert_eq!(routed, vec![S::Running, S::Paused]);
+    fn live_states() {
         let live: Vec<_> = S::ALL.into_iter().filter(|s| s.is_live()).collect();
         assert_eq!(live, vec![S::Pending, S::Running, S::Paused, S::Evicted]);
     }

@@ -244,6 +244,8 @@ pub fn route(id: &str, labels: &[&str], slugs: &[&str], upstream: &str) -> Route
         rewrite_host: false,
         paused: false,
         public: true,
+        access: None,
+        inactive: false,
     }
 }
 

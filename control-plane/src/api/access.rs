@@ -1,0 +1,42 @@
+//! Browser access: one-time access links and cookie key rotation.
+
+use axum::extract::State;
+use axum::Json;
+
+use super::{ApiError, ApiJson, ApiPath, ApiState, ErrorBody};
+use crate::access::{AccessLink, AccessRequest, KeyRotation};
+
+#[utoipa::path(
+    post, path = "/api/v1/sessions/{name}/access", tag = "access",
+    params(("name" = String, Path, description = "Session name")),
+    request_body = AccessRequest,
+    responses(
+        (status = 200, description = "A one-time link, valid 60 s, on the session's own host", body = AccessLink),
+        (status = 403, description = "The user is neither the owner nor a member of a group the session is shared with", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The session is expired or deleted (`state` says which)", body = ErrorBody),
+        (status = 422, description = "An unknown user, or a path that is not a path on the session's host", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_access(
+    State(cp): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<AccessRequest>,
+) -> Result<Json<AccessLink>, ApiError> {
+    let link = cp
+        .create_access_link(&name, &body.user, body.path.as_deref())
+        .await?;
+    Ok(Json(link))
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/access/keys/rotate", tag = "access",
+    responses(
+        (status = 200, description = "A new key signs cookies; the replaced one verifies for the grace period", body = KeyRotation),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn rotate_keys(State(cp): State<ApiState>) -> Result<Json<KeyRotation>, ApiError> {
+    Ok(Json(cp.rotate_keys().await?))
+}
