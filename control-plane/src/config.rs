@@ -698,6 +698,19 @@ mod tests {
                 "SESSIONGATE_GATEWAY_HTTP_LISTEN",
             ),
             ("not toml at all [", &[], "config file"),
+            ("[access]\nlink_scheme = \"ftp\"\n", &[], "access.link_scheme"),
+            ("[access]\ncookie_ttl_secs = 0\n", &[], "access.cookie_ttl_secs"),
+            (
+                "[access]\nredirect_origins = [\"https://p.example/login\"]\n",
+                &[],
+                "access.redirect_origins",
+            ),
+            ("[access]\nlogin_url = \"/login\"\n", &[], "access.login_url"),
+            (
+                "",
+                &[("SESSIONGATE_ACCESS_KEY_GRACE_SECS", "soon")],
+                "SESSIONGATE_ACCESS_KEY_GRACE_SECS",
+            ),
         ];
         for (text, vars, want) in cases {
             let err = Config::from_toml(text, None, env(vars))
