@@ -208,6 +208,7 @@ fn session_spec(i: usize, name: &str, upstream: u32, paused: bool) -> Result<Rou
         public: true,
         access: None,
         inactive: false,
+        tls_verify: true,
     })
 }
 

@@ -118,6 +118,13 @@ pub struct StaticRoute {
     pub strip_prefix: bool,
     #[serde(default)]
     pub rewrite_host: bool,
+    /// For an `https://` upstream: verify its certificate (default true).
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for GatewayConfig {
@@ -462,6 +469,7 @@ impl Config {
                     public: true,
                     access: None,
                     inactive: false,
+                    tls_verify: r.tls_verify,
                 })
             })
             .collect()

@@ -62,5 +62,6 @@ pub fn route_spec(s: &SessionRecord, groups: &GroupCache) -> Result<Option<Route
         public: s.public,
         access: Some(access_list(s, groups)),
         inactive: matches!(s.state, SessionState::Pending | SessionState::Evicted),
+        tls_verify: s.tls_verify,
     }))
 }

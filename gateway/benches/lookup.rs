@@ -60,6 +60,7 @@ fn spec(i: usize) -> RouteSpec {
         public: true,
         access: None,
         inactive: false,
+        tls_verify: true,
     }
 }
 

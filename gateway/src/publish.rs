@@ -137,6 +137,7 @@ mod tests {
             public: true,
             access: None,
             inactive: false,
+            tls_verify: true,
         }
     }
 

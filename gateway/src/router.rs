@@ -158,6 +158,7 @@ mod tests {
             public: true,
             access: None,
             inactive: false,
+            tls_verify: true,
         }
     }
 

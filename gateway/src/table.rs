@@ -135,6 +135,9 @@ pub struct RouteSpec {
     /// The session waits for an access link (pending, or evicted): the link
     /// is served, everything else answers 503.
     pub inactive: bool,
+    /// For an `https://` upstream: verify its certificate. Off only for apps
+    /// with self-signed certificates, by the session's own choice.
+    pub tls_verify: bool,
 }
 
 /// A compiled route, shared by every table version that contains it unchanged.
@@ -148,6 +151,7 @@ pub struct Route {
     pub public: bool,
     pub access: Option<Arc<AccessList>>,
     pub inactive: bool,
+    pub tls_verify: bool,
     pub state: Arc<RouteState>,
     /// The spec it was built from, for `GET /api/v1/routes`.
     pub spec: RouteSpec,
@@ -674,6 +678,7 @@ impl CompiledSpec {
             public: spec.public,
             access: spec.access.clone(),
             inactive: spec.inactive,
+            tls_verify: spec.tls_verify,
             state,
             spec,
             keys: self.keys,
@@ -1194,6 +1199,7 @@ mod tests {
             public: true,
             access: None,
             inactive: false,
+            tls_verify: true,
         }
     }
 

@@ -246,6 +246,7 @@ pub fn route(id: &str, labels: &[&str], slugs: &[&str], upstream: &str) -> Route
         public: true,
         access: None,
         inactive: false,
+        tls_verify: true,
     }
 }
 
