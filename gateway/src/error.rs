@@ -27,6 +27,8 @@ pub enum ProxyError {
     Inactive(String),
     #[error(transparent)]
     Activation(crate::access::ActivationError),
+    #[error("this connection's certificate (for {sni:?}) does not cover {host}; open a new connection for it")]
+    Misdirected { host: String, sni: String },
     #[error("upstream {upstream}: {reason}")]
     UpstreamUnreachable { upstream: String, reason: String },
     #[error("upstream {upstream}: connect timed out after {secs}s")]
@@ -47,6 +49,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::SignInRequired(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::Inactive(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Activation(e) => match e {
                 ActivationError::InvalidToken
@@ -74,6 +77,7 @@ impl ProxyError {
             ProxyError::Paused(_) => "session_paused",
             ProxyError::SignInRequired(_) => "sign_in_required",
             ProxyError::Forbidden { .. } => "forbidden",
+            ProxyError::Misdirected { .. } => "misdirected_request",
             ProxyError::Inactive(_) => "session_inactive",
             ProxyError::Activation(e) => match e {
                 ActivationError::InvalidToken => "access_link_invalid",

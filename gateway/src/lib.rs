@@ -32,9 +32,9 @@ pub mod table;
 mod tunnel;
 pub mod upstream;
 
-pub use proxy::Proxy;
+pub use proxy::{ConnInfo, HostCoverage, Proxy};
 pub use publish::{PublishError, RoutePublisher};
-pub use server::{run, ServerConfig};
+pub use server::{run, run_tls, ServerConfig, TlsListener};
 pub use table::{
     Route, RouteChange, RouteHandle, RouteSpec, RouteState, RouteTable, RouteTarget, Routes,
     TableError, TableSettings, Upstream,

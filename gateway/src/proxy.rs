@@ -29,8 +29,24 @@ use crate::table::{unix_millis, LiveKind, Route, RouteHandle, RouteTarget};
 use crate::tunnel;
 use crate::upstream::UpstreamClient;
 
+/// What the proxy knows about the connection a request came on.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    /// The TLS server name the client asked for (SNI), on TLS listeners.
+    pub sni: Option<Arc<str>>,
+}
+
+/// Whether the certificate a TLS connection was given for its SNI name also
+/// covers another host, so that the connection may carry that host's
+/// requests (HTTP/2 coalescing). Answered by the `certs` crate.
+pub trait HostCoverage: Send + Sync + 'static {
+    fn covers(&self, sni: Option<&str>, host: &str) -> bool;
+    /// Counts a finished (or failed) handshake, for metrics.
+    fn handshake(&self, _ok: bool) {}
+}
+
 /// The proxy service shared by every connection of a listener.
-#[derive(Debug)]
 pub struct Proxy {
     routes: RouteHandle,
     client: UpstreamClient,
@@ -38,6 +54,22 @@ pub struct Proxy {
     proto: &'static str,
     /// Browser access; without it private routes let nobody in.
     access: Option<AccessConfig>,
+    /// On a TLS listener: which hosts the connection's certificate covers.
+    tls: Option<Arc<dyn HostCoverage>>,
+    /// On a plain listener with HTTPS beside it: answer every request with
+    /// `308` to the same URL over HTTPS on this port.
+    https_redirect: Option<u16>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("proto", &self.proto)
+            .field("access", &self.access)
+            .field("tls", &self.tls.is_some())
+            .field("https_redirect", &self.https_redirect)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A streaming response longer than this (or of unknown length) is
@@ -52,6 +84,30 @@ impl Proxy {
             client,
             proto,
             access: None,
+            tls: None,
+            https_redirect: None,
+        }
+    }
+
+    /// Makes this the proxy of a TLS listener: `X-Forwarded-Proto: https`,
+    /// Secure `__Host-` cookies, and 421 for a Host the connection's
+    /// certificate does not cover.
+    pub fn with_tls(mut self, coverage: Arc<dyn HostCoverage>) -> Self {
+        self.proto = "https";
+        self.tls = Some(coverage);
+        self
+    }
+
+    /// Answers every request with a `308` to the same host, path and query
+    /// over HTTPS on `port`.
+    pub fn with_https_redirect(mut self, port: u16) -> Self {
+        self.https_redirect = Some(port);
+        self
+    }
+
+    pub(crate) fn count_tls_handshake(&self, ok: bool) {
+        if let Some(t) = &self.tls {
+            t.handshake(ok);
         }
     }
 
@@ -70,11 +126,20 @@ impl Proxy {
         &self.routes
     }
 
-    /// Handles one request end to end. Never fails: errors become responses.
+    /// Handles one request from a plain connection.
     pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+        self.handle_conn(req, &ConnInfo { remote, sni: None }).await
+    }
+
+    /// Handles one request end to end. Never fails: errors become responses.
+    pub async fn handle_conn(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Response<ProxyBody> {
         let request_id = headers::request_id(req.headers());
         let json = wants_json(req.headers().get(header::ACCEPT));
-        match self.forward(req, remote, &request_id).await {
+        match self.forward(req, conn, &request_id).await {
             Ok(mut resp) => {
                 resp.headers_mut().insert(&X_REQUEST_ID, request_id);
                 resp
@@ -93,9 +158,10 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        remote: SocketAddr,
+        conn: &ConnInfo,
         request_id: &HeaderValue,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let remote = conn.remote;
         let client_version = req.version();
         // Phase 1: the host, from the authority (HTTP/2, absolute-form) or Host.
         let raw_host: HeaderValue = match req.uri().authority() {
@@ -111,6 +177,19 @@ impl Proxy {
         })?;
         let host = normalize_host(raw_host_str)
             .ok_or_else(|| ProxyError::InvalidHost(raw_host_str.to_string()))?;
+        if let Some(port) = self.https_redirect {
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            return Ok(https_redirect(&host, port, pq));
+        }
+        if let Some(tls) = &self.tls {
+            let sni = conn.sni.as_deref();
+            if sni != Some(&*host) && !tls.covers(sni, &host) {
+                return Err(ProxyError::Misdirected {
+                    host: host.to_string(),
+                    sni: sni.unwrap_or("").to_string(),
+                });
+            }
+        }
 
         // Phase 2: the route.
         let table = self.routes.load();
@@ -373,6 +452,21 @@ enum AccessDenied {
 
 fn unix_secs() -> u64 {
     unix_millis() / 1000
+}
+
+/// `308 Permanent Redirect` to the same host, path and query over HTTPS.
+fn https_redirect(host: &str, port: u16, path_and_query: &str) -> Response<ProxyBody> {
+    let location = if port == 443 {
+        format!("https://{host}{path_and_query}")
+    } else {
+        format!("https://{host}:{port}{path_and_query}")
+    };
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 /// `302 Found` to a link session's external URL.

@@ -1,12 +1,12 @@
-//! The accept loop: connection limit, HTTP/1.1 and h2c on one listener,
-//! header-read and idle timeouts, and graceful shutdown.
+//! The accept loop: connection limit, HTTP/1.1 and h2c on one listener (or
+//! TLS with ALPN `h2`/`http/1.1`), header-read and idle timeouts, and
+//! graceful shutdown.
 //!
 //! The listener is handed in, so tests run on `127.0.0.1:0`.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,10 +17,23 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::proxy::Proxy;
+use crate::proxy::{ConnInfo, Proxy};
+
+/// TLS termination for a listener: the rustls configuration (certificates,
+/// versions, suites, ALPN, resumption) comes from the `certs` crate.
+#[derive(Clone)]
+pub struct TlsListener {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener").finish_non_exhaustive()
+    }
+}
 
 /// Limits and timeouts of a listener.
 #[derive(Clone, Debug)]
@@ -61,6 +74,28 @@ pub async fn run(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    run_with(listener, proxy, config, None, shutdown).await
+}
+
+/// As [`run`], terminating TLS on every connection first. A handshake that
+/// does not finish within `header_read_timeout` is dropped.
+pub async fn run_tls(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    config: ServerConfig,
+    tls: TlsListener,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    run_with(listener, proxy, config, Some(tls), shutdown).await
+}
+
+async fn run_with(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    config: ServerConfig,
+    tls: Option<TlsListener>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -108,8 +143,35 @@ pub async fn run(
         let builder = Arc::clone(&builder);
         let drain = drain_rx.clone();
         let idle = config.idle_timeout;
+        let handshake_timeout = config.header_read_timeout;
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(stream, remote, proxy, &builder, drain, idle).await;
+            match tls {
+                None => {
+                    let conn = ConnInfo { remote, sni: None };
+                    serve_connection(stream, conn, proxy, &builder, drain, idle).await;
+                }
+                Some(tls) => {
+                    let accepted =
+                        tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await;
+                    match accepted {
+                        Ok(Ok(stream)) => {
+                            let sni = stream.get_ref().1.server_name().map(Arc::from);
+                            proxy.count_tls_handshake(true);
+                            let conn = ConnInfo { remote, sni };
+                            serve_connection(stream, conn, proxy, &builder, drain, idle).await;
+                        }
+                        Ok(Err(e)) => {
+                            proxy.count_tls_handshake(false);
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            proxy.count_tls_handshake(false);
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -128,14 +190,18 @@ pub async fn run(
     Ok(())
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    remote: SocketAddr,
+async fn serve_connection<S>(
+    stream: S,
+    conn_info: ConnInfo,
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
     mut drain: watch::Receiver<bool>,
     idle_timeout: Duration,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = conn_info.remote;
+    let conn_info = Arc::new(conn_info);
     let active = Arc::new(AtomicBool::new(false));
     let io = TokioIo::new(IdleTracked {
         io: stream,
@@ -143,7 +209,8 @@ async fn serve_connection(
     });
     let service = service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
-        async move { Ok::<_, Infallible>(proxy.handle(req, remote).await) }
+        let conn_info = Arc::clone(&conn_info);
+        async move { Ok::<_, Infallible>(proxy.handle_conn(req, &conn_info).await) }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -191,12 +258,12 @@ async fn serve_connection(
 
 /// A TCP stream that flags whether any byte moved since the idle check last
 /// looked. The flag belongs to one connection, so setting it costs no sharing.
-struct IdleTracked {
-    io: TcpStream,
+struct IdleTracked<S> {
+    io: S,
     active: Arc<AtomicBool>,
 }
 
-impl AsyncRead for IdleTracked {
+impl<S: AsyncRead + Unpin> AsyncRead for IdleTracked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -210,7 +277,7 @@ impl AsyncRead for IdleTracked {
     }
 }
 
-impl AsyncWrite for IdleTracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTracked<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
