@@ -37,6 +37,8 @@ pub enum ProxyError {
     UpstreamTimeout { upstream: String, secs: u64 },
     #[error("upstream {upstream}: {reason}")]
     UpstreamProtocol { upstream: String, reason: String },
+    #[error("upstream {upstream}: TLS: {reason}")]
+    UpstreamTls { upstream: String, reason: String },
     #[error("upstream {0}: https upstreams are not supported by this build yet")]
     UpstreamSchemeUnsupported(String),
 }
@@ -61,6 +63,7 @@ impl ProxyError {
             ProxyError::Paused(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::UpstreamTls { .. }
             | ProxyError::UpstreamSchemeUnsupported(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -90,6 +93,7 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamProtocol { .. } => "upstream_error",
+            ProxyError::UpstreamTls { .. } => "upstream_tls",
             ProxyError::UpstreamSchemeUnsupported(_) => "upstream_unsupported",
         }
     }

@@ -323,7 +323,16 @@ impl Proxy {
             Request::from_parts(parts, UpstreamRequestBody::new(body, progress.clone()));
 
         // Phase 4: forward.
-        let mut resp = self.client.send(upstream, upstream_req, progress).await?;
+        let mut resp = self
+            .client
+            .send(
+                upstream,
+                route.tls_verify,
+                upgrade.is_some(),
+                upstream_req,
+                progress,
+            )
+            .await?;
 
         // Phase 5: the response.
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -1,5 +1,13 @@
-//! The upstream side: a pooled keep-alive HTTP client and the classification of
-//! its failures into [`ProxyError`]s.
+//! The upstream side: pooled keep-alive HTTP clients and the classification of
+//! their failures into [`ProxyError`]s.
+//!
+//! Plain `http://` upstreams use one client. `https://` upstreams are
+//! re-encrypted with rustls (hyper-rustls): SNI is the upstream's host name
+//! (none for an IP address), ALPN offers `h2` and `http/1.1` so an upstream
+//! that speaks HTTP/2 gets it, and upgrade requests (WebSocket) use clients
+//! that offer only `http/1.1`, where `Upgrade` exists. Verification is per
+//! route: on (system roots plus an optional CA bundle) unless the route says
+//! `tls_verify = false`. Each combination has its own pool.
 
 use std::error::Error as StdError;
 use std::io;
@@ -9,6 +17,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -41,44 +50,115 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// The rustls client configurations for `https://` upstreams.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    /// Verifies the upstream's certificate and name.
+    pub verify: Arc<rustls::ClientConfig>,
+    /// Accepts any certificate: for apps with self-signed certificates, only
+    /// where a route says `tls_verify = false`.
+    pub no_verify: Arc<rustls::ClientConfig>,
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>;
+
+/// The four TLS pools: verified or not, and HTTP/2-capable or HTTP/1.1 only.
+#[derive(Clone, Debug)]
+struct TlsClients {
+    verify: HttpsClient,
+    verify_h1: HttpsClient,
+    no_verify: HttpsClient,
+    no_verify_h1: HttpsClient,
+}
+
 /// A keep-alive pool per upstream authority, shared by all routes.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
     client: Client<HttpConnector, UpstreamRequestBody>,
+    tls: Option<TlsClients>,
     config: UpstreamConfig,
 }
 
 impl UpstreamClient {
     pub fn new(config: UpstreamConfig) -> Self {
+        let client = Self::builder(&config).build(Self::connector(&config));
+        UpstreamClient {
+            client,
+            tls: None,
+            config,
+        }
+    }
+
+    /// Enables `https://` upstreams.
+    pub fn with_tls(mut self, tls: UpstreamTls) -> Self {
+        let build = |cfg: &Arc<rustls::ClientConfig>, h2: bool| {
+            let mut http = Self::connector(&self.config);
+            // hyper-rustls hands `https` URIs to it; it only makes TCP.
+            http.enforce_http(false);
+            let b = HttpsConnectorBuilder::new()
+                .with_tls_config((**cfg).clone())
+                .https_or_http();
+            let connector = if h2 {
+                b.enable_http1().enable_http2().wrap_connector(http)
+            } else {
+                b.enable_http1().wrap_connector(http)
+            };
+            Self::builder(&self.config).build(connector)
+        };
+        self.tls = Some(TlsClients {
+            verify: build(&tls.verify, true),
+            verify_h1: build(&tls.verify, false),
+            no_verify: build(&tls.no_verify, true),
+            no_verify_h1: build(&tls.no_verify, false),
+        });
+        self
+    }
+
+    fn connector(config: &UpstreamConfig) -> HttpConnector {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
+        connector
+    }
+
+    fn builder(config: &UpstreamConfig) -> hyper_util::client::legacy::Builder {
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             // The gateway sets Host itself (the client's, or the upstream's
             // with rewrite_host); the client must not replace it.
-            .set_host(false)
-            .build(connector);
-        UpstreamClient { client, config }
+            .set_host(false);
+        b
     }
 
     /// Sends `req` and waits for the response head. `progress` is the upload
-    /// clock of the request body, if it has one.
+    /// clock of the request body, if it has one. `tls_verify` applies to an
+    /// `https://` upstream; `upgrade` keeps the request on HTTP/1.1.
     pub async fn send(
         &self,
         upstream: &Upstream,
+        tls_verify: bool,
+        upgrade: bool,
         req: Request<UpstreamRequestBody>,
         progress: Option<Arc<AtomicU64>>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        if upstream.scheme == http::uri::Scheme::HTTPS {
-            return Err(ProxyError::UpstreamSchemeUnsupported(upstream.to_string()));
-        }
         let timeout = self.config.response_timeout;
-        let fut = self.client.request(req);
+        let fut = if upstream.scheme == http::uri::Scheme::HTTPS {
+            let Some(tls) = &self.tls else {
+                return Err(ProxyError::UpstreamSchemeUnsupported(upstream.to_string()));
+            };
+            match (tls_verify, upgrade) {
+                (true, false) => tls.verify.request(req),
+                (true, true) => tls.verify_h1.request(req),
+                (false, false) => tls.no_verify.request(req),
+                (false, true) => tls.no_verify_h1.request(req),
+            }
+        } else {
+            self.client.request(req)
+        };
         tokio::pin!(fut);
         let mut deadline = Instant::now() + timeout;
         loop {
@@ -105,6 +185,19 @@ impl UpstreamClient {
 
     fn classify(&self, upstream: &Upstream, err: &hyper_util::client::legacy::Error) -> ProxyError {
         let io_err = find_source::<io::Error>(err);
+        // rustls reports through an io::Error whose inner error is the
+        // rustls::Error (io::Error::source skips the inner error itself).
+        let tls_err = find_source::<rustls::Error>(err).or_else(|| {
+            io_err
+                .and_then(|e| e.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(e) = tls_err {
+            return ProxyError::UpstreamTls {
+                upstream: upstream.to_string(),
+                reason: describe_tls(e),
+            };
+        }
         if err.is_connect() {
             if let Some(e) = io_err {
                 if e.kind() == io::ErrorKind::TimedOut {
@@ -145,6 +238,27 @@ fn innermost_message(err: &(dyn StdError + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+/// What went wrong in the upstream's TLS handshake, in words.
+fn describe_tls(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "its certificate is not signed by a trusted authority".into(),
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "its certificate is not valid for this host name".into()
+            }
+            C::Expired | C::ExpiredContext { .. } => "its certificate has expired".into(),
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "its certificate is not valid yet".into()
+            }
+            C::Revoked => "its certificate is revoked".into(),
+            C::BadSignature => "its certificate has a bad signature".into(),
+            other => format!("invalid certificate: {other:?}"),
+        },
+        other => format!("TLS handshake failed: {other}"),
+    }
 }
 
 /// `connection refused`, not `Connection refused (os error 111)`.
