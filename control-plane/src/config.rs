@@ -17,7 +17,41 @@ pub struct Config {
     pub control_plane: ControlPlaneConfig,
     pub sessions: SessionsConfig,
     pub access: AccessConfig,
+    pub tls: TlsConfig,
     pub routes: Vec<StaticRoute>,
+}
+
+/// TLS: termination on `gateway.https_listen`, certificates, re-encryption.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Pairs `NAME.crt` + `NAME.key` (PEM); empty means `<data_dir>/certs`.
+    pub certs_dir: String,
+    /// The pair served when no certificate matches the SNI name (or there is
+    /// none); empty means the one named after the first base domain.
+    pub default_certificate: String,
+    /// With no certificate in `certs_dir` at start, generate a development
+    /// CA and a certificate for the first base domain there.
+    pub generate_dev_certificate: bool,
+    /// Answer plain HTTP with a 308 to the same URL over HTTPS.
+    pub redirect_http: bool,
+    /// How often the certificates directory is checked for changes.
+    pub reload_interval_secs: u64,
+    /// A PEM bundle trusted for `https://` upstreams besides the system roots.
+    pub upstream_ca_file: String,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            certs_dir: String::new(),
+            default_certificate: String::new(),
+            generate_dev_certificate: true,
+            redirect_http: false,
+            reload_interval_secs: 5,
+            upstream_ca_file: String::new(),
+        }
+    }
 }
 
 /// Browser access: access links, cookies, signing keys, redirects.
@@ -87,6 +121,8 @@ impl Default for SessionsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     pub http_listen: SocketAddr,
+    /// TLS listener; empty for none.
+    pub https_listen: String,
     pub base_domains: Vec<String>,
     pub portal_host: String,
     pub max_connections: usize,
@@ -133,6 +169,7 @@ impl Default for GatewayConfig {
         let upstream = UpstreamConfig::default();
         GatewayConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            https_listen: "127.0.0.1:8443".into(),
             base_domains: vec!["localhost".into()],
             portal_host: "localhost".into(),
             max_connections: server.max_connections,
@@ -173,7 +210,7 @@ pub enum ConfigError {
 
 /// Sections that environment variables may address. Longest first, so that
 /// `CONTROL_PLANE_LISTEN` is not read as a `CONTROL` section.
-const ENV_SECTIONS: &[&str] = &["control_plane", "sessions", "gateway", "access"];
+const ENV_SECTIONS: &[&str] = &["control_plane", "sessions", "gateway", "access", "tls"];
 const ENV_PREFIX: &str = "SESSIONGATE_";
 
 impl Config {
@@ -369,6 +406,42 @@ impl Config {
                 format!("{:?} is neither http nor https", a.link_scheme),
             ));
         }
+        if !g.https_listen.trim().is_empty() && self.https_listen().is_none() {
+            return Err(invalid(
+                "gateway.https_listen",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:8443 (or \"\" for none)",
+                    g.https_listen
+                ),
+            ));
+        }
+        let t = &self.tls;
+        if t.reload_interval_secs == 0 || t.reload_interval_secs > 86_400 {
+            return Err(invalid(
+                "tls.reload_interval_secs",
+                "must be 1-86400 seconds".into(),
+            ));
+        }
+        if t.redirect_http && self.https_listen().is_none() {
+            return Err(invalid(
+                "tls.redirect_http",
+                "needs gateway.https_listen".into(),
+            ));
+        }
+        if !t.default_certificate.is_empty()
+            && !t
+                .default_certificate
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._*".contains(&b))
+        {
+            return Err(invalid(
+                "tls.default_certificate",
+                format!(
+                    "{:?} is not a certificate name (a file stem in certs_dir)",
+                    t.default_certificate
+                ),
+            ));
+        }
         crate::access::RedirectPolicy::new(&a.redirect_origins)
             .map_err(|m| invalid("access.redirect_origins", m))?;
         if !a.login_url.trim().is_empty() && crate::access::origin_of(a.login_url.trim()).is_none()
@@ -408,6 +481,34 @@ impl Config {
             } else {
                 a.link_port
             }),
+        }
+    }
+
+    /// The TLS listener's address, if there is one.
+    pub fn https_listen(&self) -> Option<SocketAddr> {
+        let s = self.gateway.https_listen.trim();
+        (!s.is_empty()).then(|| s.parse().ok()).flatten()
+    }
+
+    /// The certificates directory.
+    pub fn certs_dir(&self) -> PathBuf {
+        if self.tls.certs_dir.trim().is_empty() {
+            self.control_plane.data_dir.join("certs")
+        } else {
+            PathBuf::from(self.tls.certs_dir.trim())
+        }
+    }
+
+    /// The name of the default certificate pair.
+    pub fn default_certificate(&self) -> String {
+        if self.tls.default_certificate.is_empty() {
+            self.gateway
+                .base_domains
+                .first()
+                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                .unwrap_or_else(|| "localhost".into())
+        } else {
+            self.tls.default_certificate.clone()
         }
     }
 

@@ -26,7 +26,7 @@ async fn start(config_text: &str, env: &[(&str, &str)]) -> (Sessiongate, PathBuf
 
 fn config_with(upstream: SocketAddr, extra: &str) -> String {
     format!(
-        "[gateway]\nhttp_listen = \"127.0.0.1:0\"\n[control_plane]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{extra}\n[[routes]]\nhost = \"app.localhost\"\nupstream = \"http://{upstream}\"\n"
+        "[gateway]\nhttp_listen = \"127.0.0.1:0\"\nhttps_listen = \"127.0.0.1:0\"\n[control_plane]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{extra}\n[[routes]]\nhost = \"app.localhost\"\nupstream = \"http://{upstream}\"\n"
     )
 }
 

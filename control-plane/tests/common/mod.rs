@@ -364,7 +364,7 @@ impl Sessiongate {
     /// `[control_plane]` as well as new tables). `env` is set last and may
     /// override the token. Starting again on the same `dir` is a restart.
     pub async fn start(dir: &Path, extra_config: &str, env: &[(&str, &str)]) -> Sessiongate {
-        let base = "[gateway]\nhttp_listen = \"127.0.0.1:0\"\n\
+        let base = "[gateway]\nhttp_listen = \"127.0.0.1:0\"\nhttps_listen = \"127.0.0.1:0\"\n\
                     [control_plane]\nlisten = \"127.0.0.1:0\"\n";
         let mut config: toml::Table = base.parse().unwrap();
         let data_dir = dir.join("data");
