@@ -173,7 +173,13 @@ pub struct ControlPlane {
     /// Every group's members, shared by the routes that need them. Changed
     /// only under the write lock, after the commit.
     groups: RwLock<GroupCache>,
+    /// Whether a certificate in the certificates directory covers a host
+    /// name; set when TLS terminates here.
+    cert_check: RwLock<Option<CertCheck>>,
 }
+
+/// Answers whether some loaded certificate covers a host name.
+pub type CertCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 #[derive(Clone, Debug, Default)]
 pub struct StaticKeys {
@@ -225,6 +231,24 @@ impl ControlPlane {
             keys: KeyHandle::new(placeholder_ring()),
             access: RwLock::new(AccessSettings::default()),
             groups: RwLock::new(GroupCache::new()),
+            cert_check: RwLock::new(None),
+        }
+    }
+
+    pub fn set_cert_check(&self, check: CertCheck) {
+        *self.cert_check.write().unwrap_or_else(|e| e.into_inner()) = Some(check);
+    }
+
+    /// Warnings about `rec` for the operator: a custom domain that no loaded
+    /// certificate covers (its TLS handshakes get the default certificate).
+    pub fn warnings(&self, rec: &SessionRecord) -> Vec<String> {
+        let check = self.cert_check.read().unwrap_or_else(|e| e.into_inner());
+        match (&*check, &rec.custom_domain) {
+            (Some(covers), Some(d)) if !covers(d) => vec![format!(
+                "no certificate in the certificates directory covers custom_domain {d:?}; \
+                 TLS handshakes for it get the default certificate until {d}.crt and {d}.key are added"
+            )],
+            _ => Vec::new(),
         }
     }
 

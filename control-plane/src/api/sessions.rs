@@ -148,10 +148,12 @@ pub async fn create_session(
 ) -> Result<Response, ApiError> {
     let rec = cp.create_session(input).await?;
     let location = format!("/api/v1/sessions/{}", rec.name);
+    let mut view = rec.view(cp.now_ms());
+    view.warnings = cp.warnings(&rec);
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(rec.view(cp.now_ms())),
+        Json(view),
     )
         .into_response())
 }
@@ -192,7 +194,9 @@ pub async fn patch_session(
     ApiJson(patch): ApiJson<SessionPatch>,
 ) -> Result<Json<Session>, ApiError> {
     let rec = cp.patch_session(&name, patch).await?;
-    Ok(Json(rec.view(cp.now_ms())))
+    let mut view = rec.view(cp.now_ms());
+    view.warnings = cp.warnings(&rec);
+    Ok(Json(view))
 }
 
 #[utoipa::path(

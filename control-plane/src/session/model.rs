@@ -166,6 +166,11 @@ pub struct Session {
     pub idle_timeout: Option<u64>,
     pub environment: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Things the operator should know about the answer to a create or a
+    /// change, such as a custom domain no certificate covers. Absent when
+    /// there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl SessionRecord {
@@ -215,6 +220,7 @@ impl SessionRecord {
             idle_timeout: self.idle_timeout_secs,
             environment: self.environment.clone(),
             labels: self.labels.clone(),
+            warnings: Vec::new(),
         }
     }
 }
