@@ -95,8 +95,12 @@ impl UpstreamClient {
             let mut http = Self::connector(&self.config);
             // hyper-rustls hands `https` URIs to it; it only makes TCP.
             http.enforce_http(false);
+            // hyper-rustls sets ALPN itself, to match the HTTP versions the
+            // pool may use.
+            let mut tls_config = (**cfg).clone();
+            tls_config.alpn_protocols.clear();
             let b = HttpsConnectorBuilder::new()
-                .with_tls_config((**cfg).clone())
+                .with_tls_config(tls_config)
                 .https_or_http();
             let connector = if h2 {
                 b.enable_http1().enable_http2().wrap_connector(http)
@@ -187,11 +191,7 @@ impl UpstreamClient {
         let io_err = find_source::<io::Error>(err);
         // rustls reports through an io::Error whose inner error is the
         // rustls::Error (io::Error::source skips the inner error itself).
-        let tls_err = find_source::<rustls::Error>(err).or_else(|| {
-            io_err
-                .and_then(|e| e.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
+        let tls_err = find_tls_error(err);
         if let Some(e) = tls_err {
             return ProxyError::UpstreamTls {
                 upstream: upstream.to_string(),
@@ -226,6 +226,25 @@ fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> 
     while let Some(e) = cur {
         if let Some(t) = e.downcast_ref::<T>() {
             return Some(t);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// The rustls error anywhere in the chain, including inside `io::Error`s
+/// (whose `source` skips the error they wrap).
+fn find_tls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            let inner: &(dyn StdError + 'static) = inner;
+            if let Some(t) = find_tls_error(inner) {
+                return Some(t);
+            }
         }
         cur = e.source();
     }
