@@ -467,19 +467,23 @@ impl Config {
         }
     }
 
-    /// The access settings; `gateway_port` is the bound HTTP port, used when
-    /// `access.link_port` is 0.
-    pub fn access_settings(&self, gateway_port: u16) -> crate::access::AccessSettings {
+    /// The access settings; `gateway_port` and `https_port` are the bound
+    /// ports, used when `access.link_port` is 0 (by `link_scheme`).
+    pub fn access_settings(
+        &self,
+        gateway_port: u16,
+        https_port: Option<u16>,
+    ) -> crate::access::AccessSettings {
         let a = &self.access;
         crate::access::AccessSettings {
             link_ttl: Duration::from_secs(a.link_ttl_secs),
             cookie_ttl: Duration::from_secs(a.cookie_ttl_secs),
             key_grace: Duration::from_secs(a.key_grace_secs),
             link_scheme: a.link_scheme.clone(),
-            link_port: Some(if a.link_port == 0 {
-                gateway_port
-            } else {
-                a.link_port
+            link_port: Some(match (a.link_port, a.link_scheme.as_str(), https_port) {
+                (0, "https", Some(p)) => p,
+                (0, _, _) => gateway_port,
+                (p, _, _) => p,
             }),
         }
     }

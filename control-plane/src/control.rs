@@ -173,13 +173,10 @@ pub struct ControlPlane {
     /// Every group's members, shared by the routes that need them. Changed
     /// only under the write lock, after the commit.
     groups: RwLock<GroupCache>,
-    /// Whether a certificate in the certificates directory covers a host
-    /// name; set when TLS terminates here.
-    cert_check: RwLock<Option<CertCheck>>,
+    /// The certificates the HTTPS listener serves, when TLS terminates here:
+    /// for warnings about uncovered custom domains, and expiry metrics.
+    certificates: RwLock<Option<Arc<certs::SniResolver>>>,
 }
-
-/// Answers whether some loaded certificate covers a host name.
-pub type CertCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 #[derive(Clone, Debug, Default)]
 pub struct StaticKeys {
@@ -231,20 +228,41 @@ impl ControlPlane {
             keys: KeyHandle::new(placeholder_ring()),
             access: RwLock::new(AccessSettings::default()),
             groups: RwLock::new(GroupCache::new()),
-            cert_check: RwLock::new(None),
+            certificates: RwLock::new(None),
         }
     }
 
-    pub fn set_cert_check(&self, check: CertCheck) {
-        *self.cert_check.write().unwrap_or_else(|e| e.into_inner()) = Some(check);
+    pub fn set_certificates(&self, resolver: Arc<certs::SniResolver>) {
+        *self.certificates.write().unwrap_or_else(|e| e.into_inner()) = Some(resolver);
+    }
+
+    /// `(pair name, notAfter)` of every certificate served, for metrics.
+    pub fn certificate_expiries(&self) -> Vec<(String, i64)> {
+        let certs = self.certificates.read().unwrap_or_else(|e| e.into_inner());
+        certs
+            .as_ref()
+            .map(|r| {
+                r.certificates()
+                    .into_iter()
+                    .map(|c| (c.name, c.not_after))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Warnings about `rec` for the operator: a custom domain that no loaded
     /// certificate covers (its TLS handshakes get the default certificate).
     pub fn warnings(&self, rec: &SessionRecord) -> Vec<String> {
-        let check = self.cert_check.read().unwrap_or_else(|e| e.into_inner());
-        match (&*check, &rec.custom_domain) {
-            (Some(covers), Some(d)) if !covers(d) => vec![format!(
+        let certs = self.certificates.read().unwrap_or_else(|e| e.into_inner());
+        let covered = |d: &str| {
+            certs.as_ref().is_none_or(|r| {
+                r.certificates()
+                    .iter()
+                    .any(|c| certs::name_covers(&c.dns_names, d))
+            })
+        };
+        match &rec.custom_domain {
+            Some(d) if !covered(d) => vec![format!(
                 "no certificate in the certificates directory covers custom_domain {d:?}; \
                  TLS handshakes for it get the default certificate until {d}.crt and {d}.key are added"
             )],

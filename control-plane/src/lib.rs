@@ -34,3 +34,18 @@ pub mod serve;
 pub mod session;
 pub mod store;
 pub mod time;
+
+/// `sessiongate certs dev`: writes the files and says what was written.
+pub fn certs_dev(domain: &str, out: &std::path::Path) -> Result<String, certs::CertError> {
+    let f = certs::dev::generate(domain, out)?;
+    Ok(format!(
+        "{} CA:   {} (key {})\ncertificate for {domain} and *.{domain}: {} (key {})\n\
+         trust the CA: curl --cacert {} https://{domain}/\n",
+        if f.ca_reused { "reused" } else { "new" },
+        f.ca_cert.display(),
+        f.ca_key.display(),
+        f.cert.display(),
+        f.key.display(),
+        f.ca_cert.display(),
+    ))
+}

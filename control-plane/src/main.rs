@@ -39,6 +39,25 @@ enum Command {
     },
     /// Operate a running sessiongate through its REST API.
     Ctl(ctl::CtlArgs),
+    /// TLS certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a development CA (DIR/ca.crt, DIR/ca.key) and a certificate for
+    /// DOMAIN and *.DOMAIN signed by it (DIR/DOMAIN.crt, DIR/DOMAIN.key).
+    ///
+    /// An existing CA in DIR is reused, so browsers that trust it keep
+    /// trusting new certificates. Point tls.certs_dir at DIR to serve them,
+    /// and trust DIR/ca.crt in the browser, or `curl --cacert DIR/ca.crt`.
+    Dev {
+        #[arg(long)]
+        domain: String,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +82,18 @@ fn main() -> ExitCode {
         }
         // No logging: ctl's output is its tables and its one-line errors.
         Command::Ctl(args) => run_ctl(args),
+        Command::Certs(CertsCommand::Dev { domain, out }) => {
+            match control_plane::certs_dev(&domain, &out) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sessiongate certs dev: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

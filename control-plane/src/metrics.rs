@@ -13,6 +13,8 @@ pub struct Metrics {
     reaper_actions: IntCounterVec,
     table_swap_seconds: HistogramVec,
     sessions: IntGaugeVec,
+    tls_handshakes: IntCounterVec,
+    certificate_expiry: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -48,10 +50,28 @@ impl Metrics {
             &["state"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "sessiongate_tls_handshakes_total",
+                "TLS handshakes on the HTTPS listener, by result (ok or failed).",
+            ),
+            &["result"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "sessiongate_certificate_expiry_timestamp_seconds",
+                "When each loaded certificate expires (notAfter), in Unix seconds, by pair name.",
+            ),
+            &["name"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         for c in [
             Box::new(reaper_actions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(table_swap_seconds.clone()),
             Box::new(sessions.clone()),
+            Box::new(tls_handshakes.clone()),
+            Box::new(certificate_expiry.clone()),
         ] {
             let _ = registry.register(c);
         }
@@ -65,11 +85,32 @@ impl Metrics {
         ] {
             reaper_actions.with_label_values(&[a]);
         }
+        for r in ["ok", "failed"] {
+            tls_handshakes.with_label_values(&[r]);
+        }
         Metrics {
             registry,
             reaper_actions,
             table_swap_seconds,
             sessions,
+            tls_handshakes,
+            certificate_expiry,
+        }
+    }
+
+    pub fn count_tls_handshake(&self, ok: bool) {
+        self.tls_handshakes
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
+    /// Replaces the certificate expiry series with these `(name, notAfter)`.
+    pub fn set_certificates(&self, certs: impl IntoIterator<Item = (String, i64)>) {
+        self.certificate_expiry.reset();
+        for (name, not_after) in certs {
+            self.certificate_expiry
+                .with_label_values(&[&name])
+                .set(not_after);
         }
     }
 

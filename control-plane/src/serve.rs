@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::access::{AccessConfig, ActivationFuture, ActivationRequest, Activator};
-use gateway::{Proxy, RouteHandle, UpstreamClient};
+use gateway::upstream::UpstreamTls;
+use gateway::{HostCoverage, Proxy, RouteHandle, TlsListener, UpstreamClient};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -51,6 +52,33 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] certs::CertError),
+}
+
+/// The HTTPS side, prepared by [`Server::bind`].
+struct TlsParts {
+    listener: TcpListener,
+    resolver: Arc<certs::SniResolver>,
+    dir: PathBuf,
+    default_name: String,
+}
+
+/// The certificates' answer to "may this connection carry that Host?", and
+/// the handshake counter.
+struct Coverage {
+    resolver: Arc<certs::SniResolver>,
+    metrics: Metrics,
+}
+
+impl HostCoverage for Coverage {
+    fn covers(&self, sni: Option<&str>, host: &str) -> bool {
+        self.resolver.covers(sni, host)
+    }
+
+    fn handshake(&self, ok: bool) {
+        self.metrics.count_tls_handshake(ok);
+    }
 }
 
 /// Listeners bound and state prepared; [`Server::run`] serves until shutdown.
@@ -61,6 +89,8 @@ pub struct Server {
     control: Arc<ControlPlane>,
     gateway_listener: TcpListener,
     api_listener: TcpListener,
+    tls: Option<TlsParts>,
+    upstream_tls: UpstreamTls,
 }
 
 impl Server {
@@ -116,7 +146,8 @@ impl Server {
         control.set_static_keys(StaticKeys::from_specs(&static_specs));
         // The link port is known only once the listener is bound; the keys'
         // grace period is needed by `start`.
-        control.set_access_settings(config.access_settings(config.gateway.http_listen.port()));
+        control
+            .set_access_settings(config.access_settings(config.gateway.http_listen.port(), None));
         // The table is whole — static routes and every routed session — before
         // either listener exists.
         let sessions = control.start().await?;
@@ -130,13 +161,33 @@ impl Server {
         );
         drop(table);
 
+        // Re-encryption to https upstreams: checked now, so that a bad CA
+        // bundle stops start-up with its file named.
+        let ca = config.tls.upstream_ca_file.trim();
+        let ca = (!ca.is_empty()).then(|| PathBuf::from(ca));
+        let upstream_tls = UpstreamTls {
+            verify: Arc::new(certs::client_config(true, ca.as_deref())?),
+            no_verify: Arc::new(certs::client_config(false, None)?),
+        };
+
         let gateway_listener = bind("gateway.http_listen", config.gateway.http_listen).await?;
+        let tls = match config.https_listen() {
+            Some(addr) => Some(prepare_tls(&config, addr).await?),
+            None => None,
+        };
+        if let Some(t) = &tls {
+            control.set_certificates(t.resolver.clone());
+        }
         let api_listener = bind("control_plane.listen", config.control_plane.listen).await?;
         let port = gateway_listener
             .local_addr()
             .map(|a| a.port())
             .unwrap_or(config.gateway.http_listen.port());
-        control.set_access_settings(config.access_settings(port));
+        let https_port = tls
+            .as_ref()
+            .and_then(|t| t.listener.local_addr().ok())
+            .map(|a| a.port());
+        control.set_access_settings(config.access_settings(port, https_port));
         let login = config.access.login_url.trim();
         if !login.is_empty() && config.login_url().is_none() {
             tracing::warn!(
@@ -151,7 +202,14 @@ impl Server {
             control,
             gateway_listener,
             api_listener,
+            tls,
+            upstream_tls,
         })
+    }
+
+    /// The HTTPS listener's address, when there is one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|t| t.listener.local_addr().ok())
     }
 
     pub fn gateway_addr(&self) -> std::io::Result<SocketAddr> {
@@ -185,20 +243,56 @@ impl Server {
             activator: Some(Arc::new(InProcessActivator(self.control.clone()))),
             login_url: self.config.login_url().map(Arc::from),
         };
-        let proxy = Arc::new(
-            Proxy::new(
-                self.routes.clone(),
-                UpstreamClient::new(self.config.upstream_config()),
-                "http",
-            )
-            .with_access(access),
-        );
+        let upstream =
+            UpstreamClient::new(self.config.upstream_config()).with_tls(self.upstream_tls.clone());
+        let https_addr = self.https_addr();
+        let mut proxy =
+            Proxy::new(self.routes.clone(), upstream.clone(), "http").with_access(access.clone());
+        if let (true, Some(a)) = (self.config.tls.redirect_http, https_addr) {
+            proxy = proxy.with_https_redirect(a.port());
+        }
         let gateway_task = tokio::spawn(gateway::run(
             self.gateway_listener,
-            proxy,
+            Arc::new(proxy),
             self.config.server_config(),
             stopped(stop_rx.clone()),
         ));
+        let mut reloader_task = None;
+        let mut https_task = None;
+        let server_config = self.config.server_config();
+        if let Some(tls) = self.tls {
+            let interval = Duration::from_secs(self.config.tls.reload_interval_secs);
+            reloader_task = Some(certs::spawn_reloader(
+                tls.dir.clone(),
+                Some(tls.default_name.clone()),
+                tls.resolver.clone(),
+                interval,
+            ));
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs::server_config(
+                tls.resolver.clone(),
+            )));
+            let coverage = Arc::new(Coverage {
+                resolver: tls.resolver.clone(),
+                metrics: self.control.metrics().clone(),
+            });
+            let https_proxy = Proxy::new(self.routes.clone(), upstream, "https")
+                .with_access(access)
+                .with_tls(coverage);
+            let stop = stopped(stop_rx.clone());
+            https_task = Some(tokio::spawn(async move {
+                if let Err(e) = gateway::run_tls(
+                    tls.listener,
+                    Arc::new(https_proxy),
+                    server_config,
+                    TlsListener { acceptor },
+                    stop,
+                )
+                .await
+                {
+                    tracing::error!(error = %e, "HTTPS listener stopped with an error");
+                }
+            }));
+        }
 
         let app = api::router(self.control.clone());
         let api_task = tokio::spawn(
@@ -224,6 +318,9 @@ impl Server {
         );
 
         tracing::info!("gateway listening on http://{gateway_addr}");
+        if let Some(a) = https_addr {
+            tracing::info!("gateway listening on https://{a}");
+        }
         tracing::info!("control plane listening on http://{api_addr}");
         if let Some(base) = self.config.gateway.base_domains.first() {
             tracing::info!(
@@ -240,8 +337,14 @@ impl Server {
         let _ = stop_tx.send(true);
         let _ = reload_task.await;
         let _ = reaper_task.await;
+        if let Some(t) = reloader_task {
+            t.abort();
+        }
         if let Ok(Err(e)) = gateway_task.await {
             tracing::error!(error = %e, "gateway stopped with an error");
+        }
+        if let Some(t) = https_task {
+            let _ = t.await;
         }
         // The API's own connections get a short grace; nothing there is long-lived.
         let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
@@ -249,6 +352,52 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Loads the certificates directory, generating a development certificate
+/// first when it holds none and that is allowed, and binds the listener.
+async fn prepare_tls(config: &Config, addr: SocketAddr) -> Result<TlsParts, ServeError> {
+    let dir = config.certs_dir();
+    std::fs::create_dir_all(&dir).map_err(|source| ServeError::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let default_name = config.default_certificate();
+    let has_pairs = std::fs::read_dir(&dir)
+        .map_err(|source| ServeError::DataDir {
+            path: dir.clone(),
+            source,
+        })?
+        .filter_map(Result::ok)
+        .any(|e| {
+            let p = e.path();
+            p.extension().is_some_and(|x| x == "crt") && p.file_stem().is_some_and(|s| s != "ca")
+        });
+    if !has_pairs && config.tls.generate_dev_certificate {
+        let files = certs::dev::generate(&default_name, &dir)?;
+        tracing::info!(
+            ca = %files.ca_cert.display(),
+            cert = %files.cert.display(),
+            "generated a development certificate for {default_name} and *.{default_name}; \
+             trust its CA to use it (curl --cacert {})",
+            files.ca_cert.display()
+        );
+    }
+    let (store, errors) = certs::CertDir::load(&dir, Some(&default_name));
+    for e in errors {
+        tracing::warn!(error = %e, "certificate not loaded");
+    }
+    if store.is_empty() {
+        tracing::warn!(dir = %dir.display(), "no certificates: TLS handshakes will fail until a pair NAME.crt + NAME.key is added");
+    }
+    let resolver = Arc::new(certs::SniResolver::new(store));
+    let listener = bind("gateway.https_listen", addr).await?;
+    Ok(TlsParts {
+        listener,
+        resolver,
+        dir,
+        default_name,
+    })
 }
 
 /// Access links opened at the gateway, consumed by the control plane in

@@ -325,6 +325,7 @@ async fn metrics(State(cp): State<ApiState>) -> Response {
             cp.metrics().set_sessions(state.as_str(), n);
         }
     }
+    cp.metrics().set_certificates(cp.certificate_expiries());
     let table = cp.routes().load();
     let mut text = cp.metrics().render();
     text.push_str(&format!(
