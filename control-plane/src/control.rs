@@ -32,6 +32,9 @@ use crate::session::model::{
 };
 use crate::store::{self, AccessTokenRow, SessionFilter, Store, StoreError, TokenRow, UserRow};
 use crate::time::rfc3339_millis;
+use crate::workshop::environment::{
+    self as env, Environment, EnvironmentPatch, EnvironmentState, NewEnvironment,
+};
 
 /// Lifecycle settings (the `[sessions]` configuration section).
 #[derive(Clone, Debug, PartialEq)]
@@ -1534,6 +1537,151 @@ impl ControlPlane {
             }
         }
         Ok(out)
+    }
+
+    // ---- workshop environments ----
+
+    pub async fn create_environment(
+        &self,
+        input: NewEnvironment,
+    ) -> Result<Environment, ControlError> {
+        let rec = env::validate_new(input, self.now_ms())?;
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        if store::environment_get(&mut tx, &rec.name).await?.is_some() {
+            return Err(ControlError::Conflict(format!(
+                "environment {:?} already exists",
+                rec.name
+            )));
+        }
+        store::environment_insert(&mut tx, &rec).await?;
+        tx.commit().await?;
+        tracing::info!(environment = %rec.name, capacity = rec.capacity, reserved = rec.reserved, "environment created");
+        Ok(rec.view(0))
+    }
+
+    pub async fn list_environments(&self) -> Result<Vec<Environment>, ControlError> {
+        let mut c = self.store.conn().await?;
+        let counts = store::environment_allocations(&mut c).await?;
+        Ok(store::environments_list(&mut c)
+            .await?
+            .iter()
+            .map(|e| e.view(counts.get(&e.name).copied().unwrap_or(0)))
+            .collect())
+    }
+
+    pub async fn get_environment(&self, name: &str) -> Result<Environment, ControlError> {
+        let mut c = self.store.conn().await?;
+        let e = store::environment_get(&mut c, name)
+            .await?
+            .ok_or_else(|| not_found("environment", name))?;
+        let n = store::environment_allocations(&mut c)
+            .await?
+            .get(name)
+            .copied()
+            .unwrap_or(0);
+        Ok(e.view(n))
+    }
+
+    /// Changes an environment. Capacity may not drop below what is allocated.
+    pub async fn patch_environment(
+        &self,
+        name: &str,
+        patch: EnvironmentPatch,
+    ) -> Result<Environment, ControlError> {
+        let targets = patch
+            .targets
+            .as_deref()
+            .map(env::validate_targets)
+            .transpose()?;
+        if let Some(d) = patch.duration {
+            env::validate_duration(d)?;
+        }
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        let mut e = store::environment_get(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("environment", name))?;
+        if let Some(w) = patch.workshop {
+            e.workshop = w;
+            if e.workshop.name.is_empty() {
+                e.workshop.name = e.name.clone();
+            }
+        }
+        if let Some(d) = patch.duration {
+            e.duration_secs = d;
+        }
+        if let Some(v) = patch.capacity {
+            e.capacity = v;
+        }
+        if let Some(v) = patch.reserved {
+            e.reserved = v;
+        }
+        if let Some(t) = targets {
+            e.targets = t;
+        }
+        if let Some(v) = patch.tls_verify {
+            e.tls_verify = v;
+        }
+        if let Some(v) = patch.extendable {
+            e.extendable = v;
+        }
+        env::validate_counts(e.capacity, e.reserved, e.targets.len())?;
+        let allocated = store::environment_allocations(&mut tx)
+            .await?
+            .get(name)
+            .copied()
+            .unwrap_or(0);
+        if e.capacity < allocated {
+            return Err(ControlError::Conflict(format!(
+                "environment {name:?} has {allocated} sessions; capacity cannot go below that"
+            )));
+        }
+        store::environment_update(&mut tx, &e).await?;
+        tx.commit().await?;
+        tracing::info!(environment = %name, "environment changed");
+        Ok(e.view(allocated))
+    }
+
+    /// Stops an environment: no new sessions; those it has run to their end.
+    pub async fn stop_environment(&self, name: &str) -> Result<Environment, ControlError> {
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        let mut e = store::environment_get(&mut tx, name)
+            .await?
+            .ok_or_else(|| not_found("environment", name))?;
+        e.state = EnvironmentState::Stopping;
+        store::environment_update(&mut tx, &e).await?;
+        let allocated = store::environment_allocations(&mut tx)
+            .await?
+            .get(name)
+            .copied()
+            .unwrap_or(0);
+        tx.commit().await?;
+        tracing::info!(environment = %name, sessions = allocated, "environment stopping");
+        Ok(e.view(allocated))
+    }
+
+    /// Deletes an environment that has no unfinished sessions.
+    pub async fn delete_environment(&self, name: &str) -> Result<(), ControlError> {
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        let allocated = store::environment_allocations(&mut tx)
+            .await?
+            .get(name)
+            .copied()
+            .unwrap_or(0);
+        if allocated > 0 {
+            return Err(ControlError::Conflict(format!(
+                "environment {name:?} still has {allocated} sessions; stop it and let them finish, or expire them"
+            )));
+        }
+        if !store::environment_delete(&mut tx, name).await? {
+            return Err(not_found("environment", name));
+        }
+        tx.commit().await?;
+        tracing::info!(environment = %name, "environment deleted");
+        Ok(())
     }
 
     // ---- the reaper ----

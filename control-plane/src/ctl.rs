@@ -105,6 +105,9 @@ pub enum CtlCommand {
     /// Manage API tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Manage workshop environments.
+    #[command(subcommand)]
+    Environments(EnvironmentsCommand),
     /// Show the route table the gateway holds.
     Routes,
     /// Rotate the key that signs browser cookies (the previous one keeps
@@ -299,6 +302,43 @@ pub enum GroupsCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum EnvironmentsCommand {
+    /// List environments with their capacity and allocated sessions.
+    List,
+    /// Show one environment.
+    Get { name: String },
+    /// Create an environment: a workshop served by a pool of backends.
+    Create {
+        name: String,
+        /// A backend, http(s)://host:port, serving one session at a time; repeat it.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// The most sessions at once (at most the number of targets).
+        #[arg(long)]
+        capacity: u64,
+        /// Sessions kept created ahead of requests.
+        #[arg(long, default_value_t = 0)]
+        reserved: u64,
+        /// Seconds each session lasts.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// The workshop's title in the catalog.
+        #[arg(long)]
+        title: Option<String>,
+        /// The workshop's description in the catalog.
+        #[arg(long)]
+        description: Option<String>,
+        /// Do not verify https targets' certificates (self-signed apps).
+        #[arg(long)]
+        no_tls_verify: bool,
+    },
+    /// Stop an environment: no new sessions; its sessions run to their end.
+    Stop { name: String },
+    /// Delete an environment that has no unfinished sessions.
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TokensCommand {
     /// List API tokens (names and kinds; the tokens themselves are not kept).
     List,
@@ -382,6 +422,7 @@ async fn execute(
         CtlCommand::Users(c) => users(api, c, json, out).await,
         CtlCommand::Groups(c) => groups(api, c, json, out).await,
         CtlCommand::Tokens(c) => tokens(api, c, json, out).await,
+        CtlCommand::Environments(c) => environments(api, c, json, out).await,
         CtlCommand::Routes => {
             let v = api.send(Method::GET, "/api/v1/routes", None).await?;
             emit(out, json, &v, routes_table);
@@ -735,6 +776,132 @@ async fn tokens(
         }
     }
     Ok(())
+}
+
+async fn environments(
+    api: &ApiClient,
+    command: EnvironmentsCommand,
+    json: bool,
+    out: &mut String,
+) -> Result<(), CtlError> {
+    use EnvironmentsCommand as E;
+    match command {
+        E::List => {
+            let v = api.send(Method::GET, "/api/v1/environments", None).await?;
+            emit(out, json, &v, |v, out| {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            text(&e["name"]),
+                            text(&e["state"]),
+                            text(&e["workshop"]["title"]),
+                            text(&e["capacity"]),
+                            text(&e["reserved"]),
+                            text(&e["allocated"]),
+                            e["targets"].as_array().map_or(0, Vec::len).to_string(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "NAME",
+                        "STATE",
+                        "TITLE",
+                        "CAPACITY",
+                        "RESERVED",
+                        "ALLOCATED",
+                        "TARGETS",
+                    ],
+                    &rows,
+                    out,
+                );
+            });
+        }
+        E::Get { name } => {
+            let path = format!("/api/v1/environments/{}", seg(&name));
+            let v = api.send(Method::GET, &path, None).await?;
+            emit(out, json, &v, environment_details);
+        }
+        E::Create {
+            name,
+            targets,
+            capacity,
+            reserved,
+            duration,
+            title,
+            description,
+            no_tls_verify,
+        } => {
+            let mut body = json!({
+                "name": name, "targets": targets, "capacity": capacity,
+                "reserved": reserved, "tls_verify": !no_tls_verify,
+                "workshop": {},
+            });
+            if let Some(d) = duration {
+                body["duration"] = json!(d);
+            }
+            if let Some(t) = title {
+                body["workshop"]["title"] = json!(t);
+            }
+            if let Some(d) = description {
+                body["workshop"]["description"] = json!(d);
+            }
+            let v = api
+                .send(Method::POST, "/api/v1/environments", Some(body))
+                .await?;
+            emit(out, json, &v, environment_details);
+        }
+        E::Stop { name } => {
+            let path = format!("/api/v1/environments/{}/stop", seg(&name));
+            let v = api.send(Method::POST, &path, None).await?;
+            emit(out, json, &v, |v, out| {
+                let _ = writeln!(
+                    out,
+                    "environment {} is {}; {} sessions run to their end",
+                    text(&v["name"]),
+                    text(&v["state"]),
+                    text(&v["allocated"])
+                );
+            });
+        }
+        E::Delete { name } => {
+            let path = format!("/api/v1/environments/{}", seg(&name));
+            api.send(Method::DELETE, &path, None).await?;
+            if !json {
+                let _ = writeln!(out, "environment {name} deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn environment_details(v: &Value, out: &mut String) {
+    let targets: Vec<String> = v["targets"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(text)
+        .collect();
+    for (k, val) in [
+        ("name", text(&v["name"])),
+        ("state", text(&v["state"])),
+        ("workshop", text(&v["workshop"]["name"])),
+        ("title", text(&v["workshop"]["title"])),
+        ("duration", text(&v["duration"])),
+        ("capacity", text(&v["capacity"])),
+        ("reserved", text(&v["reserved"])),
+        ("allocated", text(&v["allocated"])),
+        ("targets", targets.join(", ")),
+        ("tls_verify", text(&v["tls_verify"])),
+        ("created", text(&v["created"])),
+    ] {
+        let _ = writeln!(out, "{k:<11} {val}");
+    }
 }
 
 impl Paging {

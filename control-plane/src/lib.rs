@@ -34,6 +34,7 @@ pub mod serve;
 pub mod session;
 pub mod store;
 pub mod time;
+pub mod workshop;
 
 /// `sessiongate certs dev`: writes the files and says what was written.
 pub fn certs_dev(domain: &str, out: &std::path::Path) -> Result<String, certs::CertError> {

@@ -154,6 +154,7 @@ impl Api {
             "users": self.ok("GET", "/api/v1/users?per_page=1000", None).await,
             "groups": self.ok("GET", "/api/v1/groups", None).await,
             "tokens": self.ok("GET", "/api/v1/tokens", None).await,
+            "environments": self.ok("GET", "/api/v1/environments", None).await,
             "table": self.routes.load().version(),
         })
     }
@@ -1074,6 +1075,9 @@ async fn openapi_document_covers_every_endpoint() {
         ("/api/v1/routes", &["get"]),
         ("/api/v1/sessions/{name}/access", &["post"]),
         ("/api/v1/access/keys/rotate", &["post"]),
+        ("/api/v1/environments", &["get", "post"]),
+        ("/api/v1/environments/{name}", &["get", "patch", "delete"]),
+        ("/api/v1/environments/{name}/stop", &["post"]),
     ] {
         for m in methods {
             assert!(
@@ -1320,4 +1324,148 @@ async fn access_links_and_key_rotation_through_the_router() {
         .unwrap()
         .ends_with('Z'));
     assert_eq!(api.cp.keys().load().current_id(), second["current"]);
+}
+
+#[tokio::test]
+async fn environments_crud_with_bad_input_refused() {
+    let api = Api::new("environments").await;
+    let good = json!({
+        "name": "lab-w01",
+        "workshop": {"title": "Lab", "description": "A lab", "authors": ["ann"], "tags": ["rust"],
+                     "url": "https://github.com/example/lab"},
+        "duration": 1800,
+        "capacity": 2,
+        "reserved": 1,
+        "targets": ["http://127.0.0.1:7001", "https://127.0.0.1:7002"],
+        "tls_verify": false,
+    });
+    let before = api.snapshot().await;
+    let bad: &[(Value, (u16, &str, &str))] = &[
+        (
+            json!({"name": "Bad_Name", "capacity": 1, "targets": ["http://h:1"]}),
+            (422, "invalid", "name"),
+        ),
+        (
+            json!({"name": "x", "capacity": 1, "targets": []}),
+            (422, "invalid", "targets"),
+        ),
+        (
+            json!({"name": "x", "capacity": 1, "targets": ["h:1"]}),
+            (422, "invalid", "targets"),
+        ),
+        (
+            json!({"name": "x", "capacity": 1, "targets": ["http://h:1", "http://h:1"]}),
+            (422, "invalid", "twice"),
+        ),
+        (
+            json!({"name": "x", "capacity": 3, "targets": ["http://h:1"]}),
+            (422, "invalid", "capacity"),
+        ),
+        (
+            json!({"name": "x", "capacity": 1, "reserved": 2, "targets": ["http://h:1"]}),
+            (422, "invalid", "reserved"),
+        ),
+        (
+            json!({"name": "x", "capacity": 1, "duration": 0, "targets": ["http://h:1"]}),
+            (422, "invalid", "duration"),
+        ),
+        (
+            json!({"name": "x", "capacity": 1, "targets": ["http://h:1"], "colour": "red"}),
+            (400, "invalid_json", "colour"),
+        ),
+        (
+            json!({"name": "x", "capacity": 1, "targets": ["http://h:1"], "workshop": {"level": 3}}),
+            (400, "invalid_json", "level"),
+        ),
+        (
+            json!({"name": "x", "targets": ["http://h:1"]}),
+            (400, "invalid_json", "capacity"),
+        ),
+    ];
+    for (body, want) in bad {
+        api.err("POST", "/api/v1/environments", Some(body.clone()), *want)
+            .await;
+    }
+    assert_eq!(
+        api.snapshot().await,
+        before,
+        "bad input changed stored state"
+    );
+
+    let (s, v) = api
+        .call("POST", "/api/v1/environments", Some(good.clone()))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["state"], "RUNNING");
+    assert_eq!(
+        v["workshop"]["name"], "lab-w01",
+        "defaults to the environment's name"
+    );
+    assert_eq!(v["workshop"]["title"], "Lab");
+    assert_eq!(
+        v["targets"],
+        json!(["http://127.0.0.1:7001", "https://127.0.0.1:7002"])
+    );
+    assert_eq!(
+        (
+            v["capacity"].as_u64(),
+            v["reserved"].as_u64(),
+            v["allocated"].as_u64()
+        ),
+        (Some(2), Some(1), Some(0))
+    );
+    api.err(
+        "POST",
+        "/api/v1/environments",
+        Some(good),
+        (409, "conflict", "lab-w01"),
+    )
+    .await;
+
+    let list = api.ok("GET", "/api/v1/environments", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let v = api
+        .ok(
+            "PATCH",
+            "/api/v1/environments/lab-w01",
+            Some(json!({"capacity": 1, "reserved": 0, "duration": null})),
+        )
+        .await;
+    assert_eq!(
+        (v["capacity"].as_u64(), v["duration"].as_u64()),
+        (Some(1), None)
+    );
+    api.err(
+        "PATCH",
+        "/api/v1/environments/lab-w01",
+        Some(json!({"reserved": 5})),
+        (422, "invalid", "reserved"),
+    )
+    .await;
+    api.err(
+        "PATCH",
+        "/api/v1/environments/nope",
+        Some(json!({})),
+        (404, "not_found", "nope"),
+    )
+    .await;
+    let v = api
+        .ok("POST", "/api/v1/environments/lab-w01/stop", None)
+        .await;
+    assert_eq!(v["state"], "STOPPING");
+    assert_eq!(
+        api.ok("GET", "/api/v1/environments/lab-w01", None).await["state"],
+        "STOPPING"
+    );
+    let (s, _) = api
+        .call("DELETE", "/api/v1/environments/lab-w01", None)
+        .await;
+    assert_eq!(s, 204);
+    api.err(
+        "GET",
+        "/api/v1/environments/lab-w01",
+        None,
+        (404, "not_found", "lab-w01"),
+    )
+    .await;
 }

@@ -572,3 +572,76 @@ async fn ctl_tokens_and_failures_exit_1_with_one_line_naming_the_cause() {
     let (_, v) = sg.api("GET", "/api/v1/sessions", None).await;
     assert_eq!(v["total"], 0);
 }
+
+#[tokio::test]
+async fn ctl_manages_environments() {
+    let sg = Sessiongate::start(&temp_dir("ctl-env"), "", &[]).await;
+    let created = ctl(
+        &sg,
+        &[
+            "environments",
+            "create",
+            "lab-w01",
+            "--target",
+            "http://127.0.0.1:7001",
+            "--target",
+            "http://127.0.0.1:7002",
+            "--capacity",
+            "2",
+            "--reserved",
+            "1",
+            "--duration",
+            "1800",
+            "--title",
+            "Rust lab",
+        ],
+    )
+    .await;
+    let text = created.ok();
+    assert!(text.contains("title       Rust lab"), "{text}");
+    assert!(
+        text.contains("http://127.0.0.1:7001, http://127.0.0.1:7002"),
+        "{text}"
+    );
+    let listed = ctl(&sg, &["environments", "list"]).await;
+    let line = row(listed.ok(), "lab-w01");
+    assert!(
+        line.contains("RUNNING") && line.contains("Rust lab"),
+        "{line}"
+    );
+    let v = ctl(&sg, &["-o", "json", "environments", "get", "lab-w01"])
+        .await
+        .json();
+    assert_eq!(
+        (v["capacity"].as_u64(), v["reserved"].as_u64()),
+        (Some(2), Some(1))
+    );
+
+    // Refused with the server's reason on one line, and nothing created.
+    let refused = ctl(
+        &sg,
+        &[
+            "environments",
+            "create",
+            "lab-w02",
+            "--target",
+            "127.0.0.1:7003",
+            "--capacity",
+            "1",
+        ],
+    )
+    .await;
+    assert!(
+        refused.failed().starts_with("422 invalid: targets: "),
+        "{refused:?}"
+    );
+    let listed = ctl(&sg, &["environments", "list"]).await;
+    assert!(!listed.ok().contains("lab-w02"), "{listed:?}");
+
+    let stopped = ctl(&sg, &["environments", "stop", "lab-w01"]).await;
+    assert!(stopped.ok().contains("is STOPPING"), "{stopped:?}");
+    let deleted = ctl(&sg, &["environments", "delete", "lab-w01"]).await;
+    assert_eq!(deleted.ok(), "environment lab-w01 deleted\n");
+    let gone = ctl(&sg, &["environments", "get", "lab-w01"]).await;
+    assert!(gone.failed().starts_with("404 not_found: "), "{gone:?}");
+}

@@ -25,6 +25,7 @@ use crate::session::lifecycle::SessionState;
 
 pub mod access;
 pub mod directory;
+pub mod environments;
 pub mod openapi;
 pub mod routes;
 pub mod sessions;
@@ -227,6 +228,20 @@ pub fn router(state: ApiState) -> Router {
             post(access::create_access),
         )
         .route("/api/v1/access/keys/rotate", post(access::rotate_keys))
+        .route(
+            "/api/v1/environments",
+            get(environments::list_environments).post(environments::create_environment),
+        )
+        .route(
+            "/api/v1/environments/{name}",
+            get(environments::get_environment)
+                .patch(environments::patch_environment)
+                .delete(environments::delete_environment),
+        )
+        .route(
+            "/api/v1/environments/{name}/stop",
+            post(environments::stop_environment),
+        )
         .route(
             "/api/v1/sessions/{name}/{action}",
             post(sessions::session_action),

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{access, directory, routes, sessions};
+use super::{access, directory, environments, routes, sessions};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,12 @@ use super::{access, directory, routes, sessions};
         sessions::bulk_action,
         access::create_access,
         access::rotate_keys,
+        environments::list_environments,
+        environments::create_environment,
+        environments::get_environment,
+        environments::patch_environment,
+        environments::stop_environment,
+        environments::delete_environment,
         directory::list_users,
         directory::create_user,
         directory::get_user,
@@ -49,6 +55,7 @@ use super::{access, directory, routes, sessions};
         (name = "tokens", description = "API tokens (admin and read-only)"),
         (name = "routes", description = "The gateway's route table"),
         (name = "access", description = "Browser access: one-time access links, cookie keys"),
+        (name = "environments", description = "Workshop environments: a workshop, a pool of backends, capacity"),
     )
 )]
 pub struct ApiDoc;

@@ -1,0 +1,22 @@
+-- Workshop environments: a workshop's metadata, a pool of backends each
+-- serving one session at a time, capacity and reserved (pre-created)
+-- sessions, and the defaults of the sessions made from it.
+
+CREATE TABLE environments (
+    name           TEXT     NOT NULL PRIMARY KEY,
+    -- A JSON object: name, title, description, vendor, authors, difficulty,
+    -- duration, tags, logo, url.
+    workshop       TEXT     NOT NULL,
+    duration_secs  BIGINT,
+    capacity       BIGINT   NOT NULL,
+    reserved       BIGINT   NOT NULL,
+    state          TEXT     NOT NULL,
+    -- A JSON array of http(s)://host:port.
+    targets        TEXT     NOT NULL,
+    tls_verify     BOOLEAN  NOT NULL,
+    slug_prefix    TEXT,
+    extendable     BOOLEAN  NOT NULL,
+    created_ms     BIGINT   NOT NULL,
+    -- The number of the next session (`<name>-s001`, ...).
+    next_session   BIGINT   NOT NULL
+);
