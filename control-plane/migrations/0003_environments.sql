@@ -20,3 +20,8 @@ CREATE TABLE environments (
     -- The number of the next session (`<name>-s001`, ...).
     next_session   BIGINT   NOT NULL
 );
+
+-- When a pending session must be activated by (the workshop request's
+-- timeout); NULL: its creation plus the configured activation deadline.
+-- Reserved sessions, waiting for a user, have none that passes.
+ALTER TABLE sessions ADD COLUMN activate_by_ms BIGINT;

@@ -811,6 +811,7 @@ impl ControlPlane {
             extendable: input.extendable.unwrap_or(true),
             environment: input.environment,
             labels: input.labels,
+            activate_by_ms: None,
         };
         model::validate_target(&rec)?;
         self.check_static_keys(&rec)?;
@@ -1730,11 +1731,17 @@ impl ControlPlane {
         let mut changed = Vec::new();
         for old in candidates {
             let verdict = match old.state {
-                SessionState::Pending if old.created_ms <= deadline_cutoff => Some((
-                    Action::Delete,
-                    &mut report.deleted_unactivated,
-                    "activation deadline passed",
-                )),
+                SessionState::Pending
+                    if old
+                        .activate_by_ms
+                        .map_or(old.created_ms <= deadline_cutoff, |by| by <= now) =>
+                {
+                    Some((
+                        Action::Delete,
+                        &mut report.deleted_unactivated,
+                        "activation deadline passed",
+                    ))
+                }
                 SessionState::Running if old.expires_ms.is_some_and(|e| e <= now) => {
                     Some((Action::Expire, &mut report.expired, "expires passed"))
                 }

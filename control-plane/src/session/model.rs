@@ -131,6 +131,9 @@ pub struct SessionRecord {
     pub extendable: bool,
     pub environment: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// A pending session not activated by then is deleted; `None`: its
+    /// creation plus the configured activation deadline.
+    pub activate_by_ms: Option<u64>,
 }
 
 /// A session as the API shows it.
@@ -656,6 +659,7 @@ mod tests {
             extendable: true,
             environment: None,
             labels: BTreeMap::new(),
+            activate_by_ms: None,
         };
         assert_eq!(s.countdown_secs(40_000), Some(60));
         s.state = SessionState::Paused;
