@@ -33,8 +33,9 @@ use crate::session::model::{
 use crate::store::{self, AccessTokenRow, SessionFilter, Store, StoreError, TokenRow, UserRow};
 use crate::time::rfc3339_millis;
 use crate::workshop::environment::{
-    self as env, Environment, EnvironmentPatch, EnvironmentState, NewEnvironment,
+    self as env, Environment, EnvironmentPatch, EnvironmentRecord, EnvironmentState, NewEnvironment,
 };
+use crate::workshop::portal::{self, Allocation, WorkshopError, WorkshopRequest};
 
 /// Lifecycle settings (the `[sessions]` configuration section).
 #[derive(Clone, Debug, PartialEq)]
@@ -1557,8 +1558,10 @@ impl ControlPlane {
         }
         store::environment_insert(&mut tx, &rec).await?;
         tx.commit().await?;
+        drop(_w);
         tracing::info!(environment = %rec.name, capacity = rec.capacity, reserved = rec.reserved, "environment created");
-        Ok(rec.view(0))
+        self.refill_reserves().await?;
+        self.get_environment(&rec.name).await
     }
 
     pub async fn list_environments(&self) -> Result<Vec<Environment>, ControlError> {
@@ -1640,8 +1643,10 @@ impl ControlPlane {
         }
         store::environment_update(&mut tx, &e).await?;
         tx.commit().await?;
+        drop(_w);
         tracing::info!(environment = %name, "environment changed");
-        Ok(e.view(allocated))
+        self.refill_reserves().await?;
+        self.get_environment(name).await
     }
 
     /// Stops an environment: no new sessions; those it has run to their end.
@@ -1653,12 +1658,24 @@ impl ControlPlane {
             .ok_or_else(|| not_found("environment", name))?;
         e.state = EnvironmentState::Stopping;
         store::environment_update(&mut tx, &e).await?;
+        // Sessions in reserve were never anyone's: they go; the others run on.
+        let mut dropped = Vec::new();
+        for old in store::sessions_of_environment(&mut tx, name).await? {
+            if old.owner == portal::RESERVE_USER && old.state == SessionState::Pending {
+                let rec = self.transition(&old, Action::Delete, None)?;
+                store::session_update(&mut tx, &rec).await?;
+                dropped.push((old, rec));
+            }
+        }
         let allocated = store::environment_allocations(&mut tx)
             .await?
             .get(name)
             .copied()
             .unwrap_or(0);
         tx.commit().await?;
+        for (old, rec) in &dropped {
+            self.publish(Some(old), Some(rec)).await?;
+        }
         tracing::info!(environment = %name, sessions = allocated, "environment stopping");
         Ok(e.view(allocated))
     }
@@ -1685,11 +1702,341 @@ impl ControlPlane {
         Ok(())
     }
 
+    // ---- workshop allocation ----
+
+    /// Allocates a session of environment `env_name` to a user, the way the
+    /// training portal's request endpoint does: the user's live session in
+    /// that environment if there is one, else a reserved session, else a new
+    /// one on a free target; with a one-time activation token.
+    pub async fn workshop_request(
+        &self,
+        env_name: &str,
+        req: WorkshopRequest,
+    ) -> Result<Allocation, WorkshopError> {
+        for (field, v) in [
+            ("email", &req.email),
+            ("first_name", &req.first_name),
+            ("last_name", &req.last_name),
+        ] {
+            model::validate_optional_text(field, v).map_err(ControlError::from)?;
+        }
+        let timeout = req
+            .timeout
+            .unwrap_or(self.settings.activation_deadline.as_secs());
+        if timeout == 0 || timeout > model::MAX_SECS {
+            return Err(ControlError::Invalid(invalid(
+                "timeout",
+                format!("must be 1-{} seconds", model::MAX_SECS),
+            ))
+            .into());
+        }
+        let now = self.now_ms();
+        let token = auth::random_token().map_err(|e| ControlError::Internal(e.to_string()))?;
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await.map_err(ControlError::from)?;
+        let Some(mut env) = store::environment_get(&mut tx, env_name)
+            .await
+            .map_err(ControlError::from)?
+        else {
+            return Err(WorkshopError::Invalid(env_name.to_string()));
+        };
+
+        // The user: the one named if it exists, else a new portal user.
+        let user = match &req.user {
+            Some(u)
+                if store::user_exists(&mut tx, u)
+                    .await
+                    .map_err(ControlError::from)? =>
+            {
+                u.clone()
+            }
+            _ => {
+                let id =
+                    portal::new_user_id().map_err(|e| ControlError::Internal(e.to_string()))?;
+                let row = UserRow {
+                    id: format!(
+                        "u-{}",
+                        auth::random_hex(8).map_err(|e| ControlError::Internal(e.to_string()))?
+                    ),
+                    name: id.clone(),
+                    email: req.email.clone(),
+                    first_name: req.first_name.clone(),
+                    last_name: req.last_name.clone(),
+                    created_ms: now,
+                };
+                store::user_insert(&mut tx, &row)
+                    .await
+                    .map_err(ControlError::from)?;
+                id
+            }
+        };
+
+        let sessions = store::sessions_of_environment(&mut tx, env_name)
+            .await
+            .map_err(ControlError::from)?;
+        let mut published: Vec<(Option<SessionRecord>, SessionRecord)> = Vec::new();
+        let chosen = if let Some(s) = sessions
+            .iter()
+            .find(|s| s.owner == user && s.state.is_live())
+        {
+            // The same user asking again gets the same session.
+            s.clone()
+        } else {
+            if env.state != EnvironmentState::Running {
+                return Err(WorkshopError::Invalid(env_name.to_string()));
+            }
+            let reserved = sessions
+                .iter()
+                .find(|s| s.owner == portal::RESERVE_USER && s.state == SessionState::Pending);
+            let rec = match reserved {
+                Some(r) => {
+                    let mut rec = r.clone();
+                    rec.owner = user.clone();
+                    rec.activate_by_ms = Some(now + timeout * 1000);
+                    store::session_update(&mut tx, &rec)
+                        .await
+                        .map_err(ControlError::from)?;
+                    published.push((Some(r.clone()), rec.clone()));
+                    rec
+                }
+                None => {
+                    let rec = self
+                        .new_environment_session(&mut tx, &mut env, &sessions, &user, now)
+                        .await?
+                        .ok_or_else(|| WorkshopError::Unavailable(env_name.to_string()))?;
+                    let mut rec = rec;
+                    rec.activate_by_ms = Some(now + timeout * 1000);
+                    store::session_update(&mut tx, &rec)
+                        .await
+                        .map_err(ControlError::from)?;
+                    published.push((None, rec.clone()));
+                    rec
+                }
+            };
+            rec
+        };
+        store::access_token_insert(
+            &mut tx,
+            &AccessTokenRow {
+                hash: auth::hash_token(&token),
+                session: chosen.name.clone(),
+                user: user.clone(),
+                path: "/".into(),
+                created_ms: now,
+                expires_ms: now + timeout * 1000,
+            },
+        )
+        .await
+        .map_err(ControlError::from)?;
+        // Keep the reserve full.
+        let sessions = store::sessions_of_environment(&mut tx, env_name)
+            .await
+            .map_err(ControlError::from)?;
+        for rec in self
+            .refill_reserve(&mut tx, &mut env, &sessions, now)
+            .await?
+        {
+            published.push((None, rec));
+        }
+        tx.commit().await.map_err(ControlError::from)?;
+        for (old, new) in &published {
+            self.publish(old.as_ref(), Some(new)).await?;
+        }
+        tracing::info!(environment = %env_name, session = %chosen.name, user = %user, "workshop session allocated");
+        Ok(Allocation {
+            session: chosen.name,
+            user,
+            token,
+            workshop: env.workshop.name,
+            environment: env.name,
+        })
+    }
+
+    /// Creates, in `tx`, a pending session of `env` for `owner` on a target
+    /// no live session holds, if capacity and targets allow.
+    async fn new_environment_session(
+        &self,
+        tx: &mut SqliteConnection,
+        env: &mut EnvironmentRecord,
+        sessions: &[SessionRecord],
+        owner: &str,
+        now: u64,
+    ) -> Result<Option<SessionRecord>, ControlError> {
+        let live: Vec<&SessionRecord> = sessions.iter().filter(|s| s.state.is_live()).collect();
+        if live.len() as u64 >= env.capacity {
+            return Ok(None);
+        }
+        let busy = |t: &env::Target| {
+            live.iter().any(|s| {
+                s.https == t.https
+                    && s.remote_port == Some(t.port)
+                    && s.remote_host.as_deref() == Some(t.host.as_str())
+            })
+        };
+        let Some(target) = env.targets.iter().find(|t| !busy(t)).cloned() else {
+            return Ok(None);
+        };
+        // The next free name: <env>-s001, -s002, ...
+        let name = loop {
+            let n = format!("{}-s{:03}", env.name, env.next_session);
+            env.next_session += 1;
+            if store::session_get(tx, &n).await?.is_none() {
+                break n;
+            }
+        };
+        store::environment_update(tx, env).await?;
+        let rec = SessionRecord {
+            name: name.clone(),
+            kind: SessionKind::Tunnel,
+            remote_host: Some(target.host.clone()),
+            remote_port: Some(target.port),
+            url: None,
+            https: target.https,
+            tls_verify: env.tls_verify,
+            slug: env.slug_prefix.as_ref().map(|p| format!("{p}/{name}")),
+            strip_prefix: false,
+            rewrite_host: false,
+            custom_domain: None,
+            workspace_port: None,
+            owner: owner.to_string(),
+            groups: Vec::new(),
+            public: false,
+            state: SessionState::Pending,
+            created_ms: now,
+            activated_ms: None,
+            expires_ms: None,
+            last_activity_ms: None,
+            paused_ms: None,
+            state_changed_ms: now,
+            duration_secs: env.duration_secs,
+            idle_timeout_secs: None,
+            extendable: env.extendable,
+            environment: Some(env.name.clone()),
+            labels: BTreeMap::new(),
+            activate_by_ms: Some(portal::RESERVED_DEADLINE_MS),
+        };
+        self.check_static_keys(&rec)?;
+        check_unique_keys(tx, &rec).await?;
+        store::session_insert(tx, &rec).await?;
+        Ok(Some(rec))
+    }
+
+    /// Tops up `env`'s reserve of pending, unowned sessions to `reserved`,
+    /// within capacity and free targets. Returns the sessions created.
+    async fn refill_reserve(
+        &self,
+        tx: &mut SqliteConnection,
+        env: &mut EnvironmentRecord,
+        sessions: &[SessionRecord],
+        now: u64,
+    ) -> Result<Vec<SessionRecord>, ControlError> {
+        if env.state != EnvironmentState::Running || env.reserved == 0 {
+            return Ok(Vec::new());
+        }
+        if !store::user_exists(tx, portal::RESERVE_USER).await? {
+            store::user_insert(
+                tx,
+                &UserRow {
+                    id: "u-reserve".into(),
+                    name: portal::RESERVE_USER.into(),
+                    email: None,
+                    first_name: Some("reserved sessions".into()),
+                    last_name: None,
+                    created_ms: now,
+                },
+            )
+            .await?;
+        }
+        let mut all = sessions.to_vec();
+        let mut created = Vec::new();
+        loop {
+            let in_reserve = all
+                .iter()
+                .filter(|s| s.owner == portal::RESERVE_USER && s.state == SessionState::Pending)
+                .count() as u64;
+            if in_reserve >= env.reserved {
+                break;
+            }
+            match self
+                .new_environment_session(tx, env, &all, portal::RESERVE_USER, now)
+                .await?
+            {
+                Some(rec) => {
+                    all.push(rec.clone());
+                    created.push(rec);
+                }
+                None => break,
+            }
+        }
+        Ok(created)
+    }
+
+    /// Fills every running environment's reserve (after a create or a
+    /// change, and after the reaper freed targets).
+    pub async fn refill_reserves(&self) -> Result<usize, ControlError> {
+        let now = self.now_ms();
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await?;
+        let mut created = Vec::new();
+        for mut env in store::environments_list(&mut tx).await? {
+            let sessions = store::sessions_of_environment(&mut tx, &env.name).await?;
+            created.extend(
+                self.refill_reserve(&mut tx, &mut env, &sessions, now)
+                    .await?,
+            );
+        }
+        tx.commit().await?;
+        for rec in &created {
+            self.publish(None, Some(rec)).await?;
+        }
+        Ok(created.len())
+    }
+
+    /// The live sessions of a portal user, in environments.
+    pub async fn workshop_user_sessions(
+        &self,
+        user: &str,
+    ) -> Result<Vec<(SessionRecord, String)>, ControlError> {
+        let mut c = self.store.conn().await?;
+        let envs: HashMap<String, String> = store::environments_list(&mut c)
+            .await?
+            .into_iter()
+            .map(|e| (e.name, e.workshop.name))
+            .collect();
+        let filter = SessionFilter {
+            owner: Some(user.to_string()),
+            states: vec![
+                SessionState::Pending,
+                SessionState::Running,
+                SessionState::Paused,
+                SessionState::Evicted,
+            ],
+            page: 1,
+            per_page: MAX_PER_PAGE,
+            ..SessionFilter::default()
+        };
+        let (sessions, _) = store::sessions_list(&mut c, &filter).await?;
+        Ok(sessions
+            .into_iter()
+            .filter_map(|s| {
+                let w = envs.get(s.environment.as_deref()?)?.clone();
+                Some((s, w))
+            })
+            .collect())
+    }
+
     // ---- the reaper ----
 
     /// One pass of the lifecycle reaper: records the gateway's activity,
     /// then deletes, expires and purges what is due, in one transaction.
     pub async fn reap(&self) -> Result<ReapReport, ControlError> {
+        let report = self.reap_once().await?;
+        // Targets freed by deleted or expired sessions refill the reserves.
+        self.refill_reserves().await?;
+        Ok(report)
+    }
+
+    async fn reap_once(&self) -> Result<ReapReport, ControlError> {
         let now = self.now_ms();
         let s = &self.settings;
         let mut report = ReapReport::default();

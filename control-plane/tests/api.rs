@@ -1412,8 +1412,19 @@ async fn environments_crud_with_bad_input_refused() {
             v["reserved"].as_u64(),
             v["allocated"].as_u64()
         ),
-        (Some(2), Some(1), Some(0))
+        (Some(2), Some(1), Some(1))
     );
+    // The reserve is filled at once: one pending session on the first target.
+    let reserved = api.ok("GET", "/api/v1/sessions/lab-w01-s001", None).await;
+    assert_eq!(
+        (
+            reserved["state"].as_str(),
+            reserved["environment"].as_str(),
+            reserved["remote_port"].as_u64()
+        ),
+        (Some("pending"), Some("lab-w01"), Some(7001))
+    );
+    assert!(api.route("lab-w01-s001").unwrap().inactive);
     api.err(
         "POST",
         "/api/v1/environments",
@@ -1453,6 +1464,9 @@ async fn environments_crud_with_bad_input_refused() {
         .ok("POST", "/api/v1/environments/lab-w01/stop", None)
         .await;
     assert_eq!(v["state"], "STOPPING");
+    // Stopping drops the reserve, which no user holds.
+    assert_eq!(v["allocated"].as_u64(), Some(0));
+    assert!(api.route("lab-w01-s001").is_none());
     assert_eq!(
         api.ok("GET", "/api/v1/environments/lab-w01", None).await["state"],
         "STOPPING"

@@ -942,6 +942,25 @@ pub async fn signing_key_rotate(
     Ok(())
 }
 
+/// Every session of an environment (any state), with groups.
+pub async fn sessions_of_environment(
+    c: &mut SqliteConnection,
+    environment: &str,
+) -> Result<Vec<SessionRecord>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SESSION_COLS} FROM sessions WHERE environment = $1 ORDER BY name"
+    ))
+    .bind(environment)
+    .fetch_all(&mut *c)
+    .await?;
+    let mut recs = rows
+        .iter()
+        .map(session_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    attach_groups(c, &mut recs).await?;
+    Ok(recs)
+}
+
 // ---- environments ----
 
 const ENV_COLS: &str = "name, workshop, duration_secs, capacity, reserved, state, targets, \

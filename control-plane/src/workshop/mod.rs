@@ -7,3 +7,4 @@
 //! worked out from the sessions table, so there is one source of truth.
 
 pub mod environment;
+pub mod portal;

@@ -1,0 +1,102 @@
+//! The training portal's request and answer shapes (seeds 001 and 004).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The user that owns reserved sessions until a request takes one.
+pub const RESERVE_USER: &str = "sessiongate-reserve";
+
+/// A pending session in reserve is never reaped: its deadline starts when a
+/// request takes it.
+pub const RESERVED_DEADLINE_MS: u64 = i64::MAX as u64;
+
+/// `GET /workshops/environment/<name>/request/`'s parameters.
+#[derive(Clone, Debug, Default)]
+pub struct WorkshopRequest {
+    /// A portal user id from an earlier answer; unknown ones get a new id.
+    pub user: Option<String>,
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// Seconds the session waits for its activation (default 60).
+    pub timeout: Option<u64>,
+}
+
+/// What a request allocated.
+#[derive(Clone, Debug)]
+pub struct Allocation {
+    pub session: String,
+    pub user: String,
+    /// One-time activation token (stored hashed).
+    pub token: String,
+    pub workshop: String,
+    pub environment: String,
+}
+
+/// Why a request got no session; `notification` is the portal's value.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkshopError {
+    #[error("no workshop environment {0:?} takes requests")]
+    Invalid(String),
+    #[error("environment {0:?} is at capacity")]
+    Unavailable(String),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+}
+
+impl WorkshopError {
+    pub fn notification(&self) -> &'static str {
+        match self {
+            WorkshopError::Invalid(_) => "workshop-invalid",
+            WorkshopError::Unavailable(_) => "session-unavailable",
+            WorkshopError::Control(_) => "session-unavailable",
+        }
+    }
+}
+
+/// The request's answer, field for field as the portal gives it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RequestAnswer {
+    pub name: String,
+    pub user: String,
+    /// A path on the portal host: `/workshops/session/<name>/activate/?token=…&index_url=…`.
+    pub url: String,
+    pub workshop: String,
+    pub environment: String,
+    pub namespace: String,
+    /// Deprecated: equals `name`.
+    pub session: String,
+}
+
+/// One of a user's sessions.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserSession {
+    pub name: String,
+    pub workshop: String,
+    pub environment: String,
+    pub namespace: String,
+    pub started: Option<String>,
+    pub expires: Option<String>,
+    pub countdown: Option<u64>,
+    pub extendable: bool,
+}
+
+/// `GET /workshops/user/<user>/sessions/`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserSessions {
+    pub user: String,
+    pub sessions: Vec<UserSession>,
+}
+
+/// A portal user id, as the training portal makes them (a UUID v4 shape).
+pub fn new_user_id() -> Result<String, crate::auth::TokenError> {
+    let h = crate::auth::random_hex(16)?;
+    Ok(format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    ))
+}
