@@ -18,7 +18,47 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub access: AccessConfig,
     pub tls: TlsConfig,
+    pub workshop: WorkshopConfig,
     pub routes: Vec<StaticRoute>,
+}
+
+/// The training-portal-compatible workshop API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkshopConfig {
+    /// The portal's name in the catalog.
+    pub portal_name: String,
+    /// The portal's URL in the catalog; empty: `http://<portal_host>:<port>`.
+    pub portal_url: String,
+    /// Where users go back to when no allowed `index_url` was given.
+    pub index_url: String,
+    /// Origins `index_url` may point at (`https://hub.example.com`).
+    pub index_urls: Vec<String>,
+    /// OAuth2 client credentials (HTTP Basic on `/oauth2/token/`); empty
+    /// disables the token endpoint.
+    pub client_id: String,
+    pub client_secret: String,
+    /// The robot account of the password grant.
+    pub robot_username: String,
+    pub robot_password: String,
+    /// How long an access token lives.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for WorkshopConfig {
+    fn default() -> Self {
+        WorkshopConfig {
+            portal_name: "sessiongate".into(),
+            portal_url: String::new(),
+            index_url: String::new(),
+            index_urls: Vec::new(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            robot_username: String::new(),
+            robot_password: String::new(),
+            token_ttl_secs: 36_000,
+        }
+    }
 }
 
 /// TLS: termination on `gateway.https_listen`, certificates, re-encryption.
@@ -210,7 +250,14 @@ pub enum ConfigError {
 
 /// Sections that environment variables may address. Longest first, so that
 /// `CONTROL_PLANE_LISTEN` is not read as a `CONTROL` section.
-const ENV_SECTIONS: &[&str] = &["control_plane", "sessions", "gateway", "access", "tls"];
+const ENV_SECTIONS: &[&str] = &[
+    "control_plane",
+    "sessions",
+    "gateway",
+    "access",
+    "tls",
+    "workshop",
+];
 const ENV_PREFIX: &str = "SESSIONGATE_";
 
 impl Config {
@@ -444,6 +491,27 @@ impl Config {
         }
         crate::access::RedirectPolicy::new(&a.redirect_origins)
             .map_err(|m| invalid("access.redirect_origins", m))?;
+        let w = &self.workshop;
+        crate::access::RedirectPolicy::new(&w.index_urls)
+            .map_err(|m| invalid("workshop.index_urls", m))?;
+        if w.token_ttl_secs == 0 || w.token_ttl_secs > crate::session::model::MAX_SECS {
+            return Err(invalid(
+                "workshop.token_ttl_secs",
+                "must be at least 1 second".into(),
+            ));
+        }
+        let creds = [
+            &w.client_id,
+            &w.client_secret,
+            &w.robot_username,
+            &w.robot_password,
+        ];
+        if creds.iter().any(|c| !c.is_empty()) && creds.iter().any(|c| c.is_empty()) {
+            return Err(invalid(
+                "workshop.client_id",
+                "client_id, client_secret, robot_username and robot_password go together: set all four or none".into(),
+            ));
+        }
         if !a.login_url.trim().is_empty() && crate::access::origin_of(a.login_url.trim()).is_none()
         {
             return Err(invalid(
@@ -485,6 +553,33 @@ impl Config {
                 (0, _, _) => gateway_port,
                 (p, _, _) => p,
             }),
+        }
+    }
+
+    /// The workshop settings; `gateway_port` is the bound HTTP port, for
+    /// the portal URL when none is configured.
+    pub fn workshop_settings(
+        &self,
+        gateway_port: u16,
+    ) -> crate::workshop::portal::WorkshopSettings {
+        let w = &self.workshop;
+        let oauth = (!w.client_id.is_empty()).then(|| crate::workshop::portal::OAuthClient {
+            client_id: w.client_id.clone(),
+            client_secret: w.client_secret.clone(),
+            robot_username: w.robot_username.clone(),
+            robot_password: w.robot_password.clone(),
+        });
+        crate::workshop::portal::WorkshopSettings {
+            portal_name: w.portal_name.clone(),
+            portal_url: if w.portal_url.is_empty() {
+                format!("http://{}:{gateway_port}", self.gateway.portal_host)
+            } else {
+                w.portal_url.clone()
+            },
+            index_url: w.index_url.clone(),
+            index_policy: crate::access::RedirectPolicy::new(&w.index_urls).unwrap_or_default(),
+            oauth,
+            token_ttl_secs: w.token_ttl_secs,
         }
     }
 

@@ -35,7 +35,10 @@ use crate::time::rfc3339_millis;
 use crate::workshop::environment::{
     self as env, Environment, EnvironmentPatch, EnvironmentRecord, EnvironmentState, NewEnvironment,
 };
-use crate::workshop::portal::{self, Allocation, WorkshopError, WorkshopRequest};
+use crate::workshop::portal::{
+    self, Allocation, OAuthClient, OAuthError, TokenAnswer, WorkshopError, WorkshopRequest,
+    WorkshopSettings,
+};
 
 /// Lifecycle settings (the `[sessions]` configuration section).
 #[derive(Clone, Debug, PartialEq)]
@@ -180,6 +183,7 @@ pub struct ControlPlane {
     /// The certificates the HTTPS listener serves, when TLS terminates here:
     /// for warnings about uncovered custom domains, and expiry metrics.
     certificates: RwLock<Option<Arc<certs::SniResolver>>>,
+    workshop: RwLock<WorkshopSettings>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -233,7 +237,135 @@ impl ControlPlane {
             access: RwLock::new(AccessSettings::default()),
             groups: RwLock::new(GroupCache::new()),
             certificates: RwLock::new(None),
+            workshop: RwLock::new(WorkshopSettings {
+                portal_name: "sessiongate".into(),
+                token_ttl_secs: 36_000,
+                ..WorkshopSettings::default()
+            }),
         }
+    }
+
+    pub fn workshop_settings(&self) -> WorkshopSettings {
+        self.workshop
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_workshop_settings(&self, settings: WorkshopSettings) {
+        *self.workshop.write().unwrap_or_else(|e| e.into_inner()) = settings;
+    }
+
+    /// The URL on the session's own host that opens it with `token` (what
+    /// `POST …/access` answers).
+    pub fn activation_url(&self, s: &SessionRecord, token: &str) -> String {
+        self.link_url(s, token, &self.access_settings())
+    }
+
+    // ---- OAuth2 for the workshop API ----
+
+    /// The password grant: client credentials and the robot account, each
+    /// compared in constant time.
+    pub async fn oauth_password_grant(
+        &self,
+        client: (&str, &str),
+        username: &str,
+        password: &str,
+    ) -> Result<TokenAnswer, OAuthError> {
+        let oauth = self.check_client(client)?;
+        let user_ok = auth::constant_time_eq(username.as_bytes(), oauth.robot_username.as_bytes());
+        let pass_ok = auth::constant_time_eq(password.as_bytes(), oauth.robot_password.as_bytes());
+        if !(user_ok & pass_ok) {
+            return Err(OAuthError::InvalidGrant);
+        }
+        self.issue_tokens(username).await
+    }
+
+    /// The refresh grant: the refresh token is used once.
+    pub async fn oauth_refresh_grant(
+        &self,
+        client: (&str, &str),
+        refresh_token: &str,
+    ) -> Result<TokenAnswer, OAuthError> {
+        self.check_client(client)?;
+        let now = self.now_ms();
+        let hash = auth::hash_token(refresh_token);
+        let user = {
+            let _w = self.writes.lock().await;
+            let mut tx = self.store.begin().await.map_err(ControlError::from)?;
+            let user = store::oauth_token_user(&mut tx, &hash, "refresh", now)
+                .await
+                .map_err(ControlError::from)?;
+            store::oauth_token_delete(&mut tx, &hash, now)
+                .await
+                .map_err(ControlError::from)?;
+            tx.commit().await.map_err(ControlError::from)?;
+            user
+        };
+        match user {
+            Some(u) => self.issue_tokens(&u).await,
+            None => Err(OAuthError::InvalidGrant),
+        }
+    }
+
+    fn check_client(&self, (id, secret): (&str, &str)) -> Result<OAuthClient, OAuthError> {
+        let Some(oauth) = self.workshop_settings().oauth else {
+            return Err(OAuthError::InvalidClient);
+        };
+        let id_ok = auth::constant_time_eq(id.as_bytes(), oauth.client_id.as_bytes());
+        let secret_ok = auth::constant_time_eq(secret.as_bytes(), oauth.client_secret.as_bytes());
+        if id_ok & secret_ok {
+            Ok(oauth)
+        } else {
+            Err(OAuthError::InvalidClient)
+        }
+    }
+
+    async fn issue_tokens(&self, username: &str) -> Result<TokenAnswer, OAuthError> {
+        let now = self.now_ms();
+        let ttl = self.workshop_settings().token_ttl_secs;
+        let access = auth::random_token().map_err(|e| ControlError::Internal(e.to_string()))?;
+        let refresh = auth::random_token().map_err(|e| ControlError::Internal(e.to_string()))?;
+        let _w = self.writes.lock().await;
+        let mut tx = self.store.begin().await.map_err(ControlError::from)?;
+        store::oauth_token_insert(
+            &mut tx,
+            &auth::hash_token(&access),
+            "access",
+            username,
+            now + ttl * 1000,
+        )
+        .await
+        .map_err(ControlError::from)?;
+        // A refresh token outlives its access token (here: ten times over).
+        store::oauth_token_insert(
+            &mut tx,
+            &auth::hash_token(&refresh),
+            "refresh",
+            username,
+            now + ttl * 10_000,
+        )
+        .await
+        .map_err(ControlError::from)?;
+        tx.commit().await.map_err(ControlError::from)?;
+        tracing::info!(user = %username, "workshop API token issued");
+        Ok(TokenAnswer {
+            access_token: access,
+            token_type: "Bearer".into(),
+            expires_in: ttl,
+            refresh_token: refresh,
+            scope: "user:info".into(),
+        })
+    }
+
+    /// Whether `token` is an unexpired OAuth2 access token.
+    pub async fn check_oauth_token(&self, token: &str) -> Result<bool, ControlError> {
+        let mut c = self.store.conn().await?;
+        Ok(
+            store::oauth_token_user(&mut c, &auth::hash_token(token), "access", self.now_ms())
+                .await?
+                .is_some(),
+        )
     }
 
     pub fn set_certificates(&self, resolver: Arc<certs::SniResolver>) {
@@ -1990,6 +2122,33 @@ impl ControlPlane {
             self.publish(None, Some(rec)).await?;
         }
         Ok(created.len())
+    }
+
+    /// Every environment and all their sessions, for the catalog.
+    pub async fn catalog(
+        &self,
+    ) -> Result<(Vec<EnvironmentRecord>, Vec<SessionRecord>), ControlError> {
+        let mut c = self.store.conn().await?;
+        let envs = store::environments_list(&mut c).await?;
+        let mut sessions = Vec::new();
+        for e in &envs {
+            sessions.extend(store::sessions_of_environment(&mut c, &e.name).await?);
+        }
+        Ok((envs, sessions))
+    }
+
+    /// A stable id for this portal, in the UUID shape the portal uses.
+    pub fn portal_uid(&self) -> String {
+        let name = self.workshop_settings().portal_name;
+        let h = auth::hash_token(&format!("sessiongate portal {name}"));
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
     }
 
     /// The live sessions of a portal user, in environments.

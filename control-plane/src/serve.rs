@@ -188,6 +188,7 @@ impl Server {
             .and_then(|t| t.listener.local_addr().ok())
             .map(|a| a.port());
         control.set_access_settings(config.access_settings(port, https_port));
+        control.set_workshop_settings(config.workshop_settings(port));
         let login = config.access.login_url.trim();
         if !login.is_empty() && config.login_url().is_none() {
             tracing::warn!(

@@ -436,16 +436,16 @@ async fn https_upstreams_verified_unverified_and_mismatched() {
             .await;
         assert_eq!(s, 201, "{v}");
     }
-    for (name, _, _, status, text) in cases {
+    for (name, addr, _, status, text) in cases {
         let (s, body) = common::http(sg.gateway, &format!("{name}.sessions.test"), "/", "").await;
         assert_eq!(s, status, "{name}: {body}");
         assert!(body.contains(text), "{name}: {body}");
         if status == 502 {
-            let log = sg.log.lock().unwrap().join("\n");
-            assert!(
-                log.contains(text),
-                "{name}: the log does not name the cause"
-            );
+            // The log is read from the child's output by another thread:
+            // wait for the line rather than race it.
+            let upstream = format!("https://localhost:{}", addr.port());
+            let line = common::wait_log(&sg.log, &upstream).await;
+            assert!(line.contains(text), "{name}: {line}");
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod environments;
 pub mod openapi;
 pub mod routes;
 pub mod sessions;
+pub mod workshop;
 
 /// What the handlers share.
 pub type ApiState = Arc<ControlPlane>;
@@ -208,6 +209,27 @@ fn lower_first(s: &str) -> String {
     }
 }
 
+/// The training portal's endpoints (no `/api/v1` prefix, their own auth).
+/// Served on the control-plane listener and, through the gateway, on the
+/// portal host.
+pub fn workshop_router() -> Router<ApiState> {
+    Router::new()
+        .route("/oauth2/token/", post(workshop::token))
+        .route(
+            "/workshops/environment/{name}/request/",
+            get(workshop::request),
+        )
+        .route(
+            "/workshops/session/{name}/activate/",
+            get(workshop::activate),
+        )
+        .route(
+            "/workshops/user/{user}/sessions/",
+            get(workshop::user_sessions),
+        )
+        .route("/workshops/catalog/environments/", get(workshop::catalog))
+}
+
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/api/v1/routes", get(routes::list_routes))
@@ -288,6 +310,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(openapi_json))
+        .merge(workshop_router())
         .merge(api)
         .fallback(not_found)
         .with_state(state)

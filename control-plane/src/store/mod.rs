@@ -961,6 +961,62 @@ pub async fn sessions_of_environment(
     Ok(recs)
 }
 
+// ---- oauth tokens ----
+
+pub async fn oauth_token_insert(
+    c: &mut SqliteConnection,
+    hash: &str,
+    kind: &str,
+    username: &str,
+    expires_ms: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO oauth_tokens (hash, kind, username, expires_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(hash)
+    .bind(kind)
+    .bind(username)
+    .bind(ms(expires_ms))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// The user of a token of `kind` with this hash, if it is unexpired at `now_ms`.
+pub async fn oauth_token_user(
+    c: &mut SqliteConnection,
+    hash: &str,
+    kind: &str,
+    now_ms: u64,
+) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query(
+        "SELECT username FROM oauth_tokens WHERE hash = $1 AND kind = $2 AND expires_ms > $3",
+    )
+    .bind(hash)
+    .bind(kind)
+    .bind(ms(now_ms))
+    .fetch_optional(&mut *c)
+    .await?;
+    Ok(row.map(|r| r.try_get("username")).transpose()?)
+}
+
+/// Deletes one token (a refresh token is used once) and every expired one.
+pub async fn oauth_token_delete(
+    c: &mut SqliteConnection,
+    hash: &str,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    let r = sqlx::query("DELETE FROM oauth_tokens WHERE hash = $1")
+        .bind(hash)
+        .execute(&mut *c)
+        .await?;
+    sqlx::query("DELETE FROM oauth_tokens WHERE expires_ms <= $1")
+        .bind(ms(now_ms))
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
 // ---- environments ----
 
 const ENV_COLS: &str = "name, workshop, duration_secs, capacity, reserved, state, targets, \

@@ -100,3 +100,60 @@ pub fn new_user_id() -> Result<String, crate::auth::TokenError> {
         &h[20..32]
     ))
 }
+
+/// The `[workshop]` settings the control plane uses.
+#[derive(Clone, Debug, Default)]
+pub struct WorkshopSettings {
+    pub portal_name: String,
+    pub portal_url: String,
+    /// Where users go back to when no allowed `index_url` was given.
+    pub index_url: String,
+    pub index_policy: crate::access::RedirectPolicy,
+    /// `None`: the token endpoint is off.
+    pub oauth: Option<OAuthClient>,
+    pub token_ttl_secs: u64,
+}
+
+/// The one OAuth2 client and its robot account.
+#[derive(Clone)]
+pub struct OAuthClient {
+    pub client_id: String,
+    pub client_secret: String,
+    pub robot_username: String,
+    pub robot_password: String,
+}
+
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets.
+        f.debug_struct("OAuthClient")
+            .field("client_id", &self.client_id)
+            .field("robot_username", &self.robot_username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /oauth2/token/`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenAnswer {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub scope: String,
+}
+
+/// Why the token endpoint refused (RFC 6749 §5.2 error codes).
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    #[error("invalid_client")]
+    InvalidClient,
+    #[error("invalid_grant")]
+    InvalidGrant,
+    #[error("unsupported_grant_type")]
+    UnsupportedGrantType,
+    #[error("invalid_request")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+}

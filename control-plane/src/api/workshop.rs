@@ -1,0 +1,442 @@
+//! The training portal's REST API (seeds 001 and 004), path for path and
+//! field for field: `/oauth2/token/`, `/workshops/environment/<name>/request/`,
+//! `/workshops/session/<name>/activate/`, `/workshops/user/<user>/sessions/`
+//! and `/workshops/catalog/environments/`.
+//!
+//! Bearer tokens are the OAuth2 access tokens from `/oauth2/token/`, or the
+//! control plane's own API tokens. The activation endpoint is opened by the
+//! user's browser and needs none: its one-time token is the credential.
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::sessions::query_pairs;
+use super::{ApiError, ApiPath, ApiState};
+use crate::auth::{bearer_token, TokenKind};
+use crate::session::lifecycle::SessionState;
+use crate::time::rfc3339_millis;
+use crate::workshop::environment::EnvironmentState;
+use crate::workshop::portal::{
+    OAuthError, RequestAnswer, UserSession, UserSessions, WorkshopError, WorkshopRequest,
+};
+
+/// Who is calling a workshop endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Caller {
+    /// The admin token or an OAuth2 access token: may request sessions.
+    Writer,
+    /// A read-only API token.
+    Reader,
+    Anonymous,
+}
+
+async fn caller(cp: &ApiState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let Some(h) = headers.get(header::AUTHORIZATION) else {
+        return Ok(Caller::Anonymous);
+    };
+    let Some(token) = bearer_token(h.as_bytes()) else {
+        return Err(unauthorized());
+    };
+    match cp.check_token(token) {
+        Some(TokenKind::Admin) => return Ok(Caller::Writer),
+        Some(TokenKind::Readonly) => return Ok(Caller::Reader),
+        None => {}
+    }
+    if cp.check_oauth_token(token).await? {
+        Ok(Caller::Writer)
+    } else {
+        Err(unauthorized())
+    }
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "invalid or expired bearer token (get one from /oauth2/token/)",
+    )
+}
+
+fn need_auth(c: Caller) -> Result<(), ApiError> {
+    match c {
+        Caller::Anonymous => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing Authorization: Bearer token (get one from /oauth2/token/)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `POST /oauth2/token/`: the password and refresh grants, with the client
+/// in HTTP Basic (or, as RFC 6749 allows, in the form).
+pub async fn token(
+    State(cp): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let form: Vec<(String, String)> = match serde_urlencoded::from_bytes(&body) {
+        Ok(f) => f,
+        Err(e) => return oauth_error(OAuthError::InvalidRequest(format!("form body: {e}"))),
+    };
+    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| STANDARD.decode(b.trim()).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    let (id, secret) = match &basic {
+        Some(b) => match b.split_once(':') {
+            Some((i, s)) => (i.to_string(), s.to_string()),
+            None => return oauth_error(OAuthError::InvalidClient),
+        },
+        None => (
+            field("client_id").unwrap_or("").to_string(),
+            field("client_secret").unwrap_or("").to_string(),
+        ),
+    };
+    let result = match field("grant_type") {
+        Some("password") => {
+            let (Some(u), Some(p)) = (field("username"), field("password")) else {
+                return oauth_error(OAuthError::InvalidRequest(
+                    "the password grant needs username and password".into(),
+                ));
+            };
+            cp.oauth_password_grant((&id, &secret), u, p).await
+        }
+        Some("refresh_token") => {
+            let Some(r) = field("refresh_token") else {
+                return oauth_error(OAuthError::InvalidRequest(
+                    "the refresh grant needs refresh_token".into(),
+                ));
+            };
+            cp.oauth_refresh_grant((&id, &secret), r).await
+        }
+        Some(_) => Err(OAuthError::UnsupportedGrantType),
+        None => Err(OAuthError::InvalidRequest("grant_type is missing".into())),
+    };
+    match result {
+        Ok(t) => {
+            let mut resp = Json(t).into_response();
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(e) => oauth_error(e),
+    }
+}
+
+/// RFC 6749 §5.2: `{"error": "...", "error_description": "..."}`.
+fn oauth_error(e: OAuthError) -> Response {
+    let (status, code, description) = match &e {
+        OAuthError::InvalidClient => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "unknown client or wrong client secret".to_string(),
+        ),
+        OAuthError::InvalidGrant => (
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "wrong username or password, or an unknown or used refresh token".to_string(),
+        ),
+        OAuthError::UnsupportedGrantType => (
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type must be password or refresh_token".to_string(),
+        ),
+        OAuthError::InvalidRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m.clone()),
+        OAuthError::Control(c) => {
+            tracing::error!(error = %c, "oauth2: internal error");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error".to_string(),
+            )
+        }
+    };
+    let mut resp = (
+        status,
+        Json(json!({"error": code, "error_description": description})),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"sessiongate\""),
+        );
+    }
+    resp
+}
+
+/// `GET /workshops/environment/<name>/request/`.
+pub async fn request(
+    State(cp): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let c = caller(&cp, &headers).await?;
+    need_auth(c)?;
+    if c == Caller::Reader {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a read-only token cannot request sessions",
+        ));
+    }
+    let mut req = WorkshopRequest::default();
+    let mut index_url = None;
+    for (k, v) in query_pairs(raw)? {
+        let v = Some(v).filter(|v| !v.is_empty());
+        match k.as_str() {
+            "index_url" => index_url = v,
+            "user" => req.user = v,
+            "email" => req.email = v,
+            "first_name" => req.first_name = v,
+            "last_name" => req.last_name = v,
+            "timeout" => {
+                req.timeout = match v {
+                    None => None,
+                    Some(t) => Some(t.parse().map_err(|_| {
+                        ApiError::bad_request(format!("timeout {t:?}: seconds, a whole number"))
+                    })?),
+                }
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (expected index_url, user, email, first_name, last_name, timeout)"
+                )))
+            }
+        }
+    }
+    let settings = cp.workshop_settings();
+    // An index_url off the allow-list is ignored: the portal's own is used.
+    let index_url = index_url.filter(|u| settings.index_policy.allows(u));
+    let a = match cp.workshop_request(&name, req).await {
+        Ok(a) => a,
+        Err(WorkshopError::Control(e)) => return Err(e.into()),
+        Err(e) => {
+            let status = match e {
+                WorkshopError::Invalid(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let body = json!({"error": {
+                "code": e.notification(),
+                "message": e.to_string(),
+                "notification": e.notification(),
+            }});
+            return Ok((status, Json(body)).into_response());
+        }
+    };
+    let mut url = format!(
+        "/workshops/session/{}/activate/?token={}",
+        a.session, a.token
+    );
+    if let Some(i) = &index_url {
+        url.push_str("&index_url=");
+        url.push_str(&serde_urlencoded::to_string([("", i)]).unwrap_or_default()[1..]);
+    }
+    Ok(Json(RequestAnswer {
+        name: a.session.clone(),
+        user: a.user,
+        url,
+        workshop: a.workshop,
+        environment: a.environment,
+        namespace: a.session.clone(),
+        session: a.session,
+    })
+    .into_response())
+}
+
+/// `GET /workshops/session/<name>/activate/?token=…&index_url=…`: on to the
+/// session's own host, where the token is consumed and the cookie set; or
+/// back to the index with a notification when the session is gone.
+pub async fn activate(
+    State(cp): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let (mut token, mut index_url) = (None, None);
+    for (k, v) in query_pairs(raw)? {
+        match k.as_str() {
+            "token" => token = Some(v),
+            "index_url" => index_url = Some(v),
+            _ => {}
+        }
+    }
+    let settings = cp.workshop_settings();
+    let index = settings
+        .index_policy
+        .pick(index_url.as_deref(), None)
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            if settings.index_url.is_empty() {
+                "/".to_string()
+            } else {
+                settings.index_url.clone()
+            }
+        });
+    let back =
+        |notification: &str| found(&gateway::access::with_notification(&index, notification));
+    let session = match cp.get_session(&name).await {
+        Ok(s) => s,
+        Err(crate::control::ControlError::NotFound { .. }) => return Ok(back("session-invalid")),
+        Err(e) => return Err(e.into()),
+    };
+    match session.state {
+        SessionState::Deleted => return Ok(back("session-deleted")),
+        SessionState::Expired => return Ok(back("session-invalid")),
+        _ => {}
+    }
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Ok(back("session-invalid"));
+    };
+    Ok(found(&cp.activation_url(&session, &token)))
+}
+
+fn found(location: &str) -> Response {
+    let mut resp = StatusCode::FOUND.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    resp
+}
+
+/// `GET /workshops/user/<user>/sessions/`: live sessions only.
+pub async fn user_sessions(
+    State(cp): State<ApiState>,
+    ApiPath(user): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<Json<UserSessions>, ApiError> {
+    need_auth(caller(&cp, &headers).await?)?;
+    let now = cp.now_ms();
+    let sessions = cp
+        .workshop_user_sessions(&user)
+        .await?
+        .into_iter()
+        .filter(|(s, _)| s.state != SessionState::Pending || s.activated_ms.is_some())
+        .map(|(s, workshop)| UserSession {
+            workshop,
+            environment: s.environment.clone().unwrap_or_default(),
+            namespace: s.name.clone(),
+            started: s.activated_ms.map(rfc3339_millis),
+            expires: s.expires_ms.map(rfc3339_millis),
+            countdown: s.countdown_secs(now),
+            extendable: s.extendable,
+            name: s.name,
+        })
+        .collect();
+    Ok(Json(UserSessions { user, sessions }))
+}
+
+/// `GET /workshops/catalog/environments/?sessions=true&state=RUNNING&state=STOPPING`.
+pub async fn catalog(
+    State(cp): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&cp, &headers).await?;
+    let mut with_sessions = false;
+    let mut states = Vec::new();
+    for (k, v) in query_pairs(raw)? {
+        match k.as_str() {
+            "sessions" => with_sessions = matches!(v.as_str(), "true" | "1" | "yes"),
+            "state" => states.push(EnvironmentState::parse(&v).ok_or_else(|| {
+                ApiError::bad_request(format!("state {v:?}: RUNNING or STOPPING"))
+            })?),
+            _ => {}
+        }
+    }
+    if states.is_empty() {
+        states.push(EnvironmentState::Running);
+    }
+    // Without authentication no sessions are listed.
+    let with_sessions = with_sessions && c != Caller::Anonymous;
+    let now = cp.now_ms();
+    let settings = cp.workshop_settings();
+    let (envs, sessions) = cp.catalog().await?;
+    let mut maximum = 0;
+    let mut allocated_all = 0;
+    let mut registered = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for e in envs {
+        let mine: Vec<_> = sessions
+            .iter()
+            .filter(|s| s.environment.as_deref() == Some(&e.name) && s.state.is_live())
+            .collect();
+        let in_reserve = mine
+            .iter()
+            .filter(|s| s.owner == crate::workshop::portal::RESERVE_USER)
+            .count() as u64;
+        let allocated = mine.len() as u64 - in_reserve;
+        maximum += e.capacity;
+        allocated_all += allocated;
+        for s in &mine {
+            if s.owner != crate::workshop::portal::RESERVE_USER {
+                registered.insert(s.owner.clone());
+            }
+        }
+        if !states.contains(&e.state) {
+            continue;
+        }
+        let mut v = json!({
+            "name": e.name,
+            "state": e.state,
+            "workshop": e.workshop,
+            "duration": e.duration_secs,
+            "capacity": e.capacity,
+            "reserved": e.reserved,
+            "allocated": allocated,
+            "available": e.capacity.saturating_sub(allocated),
+        });
+        if with_sessions {
+            v["sessions"] = mine
+                .iter()
+                .filter(|s| s.owner != crate::workshop::portal::RESERVE_USER)
+                .map(|s| {
+                    json!({
+                        "name": s.name,
+                        "state": match s.state {
+                            SessionState::Pending => "WAITING",
+                            SessionState::Running => "RUNNING",
+                            SessionState::Paused => "PAUSED",
+                            _ => "STOPPING",
+                        },
+                        "namespace": s.name,
+                        "user": s.owner,
+                        "started": s.activated_ms.map(rfc3339_millis),
+                        "expires": s.expires_ms.map(rfc3339_millis),
+                        "countdown": s.countdown_secs(now),
+                        "extendable": s.extendable,
+                    })
+                })
+                .collect();
+        }
+        out.push(v);
+    }
+    Ok(Json(json!({
+        "portal": {
+            "name": settings.portal_name,
+            "uid": cp.portal_uid(),
+            "generation": cp.routes().load().version(),
+            "url": settings.portal_url,
+            "sessions": {
+                "maximum": maximum,
+                "registered": registered.len(),
+                "anonymous": 0,
+                "allocated": allocated_all,
+            },
+        },
+        "environments": out,
+    })))
+}
