@@ -1483,3 +1483,70 @@ async fn environments_crud_with_bad_input_refused() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn workshop_activation_deadline_on_the_manual_clock() {
+    let api = Api::new("workshop-deadline").await;
+    api.ok(
+        "POST",
+        "/api/v1/environments",
+        Some(json!({"name": "lab-w01", "capacity": 2, "reserved": 1,
+                    "targets": ["http://127.0.0.1:7001", "http://127.0.0.1:7002"]})),
+    )
+    .await;
+    // The reserve waits for a user however long it takes.
+    api.clock.advance(Duration::from_secs(3600));
+    api.cp.reap().await.unwrap();
+    let v = api.ok("GET", "/api/v1/sessions/lab-w01-s001", None).await;
+    assert_eq!(v["state"], "pending");
+
+    // A request takes it, with a 30 s deadline from now.
+    let (s, r) = api
+        .call(
+            "GET",
+            "/workshops/environment/lab-w01/request/?timeout=30",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["name"], "lab-w01-s001");
+    // The reserve was refilled on the other target.
+    let v = api.ok("GET", "/api/v1/sessions/lab-w01-s002", None).await;
+    assert_eq!(
+        (v["state"].as_str(), v["remote_port"].as_u64()),
+        (Some("pending"), Some(7002))
+    );
+
+    api.clock.advance(Duration::from_secs(29));
+    let report = api.cp.reap().await.unwrap();
+    assert!(report.deleted_unactivated.is_empty(), "{report:?}");
+    api.clock.advance(Duration::from_secs(2));
+    let report = api.cp.reap().await.unwrap();
+    assert_eq!(report.deleted_unactivated, ["lab-w01-s001"]);
+    assert!(api.route("lab-w01-s001").is_none());
+    // Its target went back to the pool: the reserve holds both again.
+    let (s, r) = api
+        .call("GET", "/workshops/environment/lab-w01/request/", None)
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["name"], "lab-w01-s002");
+    let v = api.ok("GET", "/api/v1/sessions/lab-w01-s003", None).await;
+    assert_eq!(
+        (v["state"].as_str(), v["remote_port"].as_u64()),
+        (Some("pending"), Some(7001))
+    );
+    // A bad timeout changes nothing.
+    let before = api.snapshot().await;
+    let (s, e) = api
+        .call(
+            "GET",
+            "/workshops/environment/lab-w01/request/?timeout=soon",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), e["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    assert_eq!(api.snapshot().await, before);
+}
