@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::access::{AccessConfig, ActivationFuture, ActivationRequest, Activator};
+use gateway::body::ProxyBody;
 use gateway::upstream::UpstreamTls;
-use gateway::{HostCoverage, Proxy, RouteHandle, TlsListener, UpstreamClient};
+use gateway::{HostCoverage, PortalService, Proxy, RouteHandle, TlsListener, UpstreamClient};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -247,8 +248,12 @@ impl Server {
         let upstream =
             UpstreamClient::new(self.config.upstream_config()).with_tls(self.upstream_tls.clone());
         let https_addr = self.https_addr();
-        let mut proxy =
-            Proxy::new(self.routes.clone(), upstream.clone(), "http").with_access(access.clone());
+        let portal: Arc<dyn PortalService> = Arc::new(Portal(
+            api::workshop_router().with_state(self.control.clone()),
+        ));
+        let mut proxy = Proxy::new(self.routes.clone(), upstream.clone(), "http")
+            .with_access(access.clone())
+            .with_portal(portal.clone());
         if let (true, Some(a)) = (self.config.tls.redirect_http, https_addr) {
             proxy = proxy.with_https_redirect(a.port());
         }
@@ -278,7 +283,8 @@ impl Server {
             });
             let https_proxy = Proxy::new(self.routes.clone(), upstream, "https")
                 .with_access(access)
-                .with_tls(coverage);
+                .with_tls(coverage)
+                .with_portal(portal);
             let stop = stopped(stop_rx.clone());
             https_task = Some(tokio::spawn(async move {
                 if let Err(e) = gateway::run_tls(
@@ -399,6 +405,36 @@ async fn prepare_tls(config: &Config, addr: SocketAddr) -> Result<TlsParts, Serv
         dir,
         default_name,
     })
+}
+
+/// The training portal's API on the portal host: the gateway hands those
+/// requests to the control plane's workshop router in the same process.
+struct Portal(axum::Router);
+
+impl PortalService for Portal {
+    fn claims(&self, path: &str) -> bool {
+        path.starts_with("/workshops/") || path.starts_with("/oauth2/")
+    }
+
+    fn call(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = hyper::Response<ProxyBody>> + Send>> {
+        let router = self.0.clone();
+        Box::pin(async move {
+            let req = req.map(axum::body::Body::new);
+            let resp = match tower::ServiceExt::oneshot(router, req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            let (parts, body) = resp.into_parts();
+            // The portal's answers are small JSON documents and redirects.
+            let bytes = axum::body::to_bytes(body, 1 << 20)
+                .await
+                .unwrap_or_default();
+            hyper::Response::from_parts(parts, ProxyBody::full(bytes))
+        })
+    }
 }
 
 /// Access links opened at the gateway, consumed by the control plane in

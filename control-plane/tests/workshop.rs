@@ -254,23 +254,32 @@ async fn request_activate_and_list_as_the_seeds_show() {
         "{e}"
     );
 
-    // The browser opens the URL on the portal: it goes on to the session's
-    // own host, where the token is consumed and the cookie set.
-    let portal = Browser::new(sg.api);
-    let page = portal.get(&format!("http://portal.test{url}")).await;
+    // The browser opens the URL on the portal host (the gateway's
+    // `localhost` by default): on to the session's own host, where the token
+    // is consumed and the cookie set, and then to the app.
+    let port = sg.gateway.port();
+    let browser = Browser::new(sg.gateway);
+    let page = browser.get(&format!("http://localhost:{port}{url}")).await;
     assert_eq!(page.status, 302, "{}", page.body);
     let next = page.header("location").unwrap().to_string();
     assert!(
         next.starts_with(&format!(
-            "http://{name}.localhost:{}/__sessiongate/activate?token=",
-            sg.gateway.port()
+            "http://{name}.localhost:{port}/__sessiongate/activate?token="
         )),
         "{next}"
     );
-    let browser = Browser::new(sg.gateway);
     let page = browser.follow(&next).await;
     assert_eq!(page.status, 200, "{}", page.body);
     assert_eq!(page.body, "backend-1");
+    assert_eq!(
+        page.url.as_str(),
+        format!("http://{name}.localhost:{port}/")
+    );
+    // The link works once.
+    let again = Browser::new(sg.gateway)
+        .follow(&format!("http://localhost:{port}{url}"))
+        .await;
+    assert_eq!(again.status, 403, "{}", again.body);
 
     // curl …/workshops/user/<user>/sessions/
     let (s, u) = get(&sg, token, &format!("/workshops/user/{user}/sessions/")).await;
@@ -407,14 +416,17 @@ async fn request_activate_and_list_as_the_seeds_show() {
     // A deleted session's link goes back to the index, with a notification.
     sg.api("DELETE", &format!("/api/v1/sessions/{name}"), None)
         .await;
-    let page = portal.get(&format!("http://portal.test{url}")).await;
+    let portal = Browser::new(sg.gateway);
+    let page = portal.get(&format!("http://localhost:{port}{url}")).await;
     assert_eq!(page.status, 302);
     assert_eq!(
         page.header("location"),
         Some("https://hub.test/?notification=session-deleted")
     );
     let page = portal
-        .get("http://portal.test/workshops/session/nope-s001/activate/?token=x&index_url=https://evil.example/")
+        .get(&format!(
+            "http://localhost:{port}/workshops/session/nope-s001/activate/?token=x&index_url=https://evil.example/"
+        ))
         .await;
     assert_eq!(
         page.header("location"),

@@ -32,7 +32,7 @@ pub mod table;
 mod tunnel;
 pub mod upstream;
 
-pub use proxy::{ConnInfo, HostCoverage, Proxy};
+pub use proxy::{ConnInfo, HostCoverage, PortalService, Proxy};
 pub use publish::{PublishError, RoutePublisher};
 pub use server::{run, run_tls, ServerConfig, TlsListener};
 pub use table::{

@@ -46,6 +46,18 @@ pub trait HostCoverage: Send + Sync + 'static {
     fn handshake(&self, _ok: bool) {}
 }
 
+/// Requests the portal host answers itself rather than routing: the
+/// training portal's API (`/workshops/…`, `/oauth2/…`), served by the
+/// control plane in the same process.
+pub trait PortalService: Send + Sync + 'static {
+    /// Whether `path` (on the portal host) is the service's.
+    fn claims(&self, path: &str) -> bool;
+    fn call(
+        &self,
+        req: Request<Incoming>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ProxyBody>> + Send>>;
+}
+
 /// The proxy service shared by every connection of a listener.
 pub struct Proxy {
     routes: RouteHandle,
@@ -59,6 +71,7 @@ pub struct Proxy {
     /// On a plain listener with HTTPS beside it: answer every request with
     /// `308` to the same URL over HTTPS on this port.
     https_redirect: Option<u16>,
+    portal: Option<Arc<dyn PortalService>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -86,7 +99,14 @@ impl Proxy {
             access: None,
             tls: None,
             https_redirect: None,
+            portal: None,
         }
+    }
+
+    /// Serves `service`'s paths on the portal host.
+    pub fn with_portal(mut self, service: Arc<dyn PortalService>) -> Self {
+        self.portal = Some(service);
+        self
     }
 
     /// Makes this the proxy of a TLS listener: `X-Forwarded-Proto: https`,
@@ -191,8 +211,14 @@ impl Proxy {
             }
         }
 
-        // Phase 2: the route.
+        // Phase 2: the route; first, the portal's own API.
         let table = self.routes.load();
+        if let Some(portal) = &self.portal {
+            if table.portal_host() == Some(&*host) && portal.claims(req.uri().path()) {
+                drop(table);
+                return Ok(portal.call(req).await);
+            }
+        }
         let path = req.uri().path();
         let m = lookup(&table, &host, path).ok_or_else(|| ProxyError::NoRoute {
             host: host.to_string(),
