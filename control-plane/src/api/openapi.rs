@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{access, directory, environments, routes, sessions};
+use super::{access, directory, environments, routes, sessions, workshop};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,11 @@ use super::{access, directory, environments, routes, sessions};
         environments::patch_environment,
         environments::stop_environment,
         environments::delete_environment,
+        workshop::token,
+        workshop::request,
+        workshop::activate,
+        workshop::user_sessions,
+        workshop::catalog,
         directory::list_users,
         directory::create_user,
         directory::get_user,
@@ -56,6 +61,7 @@ use super::{access, directory, environments, routes, sessions};
         (name = "routes", description = "The gateway's route table"),
         (name = "access", description = "Browser access: one-time access links, cookie keys"),
         (name = "environments", description = "Workshop environments: a workshop, a pool of backends, capacity"),
+        (name = "workshop", description = "The training portal's API, on the portal host and this listener"),
     )
 )]
 pub struct ApiDoc;

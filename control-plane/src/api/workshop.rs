@@ -16,13 +16,14 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::sessions::query_pairs;
-use super::{ApiError, ApiPath, ApiState};
+use super::{ApiError, ApiPath, ApiState, ErrorBody};
 use crate::auth::{bearer_token, TokenKind};
 use crate::session::lifecycle::SessionState;
 use crate::time::rfc3339_millis;
 use crate::workshop::environment::EnvironmentState;
 use crate::workshop::portal::{
-    OAuthError, RequestAnswer, UserSession, UserSessions, WorkshopError, WorkshopRequest,
+    OAuthError, RequestAnswer, TokenAnswer, UserSession, UserSessions, WorkshopError,
+    WorkshopRequest,
 };
 
 /// Who is calling a workshop endpoint.
@@ -75,6 +76,16 @@ fn need_auth(c: Caller) -> Result<(), ApiError> {
 
 /// `POST /oauth2/token/`: the password and refresh grants, with the client
 /// in HTTP Basic (or, as RFC 6749 allows, in the form).
+#[utoipa::path(
+    post, path = "/oauth2/token/", tag = "workshop",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+        description = "grant_type=password&username=…&password=…, or grant_type=refresh_token&refresh_token=…; the client in HTTP Basic"),
+    responses(
+        (status = 200, body = TokenAnswer),
+        (status = 400, description = "invalid_grant, unsupported_grant_type or invalid_request (RFC 6749 §5.2)"),
+        (status = 401, description = "invalid_client"),
+    )
+)]
 pub async fn token(
     State(cp): State<ApiState>,
     headers: HeaderMap,
@@ -175,6 +186,25 @@ fn oauth_error(e: OAuthError) -> Response {
 }
 
 /// `GET /workshops/environment/<name>/request/`.
+#[utoipa::path(
+    get, path = "/workshops/environment/{name}/request/", tag = "workshop",
+    params(
+        ("name" = String, Path, description = "Environment name"),
+        ("index_url" = Option<String>, Query, description = "Where the user goes back to; kept only if on workshop.index_urls"),
+        ("user" = Option<String>, Query, description = "A portal user id from an earlier answer"),
+        ("email" = Option<String>, Query, description = "For a new user"),
+        ("first_name" = Option<String>, Query, description = "For a new user"),
+        ("last_name" = Option<String>, Query, description = "For a new user"),
+        ("timeout" = Option<u64>, Query, description = "Activation deadline in seconds (default 60)"),
+    ),
+    responses(
+        (status = 200, body = RequestAnswer),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "workshop-invalid", body = ErrorBody),
+        (status = 503, description = "session-unavailable: at capacity", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn request(
     State(cp): State<ApiState>,
     ApiPath(name): ApiPath<String>,
@@ -254,6 +284,15 @@ pub async fn request(
     .into_response())
 }
 
+#[utoipa::path(
+    get, path = "/workshops/session/{name}/activate/", tag = "workshop",
+    params(
+        ("name" = String, Path, description = "Session name"),
+        ("token" = String, Query, description = "The one-time token from the request's url"),
+        ("index_url" = Option<String>, Query, description = "Where to go back to if the session is gone"),
+    ),
+    responses((status = 302, description = "On to the session's host; or back to the index with notification=session-deleted or session-invalid")),
+)]
 /// `GET /workshops/session/<name>/activate/?token=…&index_url=…`: on to the
 /// session's own host, where the token is consumed and the cookie set; or
 /// back to the index with a notification when the session is gone.
@@ -313,6 +352,12 @@ fn found(location: &str) -> Response {
 }
 
 /// `GET /workshops/user/<user>/sessions/`: live sessions only.
+#[utoipa::path(
+    get, path = "/workshops/user/{user}/sessions/", tag = "workshop",
+    params(("user" = String, Path, description = "Portal user id")),
+    responses((status = 200, body = UserSessions), (status = 401, body = ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn user_sessions(
     State(cp): State<ApiState>,
     ApiPath(user): ApiPath<String>,
@@ -340,6 +385,14 @@ pub async fn user_sessions(
 }
 
 /// `GET /workshops/catalog/environments/?sessions=true&state=RUNNING&state=STOPPING`.
+#[utoipa::path(
+    get, path = "/workshops/catalog/environments/", tag = "workshop",
+    params(
+        ("sessions" = Option<bool>, Query, description = "List each environment's sessions (needs a token)"),
+        ("state" = Option<Vec<String>>, Query, description = "RUNNING (default) and/or STOPPING; repeat it"),
+    ),
+    responses((status = 200, description = "{portal, environments}")),
+)]
 pub async fn catalog(
     State(cp): State<ApiState>,
     headers: HeaderMap,
