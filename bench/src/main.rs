@@ -1,13 +1,29 @@
 //! Benchmark harness: sessiongate next to nginx and a direct connection, in
 //! one run, so that the figures that matter are same-run ratios rather than
-//! absolute numbers from a shared, noisy machine; and `table-updates`, the
-//! route table under a stream of single-route changes.
+//! absolute numbers from a shared, noisy machine; `tls-handshakes`, new TLS
+//! connections against sessiongate's HTTPS listener and nginx's; and
+//! `table-updates`, the route table under a stream of single-route changes.
+//!
+//! # Layout
+//!
+//! - `main.rs`: the command line and the `keepalive` scenario.
+//! - `origin.rs`: the in-process HTTP origin of `keepalive`.
+//! - `targets.rs`: starting sessiongate and nginx (HTTP and HTTPS) and
+//!   knowing they are ready.
+//! - `procs.rs`: child processes, their CPU and RSS from /proc, temp dirs,
+//!   the interruption flag.
+//! - `wrk.rs`, `openssl.rs`: the load generators (wrk; `openssl s_time` and
+//!   `s_client`) and their output.
+//! - `report.rs`: summary tables and the written reports.
+//! - `tls_handshakes.rs`, `table_updates.rs`: those scenarios.
 
+mod openssl;
 mod origin;
 mod procs;
 mod report;
 mod table_updates;
 mod targets;
+mod tls_handshakes;
 mod wrk;
 
 use std::fmt::Write as _;
@@ -40,6 +56,9 @@ enum Scenario {
     /// Single-route updates published into a large route table while a
     /// reader looks routes up (in-process, no proxy or sockets).
     TableUpdates(table_updates::TableUpdatesArgs),
+    /// Full and resumed TLS handshakes per second against sessiongate's
+    /// HTTPS listener and nginx's, same certificate, driven by openssl s_time.
+    TlsHandshakes(tls_handshakes::TlsHandshakesArgs),
 }
 
 #[derive(Args)]
@@ -92,6 +111,7 @@ fn main() -> ExitCode {
     let result = match cli.scenario {
         Scenario::Keepalive(args) => keepalive(args),
         Scenario::TableUpdates(args) => table_updates::run(args),
+        Scenario::TlsHandshakes(args) => tls_handshakes::run(args),
     };
     match result {
         Ok(problems) if problems.is_empty() => ExitCode::SUCCESS,

@@ -153,7 +153,7 @@ pub fn fmt_latency(us: f64) -> String {
     }
 }
 
-fn fmt_opt(value: Option<f64>, f: impl Fn(f64) -> String) -> String {
+pub fn fmt_opt(value: Option<f64>, f: impl Fn(f64) -> String) -> String {
     value.map(f).unwrap_or_else(|| "–".into())
 }
 
@@ -320,6 +320,29 @@ impl Machine {
     }
 }
 
+/// `existing` with the text between the lines `begin` and `end` replaced by
+/// `body` (markers kept), or with the marked section appended when it is not
+/// there yet. Everything outside the markers, such as a hand-written reading
+/// of the figures after `end`, is kept.
+pub fn replace_section(existing: &str, begin: &str, end: &str, body: &str) -> String {
+    let body = body.trim_end();
+    if let (Some(b), Some(e)) = (existing.find(begin), existing.find(end)) {
+        if b < e {
+            let before = &existing[..b];
+            let after = &existing[e + end.len()..];
+            return format!("{before}{begin}\n{body}\n{end}{after}");
+        }
+    }
+    let sep = if existing.is_empty() || existing.ends_with("\n\n") {
+        ""
+    } else if existing.ends_with('\n') {
+        "\n"
+    } else {
+        "\n\n"
+    };
+    format!("{existing}{sep}{begin}\n{body}\n{end}\n")
+}
+
 /// Quotes `arg` for a POSIX shell when it needs it, so the recorded command
 /// can be pasted back.
 pub fn shell_quote(arg: &str) -> String {
@@ -395,6 +418,23 @@ mod tests {
         assert_eq!(fmt_latency(812.0), "812 µs");
         assert_eq!(fmt_latency(1234.0), "1.23 ms");
         assert_eq!(fmt_latency(2.5e6), "2.50 s");
+    }
+
+    #[test]
+    fn section_is_appended_then_replaced() {
+        let (b, e) = ("<!-- x:begin -->", "<!-- x:end -->");
+        let doc = "# results\n\nkeep-alive figures\n";
+        let once = replace_section(doc, b, e, "run 1\n");
+        assert_eq!(
+            once,
+            "# results\n\nkeep-alive figures\n\n<!-- x:begin -->\nrun 1\n<!-- x:end -->\n"
+        );
+        let mut read = once.clone();
+        read.push_str("\nReading: fine.\n");
+        let twice = replace_section(&read, b, e, "run 2");
+        assert!(twice.starts_with(doc));
+        assert!(!twice.contains("run 1"));
+        assert!(twice.ends_with("<!-- x:begin -->\nrun 2\n<!-- x:end -->\n\nReading: fine.\n"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The three targets: the origin itself, sessiongate and nginx, and how to
-//! start each one and know it is ready.
+//! start each one and know it is ready; and the HTTPS-only variants of
+//! sessiongate and nginx that the `tls-handshakes` scenario measures.
 
 use std::fmt;
 use std::fs;
@@ -88,14 +89,27 @@ pub fn direct(origin: SocketAddr) -> Result<Target> {
 struct SgConfig {
     gateway: SgGateway,
     control_plane: SgControlPlane,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<SgTls>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     routes: Vec<SgRoute>,
 }
 
 #[derive(Serialize)]
 struct SgGateway {
     http_listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    https_listen: Option<String>,
     base_domains: Vec<String>,
-    portal_host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    portal_host: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SgTls {
+    certs_dir: String,
+    default_certificate: String,
+    generate_dev_certificate: bool,
 }
 
 #[derive(Serialize)]
@@ -118,19 +132,87 @@ pub fn sessiongate(binary: &Path, dir: &Path, origin: SocketAddr) -> Result<Targ
     let config = SgConfig {
         gateway: SgGateway {
             http_listen: format!("127.0.0.1:{port}"),
+            https_listen: None,
             base_domains: vec!["localhost".into()],
-            portal_host: "localhost".into(),
+            portal_host: Some("localhost".into()),
         },
         control_plane: SgControlPlane {
             listen: format!("127.0.0.1:{}", free_port()?),
             data_dir: data_dir.to_string_lossy().into_owned(),
         },
+        tls: None,
         routes: vec![SgRoute {
             host: HOST.into(),
             upstream: format!("http://{origin}"),
         }],
     };
-    let text = toml::to_string(&config).context("serialising sessiongate.toml")?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    start_sessiongate(binary, dir, &config, addr, origin_ready)
+}
+
+/// The certificate pair a TLS target serves: `DIR/NAME.crt` and
+/// `DIR/NAME.key`, the layout of `sessiongate certs dev` and of
+/// sessiongate's `tls.certs_dir`.
+pub struct CertPair {
+    pub dir: PathBuf,
+    pub name: String,
+}
+
+impl CertPair {
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join(format!("{}.crt", self.name))
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.dir.join(format!("{}.key", self.name))
+    }
+}
+
+/// Starts `sessiongate serve` with an HTTPS listener that serves `certs` as
+/// its default certificate, and no routes: the handshake is what is
+/// measured. `ready` is asked until it succeeds (a TLS probe, say).
+pub fn sessiongate_tls(
+    binary: &Path,
+    dir: &Path,
+    data_dir: &Path,
+    certs: &CertPair,
+    ready: impl FnMut(SocketAddr) -> Result<()>,
+) -> Result<Target> {
+    fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let port = free_port()?;
+    let config = SgConfig {
+        gateway: SgGateway {
+            http_listen: format!("127.0.0.1:{}", free_port()?),
+            https_listen: Some(format!("127.0.0.1:{port}")),
+            base_domains: vec![certs.name.clone()],
+            portal_host: None,
+        },
+        control_plane: SgControlPlane {
+            listen: format!("127.0.0.1:{}", free_port()?),
+            data_dir: data_dir.to_string_lossy().into_owned(),
+        },
+        tls: Some(SgTls {
+            certs_dir: certs.dir.to_string_lossy().into_owned(),
+            default_certificate: certs.name.clone(),
+            // A missing pair must fail the start, not be replaced.
+            generate_dev_certificate: false,
+        }),
+        routes: Vec::new(),
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    start_sessiongate(binary, dir, &config, addr, ready)
+}
+
+/// Writes `config` to `dir/sessiongate.toml`, starts `sessiongate serve` on
+/// it and waits until `ready(addr)` succeeds.
+fn start_sessiongate(
+    binary: &Path,
+    dir: &Path,
+    config: &SgConfig,
+    addr: SocketAddr,
+    ready: impl FnMut(SocketAddr) -> Result<()>,
+) -> Result<Target> {
+    let text = toml::to_string(config).context("serialising sessiongate.toml")?;
     let path = dir.join("sessiongate.toml");
     fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
 
@@ -149,8 +231,7 @@ pub fn sessiongate(binary: &Path, dir: &Path, origin: SocketAddr) -> Result<Targ
         .env("SESSIONGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "warn");
     let mut proc = Proc::spawn("sessiongate", cmd, dir.join("sessiongate.log"), None)?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_ready("sessiongate", addr, Some(&mut proc))?;
+    wait_until_ready("sessiongate", addr, Some(&mut proc), ready)?;
     Ok(Target {
         kind: TargetKind::Sessiongate,
         addr,
@@ -159,9 +240,10 @@ pub fn sessiongate(binary: &Path, dir: &Path, origin: SocketAddr) -> Result<Targ
     })
 }
 
-/// The nginx configuration: one worker, upstream keep-alive, everything
-/// (pid, logs, temp paths) inside `dir` so that no system state is touched.
-pub fn nginx_config(dir: &Path, port: u16, origin: SocketAddr, as_root: bool) -> String {
+/// The start of every nginx configuration here: one worker, everything
+/// (pid, logs, temp paths) inside `dir` so that no system state is touched,
+/// no access log; it leaves the `http` block open.
+fn nginx_preamble(dir: &Path, as_root: bool) -> String {
     let d = dir.display();
     // As root, the compiled-in worker user is nobody:nobody, and Debian has
     // no group "nobody".
@@ -187,7 +269,16 @@ http {{
     fastcgi_temp_path "{d}/fastcgi";
     uwsgi_temp_path "{d}/uwsgi";
     scgi_temp_path "{d}/scgi";
+"#
+    )
+}
 
+/// The nginx configuration: one worker, upstream keep-alive, everything
+/// (pid, logs, temp paths) inside `dir` so that no system state is touched.
+pub fn nginx_config(dir: &Path, port: u16, origin: SocketAddr, as_root: bool) -> String {
+    let preamble = nginx_preamble(dir, as_root);
+    format!(
+        r#"{preamble}
     upstream origin {{
         server {origin};
         keepalive 64;
@@ -210,10 +301,76 @@ http {{
     )
 }
 
+/// Mozilla's "intermediate" TLS 1.2 cipher list (v5.7), the profile
+/// sessiongate's listener implements; TLS 1.3 suites are OpenSSL's defaults,
+/// which are the same three as sessiongate's.
+pub const MOZILLA_INTERMEDIATE_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:\
+ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:\
+ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:\
+DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305";
+
+/// The nginx configuration of the TLS scenario: one worker, an HTTPS
+/// listener with `certs`, TLS 1.2 and 1.3 with Mozilla's intermediate
+/// settings (the groups sessiongate offers, in its order), a shared session
+/// cache and session tickets, and `return 200` for every request.
+pub fn nginx_tls_config(dir: &Path, port: u16, certs: &CertPair, as_root: bool) -> String {
+    let preamble = nginx_preamble(dir, as_root);
+    let (cert, key, name) = (certs.cert(), certs.key(), &certs.name);
+    let (cert, key) = (cert.display(), key.display());
+    format!(
+        r#"{preamble}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name {name};
+
+        ssl_certificate "{cert}";
+        ssl_certificate_key "{key}";
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers {MOZILLA_INTERMEDIATE_CIPHERS};
+        ssl_prefer_server_ciphers off;
+        ssl_ecdh_curve X25519:prime256v1:secp384r1;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;
+        ssl_session_timeout 1d;
+
+        location / {{
+            return 200 "ok\n";
+        }}
+    }}
+}}
+"#
+    )
+}
+
 /// Starts nginx (master + one worker) in the foreground.
 pub fn nginx(binary: &Path, dir: &Path, origin: SocketAddr) -> Result<Target> {
     let port = free_port()?;
     let text = nginx_config(dir, port, origin, running_as_root());
+    start_nginx(binary, dir, text, port, origin_ready)
+}
+
+/// Starts nginx (master + one worker) with an HTTPS listener serving
+/// `certs`; `ready` is asked until it succeeds.
+pub fn nginx_tls(
+    binary: &Path,
+    dir: &Path,
+    certs: &CertPair,
+    ready: impl FnMut(SocketAddr) -> Result<()>,
+) -> Result<Target> {
+    let port = free_port()?;
+    let text = nginx_tls_config(dir, port, certs, running_as_root());
+    start_nginx(binary, dir, text, port, ready)
+}
+
+/// Writes `text` to `dir/nginx.conf`, has nginx check it, starts nginx in
+/// the foreground and waits until `ready` succeeds on `127.0.0.1:port`.
+fn start_nginx(
+    binary: &Path,
+    dir: &Path,
+    text: String,
+    port: u16,
+    ready: impl FnMut(SocketAddr) -> Result<()>,
+) -> Result<Target> {
     let conf = dir.join("nginx.conf");
     fs::write(&conf, &text).with_context(|| format!("writing {}", conf.display()))?;
     let args = |cmd: &mut Command| {
@@ -246,7 +403,7 @@ pub fn nginx(binary: &Path, dir: &Path, origin: SocketAddr) -> Result<Target> {
     stop.args(["-s", "quit"]);
     let mut proc = Proc::spawn("nginx", cmd, dir.join("nginx.log"), Some(stop))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_ready("nginx", addr, Some(&mut proc))
+    wait_until_ready("nginx", addr, Some(&mut proc), ready)
         .with_context(|| format!("see also {}/error.log", dir.display()))?;
     Ok(Target {
         kind: TargetKind::Nginx,
@@ -258,16 +415,35 @@ pub fn nginx(binary: &Path, dir: &Path, origin: SocketAddr) -> Result<Target> {
 
 /// Polls until `addr` answers `GET /` with a 200 that carries the origin's
 /// body: a 200 of the proxy's own (a portal page, say) does not count.
-fn wait_ready(name: &str, addr: SocketAddr, mut proc: Option<&mut Proc>) -> Result<()> {
+fn wait_ready(name: &str, addr: SocketAddr, proc: Option<&mut Proc>) -> Result<()> {
+    wait_until_ready(name, addr, proc, origin_ready)
+}
+
+/// One probe: `GET /` answered with 200 and the origin's body.
+fn origin_ready(addr: SocketAddr) -> Result<()> {
+    match probe(addr)? {
+        Probe::Ready => Ok(()),
+        Probe::NotOrigin(status) => bail!("answered {status:?}, not the origin's body"),
+    }
+}
+
+/// Polls `ready(addr)` until it succeeds, failing after [`READY_DEADLINE`]
+/// with its last error and the end of the process's log, or as soon as the
+/// process exits.
+fn wait_until_ready(
+    name: &str,
+    addr: SocketAddr,
+    mut proc: Option<&mut Proc>,
+    mut ready: impl FnMut(SocketAddr) -> Result<()>,
+) -> Result<()> {
     let deadline = Instant::now() + READY_DEADLINE;
     loop {
         check_interrupted()?;
         if let Some(p) = proc.as_deref_mut() {
             p.ensure_running()?;
         }
-        let last = match probe(addr) {
-            Ok(Probe::Ready) => return Ok(()),
-            Ok(Probe::NotOrigin(status)) => format!("answered {status:?}, not the origin's body"),
+        let last = match ready(addr) {
+            Ok(()) => return Ok(()),
             Err(err) => format!("{err:#}"),
         };
         if Instant::now() > deadline {
@@ -337,17 +513,38 @@ mod tests {
     }
 
     #[test]
+    fn nginx_tls_config_serves_the_pair() {
+        let certs = CertPair {
+            dir: PathBuf::from("/tmp/w/certs"),
+            name: "bench.test".into(),
+        };
+        let text = nginx_tls_config(Path::new("/tmp/w/nginx"), 8443, &certs, false);
+        assert!(text.starts_with("worker_processes 1;"));
+        assert!(text.contains("listen 127.0.0.1:8443 ssl;"));
+        assert!(text.contains("ssl_certificate \"/tmp/w/certs/bench.test.crt\";"));
+        assert!(text.contains("ssl_certificate_key \"/tmp/w/certs/bench.test.key\";"));
+        assert!(text.contains("ssl_protocols TLSv1.2 TLSv1.3;"));
+        assert!(text.contains("ssl_session_tickets on;"));
+        assert!(text.contains(&format!("ssl_ciphers {MOZILLA_INTERMEDIATE_CIPHERS};")));
+        assert!(!MOZILLA_INTERMEDIATE_CIPHERS.contains(char::is_whitespace));
+        // Balanced braces: the preamble leaves `http {` open for the caller.
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
+
+    #[test]
     fn sessiongate_config_shape() -> Result<()> {
         let config = SgConfig {
             gateway: SgGateway {
                 http_listen: "127.0.0.1:1".into(),
+                https_listen: None,
                 base_domains: vec!["localhost".into()],
-                portal_host: "localhost".into(),
+                portal_host: Some("localhost".into()),
             },
             control_plane: SgControlPlane {
                 listen: "127.0.0.1:2".into(),
                 data_dir: "/tmp/a \"b\"/data".into(),
             },
+            tls: None,
             routes: vec![SgRoute {
                 host: HOST.into(),
                 upstream: "http://127.0.0.1:3".into(),
@@ -358,6 +555,37 @@ mod tests {
         assert!(text.contains("[control_plane]"));
         assert!(text.contains("[[routes]]"));
         assert!(text.contains("host = \"app.localhost\""));
+        assert!(!text.contains("https_listen"));
+        assert!(!text.contains("[tls]"));
+        Ok(())
+    }
+
+    #[test]
+    fn sessiongate_tls_config_shape() -> Result<()> {
+        let config = SgConfig {
+            gateway: SgGateway {
+                http_listen: "127.0.0.1:1".into(),
+                https_listen: Some("127.0.0.1:2".into()),
+                base_domains: vec!["bench.test".into()],
+                portal_host: None,
+            },
+            control_plane: SgControlPlane {
+                listen: "127.0.0.1:3".into(),
+                data_dir: "/tmp/w/sg-data".into(),
+            },
+            tls: Some(SgTls {
+                certs_dir: "/tmp/w/certs".into(),
+                default_certificate: "bench.test".into(),
+                generate_dev_certificate: false,
+            }),
+            routes: Vec::new(),
+        };
+        let text = toml::to_string(&config)?;
+        assert!(text.contains("https_listen = \"127.0.0.1:2\""));
+        assert!(text.contains("[tls]"));
+        assert!(text.contains("generate_dev_certificate = false"));
+        assert!(!text.contains("portal_host"));
+        assert!(!text.contains("routes"));
         Ok(())
     }
 }
