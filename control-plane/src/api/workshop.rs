@@ -369,7 +369,6 @@ pub async fn user_sessions(
         .workshop_user_sessions(&user)
         .await?
         .into_iter()
-        .filter(|(s, _)| s.state != SessionState::Pending || s.activated_ms.is_some())
         .map(|(s, workshop)| UserSession {
             workshop,
             environment: s.environment.clone().unwrap_or_default(),
