@@ -269,8 +269,10 @@ pub async fn request(
         a.session, a.token
     );
     if let Some(i) = &index_url {
-        url.push_str("&index_url=");
-        url.push_str(&serde_urlencoded::to_string([("", i)]).unwrap_or_default()[1..]);
+        if let Ok(q) = serde_urlencoded::to_string([("index_url", i)]) {
+            url.push('&');
+            url.push_str(&q);
+        }
     }
     Ok(Json(RequestAnswer {
         name: a.session.clone(),
