@@ -2288,8 +2288,9 @@ impl ControlPlane {
         for name in &report.purged {
             tracing::info!(session = %name, action = "purge", reason = "retention passed", "reaper");
         }
-        // Unused access links: nothing can open them any more.
+        // Unused access links and expired API tokens: nothing can use them.
         store::access_tokens_purge(&mut tx, now).await?;
+        store::oauth_tokens_purge(&mut tx, now).await?;
         tx.commit().await?;
 
         {

@@ -1000,6 +1000,15 @@ pub async fn oauth_token_user(
     Ok(row.map(|r| r.try_get("username")).transpose()?)
 }
 
+/// Deletes expired OAuth2 tokens (the reaper).
+pub async fn oauth_tokens_purge(c: &mut SqliteConnection, now_ms: u64) -> Result<u64, StoreError> {
+    let r = sqlx::query("DELETE FROM oauth_tokens WHERE expires_ms <= $1")
+        .bind(ms(now_ms))
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected())
+}
+
 /// Deletes one token (a refresh token is used once) and every expired one.
 pub async fn oauth_token_delete(
     c: &mut SqliteConnection,
