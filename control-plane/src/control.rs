@@ -184,6 +184,8 @@ pub struct ControlPlane {
     /// for warnings about uncovered custom domains, and expiry metrics.
     certificates: RwLock<Option<Arc<certs::SniResolver>>>,
     workshop: RwLock<WorkshopSettings>,
+    /// The in-process gateway's request metrics, rendered on `/metrics`.
+    gateway_metrics: Arc<gateway::metrics::GatewayMetrics>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -237,12 +239,17 @@ impl ControlPlane {
             access: RwLock::new(AccessSettings::default()),
             groups: RwLock::new(GroupCache::new()),
             certificates: RwLock::new(None),
+            gateway_metrics: Arc::new(gateway::metrics::GatewayMetrics::new()),
             workshop: RwLock::new(WorkshopSettings {
                 portal_name: "sessiongate".into(),
                 token_ttl_secs: 36_000,
                 ..WorkshopSettings::default()
             }),
         }
+    }
+
+    pub fn gateway_metrics(&self) -> &Arc<gateway::metrics::GatewayMetrics> {
+        &self.gateway_metrics
     }
 
     pub fn workshop_settings(&self) -> WorkshopSettings {
@@ -1873,16 +1880,42 @@ impl ControlPlane {
             return Err(WorkshopError::Invalid(env_name.to_string()));
         };
 
-        // The user: the one named if it exists, else a new portal user.
-        let user = match &req.user {
+        // Decide before writing anything, so that a refusal leaves nothing
+        // behind (not even a half-done transaction holding the write lock).
+        let known_user = match &req.user {
             Some(u)
                 if store::user_exists(&mut tx, u)
                     .await
                     .map_err(ControlError::from)? =>
             {
-                u.clone()
+                Some(u.clone())
             }
-            _ => {
+            _ => None,
+        };
+        let sessions = store::sessions_of_environment(&mut tx, env_name)
+            .await
+            .map_err(ControlError::from)?;
+        let has_live = known_user
+            .as_ref()
+            .is_some_and(|u| sessions.iter().any(|s| &s.owner == u && s.state.is_live()));
+        if !has_live {
+            if env.state != EnvironmentState::Running {
+                return Err(WorkshopError::Invalid(env_name.to_string()));
+            }
+            let in_reserve = sessions
+                .iter()
+                .any(|s| s.owner == portal::RESERVE_USER && s.state == SessionState::Pending);
+            let live = sessions.iter().filter(|s| s.state.is_live()).count() as u64;
+            // capacity <= targets, so below capacity a target is free.
+            if !in_reserve && live >= env.capacity {
+                return Err(WorkshopError::Unavailable(env_name.to_string()));
+            }
+        }
+
+        // The user: the one named if it exists, else a new portal user.
+        let user = match known_user {
+            Some(u) => u,
+            None => {
                 let id =
                     portal::new_user_id().map_err(|e| ControlError::Internal(e.to_string()))?;
                 let row = UserRow {
@@ -1903,9 +1936,6 @@ impl ControlPlane {
             }
         };
 
-        let sessions = store::sessions_of_environment(&mut tx, env_name)
-            .await
-            .map_err(ControlError::from)?;
         let mut published: Vec<(Option<SessionRecord>, SessionRecord)> = Vec::new();
         let chosen = if let Some(s) = sessions
             .iter()

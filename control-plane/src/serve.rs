@@ -253,7 +253,8 @@ impl Server {
         ));
         let mut proxy = Proxy::new(self.routes.clone(), upstream.clone(), "http")
             .with_access(access.clone())
-            .with_portal(portal.clone());
+            .with_portal(portal.clone())
+            .with_metrics(self.control.gateway_metrics().clone());
         if let (true, Some(a)) = (self.config.tls.redirect_http, https_addr) {
             proxy = proxy.with_https_redirect(a.port());
         }
@@ -284,7 +285,8 @@ impl Server {
             let https_proxy = Proxy::new(self.routes.clone(), upstream, "https")
                 .with_access(access)
                 .with_tls(coverage)
-                .with_portal(portal);
+                .with_portal(portal)
+                .with_metrics(self.control.gateway_metrics().clone());
             let stop = stopped(stop_rx.clone());
             https_task = Some(tokio::spawn(async move {
                 if let Err(e) = gateway::run_tls(

@@ -24,6 +24,7 @@ pub mod access;
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod metrics;
 pub mod proxy;
 pub mod publish;
 pub mod router;

@@ -24,6 +24,7 @@ use crate::access::{self, AccessConfig, ActivationRequest, Verdict, ACTIVATE_PAT
 use crate::body::{ProxyBody, RevocableBody, UpstreamRequestBody};
 use crate::error::{error_response, wants_json, ProxyError};
 use crate::headers::{self, ClientInfo, X_REQUEST_ID};
+use crate::metrics::{GatewayMetrics, RequestKind, UpstreamCause};
 use crate::router::{lookup, normalize_host};
 use crate::table::{unix_millis, LiveKind, Route, RouteHandle, RouteTarget};
 use crate::tunnel;
@@ -72,6 +73,7 @@ pub struct Proxy {
     /// `308` to the same URL over HTTPS on this port.
     https_redirect: Option<u16>,
     portal: Option<Arc<dyn PortalService>>,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -100,7 +102,18 @@ impl Proxy {
             tls: None,
             https_redirect: None,
             portal: None,
+            metrics: Arc::new(GatewayMetrics::new()),
         }
+    }
+
+    /// Records into `metrics` (shared by the listeners of one process).
+    pub fn with_metrics(mut self, metrics: Arc<GatewayMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<GatewayMetrics> {
+        &self.metrics
     }
 
     /// Serves `service`'s paths on the portal host.
@@ -157,14 +170,19 @@ impl Proxy {
         req: Request<Incoming>,
         conn: &ConnInfo,
     ) -> Response<ProxyBody> {
+        let started = std::time::Instant::now();
         let request_id = headers::request_id(req.headers());
         let json = wants_json(req.headers().get(header::ACCEPT));
-        match self.forward(req, conn, &request_id).await {
+        let mut kind = RequestKind::Gateway;
+        let resp = match self.forward(req, conn, &request_id, &mut kind).await {
             Ok(mut resp) => {
                 resp.headers_mut().insert(&X_REQUEST_ID, request_id);
                 resp
             }
             Err(err) => {
+                if let Some(cause) = upstream_cause(&err) {
+                    self.metrics.upstream_error(cause);
+                }
                 if err.is_upstream() {
                     tracing::warn!(request_id = ?request_id, error = %err, "proxy error");
                 } else {
@@ -172,7 +190,10 @@ impl Proxy {
                 }
                 error_response(&err, json, &request_id)
             }
-        }
+        };
+        self.metrics
+            .record(kind, resp.status().as_u16(), started.elapsed());
+        resp
     }
 
     async fn forward(
@@ -180,6 +201,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
+        kind: &mut RequestKind,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let remote = conn.remote;
         let client_version = req.version();
@@ -216,6 +238,7 @@ impl Proxy {
         if let Some(portal) = &self.portal {
             if table.portal_host() == Some(&*host) && portal.claims(req.uri().path()) {
                 drop(table);
+                *kind = RequestKind::Portal;
                 return Ok(portal.call(req).await);
             }
         }
@@ -264,8 +287,12 @@ impl Proxy {
         route.state.touch();
         let upstream = match &route.target {
             RouteTarget::Upstream(u) => u,
-            RouteTarget::Redirect(url) => return Ok(redirect(url)),
+            RouteTarget::Redirect(url) => {
+                *kind = RequestKind::Redirect;
+                return Ok(redirect(url));
+            }
         };
+        *kind = RequestKind::Upstream;
 
         // Phase 3: the upstream request.
         let upstream_pq = if route.strip_prefix && m.prefix_len > 0 {
@@ -376,6 +403,7 @@ impl Proxy {
                 }
                 tunnel::spawn(
                     Arc::clone(&route.state),
+                    Arc::clone(&self.metrics),
                     user,
                     client_upgrade,
                     upstream_upgrade,
@@ -475,6 +503,20 @@ impl Proxy {
         tracing::info!(route = %route.id, user = %a.user, "access link opened");
         Ok(resp)
     }
+}
+
+/// The `cause` of an upstream failure, for metrics.
+fn upstream_cause(err: &ProxyError) -> Option<UpstreamCause> {
+    Some(match err {
+        ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamSchemeUnsupported(_) => {
+            UpstreamCause::Unreachable
+        }
+        ProxyError::UpstreamConnectTimeout { .. } => UpstreamCause::ConnectTimeout,
+        ProxyError::UpstreamTimeout { .. } => UpstreamCause::Timeout,
+        ProxyError::UpstreamProtocol { .. } => UpstreamCause::Protocol,
+        ProxyError::UpstreamTls { .. } => UpstreamCause::Tls,
+        _ => return None,
+    })
 }
 
 /// Why a private route refused a request.

@@ -202,6 +202,9 @@ async fn serve_connection<S>(
 {
     let remote = conn_info.remote;
     let conn_info = Arc::new(conn_info);
+    let metrics = Arc::clone(proxy.metrics());
+    metrics.connection_opened();
+    let _open = OnDrop(move || metrics.connection_closed());
     let active = Arc::new(AtomicBool::new(false));
     let io = TokioIo::new(IdleTracked {
         io: stream,
@@ -253,6 +256,16 @@ async fn serve_connection<S>(
                 }
             }
         }
+    }
+}
+
+/// Runs a closure when dropped: the connection gauge goes down however the
+/// connection ends.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
     }
 }
 

@@ -12,11 +12,13 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::metrics::GatewayMetrics;
 use crate::table::{LiveKind, RouteState};
 
 /// Starts the tunnel task. `user` tags the connection for per-user revocation.
 pub(crate) fn spawn(
     state: Arc<RouteState>,
+    metrics: Arc<GatewayMetrics>,
     user: Option<Arc<str>>,
     client: OnUpgrade,
     upstream: OnUpgrade,
@@ -33,6 +35,7 @@ pub(crate) fn spawn(
                 return;
             }
         };
+        metrics.websocket_opened();
         let mut client = Activity {
             io: TokioIo::new(client),
             state: &state,
@@ -51,6 +54,7 @@ pub(crate) fn spawn(
                 tracing::debug!(upstream = %upstream_name, "tunnel closed by the route");
             }
         }
+        metrics.websocket_closed();
         drop(guard);
     });
 }

@@ -366,6 +366,7 @@ async fn metrics(State(cp): State<ApiState>) -> Response {
     cp.metrics().set_certificates(cp.certificate_expiries());
     let table = cp.routes().load();
     let mut text = cp.metrics().render();
+    cp.gateway_metrics().render(&mut text);
     text.push_str(&format!(
         "# HELP sessiongate_route_table_version Version of the route table the gateway holds.\n\
          # TYPE sessiongate_route_table_version gauge\n\
