@@ -228,6 +228,21 @@ pub fn allowed_users(s: &SessionRecord, groups: &GroupCache) -> Vec<String> {
     out
 }
 
+/// Users `before` allowed (with `before_groups`) whom `after` no longer
+/// allows: whose live connections a change must close.
+pub fn lost_users(
+    before: &SessionRecord,
+    before_groups: &GroupCache,
+    after: &SessionRecord,
+    after_groups: &GroupCache,
+) -> Vec<String> {
+    let now_allowed = allowed_users(after, after_groups);
+    allowed_users(before, before_groups)
+        .into_iter()
+        .filter(|u| now_allowed.binary_search(u).is_err())
+        .collect()
+}
+
 /// The keys as stored: `(id, secret base64, retired_ms)`, newest first.
 pub fn key_ring(rows: &[crate::store::SigningKeyRow], grace: Duration) -> Result<KeyRing, String> {
     let decode = |r: &crate::store::SigningKeyRow| -> Result<SigningKey, String> {

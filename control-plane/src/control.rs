@@ -1099,11 +1099,7 @@ impl ControlPlane {
         self.publish(Some(&old), Some(&rec)).await?;
         let lost = {
             let cache = self.group_cache();
-            let now_allowed = acc::allowed_users(&rec, &cache);
-            acc::allowed_users(&old, &cache)
-                .into_iter()
-                .filter(|u| now_allowed.binary_search(u).is_err())
-                .collect::<Vec<_>>()
+            acc::lost_users(&old, &cache, &rec, &cache)
         };
         self.close_for_users(vec![(route_id(name), lost)]);
         tracing::info!(session = %name, groups = ?rec.groups, "session sharing replaced");
@@ -1611,11 +1607,7 @@ impl ControlPlane {
             if let Some(spec) = route_spec(s, &after).map_err(ControlError::Publish)? {
                 changes.push(RouteChange::Upsert(spec));
             }
-            let now_allowed = acc::allowed_users(s, &after);
-            let lost: Vec<String> = acc::allowed_users(s, &before)
-                .into_iter()
-                .filter(|u| now_allowed.binary_search(u).is_err())
-                .collect();
+            let lost = acc::lost_users(s, &before, s, &after);
             if !lost.is_empty() {
                 revoked.push((route_id(&s.name), lost));
             }

@@ -1071,28 +1071,36 @@ fn environment_json(e: &EnvironmentRecord) -> (String, String) {
     )
 }
 
+/// Binds every column of [`ENV_COLS`], in its order, as `$1`..`$12`.
+fn bind_environment<'q>(
+    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    e: &'q EnvironmentRecord,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    let (workshop, targets) = environment_json(e);
+    q.bind(&e.name)
+        .bind(workshop)
+        .bind(opt_ms(e.duration_secs))
+        .bind(ms(e.capacity))
+        .bind(ms(e.reserved))
+        .bind(e.state.as_str())
+        .bind(targets)
+        .bind(e.tls_verify)
+        .bind(&e.slug_prefix)
+        .bind(e.extendable)
+        .bind(ms(e.created_ms))
+        .bind(ms(e.next_session))
+}
+
 pub async fn environment_insert(
     c: &mut SqliteConnection,
     e: &EnvironmentRecord,
 ) -> Result<(), StoreError> {
-    let (workshop, targets) = environment_json(e);
-    sqlx::query(&format!(
+    let sql = format!(
         "INSERT INTO environments ({ENV_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-    ))
-    .bind(&e.name)
-    .bind(workshop)
-    .bind(opt_ms(e.duration_secs))
-    .bind(ms(e.capacity))
-    .bind(ms(e.reserved))
-    .bind(e.state.as_str())
-    .bind(targets)
-    .bind(e.tls_verify)
-    .bind(&e.slug_prefix)
-    .bind(e.extendable)
-    .bind(ms(e.created_ms))
-    .bind(ms(e.next_session))
-    .execute(&mut *c)
-    .await?;
+    );
+    bind_environment(sqlx::query(&sql), e)
+        .execute(&mut *c)
+        .await?;
     Ok(())
 }
 
@@ -1100,25 +1108,12 @@ pub async fn environment_update(
     c: &mut SqliteConnection,
     e: &EnvironmentRecord,
 ) -> Result<(), StoreError> {
-    let (workshop, targets) = environment_json(e);
-    sqlx::query(
-        "UPDATE environments SET workshop = $2, duration_secs = $3, capacity = $4, reserved = $5, \
-         state = $6, targets = $7, tls_verify = $8, slug_prefix = $9, extendable = $10, \
-         next_session = $11 WHERE name = $1",
-    )
-    .bind(&e.name)
-    .bind(workshop)
-    .bind(opt_ms(e.duration_secs))
-    .bind(ms(e.capacity))
-    .bind(ms(e.reserved))
-    .bind(e.state.as_str())
-    .bind(targets)
-    .bind(e.tls_verify)
-    .bind(&e.slug_prefix)
-    .bind(e.extendable)
-    .bind(ms(e.next_session))
-    .execute(&mut *c)
-    .await?;
+    let sql = "UPDATE environments SET workshop = $2, duration_secs = $3, capacity = $4, \
+        reserved = $5, state = $6, targets = $7, tls_verify = $8, slug_prefix = $9, \
+        extendable = $10, created_ms = $11, next_session = $12 WHERE name = $1";
+    bind_environment(sqlx::query(sql), e)
+        .execute(&mut *c)
+        .await?;
     Ok(())
 }
 
