@@ -84,6 +84,8 @@ pub struct Proxy {
 /// the access log.
 struct Outcome {
     kind: RequestKind,
+    /// An access-log line will be written: collect what it needs.
+    log: bool,
     /// The upstream, when the access log wants it.
     upstream: Option<Arc<str>>,
     /// The user a private route let in.
@@ -195,7 +197,10 @@ impl Proxy {
         let request_id = headers::request_id(req.headers());
         let json = wants_json(req.headers().get(header::ACCEPT));
         // Cheap clones: the URI and header values share the request's buffer.
-        let logged = self.access_log.then(|| {
+        // Nothing at all when the log filter drops the access target.
+        let log_on = self.access_log
+            && tracing::enabled!(target: crate::access_log::TARGET, tracing::Level::INFO);
+        let logged = log_on.then(|| {
             (
                 req.method().clone(),
                 req.uri().clone(),
@@ -204,6 +209,7 @@ impl Proxy {
         });
         let mut outcome = Outcome {
             kind: RequestKind::Gateway,
+            log: log_on,
             upstream: None,
             user: None,
         };
@@ -355,7 +361,7 @@ impl Proxy {
             }
         };
         outcome.kind = RequestKind::Upstream;
-        if self.access_log {
+        if outcome.log {
             outcome.upstream = Some(upstream.to_string().into());
             outcome.user.clone_from(&user);
         }
