@@ -25,6 +25,8 @@ mod table_updates;
 mod targets;
 mod tls_handshakes;
 mod wrk;
+mod ws_load;
+mod ws_origin;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,391 @@
+//! The WebSocket echo origin of the WebSocket scenario.
+//!
+//! Like [`crate::origin`], it lives inside the harness process on its own
+//! tokio runtime, so every target ends at the very same code. It accepts
+//! HTTP/1.1 WebSocket upgrades on any path and echoes every text and binary
+//! message back as it came (text as text, binary as binary). A plain request
+//! (no upgrade) is answered 200 with [`crate::origin::BODY`], which starts with
+//! [`crate::origin::MARKER`], so the harness's readiness probe works against
+//! this origin unchanged.
+//!
+//! It counts accepted TCP connections, completed upgrades and echoed
+//! messages. A message is counted when it is read, before its echo is
+//! written, so once a client has received an echo the origin has already
+//! counted it: after a load run that ended without errors and waited for all
+//! its echoes, the origin's message delta equals the client's echo count
+//! exactly, and a proxy that answered by itself shows up as a shortfall.
+//!
+//! # Why hyper's upgrade and not `accept_hdr_async`
+//!
+//! `tokio_tungstenite::accept_hdr_async` on the raw `TcpStream` cannot answer
+//! a plain `GET /` with a 200: tungstenite rejects a request without upgrade
+//! headers before the callback runs, and the callback may only turn the
+//! handshake into an error status. Serving both would mean peeking at and
+//! parsing the request head ourselves. hyper is already the harness's HTTP
+//! server, answers the probe with the same code path as the HTTP origin, and
+//! handles the upgrade request like any proxy-facing server would. What it
+//! usually costs, a boxed `Upgraded` stream with a dynamic call on every read
+//! and write, is avoided: the upgraded connection is downcast back to the
+//! `TcpStream` it was built on (plus any bytes hyper had already read past
+//! the request head), so the per-message path is tungstenite on the bare
+//! socket, exactly what `accept_hdr_async` would give.
+
+// Used by the WebSocket scenario, which is wired into main.rs separately;
+// the tests below exercise everything meanwhile.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{header, HeaderMap, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::origin::BODY;
+
+/// Read buffer per WebSocket. tungstenite allocates it eagerly (128 KiB by
+/// default), which adds up over thousands of connections; echo messages are
+/// small, and a larger one just takes more than one read.
+const READ_BUFFER: usize = 16 * 1024;
+
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    upgrades: AtomicU64,
+    messages: AtomicU64,
+}
+
+/// A snapshot of the origin's counters (monotonic; take deltas).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WsOriginCounts {
+    /// TCP connections accepted (WebSockets and plain requests alike).
+    pub connections: u64,
+    /// Completed WebSocket upgrades (101 sent and the stream taken over).
+    pub upgrades: u64,
+    /// Text and binary messages echoed (control frames are not counted).
+    pub messages: u64,
+}
+
+/// The running origin. Dropping it shuts its runtime down, closing every
+/// connection.
+pub struct WsOrigin {
+    runtime: Runtime,
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+}
+
+impl WsOrigin {
+    /// Binds 127.0.0.1:0 and serves on a runtime of `threads` workers.
+    pub fn start(threads: usize) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("bench-ws-origin")
+            .enable_all()
+            .build()
+            .context("building the WebSocket origin's tokio runtime")?;
+        let listener = runtime
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .context("binding the WebSocket origin to 127.0.0.1:0")?;
+        let addr = listener
+            .local_addr()
+            .context("reading the WebSocket origin's address")?;
+        let counters = Arc::new(Counters::default());
+        runtime.spawn(accept_loop(listener, Arc::clone(&counters)));
+        Ok(Self {
+            runtime,
+            addr,
+            counters,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The runtime, for the harness to park other tasks on.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    pub fn counts(&self) -> WsOriginCounts {
+        WsOriginCounts {
+            connections: self.counters.connections.load(Ordering::Relaxed),
+            upgrades: self.counters.upgrades.load(Ordering::Relaxed),
+            messages: self.counters.messages.load(Ordering::Relaxed),
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, counters: Arc<Counters>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Typically EMFILE with too many connections: back off rather than spin.
+                eprintln!("ws origin: accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Small messages, each answered at once: Nagle would only add latency.
+        let _ = stream.set_nodelay(true);
+        counters.connections.fetch_add(1, Ordering::Relaxed);
+        let counters = Arc::clone(&counters);
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                std::future::ready(Ok::<_, Infallible>(handle(req, &counters)))
+            });
+            // Errors here are clients going away mid-request: nothing to do.
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+/// Answers one HTTP request: a WebSocket upgrade gets its 101 and an echo
+/// task, anything else the HTTP origin's 200.
+fn handle(mut req: Request<Incoming>, counters: &Arc<Counters>) -> Response<Full<Bytes>> {
+    if !wants_websocket(req.headers()) {
+        return plain(StatusCode::OK, Bytes::from_static(&BODY));
+    }
+    if req.method() != Method::GET {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, Bytes::new());
+    }
+    let key = match req.headers().get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) => derive_accept_key(key.as_bytes()),
+        None => return plain(StatusCode::BAD_REQUEST, Bytes::new()),
+    };
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        let mut resp = plain(StatusCode::UPGRADE_REQUIRED, Bytes::new());
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            header::HeaderValue::from_static("13"),
+        );
+        return resp;
+    }
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let counters = Arc::clone(counters);
+    tokio::spawn(async move {
+        // Fails when the client goes away before the 101 is written.
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let config = Some(WebSocketConfig::default().read_buffer_size(READ_BUFFER));
+        counters.upgrades.fetch_add(1, Ordering::Relaxed);
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let stream = parts.io.into_inner();
+                let ws = WebSocketStream::from_partially_read(
+                    stream,
+                    parts.read_buf.to_vec(),
+                    Role::Server,
+                    config,
+                )
+                .await;
+                echo(ws, &counters).await;
+            }
+            // Not reached (the connection is always a TokioIo<TcpStream>),
+            // but correct all the same.
+            Err(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config)
+                        .await;
+                echo(ws, &counters).await;
+            }
+        }
+    });
+
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::HeaderValue::from_str(&key).expect("base64 is a valid header value"),
+    );
+    resp
+}
+
+/// `Upgrade: websocket` with `upgrade` among the `Connection` tokens.
+fn wants_websocket(headers: &HeaderMap) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
+}
+
+fn plain(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    resp
+}
+
+/// Echoes until the client closes or the connection fails. Whatever has
+/// already arrived is echoed in one flush (pipelining clients get one write
+/// per batch, not per message); a lone message is flushed at once.
+async fn echo<S>(mut ws: WebSocketStream<S>, counters: &Counters)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(item) = ws.next().await {
+        let mut pending = false;
+        let mut next = Some(item);
+        while let Some(item) = next.take() {
+            match item {
+                Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
+                    counters.messages.fetch_add(1, Ordering::Relaxed);
+                    if ws.feed(msg).await.is_err() {
+                        return;
+                    }
+                    pending = true;
+                }
+                // Pings are answered and closes acknowledged by tungstenite
+                // itself, on the next read or flush.
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            // Only what is readable right now: a pending read ends the batch.
+            next = ws.next().now_or_never().flatten();
+        }
+        if pending && ws.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+    use crate::origin::MARKER;
+
+    fn get(addr: SocketAddr, extra: &str) -> Result<String> {
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET / HTTP/1.1\r\nHost: app.localhost\r\n{extra}Connection: close\r\n\r\n"
+        )?;
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[test]
+    fn plain_get_returns_the_marker() -> Result<()> {
+        let origin = WsOrigin::start(1)?;
+        let resp = get(origin.addr(), "")?;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(
+            resp.contains(std::str::from_utf8(MARKER)?),
+            "no marker in {resp}"
+        );
+        let counts = origin.counts();
+        assert_eq!(counts.connections, 1);
+        assert_eq!(counts.upgrades, 0);
+        assert_eq!(counts.messages, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn broken_upgrades_are_refused() -> Result<()> {
+        let origin = WsOrigin::start(1)?;
+        // `Upgrade: websocket` without `upgrade` among the Connection tokens
+        // is no upgrade request: the plain answer.
+        let resp = get(
+            origin.addr(),
+            "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+        )?;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
+        // An upgrade request without Sec-WebSocket-Key.
+        let mut stream = std::net::TcpStream::connect(origin.addr())?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )?;
+        let mut buf = [0u8; 256];
+        let n = stream.read(&mut buf)?;
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+        assert_eq!(origin.counts().upgrades, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn echoes_text_and_binary_and_counts() -> Result<()> {
+        let origin = WsOrigin::start(2)?;
+        let addr = origin.addr();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let (mut ws, resp) =
+                tokio_tungstenite::connect_async(format!("ws://{addr}/any/path?q=1")).await?;
+            assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+            ws.send(Message::text("hello")).await?;
+            ws.send(Message::binary(vec![0u8, 1, 2, 255])).await?;
+            ws.send(Message::Ping(Bytes::from_static(b"p"))).await?;
+            assert_eq!(ws.next().await.transpose()?, Some(Message::text("hello")));
+            assert_eq!(
+                ws.next().await.transpose()?,
+                Some(Message::binary(vec![0u8, 1, 2, 255]))
+            );
+            assert_eq!(
+                ws.next().await.transpose()?,
+                Some(Message::Pong(Bytes::from_static(b"p")))
+            );
+            ws.close(None).await?;
+            // The close is acknowledged, then the stream ends.
+            while let Some(msg) = ws.next().await {
+                assert!(matches!(msg?, Message::Close(_)));
+            }
+            anyhow::Ok(())
+        })?;
+        let counts = origin.counts();
+        assert_eq!(counts.connections, 1);
+        assert_eq!(counts.upgrades, 1);
+        assert_eq!(counts.messages, 2);
+        Ok(())
+    }
+}
