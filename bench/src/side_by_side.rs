@@ -398,6 +398,7 @@ impl Bench {
         )?;
         Ok(Load {
             script: Some(script),
+            random_host: true,
             body_len: origin::BODY_LEN,
             ..Load::default()
         })

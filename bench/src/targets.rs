@@ -395,7 +395,7 @@ pub fn nginx_config(
         Some((file, count)) => (
             format!(
                 r#"
-    # One entry per route; the hash must hold them all.
+    # One entry per route; the hash must hold them all (set before any map).
     map_hash_max_size {};
     map_hash_bucket_size 128;
     map $host $route {{
@@ -412,12 +412,12 @@ pub fn nginx_config(
         None => (String::new(), "", "origin"),
     };
     format!(
-        r#"{preamble}
+        r#"{preamble}{route_map}
     map $http_upgrade $connection_upgrade {{
         default upgrade;
         ''      '';
     }}
-{route_map}
+
     upstream origin {{
         server {origin};
         keepalive 64;

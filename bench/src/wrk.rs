@@ -72,9 +72,11 @@ pub struct Load {
     pub path: String,
     /// Extra request headers (`-H`), e.g. `Connection: close`.
     pub headers: Vec<String>,
-    /// A Lua script (`-s`); without one every request carries
-    /// `Host: {HOST}`.
+    /// A Lua script (`-s`).
     pub script: Option<std::path::PathBuf>,
+    /// The script sets a random `Host` per request; otherwise every request
+    /// carries `Host: {HOST}`.
+    pub random_host: bool,
     /// The body length the origin answers this path with: fewer bytes read
     /// than requests times this flags the run (0: no check).
     pub body_len: usize,
@@ -88,7 +90,7 @@ impl Load {
     /// place of the target's address: for the written reports.
     pub fn describe(&self) -> String {
         let mut out = String::new();
-        if self.script.is_none() {
+        if !self.random_host {
             let _ = write!(out, "-H 'Host: {HOST}' ");
         }
         for h in &self.headers {
@@ -196,7 +198,7 @@ pub fn run(wrk: &Path, base: &str, load: &Load, connections: u32, secs: u64) -> 
         .arg(format!("-c{connections}"))
         .arg(format!("-d{secs}s"))
         .arg("--latency");
-    if load.script.is_none() {
+    if !load.random_host {
         cmd.arg("-H").arg(format!("Host: {HOST}"));
     }
     for h in &load.headers {
@@ -446,6 +448,7 @@ Transfer/sec:      2.00KB
             path: "/1mib".into(),
             headers: vec!["Connection: close".into()],
             script: Some("/tmp/w/routes.lua".into()),
+            random_host: true,
             ..Load::default()
         };
         assert_eq!(
