@@ -250,6 +250,9 @@ pub fn routes(args: RoutesArgs) -> Result<Vec<String>> {
     };
     let targets = bench.plan.targets.clone();
     let checks = |summaries: &[Summary]| -> Vec<String> {
+        if small == large {
+            return vec!["routes: one size only, no ratio".into()];
+        }
         targets
             .iter()
             .map(|&kind| {

@@ -744,3 +744,80 @@ pub fn load_average() -> String {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|| "unknown".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::origin::OriginCounts;
+    use crate::wrk::WrkResult;
+
+    #[test]
+    fn targets_are_deduplicated_and_checked() -> Result<()> {
+        let t = pick_targets(
+            &[
+                TargetKind::Nginx,
+                TargetKind::Sessiongate,
+                TargetKind::Nginx,
+            ],
+            &ALL_TARGETS,
+        )?;
+        assert_eq!(t, vec![TargetKind::Nginx, TargetKind::Sessiongate]);
+        let err = pick_targets(&[TargetKind::Chp], &[TargetKind::Sessiongate])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("chp is not measured"), "{err}");
+        Ok(())
+    }
+
+    fn result(requests: u64, bytes_read: f64, kept_alive: Option<u64>) -> WrkResult {
+        WrkResult {
+            requests,
+            bytes_read,
+            kept_alive,
+            ..WrkResult::default()
+        }
+    }
+
+    fn count(problems: &[(String, u64)], what: &str) -> u64 {
+        problems
+            .iter()
+            .find(|(w, _)| w.starts_with(what))
+            .map_or(0, |p| p.1)
+    }
+
+    #[test]
+    fn loads_check_what_they_promise() {
+        let origin = OriginCounts {
+            requests: 100,
+            connections: 90,
+        };
+        let big = Load {
+            body_len: 1 << 20,
+            ..Load::default()
+        };
+        let full = result(100, 100.5 * 1048576.0, None);
+        assert_eq!(
+            count(
+                &load_problems(&big, TargetKind::Nginx, &full, &origin),
+                "responses short"
+            ),
+            0
+        );
+        let short = result(100, 50.0 * 1048576.0, None);
+        let p = load_problems(&big, TargetKind::Nginx, &short, &origin);
+        assert_eq!(count(&p, "responses short"), 49);
+
+        let close = Load {
+            new_connections: true,
+            ..Load::default()
+        };
+        let kept = result(100, 0.0, Some(2));
+        let p = load_problems(&close, TargetKind::Direct, &kept, &origin);
+        assert_eq!(count(&p, "responses without"), 2);
+        assert_eq!(count(&p, "requests on a reused"), 10);
+        // Through a proxy the origin's connections say nothing of the client's.
+        let p = load_problems(&close, TargetKind::Haproxy, &kept, &origin);
+        assert_eq!(count(&p, "requests on a reused"), 0);
+    }
+}
