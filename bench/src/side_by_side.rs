@@ -110,7 +110,7 @@ pub struct Tools {
 }
 
 /// `path` made absolute: the proxies start in their own directories.
-fn absolute(path: &Path) -> PathBuf {
+pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 

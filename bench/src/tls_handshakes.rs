@@ -515,9 +515,12 @@ pub fn run(args: TlsHandshakesArgs) -> Result<Vec<String>> {
         None
     };
     // Needed even without the sessiongate target: it makes the certificate.
-    let sessiongate = args
-        .sessiongate
-        .unwrap_or_else(crate::default_sessiongate_path);
+    // Absolute: sessiongate starts in its own directory.
+    let sessiongate = crate::side_by_side::absolute(
+        &args
+            .sessiongate
+            .unwrap_or_else(crate::default_sessiongate_path),
+    );
     if !sessiongate.is_file() {
         bail!(
             "sessiongate binary not found at {}: build it first with \
