@@ -19,7 +19,36 @@ pub struct Config {
     pub access: AccessConfig,
     pub tls: TlsConfig,
     pub workshop: WorkshopConfig,
+    pub log: LogConfig,
     pub routes: Vec<StaticRoute>,
+}
+
+/// Logging: the format of every line, and the access log. Levels and
+/// targets come from `RUST_LOG` (default `info`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` (one object per line) for log shippers.
+    pub format: LogFormat,
+    /// One line per request (target `access`): method, host, path, status,
+    /// bytes, duration, upstream, user, remote address and request id.
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The training-portal-compatible workshop API.
@@ -257,6 +286,7 @@ const ENV_SECTIONS: &[&str] = &[
     "access",
     "tls",
     "workshop",
+    "log",
 ];
 const ENV_PREFIX: &str = "SESSIONGATE_";
 

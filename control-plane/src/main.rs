@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use control_plane::config::Config;
+use control_plane::config::{Config, LogFormat};
 use control_plane::ctl;
 use control_plane::serve::Server;
 
@@ -36,6 +36,14 @@ enum Command {
         /// TOML configuration file.
         #[arg(long, short = 'c', env = "SESSIONGATE_CONFIG")]
         config: Option<PathBuf>,
+        /// Log format: `text` (for people) or `json` (one object per line).
+        /// Same as SESSIONGATE_LOG_FORMAT; overrides log.format.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+        /// No access-log line per request. Same as
+        /// SESSIONGATE_LOG_ACCESS_LOG=false; overrides log.access_log.
+        #[arg(long)]
+        no_access_log: bool,
     },
     /// Operate a running sessiongate through its REST API.
     Ctl(ctl::CtlArgs),
@@ -63,8 +71,25 @@ enum CertsCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
-            init_logging();
+        Command::Serve {
+            config,
+            log_format,
+            no_access_log,
+        } => {
+            // The flags act as their environment variables, so that the
+            // configuration reloader, which re-reads the environment, sees
+            // them too. Still one thread here: nothing else reads the
+            // environment yet.
+            if let Some(f) = log_format {
+                let name = match f {
+                    LogFormat::Text => "text",
+                    LogFormat::Json => "json",
+                };
+                std::env::set_var("SESSIONGATE_LOG_FORMAT", name);
+            }
+            if no_access_log {
+                std::env::set_var("SESSIONGATE_LOG_ACCESS_LOG", "false");
+            }
             let cfg = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -72,6 +97,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            init_logging(cfg.log.format);
             match run_serve(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -151,15 +177,28 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging() {
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only for a person at a terminal, never in files or journald.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            // Colours only for a person at a terminal, never in files or journald.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).init();
+        }
+        // One object per line; the event's fields at the top level, so that
+        // shippers see `status`, `path`… without digging, and the request
+        // span (with its `id`) under `span`.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }

@@ -254,7 +254,8 @@ impl Server {
         let mut proxy = Proxy::new(self.routes.clone(), upstream.clone(), "http")
             .with_access(access.clone())
             .with_portal(portal.clone())
-            .with_metrics(self.control.gateway_metrics().clone());
+            .with_metrics(self.control.gateway_metrics().clone())
+            .with_access_log(self.config.log.access_log);
         if let (true, Some(a)) = (self.config.tls.redirect_http, https_addr) {
             proxy = proxy.with_https_redirect(a.port());
         }
@@ -286,7 +287,8 @@ impl Server {
                 .with_access(access)
                 .with_tls(coverage)
                 .with_portal(portal)
-                .with_metrics(self.control.gateway_metrics().clone());
+                .with_metrics(self.control.gateway_metrics().clone())
+                .with_access_log(self.config.log.access_log);
             let stop = stopped(stop_rx.clone());
             https_task = Some(tokio::spawn(async move {
                 if let Err(e) = gateway::run_tls(

@@ -442,8 +442,9 @@ async fn https_upstreams_verified_unverified_and_mismatched() {
         assert!(body.contains(text), "{name}: {body}");
         if status == 502 {
             // The log is read from the child's output by another thread:
-            // wait for the line rather than race it.
-            let upstream = format!("https://localhost:{}", addr.port());
+            // wait for the line rather than race it. (The access log names
+            // the upstream too; the error line is the one with `error=`.)
+            let upstream = format!("error=upstream https://localhost:{}", addr.port());
             let line = common::wait_log(&sg.log, &upstream).await;
             assert!(line.contains(text), "{name}: {line}");
         }

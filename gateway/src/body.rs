@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 
 use tokio::sync::watch;
 
+use crate::access_log::LoggedBody;
 use crate::table::{unix_millis, LiveGuard};
 
 /// What the gateway answers with: an upstream body streamed through, or a
@@ -23,6 +24,8 @@ pub enum ProxyBody {
     /// A streaming upstream body the route can cut off (revocation).
     Revocable(Box<RevocableBody>),
     Full(Option<Bytes>),
+    /// Any of the above, counted and written to the access log at its end.
+    Logged(Box<LoggedBody>),
 }
 
 /// An upstream body registered with its route's live connections: when the
@@ -82,6 +85,7 @@ impl ProxyBody {
     pub fn into_full_bytes(self) -> Option<Bytes> {
         match self {
             ProxyBody::Full(b) => Some(b.unwrap_or_default()),
+            ProxyBody::Logged(l) => l.into_inner().into_full_bytes(),
             ProxyBody::Upstream(_) | ProxyBody::Revocable(_) => None,
         }
     }
@@ -106,6 +110,7 @@ impl Body for ProxyBody {
                     .map_err(BodyError::from)
             }
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Logged(l) => Pin::new(&mut **l).poll_frame(cx),
         }
     }
 
@@ -114,6 +119,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::Revocable(r) => r.inner.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Logged(l) => l.is_end_stream(),
         }
     }
 
@@ -123,6 +129,7 @@ impl Body for ProxyBody {
             ProxyBody::Revocable(r) => r.inner.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Logged(l) => l.size_hint(),
         }
     }
 }

@@ -40,23 +40,55 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 
 /// Removes hop-by-hop headers, including every header named in `Connection`,
 /// and `Upgrade` (the caller re-adds it for a pass-through upgrade).
+///
+/// Runs twice per proxied request, and almost every message has none of
+/// these headers: one pass over the names present (a handful, compared as
+/// enum tags for standard names) replaces a hash lookup per hop-by-hop name.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
+    // Bit i: HOP_BY_HOP[i] is present; the bit after them: Upgrade.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == header::UPGRADE {
+            present |= 1 << HOP_BY_HOP.len();
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        // Names listed in `Connection`. `keep-alive` and `upgrade` are removed
+        // below anyway and `close` names no header: the common values cost
+        // no allocation.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            let Ok(s) = v.to_str() else { continue };
+            for t in s.split(',').map(str::trim) {
+                if t.is_empty()
+                    || ["keep-alive", "close", "upgrade"]
+                        .iter()
+                        .any(|c| t.eq_ignore_ascii_case(c))
+                {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                    named.push(n);
+                }
+            }
+        }
         for name in named {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP.iter() {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
-    headers.remove(header::UPGRADE);
+    if present & (1 << HOP_BY_HOP.len()) != 0 {
+        headers.remove(header::UPGRADE);
+    }
 }
 
 /// What the proxy knows about the client side of a request.
@@ -72,9 +104,20 @@ pub struct ClientInfo<'a> {
 /// and `Forwarded` (appended, RFC 7239).
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
     let ip = client.ip.to_canonical();
-    let mut xff = list_so_far(headers, &X_FORWARDED_FOR, 48);
-    xff.push_str(&ip.to_string());
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // The address is written once, without the formatting machinery, which
+    // cost more than the rest of this function together.
+    let mut ip_text = String::with_capacity(40);
+    match ip {
+        IpAddr::V4(v4) => push_ipv4(&mut ip_text, v4),
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(ip_text, "{v6}");
+        }
+    }
+    let mut xff = list_so_far(headers, &X_FORWARDED_FOR, ip_text.len());
+    xff.push_str(&ip_text);
+    // The string's buffer becomes the value's: no second copy.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
@@ -82,15 +125,15 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
         headers.insert(&X_FORWARDED_HOST, v);
     }
 
-    let mut fwd = list_so_far(headers, &FORWARDED, 64);
+    let mut fwd = list_so_far(headers, &FORWARDED, 32 + ip_text.len() + client.host.len());
     match ip {
-        IpAddr::V4(v4) => {
+        IpAddr::V4(_) => {
             fwd.push_str("for=");
-            fwd.push_str(&v4.to_string());
+            fwd.push_str(&ip_text);
         }
-        IpAddr::V6(v6) => {
+        IpAddr::V6(_) => {
             fwd.push_str("for=\"[");
-            fwd.push_str(&v6.to_string());
+            fwd.push_str(&ip_text);
             fwd.push_str("]\"");
         }
     }
@@ -99,8 +142,24 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo<'_>) {
     fwd.push_str(client.host);
     fwd.push_str("\";proto=");
     fwd.push_str(client.proto);
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(fwd)) {
         headers.insert(&FORWARDED, v);
+    }
+}
+
+/// Appends `ip` in dotted-decimal form.
+fn push_ipv4(out: &mut String, ip: std::net::Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
     }
 }
 
@@ -246,6 +305,34 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["forwarded"], "for=\"[::1]\";host=\"a\";proto=http");
+    }
+
+    #[test]
+    fn ipv4_written_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "100.9.99.101",
+            "1.10.100.200",
+        ] {
+            let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ipv4(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_fast_path_keeps_end_to_end_headers() {
+        let mut h = map(&[("content-length", "5"), ("x-app", "1"), ("date", "now")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 3);
+        let mut h = map(&[("x-app", "1"), ("upgrade", "websocket")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-app"));
     }
 
     #[test]

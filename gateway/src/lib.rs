@@ -18,9 +18,11 @@
 //! - [`server`]: the accept loop, limits, timeouts, graceful shutdown.
 //! - [`error`]: every failure, its status, and its HTML/JSON rendering.
 //! - [`body`]: the body types, without boxing.
+//! - [`access_log`]: the line per request, written when its response ends.
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod access_log;
 pub mod body;
 pub mod error;
 pub mod headers;

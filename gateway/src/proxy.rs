@@ -19,8 +19,10 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use tracing::Instrument as _;
 
 use crate::access::{self, AccessConfig, ActivationRequest, Verdict, ACTIVATE_PATH};
+use crate::access_log::{AccessEntry, LoggedBody};
 use crate::body::{ProxyBody, RevocableBody, UpstreamRequestBody};
 use crate::error::{error_response, wants_json, ProxyError};
 use crate::headers::{self, ClientInfo, X_REQUEST_ID};
@@ -74,6 +76,20 @@ pub struct Proxy {
     https_redirect: Option<u16>,
     portal: Option<Arc<dyn PortalService>>,
     metrics: Arc<GatewayMetrics>,
+    /// Write an access-log line per request.
+    access_log: bool,
+}
+
+/// What [`Proxy::forward`] found out besides the response, for metrics and
+/// the access log.
+struct Outcome {
+    kind: RequestKind,
+    /// An access-log line will be written: collect what it needs.
+    log: bool,
+    /// The upstream, when the access log wants it.
+    upstream: Option<Arc<str>>,
+    /// The user a private route let in.
+    user: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -103,7 +119,14 @@ impl Proxy {
             https_redirect: None,
             portal: None,
             metrics: Arc::new(GatewayMetrics::new()),
+            access_log: false,
         }
+    }
+
+    /// Writes an access-log line (target [`access_log::TARGET`]) per request.
+    pub fn with_access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
     }
 
     /// Records into `metrics` (shared by the listeners of one process).
@@ -173,8 +196,31 @@ impl Proxy {
         let started = std::time::Instant::now();
         let request_id = headers::request_id(req.headers());
         let json = wants_json(req.headers().get(header::ACCEPT));
-        let mut kind = RequestKind::Gateway;
-        let resp = match self.forward(req, conn, &request_id, &mut kind).await {
+        // Cheap clones: the URI and header values share the request's buffer.
+        // Nothing at all when the log filter drops the access target.
+        let log_on = self.access_log
+            && tracing::enabled!(target: crate::access_log::TARGET, tracing::Level::INFO);
+        let logged = log_on.then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().get(header::HOST).cloned(),
+            )
+        });
+        let mut outcome = Outcome {
+            kind: RequestKind::Gateway,
+            log: log_on,
+            upstream: None,
+            user: None,
+        };
+        let rid = request_id.to_str().unwrap_or_default();
+        // Every event of the request carries its id through this span.
+        let span = tracing::info_span!("request", id = %rid);
+        let forwarded = self
+            .forward(req, conn, &request_id, &mut outcome)
+            .instrument(span.clone())
+            .await;
+        let mut resp = match forwarded {
             Ok(mut resp) => {
                 resp.headers_mut().insert(&X_REQUEST_ID, request_id);
                 resp
@@ -183,16 +229,38 @@ impl Proxy {
                 if let Some(cause) = upstream_cause(&err) {
                     self.metrics.upstream_error(cause);
                 }
+                let _in = span.enter();
+                // The id as a field as well: under `RUST_LOG=warn` the span
+                // (INFO) is off, and an error line must still name its request.
+                let rid = request_id.to_str().unwrap_or_default();
                 if err.is_upstream() {
-                    tracing::warn!(request_id = ?request_id, error = %err, "proxy error");
+                    tracing::warn!(request_id = rid, error = %err, "proxy error");
                 } else {
-                    tracing::debug!(request_id = ?request_id, error = %err, "request refused");
+                    tracing::debug!(request_id = rid, error = %err, "request refused");
                 }
                 error_response(&err, json, &request_id)
             }
         };
-        self.metrics
-            .record(kind, resp.status().as_u16(), started.elapsed());
+        let status = resp.status().as_u16();
+        self.metrics.record(outcome.kind, status, started.elapsed());
+        if let Some((method, uri, host)) = logged {
+            let entry = AccessEntry {
+                method,
+                host,
+                uri,
+                status,
+                upstream: outcome.upstream,
+                user: outcome.user,
+                request_id: resp
+                    .headers()
+                    .get(&X_REQUEST_ID)
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static("-")),
+                remote: conn.remote,
+                started,
+            };
+            resp = resp.map(|body| ProxyBody::Logged(Box::new(LoggedBody::new(body, entry))));
+        }
         resp
     }
 
@@ -201,7 +269,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
-        kind: &mut RequestKind,
+        outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let remote = conn.remote;
         let client_version = req.version();
@@ -238,7 +306,7 @@ impl Proxy {
         if let Some(portal) = &self.portal {
             if table.portal_host() == Some(&*host) && portal.claims(req.uri().path()) {
                 drop(table);
-                *kind = RequestKind::Portal;
+                outcome.kind = RequestKind::Portal;
                 return Ok(portal.call(req).await);
             }
         }
@@ -288,11 +356,15 @@ impl Proxy {
         let upstream = match &route.target {
             RouteTarget::Upstream(u) => u,
             RouteTarget::Redirect(url) => {
-                *kind = RequestKind::Redirect;
+                outcome.kind = RequestKind::Redirect;
                 return Ok(redirect(url));
             }
         };
-        *kind = RequestKind::Upstream;
+        outcome.kind = RequestKind::Upstream;
+        if outcome.log {
+            outcome.upstream = Some(upstream.to_string().into());
+            outcome.user.clone_from(&user);
+        }
 
         // Phase 3: the upstream request.
         let upstream_pq = if route.strip_prefix && m.prefix_len > 0 {

@@ -232,10 +232,21 @@ pub async fn api_request(
 /// output. The child sees none of the caller's `SESSIONGATE_*` variables, only
 /// `env`, so a developer's shell cannot change a test.
 pub fn spawn(config: &Path, dir: &Path, env: &[(&str, &str)]) -> (Child, Log) {
+    spawn_with_args(config, dir, env, &[])
+}
+
+/// As [`spawn`], with more arguments after `serve --config <config>`.
+pub fn spawn_with_args(
+    config: &Path,
+    dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Child, Log) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiongate"));
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
+        .args(args)
         .current_dir(dir)
         .env("RUST_LOG", "info");
     for (k, _) in std::env::vars_os() {
@@ -287,11 +298,12 @@ pub async fn wait_log(log: &Log, needle: &str) -> String {
 /// `gateway listening on http://127.0.0.1:41234/`.
 pub fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
     let rest = &line[line.find(marker)? + marker.len()..];
-    rest.split_whitespace()
-        .next()?
-        .trim_end_matches('/')
-        .parse()
-        .ok()
+    // Up to the first character that cannot be part of an address: a space
+    // in text logs, the closing quote in JSON ones.
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || ".:[]".contains(c)))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 const GATEWAY_MARKER: &str = "gateway listening on http://";
@@ -348,6 +360,8 @@ pub struct Sessiongate {
     pub config: PathBuf,
     /// The environment it was started with, for the same reason.
     env: Vec<(String, String)>,
+    /// Arguments after `serve --config <config>`, for the same reason.
+    args: Vec<String>,
 }
 
 impl Drop for Sessiongate {
@@ -364,6 +378,17 @@ impl Sessiongate {
     /// `[control_plane]` as well as new tables). `env` is set last and may
     /// override the token. Starting again on the same `dir` is a restart.
     pub async fn start(dir: &Path, extra_config: &str, env: &[(&str, &str)]) -> Sessiongate {
+        Sessiongate::start_with_args(dir, extra_config, env, &[]).await
+    }
+
+    /// As [`start`](Self::start), with more arguments after
+    /// `serve --config <config>` (flags such as `--log-format json`).
+    pub async fn start_with_args(
+        dir: &Path,
+        extra_config: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Sessiongate {
         let base = "[gateway]\nhttp_listen = \"127.0.0.1:0\"\nhttps_listen = \"127.0.0.1:0\"\n\
                     [control_plane]\nlisten = \"127.0.0.1:0\"\n";
         let mut config: toml::Table = base.parse().unwrap();
@@ -380,7 +405,7 @@ impl Sessiongate {
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
         let mut all_env = vec![("SESSIONGATE_ADMIN_TOKEN", TOKEN)];
         all_env.extend_from_slice(env);
-        Sessiongate::start_with_config(dir, &path, &all_env).await
+        Sessiongate::launch(dir, &path, &all_env, args).await
     }
 
     /// Starts a server on a configuration file written by the caller, which
@@ -388,7 +413,11 @@ impl Sessiongate {
     /// `SESSIONGATE_*` environment: without `SESSIONGATE_ADMIN_TOKEN` the
     /// server generates a token and `token` is empty.
     pub async fn start_with_config(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Sessiongate {
-        let (mut child, log) = spawn(config, dir, env);
+        Sessiongate::launch(dir, config, env, &[]).await
+    }
+
+    async fn launch(dir: &Path, config: &Path, env: &[(&str, &str)], args: &[&str]) -> Sessiongate {
+        let (mut child, log) = spawn_with_args(config, dir, env, args);
         let (gateway, api) = wait_listening(&mut child, &log).await;
         let token = env
             .iter()
@@ -408,6 +437,7 @@ impl Sessiongate {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         }
     }
 
@@ -428,7 +458,8 @@ impl Sessiongate {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let (mut child, log) = spawn(&self.config, &self.dir, &env);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let (mut child, log) = spawn_with_args(&self.config, &self.dir, &env, &args);
         let (gateway, api) = wait_listening(&mut child, &log).await;
         self.child = child;
         self.log = log;
