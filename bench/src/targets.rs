@@ -156,6 +156,7 @@ struct SgConfig {
     control_plane: SgControlPlane,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<SgTls>,
+    log: SgLog,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     routes: Vec<SgRoute>,
 }
@@ -182,6 +183,15 @@ struct SgControlPlane {
     listen: String,
     data_dir: String,
 }
+
+/// Request logging off, as for every peer (nginx `access_log off`, haproxy
+/// without `log`, chp `--log-level error`).
+#[derive(Serialize)]
+struct SgLog {
+    access_log: bool,
+}
+
+const NO_ACCESS_LOG: SgLog = SgLog { access_log: false };
 
 #[derive(Serialize)]
 struct SgRoute {
@@ -213,6 +223,7 @@ pub fn sessiongate(
             data_dir: data_dir.to_string_lossy().into_owned(),
         },
         tls: None,
+        log: NO_ACCESS_LOG,
         routes: routes
             .hosts
             .iter()
@@ -298,6 +309,7 @@ pub fn sessiongate_tls(
             // A missing pair must fail the start, not be replaced.
             generate_dev_certificate: false,
         }),
+        log: NO_ACCESS_LOG,
         routes: Vec::new(),
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -738,6 +750,7 @@ mod tests {
                 data_dir: "/tmp/a \"b\"/data".into(),
             },
             tls: None,
+            log: NO_ACCESS_LOG,
             routes: vec![SgRoute {
                 host: HOST.into(),
                 upstream: "http://127.0.0.1:3".into(),
@@ -748,6 +761,7 @@ mod tests {
         assert!(text.contains("[control_plane]"));
         assert!(text.contains("[[routes]]"));
         assert!(text.contains("host = \"app.localhost\""));
+        assert!(text.contains("[log]\naccess_log = false"));
         assert!(text.contains("https_listen = \"\""));
         assert!(!text.contains("[tls]"));
         Ok(())
@@ -771,6 +785,7 @@ mod tests {
                 default_certificate: "bench.test".into(),
                 generate_dev_certificate: false,
             }),
+            log: NO_ACCESS_LOG,
             routes: Vec::new(),
         };
         let text = toml::to_string(&config)?;
