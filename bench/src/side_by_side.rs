@@ -583,7 +583,10 @@ impl Bench {
         for line in self.tools.versions() {
             let _ = writeln!(r, "- {line}");
         }
-        if let Some(commit) = report::source_commit(&[]) {
+        // Not the whole tree: the results file this run writes is in it.
+        if let Some(commit) =
+            report::source_commit(&["bench/src", "bench/Cargo.toml", "gateway", "control-plane"])
+        {
             let _ = writeln!(r, "- Source: commit {commit}");
         }
         let _ = writeln!(r, "- Command: `{}`", command.join(" "));
