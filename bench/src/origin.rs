@@ -1,10 +1,15 @@
 //! The origin every target forwards to.
 //!
 //! It lives inside the harness process, on its own tokio runtime, so that no
-//! third-party server's quirks leak into the comparison: all three targets end
-//! at the very same code. It counts requests and accepted connections, which
+//! third-party server's quirks leak into the comparison: all targets end at
+//! the very same code. It counts requests and accepted connections, which
 //! lets the harness prove that a proxy really forwarded what wrk counted and
 //! see how well it reuses upstream connections.
+//!
+//! `GET /1mib` answers [`BIG_BODY_LEN`] bytes (the `body-1mib` scenario);
+//! every other path the 128-byte [`BODY`]. It listens on two ports that
+//! serve alike, so that the `churn` scenario can move a session's upstream
+//! to an equivalent address without changing what is served.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,6 +38,13 @@ pub static BODY: [u8; BODY_LEN] = make_body();
 
 /// The marker that opens [`BODY`].
 pub const MARKER: &[u8] = b"sessiongate-bench-origin ";
+
+/// The path that answers [`BIG_BODY_LEN`] bytes.
+pub const BIG_PATH: &str = "/1mib";
+
+/// Size of the large response: big enough that copying and flow control,
+/// not per-request work, decide the proxy's cost.
+pub const BIG_BODY_LEN: usize = 1 << 20;
 
 const fn make_body() -> [u8; BODY_LEN] {
     let mut out = [b'x'; BODY_LEN];
@@ -63,11 +75,13 @@ pub struct OriginCounts {
 pub struct Origin {
     runtime: Runtime,
     addr: SocketAddr,
+    alt_addr: SocketAddr,
     counters: Arc<Counters>,
 }
 
 impl Origin {
-    /// Binds 127.0.0.1:0 and serves on a runtime of `threads` workers.
+    /// Binds two listeners on 127.0.0.1:0 and serves both on a runtime of
+    /// `threads` workers.
     pub fn start(threads: usize) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
@@ -75,23 +89,37 @@ impl Origin {
             .enable_all()
             .build()
             .context("building the origin's tokio runtime")?;
-        let listener = runtime
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .context("binding the origin to 127.0.0.1:0")?;
-        let addr = listener
-            .local_addr()
-            .context("reading the origin's address")?;
         let counters = Arc::new(Counters::default());
-        runtime.spawn(accept_loop(listener, Arc::clone(&counters)));
+        // One copy of the large body, shared by every response (Bytes clones
+        // are reference counts).
+        let big = Bytes::from(big_body());
+        let mut addrs = Vec::new();
+        for _ in 0..2 {
+            let listener = runtime
+                .block_on(TcpListener::bind("127.0.0.1:0"))
+                .context("binding the origin to 127.0.0.1:0")?;
+            addrs.push(
+                listener
+                    .local_addr()
+                    .context("reading the origin's address")?,
+            );
+            runtime.spawn(accept_loop(listener, Arc::clone(&counters), big.clone()));
+        }
         Ok(Self {
             runtime,
-            addr,
+            addr: addrs[0],
+            alt_addr: addrs[1],
             counters,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A second address serving exactly what [`Origin::addr`] serves.
+    pub fn alt_addr(&self) -> SocketAddr {
+        self.alt_addr
     }
 
     /// The runtime, so that the harness can park its signal watcher there
@@ -108,7 +136,7 @@ impl Origin {
     }
 }
 
-async fn accept_loop(listener: TcpListener, counters: Arc<Counters>) {
+async fn accept_loop(listener: TcpListener, counters: Arc<Counters>, big: Bytes) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -123,10 +151,16 @@ async fn accept_loop(listener: TcpListener, counters: Arc<Counters>) {
         let _ = stream.set_nodelay(true);
         counters.connections.fetch_add(1, Ordering::Relaxed);
         let counters = Arc::clone(&counters);
+        let big = big.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |_req: Request<Incoming>| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 counters.requests.fetch_add(1, Ordering::Relaxed);
-                std::future::ready(Ok::<_, Infallible>(response()))
+                let body = if req.uri().path() == BIG_PATH {
+                    big.clone()
+                } else {
+                    Bytes::from_static(&BODY)
+                };
+                std::future::ready(Ok::<_, Infallible>(response(body)))
             });
             // Errors here are clients resetting at the end of a wrk run: normal.
             let _ = http1::Builder::new()
@@ -137,8 +171,18 @@ async fn accept_loop(listener: TcpListener, counters: Arc<Counters>) {
     }
 }
 
-fn response() -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(&BODY)));
+/// The large body: the marker, then a repeating pattern, ending in a newline.
+fn big_body() -> Vec<u8> {
+    let mut out: Vec<u8> = (0..BIG_BODY_LEN)
+        .map(|i| b"0123456789abcdef"[i % 16])
+        .collect();
+    out[..MARKER.len()].copy_from_slice(MARKER);
+    out[BIG_BODY_LEN - 1] = b'\n';
+    out
+}
+
+fn response(body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
     // hyper derives Content-Length from the exact body size; the type is set
     // so that proxies have nothing to sniff.
     resp.headers_mut().insert(
@@ -157,5 +201,13 @@ mod tests {
         assert_eq!(BODY.len(), 128);
         assert!(BODY.starts_with(MARKER));
         assert_eq!(BODY[BODY_LEN - 1], b'\n');
+    }
+
+    #[test]
+    fn big_body_has_marker_and_size() {
+        let big = big_body();
+        assert_eq!(big.len(), 1 << 20);
+        assert!(big.starts_with(MARKER));
+        assert_eq!(big.last(), Some(&b'\n'));
     }
 }

@@ -3,20 +3,29 @@
 use std::fmt::Write as _;
 use std::process::Command;
 
+use crate::churn::ApiStats;
 use crate::origin::OriginCounts;
 use crate::targets::TargetKind;
 use crate::wrk::WrkResult;
 
-/// One wrk run against one target.
+/// One wrk run against one target in one case of a scenario.
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub round: u32,
+    /// The scenario's case ("1 route", "churn", …); one per scenario for most.
+    pub case: String,
     pub target: TargetKind,
     pub wrk: WrkResult,
     /// Proxy CPU (utime + stime, all its processes) spent during the run.
     pub cpu_ticks: Option<u64>,
     /// What the origin saw during the run.
     pub origin: OriginCounts,
+    /// Problems the scenario's own checks found, with a count each
+    /// (responses that kept the connection open, short bodies, failed API
+    /// calls); any of them flags the run.
+    pub extra: Vec<(String, u64)>,
+    /// The control-plane calls made during the run (`churn`).
+    pub api: Option<ApiStats>,
 }
 
 impl Sample {
@@ -28,18 +37,28 @@ impl Sample {
     }
 
     pub fn errors(&self) -> u64 {
-        self.wrk.non_2xx + self.wrk.socket_errors() + self.bypassed()
+        self.wrk.non_2xx
+            + self.wrk.socket_errors()
+            + self.bypassed()
+            + self.extra.iter().map(|(_, n)| n).sum::<u64>()
     }
 
     pub fn error_summary(&self) -> String {
-        let mut text = self.wrk.error_summary();
-        if self.bypassed() > 0 {
-            if !text.is_empty() {
-                text.push_str(", ");
-            }
-            let _ = write!(text, "{} not seen by origin", self.bypassed());
+        let mut parts: Vec<String> = Vec::new();
+        let wrk = self.wrk.error_summary();
+        if !wrk.is_empty() {
+            parts.push(wrk);
         }
-        text
+        if self.bypassed() > 0 {
+            parts.push(format!("{} not seen by origin", self.bypassed()));
+        }
+        parts.extend(
+            self.extra
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(what, n)| format!("{what} {n}")),
+        );
+        parts.join(", ")
     }
 
     pub fn cpu_us_per_request(&self, clk_tck: u64) -> Option<f64> {
@@ -54,9 +73,28 @@ fn cpu_us_per_request(ticks: u64, requests: u64, clk_tck: u64) -> Option<f64> {
     Some(ticks as f64 * 1e6 / clk_tck as f64 / requests as f64)
 }
 
+/// A proxy's memory: after start and route set-up but before any load, and
+/// after the last round.
+#[derive(Debug, Clone, Copy)]
+pub struct Rss {
+    pub idle_kib: u64,
+    pub loaded_kib: u64,
+}
+
+/// Ratios to nginx in the same case (lower is better for all but req/s).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VsNginx {
+    pub rps: Option<f64>,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub cpu: Option<f64>,
+    pub rss: Option<f64>,
+}
+
 /// The per-target figures of the summary table.
 #[derive(Debug, Clone)]
 pub struct Summary {
+    pub case: String,
     pub target: TargetKind,
     pub rps: f64,
     pub p50_us: f64,
@@ -64,17 +102,36 @@ pub struct Summary {
     /// Total proxy CPU over total requests across all rounds: clock ticks are
     /// 10 ms coarse, so pooling beats a median of per-round quotients.
     pub cpu_us_per_req: Option<f64>,
-    pub rss_kib: Option<u64>,
+    pub rss: Option<Rss>,
     pub upstream_conns: f64,
     pub requests: u64,
     pub errors: u64,
     pub error_detail: String,
-    pub vs_nginx: Option<f64>,
+    pub vs_nginx: VsNginx,
 }
 
 impl Summary {
     pub fn flagged(&self) -> bool {
         self.errors > 0 || self.requests == 0
+    }
+
+    /// The problem that must fail the run, if any.
+    pub fn problem(&self) -> Option<String> {
+        let who = if self.case.is_empty() {
+            self.target.name().to_owned()
+        } else {
+            format!("{} ({})", self.target.name(), self.case)
+        };
+        if !self.flagged() {
+            None
+        } else if self.requests == 0 {
+            Some(format!("{who} served zero requests"))
+        } else {
+            Some(format!(
+                "{who} served {} errors ({})",
+                self.errors, self.error_detail
+            ))
+        }
     }
 }
 
@@ -92,17 +149,29 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// Summaries in the order of `targets`; `rss` gives each proxy's RSS.
+/// `a / b`, when both are there and `b` is positive.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// Summaries for every `(case, target)` pair in `runs`, in that order;
+/// `rss` gives each proxy's memory.
 pub fn summarise(
-    targets: &[TargetKind],
+    runs: &[(String, TargetKind)],
     samples: &[Sample],
-    rss: &[(TargetKind, Option<u64>)],
+    rss: &[(String, TargetKind, Rss)],
     clk_tck: u64,
 ) -> Vec<Summary> {
-    let mut out: Vec<Summary> = targets
+    let mut out: Vec<Summary> = runs
         .iter()
-        .map(|&target| {
-            let mine: Vec<&Sample> = samples.iter().filter(|s| s.target == target).collect();
+        .map(|(case, target)| {
+            let mine: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.target == *target && s.case == *case)
+                .collect();
             let pick =
                 |f: fn(&Sample) -> f64| median(&mine.iter().map(|s| f(s)).collect::<Vec<_>>());
             let requests = mine.iter().map(|s| s.wrk.requests).sum();
@@ -117,28 +186,41 @@ pub fn summarise(
                 .map(|s| format!("round {}: {}", s.round, s.error_summary()))
                 .collect();
             Summary {
-                target,
+                case: case.clone(),
+                target: *target,
                 rps: pick(|s| s.wrk.req_per_sec),
                 p50_us: pick(|s| s.wrk.p50_us),
                 p99_us: pick(|s| s.wrk.p99_us),
                 cpu_us_per_req,
-                rss_kib: rss.iter().find(|(t, _)| *t == target).and_then(|r| r.1),
+                rss: rss
+                    .iter()
+                    .find(|(c, t, _)| c == case && t == target)
+                    .map(|r| r.2),
                 upstream_conns: pick(|s| s.origin.connections as f64),
                 requests,
                 errors: mine.iter().map(|s| s.errors()).sum(),
                 error_detail: details.join("; "),
-                vs_nginx: None,
+                vs_nginx: VsNginx::default(),
             }
         })
         .collect();
-    let nginx_rps = out
+    let nginx: Vec<Summary> = out
         .iter()
-        .find(|s| s.target == TargetKind::Nginx)
-        .map(|s| s.rps);
-    if let Some(nginx_rps) = nginx_rps.filter(|r| *r > 0.0) {
-        for s in &mut out {
-            s.vs_nginx = Some(s.rps / nginx_rps);
-        }
+        .filter(|s| s.target == TargetKind::Nginx)
+        .cloned()
+        .collect();
+    for s in &mut out {
+        let Some(n) = nginx.iter().find(|n| n.case == s.case) else {
+            continue;
+        };
+        let loaded = |s: &Summary| s.rss.map(|r| r.loaded_kib as f64);
+        s.vs_nginx = VsNginx {
+            rps: ratio(Some(s.rps), Some(n.rps)),
+            p50: ratio(Some(s.p50_us), Some(n.p50_us)),
+            p99: ratio(Some(s.p99_us), Some(n.p99_us)),
+            cpu: ratio(s.cpu_us_per_req, n.cpu_us_per_req),
+            rss: ratio(loaded(s), loaded(n)),
+        };
     }
     out
 }
@@ -157,11 +239,34 @@ pub fn fmt_opt(value: Option<f64>, f: impl Fn(f64) -> String) -> String {
     value.map(f).unwrap_or_else(|| "–".into())
 }
 
+pub fn fmt_mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// `text`, followed by ` (0.81x)` when there is a ratio.
+fn with_ratio(text: String, ratio: Option<f64>) -> String {
+    match ratio {
+        Some(r) => format!("{text} ({r:.2}x)"),
+        None => text,
+    }
+}
+
+/// The summary table; a `case` column only when there is more than one case.
 pub fn summary_table(summaries: &[Summary]) -> String {
-    let mut t = String::from(
-        "| target | req/s (median) | vs nginx | p50 | p99 | proxy CPU µs/req | proxy RSS | upstream conns/run | errors |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    let mut cases: Vec<&str> = summaries.iter().map(|s| s.case.as_str()).collect();
+    cases.dedup();
+    let with_case = cases.len() > 1;
+    let mut t = String::new();
+    if with_case {
+        t.push_str("| case ");
+    }
+    t.push_str(
+        "| target | req/s (median) | p50 | p99 | proxy CPU µs/req | RSS idle | RSS loaded | upstream conns/run | errors |\n",
     );
+    if with_case {
+        t.push_str("|---");
+    }
+    t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for s in summaries {
         let errors = if s.requests == 0 {
             "**FLAGGED: zero requests**".to_owned()
@@ -170,19 +275,25 @@ pub fn summary_table(summaries: &[Summary]) -> String {
         } else {
             "0".to_owned()
         };
+        if with_case {
+            let _ = write!(t, "| {} ", s.case);
+        }
         let _ = writeln!(
             t,
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
             s.target,
-            s.rps,
-            fmt_opt(s.vs_nginx, |r| format!("{r:.2}x")),
-            fmt_latency(s.p50_us),
-            fmt_latency(s.p99_us),
-            fmt_opt(s.cpu_us_per_req, |c| format!("{c:.1}")),
-            fmt_opt(s.rss_kib.map(|k| k as f64), |k| format!(
-                "{:.1} MiB",
-                k / 1024.0
-            )),
+            with_ratio(format!("{:.0}", s.rps), s.vs_nginx.rps),
+            with_ratio(fmt_latency(s.p50_us), s.vs_nginx.p50),
+            with_ratio(fmt_latency(s.p99_us), s.vs_nginx.p99),
+            with_ratio(
+                fmt_opt(s.cpu_us_per_req, |c| format!("{c:.1}")),
+                s.vs_nginx.cpu
+            ),
+            s.rss.map_or("–".into(), |r| fmt_mib(r.idle_kib)),
+            with_ratio(
+                s.rss.map_or("–".into(), |r| fmt_mib(r.loaded_kib)),
+                s.vs_nginx.rss
+            ),
             s.upstream_conns,
             errors,
         );
@@ -190,43 +301,55 @@ pub fn summary_table(summaries: &[Summary]) -> String {
     t
 }
 
-/// The sessiongate-against-nginx line, if both ran.
-pub fn headline(summaries: &[Summary]) -> Option<String> {
-    let sg = summaries
+/// The sessiongate-against-nginx line of each case where both ran.
+pub fn headlines(summaries: &[Summary]) -> Vec<String> {
+    summaries
         .iter()
-        .find(|s| s.target == TargetKind::Sessiongate)?;
-    let nginx = summaries.iter().find(|s| s.target == TargetKind::Nginx)?;
-    let ratio = |a: f64, b: f64| {
-        if b > 0.0 {
-            format!("{:.2}x", a / b)
-        } else {
-            "n/a".into()
-        }
-    };
-    let cpu = match (sg.cpu_us_per_req, nginx.cpu_us_per_req) {
-        (Some(a), Some(b)) => ratio(a, b),
-        _ => "n/a".into(),
-    };
-    Some(format!(
-        "sessiongate / nginx: req/s {}, p50 {}, p99 {}, CPU per request {} (lower is better for all but req/s)",
-        ratio(sg.rps, nginx.rps),
-        ratio(sg.p50_us, nginx.p50_us),
-        ratio(sg.p99_us, nginx.p99_us),
-        cpu,
-    ))
+        .filter(|s| s.target == TargetKind::Sessiongate)
+        .filter(|s| s.vs_nginx.rps.is_some())
+        .map(|sg| {
+            let r = |v: Option<f64>| fmt_opt(v, |x| format!("{x:.2}x"));
+            let case = if sg.case.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", sg.case)
+            };
+            format!(
+                "sessiongate / nginx{case}: req/s {}, p50 {}, p99 {}, CPU per request {}, RSS {} \
+                 (lower is better for all but req/s)",
+                r(sg.vs_nginx.rps),
+                r(sg.vs_nginx.p50),
+                r(sg.vs_nginx.p99),
+                r(sg.vs_nginx.cpu),
+                r(sg.vs_nginx.rss),
+            )
+        })
+        .collect()
 }
 
 pub fn raw_table(samples: &[Sample], clk_tck: u64) -> String {
-    let mut t = String::from(
-        "| round | target | req/s | p50 | p99 | requests | proxy CPU µs/req | upstream conns | errors |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---|\n",
-    );
+    let mut cases: Vec<&str> = samples.iter().map(|s| s.case.as_str()).collect();
+    cases.sort_unstable();
+    cases.dedup();
+    let with_case = cases.len() > 1;
+    let mut t = String::from("| round ");
+    if with_case {
+        t.push_str("| case ");
+    }
+    t.push_str("| target | req/s | p50 | p99 | requests | proxy CPU µs/req | upstream conns | errors |\n|---:");
+    if with_case {
+        t.push_str("|---");
+    }
+    t.push_str("|---|---:|---:|---:|---:|---:|---:|---|\n");
     for s in samples {
         let errors = s.error_summary();
+        let _ = write!(t, "| {} ", s.round);
+        if with_case {
+            let _ = write!(t, "| {} ", s.case);
+        }
         let _ = writeln!(
             t,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
-            s.round,
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |",
             s.target,
             s.wrk.req_per_sec,
             fmt_latency(s.wrk.p50_us),
@@ -364,6 +487,7 @@ mod tests {
     fn sample(target: TargetKind, round: u32, rps: f64, requests: u64, origin: u64) -> Sample {
         Sample {
             round,
+            case: String::new(),
             target,
             wrk: WrkResult {
                 requests,
@@ -377,6 +501,8 @@ mod tests {
                 requests: origin,
                 connections: 32,
             },
+            extra: Vec::new(),
+            api: None,
         }
     }
 
@@ -394,23 +520,75 @@ mod tests {
             sample(TargetKind::Sessiongate, 1, 50.0, 1000, 1000),
             sample(TargetKind::Nginx, 1, 40.0, 1000, 990),
         ];
-        let targets = [
+        let runs: Vec<(String, TargetKind)> = [
             TargetKind::Direct,
             TargetKind::Sessiongate,
             TargetKind::Nginx,
-        ];
-        let s = summarise(&targets, &samples, &[(TargetKind::Nginx, Some(2048))], 100);
-        assert_eq!(s[1].vs_nginx, Some(1.25));
+        ]
+        .map(|t| (String::new(), t))
+        .to_vec();
+        let rss = |kib| Rss {
+            idle_kib: 1024,
+            loaded_kib: kib,
+        };
+        let s = summarise(
+            &runs,
+            &samples,
+            &[
+                (String::new(), TargetKind::Nginx, rss(2048)),
+                (String::new(), TargetKind::Sessiongate, rss(1024)),
+            ],
+            100,
+        );
+        assert_eq!(s[1].vs_nginx.rps, Some(1.25));
+        assert_eq!(s[1].vs_nginx.rss, Some(0.5));
         // 100 ticks = 1 s over 1000 requests.
         assert_eq!(s[1].cpu_us_per_req, Some(1000.0));
         assert_eq!(s[0].cpu_us_per_req, None);
         assert!(!s[1].flagged());
         assert!(s[2].flagged(), "10 responses never reached the origin");
-        assert_eq!(s[2].rss_kib, Some(2048));
+        assert!(s[2]
+            .problem()
+            .is_some_and(|p| p.contains("nginx served 10 errors")));
+        assert_eq!(s[2].rss.map(|r| r.loaded_kib), Some(2048));
         let table = summary_table(&s);
-        assert!(table.contains("| sessiongate | 50 | 1.25x |"));
+        assert!(table.contains("| sessiongate | 50 (1.25x) |"), "{table}");
+        assert!(!table.contains("| case "));
         assert!(table.contains("10 not seen by origin"));
-        assert!(headline(&s).is_some_and(|h| h.contains("req/s 1.25x")));
+        let lines = headlines(&s);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("req/s 1.25x"));
+        assert!(lines[0].contains("RSS 0.50x"));
+    }
+
+    #[test]
+    fn ratios_stay_within_a_case() {
+        let mut samples = Vec::new();
+        for (case, sg, nginx) in [("a", 100.0, 50.0), ("b", 30.0, 60.0)] {
+            let mut s = sample(TargetKind::Sessiongate, 1, sg, 10, 10);
+            s.case = case.into();
+            let mut n = sample(TargetKind::Nginx, 1, nginx, 10, 10);
+            n.case = case.into();
+            samples.extend([s, n]);
+        }
+        let runs: Vec<(String, TargetKind)> = ["a", "b"]
+            .iter()
+            .flat_map(|c| [TargetKind::Sessiongate, TargetKind::Nginx].map(|t| (c.to_string(), t)))
+            .collect();
+        let s = summarise(&runs, &samples, &[], 100);
+        assert_eq!(s[0].vs_nginx.rps, Some(2.0));
+        assert_eq!(s[2].vs_nginx.rps, Some(0.5));
+        assert!(summary_table(&s).starts_with("| case | target |"));
+        assert_eq!(headlines(&s).len(), 2);
+    }
+
+    #[test]
+    fn extra_problems_flag_a_sample() {
+        let mut s = sample(TargetKind::Chp, 2, 10.0, 10, 10);
+        assert_eq!(s.errors(), 0);
+        s.extra.push(("kept-alive responses".into(), 3));
+        assert_eq!(s.errors(), 3);
+        assert_eq!(s.error_summary(), "kept-alive responses 3");
     }
 
     #[test]

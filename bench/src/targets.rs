@@ -1,5 +1,6 @@
-//! The three targets: the origin itself, sessiongate and nginx, and how to
-//! start each one and know it is ready; and the HTTPS-only variants of
+//! The targets: the origin itself, sessiongate and nginx (haproxy and
+//! configurable-http-proxy are in [`crate::peers`]), how to start each one
+//! with a set of routes and know it is ready; and the HTTPS-only variants of
 //! sessiongate and nginx that the `tls-handshakes` scenario measures.
 
 use std::fmt;
@@ -18,9 +19,9 @@ use crate::origin::MARKER;
 use crate::procs::{check_interrupted, running_as_root, Proc};
 use crate::wrk::HOST;
 
-/// The admin token sessiongate is started with. The admin API is not used;
-/// the value only has to satisfy sessiongate's minimum length (16).
-const ADMIN_TOKEN: &str = "bench-token-not-a-secret";
+/// The admin token sessiongate is started with (at least 16 characters, as
+/// sessiongate wants); the `churn` scenario drives the API with it.
+pub const ADMIN_TOKEN: &str = "bench-token-not-a-secret";
 
 /// How long a proxy gets to answer its first request through to the origin.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
@@ -30,6 +31,9 @@ pub enum TargetKind {
     Direct,
     Sessiongate,
     Nginx,
+    Haproxy,
+    /// configurable-http-proxy (JupyterHub's proxy).
+    Chp,
 }
 
 impl TargetKind {
@@ -38,7 +42,63 @@ impl TargetKind {
             Self::Direct => "direct",
             Self::Sessiongate => "sessiongate",
             Self::Nginx => "nginx",
+            Self::Haproxy => "haproxy",
+            Self::Chp => "chp",
         }
+    }
+}
+
+/// The hosts every proxy routes, each its own route in every proxy.
+pub struct Routes {
+    pub hosts: Vec<String>,
+    /// Whether nginx and haproxy look the `Host` up in a map (the `routes`
+    /// scenario) rather than sending everything to the origin from one
+    /// catch-all block (the others: the simplest, fastest configuration
+    /// those two have). sessiongate and chp always route by host.
+    pub lookup: bool,
+}
+
+impl Routes {
+    /// The single route `{HOST}` of the keep-alive style scenarios.
+    pub fn one() -> Self {
+        Self {
+            hosts: vec![HOST.to_owned()],
+            lookup: false,
+        }
+    }
+
+    /// `n` routes `r0.routes.test` … looked up by host in every proxy.
+    pub fn many(n: usize) -> Self {
+        Self {
+            hosts: (0..n).map(|i| format!("r{i}.routes.test")).collect(),
+            lookup: true,
+        }
+    }
+
+    /// The hosts the readiness probe asks for: the first and the last, so
+    /// that a proxy still loading its routes is not taken as ready.
+    pub fn probe_hosts(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.hosts.first().map(String::as_str).into_iter().collect();
+        if let Some(last) = self.hosts.last().filter(|_| self.hosts.len() > 1) {
+            out.push(last);
+        }
+        out
+    }
+
+    /// Writes `path` with one `<host> <value><end>` line per host: the map
+    /// files of nginx (`end` = ";") and haproxy, and wrk's host list.
+    pub fn write_lines(&self, path: &Path, value: &str, end: &str) -> Result<()> {
+        let mut text = String::with_capacity(self.hosts.len() * 32);
+        for host in &self.hosts {
+            text.push_str(host);
+            if !value.is_empty() {
+                text.push(' ');
+                text.push_str(value);
+            }
+            text.push_str(end);
+            text.push('\n');
+        }
+        fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
 }
 
@@ -57,11 +117,15 @@ pub struct Target {
     pub proc: Option<Proc>,
     /// The configuration file it was started with, for the written report.
     pub config: Option<(String, String)>,
+    /// Where its configuration API listens (sessiongate's control plane,
+    /// chp's `--api-port`).
+    pub api_addr: Option<SocketAddr>,
 }
 
 impl Target {
-    pub fn url(&self) -> String {
-        format!("http://{}/", self.addr)
+    /// `http://host:port`, no path.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 }
 
@@ -76,12 +140,13 @@ pub fn free_port() -> Result<u16> {
 }
 
 pub fn direct(origin: SocketAddr) -> Result<Target> {
-    wait_ready("direct", origin, None)?;
+    wait_until_ready("direct", origin, None, |addr| origin_ready(addr, HOST))?;
     Ok(Target {
         kind: TargetKind::Direct,
         addr: origin,
         proc: None,
         config: None,
+        api_addr: None,
     })
 }
 
@@ -91,6 +156,7 @@ struct SgConfig {
     control_plane: SgControlPlane,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<SgTls>,
+    log: SgLog,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     routes: Vec<SgRoute>,
 }
@@ -118,21 +184,37 @@ struct SgControlPlane {
     data_dir: String,
 }
 
+/// Request logging off, as for every peer (nginx `access_log off`, haproxy
+/// without `log`, chp `--log-level error`).
+#[derive(Serialize)]
+struct SgLog {
+    access_log: bool,
+}
+
+const NO_ACCESS_LOG: SgLog = SgLog { access_log: false };
+
 #[derive(Serialize)]
 struct SgRoute {
     host: String,
     upstream: String,
 }
 
-/// Starts `sessiongate serve` with one static route to the origin.
-pub fn sessiongate(binary: &Path, dir: &Path, origin: SocketAddr) -> Result<Target> {
+/// Starts `sessiongate serve` with a static route (`[[routes]]`) to the
+/// origin for each host of `routes`, and no HTTPS listener (its default
+/// would be a fixed port, 8443, with a generated certificate).
+pub fn sessiongate(
+    binary: &Path,
+    dir: &Path,
+    origin: SocketAddr,
+    routes: &Routes,
+) -> Result<Target> {
     let port = free_port()?;
     let data_dir = dir.join("data");
     fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let config = SgConfig {
         gateway: SgGateway {
             http_listen: format!("127.0.0.1:{port}"),
-            https_listen: None,
+            https_listen: Some(String::new()),
             base_domains: vec!["localhost".into()],
             portal_host: Some("localhost".into()),
         },
@@ -141,13 +223,43 @@ pub fn sessiongate(binary: &Path, dir: &Path, origin: SocketAddr) -> Result<Targ
             data_dir: data_dir.to_string_lossy().into_owned(),
         },
         tls: None,
-        routes: vec![SgRoute {
-            host: HOST.into(),
-            upstream: format!("http://{origin}"),
-        }],
+        log: NO_ACCESS_LOG,
+        routes: routes
+            .hosts
+            .iter()
+            .map(|host| SgRoute {
+                host: host.clone(),
+                upstream: format!("http://{origin}"),
+            })
+            .collect(),
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    start_sessiongate(binary, dir, &config, addr, origin_ready)
+    let mut target = start_sessiongate(binary, dir, &config, addr, |addr| {
+        routes_ready(addr, routes)
+    })?;
+    if routes.hosts.len() > 1 {
+        // The whole file would swamp the written report.
+        if let Some((_, text)) = &mut target.config {
+            *text = abridge_routes(text, routes.hosts.len());
+        }
+    }
+    Ok(target)
+}
+
+/// `text` up to and including its first `[[routes]]` entry, then a comment
+/// saying how many alike follow.
+fn abridge_routes(text: &str, count: usize) -> String {
+    let Some(first) = text.find("[[routes]]") else {
+        return text.to_owned();
+    };
+    let cut = text[first + 1..]
+        .find("[[routes]]")
+        .map_or(text.len(), |i| first + 1 + i);
+    format!(
+        "{}# ... {} more [[routes]] like it, one per host\n",
+        &text[..cut],
+        count.saturating_sub(1)
+    )
 }
 
 /// The certificate pair a TLS target serves: `DIR/NAME.crt` and
@@ -197,6 +309,7 @@ pub fn sessiongate_tls(
             // A missing pair must fail the start, not be replaced.
             generate_dev_certificate: false,
         }),
+        log: NO_ACCESS_LOG,
         routes: Vec::new(),
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -213,6 +326,7 @@ fn start_sessiongate(
     ready: impl FnMut(SocketAddr) -> Result<()>,
 ) -> Result<Target> {
     let text = toml::to_string(config).context("serialising sessiongate.toml")?;
+    let api_addr = config.control_plane.listen.parse().ok();
     let path = dir.join("sessiongate.toml");
     fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
 
@@ -237,6 +351,7 @@ fn start_sessiongate(
         addr,
         proc: Some(proc),
         config: Some(("sessiongate.toml".into(), text)),
+        api_addr,
     })
 }
 
@@ -273,12 +388,48 @@ http {{
     )
 }
 
-/// The nginx configuration: one worker, upstream keep-alive, everything
-/// (pid, logs, temp paths) inside `dir` so that no system state is touched.
-pub fn nginx_config(dir: &Path, port: u16, origin: SocketAddr, as_root: bool) -> String {
+/// The nginx configuration: one worker, upstream keep-alive, WebSocket
+/// upgrades passed through (`Connection: upgrade` only when the client asked
+/// for one, so that plain requests keep the upstream connection alive),
+/// responses streamed rather than buffered (as sessiongate, haproxy and chp
+/// do), everything (pid, logs, temp paths) inside `dir` so that no system
+/// state is touched. With `map_file` (lines `<host> origin;`), the host is
+/// looked up in a `map` and unknown hosts answer 404.
+pub fn nginx_config(
+    dir: &Path,
+    port: u16,
+    origin: SocketAddr,
+    map_file: Option<(&Path, usize)>,
+    as_root: bool,
+) -> String {
     let preamble = nginx_preamble(dir, as_root);
+    let (route_map, check, pass) = match map_file {
+        Some((file, count)) => (
+            format!(
+                r#"
+    # One entry per route; the hash must hold them all (set before any map).
+    map_hash_max_size {};
+    map_hash_bucket_size 128;
+    map $host $route {{
+        default "";
+        include "{}";
+    }}
+"#,
+                (count * 2).max(2048),
+                file.display()
+            ),
+            "if ($route = \"\") {\n                return 404;\n            }\n            ",
+            "$route",
+        ),
+        None => (String::new(), "", "origin"),
+    };
     format!(
-        r#"{preamble}
+        r#"{preamble}{route_map}
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      '';
+    }}
+
     upstream origin {{
         server {origin};
         keepalive 64;
@@ -289,9 +440,11 @@ pub fn nginx_config(dir: &Path, port: u16, origin: SocketAddr, as_root: bool) ->
         server_name {HOST};
 
         location / {{
-            proxy_pass http://origin;
+            {check}proxy_pass http://{pass};
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         }}
@@ -342,11 +495,16 @@ pub fn nginx_tls_config(dir: &Path, port: u16, certs: &CertPair, as_root: bool) 
     )
 }
 
-/// Starts nginx (master + one worker) in the foreground.
-pub fn nginx(binary: &Path, dir: &Path, origin: SocketAddr) -> Result<Target> {
+/// Starts nginx (master + one worker) in the foreground with `routes`.
+pub fn nginx(binary: &Path, dir: &Path, origin: SocketAddr, routes: &Routes) -> Result<Target> {
     let port = free_port()?;
-    let text = nginx_config(dir, port, origin, running_as_root());
-    start_nginx(binary, dir, text, port, origin_ready)
+    let map = dir.join("routes.map");
+    if routes.lookup {
+        routes.write_lines(&map, "origin", ";")?;
+    }
+    let map_file = routes.lookup.then_some((map.as_path(), routes.hosts.len()));
+    let text = nginx_config(dir, port, origin, map_file, running_as_root());
+    start_nginx(binary, dir, text, port, |addr| routes_ready(addr, routes))
 }
 
 /// Starts nginx (master + one worker) with an HTTPS listener serving
@@ -410,27 +568,33 @@ fn start_nginx(
         addr,
         proc: Some(proc),
         config: Some(("nginx.conf".into(), text)),
+        api_addr: None,
     })
 }
 
-/// Polls until `addr` answers `GET /` with a 200 that carries the origin's
-/// body: a 200 of the proxy's own (a portal page, say) does not count.
-fn wait_ready(name: &str, addr: SocketAddr, proc: Option<&mut Proc>) -> Result<()> {
-    wait_until_ready(name, addr, proc, origin_ready)
+/// [`origin_ready`] for the probe hosts of `routes`.
+pub fn routes_ready(addr: SocketAddr, routes: &Routes) -> Result<()> {
+    routes
+        .probe_hosts()
+        .iter()
+        .try_for_each(|host| origin_ready(addr, host))
 }
 
-/// One probe: `GET /` answered with 200 and the origin's body.
-fn origin_ready(addr: SocketAddr) -> Result<()> {
-    match probe(addr)? {
+/// One probe: `GET /` with `Host: host` answered with 200 and the origin's
+/// body; a 200 of the proxy's own (a portal page, say) does not count.
+pub fn origin_ready(addr: SocketAddr, host: &str) -> Result<()> {
+    match probe(addr, host)? {
         Probe::Ready => Ok(()),
-        Probe::NotOrigin(status) => bail!("answered {status:?}, not the origin's body"),
+        Probe::NotOrigin(status) => {
+            bail!("answered {status:?} for {host}, not the origin's body")
+        }
     }
 }
 
 /// Polls `ready(addr)` until it succeeds, failing after [`READY_DEADLINE`]
 /// with its last error and the end of the process's log, or as soon as the
 /// process exits.
-fn wait_until_ready(
+pub fn wait_until_ready(
     name: &str,
     addr: SocketAddr,
     mut proc: Option<&mut Proc>,
@@ -462,13 +626,13 @@ enum Probe {
 }
 
 /// One request on a fresh connection with `Connection: close`, read to EOF.
-fn probe(addr: SocketAddr) -> Result<Probe> {
+fn probe(addr: SocketAddr, host: &str) -> Result<Probe> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     write!(
         stream,
-        "GET / HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: sessiongate-bench\r\nConnection: close\r\n\r\n"
+        "GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: sessiongate-bench\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = Vec::new();
     stream.take(1 << 20).read_to_end(&mut response)?;
@@ -503,13 +667,54 @@ mod tests {
     #[test]
     fn nginx_config_keeps_everything_in_dir() {
         let origin = SocketAddr::from(([127, 0, 0, 1], 9));
-        let text = nginx_config(Path::new("/tmp/x y"), 8080, origin, true);
+        let text = nginx_config(Path::new("/tmp/x y"), 8080, origin, None, true);
         assert!(text.starts_with("user nobody nogroup;"));
         assert!(text.contains("pid \"/tmp/x y/nginx.pid\";"));
         assert!(text.contains("keepalive 64;"));
         assert!(text.contains("server 127.0.0.1:9;"));
         assert!(text.contains("listen 127.0.0.1:8080;"));
-        assert!(!nginx_config(Path::new("/t"), 1, origin, false).contains("user "));
+        assert!(text.contains("proxy_pass http://origin;"));
+        assert!(text.contains("proxy_set_header Connection $connection_upgrade;"));
+        assert!(!text.contains("map $host"));
+        assert!(!nginx_config(Path::new("/t"), 1, origin, None, false).contains("user "));
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
+
+    #[test]
+    fn nginx_config_with_a_route_map() {
+        let origin = SocketAddr::from(([127, 0, 0, 1], 9));
+        let map = Path::new("/tmp/w/routes.map");
+        let text = nginx_config(Path::new("/tmp/w"), 1, origin, Some((map, 100_000)), false);
+        assert!(text.contains("map_hash_max_size 200000;"));
+        assert!(text.contains("include \"/tmp/w/routes.map\";"));
+        assert!(text.contains("return 404;"));
+        assert!(text.contains("proxy_pass http://$route;"));
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
+
+    #[test]
+    fn routes_files_and_probes() -> Result<()> {
+        let many = Routes::many(3);
+        assert_eq!(many.hosts[2], "r2.routes.test");
+        assert_eq!(many.probe_hosts(), vec!["r0.routes.test", "r2.routes.test"]);
+        assert_eq!(Routes::one().probe_hosts(), vec![HOST]);
+        let dir = crate::procs::TempDir::new("bench-test-routes")?;
+        let path = dir.path().join("routes.map");
+        many.write_lines(&path, "origin", ";")?;
+        assert_eq!(
+            fs::read_to_string(&path)?,
+            "r0.routes.test origin;\nr1.routes.test origin;\nr2.routes.test origin;\n"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn abridged_routes_keep_the_first_entry() {
+        let text = "[gateway]\nx = 1\n\n[[routes]]\nhost = \"a\"\n\n[[routes]]\nhost = \"b\"\n";
+        let short = abridge_routes(text, 2);
+        assert!(short.contains("host = \"a\""));
+        assert!(!short.contains("host = \"b\""));
+        assert!(short.ends_with("# ... 1 more [[routes]] like it, one per host\n"));
     }
 
     #[test]
@@ -536,7 +741,7 @@ mod tests {
         let config = SgConfig {
             gateway: SgGateway {
                 http_listen: "127.0.0.1:1".into(),
-                https_listen: None,
+                https_listen: Some(String::new()),
                 base_domains: vec!["localhost".into()],
                 portal_host: Some("localhost".into()),
             },
@@ -545,6 +750,7 @@ mod tests {
                 data_dir: "/tmp/a \"b\"/data".into(),
             },
             tls: None,
+            log: NO_ACCESS_LOG,
             routes: vec![SgRoute {
                 host: HOST.into(),
                 upstream: "http://127.0.0.1:3".into(),
@@ -555,7 +761,8 @@ mod tests {
         assert!(text.contains("[control_plane]"));
         assert!(text.contains("[[routes]]"));
         assert!(text.contains("host = \"app.localhost\""));
-        assert!(!text.contains("https_listen"));
+        assert!(text.contains("[log]\naccess_log = false"));
+        assert!(text.contains("https_listen = \"\""));
         assert!(!text.contains("[tls]"));
         Ok(())
     }
@@ -578,6 +785,7 @@ mod tests {
                 default_certificate: "bench.test".into(),
                 generate_dev_certificate: false,
             }),
+            log: NO_ACCESS_LOG,
             routes: Vec::new(),
         };
         let text = toml::to_string(&config)?;

@@ -466,15 +466,10 @@ fn raw_table(samples: &[Sample], clk_tck: u64) -> String {
 /// Runs the scenario. Returns the problems that must fail the run (client
 /// errors, handshakes of the wrong kind, no connections); empty when clean.
 pub fn run(args: TlsHandshakesArgs) -> Result<Vec<String>> {
-    let mut targets_wanted: Vec<TargetKind> = Vec::new();
-    for &t in &args.targets {
-        if t == TargetKind::Direct {
-            bail!("--targets: `direct` has no TLS listener; use sessiongate and/or nginx");
-        }
-        if !targets_wanted.contains(&t) {
-            targets_wanted.push(t);
-        }
-    }
+    let targets_wanted = crate::side_by_side::pick_targets(
+        &args.targets,
+        &[TargetKind::Sessiongate, TargetKind::Nginx],
+    )?;
     let mut modes: Vec<Mode> = Vec::new();
     for &m in &args.modes {
         if !modes.contains(&m) {
@@ -520,9 +515,12 @@ pub fn run(args: TlsHandshakesArgs) -> Result<Vec<String>> {
         None
     };
     // Needed even without the sessiongate target: it makes the certificate.
-    let sessiongate = args
-        .sessiongate
-        .unwrap_or_else(crate::default_sessiongate_path);
+    // Absolute: sessiongate starts in its own directory.
+    let sessiongate = crate::side_by_side::absolute(
+        &args
+            .sessiongate
+            .unwrap_or_else(crate::default_sessiongate_path),
+    );
     if !sessiongate.is_file() {
         bail!(
             "sessiongate binary not found at {}: build it first with \
@@ -532,7 +530,7 @@ pub fn run(args: TlsHandshakesArgs) -> Result<Vec<String>> {
         );
     }
     let clk_tck = crate::clock_ticks()?;
-    let load_before = load_average();
+    let load_before = crate::side_by_side::load_average();
 
     // The signal watcher needs a runtime; this scenario has no origin.
     let signals = tokio::runtime::Builder::new_multi_thread()
@@ -587,7 +585,7 @@ pub fn run(args: TlsHandshakesArgs) -> Result<Vec<String>> {
                 let binary = nginx.as_deref().context("nginx path not resolved")?;
                 targets::nginx_tls(binary, &sub, &certs, ready)?
             }
-            TargetKind::Direct => bail!("direct has no TLS listener"),
+            other => bail!("{other} is not measured in this scenario"),
         };
         let pid = target.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
         eprintln!("{kind} ready at https://{} (pid {pid})", target.addr);
@@ -690,7 +688,7 @@ pub fn run(args: TlsHandshakesArgs) -> Result<Vec<String>> {
             rss.push((target.kind, p.rss_kib()?));
         }
     }
-    let load_after = load_average();
+    let load_after = crate::side_by_side::load_average();
 
     let summaries = summarise(&plan, &samples, clk_tck);
     let table = summary_table(&summaries);
@@ -793,15 +791,6 @@ fn measure(
         clients,
         cpu_ticks: after.saturating_sub(before),
     })
-}
-
-/// The 1, 5 and 15 minute load averages, for the record of how busy the
-/// machine was.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 fn rss_line(rss: &[(TargetKind, u64)]) -> String {

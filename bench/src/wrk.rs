@@ -4,6 +4,7 @@
 //! people compare proxies with, and because a separate process keeps the load
 //! generator's CPU out of the harness's own accounting.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread::sleep;
@@ -22,6 +23,12 @@ pub const HOST: &str = "app.localhost";
 pub struct WrkResult {
     /// Completed requests ("N requests in").
     pub requests: u64,
+    /// Response bytes read ("…, 88.51MB read"), to wrk's three significant
+    /// digits.
+    pub bytes_read: f64,
+    /// Responses that did not say `Connection: close`, counted by the Lua
+    /// script of [`Script::check_close`]; `None` without that script.
+    pub kept_alive: Option<u64>,
     pub req_per_sec: f64,
     /// Latency percentiles, in microseconds.
     pub p50_us: f64,
@@ -55,15 +62,153 @@ impl WrkResult {
     }
 }
 
-/// Runs `wrk -t1 -c<connections> -d<secs>s --latency` against `url`.
-pub fn run(wrk: &Path, url: &str, connections: u32, secs: u64) -> Result<WrkResult> {
-    let mut child = Command::new(wrk)
-        .arg("-t1")
+/// The Lua line that reports [`WrkResult::kept_alive`].
+const KEPT_ALIVE_LINE: &str = "bench-lua kept-alive responses:";
+
+/// What a wrk run sends, beyond the target's address.
+#[derive(Debug, Clone, Default)]
+pub struct Load {
+    /// The request path, `/` when empty.
+    pub path: String,
+    /// Extra request headers (`-H`), e.g. `Connection: close`.
+    pub headers: Vec<String>,
+    /// A Lua script (`-s`).
+    pub script: Option<std::path::PathBuf>,
+    /// The script sets a random `Host` per request; otherwise every request
+    /// carries `Host: {HOST}`.
+    pub random_host: bool,
+    /// The body length the origin answers this path with: fewer bytes read
+    /// than requests times this flags the run (0: no check).
+    pub body_len: usize,
+    /// Every request should travel on a new connection (`Connection:
+    /// close`); checked directly against the origin's connection count.
+    pub new_connections: bool,
+}
+
+impl Load {
+    /// The wrk arguments after `-t1 -cC -dDs --latency`, with `BASE` in
+    /// place of the target's address: for the written reports.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        if !self.random_host {
+            let _ = write!(out, "-H 'Host: {HOST}' ");
+        }
+        for h in &self.headers {
+            let _ = write!(out, "-H '{h}' ");
+        }
+        if let Some(script) = &self.script {
+            let name = script.file_name().map(|n| n.to_string_lossy().into_owned());
+            let _ = write!(out, "-s {} ", name.unwrap_or_default());
+        }
+        let _ = write!(out, "http://ADDR{}", self.path_or_root());
+        out
+    }
+
+    fn path_or_root(&self) -> &str {
+        if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        }
+    }
+}
+
+/// A Lua script for wrk, written into the run's temp dir.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    /// A file of host names, one a line: every request carries one of them
+    /// as `Host`, picked at random (the same seeded sequence for every
+    /// target). The requests are formatted once, in `init`, so that the
+    /// per-request Lua work is one table index.
+    pub hosts_file: Option<std::path::PathBuf>,
+    /// Count the responses that do not carry `Connection: close` and print
+    /// the count at the end: proof that every response ended its connection,
+    /// so that wrk opened a new one for the next request.
+    pub check_close: bool,
+}
+
+impl Script {
+    pub fn text(&self) -> String {
+        let mut lua = String::from("-- written by sessiongate's bench harness\n");
+        if let Some(file) = &self.hosts_file {
+            // Lua long brackets: no escaping of the path needed.
+            let _ = write!(
+                lua,
+                r#"local hosts_file = [==[{}]==]
+local requests = {{}}
+local count = 0
+
+function init(args)
+  math.randomseed(42)
+  for host in io.lines(hosts_file) do
+    local headers = {{}}
+    for k, v in pairs(wrk.headers) do headers[k] = v end
+    headers["Host"] = host
+    count = count + 1
+    requests[count] = wrk.format(nil, nil, headers)
+  end
+  if count == 0 then error("no hosts in " .. hosts_file) end
+end
+
+function request()
+  return requests[math.random(count)]
+end
+"#,
+                file.display()
+            );
+        }
+        if self.check_close {
+            let _ = write!(
+                lua,
+                r#"
+kept = 0
+local threads = {{}}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function response(status, headers, body)
+  for k, v in pairs(headers) do
+    if string.lower(k) == "connection" and string.lower(v) == "close" then
+      return
+    end
+  end
+  kept = kept + 1
+end
+
+function done(summary, latency, requests)
+  local total = 0
+  for _, t in ipairs(threads) do total = total + t:get("kept") end
+  io.write(string.format("{KEPT_ALIVE_LINE} %d\n", total))
+end
+"#
+            );
+        }
+        lua
+    }
+}
+
+/// Runs `wrk -t1 -c<connections> -d<secs>s --latency` against `base`
+/// (`http://host:port`) with `load`.
+pub fn run(wrk: &Path, base: &str, load: &Load, connections: u32, secs: u64) -> Result<WrkResult> {
+    let url = format!("{base}{}", load.path_or_root());
+    let mut cmd = Command::new(wrk);
+    cmd.arg("-t1")
         .arg(format!("-c{connections}"))
         .arg(format!("-d{secs}s"))
-        .arg("--latency")
-        .arg("-H")
-        .arg(format!("Host: {HOST}"))
+        .arg("--latency");
+    if !load.random_host {
+        cmd.arg("-H").arg(format!("Host: {HOST}"));
+    }
+    for h in &load.headers {
+        cmd.arg("-H").arg(h);
+    }
+    if let Some(script) = &load.script {
+        cmd.arg("-s").arg(script);
+    }
+    let url = url.as_str();
+    let mut child = cmd
         .arg(url)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -107,8 +252,16 @@ pub fn parse(report: &str) -> Result<WrkResult> {
     for line in report.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("Requests/sec:") {
             rps = Some(rest.trim().parse::<f64>().context("Requests/sec")?);
-        } else if let Some((count, _)) = line.split_once(" requests in ") {
+        } else if let Some((count, rest)) = line.split_once(" requests in ") {
             requests = Some(count.trim().parse::<u64>().context("requests in")?);
+            // "5.00s, 88.51MB read"
+            let read = rest
+                .split_once(", ")
+                .and_then(|(_, r)| r.strip_suffix(" read"))
+                .with_context(|| format!("no bytes read in {line:?}"))?;
+            out.bytes_read = parse_bytes(read)?;
+        } else if let Some(rest) = line.strip_prefix(KEPT_ALIVE_LINE) {
+            out.kept_alive = Some(rest.trim().parse().context(KEPT_ALIVE_LINE)?);
         } else if let Some(rest) = line.strip_prefix("50%") {
             p50 = Some(parse_duration_us(rest.trim())?);
         } else if let Some(rest) = line.strip_prefix("99%") {
@@ -142,15 +295,35 @@ pub fn parse(report: &str) -> Result<WrkResult> {
     Ok(out)
 }
 
-/// Converts wrk's durations ("812.00us", "1.23ms", "2.00s", "1.00m") to µs.
-pub fn parse_duration_us(text: &str) -> Result<f64> {
+/// `"1.23ms"` → `(1.23, "ms")`; `what` names the figure in errors.
+fn number_and_unit<'a>(text: &'a str, what: &str) -> Result<(f64, &'a str)> {
     let split = text
         .find(|c: char| c.is_ascii_alphabetic())
-        .with_context(|| format!("no unit in duration {text:?}"))?;
+        .with_context(|| format!("no unit in {what} {text:?}"))?;
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
-        .with_context(|| format!("bad number in duration {text:?}"))?;
+        .with_context(|| format!("bad number in {what} {text:?}"))?;
+    Ok((value, unit))
+}
+
+/// Converts wrk's sizes ("88.51MB", "512.00B"; binary units) to bytes.
+pub fn parse_bytes(text: &str) -> Result<f64> {
+    let (value, unit) = number_and_unit(text, "size")?;
+    let scale = match unit {
+        "B" => 1.0,
+        "KB" => 1024.0,
+        "MB" => 1024.0 * 1024.0,
+        "GB" => 1024.0 * 1024.0 * 1024.0,
+        "TB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => bail!("unknown unit {other:?} in size {text:?}"),
+    };
+    Ok(value * scale)
+}
+
+/// Converts wrk's durations ("812.00us", "1.23ms", "2.00s", "1.00m") to µs.
+pub fn parse_duration_us(text: &str) -> Result<f64> {
+    let (value, unit) = number_and_unit(text, "duration")?;
     let scale = match unit {
         "us" => 1.0,
         "ms" => 1e3,
@@ -199,6 +372,8 @@ Transfer/sec:      2.00KB
     fn parses_clean_report() -> Result<()> {
         let r = parse(CLEAN)?;
         assert_eq!(r.requests, 383_512);
+        assert!((r.bytes_read - 88.51 * 1024.0 * 1024.0).abs() < 1.0);
+        assert_eq!(r.kept_alive, None);
         assert!((r.req_per_sec - 76_702.40).abs() < 1e-6);
         assert!((r.p50_us - 398.0).abs() < 1e-6);
         assert!((r.p99_us - 1020.0).abs() < 1e-6);
@@ -228,6 +403,62 @@ Transfer/sec:      2.00KB
             "non-2xx/3xx 5, connect 1, read 2, write 3, timeout 4"
         );
         Ok(())
+    }
+
+    #[test]
+    fn reads_the_kept_alive_count() -> Result<()> {
+        let report = format!("{CLEAN}{KEPT_ALIVE_LINE} 3\n");
+        assert_eq!(parse(&report)?.kept_alive, Some(3));
+        assert!(parse(&format!("{CLEAN}{KEPT_ALIVE_LINE} x\n")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn sizes() -> Result<()> {
+        assert!((parse_bytes("512.00B")? - 512.0).abs() < 1e-9);
+        assert!((parse_bytes("1.50GB")? - 1.5 * 1024.0 * 1024.0 * 1024.0).abs() < 1.0);
+        assert!(parse_bytes("3").is_err());
+        assert!(parse_bytes("3.0XB").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn scripts_hold_what_was_asked() {
+        let hosts = Script {
+            hosts_file: Some("/tmp/w/hosts.txt".into()),
+            check_close: false,
+        }
+        .text();
+        assert!(hosts.contains("[==[/tmp/w/hosts.txt]==]"));
+        assert!(hosts.contains("function request()"));
+        assert!(!hosts.contains("function response("));
+        let close = Script {
+            hosts_file: None,
+            check_close: true,
+        }
+        .text();
+        assert!(close.contains("function response("));
+        assert!(close.contains(KEPT_ALIVE_LINE));
+        assert!(!close.contains("function request()"));
+    }
+
+    #[test]
+    fn load_description() {
+        let load = Load {
+            path: "/1mib".into(),
+            headers: vec!["Connection: close".into()],
+            script: Some("/tmp/w/routes.lua".into()),
+            random_host: true,
+            ..Load::default()
+        };
+        assert_eq!(
+            load.describe(),
+            "-H 'Connection: close' -s routes.lua http://ADDR/1mib"
+        );
+        assert_eq!(
+            Load::default().describe(),
+            format!("-H 'Host: {HOST}' http://ADDR/")
+        );
     }
 
     #[test]

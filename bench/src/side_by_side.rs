@@ -1,0 +1,826 @@
+//! What every wrk scenario shares: the common options, finding the tools,
+//! the origin and the temp dir, starting the targets, the warm-up and the
+//! interleaved rounds, the summary with its ratios to nginx and its target
+//! checks, and the section `--write` puts into a results file.
+//!
+//! A scenario is a list of [`Run`]s, each a case (a route count, churn or
+//! not, …) on one target with one wrk load; every round runs all of them
+//! once, in alternating order, so that slow phases of a noisy machine hit
+//! every run alike.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::churn::Driver;
+use crate::origin::{self, Origin};
+use crate::peers;
+use crate::procs::{check_interrupted, TempDir};
+use crate::report::{self, Machine, Rss, Sample, Summary};
+use crate::targets::{self, Routes, Target, TargetKind};
+use crate::wrk::{self, Load, Script};
+
+/// Options every wrk scenario takes.
+#[derive(Args, Clone, Debug, Default)]
+pub struct CommonArgs {
+    /// Rounds; each round runs every case against every target once,
+    /// interleaved so that noise spreads evenly.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub duration: u64,
+    /// wrk connections (-c); wrk uses one thread.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
+    /// Unrecorded warm-up seconds per case and target before the first
+    /// round (0: none).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u64,
+    /// CI mode: 1 round of 1 s with 4 connections, no warm-up, and the
+    /// scenario's small sizes; fails if any target served errors or no
+    /// requests, never on speed.
+    #[arg(long, conflicts_with_all = ["rounds", "duration", "connections", "warmup"])]
+    pub smoke: bool,
+    /// Also write the report as this scenario's section of this markdown
+    /// file (the section is replaced, the rest of the file kept).
+    #[arg(long, value_name = "PATH")]
+    pub write: Option<PathBuf>,
+    /// Targets to measure, comma-separated: direct, sessiongate, nginx,
+    /// haproxy, chp [default: all of them; churn: sessiongate].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub targets: Option<Vec<TargetKind>>,
+    /// The sessiongate binary [default: target/release/sessiongate, next to
+    /// this harness's target directory].
+    #[arg(long, value_name = "PATH")]
+    pub sessiongate: Option<PathBuf>,
+    /// The nginx binary [default: nginx from PATH or /usr/sbin].
+    #[arg(long, value_name = "PATH")]
+    pub nginx: Option<PathBuf>,
+    /// The haproxy binary [default: haproxy from PATH or /usr/sbin].
+    #[arg(long, value_name = "PATH")]
+    pub haproxy: Option<PathBuf>,
+    /// The configurable-http-proxy command [default: from PATH].
+    #[arg(long, value_name = "PATH")]
+    pub chp: Option<PathBuf>,
+    /// The wrk binary [default: wrk from PATH].
+    #[arg(long, value_name = "PATH")]
+    pub wrk: Option<PathBuf>,
+    /// Worker threads of the in-process origin.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub origin_threads: u64,
+}
+
+/// All the targets, in the order they run within a round.
+pub const ALL_TARGETS: [TargetKind; 5] = [
+    TargetKind::Direct,
+    TargetKind::Sessiongate,
+    TargetKind::Nginx,
+    TargetKind::Haproxy,
+    TargetKind::Chp,
+];
+
+/// The resolved run parameters (after `--smoke`).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub rounds: u32,
+    pub duration: u64,
+    pub connections: u32,
+    pub warmup: u64,
+    pub targets: Vec<TargetKind>,
+    pub smoke: bool,
+}
+
+impl Plan {
+    pub fn wants(&self, kind: TargetKind) -> bool {
+        self.targets.contains(&kind)
+    }
+}
+
+/// The programs a run needs, all found before anything starts.
+pub struct Tools {
+    pub wrk: PathBuf,
+    pub sessiongate: Option<PathBuf>,
+    pub nginx: Option<PathBuf>,
+    pub haproxy: Option<PathBuf>,
+    pub chp: Option<PathBuf>,
+}
+
+/// `path` made absolute: the proxies start in their own directories.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+fn find(given: &Option<PathBuf>, name: &str, install: &str) -> Result<PathBuf> {
+    match given {
+        Some(path) if path.is_file() => Ok(absolute(path)),
+        Some(path) => bail!("{name} not found at {}", path.display()),
+        None => targets::find_program(name).with_context(|| {
+            format!("{name} not found on PATH or in /usr/sbin: install it with `{install}`, or leave it out with --targets")
+        }),
+    }
+}
+
+impl Tools {
+    fn find(args: &CommonArgs, plan: &Plan) -> Result<Self> {
+        let wrk = find(&args.wrk, "wrk", "apt-get install -y wrk")?;
+        let nginx = plan
+            .wants(TargetKind::Nginx)
+            .then(|| find(&args.nginx, "nginx", "apt-get install -y nginx"))
+            .transpose()?;
+        let haproxy = plan
+            .wants(TargetKind::Haproxy)
+            .then(|| find(&args.haproxy, "haproxy", "apt-get install -y haproxy"))
+            .transpose()?;
+        let chp = plan
+            .wants(TargetKind::Chp)
+            .then(|| {
+                find(
+                    &args.chp,
+                    "configurable-http-proxy",
+                    "npm install -g configurable-http-proxy",
+                )
+            })
+            .transpose()?;
+        let sessiongate = if plan.wants(TargetKind::Sessiongate) {
+            let path = args
+                .sessiongate
+                .clone()
+                .unwrap_or_else(crate::default_sessiongate_path);
+            if !path.is_file() {
+                bail!(
+                    "sessiongate binary not found at {}: build it first with \
+                     `cargo build --release -p control-plane`, point at it with --sessiongate PATH, \
+                     or leave it out with --targets",
+                    path.display()
+                );
+            }
+            Some(absolute(&path))
+        } else {
+            None
+        };
+        Ok(Self {
+            wrk,
+            sessiongate,
+            nginx,
+            haproxy,
+            chp,
+        })
+    }
+
+    /// One line per tool with its version, for the written report.
+    fn versions(&self) -> Vec<String> {
+        let unknown = || "unknown".to_owned();
+        let version = |path: &Path, args: &[&str]| {
+            report::version_line(&path.to_string_lossy(), args).unwrap_or_else(unknown)
+        };
+        let mut out = vec![format!("wrk: {}", version(&self.wrk, &["-v"]))];
+        if let Some(p) = &self.nginx {
+            out.push(format!("nginx: {}", version(p, &["-v"])));
+        }
+        if let Some(p) = &self.haproxy {
+            out.push(format!("haproxy: {}", version(p, &["-v"])));
+        }
+        if let Some(p) = &self.chp {
+            let node = report::version_line("node", &["--version"]).unwrap_or_else(unknown);
+            out.push(format!(
+                "configurable-http-proxy: {} (Node {node})",
+                version(p, &["--version"])
+            ));
+        }
+        if let Some(p) = &self.sessiongate {
+            out.push(format!(
+                "sessiongate: `{}` ({})",
+                p.display(),
+                version(p, &["--version"])
+            ));
+        }
+        out
+    }
+}
+
+/// A started target and its memory right after start and route set-up.
+pub struct Running {
+    pub target: Target,
+    pub idle_rss_kib: Option<u64>,
+}
+
+/// One case on one target: what a round runs once.
+pub struct Run {
+    pub case: String,
+    /// Index into the scenario's [`Running`] targets.
+    pub target: usize,
+    pub load: Load,
+    /// Control-plane updates made while wrk runs (`churn`).
+    pub churn: Option<Arc<Driver>>,
+}
+
+/// A target check from the issue, met or missed; a missed one is reported,
+/// never an error exit.
+pub struct Check {
+    pub what: String,
+    /// `None`: not measured in this run (a target left out).
+    pub met: Option<bool>,
+    pub detail: String,
+}
+
+impl Check {
+    pub fn line(&self) -> String {
+        let verdict = match self.met {
+            Some(true) => "MET",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        format!("target {}: {verdict} ({})", self.what, self.detail)
+    }
+}
+
+/// A scenario's fixed texts.
+pub struct Scenario {
+    /// The subcommand, also the name in the section markers.
+    pub name: &'static str,
+    /// The section's heading.
+    pub title: &'static str,
+    /// What the figures are, for the written section.
+    pub text: &'static str,
+}
+
+/// The running context of one scenario: its plan, tools, origin and temp
+/// dir. Targets are kept by the scenario and must be dropped before this
+/// (the processes stop before their directory goes).
+pub struct Bench {
+    pub plan: Plan,
+    pub tools: Tools,
+    pub clk_tck: u64,
+    pub origin: Origin,
+    pub dir: TempDir,
+    write: Option<PathBuf>,
+    load_before: String,
+}
+
+impl Bench {
+    /// Resolves the plan (with `defaults` for the targets; any target not in
+    /// `allowed` is refused), finds the tools, starts the origin and makes
+    /// the temp dir.
+    pub fn setup(
+        args: &CommonArgs,
+        defaults: &[TargetKind],
+        allowed: &[TargetKind],
+    ) -> Result<Self> {
+        let targets = pick_targets(args.targets.as_deref().unwrap_or(defaults), allowed)?;
+        let plan = if args.smoke {
+            Plan {
+                rounds: 1,
+                duration: 1,
+                connections: 4,
+                warmup: 0,
+                targets,
+                smoke: true,
+            }
+        } else {
+            Plan {
+                rounds: args.rounds,
+                duration: args.duration,
+                connections: args.connections,
+                warmup: args.warmup,
+                targets,
+                smoke: false,
+            }
+        };
+        let tools = Tools::find(args, &plan)?;
+        let clk_tck = crate::clock_ticks()?;
+        if cfg!(debug_assertions) && !plan.smoke {
+            eprintln!(
+                "warning: this is a debug build of the harness; the in-process origin will be slow. \
+                 Use `cargo run -p bench --release`."
+            );
+        }
+        let load_before = load_average();
+        let origin = Origin::start(usize::try_from(args.origin_threads).unwrap_or(2))?;
+        origin.runtime().spawn(crate::watch_signals());
+        let dir = TempDir::new("sessiongate-bench")?;
+        eprintln!(
+            "origin on {} and {} ({} threads); work dir {}",
+            origin.addr(),
+            origin.alt_addr(),
+            args.origin_threads,
+            dir.path().display()
+        );
+        Ok(Self {
+            plan,
+            tools,
+            clk_tck,
+            origin,
+            dir,
+            write: args.write.clone(),
+            load_before,
+        })
+    }
+
+    /// A fresh directory `<label>-<kind>` in the temp dir.
+    fn subdir(&self, label: &str, kind: TargetKind) -> Result<PathBuf> {
+        let sub = self.dir.path().join(format!("{label}-{}", kind.name()));
+        std::fs::create_dir(&sub).with_context(|| format!("creating {}", sub.display()))?;
+        Ok(sub)
+    }
+
+    /// Starts `kind` with `routes` and waits until it is ready, then reads
+    /// its idle RSS.
+    pub fn start(&self, kind: TargetKind, routes: &Routes, label: &str) -> Result<Running> {
+        check_interrupted()?;
+        let origin = self.origin.addr();
+        type Start = fn(&Path, &Path, std::net::SocketAddr, &Routes) -> Result<Target>;
+        let (binary, start): (&Option<PathBuf>, Start) = match kind {
+            TargetKind::Direct => (&None, |_, _, _, _| bail!("direct has no process")),
+            TargetKind::Sessiongate => (&self.tools.sessiongate, targets::sessiongate),
+            TargetKind::Nginx => (&self.tools.nginx, targets::nginx),
+            TargetKind::Haproxy => (&self.tools.haproxy, peers::haproxy),
+            TargetKind::Chp => (&self.tools.chp, peers::chp),
+        };
+        let mut target = match kind {
+            TargetKind::Direct => targets::direct(origin)?,
+            _ => {
+                let binary = binary
+                    .as_deref()
+                    .with_context(|| format!("{kind}: binary not resolved"))?;
+                start(binary, &self.subdir(label, kind)?, origin, routes)?
+            }
+        };
+        let idle_rss_kib = match target.proc.as_mut() {
+            Some(p) => Some(p.rss_kib()?),
+            None => None,
+        };
+        let pid = target
+            .proc
+            .as_ref()
+            .map(|p| format!(" (pid {})", p.pid()))
+            .unwrap_or_default();
+        let label = if label.is_empty() {
+            String::new()
+        } else {
+            format!(" [{label}]")
+        };
+        eprintln!(
+            "{kind}{label} ready at {}{pid}{}",
+            target.addr,
+            idle_rss_kib
+                .map(|k| format!(", idle RSS {}", report::fmt_mib(k)))
+                .unwrap_or_default()
+        );
+        Ok(Running {
+            target,
+            idle_rss_kib,
+        })
+    }
+
+    /// Writes a wrk Lua script into the temp dir.
+    pub fn script(&self, name: &str, script: &Script) -> Result<PathBuf> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, script.text())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Small responses with a random `Host` among `routes` per request:
+    /// writes `<name>.txt` (the hosts) and `<name>.lua` into the temp dir.
+    pub fn random_host_load(&self, name: &str, routes: &Routes) -> Result<Load> {
+        let hosts = self.dir.path().join(format!("{name}.txt"));
+        routes.write_lines(&hosts, "", "")?;
+        let script = self.script(
+            &format!("{name}.lua"),
+            &Script {
+                hosts_file: Some(hosts),
+                check_close: false,
+            },
+        )?;
+        Ok(Load {
+            script: Some(script),
+            random_host: true,
+            body_len: origin::BODY_LEN,
+            ..Load::default()
+        })
+    }
+
+    /// The warm-up and the interleaved rounds of `runs`.
+    pub fn rounds(&self, running: &mut [Running], runs: &[Run]) -> Result<Vec<Sample>> {
+        let plan = &self.plan;
+        if plan.warmup > 0 {
+            for run in runs {
+                check_interrupted()?;
+                let target = &mut running[run.target].target;
+                if let Some(p) = target.proc.as_mut() {
+                    p.ensure_running()?;
+                }
+                eprintln!("warm-up {} {} ({}s)", run.case, target.kind, plan.warmup);
+                wrk::run(
+                    &self.tools.wrk,
+                    &target.base_url(),
+                    &run.load,
+                    plan.connections,
+                    plan.warmup,
+                )
+                .with_context(|| format!("warming up {} ({})", target.kind, run.case))?;
+            }
+        }
+        let mut samples = Vec::new();
+        for round in 1..=plan.rounds {
+            // Alternate the order, so that no run always follows the same one.
+            let order: Vec<&Run> = if round % 2 == 1 {
+                runs.iter().collect()
+            } else {
+                runs.iter().rev().collect()
+            };
+            for run in order {
+                check_interrupted()?;
+                let target = &mut running[run.target].target;
+                let sample = self
+                    .measure(target, run, round)
+                    .with_context(|| format!("round {round}, {} {}", run.case, target.kind))?;
+                eprintln!(
+                    "round {round}/{} {:<12} {:<11} {:>9.0} req/s  p50 {:>9}  p99 {:>9}{}{}",
+                    plan.rounds,
+                    run.case,
+                    target.kind,
+                    sample.wrk.req_per_sec,
+                    report::fmt_latency(sample.wrk.p50_us),
+                    report::fmt_latency(sample.wrk.p99_us),
+                    sample
+                        .api
+                        .as_ref()
+                        .map(|a| format!("  API {}", a.describe()))
+                        .unwrap_or_default(),
+                    match sample.error_summary() {
+                        e if e.is_empty() => String::new(),
+                        e => format!("  ERRORS: {e}"),
+                    }
+                );
+                samples.push(sample);
+            }
+        }
+        Ok(samples)
+    }
+
+    /// One wrk run with the proxy's CPU, the origin's counters and, for
+    /// churn, the control-plane updates around it; then the load's own
+    /// checks.
+    fn measure(&self, target: &mut Target, run: &Run, round: u32) -> Result<Sample> {
+        let cpu_before = match target.proc.as_mut() {
+            Some(p) => Some(p.cpu_ticks()?),
+            None => None,
+        };
+        let origin_before = self.origin.counts();
+        let churn = run.churn.as_ref().map(|d| d.start()).transpose()?;
+        let result = wrk::run(
+            &self.tools.wrk,
+            &target.base_url(),
+            &run.load,
+            self.plan.connections,
+            self.plan.duration,
+        );
+        // Stop the updates even when wrk failed.
+        let api = churn.map(|c| c.stop()).transpose()?;
+        let result = result?;
+        let origin_after = self.origin.counts();
+        let cpu_ticks = match (target.proc.as_mut(), cpu_before) {
+            (Some(p), Some(before)) => Some(p.cpu_ticks()?.saturating_sub(before)),
+            _ => None,
+        };
+        let origin = origin::OriginCounts {
+            requests: origin_after.requests - origin_before.requests,
+            connections: origin_after.connections - origin_before.connections,
+        };
+        let mut extra = load_problems(&run.load, target.kind, &result, &origin);
+        if let Some(api) = &api {
+            extra.push(("failed API calls".into(), api.failed));
+        }
+        Ok(Sample {
+            round,
+            case: run.case.clone(),
+            target: target.kind,
+            wrk: result,
+            cpu_ticks,
+            origin,
+            extra,
+            api,
+        })
+    }
+
+    /// RSS after the rounds, the summaries, the table and lines on stdout,
+    /// the written section; returns the problems that must fail the run.
+    pub fn finish(
+        &self,
+        scenario: &Scenario,
+        running: &mut [Running],
+        runs: &[Run],
+        samples: &[Sample],
+        checks: impl FnOnce(&[Summary]) -> Vec<String>,
+        notes: &[String],
+    ) -> Result<Vec<String>> {
+        let mut rss: Vec<(String, TargetKind, Rss)> = Vec::new();
+        for run in runs {
+            let r = &mut running[run.target];
+            if let (Some(p), Some(idle)) = (r.target.proc.as_mut(), r.idle_rss_kib) {
+                rss.push((
+                    run.case.clone(),
+                    r.target.kind,
+                    Rss {
+                        idle_kib: idle,
+                        loaded_kib: p.rss_kib()?,
+                    },
+                ));
+            }
+        }
+        let keys: Vec<(String, TargetKind)> = runs
+            .iter()
+            .map(|r| (r.case.clone(), running[r.target].target.kind))
+            .collect();
+        let summaries = report::summarise(&keys, samples, &rss, self.clk_tck);
+        let table = report::summary_table(&summaries);
+        let headlines = report::headlines(&summaries);
+        let checks: Vec<String> = checks(&summaries);
+        println!();
+        print!("{table}");
+        println!();
+        for line in headlines.iter().chain(&checks).chain(notes) {
+            println!("{line}");
+        }
+        if let Some(path) = &self.write {
+            let section = self.section(&Written {
+                scenario,
+                running,
+                runs,
+                samples,
+                table: &table,
+                lines: &[headlines, checks, notes.to_vec()].concat(),
+            });
+            let (begin, end) = markers(scenario.name);
+            write_section(path, &begin, &end, &section)?;
+            eprintln!("wrote the {} section of {}", scenario.title, path.display());
+        }
+        Ok(summaries.iter().filter_map(Summary::problem).collect())
+    }
+
+    /// The section `--write` puts into the results file.
+    fn section(&self, w: &Written<'_>) -> String {
+        let machine = Machine::collect();
+        let command: Vec<String> = std::env::args().map(|a| report::shell_quote(&a)).collect();
+        let plan = &self.plan;
+        let mut r = String::new();
+        let _ = writeln!(r, "## {}\n", w.scenario.title);
+        let _ = writeln!(r, "- Date: {}", machine.date);
+        let _ = writeln!(
+            r,
+            "- Machine: {} CPUs (`nproc`), {}, kernel {}; load average (1, 5, 15 min) {} before the run, {} after",
+            machine.nproc,
+            machine.cpu_model,
+            machine.kernel,
+            self.load_before,
+            load_average()
+        );
+        for line in self.tools.versions() {
+            let _ = writeln!(r, "- {line}");
+        }
+        // Not the whole tree: the results file this run writes is in it.
+        if let Some(commit) =
+            report::source_commit(&["bench/src", "bench/Cargo.toml", "gateway", "control-plane"])
+        {
+            let _ = writeln!(r, "- Source: commit {commit}");
+        }
+        let _ = writeln!(r, "- Command: `{}`", command.join(" "));
+        let mut loads: Vec<String> = Vec::new();
+        for run in w.runs {
+            let line = format!(
+                "`wrk -t1 -c{} -d{}s --latency {}`",
+                plan.connections,
+                plan.duration,
+                run.load.describe()
+            );
+            if !loads.contains(&line) {
+                loads.push(line);
+            }
+        }
+        let _ = writeln!(
+            r,
+            "- Load: {}; {} round(s), every case and target once per round, the order \
+             reversed every other round; {} s unrecorded warm-up per case and target",
+            loads.join(", "),
+            plan.rounds,
+            plan.warmup
+        );
+        let _ = writeln!(r, "\n{}", w.scenario.text.trim_end());
+        let _ = writeln!(r, "\n### Summary\n");
+        let _ = writeln!(r, "{}", w.table);
+        for line in w.lines {
+            let _ = writeln!(r, "- {line}");
+        }
+        let _ = writeln!(r, "\n{COLUMNS_TEXT}");
+        let _ = writeln!(r, "### Per-round raw figures\n");
+        let _ = writeln!(r, "{}", report::raw_table(w.samples, self.clk_tck));
+        let _ = writeln!(r, "### Configurations\n");
+        // One per kind: the last one started (the largest route set).
+        let mut shown: Vec<TargetKind> = Vec::new();
+        for running in w.running.iter().rev() {
+            let t = &running.target;
+            let Some((name, text)) = &t.config else {
+                continue;
+            };
+            if shown.contains(&t.kind) {
+                continue;
+            }
+            shown.push(t.kind);
+            let lang = match name.as_str() {
+                n if n.ends_with(".toml") => "toml",
+                "nginx.conf" => "nginx",
+                _ => "text",
+            };
+            let _ = writeln!(
+                r,
+                "<details><summary>{} ({name})</summary>\n\n```{lang}\n{}```\n\n</details>\n",
+                t.kind, text
+            );
+        }
+        r
+    }
+}
+
+/// What the written section is made from.
+struct Written<'a> {
+    scenario: &'a Scenario,
+    running: &'a [Running],
+    runs: &'a [Run],
+    samples: &'a [Sample],
+    table: &'a str,
+    lines: &'a [String],
+}
+
+/// How to read the summary table's columns.
+const COLUMNS_TEXT: &str = "\
+Req/s and latency are medians over rounds; each figure in parentheses is the \
+ratio to nginx in the same case (lower is better for all but req/s). Proxy \
+CPU is utime + stime of all the proxy's processes (nginx: master + worker) \
+from /proc over all requests of all rounds. RSS idle is read after start and \
+route set-up, before any load; RSS loaded after the last round (all \
+processes). Upstream conns/run is the connections the origin accepted during \
+one wrk run. The machine is shared and noisy: only ratios within this run \
+mean anything.";
+
+/// The begin and end markers of a scenario's section.
+pub fn markers(name: &str) -> (String, String) {
+    (
+        format!("<!-- {name}:begin (written by `bench {name} --write`; replaced on every run) -->"),
+        format!("<!-- {name}:end -->"),
+    )
+}
+
+/// Replaces (or appends) the section between `begin` and `end` in `path`,
+/// keeping the rest of the file.
+pub fn write_section(path: &Path, begin: &str, end: &str, section: &str) -> Result<()> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let text = report::replace_section(&existing, begin, end, section);
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `given` without repeats, in order; a target not in `allowed` is an error.
+pub fn pick_targets(given: &[TargetKind], allowed: &[TargetKind]) -> Result<Vec<TargetKind>> {
+    let mut targets: Vec<TargetKind> = Vec::new();
+    for &t in given {
+        if !allowed.contains(&t) {
+            bail!(
+                "--targets: {t} is not measured in this scenario (allowed: {})",
+                allowed
+                    .iter()
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
+    }
+    Ok(targets)
+}
+
+/// The problems a load's own checks find in one run: responses that did
+/// not close their connection when every one should have, bodies shorter
+/// than the origin sends, and, direct to the origin, requests that shared a
+/// connection when each should have had its own.
+fn load_problems(
+    load: &Load,
+    kind: TargetKind,
+    result: &wrk::WrkResult,
+    origin: &origin::OriginCounts,
+) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    if let Some(kept) = result.kept_alive {
+        out.push(("responses without Connection: close".into(), kept));
+    }
+    if load.body_len > 0 {
+        // wrk's byte count has three significant digits; headers only add.
+        let expected = result.requests as f64 * load.body_len as f64 * 0.99;
+        if result.bytes_read < expected {
+            let missing = ((expected - result.bytes_read) / load.body_len as f64).ceil();
+            out.push(("responses short of the body".into(), missing as u64));
+        }
+    }
+    if load.new_connections && kind == TargetKind::Direct {
+        // Every request its own connection: the origin accepts one per
+        // request (wrk's last, unanswered ones included).
+        let shared = result.requests.saturating_sub(origin.connections);
+        out.push(("requests on a reused connection".into(), shared));
+    }
+    out
+}
+
+/// The 1, 5 and 15 minute load averages, for the record of how busy the
+/// machine was.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::origin::OriginCounts;
+    use crate::wrk::WrkResult;
+
+    #[test]
+    fn targets_are_deduplicated_and_checked() -> Result<()> {
+        let t = pick_targets(
+            &[
+                TargetKind::Nginx,
+                TargetKind::Sessiongate,
+                TargetKind::Nginx,
+            ],
+            &ALL_TARGETS,
+        )?;
+        assert_eq!(t, vec![TargetKind::Nginx, TargetKind::Sessiongate]);
+        let err = pick_targets(&[TargetKind::Chp], &[TargetKind::Sessiongate])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("chp is not measured"), "{err}");
+        Ok(())
+    }
+
+    fn result(requests: u64, bytes_read: f64, kept_alive: Option<u64>) -> WrkResult {
+        WrkResult {
+            requests,
+            bytes_read,
+            kept_alive,
+            ..WrkResult::default()
+        }
+    }
+
+    fn count(problems: &[(String, u64)], what: &str) -> u64 {
+        problems
+            .iter()
+            .find(|(w, _)| w.starts_with(what))
+            .map_or(0, |p| p.1)
+    }
+
+    #[test]
+    fn loads_check_what_they_promise() {
+        let origin = OriginCounts {
+            requests: 100,
+            connections: 90,
+        };
+        let big = Load {
+            body_len: 1 << 20,
+            ..Load::default()
+        };
+        let full = result(100, 100.5 * 1048576.0, None);
+        assert_eq!(
+            count(
+                &load_problems(&big, TargetKind::Nginx, &full, &origin),
+                "responses short"
+            ),
+            0
+        );
+        let short = result(100, 50.0 * 1048576.0, None);
+        let p = load_problems(&big, TargetKind::Nginx, &short, &origin);
+        assert_eq!(count(&p, "responses short"), 49);
+
+        let close = Load {
+            new_connections: true,
+            ..Load::default()
+        };
+        let kept = result(100, 0.0, Some(2));
+        let p = load_problems(&close, TargetKind::Direct, &kept, &origin);
+        assert_eq!(count(&p, "responses without"), 2);
+        assert_eq!(count(&p, "requests on a reused"), 10);
+        // Through a proxy the origin's connections say nothing of the client's.
+        let p = load_problems(&close, TargetKind::Haproxy, &kept, &origin);
+        assert_eq!(count(&p, "requests on a reused"), 0);
+    }
+}
