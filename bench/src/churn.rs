@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{Api, ApiHandle, Call};
 use crate::report::{self, Summary};
-use crate::side_by_side::{Bench, Check, CommonArgs, Run, Scenario};
+use crate::side_by_side::{Bench, Check, CommonArgs, Run, Scenario, Traffic};
 use crate::targets::{self, Routes, TargetKind, ADMIN_TOKEN};
 
 /// What the issue asks: no errors, and at least this share of the
@@ -73,6 +73,7 @@ impl ChurnArgs {
 
 pub const SCENARIO: Scenario = Scenario {
     name: "churn",
+    unit: "req/s",
     title: "Route churn under load",
     text: "\
 sessiongate only: wrk picks a random `Host` per request among the loaded
@@ -399,13 +400,13 @@ pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
         Run {
             case: "no churn".into(),
             target: 0,
-            load: load.clone(),
+            load: Traffic::Http(load.clone()),
             churn: None,
         },
         Run {
             case: "churn".into(),
             target: 0,
-            load,
+            load: Traffic::Http(load),
             churn: Some(Arc::clone(&driver)),
         },
     ];

@@ -2,7 +2,7 @@
 //! configurable-http-proxy and a direct connection, in one run, so that the
 //! figures that matter are same-run ratios rather than absolute numbers from
 //! a shared, noisy machine (`keepalive`, `new-connection`, `body-1mib`,
-//! `routes`, and `churn` for sessiongate alone); `tls-handshakes`, new TLS
+//! `routes`, `ws-echo`, and `churn` for sessiongate alone); `tls-handshakes`, new TLS
 //! connections against sessiongate's HTTPS listener and nginx's; and
 //! `table-updates`, the route table under a stream of single-route changes.
 //!
@@ -11,10 +11,12 @@
 //! - `main.rs`: the command line and `all`.
 //! - `side_by_side.rs`: what the wrk scenarios share: options, tools, the
 //!   interleaved rounds, summaries with ratios to nginx, the written section.
-//! - `scenarios.rs`: `keepalive`, `new-connection`, `body-1mib`, `routes`.
+//! - `scenarios.rs`: `keepalive`, `new-connection`, `body-1mib`, `routes`,
+//!   `ws-echo`.
 //! - `churn.rs`: `churn`, route updates through the control-plane API
 //!   under load.
-//! - `origin.rs`: the in-process HTTP origin.
+//! - `origin.rs`: the in-process HTTP origin; `ws_origin.rs`: the
+//!   WebSocket echo origin and `ws_load.rs` its load client (`ws-echo`).
 //! - `targets.rs`: starting sessiongate and nginx (HTTP and HTTPS) with a
 //!   set of routes and knowing they are ready; `peers.rs`: haproxy and chp.
 //! - `api.rs`: the JSON client for sessiongate's and chp's APIs.
@@ -75,11 +77,14 @@ enum Scenario {
     Body1Mib(WrkArgs),
     /// 1, 10k and 100k routes, a random Host per request.
     Routes(RoutesArgs),
+    /// WebSocket echo messages/s through every target.
+    WsEcho(WrkArgs),
     /// sessiongate under load while the control-plane API makes 1,000 route
     /// updates/s; the same load without them for the ratio.
     Churn(churn::ChurnArgs),
-    /// Every wrk scenario in turn (keepalive, new-connection, body-1mib,
-    /// routes, churn) with the same options, each writing its section.
+    /// Every side-by-side scenario in turn (keepalive, new-connection,
+    /// body-1mib, routes, ws-echo, churn) with the same options, each
+    /// writing its section.
     All(CommonArgs),
     /// Single-route updates published into a large route table while a
     /// reader looks routes up (in-process, no proxy or sockets).
@@ -115,6 +120,7 @@ fn main() -> ExitCode {
         Scenario::NewConnection(args) => scenarios::new_connection(args).into(),
         Scenario::Body1Mib(args) => scenarios::body_1mib(args).into(),
         Scenario::Routes(args) => scenarios::routes(args).into(),
+        Scenario::WsEcho(args) => scenarios::ws_echo(args).into(),
         Scenario::Churn(args) => churn::run(args).into(),
         Scenario::All(common) => all(common),
         Scenario::TableUpdates(args) => table_updates::run(args).into(),

@@ -252,7 +252,7 @@ fn with_ratio(text: String, ratio: Option<f64>) -> String {
 }
 
 /// The summary table; a `case` column only when there is more than one case.
-pub fn summary_table(summaries: &[Summary]) -> String {
+pub fn summary_table(summaries: &[Summary], unit: &str) -> String {
     let mut cases: Vec<&str> = summaries.iter().map(|s| s.case.as_str()).collect();
     cases.dedup();
     let with_case = cases.len() > 1;
@@ -260,8 +260,10 @@ pub fn summary_table(summaries: &[Summary]) -> String {
     if with_case {
         t.push_str("| case ");
     }
-    t.push_str(
-        "| target | req/s (median) | p50 | p99 | proxy CPU µs/req | RSS idle | RSS loaded | upstream conns/run | errors |\n",
+    let _ = writeln!(
+        t,
+        "| target | {unit} (median) | p50 | p99 | proxy CPU µs/{} | RSS idle | RSS loaded | upstream conns/run | errors |",
+        per(unit)
     );
     if with_case {
         t.push_str("|---");
@@ -302,7 +304,7 @@ pub fn summary_table(summaries: &[Summary]) -> String {
 }
 
 /// The sessiongate-against-nginx line of each case where both ran.
-pub fn headlines(summaries: &[Summary]) -> Vec<String> {
+pub fn headlines(summaries: &[Summary], unit: &str) -> Vec<String> {
     summaries
         .iter()
         .filter(|s| s.target == TargetKind::Sessiongate)
@@ -315,11 +317,16 @@ pub fn headlines(summaries: &[Summary]) -> Vec<String> {
                 format!(" ({})", sg.case)
             };
             format!(
-                "sessiongate / nginx{case}: req/s {}, p50 {}, p99 {}, CPU per request {}, RSS {} \
-                 (lower is better for all but req/s)",
+                "sessiongate / nginx{case}: {unit} {}, p50 {}, p99 {}, CPU per {} {}, RSS {} \
+                 (lower is better for all but {unit})",
                 r(sg.vs_nginx.rps),
                 r(sg.vs_nginx.p50),
                 r(sg.vs_nginx.p99),
+                if per(unit) == "req" {
+                    "request"
+                } else {
+                    "message"
+                },
                 r(sg.vs_nginx.cpu),
                 r(sg.vs_nginx.rss),
             )
@@ -327,7 +334,16 @@ pub fn headlines(summaries: &[Summary]) -> Vec<String> {
         .collect()
 }
 
-pub fn raw_table(samples: &[Sample], clk_tck: u64) -> String {
+/// "req" for req/s, "msg" for messages/s: what CPU is counted per.
+fn per(unit: &str) -> &'static str {
+    if unit.starts_with("messages") {
+        "msg"
+    } else {
+        "req"
+    }
+}
+
+pub fn raw_table(samples: &[Sample], clk_tck: u64, unit: &str) -> String {
     let mut cases: Vec<&str> = samples.iter().map(|s| s.case.as_str()).collect();
     cases.sort_unstable();
     cases.dedup();
@@ -336,7 +352,13 @@ pub fn raw_table(samples: &[Sample], clk_tck: u64) -> String {
     if with_case {
         t.push_str("| case ");
     }
-    t.push_str("| target | req/s | p50 | p99 | requests | proxy CPU µs/req | upstream conns | errors |\n|---:");
+    let _ =
+        write!(
+        t,
+        "| target | {unit} | p50 | p99 | {}s | proxy CPU µs/{} | upstream conns | errors |\n|---:",
+        if per(unit) == "req" { "request" } else { "message" },
+        per(unit)
+    );
     if with_case {
         t.push_str("|---");
     }
@@ -551,11 +573,11 @@ mod tests {
             .problem()
             .is_some_and(|p| p.contains("nginx served 10 errors")));
         assert_eq!(s[2].rss.map(|r| r.loaded_kib), Some(2048));
-        let table = summary_table(&s);
+        let table = summary_table(&s, "req/s");
         assert!(table.contains("| sessiongate | 50 (1.25x) |"), "{table}");
         assert!(!table.contains("| case "));
         assert!(table.contains("10 not seen by origin"));
-        let lines = headlines(&s);
+        let lines = headlines(&s, "req/s");
         assert_eq!(lines.len(), 1);
         assert!(lines[0].contains("req/s 1.25x"));
         assert!(lines[0].contains("RSS 0.50x"));
@@ -578,8 +600,11 @@ mod tests {
         let s = summarise(&runs, &samples, &[], 100);
         assert_eq!(s[0].vs_nginx.rps, Some(2.0));
         assert_eq!(s[2].vs_nginx.rps, Some(0.5));
-        assert!(summary_table(&s).starts_with("| case | target |"));
-        assert_eq!(headlines(&s).len(), 2);
+        assert!(summary_table(&s, "req/s").starts_with("| case | target |"));
+        assert_eq!(headlines(&s, "req/s").len(), 2);
+        assert!(summary_table(&s, "messages/s").contains("| messages/s (median) |"));
+        assert!(summary_table(&s, "messages/s").contains("proxy CPU µs/msg"));
+        assert!(headlines(&s, "messages/s")[0].contains("CPU per message"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::origin;
 use crate::report::{self, Summary};
-use crate::side_by_side::{Bench, Check, CommonArgs, Run, Running, Scenario, ALL_TARGETS};
+use crate::side_by_side::{Bench, Check, CommonArgs, Run, Running, Scenario, Traffic, ALL_TARGETS};
 use crate::targets::{Routes, TargetKind};
 use crate::wrk::{Load, Script};
 
@@ -40,6 +40,7 @@ pub struct RoutesArgs {
 
 pub const KEEPALIVE: Scenario = Scenario {
     name: "keepalive",
+    unit: "req/s",
     title: "Keep-alive, small responses",
     text: "\
 128-byte responses (with `Content-Length`) over keep-alive connections, one
@@ -52,6 +53,7 @@ origin from one catch-all block.",
 
 pub const NEW_CONNECTION: Scenario = Scenario {
     name: "new-connection",
+    unit: "req/s",
     title: "A new connection per request",
     text: "\
 Every request carries `Connection: close`: each proxy answers with
@@ -64,6 +66,7 @@ origin connections alive. 128-byte responses, one route.",
 
 pub const BODY_1MIB: Scenario = Scenario {
     name: "body-1mib",
+    unit: "req/s",
     title: "1 MiB responses",
     text: "\
 `GET /1mib` answered with a 1 MiB body (with `Content-Length`) over
@@ -73,8 +76,27 @@ haproxy and chp do. A run that read fewer bytes than its requests times
 1 MiB is flagged.",
 };
 
+pub const WS_ECHO: Scenario = Scenario {
+    name: "ws-echo",
+    unit: "messages/s",
+    title: "WebSocket echo",
+    text: "\
+WebSocket echo messages/s: C WebSockets (`Host: app.localhost`, one route)
+through each proxy to the harness's WebSocket echo origin, opened before the
+clock starts; each keeps one 128-byte binary message in flight (send, wait
+for its echo, send the next), and every echo is checked byte for byte and in
+order. Messages/s counts the verified echoes inside the window; p50/p99 are
+round trips. The origin counts the messages it echoed, so a proxy that
+answered by itself would be flagged. Any WebSocket error (connect,
+handshake, closed, protocol, mismatch, timeout, close) flags the run. Proxy
+CPU per message includes the connections' set-up and close. nginx passes the
+upgrade with `Upgrade $http_upgrade` / `Connection $connection_upgrade`,
+haproxy and chp natively, sessiongate natively.",
+};
+
 pub const ROUTES: Scenario = Scenario {
     name: "routes",
+    unit: "req/s",
     title: "Route-table size, random host",
     text: "\
 128-byte responses over keep-alive; every request carries a random `Host`
@@ -88,24 +110,29 @@ interleaved in every round. `direct` runs the same script at the origin,
 which ignores the host: the load generator's own ceiling at that size.",
 };
 
-/// A scenario of one case: one route, one load, every target.
+/// A scenario of one case: one route, one load, every target; with
+/// `Traffic::WsEcho` the routes lead to the WebSocket echo origin.
 fn single(
     scenario: &Scenario,
     args: WrkArgs,
-    load: impl FnOnce(&Bench) -> Result<Load>,
+    traffic: impl FnOnce(&Bench) -> Result<Traffic>,
 ) -> Result<Vec<String>> {
-    let bench = Bench::setup(&args.common, &ALL_TARGETS, &ALL_TARGETS)?;
+    let mut bench = Bench::setup(&args.common, &ALL_TARGETS, &ALL_TARGETS)?;
+    let traffic = traffic(&bench)?;
+    let upstream = match traffic {
+        Traffic::WsEcho => bench.start_ws_origin()?,
+        Traffic::Http(_) => bench.origin.addr(),
+    };
     let routes = Routes::one();
     let mut running: Vec<Running> = Vec::new();
     for &kind in &bench.plan.targets {
-        running.push(bench.start(kind, &routes, "")?);
+        running.push(bench.start_to(kind, &routes, "", upstream)?);
     }
-    let load = load(&bench)?;
     let runs: Vec<Run> = (0..running.len())
         .map(|target| Run {
             case: String::new(),
             target,
-            load: load.clone(),
+            load: traffic.clone(),
             churn: None,
         })
         .collect();
@@ -131,10 +158,10 @@ fn single(
 
 pub fn keepalive(args: WrkArgs) -> Result<Vec<String>> {
     single(&KEEPALIVE, args, |_| {
-        Ok(Load {
+        Ok(Traffic::Http(Load {
             body_len: origin::BODY_LEN,
             ..Load::default()
-        })
+        }))
     })
 }
 
@@ -147,24 +174,28 @@ pub fn new_connection(args: WrkArgs) -> Result<Vec<String>> {
                 check_close: true,
             },
         )?;
-        Ok(Load {
+        Ok(Traffic::Http(Load {
             headers: vec!["Connection: close".into()],
             script: Some(script),
             body_len: origin::BODY_LEN,
             new_connections: true,
             ..Load::default()
-        })
+        }))
     })
 }
 
 pub fn body_1mib(args: WrkArgs) -> Result<Vec<String>> {
     single(&BODY_1MIB, args, |_| {
-        Ok(Load {
+        Ok(Traffic::Http(Load {
             path: origin::BIG_PATH.into(),
             body_len: origin::BIG_BODY_LEN,
             ..Load::default()
-        })
+        }))
     })
+}
+
+pub fn ws_echo(args: WrkArgs) -> Result<Vec<String>> {
+    single(&WS_ECHO, args, |_| Ok(Traffic::WsEcho))
 }
 
 fn find<'a>(summaries: &'a [Summary], case: &str, kind: TargetKind) -> Option<&'a Summary> {
@@ -238,7 +269,7 @@ pub fn routes(args: RoutesArgs) -> Result<Vec<String>> {
             runs.push(Run {
                 case: case.clone(),
                 target: running.len() - 1,
-                load: load.clone(),
+                load: Traffic::Http(load.clone()),
                 churn: None,
             });
         }

@@ -21,7 +21,9 @@ use crate::peers;
 use crate::procs::{check_interrupted, TempDir};
 use crate::report::{self, Machine, Rss, Sample, Summary};
 use crate::targets::{self, Routes, Target, TargetKind};
-use crate::wrk::{self, Load, Script};
+use crate::wrk::{self, Load, Script, WrkResult};
+use crate::ws_load::{self, WsLoadConfig};
+use crate::ws_origin::WsOrigin;
 
 /// Options every wrk scenario takes.
 #[derive(Args, Clone, Debug, Default)]
@@ -208,12 +210,45 @@ pub struct Running {
     pub idle_rss_kib: Option<u64>,
 }
 
+/// What a run sends.
+#[derive(Debug, Clone)]
+pub enum Traffic {
+    /// HTTP requests from wrk.
+    Http(Load),
+    /// WebSocket echo messages from [`ws_load`] (128-byte binary messages,
+    /// one in flight per connection) through to the [`WsOrigin`].
+    WsEcho,
+}
+
+impl Traffic {
+    /// The load generator's command or settings, for the written report.
+    fn describe(&self, plan: &Plan) -> String {
+        match self {
+            Self::Http(load) => format!(
+                "`wrk -t1 -c{} -d{}s --latency {}`",
+                plan.connections,
+                plan.duration,
+                load.describe()
+            ),
+            Self::WsEcho => format!(
+                "the harness's WebSocket client (`ws_load`, one thread): {} connections to \
+                 `ws://ADDR/` with `Host: {}`, {}-byte binary messages, one in flight per \
+                 connection, every echo checked byte for byte, {} s",
+                plan.connections,
+                crate::wrk::HOST,
+                ws_load::DEFAULT_MESSAGE_SIZE,
+                plan.duration
+            ),
+        }
+    }
+}
+
 /// One case on one target: what a round runs once.
 pub struct Run {
     pub case: String,
     /// Index into the scenario's [`Running`] targets.
     pub target: usize,
-    pub load: Load,
+    pub load: Traffic,
     /// Control-plane updates made while wrk runs (`churn`).
     pub churn: Option<Arc<Driver>>,
 }
@@ -242,6 +277,8 @@ impl Check {
 pub struct Scenario {
     /// The subcommand, also the name in the section markers.
     pub name: &'static str,
+    /// What the throughput counts: "req/s" or "messages/s".
+    pub unit: &'static str,
     /// The section's heading.
     pub title: &'static str,
     /// What the figures are, for the written section.
@@ -257,6 +294,9 @@ pub struct Bench {
     pub clk_tck: u64,
     pub origin: Origin,
     pub dir: TempDir,
+    /// The WebSocket echo origin, for `ws-echo` only.
+    pub ws_origin: Option<WsOrigin>,
+    origin_threads: usize,
     write: Option<PathBuf>,
     load_before: String,
 }
@@ -299,7 +339,8 @@ impl Bench {
             );
         }
         let load_before = load_average();
-        let origin = Origin::start(usize::try_from(args.origin_threads).unwrap_or(2))?;
+        let origin_threads = usize::try_from(args.origin_threads).unwrap_or(2);
+        let origin = Origin::start(origin_threads)?;
         origin.runtime().spawn(crate::watch_signals());
         let dir = TempDir::new("sessiongate-bench")?;
         eprintln!(
@@ -315,6 +356,8 @@ impl Bench {
             clk_tck,
             origin,
             dir,
+            ws_origin: None,
+            origin_threads,
             write: args.write.clone(),
             load_before,
         })
@@ -327,11 +370,30 @@ impl Bench {
         Ok(sub)
     }
 
-    /// Starts `kind` with `routes` and waits until it is ready, then reads
-    /// its idle RSS.
+    /// Starts the WebSocket echo origin (as many threads as the HTTP one).
+    pub fn start_ws_origin(&mut self) -> Result<std::net::SocketAddr> {
+        let ws = WsOrigin::start(self.origin_threads)?;
+        let addr = ws.addr();
+        eprintln!("WebSocket echo origin on {addr}");
+        self.ws_origin = Some(ws);
+        Ok(addr)
+    }
+
+    /// Starts `kind` with `routes` to the HTTP origin and waits until it is
+    /// ready, then reads its idle RSS.
     pub fn start(&self, kind: TargetKind, routes: &Routes, label: &str) -> Result<Running> {
+        self.start_to(kind, routes, label, self.origin.addr())
+    }
+
+    /// [`Bench::start`] with `origin` as every route's upstream.
+    pub fn start_to(
+        &self,
+        kind: TargetKind,
+        routes: &Routes,
+        label: &str,
+        origin: std::net::SocketAddr,
+    ) -> Result<Running> {
         check_interrupted()?;
-        let origin = self.origin.addr();
         type Start = fn(&Path, &Path, std::net::SocketAddr, &Routes) -> Result<Target>;
         let (binary, start): (&Option<PathBuf>, Start) = match kind {
             TargetKind::Direct => (&None, |_, _, _, _| bail!("direct has no process")),
@@ -404,6 +466,14 @@ impl Bench {
         })
     }
 
+    /// The WebSocket load of one run against `addr`.
+    fn ws_config(&self, addr: std::net::SocketAddr, secs: u64) -> WsLoadConfig {
+        let mut config = WsLoadConfig::new(addr, crate::wrk::HOST);
+        config.connections = self.plan.connections;
+        config.duration = std::time::Duration::from_secs(secs);
+        config
+    }
+
     /// The warm-up and the interleaved rounds of `runs`.
     pub fn rounds(&self, running: &mut [Running], runs: &[Run]) -> Result<Vec<Sample>> {
         let plan = &self.plan;
@@ -415,13 +485,19 @@ impl Bench {
                     p.ensure_running()?;
                 }
                 eprintln!("warm-up {} {} ({}s)", run.case, target.kind, plan.warmup);
-                wrk::run(
-                    &self.tools.wrk,
-                    &target.base_url(),
-                    &run.load,
-                    plan.connections,
-                    plan.warmup,
-                )
+                match &run.load {
+                    Traffic::Http(load) => wrk::run(
+                        &self.tools.wrk,
+                        &target.base_url(),
+                        load,
+                        plan.connections,
+                        plan.warmup,
+                    )
+                    .map(drop),
+                    Traffic::WsEcho => {
+                        ws_load::run(&self.ws_config(target.addr, plan.warmup)).map(drop)
+                    }
+                }
                 .with_context(|| format!("warming up {} ({})", target.kind, run.case))?;
             }
         }
@@ -440,11 +516,15 @@ impl Bench {
                     .measure(target, run, round)
                     .with_context(|| format!("round {round}, {} {}", run.case, target.kind))?;
                 eprintln!(
-                    "round {round}/{} {:<12} {:<11} {:>9.0} req/s  p50 {:>9}  p99 {:>9}{}{}",
+                    "round {round}/{} {:<12} {:<11} {:>9.0} {}  p50 {:>9}  p99 {:>9}{}{}",
                     plan.rounds,
                     run.case,
                     target.kind,
                     sample.wrk.req_per_sec,
+                    match run.load {
+                        Traffic::Http(_) => "req/s",
+                        Traffic::WsEcho => "msg/s",
+                    },
                     report::fmt_latency(sample.wrk.p50_us),
                     report::fmt_latency(sample.wrk.p99_us),
                     sample
@@ -471,31 +551,81 @@ impl Bench {
             Some(p) => Some(p.cpu_ticks()?),
             None => None,
         };
-        let origin_before = self.origin.counts();
-        let churn = run.churn.as_ref().map(|d| d.start()).transpose()?;
-        let result = wrk::run(
-            &self.tools.wrk,
-            &target.base_url(),
-            &run.load,
-            self.plan.connections,
-            self.plan.duration,
-        );
-        // Stop the updates even when wrk failed.
-        let api = churn.map(|c| c.stop()).transpose()?;
-        let result = result?;
-        let origin_after = self.origin.counts();
+        let (result, origin, mut extra, api) = match &run.load {
+            Traffic::Http(load) => {
+                let origin_before = self.origin.counts();
+                let churn = run.churn.as_ref().map(|d| d.start()).transpose()?;
+                let result = wrk::run(
+                    &self.tools.wrk,
+                    &target.base_url(),
+                    load,
+                    self.plan.connections,
+                    self.plan.duration,
+                );
+                // Stop the updates even when wrk failed.
+                let api = churn.map(|c| c.stop()).transpose()?;
+                let result = result?;
+                let after = self.origin.counts();
+                let origin = origin::OriginCounts {
+                    requests: after.requests - origin_before.requests,
+                    connections: after.connections - origin_before.connections,
+                };
+                let extra = load_problems(load, target.kind, &result, &origin);
+                (result, origin, extra, api)
+            }
+            Traffic::WsEcho => {
+                let ws = self
+                    .ws_origin
+                    .as_ref()
+                    .context("the WebSocket origin is not running")?;
+                let before = ws.counts();
+                let r = ws_load::run(&self.ws_config(target.addr, self.plan.duration))?;
+                let after = ws.counts();
+                if let Some(first) = &r.first_error {
+                    eprintln!("{}: first WebSocket error: {first}", target.kind);
+                }
+                // Echoes count as requests: the origin's message count then
+                // catches a proxy that answered by itself, as for HTTP.
+                let result = WrkResult {
+                    requests: r.messages,
+                    req_per_sec: r.messages_per_sec(),
+                    p50_us: r.p50_us,
+                    p99_us: r.p99_us,
+                    ..WrkResult::default()
+                };
+                let origin = origin::OriginCounts {
+                    requests: after.messages - before.messages,
+                    connections: after.connections - before.connections,
+                };
+                let mut extra: Vec<(String, u64)> = r
+                    .error_kinds
+                    .iter()
+                    .map(|(kind, n)| (format!("WebSocket {kind} errors"), *n))
+                    .collect();
+                if r.connected < self.plan.connections {
+                    eprintln!(
+                        "{}: {} of {} WebSockets opened",
+                        target.kind, r.connected, self.plan.connections
+                    );
+                }
+                // Without errors every echo the client verified (warm-up and
+                // drain included) passed through the origin, exactly.
+                if r.errors == 0 && r.echoed_total() != origin.requests {
+                    extra.push((
+                        "echoes not matching the origin's count".into(),
+                        r.echoed_total().abs_diff(origin.requests),
+                    ));
+                }
+                (result, origin, extra, None)
+            }
+        };
+        if let Some(api) = &api {
+            extra.push(("failed API calls".into(), api.failed));
+        }
         let cpu_ticks = match (target.proc.as_mut(), cpu_before) {
             (Some(p), Some(before)) => Some(p.cpu_ticks()?.saturating_sub(before)),
             _ => None,
         };
-        let origin = origin::OriginCounts {
-            requests: origin_after.requests - origin_before.requests,
-            connections: origin_after.connections - origin_before.connections,
-        };
-        let mut extra = load_problems(&run.load, target.kind, &result, &origin);
-        if let Some(api) = &api {
-            extra.push(("failed API calls".into(), api.failed));
-        }
         Ok(Sample {
             round,
             case: run.case.clone(),
@@ -538,8 +668,8 @@ impl Bench {
             .map(|r| (r.case.clone(), running[r.target].target.kind))
             .collect();
         let summaries = report::summarise(&keys, samples, &rss, self.clk_tck);
-        let table = report::summary_table(&summaries);
-        let headlines = report::headlines(&summaries);
+        let table = report::summary_table(&summaries, scenario.unit);
+        let headlines = report::headlines(&summaries, scenario.unit);
         let checks: Vec<String> = checks(&summaries);
         println!();
         print!("{table}");
@@ -592,12 +722,7 @@ impl Bench {
         let _ = writeln!(r, "- Command: `{}`", command.join(" "));
         let mut loads: Vec<String> = Vec::new();
         for run in w.runs {
-            let line = format!(
-                "`wrk -t1 -c{} -d{}s --latency {}`",
-                plan.connections,
-                plan.duration,
-                run.load.describe()
-            );
+            let line = run.load.describe(plan);
             if !loads.contains(&line) {
                 loads.push(line);
             }
@@ -618,7 +743,11 @@ impl Bench {
         }
         let _ = writeln!(r, "\n{COLUMNS_TEXT}");
         let _ = writeln!(r, "### Per-round raw figures\n");
-        let _ = writeln!(r, "{}", report::raw_table(w.samples, self.clk_tck));
+        let _ = writeln!(
+            r,
+            "{}",
+            report::raw_table(w.samples, self.clk_tck, w.scenario.unit)
+        );
         let _ = writeln!(r, "### Configurations\n");
         // One per kind: the last one started (the largest route set).
         let mut shown: Vec<TargetKind> = Vec::new();

@@ -31,7 +31,6 @@
 
 // Used by the WebSocket scenario, which is wired into main.rs separately;
 // the tests below exercise everything meanwhile.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::poll_fn;

@@ -32,7 +32,6 @@
 
 // Used by the WebSocket scenario, which is wired into main.rs separately;
 // the tests below exercise everything meanwhile.
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -85,7 +84,8 @@ pub struct WsOriginCounts {
 /// The running origin. Dropping it shuts its runtime down, closing every
 /// connection.
 pub struct WsOrigin {
-    runtime: Runtime,
+    /// Kept for its threads: dropping it stops the origin.
+    _runtime: Runtime,
     addr: SocketAddr,
     counters: Arc<Counters>,
 }
@@ -108,7 +108,7 @@ impl WsOrigin {
         let counters = Arc::new(Counters::default());
         runtime.spawn(accept_loop(listener, Arc::clone(&counters)));
         Ok(Self {
-            runtime,
+            _runtime: runtime,
             addr,
             counters,
         })
@@ -116,11 +116,6 @@ impl WsOrigin {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// The runtime, for the harness to park other tasks on.
-    pub fn runtime(&self) -> &Runtime {
-        &self.runtime
     }
 
     pub fn counts(&self) -> WsOriginCounts {
