@@ -171,6 +171,10 @@ fn all(common: CommonArgs) -> Outcome {
             }),
         ),
         (
+            "ws-echo",
+            Box::new(|c| scenarios::ws_echo(WrkArgs { common: c })),
+        ),
+        (
             "churn",
             Box::new(|mut c: CommonArgs| {
                 // sessiongate only, whatever the others measure.
