@@ -17,7 +17,11 @@ use gateway::access::{Activation, ActivationError, ActivationRequest, KeyHandle}
 use gateway::{RouteChange, RouteHandle, RoutePublisher, RouteState};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqliteConnection;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// The control plane's write lock, held from a write's transaction until its
+/// route change is queued (or applied).
+type WriteGuard<'a> = MutexGuard<'a, ()>;
 use utoipa::ToSchema;
 
 use crate::access::{self as acc, AccessLink, AccessSettings, GroupCache, KeyRotation};
@@ -956,7 +960,7 @@ impl ControlPlane {
         model::validate_target(&rec)?;
         self.check_static_keys(&rec)?;
 
-        let _w = self.writes.lock().await;
+        let writes = self.writes.lock().await;
         let mut tx = self.store.begin().await?;
         if let Some(old) = store::session_get(&mut tx, &rec.name).await? {
             if old.state.is_live() {
@@ -978,7 +982,7 @@ impl ControlPlane {
         check_unique_keys(&mut tx, &rec).await?;
         store::session_insert(&mut tx, &rec).await?;
         tx.commit().await?;
-        self.publish(None, Some(&rec)).await?;
+        self.publish_releasing(writes, None, Some(&rec)).await?;
         tracing::info!(session = %rec.name, owner = %rec.owner, state = %rec.state, "session created");
         Ok(rec)
     }
@@ -1003,7 +1007,7 @@ impl ControlPlane {
             Some(None) => Some(None),
             None => None,
         };
-        let _w = self.writes.lock().await;
+        let writes = self.writes.lock().await;
         let mut tx = self.store.begin().await?;
         let old = store::session_get(&mut tx, name)
             .await?
@@ -1060,9 +1064,10 @@ impl ControlPlane {
         model::validate_target(&rec)?;
         self.check_static_keys(&rec)?;
         check_unique_keys(&mut tx, &rec).await?;
-        store::session_update(&mut tx, &rec).await?;
+        store::session_update_row(&mut tx, &rec).await?;
         tx.commit().await?;
-        self.publish(Some(&old), Some(&rec)).await?;
+        self.publish_releasing(writes, Some(&old), Some(&rec))
+            .await?;
         tracing::info!(session = %name, "session changed");
         Ok(rec)
     }
@@ -1121,15 +1126,16 @@ impl ControlPlane {
                 );
             }
         }
-        let _w = self.writes.lock().await;
+        let writes = self.writes.lock().await;
         let mut tx = self.store.begin().await?;
         let old = store::session_get(&mut tx, name)
             .await?
             .ok_or_else(|| not_found("session", name))?;
         let rec = self.transition(&old, action, extend_secs)?;
-        store::session_update(&mut tx, &rec).await?;
+        store::session_update_row(&mut tx, &rec).await?;
         tx.commit().await?;
-        self.publish(Some(&old), Some(&rec)).await?;
+        self.publish_releasing(writes, Some(&old), Some(&rec))
+            .await?;
         tracing::info!(session = %name, action = ?action, from = %old.state, to = %rec.state, "session action");
         Ok(rec)
     }
@@ -1176,7 +1182,7 @@ impl ControlPlane {
             };
             match self.transition(&old, action, None) {
                 Ok(rec) => {
-                    store::session_update(&mut tx, &rec).await?;
+                    store::session_update_row(&mut tx, &rec).await?;
                     results.push(BulkResult {
                         name,
                         ok: true,
@@ -1325,11 +1331,40 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Publishes the route change from `old` to `new`; the caller keeps the
+    /// write lock until the table has it.
     async fn publish(
         &self,
         old: Option<&SessionRecord>,
         new: Option<&SessionRecord>,
     ) -> Result<(), ControlError> {
+        let (changes, closing) = self.changes_between(old, new)?;
+        self.apply_changes_releasing(None, changes, closing).await
+    }
+
+    /// As [`publish`](Self::publish), but lets the next writer in as soon as
+    /// the change is queued to the publisher. The queue keeps the lock's
+    /// order, so table versions still follow commit order, and the next
+    /// write's SQLite transaction overlaps this table update. The caller's
+    /// answer still waits for the table.
+    async fn publish_releasing(
+        &self,
+        writes: WriteGuard<'_>,
+        old: Option<&SessionRecord>,
+        new: Option<&SessionRecord>,
+    ) -> Result<(), ControlError> {
+        let (changes, closing) = self.changes_between(old, new)?;
+        self.apply_changes_releasing(Some(writes), changes, closing)
+            .await
+    }
+
+    /// The table changes that take a session from `old` to `new`, and the
+    /// routes whose live connections must close once they are applied.
+    fn changes_between(
+        &self,
+        old: Option<&SessionRecord>,
+        new: Option<&SessionRecord>,
+    ) -> Result<(Vec<RouteChange>, Vec<Arc<RouteState>>), ControlError> {
         let mut changes = Vec::new();
         let mut closing = Vec::new();
         match (old, new) {
@@ -1342,7 +1377,7 @@ impl ControlPlane {
             }
             _ => {}
         }
-        self.apply_changes(changes, closing).await
+        Ok((changes, closing))
     }
 
     async fn apply_changes(
@@ -1350,12 +1385,28 @@ impl ControlPlane {
         changes: Vec<RouteChange>,
         closing: Vec<Arc<RouteState>>,
     ) -> Result<(), ControlError> {
-        if !changes.is_empty() {
+        self.apply_changes_releasing(None, changes, closing).await
+    }
+
+    /// Queues `changes` to the publisher, releases `writes` (if given), and
+    /// waits for the table; then closes the live connections in `closing`.
+    async fn apply_changes_releasing(
+        &self,
+        writes: Option<WriteGuard<'_>>,
+        changes: Vec<RouteChange>,
+        closing: Vec<Arc<RouteState>>,
+    ) -> Result<(), ControlError> {
+        let refused = |e: gateway::PublishError| {
+            tracing::error!(error = %e, "route table refused a stored change");
+            ControlError::Publish(e.to_string())
+        };
+        if changes.is_empty() {
+            drop(writes);
+        } else {
             let started = std::time::Instant::now();
-            self.publisher.submit(changes).await.map_err(|e| {
-                tracing::error!(error = %e, "route table refused a stored change");
-                ControlError::Publish(e.to_string())
-            })?;
+            let queued = self.publisher.queue(changes).await.map_err(refused)?;
+            drop(writes);
+            queued.applied().await.map_err(refused)?;
             self.metrics.observe_table_swap(started.elapsed());
         }
         for state in closing {
@@ -1553,7 +1604,7 @@ impl ControlPlane {
             let rec = self
                 .transition(&old, Action::Activate, None)
                 .map_err(|e| ActivationError::Unavailable(e.to_string()))?;
-            store::session_update(&mut tx, &rec)
+            store::session_update_row(&mut tx, &rec)
                 .await
                 .map_err(|e| unavailable(e.into()))?;
             Some(rec)
@@ -2241,21 +2292,11 @@ impl ControlPlane {
                 })
                 .collect()
         };
-        for (name, at) in &activity {
-            store::session_touch(&mut tx, name, *at).await?;
-        }
+        store::sessions_touch(&mut tx, &activity).await?;
 
         let deadline_cutoff = now.saturating_sub(s.activation_deadline.as_millis() as u64);
         let evicted_cutoff = now.saturating_sub(s.evicted_expiry.as_millis() as u64);
-        let candidates = store::sessions_in_states(
-            &mut tx,
-            &[
-                SessionState::Pending,
-                SessionState::Running,
-                SessionState::Evicted,
-            ],
-        )
-        .await?;
+        let candidates = store::reap_candidates(&mut tx).await?;
         let mut changed = Vec::new();
         for old in candidates {
             let verdict = match old.state {
@@ -2300,7 +2341,7 @@ impl ControlPlane {
                 continue;
             };
             let rec = self.transition(&old, action, None)?;
-            store::session_update(&mut tx, &rec).await?;
+            store::session_update_row(&mut tx, &rec).await?;
             tracing::info!(session = %old.name, action = ?action, reason, "reaper");
             list.push(old.name.clone());
             changed.push((old, rec));

@@ -4,7 +4,7 @@
 //! routes are published before either listener accepts a connection, so the
 //! first request already sees the full table.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -305,12 +305,12 @@ impl Server {
             }));
         }
 
-        let app = api::router(self.control.clone());
-        let api_task = tokio::spawn(
-            axum::serve(self.api_listener, app)
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .into_future(),
-        );
+        let api_done = spawn_control_thread(
+            self.api_listener.into_std()?,
+            self.control.clone(),
+            self.config.lifecycle_settings().reaper_interval,
+            stop_rx.clone(),
+        )?;
 
         let cp = self.control.clone();
         let reloader = Reloader::new(
@@ -322,11 +322,6 @@ impl Server {
             cp.set_static_keys(StaticKeys::from_specs(specs))
         }));
         let reload_task = tokio::spawn(reloader.run(stopped(stop_rx.clone())));
-        let reaper_task = spawn_reaper(
-            self.control.clone(),
-            self.config.lifecycle_settings().reaper_interval,
-            stopped(stop_rx.clone()),
-        );
 
         tracing::info!("gateway listening on http://{gateway_addr}");
         if let Some(a) = https_addr {
@@ -347,7 +342,6 @@ impl Server {
         );
         let _ = stop_tx.send(true);
         let _ = reload_task.await;
-        let _ = reaper_task.await;
         if let Some(t) = reloader_task {
             t.abort();
         }
@@ -357,12 +351,61 @@ impl Server {
         if let Some(t) = https_task {
             let _ = t.await;
         }
-        // The API's own connections get a short grace; nothing there is long-lived.
-        let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+        // The API's own connections get a short grace; nothing there is
+        // long-lived. After it, the thread is left to end with the process.
+        let _ = tokio::time::timeout(Duration::from_secs(5), api_done).await;
         self.control.store().close().await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Runs the control-plane API and the lifecycle reaper on a thread and
+/// runtime of their own, apart from the gateway's workers. Every write makes
+/// several round trips to sqlx's SQLite thread while holding the write lock;
+/// on the gateway's runtime each wake-up waited behind the proxied
+/// connections' tasks (a saturated worker looks at its injection queue only
+/// every few dozen tasks), so under proxy load writes slowed several-fold
+/// (`bench churn`). Here they wait for one mostly idle thread, and a burst of
+/// API calls cannot take the proxy's workers either. The answer resolves when
+/// the API server has stopped (after `stop`) and the reaper with it.
+fn spawn_control_thread(
+    listener: std::net::TcpListener,
+    control: Arc<ControlPlane>,
+    reaper_interval: Duration,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::sync::oneshot::Receiver<()>, ServeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("sessiongate-api")
+        .build()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    std::thread::Builder::new()
+        .name("sessiongate-api".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "control-plane listener");
+                        return;
+                    }
+                };
+                let reaper = spawn_reaper(control.clone(), reaper_interval, stopped(stop.clone()));
+                let served = axum::serve(listener, api::router(control))
+                    .with_graceful_shutdown(stopped(stop))
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "control-plane API stopped with an error");
+                }
+                let _ = reaper.await;
+            });
+            let _ = done.send(());
+        })?;
+    Ok(finished)
 }
 
 /// Loads the certificates directory, generating a development certificate

@@ -36,7 +36,7 @@ mod tunnel;
 pub mod upstream;
 
 pub use proxy::{ConnInfo, HostCoverage, PortalService, Proxy};
-pub use publish::{PublishError, RoutePublisher};
+pub use publish::{PublishError, Queued, RoutePublisher};
 pub use server::{run, run_tls, ServerConfig, TlsListener};
 pub use table::{
     Route, RouteChange, RouteHandle, RouteSpec, RouteState, RouteTable, RouteTarget, Routes,

@@ -73,12 +73,36 @@ impl RoutePublisher {
     /// them. Dropping the future after it has queued the changes does not
     /// withdraw them.
     pub async fn submit(&self, changes: Vec<RouteChange>) -> Result<u64, PublishError> {
+        self.queue(changes).await?.applied().await
+    }
+
+    /// Queues `changes` behind every submission queued before them and
+    /// returns at once (or once there is room in the queue); [`Queued::applied`]
+    /// waits for the table. A caller that serialises its writers (the control
+    /// plane's write lock) can let the next writer in once its changes are
+    /// queued: the queue keeps their order, and the next writer's storage work
+    /// overlaps this table update instead of waiting for it.
+    pub async fn queue(&self, changes: Vec<RouteChange>) -> Result<Queued, PublishError> {
         let (answer, answered) = oneshot::channel();
         self.queue
             .send(Submission { changes, answer })
             .await
             .map_err(|_| PublishError::Stopped)?;
-        Ok(answered.await.map_err(|_| PublishError::Stopped)??)
+        Ok(Queued { answered })
+    }
+}
+
+/// Changes in the publisher's queue; they are applied whether or not this is
+/// awaited.
+#[derive(Debug)]
+pub struct Queued {
+    answered: oneshot::Receiver<Result<u64, TableError>>,
+}
+
+impl Queued {
+    /// Waits until the changes are in the table, and returns its version.
+    pub async fn applied(self) -> Result<u64, PublishError> {
+        Ok(self.answered.await.map_err(|_| PublishError::Stopped)??)
     }
 }
 

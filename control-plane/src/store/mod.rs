@@ -102,6 +102,10 @@ impl Store {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // A file on this machine does not go away the way a network peer
+            // does; the default ping on every checkout was one more round trip
+            // to the connection's thread for every read and write.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
@@ -479,6 +483,19 @@ fn session_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
     })
 }
 
+/// The session records of `rows`, with their groups.
+async fn records_with_groups(
+    c: &mut SqliteConnection,
+    rows: &[SqliteRow],
+) -> Result<Vec<SessionRecord>, StoreError> {
+    let mut recs = rows
+        .iter()
+        .map(session_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    attach_groups(c, &mut recs).await?;
+    Ok(recs)
+}
+
 /// Fills in `groups` for each record, with one query.
 async fn attach_groups(
     c: &mut SqliteConnection,
@@ -511,20 +528,29 @@ async fn attach_groups(
     Ok(())
 }
 
+/// One session with its groups, in one query (the groups as a JSON array):
+/// every session write starts with this read while holding the write lock.
 pub async fn session_get(
     c: &mut SqliteConnection,
     name: &str,
 ) -> Result<Option<SessionRecord>, StoreError> {
     let row = sqlx::query(&format!(
-        "SELECT {SESSION_COLS} FROM sessions WHERE name = $1"
+        "SELECT {SESSION_COLS}, (SELECT json_group_array(group_name) FROM \
+         (SELECT group_name FROM session_groups WHERE session_name = $1 ORDER BY group_name)) \
+         AS group_names FROM sessions WHERE name = $1"
     ))
     .bind(name)
     .fetch_optional(&mut *c)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let mut recs = vec![session_row(&row)?];
-    attach_groups(c, &mut recs).await?;
-    Ok(recs.pop())
+    let mut rec = session_row(&row)?;
+    let groups: String = row.try_get("group_names")?;
+    rec.groups = serde_json::from_str(&groups).map_err(|e| StoreError::Corrupt {
+        what: "session",
+        key: name.to_string(),
+        message: format!("groups {groups:?}: {e}"),
+    })?;
+    Ok(Some(rec))
 }
 
 /// `%q%` with the LIKE wildcards in `q` escaped, lower-cased.
@@ -614,12 +640,7 @@ pub async fn sessions_in_states(
     }
     b.push(") ORDER BY name");
     let rows = b.build().fetch_all(&mut *c).await?;
-    let mut recs = rows
-        .iter()
-        .map(session_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    attach_groups(c, &mut recs).await?;
-    Ok(recs)
+    records_with_groups(c, &rows).await
 }
 
 /// Names of sessions shared with `group` that can still be used.
@@ -683,6 +704,13 @@ async fn set_session_groups(c: &mut SqliteConnection, s: &SessionRecord) -> Resu
         .bind(&s.name)
         .execute(&mut *c)
         .await?;
+    insert_session_groups(c, s).await
+}
+
+async fn insert_session_groups(
+    c: &mut SqliteConnection,
+    s: &SessionRecord,
+) -> Result<(), StoreError> {
     for g in &s.groups {
         sqlx::query("INSERT INTO session_groups (session_name, group_name) VALUES ($1, $2)")
             .bind(&s.name)
@@ -701,11 +729,24 @@ pub async fn session_insert(c: &mut SqliteConnection, s: &SessionRecord) -> Resu
     bind_session(sqlx::query(&sql), s, labels_json(s))
         .execute(&mut *c)
         .await?;
-    set_session_groups(c, s).await
+    // A new row has no groups yet: those of an earlier record of the same
+    // name went with it (ON DELETE CASCADE).
+    insert_session_groups(c, s).await
 }
 
 /// Overwrites the stored record (and its groups) with `s`.
 pub async fn session_update(c: &mut SqliteConnection, s: &SessionRecord) -> Result<(), StoreError> {
+    session_update_row(c, s).await?;
+    set_session_groups(c, s).await
+}
+
+/// Overwrites the stored record with `s` but leaves its groups as stored:
+/// for changes that cannot touch them (lifecycle actions, patches), which
+/// saves a delete and an insert per group on every write.
+pub async fn session_update_row(
+    c: &mut SqliteConnection,
+    s: &SessionRecord,
+) -> Result<(), StoreError> {
     let sql = "UPDATE sessions SET kind = $2, remote_host = $3, remote_port = $4, url = $5, \
         https = $6, tls_verify = $7, slug = $8, strip_prefix = $9, rewrite_host = $10, \
         custom_domain = $11, workspace_port = $12, owner = $13, public = $14, state = $15, \
@@ -715,7 +756,7 @@ pub async fn session_update(c: &mut SqliteConnection, s: &SessionRecord) -> Resu
     bind_session(sqlx::query(sql), s, labels_json(s))
         .execute(&mut *c)
         .await?;
-    set_session_groups(c, s).await
+    Ok(())
 }
 
 /// Removes the record for good (retention purge, or replacing a finished one).
@@ -748,21 +789,57 @@ pub async fn sessions_purge_finished(
     Ok(names)
 }
 
-/// Records traffic seen by the gateway; never moves `last_activity` back.
-pub async fn session_touch(
+/// Sessions `sessions_touch` sends to SQLite in one statement: one bound JSON
+/// array, so no limit on bound variables applies; chunks keep each statement
+/// short for the readers waiting on the connection.
+const TOUCH_CHUNK: usize = 1000;
+
+/// Records traffic seen by the gateway, `(name, at_ms)` per session; never
+/// moves `last_activity` back. One `UPDATE … FROM json_each` per chunk, not a
+/// statement per session: the reaper syncs every session that saw traffic,
+/// which under load is all of them, while it holds the write lock.
+pub async fn sessions_touch(
     c: &mut SqliteConnection,
-    name: &str,
-    at_ms: u64,
+    touches: &[(String, u64)],
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE sessions SET last_activity_ms = $2 WHERE name = $1 \
-         AND (last_activity_ms IS NULL OR last_activity_ms < $2)",
-    )
-    .bind(name)
-    .bind(ms(at_ms))
-    .execute(&mut *c)
-    .await?;
+    for chunk in touches.chunks(TOUCH_CHUNK) {
+        let json = serde_json::Value::Array(
+            chunk
+                .iter()
+                .map(|(name, at)| serde_json::json!([name, ms(*at)]))
+                .collect(),
+        )
+        .to_string();
+        sqlx::query(
+            "UPDATE sessions SET last_activity_ms = t.at \
+             FROM (SELECT json_extract(value, '$[0]') AS name, \
+                          json_extract(value, '$[1]') AS at FROM json_each($1)) AS t \
+             WHERE sessions.name = t.name \
+             AND (sessions.last_activity_ms IS NULL OR sessions.last_activity_ms < t.at)",
+        )
+        .bind(json)
+        .execute(&mut *c)
+        .await?;
+    }
     Ok(())
+}
+
+/// The sessions the reaper may have to act on: pending and evicted ones, and
+/// running ones with an expiry or an idle timeout. A running session with
+/// neither never expires, so the reaper does not load it (with 10k sessions
+/// that is most of them, every pass).
+pub async fn reap_candidates(c: &mut SqliteConnection) -> Result<Vec<SessionRecord>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SESSION_COLS} FROM sessions WHERE state IN ($1, $2) \
+         OR (state = $3 AND (expires_ms IS NOT NULL OR idle_timeout_secs IS NOT NULL)) \
+         ORDER BY name"
+    ))
+    .bind(SessionState::Pending.as_str())
+    .bind(SessionState::Evicted.as_str())
+    .bind(SessionState::Running.as_str())
+    .fetch_all(&mut *c)
+    .await?;
+    records_with_groups(c, &rows).await
 }
 
 /// Whether a session that can still be used holds this slug or custom domain.
@@ -953,12 +1030,7 @@ pub async fn sessions_of_environment(
     .bind(environment)
     .fetch_all(&mut *c)
     .await?;
-    let mut recs = rows
-        .iter()
-        .map(session_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    attach_groups(c, &mut recs).await?;
-    Ok(recs)
+    records_with_groups(c, &rows).await
 }
 
 // ---- oauth tokens ----
@@ -1187,6 +1259,51 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1), "2 = FULL");
+        drop(c);
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Touches span several chunks, and an older time never replaces a
+    /// newer one.
+    #[tokio::test]
+    async fn touches_are_written_in_chunks_and_never_move_back() {
+        let dir = std::env::temp_dir().join(format!("sg-touch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("t.db")).await.unwrap();
+        let mut c = store.conn().await.unwrap();
+        sqlx::query("INSERT INTO users (id, name, created_ms) VALUES ('u1', 'ann', 0)")
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        let n = TOUCH_CHUNK * 2 + 7;
+        for i in 0..n {
+            sqlx::query(
+                "INSERT INTO sessions (name, kind, https, tls_verify, strip_prefix, \
+                 rewrite_host, owner, public, state, created_ms, state_changed_ms, extendable, \
+                 labels, last_activity_ms) \
+                 VALUES ($1, 'tunnel', 0, 1, 0, 0, 'ann', 0, 'running', 0, 0, 1, '{}', $2)",
+            )
+            .bind(format!("s{i}"))
+            // Every third session already has activity at 5,000.
+            .bind(i.is_multiple_of(3).then_some(5_000i64))
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        }
+        let touches: Vec<(String, u64)> = (0..n).map(|i| (format!("s{i}"), 4_000)).collect();
+        sessions_touch(&mut c, &touches).await.unwrap();
+        let rows: Vec<(String, Option<i64>)> =
+            sqlx::query_as("SELECT name, last_activity_ms FROM sessions")
+                .fetch_all(&mut *c)
+                .await
+                .unwrap();
+        assert_eq!(rows.len(), n);
+        for (name, at) in rows {
+            let i: usize = name[1..].parse().unwrap();
+            let want = if i.is_multiple_of(3) { 5_000 } else { 4_000 };
+            assert_eq!(at, Some(want), "{name}");
+        }
         drop(c);
         store.close().await;
         std::fs::remove_dir_all(&dir).unwrap();
