@@ -13,15 +13,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::writes::{Joined, WriteError, Writes};
 use gateway::access::{Activation, ActivationError, ActivationRequest, KeyHandle};
 use gateway::{RouteChange, RouteHandle, RoutePublisher, RouteState};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqliteConnection;
-use tokio::sync::{Mutex, MutexGuard};
-
-/// The control plane's write lock, held from a write's transaction until its
-/// route change is queued (or applied).
-type WriteGuard<'a> = MutexGuard<'a, ()>;
 use utoipa::ToSchema;
 
 use crate::access::{self as acc, AccessLink, AccessSettings, GroupCache, KeyRotation};
@@ -91,6 +87,22 @@ pub enum ControlError {
     Finished { name: String, state: SessionState },
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<WriteError> for ControlError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Store(e) => ControlError::Store(e),
+            WriteError::Commit(m) => ControlError::Internal(m),
+            WriteError::Publish(m) => ControlError::Publish(m),
+        }
+    }
+}
+
+/// A stored change the route table would not take.
+fn table_refused(e: gateway::PublishError) -> ControlError {
+    tracing::error!(error = %e, "route table refused a stored change");
+    ControlError::Publish(e.to_string())
 }
 
 impl From<sqlx::Error> for ControlError {
@@ -170,7 +182,9 @@ pub struct ControlPlane {
     clock: Arc<dyn Clock>,
     settings: LifecycleSettings,
     metrics: Metrics,
-    writes: Mutex<()>,
+    /// The write lock; session writes share commits through it
+    /// (see [`crate::writes`]).
+    writes: Writes,
     tokens: RwLock<TokenSet>,
     /// Slugs and hosts held by the configuration file's static routes, which
     /// a session may not take.
@@ -228,14 +242,15 @@ impl ControlPlane {
         admin_token_hash: String,
         metrics: Metrics,
     ) -> Self {
+        let publisher = RoutePublisher::spawn(routes.clone());
         ControlPlane {
+            writes: Writes::new(store.clone(), publisher.clone()),
             store,
-            publisher: RoutePublisher::spawn(routes.clone()),
+            publisher,
             routes,
             clock,
             settings,
             metrics,
-            writes: Mutex::new(()),
             tokens: RwLock::new(TokenSet::new(admin_token_hash)),
             static_keys: RwLock::new(StaticKeys::default()),
             synced_activity: std::sync::Mutex::new(HashMap::new()),
@@ -302,7 +317,7 @@ impl ControlPlane {
         let now = self.now_ms();
         let hash = auth::hash_token(refresh_token);
         let user = {
-            let _w = self.writes.lock().await;
+            let _w = self.writes.exclusive().await;
             let mut tx = self.store.begin().await.map_err(ControlError::from)?;
             let user = store::oauth_token_user(&mut tx, &hash, "refresh", now)
                 .await
@@ -337,7 +352,7 @@ impl ControlPlane {
         let ttl = self.workshop_settings().token_ttl_secs;
         let access = auth::random_token().map_err(|e| ControlError::Internal(e.to_string()))?;
         let refresh = auth::random_token().map_err(|e| ControlError::Internal(e.to_string()))?;
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await.map_err(ControlError::from)?;
         store::oauth_token_insert(
             &mut tx,
@@ -540,7 +555,7 @@ impl ControlPlane {
             hash: auth::hash_token(&token),
             created_ms: self.now_ms(),
         };
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         if store::tokens_list(&mut tx)
             .await?
@@ -571,7 +586,7 @@ impl ControlPlane {
     }
 
     pub async fn delete_token(&self, name: &str) -> Result<(), ControlError> {
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         let rows = store::tokens_list(&mut tx).await?;
         let row = rows
@@ -606,7 +621,7 @@ impl ControlPlane {
             last_name: input.last_name,
             created_ms: self.now_ms(),
         };
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         if store::user_exists(&mut tx, &row.name).await? {
             return Err(ControlError::Conflict(format!(
@@ -660,7 +675,7 @@ impl ControlPlane {
                 model::validate_optional_text(field, v)?;
             }
         }
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         let mut row = store::user_get(&mut tx, name)
             .await?
@@ -683,7 +698,7 @@ impl ControlPlane {
     /// Deletes a user who owns no session that can still be used; their
     /// finished session records and group memberships go with them.
     pub async fn delete_user(&self, name: &str) -> Result<(), ControlError> {
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         if !store::user_exists(&mut tx, name).await? {
             return Err(not_found("user", name));
@@ -718,7 +733,7 @@ impl ControlPlane {
             model::validate_user_name("members", m)?;
         }
         let now = self.now_ms();
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         if store::group_created(&mut tx, &input.name).await?.is_some() {
             return Err(ControlError::Conflict(format!(
@@ -769,7 +784,7 @@ impl ControlPlane {
 
     /// Deletes a group; sessions shared with it are no longer shared with it.
     pub async fn delete_group(&self, name: &str) -> Result<(), ControlError> {
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         let shared = Self::sessions_shared(&mut tx, &[name.to_string()]).await?;
         if !store::group_delete(&mut tx, name).await? {
@@ -799,7 +814,7 @@ impl ControlPlane {
         for m in &members {
             model::validate_user_name("members", m)?;
         }
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         if store::group_created(&mut tx, group).await?.is_none() {
             return Err(not_found("group", group));
@@ -834,7 +849,7 @@ impl ControlPlane {
 
     pub async fn add_member(&self, group: &str, user: &str) -> Result<Group, ControlError> {
         model::validate_user_name("user", user)?;
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         if store::group_created(&mut tx, group).await?.is_none() {
             return Err(not_found("group", group));
@@ -856,7 +871,7 @@ impl ControlPlane {
     }
 
     pub async fn remove_member(&self, group: &str, user: &str) -> Result<Group, ControlError> {
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         if store::group_created(&mut tx, group).await?.is_none() {
             return Err(not_found("group", group));
@@ -960,29 +975,36 @@ impl ControlPlane {
         model::validate_target(&rec)?;
         self.check_static_keys(&rec)?;
 
-        let writes = self.writes.lock().await;
-        let mut tx = self.store.begin().await?;
-        if let Some(old) = store::session_get(&mut tx, &rec.name).await? {
-            if old.state.is_live() {
-                return Err(ControlError::Conflict(format!(
-                    "session {:?} already exists (it is {})",
-                    rec.name, old.state
-                )));
+        let mut w = self.writes.join().await?;
+        let stored = async {
+            let c = w.conn()?;
+            if let Some(old) = store::session_get(c, &rec.name).await? {
+                if old.state.is_live() {
+                    return Err(ControlError::Conflict(format!(
+                        "session {:?} already exists (it is {})",
+                        rec.name, old.state
+                    )));
+                }
+                // A finished record waiting for the purge gives way to the new one.
+                store::session_purge(c, &rec.name).await?;
             }
-            // A finished record waiting for the purge gives way to the new one.
-            store::session_purge(&mut tx, &rec.name).await?;
+            if !store::user_exists(c, &rec.owner).await? {
+                return Err(unknown("owner", "user", std::slice::from_ref(&rec.owner)));
+            }
+            let missing = store::missing_groups(c, &rec.groups).await?;
+            if !missing.is_empty() {
+                return Err(unknown("groups", "group", &missing));
+            }
+            check_unique_keys(c, &rec).await?;
+            store::session_insert(c, &rec).await?;
+            Ok::<_, ControlError>(())
         }
-        if !store::user_exists(&mut tx, &rec.owner).await? {
-            return Err(unknown("owner", "user", std::slice::from_ref(&rec.owner)));
+        .await;
+        if let Err(e) = stored {
+            w.abort().await;
+            return Err(e);
         }
-        let missing = store::missing_groups(&mut tx, &rec.groups).await?;
-        if !missing.is_empty() {
-            return Err(unknown("groups", "group", &missing));
-        }
-        check_unique_keys(&mut tx, &rec).await?;
-        store::session_insert(&mut tx, &rec).await?;
-        tx.commit().await?;
-        self.publish_releasing(writes, None, Some(&rec)).await?;
+        self.finish_joined(w, None, &rec).await?;
         tracing::info!(session = %rec.name, owner = %rec.owner, state = %rec.state, "session created");
         Ok(rec)
     }
@@ -1007,67 +1029,76 @@ impl ControlPlane {
             Some(None) => Some(None),
             None => None,
         };
-        let writes = self.writes.lock().await;
-        let mut tx = self.store.begin().await?;
-        let old = store::session_get(&mut tx, name)
-            .await?
-            .ok_or_else(|| not_found("session", name))?;
-        if !old.state.is_live() {
-            return Err(ControlError::Conflict(format!(
-                "session {name:?} is {} and can no longer be changed",
-                old.state
-            )));
+        let mut w = self.writes.join().await?;
+        let stored = async {
+            let c = w.conn()?;
+            let old = store::session_get(c, name)
+                .await?
+                .ok_or_else(|| not_found("session", name))?;
+            if !old.state.is_live() {
+                return Err(ControlError::Conflict(format!(
+                    "session {name:?} is {} and can no longer be changed",
+                    old.state
+                )));
+            }
+            let mut rec = old.clone();
+            if let Some(v) = patch.remote_host {
+                rec.remote_host = Some(v);
+            }
+            if let Some(v) = patch.remote_port {
+                rec.remote_port = Some(v);
+            }
+            if let Some(v) = patch.url {
+                rec.url = Some(v);
+            }
+            if let Some(v) = patch.https {
+                rec.https = v;
+            }
+            if let Some(v) = patch.tls_verify {
+                rec.tls_verify = v;
+            }
+            if let Some(v) = slug {
+                rec.slug = v;
+            }
+            if let Some(v) = patch.strip_prefix {
+                rec.strip_prefix = v;
+            }
+            if let Some(v) = patch.rewrite_host {
+                rec.rewrite_host = v;
+            }
+            if let Some(v) = custom_domain {
+                rec.custom_domain = v;
+            }
+            if let Some(v) = patch.public {
+                rec.public = v;
+            }
+            if let Some(v) = patch.duration {
+                rec.duration_secs = v;
+            }
+            if let Some(v) = patch.idle_timeout {
+                rec.idle_timeout_secs = v;
+            }
+            if let Some(v) = patch.extendable {
+                rec.extendable = v;
+            }
+            if let Some(v) = patch.labels {
+                rec.labels = v;
+            }
+            model::validate_target(&rec)?;
+            self.check_static_keys(&rec)?;
+            check_unique_keys(c, &rec).await?;
+            store::session_update_row(c, &rec).await?;
+            Ok::<_, ControlError>((old, rec))
         }
-        let mut rec = old.clone();
-        if let Some(v) = patch.remote_host {
-            rec.remote_host = Some(v);
-        }
-        if let Some(v) = patch.remote_port {
-            rec.remote_port = Some(v);
-        }
-        if let Some(v) = patch.url {
-            rec.url = Some(v);
-        }
-        if let Some(v) = patch.https {
-            rec.https = v;
-        }
-        if let Some(v) = patch.tls_verify {
-            rec.tls_verify = v;
-        }
-        if let Some(v) = slug {
-            rec.slug = v;
-        }
-        if let Some(v) = patch.strip_prefix {
-            rec.strip_prefix = v;
-        }
-        if let Some(v) = patch.rewrite_host {
-            rec.rewrite_host = v;
-        }
-        if let Some(v) = custom_domain {
-            rec.custom_domain = v;
-        }
-        if let Some(v) = patch.public {
-            rec.public = v;
-        }
-        if let Some(v) = patch.duration {
-            rec.duration_secs = v;
-        }
-        if let Some(v) = patch.idle_timeout {
-            rec.idle_timeout_secs = v;
-        }
-        if let Some(v) = patch.extendable {
-            rec.extendable = v;
-        }
-        if let Some(v) = patch.labels {
-            rec.labels = v;
-        }
-        model::validate_target(&rec)?;
-        self.check_static_keys(&rec)?;
-        check_unique_keys(&mut tx, &rec).await?;
-        store::session_update_row(&mut tx, &rec).await?;
-        tx.commit().await?;
-        self.publish_releasing(writes, Some(&old), Some(&rec))
-            .await?;
+        .await;
+        let (old, rec) = match stored {
+            Ok(v) => v,
+            Err(e) => {
+                w.abort().await;
+                return Err(e);
+            }
+        };
+        self.finish_joined(w, Some(&old), &rec).await?;
         tracing::info!(session = %name, "session changed");
         Ok(rec)
     }
@@ -1082,7 +1113,7 @@ impl ControlPlane {
         for g in &groups {
             model::validate_name("groups", g)?;
         }
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         let old = store::session_get(&mut tx, name)
             .await?
@@ -1126,16 +1157,25 @@ impl ControlPlane {
                 );
             }
         }
-        let writes = self.writes.lock().await;
-        let mut tx = self.store.begin().await?;
-        let old = store::session_get(&mut tx, name)
-            .await?
-            .ok_or_else(|| not_found("session", name))?;
-        let rec = self.transition(&old, action, extend_secs)?;
-        store::session_update_row(&mut tx, &rec).await?;
-        tx.commit().await?;
-        self.publish_releasing(writes, Some(&old), Some(&rec))
-            .await?;
+        let mut w = self.writes.join().await?;
+        let stored = async {
+            let c = w.conn()?;
+            let old = store::session_get(c, name)
+                .await?
+                .ok_or_else(|| not_found("session", name))?;
+            let rec = self.transition(&old, action, extend_secs)?;
+            store::session_update_row(c, &rec).await?;
+            Ok::<_, ControlError>((old, rec))
+        }
+        .await;
+        let (old, rec) = match stored {
+            Ok(v) => v,
+            Err(e) => {
+                w.abort().await;
+                return Err(e);
+            }
+        };
+        self.finish_joined(w, Some(&old), &rec).await?;
         tracing::info!(session = %name, action = ?action, from = %old.state, to = %rec.state, "session action");
         Ok(rec)
     }
@@ -1150,7 +1190,7 @@ impl ControlPlane {
         if names.len() > 10_000 {
             return Err(invalid("names", format!("{} names; at most 10000", names.len())).into());
         }
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         let mut results = Vec::with_capacity(names.len());
         let mut changed: Vec<(SessionRecord, SessionRecord)> = Vec::new();
@@ -1331,6 +1371,17 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Shared commits of session writes so far, and the writes they covered.
+    pub fn commit_counts(&self) -> (u64, u64) {
+        self.writes.commit_counts()
+    }
+
+    /// Commits the shared transaction if one is open (at shutdown, before
+    /// the store closes).
+    pub async fn flush_writes(&self) {
+        self.writes.flush().await;
+    }
+
     /// Publishes the route change from `old` to `new`; the caller keeps the
     /// write lock until the table has it.
     async fn publish(
@@ -1339,23 +1390,27 @@ impl ControlPlane {
         new: Option<&SessionRecord>,
     ) -> Result<(), ControlError> {
         let (changes, closing) = self.changes_between(old, new)?;
-        self.apply_changes_releasing(None, changes, closing).await
+        self.apply_changes(changes, closing).await
     }
 
-    /// As [`publish`](Self::publish), but lets the next writer in as soon as
-    /// the change is queued to the publisher. The queue keeps the lock's
-    /// order, so table versions still follow commit order, and the next
-    /// write's SQLite transaction overlaps this table update. The caller's
-    /// answer still waits for the table.
-    async fn publish_releasing(
+    /// Completes a write that joined the shared transaction: computes its
+    /// route change under the lock, waits for the commit that covers it,
+    /// then for the table (see [`crate::writes`]).
+    async fn finish_joined(
         &self,
-        writes: WriteGuard<'_>,
+        w: Joined<'_>,
         old: Option<&SessionRecord>,
-        new: Option<&SessionRecord>,
+        new: &SessionRecord,
     ) -> Result<(), ControlError> {
-        let (changes, closing) = self.changes_between(old, new)?;
-        self.apply_changes_releasing(Some(writes), changes, closing)
-            .await
+        let (changes, closing) = match self.changes_between(old, Some(new)) {
+            Ok(c) => c,
+            Err(e) => {
+                w.abort().await;
+                return Err(e);
+            }
+        };
+        let queued = w.finish(changes).await?;
+        self.await_applied(queued, closing).await
     }
 
     /// The table changes that take a session from `old` to `new`, and the
@@ -1385,28 +1440,24 @@ impl ControlPlane {
         changes: Vec<RouteChange>,
         closing: Vec<Arc<RouteState>>,
     ) -> Result<(), ControlError> {
-        self.apply_changes_releasing(None, changes, closing).await
+        let queued = if changes.is_empty() {
+            None
+        } else {
+            Some(self.publisher.queue(changes).await.map_err(table_refused)?)
+        };
+        self.await_applied(queued, closing).await
     }
 
-    /// Queues `changes` to the publisher, releases `writes` (if given), and
-    /// waits for the table; then closes the live connections in `closing`.
-    async fn apply_changes_releasing(
+    /// Waits until `queued` is in the table, then closes the live
+    /// connections in `closing`.
+    async fn await_applied(
         &self,
-        writes: Option<WriteGuard<'_>>,
-        changes: Vec<RouteChange>,
+        queued: Option<gateway::Queued>,
         closing: Vec<Arc<RouteState>>,
     ) -> Result<(), ControlError> {
-        let refused = |e: gateway::PublishError| {
-            tracing::error!(error = %e, "route table refused a stored change");
-            ControlError::Publish(e.to_string())
-        };
-        if changes.is_empty() {
-            drop(writes);
-        } else {
+        if let Some(queued) = queued {
             let started = std::time::Instant::now();
-            let queued = self.publisher.queue(changes).await.map_err(refused)?;
-            drop(writes);
-            queued.applied().await.map_err(refused)?;
+            queued.applied().await.map_err(table_refused)?;
             self.metrics.observe_table_swap(started.elapsed());
         }
         for state in closing {
@@ -1444,7 +1495,7 @@ impl ControlPlane {
         let now = self.now_ms();
         let grace = self.access_settings().key_grace;
         let key = acc::new_key(now).map_err(ControlError::Internal)?;
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         store::signing_key_rotate(&mut tx, &key, now).await?;
         let rows = store::signing_keys(&mut tx).await?;
@@ -1476,7 +1527,7 @@ impl ControlPlane {
         let now = self.now_ms();
         let token = auth::random_token().map_err(|e| ControlError::Internal(e.to_string()))?;
         let expires_ms = now + settings.link_ttl.as_millis() as u64;
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         let s = store::session_get(&mut tx, name)
             .await?
@@ -1555,7 +1606,7 @@ impl ControlPlane {
         let now = self.now_ms();
         let settings = self.access_settings();
         let hash = auth::hash_token(&req.token);
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self
             .store
             .begin()
@@ -1730,7 +1781,7 @@ impl ControlPlane {
         input: NewEnvironment,
     ) -> Result<Environment, ControlError> {
         let rec = env::validate_new(input, self.now_ms())?;
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         if store::environment_get(&mut tx, &rec.name).await?.is_some() {
             return Err(ControlError::Conflict(format!(
@@ -1783,7 +1834,7 @@ impl ControlPlane {
         if let Some(d) = patch.duration {
             env::validate_duration(d)?;
         }
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         let mut e = store::environment_get(&mut tx, name)
             .await?
@@ -1833,7 +1884,7 @@ impl ControlPlane {
 
     /// Stops an environment: no new sessions; those it has run to their end.
     pub async fn stop_environment(&self, name: &str) -> Result<Environment, ControlError> {
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         let mut e = store::environment_get(&mut tx, name)
             .await?
@@ -1864,7 +1915,7 @@ impl ControlPlane {
 
     /// Deletes an environment that has no unfinished sessions.
     pub async fn delete_environment(&self, name: &str) -> Result<(), ControlError> {
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         let allocated = store::environment_allocations(&mut tx)
             .await?
@@ -1914,7 +1965,7 @@ impl ControlPlane {
         }
         let now = self.now_ms();
         let token = auth::random_token().map_err(|e| ControlError::Internal(e.to_string()))?;
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await.map_err(ControlError::from)?;
         let Some(mut env) = store::environment_get(&mut tx, env_name)
             .await
@@ -2180,7 +2231,7 @@ impl ControlPlane {
     /// change, and after the reaper freed targets).
     pub async fn refill_reserves(&self) -> Result<usize, ControlError> {
         let now = self.now_ms();
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
         let mut created = Vec::new();
         for mut env in store::environments_list(&mut tx).await? {
@@ -2272,7 +2323,7 @@ impl ControlPlane {
         let now = self.now_ms();
         let s = &self.settings;
         let mut report = ReapReport::default();
-        let _w = self.writes.lock().await;
+        let _w = self.writes.exclusive().await;
         let mut tx = self.store.begin().await?;
 
         // The gateway's per-route activity, written when it moved.

@@ -35,6 +35,7 @@ pub mod session;
 pub mod store;
 pub mod time;
 pub mod workshop;
+pub mod writes;
 
 /// `sessiongate certs dev`: writes the files and says what was written.
 pub fn certs_dev(domain: &str, out: &std::path::Path) -> Result<String, certs::CertError> {

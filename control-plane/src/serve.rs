@@ -354,6 +354,8 @@ impl Server {
         // The API's own connections get a short grace; nothing there is
         // long-lived. After it, the thread is left to end with the process.
         let _ = tokio::time::timeout(Duration::from_secs(5), api_done).await;
+        // A shared transaction still open holds one of the store's connections.
+        self.control.flush_writes().await;
         self.control.store().close().await;
         tracing::info!("stopped");
         Ok(())

@@ -1,0 +1,225 @@
+//! Group commit of session writes, over a real SQLite file: concurrent
+//! writes share commits, each is durable (visible to another connection to
+//! the file) and routed by the time it is acknowledged, and a write that
+//! fails inside a shared transaction leaves nothing behind while the others
+//! commit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use control_plane::auth::hash_token;
+use control_plane::clock::SystemClock;
+use control_plane::control::{ControlError, ControlPlane, LifecycleSettings};
+use control_plane::metrics::Metrics;
+use control_plane::session::model::{NewSession, NewUser, SessionPatch};
+use control_plane::session::{Action, SessionState};
+use control_plane::store::Store;
+use gateway::{RouteHandle, TableSettings};
+use sqlx::{Connection, SqliteConnection};
+use tokio::sync::Mutex;
+
+struct Fixture {
+    cp: Arc<ControlPlane>,
+    routes: RouteHandle,
+    /// A connection of its own to the database file: it sees committed data
+    /// only.
+    reader: Arc<Mutex<SqliteConnection>>,
+    dir: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn fixture(name: &str) -> Fixture {
+    let dir = std::env::temp_dir().join(format!("sg-group-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("sessiongate.db");
+    let store = Store::open(&db).await.unwrap();
+    let routes = RouteHandle::new();
+    routes
+        .publish(
+            &TableSettings {
+                base_domains: vec!["localhost".into()],
+                portal_host: None,
+            },
+            vec![],
+        )
+        .unwrap();
+    let cp = Arc::new(ControlPlane::new(
+        store,
+        routes.clone(),
+        Arc::new(SystemClock),
+        LifecycleSettings::default(),
+        hash_token("group-commit-test-admin-token"),
+        Metrics::new(),
+    ));
+    cp.create_user(NewUser {
+        name: "ann".into(),
+        email: None,
+        first_name: None,
+        last_name: None,
+    })
+    .await
+    .unwrap();
+    let reader = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    Fixture {
+        cp,
+        routes,
+        reader: Arc::new(Mutex::new(reader)),
+        dir,
+    }
+}
+
+fn session(name: &str, owner: &str) -> NewSession {
+    NewSession {
+        name: name.into(),
+        owner: owner.into(),
+        remote_port: Some(9),
+        public: true,
+        ..NewSession::default()
+    }
+}
+
+/// The state stored for `name`, as another connection sees it.
+async fn committed_state(reader: &Mutex<SqliteConnection>, name: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT state FROM sessions WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *reader.lock().await)
+        .await
+        .unwrap()
+}
+
+fn routed(routes: &RouteHandle, name: &str) -> bool {
+    routes.load().route(&format!("session:{name}")).is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_commits_and_are_durable_when_acknowledged() {
+    let f = fixture("durable").await;
+    let n = 64;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (cp, routes, reader) = (f.cp.clone(), f.routes.clone(), f.reader.clone());
+        tasks.push(tokio::spawn(async move {
+            let name = format!("s{i}");
+            cp.create_session(session(&name, "ann")).await.unwrap();
+            // Acknowledged: committed (another connection sees it) and routed.
+            assert_eq!(
+                committed_state(&reader, &name).await.as_deref(),
+                Some("running"),
+                "{name} acknowledged before its commit"
+            );
+            assert!(routed(&routes, &name), "{name} acknowledged before routing");
+            let port = 10_000 + i as u16;
+            cp.patch_session(
+                &name,
+                SessionPatch {
+                    remote_port: Some(port),
+                    ..SessionPatch::default()
+                },
+            )
+            .await
+            .unwrap();
+            let port_now: Option<i64> =
+                sqlx::query_scalar("SELECT remote_port FROM sessions WHERE name = $1")
+                    .bind(&name)
+                    .fetch_one(&mut *reader.lock().await)
+                    .await
+                    .unwrap();
+            assert_eq!(
+                port_now,
+                Some(i64::from(port)),
+                "{name}: patch not committed"
+            );
+            cp.session_action(&name, Action::Pause, None).await.unwrap();
+            assert_eq!(
+                committed_state(&reader, &name).await.as_deref(),
+                Some("paused"),
+                "{name}: action not committed"
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (commits, writes) = f.cp.commit_counts();
+    assert_eq!(
+        writes,
+        3 * n as u64,
+        "every joined write was committed once"
+    );
+    assert!(
+        commits < writes,
+        "{writes} concurrent writes took {commits} commits: none shared"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_in_a_shared_transaction_leaves_nothing_and_others_commit() {
+    let f = fixture("isolated").await;
+    // A finished record named "old": creating "old" again first purges it,
+    // so a create that fails after that must bring it back.
+    f.cp.create_session(session("old", "ann")).await.unwrap();
+    f.cp.session_action("old", Action::Delete, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        committed_state(&f.reader, "old").await.as_deref(),
+        Some("deleted")
+    );
+
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let cp = f.cp.clone();
+        tasks.push(tokio::spawn(async move {
+            // Every fourth fails after the purge: unknown owner.
+            let (name, owner) = match i % 4 {
+                0 => ("old".to_string(), "nobody"),
+                _ => (format!("ok{i}"), "ann"),
+            };
+            let result = cp.create_session(session(&name, owner)).await;
+            (name, result)
+        }));
+    }
+    // And two creates of the same new name: exactly one wins.
+    let dup = |cp: Arc<ControlPlane>| async move { cp.create_session(session("dup", "ann")).await };
+    let (d1, d2) = tokio::join!(
+        tokio::spawn(dup(f.cp.clone())),
+        tokio::spawn(dup(f.cp.clone()))
+    );
+    let dups = [d1.unwrap(), d2.unwrap()];
+    assert_eq!(dups.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(dups
+        .iter()
+        .any(|r| matches!(r, Err(ControlError::Conflict(m)) if m.contains("already exists"))));
+
+    for t in tasks {
+        let (name, result) = t.await.unwrap();
+        if name == "old" {
+            let err = result.unwrap_err();
+            assert!(err.to_string().contains("nobody"), "{err}");
+        } else {
+            assert_eq!(result.unwrap().state, SessionState::Running);
+            assert_eq!(
+                committed_state(&f.reader, &name).await.as_deref(),
+                Some("running")
+            );
+        }
+    }
+    // The purge done inside the failed writes was rolled back with them.
+    assert_eq!(
+        committed_state(&f.reader, "old").await.as_deref(),
+        Some("deleted")
+    );
+    assert!(!routed(&f.routes, "old"));
+    assert_eq!(
+        f.cp.get_session("old").await.unwrap().state,
+        SessionState::Deleted
+    );
+}
