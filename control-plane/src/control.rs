@@ -1398,7 +1398,7 @@ impl ControlPlane {
     /// then for the table (see [`crate::writes`]).
     async fn finish_joined(
         &self,
-        w: Joined<'_>,
+        w: Joined,
         old: Option<&SessionRecord>,
         new: &SessionRecord,
     ) -> Result<(), ControlError> {

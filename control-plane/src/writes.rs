@@ -13,6 +13,13 @@
 //! publisher (in commit order) and its answer given. If the commit fails,
 //! every writer in it gets the error and nothing of theirs is published.
 //!
+//! A request can be dropped at any await. So every step that changes the
+//! shared state (beginning, the savepoint, releasing or rolling it back, the
+//! commit with the answers and route changes after it) runs in a task of its
+//! own that holds the lock, and completes even if the writer is gone; only
+//! the writer's own statements run in its future, inside its savepoint, and
+//! the next holder of the lock rolls back a savepoint left open.
+//!
 //! Who commits: a writer finishing its savepoint commits at once unless
 //! another writer is already waiting for the lock, which will then see the
 //! open transaction and join it. A writer that leaves the transaction open
@@ -22,12 +29,13 @@
 //! returns, so the other writers' own transactions never meet it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::{Queued, RouteChange, RoutePublisher};
 use sqlx::sqlite::{Sqlite, SqliteConnection};
 use sqlx::Transaction;
-use tokio::sync::{oneshot, Mutex, MutexGuard};
+use tokio::sync::{oneshot, Mutex, OwnedMutexGuard};
 
 use crate::store::{Store, StoreError};
 
@@ -39,18 +47,17 @@ const MAX_BATCH: usize = 64;
 /// writer to commit it before it commits itself.
 const COMMIT_FALLBACK: Duration = Duration::from_millis(20);
 
-/// The savepoint each joined writer runs in.
-const SAVEPOINT: &str = "sg_write";
-
 /// What the lock guards: the shared transaction, open between writers of a
 /// burst, and the writers waiting for its commit.
 #[derive(Default)]
 pub struct Batch {
     tx: Option<Transaction<'static, Sqlite>>,
     pending: Vec<Pending>,
-    /// A joined writer went away inside its savepoint: roll it back before
-    /// anything else touches the transaction.
-    savepoint_open: bool,
+    /// The savepoint of the writer inside the transaction now, or of one
+    /// that went away inside it (to roll back before anything else). Each
+    /// has its own name, so a rollback can never reach further back.
+    savepoint: Option<String>,
+    savepoints_made: u64,
 }
 
 /// A writer whose savepoint is released and who waits for the commit.
@@ -59,9 +66,14 @@ struct Pending {
     done: oneshot::Sender<Result<Option<Queued>, WriteError>>,
 }
 
-/// The write lock.
+/// The write lock. Cheap to clone.
+#[derive(Clone)]
 pub struct Writes {
-    batch: Mutex<Batch>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    batch: Arc<Mutex<Batch>>,
     /// Writers waiting for the lock; a finishing writer leaves the
     /// transaction open only when this is not zero.
     waiting: AtomicUsize,
@@ -73,7 +85,7 @@ pub struct Writes {
 }
 
 /// The lock, held by a writer with a transaction of its own.
-pub type WriteGuard<'a> = MutexGuard<'a, Batch>;
+pub type WriteGuard = OwnedMutexGuard<Batch>;
 
 /// Why a joined write was not committed.
 #[derive(Debug, thiserror::Error)]
@@ -94,15 +106,27 @@ impl From<sqlx::Error> for WriteError {
     }
 }
 
+/// Runs `step` to completion on its own task: a dropped caller does not cut
+/// it short.
+async fn uncancellable<T: Send + 'static>(
+    step: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, WriteError> {
+    tokio::spawn(step)
+        .await
+        .map_err(|e| WriteError::Commit(format!("write step failed: {e}")))
+}
+
 impl Writes {
     pub fn new(store: Store, publisher: RoutePublisher) -> Writes {
         Writes {
-            batch: Mutex::new(Batch::default()),
-            waiting: AtomicUsize::new(0),
-            commits: AtomicU64::new(0),
-            committed_writes: AtomicU64::new(0),
-            store,
-            publisher,
+            inner: Arc::new(Inner {
+                batch: Arc::new(Mutex::new(Batch::default())),
+                waiting: AtomicUsize::new(0),
+                commits: AtomicU64::new(0),
+                committed_writes: AtomicU64::new(0),
+                store,
+                publisher,
+            }),
         }
     }
 
@@ -110,48 +134,76 @@ impl Writes {
     /// ratio is the batching achieved.
     pub fn commit_counts(&self) -> (u64, u64) {
         (
-            self.commits.load(Ordering::Relaxed),
-            self.committed_writes.load(Ordering::Relaxed),
+            self.inner.commits.load(Ordering::Relaxed),
+            self.inner.committed_writes.load(Ordering::Relaxed),
         )
     }
 
-    async fn lock(&self) -> MutexGuard<'_, Batch> {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let guard = self.batch.lock().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        guard
-    }
-
     /// The lock, with no shared transaction open: the caller runs its own.
-    pub async fn exclusive(&self) -> WriteGuard<'_> {
-        let mut guard = self.lock().await;
-        self.commit(&mut guard).await;
-        guard
+    pub async fn exclusive(&self) -> WriteGuard {
+        let inner = self.inner.clone();
+        let step = async move {
+            let mut guard = inner.lock().await;
+            inner.commit(&mut guard).await;
+            guard
+        };
+        match uncancellable(step).await {
+            Ok(guard) => guard,
+            // The step panicked; the lock is free again.
+            Err(_) => self.inner.lock().await,
+        }
     }
 
     /// The lock and a savepoint in the shared transaction (begun if none is
     /// open). Run the write's statements on [`Joined::conn`], then
     /// [`finish`](Joined::finish) it, or [`abort`](Joined::abort) it on error.
-    pub async fn join(&self) -> Result<Joined<'_>, WriteError> {
-        let mut guard = self.lock().await;
-        rollback_abandoned(&mut guard).await;
-        if guard.tx.is_none() {
-            guard.tx = Some(self.store.begin().await?);
-        }
-        let tx = guard.tx.as_mut().ok_or_else(no_tx)?;
-        sqlx::query(&format!("SAVEPOINT {SAVEPOINT}"))
-            .execute(&mut **tx)
-            .await?;
-        guard.savepoint_open = true;
+    pub async fn join(&self) -> Result<Joined, WriteError> {
+        let inner = self.inner.clone();
+        let step = async move {
+            let mut guard = inner.lock().await;
+            rollback_abandoned(&mut guard).await;
+            if guard.tx.is_none() {
+                guard.tx = Some(inner.store.begin().await?);
+            }
+            guard.savepoints_made += 1;
+            let name = format!("sg_write_{}", guard.savepoints_made);
+            // Marked before it is made: should it fail half way, the next
+            // holder's rollback finds out.
+            guard.savepoint = Some(name.clone());
+            let tx = guard.tx.as_mut().ok_or_else(no_tx)?;
+            sqlx::query(&format!("SAVEPOINT {name}"))
+                .execute(&mut **tx)
+                .await?;
+            Ok::<_, WriteError>(guard)
+        };
+        let guard = uncancellable(step).await??;
         Ok(Joined {
-            writes: self,
+            writes: self.clone(),
             guard: Some(guard),
         })
     }
 
+    /// Commits whatever is open: the fallback timer, and shutdown before the
+    /// store closes (the shared transaction holds one of its connections).
+    pub async fn flush(&self) {
+        let inner = self.inner.clone();
+        let _ = uncancellable(async move {
+            let mut guard = inner.lock().await;
+            inner.commit(&mut guard).await;
+        })
+        .await;
+    }
+}
+
+impl Inner {
+    async fn lock(&self) -> WriteGuard {
+        let _waiting = Waiting::enter(&self.waiting);
+        self.batch.clone().lock_owned().await
+    }
+
     /// Commits the open transaction, if any, and answers its writers: their
     /// route changes are queued in commit order.
-    async fn commit(&self, guard: &mut MutexGuard<'_, Batch>) {
+    async fn commit(&self, guard: &mut WriteGuard) {
         rollback_abandoned(guard).await;
         let pending = std::mem::take(&mut guard.pending);
         let Some(tx) = guard.tx.take() else {
@@ -186,12 +238,23 @@ impl Writes {
             }
         }
     }
+}
 
-    /// Commits whatever is open: the fallback timer, and shutdown before the
-    /// store closes (the shared transaction holds one of its connections).
-    pub async fn flush(&self) {
-        let mut guard = self.lock().await;
-        self.commit(&mut guard).await;
+/// Counts a writer waiting for the lock until it has it, or until its
+/// request is dropped while waiting: a count left behind would keep every
+/// later writer from committing at once.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -199,25 +262,27 @@ fn no_tx() -> WriteError {
     WriteError::Commit("no shared transaction is open".into())
 }
 
-/// Undoes the savepoint of a writer that went away inside it. If SQLite no
-/// longer has it (an error that ended the whole transaction), the
-/// transaction is dropped and its waiting writers are told.
-async fn rollback_abandoned(guard: &mut MutexGuard<'_, Batch>) {
-    if !guard.savepoint_open {
-        return;
-    }
-    guard.savepoint_open = false;
-    let Some(tx) = guard.tx.as_mut() else {
+/// Undoes the savepoint of a writer that went away inside it (or failed).
+/// If SQLite does not have it (it was never made, or an error ended the
+/// whole transaction), the whole transaction is dropped and its waiting
+/// writers are told: nothing of theirs was committed or published.
+async fn rollback_abandoned(guard: &mut WriteGuard) {
+    let Some(name) = guard.savepoint.clone() else {
         return;
     };
-    let mut undone = sqlx::query(&format!("ROLLBACK TO {SAVEPOINT}"))
+    let Some(tx) = guard.tx.as_mut() else {
+        guard.savepoint = None;
+        return;
+    };
+    let mut undone = sqlx::query(&format!("ROLLBACK TO {name}"))
         .execute(&mut **tx)
         .await;
     if undone.is_ok() {
-        undone = sqlx::query(&format!("RELEASE {SAVEPOINT}"))
+        undone = sqlx::query(&format!("RELEASE {name}"))
             .execute(&mut **tx)
             .await;
     }
+    guard.savepoint = None;
     if let Err(e) = undone {
         tracing::error!(error = %e, "rolling back a write's savepoint; dropping the batch");
         guard.tx = None;
@@ -231,14 +296,14 @@ async fn rollback_abandoned(guard: &mut MutexGuard<'_, Batch>) {
 
 /// A writer inside its savepoint, holding the lock. Dropped without
 /// [`finish`](Joined::finish) or [`abort`](Joined::abort) (its request
-/// cancelled), it leaves `savepoint_open` set, and the next holder of the
-/// lock rolls the savepoint back before anything else.
-pub struct Joined<'a> {
-    writes: &'a Writes,
-    guard: Option<MutexGuard<'a, Batch>>,
+/// cancelled), it leaves its savepoint marked in the batch, and the next
+/// holder of the lock rolls it back before anything else.
+pub struct Joined {
+    writes: Writes,
+    guard: Option<WriteGuard>,
 }
 
-impl Joined<'_> {
+impl Joined {
     /// The connection of the shared transaction.
     pub fn conn(&mut self) -> Result<&mut SqliteConnection, WriteError> {
         let tx = self
@@ -252,7 +317,7 @@ impl Joined<'_> {
     /// Undoes this writer's statements and lets the next writer in.
     pub async fn abort(mut self) {
         if let Some(mut guard) = self.guard.take() {
-            rollback_abandoned(&mut guard).await;
+            let _ = uncancellable(async move { rollback_abandoned(&mut guard).await }).await;
         }
     }
 
@@ -261,36 +326,41 @@ impl Joined<'_> {
     /// (`None` without changes). `changes` must be computed under the lock,
     /// from the state this write saw.
     pub async fn finish(mut self, changes: Vec<RouteChange>) -> Result<Option<Queued>, WriteError> {
-        let writes = self.writes;
         let Some(mut guard) = self.guard.take() else {
             return Err(no_tx());
         };
-        let released = match guard.tx.as_mut() {
-            Some(tx) => sqlx::query(&format!("RELEASE {SAVEPOINT}"))
-                .execute(&mut **tx)
-                .await
-                .map(|_| ()),
-            None => Ok(()),
+        let inner = self.writes.inner.clone();
+        let (done, mut answer) = oneshot::channel();
+        let step = async move {
+            let Some(name) = guard.savepoint.clone() else {
+                return Err(no_tx());
+            };
+            let released = match guard.tx.as_mut() {
+                Some(tx) => sqlx::query(&format!("RELEASE {name}"))
+                    .execute(&mut **tx)
+                    .await
+                    .map(|_| ()),
+                None => Ok(()),
+            };
+            if let Err(e) = released {
+                rollback_abandoned(&mut guard).await;
+                return Err(e.into());
+            }
+            guard.savepoint = None;
+            guard.pending.push(Pending { changes, done });
+            let commit_now =
+                inner.waiting.load(Ordering::SeqCst) == 0 || guard.pending.len() >= MAX_BATCH;
+            if commit_now {
+                inner.commit(&mut guard).await;
+            }
+            Ok(())
         };
-        if let Err(e) = released {
-            rollback_abandoned(&mut guard).await;
-            return Err(e.into());
-        }
-        guard.savepoint_open = false;
-        let (done, answer) = oneshot::channel();
-        guard.pending.push(Pending { changes, done });
-        let commit_now =
-            writes.waiting.load(Ordering::SeqCst) == 0 || guard.pending.len() >= MAX_BATCH;
-        if commit_now {
-            writes.commit(&mut guard).await;
-        }
-        drop(guard);
-        let mut answer = answer;
+        uncancellable(step).await??;
         let result = match tokio::time::timeout(COMMIT_FALLBACK, &mut answer).await {
             Ok(r) => r,
             Err(_) => {
                 // The writer that was waiting did not commit in time.
-                writes.flush().await;
+                self.writes.flush().await;
                 answer.await
             }
         };

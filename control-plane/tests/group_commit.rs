@@ -223,3 +223,48 @@ async fn a_failed_write_in_a_shared_transaction_leaves_nothing_and_others_commit
         SessionState::Deleted
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_cancelled_at_any_point_leave_the_store_and_the_table_consistent() {
+    let f = fixture("cancelled").await;
+    let n = 200;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let cp = f.cp.clone();
+        tasks.push(tokio::spawn(async move {
+            // Dropped after 0-999 µs: while waiting for the lock, inside its
+            // savepoint, while waiting for the commit, or not at all.
+            let limit = std::time::Duration::from_micros((i * 7919 % 1000) as u64);
+            let _ =
+                tokio::time::timeout(limit, cp.create_session(session(&format!("c{i}"), "ann")))
+                    .await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // A write after them all: it commits, and its route change is applied
+    // after every change queued before it.
+    f.cp.create_session(session("last", "ann")).await.unwrap();
+    assert!(routed(&f.routes, "last"));
+    let mut stored = 0;
+    for i in 0..n {
+        let name = format!("c{i}");
+        let committed = committed_state(&f.reader, &name).await;
+        assert!(
+            committed.is_none() || committed.as_deref() == Some("running"),
+            "{name}: {committed:?}"
+        );
+        assert_eq!(
+            committed.is_some(),
+            routed(&f.routes, &name),
+            "{name}: stored and routed disagree"
+        );
+        stored += usize::from(committed.is_some());
+    }
+    // Some were cut short and some were not (the limits span 0-999 µs).
+    assert!(stored < n, "no write was cancelled");
+    let (_, writes) = f.cp.commit_counts();
+    // Every stored create and "last", each counted by the commit that took it.
+    assert_eq!(writes, stored as u64 + 1);
+}
