@@ -4,6 +4,8 @@
 //! fails inside a shared transaction leaves nothing behind while the others
 //! commit.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use control_plane::metrics::Metrics;
 use control_plane::session::model::{NewSession, NewUser, SessionPatch};
 use control_plane::session::{Action, SessionState};
 use control_plane::store::Store;
-use gateway::{RouteHandle, TableSettings};
+use gateway::RouteHandle;
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::Mutex;
 
@@ -34,21 +36,10 @@ impl Drop for Fixture {
 }
 
 async fn fixture(name: &str) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("sg-group-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir(&format!("group-{name}"));
     let db = dir.join("sessiongate.db");
     let store = Store::open(&db).await.unwrap();
-    let routes = RouteHandle::new();
-    routes
-        .publish(
-            &TableSettings {
-                base_domains: vec!["localhost".into()],
-                portal_host: None,
-            },
-            vec![],
-        )
-        .unwrap();
+    let routes = common::route_table();
     let cp = Arc::new(ControlPlane::new(
         store,
         routes.clone(),

@@ -3,6 +3,8 @@
 //! gateway's per-route activity), evicted sessions, retention, the stopped
 //! clock of a paused session, and the counters.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use control_plane::metrics::Metrics;
 use control_plane::session::model::{NewSession, NewUser};
 use control_plane::session::{Action, SessionState};
 use control_plane::store::Store;
-use gateway::{RouteHandle, TableSettings};
+use gateway::RouteHandle;
 
 struct Fixture {
     cp: Arc<ControlPlane>,
@@ -36,16 +38,7 @@ async fn fixture(name: &str) -> Fixture {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::open(&dir.join("sessiongate.db")).await.unwrap();
-    let routes = RouteHandle::new();
-    routes
-        .publish(
-            &TableSettings {
-                base_domains: vec!["localhost".into()],
-                portal_host: None,
-            },
-            vec![],
-        )
-        .unwrap();
+    let routes = common::route_table();
     let clock = ManualClock::starting_now();
     let cp = Arc::new(ControlPlane::new(
         store,

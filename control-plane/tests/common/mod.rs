@@ -47,6 +47,22 @@ pub fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// An empty in-process route table for `*.localhost`, for tests that drive
+/// a `ControlPlane` directly rather than through the binary.
+pub fn route_table() -> gateway::RouteHandle {
+    let routes = gateway::RouteHandle::new();
+    routes
+        .publish(
+            &gateway::TableSettings {
+                base_domains: vec!["localhost".into()],
+                portal_host: None,
+            },
+            vec![],
+        )
+        .unwrap();
+    routes
+}
+
 /// A real origin that answers every request with its name.
 pub async fn origin(name: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
