@@ -13,7 +13,7 @@ use control_plane::auth::hash_token;
 use control_plane::clock::SystemClock;
 use control_plane::control::{ControlError, ControlPlane, LifecycleSettings};
 use control_plane::metrics::Metrics;
-use control_plane::session::model::{NewSession, NewUser, SessionPatch};
+use control_plane::session::model::{NewSession, SessionPatch};
 use control_plane::session::{Action, SessionState};
 use control_plane::store::Store;
 use gateway::RouteHandle;
@@ -48,14 +48,7 @@ async fn fixture(name: &str) -> Fixture {
         hash_token("group-commit-test-admin-token"),
         Metrics::new(),
     ));
-    cp.create_user(NewUser {
-        name: "ann".into(),
-        email: None,
-        first_name: None,
-        last_name: None,
-    })
-    .await
-    .unwrap();
+    common::add_user(&cp, "ann").await;
     let reader = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();

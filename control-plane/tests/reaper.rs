@@ -13,7 +13,7 @@ use control_plane::auth::hash_token;
 use control_plane::clock::{Clock, ManualClock};
 use control_plane::control::{ControlPlane, LifecycleSettings, ReapReport};
 use control_plane::metrics::Metrics;
-use control_plane::session::model::{NewSession, NewUser};
+use control_plane::session::model::NewSession;
 use control_plane::session::{Action, SessionState};
 use control_plane::store::Store;
 use gateway::RouteHandle;
@@ -53,14 +53,7 @@ async fn fixture(name: &str) -> Fixture {
         hash_token("reaper-test-admin-token"),
         Metrics::new(),
     ));
-    cp.create_user(NewUser {
-        name: "ann".into(),
-        email: None,
-        first_name: None,
-        last_name: None,
-    })
-    .await
-    .unwrap();
+    common::add_user(&cp, "ann").await;
     Fixture {
         cp,
         clock,

@@ -63,6 +63,19 @@ pub fn route_table() -> gateway::RouteHandle {
     routes
 }
 
+/// Adds a user with only a name, for tests that drive a `ControlPlane`
+/// directly.
+pub async fn add_user(cp: &control_plane::control::ControlPlane, name: &str) {
+    cp.create_user(control_plane::session::model::NewUser {
+        name: name.into(),
+        email: None,
+        first_name: None,
+        last_name: None,
+    })
+    .await
+    .unwrap();
+}
+
 /// A real origin that answers every request with its name.
 pub async fn origin(name: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
