@@ -140,6 +140,80 @@ pub struct RouteSpec {
     pub tls_verify: bool,
 }
 
+impl RouteSpec {
+    /// A public route `id` to `target`, matched by nothing yet: add hosts,
+    /// labels or slugs with the builder methods below. Every other field has
+    /// the value a static route from the configuration file has (no prefix
+    /// stripping, the client's Host kept, certificates verified).
+    pub fn new(id: impl Into<Arc<str>>, target: RouteTarget) -> RouteSpec {
+        RouteSpec {
+            id: id.into(),
+            hosts: Vec::new(),
+            labels: Vec::new(),
+            slugs: Vec::new(),
+            target,
+            strip_prefix: false,
+            rewrite_host: false,
+            paused: false,
+            public: true,
+            access: None,
+            inactive: false,
+            tls_verify: true,
+        }
+    }
+
+    /// Also matches this exact hostname.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.hosts.push(host.into());
+        self
+    }
+
+    /// Also matches `<label>.<base-domain>` for every base domain.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.labels.push(label.into());
+        self
+    }
+
+    /// Also matches this path prefix on the portal host.
+    pub fn slug(mut self, slug: impl Into<String>) -> Self {
+        self.slugs.push(slug.into());
+        self
+    }
+
+    pub fn strip_prefix(mut self, on: bool) -> Self {
+        self.strip_prefix = on;
+        self
+    }
+
+    pub fn rewrite_host(mut self, on: bool) -> Self {
+        self.rewrite_host = on;
+        self
+    }
+
+    pub fn paused(mut self, on: bool) -> Self {
+        self.paused = on;
+        self
+    }
+
+    /// Makes the route private: only users `access` allows get in (nobody
+    /// without a list).
+    pub fn private(mut self, access: Option<Arc<AccessList>>) -> Self {
+        self.public = false;
+        self.access = access;
+        self
+    }
+
+    pub fn inactive(mut self, on: bool) -> Self {
+        self.inactive = on;
+        self
+    }
+
+    pub fn tls_verify(mut self, on: bool) -> Self {
+        self.tls_verify = on;
+        self
+    }
+}
+
 /// A compiled route, shared by every table version that contains it unchanged.
 #[derive(Debug)]
 pub struct Route {
