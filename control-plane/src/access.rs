@@ -243,18 +243,43 @@ pub fn lost_users(
         .collect()
 }
 
+/// Why the stored cookie keys cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("signing key {id}: {source}")]
+    Decode {
+        id: String,
+        source: base64::DecodeError,
+    },
+    #[error("signing key {id}: {message}")]
+    Invalid { id: String, message: String },
+    #[error("no current signing key")]
+    NoCurrent,
+    #[error("the system's random source failed")]
+    Random,
+}
+
 /// The keys as stored: `(id, secret base64, retired_ms)`, newest first.
-pub fn key_ring(rows: &[crate::store::SigningKeyRow], grace: Duration) -> Result<KeyRing, String> {
-    let decode = |r: &crate::store::SigningKeyRow| -> Result<SigningKey, String> {
+pub fn key_ring(
+    rows: &[crate::store::SigningKeyRow],
+    grace: Duration,
+) -> Result<KeyRing, KeyError> {
+    let decode = |r: &crate::store::SigningKeyRow| -> Result<SigningKey, KeyError> {
         let secret = STANDARD
             .decode(&r.secret)
-            .map_err(|e| format!("signing key {}: {e}", r.id))?;
-        SigningKey::new(&r.id, &secret)
+            .map_err(|source| KeyError::Decode {
+                id: r.id.clone(),
+                source,
+            })?;
+        SigningKey::new(&r.id, &secret).map_err(|e| KeyError::Invalid {
+            id: r.id.clone(),
+            message: e.to_string(),
+        })
     };
     let current = rows
         .iter()
         .find(|r| r.retired_ms.is_none())
-        .ok_or("no current signing key")?;
+        .ok_or(KeyError::NoCurrent)?;
     let previous = match rows.iter().find(|r| r.retired_ms.is_some()) {
         Some(r) => {
             // Rounded up: the old key verifies for at least the grace period.
@@ -267,14 +292,14 @@ pub fn key_ring(rows: &[crate::store::SigningKeyRow], grace: Duration) -> Result
 }
 
 /// A fresh key: a short random id and 32 random bytes.
-pub fn new_key(now_ms: u64) -> Result<crate::store::SigningKeyRow, String> {
+pub fn new_key(now_ms: u64) -> Result<crate::store::SigningKeyRow, KeyError> {
     use ring::rand::{SecureRandom, SystemRandom};
     let rng = SystemRandom::new();
     let mut secret = [0u8; 32];
     let mut id = [0u8; 4];
     rng.fill(&mut secret)
         .and_then(|_| rng.fill(&mut id))
-        .map_err(|_| "the system's random source failed".to_string())?;
+        .map_err(|_| KeyError::Random)?;
     Ok(crate::store::SigningKeyRow {
         id: id.iter().map(|b| format!("{b:02x}")).collect(),
         secret: STANDARD.encode(secret),

@@ -176,7 +176,7 @@ pub struct SessionsConfig {
 
 impl Default for SessionsConfig {
     fn default() -> Self {
-        let d = crate::control::LifecycleSettings::default();
+        let d = crate::session::lifecycle::LifecycleSettings::default();
         SessionsConfig {
             activation_deadline_secs: d.activation_deadline.as_secs(),
             retention_secs: d.retention.as_secs(),
@@ -555,9 +555,9 @@ impl Config {
         Ok(())
     }
 
-    pub fn lifecycle_settings(&self) -> crate::control::LifecycleSettings {
+    pub fn lifecycle_settings(&self) -> crate::session::lifecycle::LifecycleSettings {
         let s = &self.sessions;
-        crate::control::LifecycleSettings {
+        crate::session::lifecycle::LifecycleSettings {
             activation_deadline: Duration::from_secs(s.activation_deadline_secs),
             retention: Duration::from_secs(s.retention_secs),
             evicted_expiry: Duration::from_secs(s.evicted_expiry_secs),

@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod error;
 pub mod metrics;
 pub mod publish;
 pub mod reload;

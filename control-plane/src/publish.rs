@@ -26,28 +26,41 @@ pub fn session_name(route_id: &str) -> Option<&str> {
     route_id.strip_prefix(SESSION_ROUTE_PREFIX)
 }
 
+/// Why a stored session has no route: a record that validation should have
+/// refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteSpecError {
+    #[error("a tunnel session without remote_port")]
+    MissingPort,
+    #[error("a link session without url")]
+    MissingUrl,
+    #[error("{0}")]
+    Upstream(String),
+}
+
 /// The route for `s`, or `None` if the gateway should not route it.
 /// Fails only on a record that validation should have refused.
-pub fn route_spec(s: &SessionRecord, groups: &GroupCache) -> Result<Option<RouteSpec>, String> {
+pub fn route_spec(
+    s: &SessionRecord,
+    groups: &GroupCache,
+) -> Result<Option<RouteSpec>, RouteSpecError> {
     if !s.state.is_live() {
         return Ok(None);
     }
     let target = match s.kind {
         SessionKind::Tunnel => {
             let host = s.remote_host.as_deref().unwrap_or("localhost");
-            let port = s
-                .remote_port
-                .ok_or("a tunnel session without remote_port")?;
+            let port = s.remote_port.ok_or(RouteSpecError::MissingPort)?;
             let scheme = if s.https { "https" } else { "http" };
             let url = if host.contains(':') {
                 format!("{scheme}://[{host}]:{port}")
             } else {
                 format!("{scheme}://{host}:{port}")
             };
-            RouteTarget::Upstream(Upstream::parse(&url)?)
+            RouteTarget::Upstream(Upstream::parse(&url).map_err(RouteSpecError::Upstream)?)
         }
         SessionKind::Link => {
-            RouteTarget::Redirect(s.url.as_deref().ok_or("a link session without url")?.into())
+            RouteTarget::Redirect(s.url.as_deref().ok_or(RouteSpecError::MissingUrl)?.into())
         }
     };
     Ok(Some(RouteSpec {

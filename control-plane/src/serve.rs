@@ -1,8 +1,8 @@
 //! `sessiongate serve`: the gateway and the control plane in one process.
 //!
-//! Start-up order matters: the configuration is validated and the static
-//! routes are published before either listener accepts a connection, so the
-//! first request already sees the full table.
+//! Start-up order matters: the configuration is validated, and the static
+//! routes and every stored session are published, before either listener
+//! serves a connection, so the first request already sees the full table.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,15 +17,17 @@ use gateway::{HostCoverage, PortalService, Proxy, RouteHandle, TlsListener, Upst
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api;
+use crate::api::{self, ApiState};
 use crate::auth::{self, TokenSource};
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError};
-use crate::control::{ControlError, ControlPlane, StaticKeys};
+use crate::control::{ControlPlane, Parts, Settings, StaticKeys};
+use crate::error::ControlError;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::session::reaper::spawn_reaper;
 use crate::store::{Store, StoreError};
+use crate::workshop::Portal;
 
 /// The database file in the data dir.
 pub const DB_FILE: &str = "sessiongate.db";
@@ -88,6 +90,7 @@ pub struct Server {
     config_path: Option<PathBuf>,
     routes: RouteHandle,
     control: Arc<ControlPlane>,
+    portal: Arc<Portal>,
     gateway_listener: TcpListener,
     api_listener: TcpListener,
     tls: Option<TlsParts>,
@@ -136,31 +139,6 @@ impl Server {
                 key: "routes".into(),
                 message: e.to_string(),
             })?;
-        let control = Arc::new(ControlPlane::new(
-            store,
-            routes.clone(),
-            Arc::new(SystemClock),
-            config.lifecycle_settings(),
-            token_hash,
-            Metrics::new(),
-        ));
-        control.set_static_keys(StaticKeys::from_specs(&static_specs));
-        // The link port is known only once the listener is bound; the keys'
-        // grace period is needed by `start`.
-        control
-            .set_access_settings(config.access_settings(config.gateway.http_listen.port(), None));
-        // The table is whole — static routes and every routed session — before
-        // either listener exists.
-        let sessions = control.start().await?;
-        let table = routes.load();
-        tracing::info!(
-            version = table.version(),
-            routes = table.routes().len(),
-            sessions,
-            db = %db_path.display(),
-            "route table loaded"
-        );
-        drop(table);
 
         // Re-encryption to https upstreams: checked now, so that a bad CA
         // bundle stops start-up with its file named.
@@ -171,14 +149,13 @@ impl Server {
             no_verify: Arc::new(certs::client_config(false, None)?),
         };
 
+        // Bound first, so that the control plane is built with the ports its
+        // links carry; nothing is served before `run`.
         let gateway_listener = bind("gateway.http_listen", config.gateway.http_listen).await?;
         let tls = match config.https_listen() {
             Some(addr) => Some(prepare_tls(&config, addr).await?),
             None => None,
         };
-        if let Some(t) = &tls {
-            control.set_certificates(t.resolver.clone());
-        }
         let api_listener = bind("control_plane.listen", config.control_plane.listen).await?;
         let port = gateway_listener
             .local_addr()
@@ -188,8 +165,33 @@ impl Server {
             .as_ref()
             .and_then(|t| t.listener.local_addr().ok())
             .map(|a| a.port());
-        control.set_access_settings(config.access_settings(port, https_port));
-        control.set_workshop_settings(config.workshop_settings(port));
+
+        // The table is whole — static routes and every routed session — before
+        // either listener serves.
+        let control = Arc::new(
+            ControlPlane::start(
+                Parts {
+                    certificates: tls.as_ref().map(|t| t.resolver.clone()),
+                    ..Parts::new(store, routes.clone(), Arc::new(SystemClock))
+                },
+                Settings {
+                    lifecycle: config.lifecycle_settings(),
+                    access: config.access_settings(port, https_port),
+                    admin_token_hash: token_hash,
+                    static_keys: StaticKeys::from_specs(&static_specs),
+                },
+            )
+            .await?,
+        );
+        let portal = Arc::new(Portal::new(control.clone(), config.workshop_settings(port)));
+        let table = routes.load();
+        tracing::info!(
+            version = table.version(),
+            routes = table.routes().len(),
+            db = %db_path.display(),
+            "route table loaded"
+        );
+        drop(table);
         let login = config.access.login_url.trim();
         if !login.is_empty() && config.login_url().is_none() {
             tracing::warn!(
@@ -202,6 +204,7 @@ impl Server {
             config_path,
             routes,
             control,
+            portal,
             gateway_listener,
             api_listener,
             tls,
@@ -230,6 +233,10 @@ impl Server {
         &self.control
     }
 
+    pub fn portal(&self) -> &Arc<Portal> {
+        &self.portal
+    }
+
     /// Serves until `shutdown` resolves, then drains the gateway (up to
     /// `gateway.shutdown_grace_secs`) and stops the API.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
@@ -248,8 +255,8 @@ impl Server {
         let upstream =
             UpstreamClient::new(self.config.upstream_config()).with_tls(self.upstream_tls.clone());
         let https_addr = self.https_addr();
-        let portal: Arc<dyn PortalService> = Arc::new(Portal(
-            api::workshop_router().with_state(self.control.clone()),
+        let portal: Arc<dyn PortalService> = Arc::new(PortalRoutes(
+            api::workshop_router().with_state(ApiState::new(self.portal.clone())),
         ));
         let mut proxy = Proxy::new(self.routes.clone(), upstream.clone(), "http")
             .with_access(access.clone())
@@ -307,7 +314,7 @@ impl Server {
 
         let api_done = spawn_control_thread(
             self.api_listener.into_std()?,
-            self.control.clone(),
+            self.portal.clone(),
             self.config.lifecycle_settings().reaper_interval,
             stop_rx.clone(),
         )?;
@@ -318,9 +325,7 @@ impl Server {
             self.config.clone(),
             self.routes.clone(),
         )
-        .on_static_routes(Arc::new(move |specs| {
-            cp.set_static_keys(StaticKeys::from_specs(specs))
-        }));
+        .on_static_routes(Arc::new(move |specs| cp.static_routes_changed(specs)));
         let reload_task = tokio::spawn(reloader.run(stopped(stop_rx.clone())));
 
         tracing::info!("gateway listening on http://{gateway_addr}");
@@ -373,7 +378,7 @@ impl Server {
 /// the API server has stopped (after `stop`) and the reaper with it.
 fn spawn_control_thread(
     listener: std::net::TcpListener,
-    control: Arc<ControlPlane>,
+    portal: Arc<Portal>,
     reaper_interval: Duration,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::sync::oneshot::Receiver<()>, ServeError> {
@@ -396,8 +401,12 @@ fn spawn_control_thread(
                         return;
                     }
                 };
-                let reaper = spawn_reaper(control.clone(), reaper_interval, stopped(stop.clone()));
-                let served = axum::serve(listener, api::router(control))
+                let reaping = portal.clone();
+                let reaper = spawn_reaper(reaper_interval, stopped(stop.clone()), move || {
+                    let portal = reaping.clone();
+                    async move { portal.reap().await }
+                });
+                let served = axum::serve(listener, api::router(ApiState::new(portal)))
                     .with_graceful_shutdown(stopped(stop))
                     .await;
                 if let Err(e) = served {
@@ -458,9 +467,13 @@ async fn prepare_tls(config: &Config, addr: SocketAddr) -> Result<TlsParts, Serv
 
 /// The training portal's API on the portal host: the gateway hands those
 /// requests to the control plane's workshop router in the same process.
-struct Portal(axum::Router);
+struct PortalRoutes(axum::Router);
 
-impl PortalService for Portal {
+/// The most a portal answer may hold: they are small JSON documents and
+/// redirects, so anything larger is a fault, not an answer to pass on.
+const PORTAL_ANSWER_LIMIT: usize = 1 << 20;
+
+impl PortalService for PortalRoutes {
     fn claims(&self, path: &str) -> bool {
         path.starts_with("/workshops/") || path.starts_with("/oauth2/")
     }
@@ -471,17 +484,28 @@ impl PortalService for Portal {
     ) -> std::pin::Pin<Box<dyn Future<Output = hyper::Response<ProxyBody>> + Send>> {
         let router = self.0.clone();
         Box::pin(async move {
+            let path = req.uri().path().to_string();
             let req = req.map(axum::body::Body::new);
             let resp = match tower::ServiceExt::oneshot(router, req).await {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
             let (parts, body) = resp.into_parts();
-            // The portal's answers are small JSON documents and redirects.
-            let bytes = axum::body::to_bytes(body, 1 << 20)
-                .await
-                .unwrap_or_default();
-            hyper::Response::from_parts(parts, ProxyBody::full(bytes))
+            match axum::body::to_bytes(body, PORTAL_ANSWER_LIMIT).await {
+                Ok(bytes) => hyper::Response::from_parts(parts, ProxyBody::full(bytes)),
+                Err(e) => {
+                    tracing::error!(path = %path, status = parts.status.as_u16(), error = %e, "portal answer could not be read");
+                    let mut resp = hyper::Response::new(ProxyBody::full(bytes::Bytes::from_static(
+                        b"{\"error\": {\"code\": \"internal\", \"message\": \"the portal's answer could not be read\"}}",
+                    )));
+                    *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    resp
+                }
+            }
         })
     }
 }

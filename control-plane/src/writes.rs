@@ -25,9 +25,17 @@
 //! open transaction and join it. A writer that leaves the transaction open
 //! also arms a short timer: should the waiting writer give up (its request
 //! dropped), the timer commits instead, so no one waits on a writer that
-//! never comes. [`Writes::exclusive`] commits an open batch before it
-//! returns, so the other writers' own transactions never meet it.
+//! never comes. [`Writes::begin`] commits an open batch before it returns,
+//! so the other writers' own transactions never meet it.
+//!
+//! The types make the rules hard to break: [`Writes::begin`]'s
+//! [`WriteGuard`] is the only way to a transaction of one's own (the store's
+//! `begin` is not public), and a joined write is a closure, so there is no
+//! way to forget to abort it on an error.
 
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +58,7 @@ const COMMIT_FALLBACK: Duration = Duration::from_millis(20);
 /// What the lock guards: the shared transaction, open between writers of a
 /// burst, and the writers waiting for its commit.
 #[derive(Default)]
-pub struct Batch {
+struct Batch {
     tx: Option<Transaction<'static, Sqlite>>,
     pending: Vec<Pending>,
     /// The savepoint of the writer inside the transaction now, or of one
@@ -84,8 +92,48 @@ struct Inner {
     publisher: RoutePublisher,
 }
 
-/// The lock, held by a writer with a transaction of its own.
-pub type WriteGuard = OwnedMutexGuard<Batch>;
+/// The lock, held; after [`WriteGuard::commit`], until the writer has done
+/// what must follow its commit under the lock (publishing, caches).
+pub struct WriteLock {
+    _held: OwnedMutexGuard<Batch>,
+}
+
+/// The lock and a transaction of the holder's own: the only way to write to
+/// the store outside a joined write. Dropped without
+/// [`commit`](WriteGuard::commit), the transaction rolls back and the lock
+/// is free again.
+pub struct WriteGuard {
+    // Field order: the transaction ends before the lock is let go.
+    tx: Transaction<'static, Sqlite>,
+    lock: WriteLock,
+}
+
+impl WriteGuard {
+    /// Commits, keeping the lock until the returned guard is dropped.
+    pub async fn commit(self) -> Result<WriteLock, StoreError> {
+        let WriteGuard { tx, lock } = self;
+        tx.commit().await?;
+        Ok(lock)
+    }
+}
+
+impl Deref for WriteGuard {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteGuard {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+}
+
+/// The future a joined write's statements run in: it borrows the shared
+/// transaction's connection, and the context the writer was given.
+pub type WriteFuture<'c, T> = Pin<Box<dyn Future<Output = T> + Send + 'c>>;
 
 /// Why a joined write was not committed.
 #[derive(Debug, thiserror::Error)]
@@ -139,25 +187,61 @@ impl Writes {
         )
     }
 
-    /// The lock, with no shared transaction open: the caller runs its own.
-    pub async fn exclusive(&self) -> WriteGuard {
+    /// The lock, with no shared transaction open, and a transaction of the
+    /// caller's own.
+    pub async fn begin(&self) -> Result<WriteGuard, WriteError> {
         let inner = self.inner.clone();
         let step = async move {
             let mut guard = inner.lock().await;
             inner.commit(&mut guard).await;
             guard
         };
-        match uncancellable(step).await {
+        let guard = match uncancellable(step).await {
             Ok(guard) => guard,
             // The step panicked; the lock is free again.
             Err(_) => self.inner.lock().await,
+        };
+        let tx = self.inner.store.begin().await?;
+        Ok(WriteGuard {
+            tx,
+            lock: WriteLock { _held: guard },
+        })
+    }
+
+    /// Runs `write` as a joined write: inside a savepoint of the shared
+    /// transaction, holding the lock. `write` gets `ctx` and the shared
+    /// connection, and returns its value and the route changes its
+    /// statements call for, computed from what it saw under the lock. On
+    /// success this waits for the commit that covers the write and returns
+    /// the changes as queued to the publisher (`None` without changes); on
+    /// error the savepoint is rolled back and nothing of the write remains.
+    pub async fn joined<C, T, E, F>(&self, ctx: &C, write: F) -> Result<(T, Option<Queued>), E>
+    where
+        C: ?Sized + Sync,
+        E: From<WriteError>,
+        F: for<'c> FnOnce(
+            &'c C,
+            &'c mut SqliteConnection,
+        ) -> WriteFuture<'c, Result<(T, Vec<RouteChange>), E>>,
+    {
+        let mut joined = self.join().await?;
+        let result = match joined.conn() {
+            Ok(conn) => write(ctx, conn).await,
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok((value, changes)) => Ok((value, joined.finish(changes).await?)),
+            Err(e) => {
+                joined.abort().await;
+                Err(e)
+            }
         }
     }
 
     /// The lock and a savepoint in the shared transaction (begun if none is
     /// open). Run the write's statements on [`Joined::conn`], then
     /// [`finish`](Joined::finish) it, or [`abort`](Joined::abort) it on error.
-    pub async fn join(&self) -> Result<Joined, WriteError> {
+    async fn join(&self) -> Result<Joined, WriteError> {
         let inner = self.inner.clone();
         let step = async move {
             let mut guard = inner.lock().await;
@@ -195,15 +279,18 @@ impl Writes {
     }
 }
 
+/// The lock's guard, while a writer holds it.
+type BatchGuard = OwnedMutexGuard<Batch>;
+
 impl Inner {
-    async fn lock(&self) -> WriteGuard {
+    async fn lock(&self) -> BatchGuard {
         let _waiting = Waiting::enter(&self.waiting);
         self.batch.clone().lock_owned().await
     }
 
     /// Commits the open transaction, if any, and answers its writers: their
     /// route changes are queued in commit order.
-    async fn commit(&self, guard: &mut WriteGuard) {
+    async fn commit(&self, guard: &mut BatchGuard) {
         rollback_abandoned(guard).await;
         let pending = std::mem::take(&mut guard.pending);
         let Some(tx) = guard.tx.take() else {
@@ -266,7 +353,7 @@ fn no_tx() -> WriteError {
 /// If SQLite does not have it (it was never made, or an error ended the
 /// whole transaction), the whole transaction is dropped and its waiting
 /// writers are told: nothing of theirs was committed or published.
-async fn rollback_abandoned(guard: &mut WriteGuard) {
+async fn rollback_abandoned(guard: &mut BatchGuard) {
     let Some(name) = guard.savepoint.clone() else {
         return;
     };
@@ -298,14 +385,14 @@ async fn rollback_abandoned(guard: &mut WriteGuard) {
 /// [`finish`](Joined::finish) or [`abort`](Joined::abort) (its request
 /// cancelled), it leaves its savepoint marked in the batch, and the next
 /// holder of the lock rolls it back before anything else.
-pub struct Joined {
+struct Joined {
     writes: Writes,
-    guard: Option<WriteGuard>,
+    guard: Option<BatchGuard>,
 }
 
 impl Joined {
     /// The connection of the shared transaction.
-    pub fn conn(&mut self) -> Result<&mut SqliteConnection, WriteError> {
+    fn conn(&mut self) -> Result<&mut SqliteConnection, WriteError> {
         let tx = self
             .guard
             .as_mut()
@@ -315,7 +402,7 @@ impl Joined {
     }
 
     /// Undoes this writer's statements and lets the next writer in.
-    pub async fn abort(mut self) {
+    async fn abort(mut self) {
         if let Some(mut guard) = self.guard.take() {
             let _ = uncancellable(async move { rollback_abandoned(&mut guard).await }).await;
         }
@@ -325,7 +412,7 @@ impl Joined {
     /// them, and returns its route change as queued to the publisher
     /// (`None` without changes). `changes` must be computed under the lock,
     /// from the state this write saw.
-    pub async fn finish(mut self, changes: Vec<RouteChange>) -> Result<Option<Queued>, WriteError> {
+    async fn finish(mut self, changes: Vec<RouteChange>) -> Result<Option<Queued>, WriteError> {
         let Some(mut guard) = self.guard.take() else {
             return Err(no_tx());
         };

@@ -12,9 +12,9 @@ use axum::Router;
 use control_plane::api;
 use control_plane::auth::hash_token;
 use control_plane::clock::ManualClock;
-use control_plane::control::{ControlPlane, LifecycleSettings};
-use control_plane::metrics::Metrics;
+use control_plane::control::{ControlPlane, Parts, Settings};
 use control_plane::store::Store;
+use control_plane::workshop::{Portal, WorkshopSettings};
 use gateway::{RouteHandle, RouteTarget, TableSettings};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -25,6 +25,7 @@ const ADMIN: &str = "api-test-admin-token-0123456789";
 struct Api {
     app: Router,
     cp: Arc<ControlPlane>,
+    portal: Arc<Portal>,
     clock: ManualClock,
     routes: RouteHandle,
     dir: PathBuf,
@@ -60,18 +61,19 @@ impl Api {
             )
             .unwrap();
         let clock = ManualClock::starting_now();
-        let cp = Arc::new(ControlPlane::new(
-            store,
-            routes.clone(),
-            Arc::new(clock.clone()),
-            LifecycleSettings::default(),
-            hash_token(ADMIN),
-            Metrics::new(),
-        ));
-        cp.start().await.unwrap();
+        let cp = Arc::new(
+            ControlPlane::start(
+                Parts::new(store, routes.clone(), Arc::new(clock.clone())),
+                Settings::new(hash_token(ADMIN)),
+            )
+            .await
+            .unwrap(),
+        );
+        let portal = Arc::new(Portal::new(cp.clone(), WorkshopSettings::default()));
         Api {
-            app: api::router(cp.clone()),
+            app: api::router(api::ApiState::new(portal.clone())),
             cp,
+            portal,
             clock,
             routes,
             dir,
@@ -1501,7 +1503,7 @@ async fn workshop_activation_deadline_on_the_manual_clock() {
     .await;
     // The reserve waits for a user however long it takes.
     api.clock.advance(Duration::from_secs(3600));
-    api.cp.reap().await.unwrap();
+    api.portal.reap().await.unwrap();
     let v = api.ok("GET", "/api/v1/sessions/lab-w01-s001", None).await;
     assert_eq!(v["state"], "pending");
 
@@ -1523,10 +1525,10 @@ async fn workshop_activation_deadline_on_the_manual_clock() {
     );
 
     api.clock.advance(Duration::from_secs(29));
-    let report = api.cp.reap().await.unwrap();
+    let report = api.portal.reap().await.unwrap();
     assert!(report.deleted_unactivated.is_empty(), "{report:?}");
     api.clock.advance(Duration::from_secs(2));
-    let report = api.cp.reap().await.unwrap();
+    let report = api.portal.reap().await.unwrap();
     assert_eq!(report.deleted_unactivated, ["lab-w01-s001"]);
     assert!(api.route("lab-w01-s001").is_none());
     // Its target went back to the pool: the reserve holds both again.

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use control_plane::auth::hash_token;
 use control_plane::clock::SystemClock;
-use control_plane::control::{ControlError, ControlPlane, LifecycleSettings};
-use control_plane::metrics::Metrics;
+use control_plane::control::{ControlPlane, Parts, Settings};
+use control_plane::error::ControlError;
 use control_plane::session::model::{NewSession, SessionPatch};
 use control_plane::session::{Action, SessionState};
 use control_plane::store::Store;
@@ -40,14 +40,14 @@ async fn fixture(name: &str) -> Fixture {
     let db = dir.join("sessiongate.db");
     let store = Store::open(&db).await.unwrap();
     let routes = common::route_table();
-    let cp = Arc::new(ControlPlane::new(
-        store,
-        routes.clone(),
-        Arc::new(SystemClock),
-        LifecycleSettings::default(),
-        hash_token("group-commit-test-admin-token"),
-        Metrics::new(),
-    ));
+    let cp = Arc::new(
+        ControlPlane::start(
+            Parts::new(store, routes.clone(), Arc::new(SystemClock)),
+            Settings::new(hash_token("group-commit-test-admin-token")),
+        )
+        .await
+        .unwrap(),
+    );
     common::add_user(&cp, "ann").await;
     let reader = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
         .await

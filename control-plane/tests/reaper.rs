@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use control_plane::auth::hash_token;
 use control_plane::clock::{Clock, ManualClock};
-use control_plane::control::{ControlPlane, LifecycleSettings, ReapReport};
-use control_plane::metrics::Metrics;
+use control_plane::control::{ControlPlane, Parts, Settings};
+use control_plane::session::lifecycle::LifecycleSettings;
 use control_plane::session::model::NewSession;
+use control_plane::session::reaper::ReapReport;
 use control_plane::session::{Action, SessionState};
 use control_plane::store::Store;
 use gateway::RouteHandle;
@@ -40,19 +41,22 @@ async fn fixture(name: &str) -> Fixture {
     let store = Store::open(&dir.join("sessiongate.db")).await.unwrap();
     let routes = common::route_table();
     let clock = ManualClock::starting_now();
-    let cp = Arc::new(ControlPlane::new(
-        store,
-        routes.clone(),
-        Arc::new(clock.clone()),
-        LifecycleSettings {
-            activation_deadline: MIN,
-            retention: Duration::from_secs(86_400),
-            evicted_expiry: Duration::from_secs(30 * 86_400),
-            reaper_interval: Duration::from_secs(5),
-        },
-        hash_token("reaper-test-admin-token"),
-        Metrics::new(),
-    ));
+    let cp = Arc::new(
+        ControlPlane::start(
+            Parts::new(store, routes.clone(), Arc::new(clock.clone())),
+            Settings {
+                lifecycle: LifecycleSettings {
+                    activation_deadline: MIN,
+                    retention: Duration::from_secs(86_400),
+                    evicted_expiry: Duration::from_secs(30 * 86_400),
+                    reaper_interval: Duration::from_secs(5),
+                },
+                ..Settings::new(hash_token("reaper-test-admin-token"))
+            },
+        )
+        .await
+        .unwrap(),
+    );
     common::add_user(&cp, "ann").await;
     Fixture {
         cp,

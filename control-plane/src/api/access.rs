@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::Json;
 
-use super::{ApiError, ApiJson, ApiPath, ApiState, ErrorBody};
+use super::{ApiError, ApiJson, ApiPath, Control, ErrorBody};
 use crate::access::{AccessLink, AccessRequest, KeyRotation};
 
 #[utoipa::path(
@@ -20,7 +20,7 @@ use crate::access::{AccessLink, AccessRequest, KeyRotation};
     security(("bearer" = []))
 )]
 pub async fn create_access(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<AccessRequest>,
 ) -> Result<Json<AccessLink>, ApiError> {
@@ -37,6 +37,6 @@ pub async fn create_access(
     ),
     security(("bearer" = []))
 )]
-pub async fn rotate_keys(State(cp): State<ApiState>) -> Result<Json<KeyRotation>, ApiError> {
+pub async fn rotate_keys(State(cp): State<Control>) -> Result<Json<KeyRotation>, ApiError> {
     Ok(Json(cp.rotate_keys().await?))
 }

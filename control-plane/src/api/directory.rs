@@ -8,10 +8,44 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::sessions::{paging, query_pairs, Page};
-use super::{ApiError, ApiJson, ApiPath, ApiState, ErrorBody};
+use super::{ApiError, ApiJson, ApiPath, Control, ErrorBody};
 use crate::auth::TokenKind;
-use crate::control::TokenInfo;
+use crate::control::directory::UserRecord;
 use crate::session::model::{Group, NewGroup, NewUser, User, UserPatch};
+use crate::store::TokenRow;
+use crate::time::rfc3339_millis;
+
+/// A user as the API shows it.
+fn user_view(u: UserRecord) -> User {
+    let UserRecord { row, groups } = u;
+    User {
+        id: row.id,
+        name: row.name,
+        email: row.email,
+        first_name: row.first_name,
+        last_name: row.last_name,
+        created: rfc3339_millis(row.created_ms),
+        groups,
+    }
+}
+
+/// An API token as listed (never the token itself).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    pub name: String,
+    pub kind: TokenKind,
+    pub created: String,
+}
+
+impl From<&TokenRow> for TokenInfo {
+    fn from(t: &TokenRow) -> Self {
+        TokenInfo {
+            name: t.name.clone(),
+            kind: TokenKind::parse(&t.kind).unwrap_or(TokenKind::Readonly),
+            created: rfc3339_millis(t.created_ms),
+        }
+    }
+}
 
 /// The user listing's query.
 #[derive(Deserialize, IntoParams)]
@@ -31,7 +65,7 @@ pub struct UserQuery {
     security(("bearer" = []))
 )]
 pub async fn list_users(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Page<User>>, ApiError> {
     let (mut q, mut page, mut per_page) = (None, None, None);
@@ -48,9 +82,9 @@ pub async fn list_users(
         }
     }
     let (page, per_page) = paging(page.as_deref(), per_page.as_deref())?;
-    let (items, total) = cp.list_users(q.as_deref(), page, per_page).await?;
+    let (users, total) = cp.list_users(q.as_deref(), page, per_page).await?;
     Ok(Json(Page {
-        items,
+        items: users.into_iter().map(user_view).collect(),
         total,
         page,
         per_page,
@@ -69,10 +103,10 @@ pub async fn list_users(
     security(("bearer" = []))
 )]
 pub async fn create_user(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiJson(input): ApiJson<NewUser>,
 ) -> Result<Response, ApiError> {
-    let user = cp.create_user(input).await?;
+    let user = user_view(cp.create_user(input).await?);
     let location = format!("/api/v1/users/{}", user.name);
     Ok((
         StatusCode::CREATED,
@@ -89,10 +123,10 @@ pub async fn create_user(
     security(("bearer" = []))
 )]
 pub async fn get_user(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<User>, ApiError> {
-    Ok(Json(cp.get_user(&name).await?))
+    Ok(Json(user_view(cp.get_user(&name).await?)))
 }
 
 #[utoipa::path(
@@ -103,11 +137,11 @@ pub async fn get_user(
     security(("bearer" = []))
 )]
 pub async fn update_user(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
     ApiJson(patch): ApiJson<UserPatch>,
 ) -> Result<Json<User>, ApiError> {
-    Ok(Json(cp.update_user(&name, patch).await?))
+    Ok(Json(user_view(cp.update_user(&name, patch).await?)))
 }
 
 #[utoipa::path(
@@ -121,7 +155,7 @@ pub async fn update_user(
     security(("bearer" = []))
 )]
 pub async fn delete_user(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     cp.delete_user(&name).await?;
@@ -133,7 +167,7 @@ pub async fn delete_user(
     responses((status = 200, body = Vec<Group>)),
     security(("bearer" = []))
 )]
-pub async fn list_groups(State(cp): State<ApiState>) -> Result<Json<Vec<Group>>, ApiError> {
+pub async fn list_groups(State(cp): State<Control>) -> Result<Json<Vec<Group>>, ApiError> {
     Ok(Json(cp.list_groups().await?))
 }
 
@@ -149,7 +183,7 @@ pub async fn list_groups(State(cp): State<ApiState>) -> Result<Json<Vec<Group>>,
     security(("bearer" = []))
 )]
 pub async fn create_group(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiJson(input): ApiJson<NewGroup>,
 ) -> Result<Response, ApiError> {
     let group = cp.create_group(input).await?;
@@ -169,7 +203,7 @@ pub async fn create_group(
     security(("bearer" = []))
 )]
 pub async fn get_group(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Group>, ApiError> {
     Ok(Json(cp.get_group(&name).await?))
@@ -185,7 +219,7 @@ pub async fn get_group(
     security(("bearer" = []))
 )]
 pub async fn delete_group(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     cp.delete_group(&name).await?;
@@ -211,7 +245,7 @@ pub struct MemberBody {
     security(("bearer" = []))
 )]
 pub async fn get_members(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<MembersBody>, ApiError> {
     let g = cp.get_group(&name).await?;
@@ -226,7 +260,7 @@ pub async fn get_members(
     security(("bearer" = []))
 )]
 pub async fn set_members(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<MembersBody>,
 ) -> Result<Json<Group>, ApiError> {
@@ -241,7 +275,7 @@ pub async fn set_members(
     security(("bearer" = []))
 )]
 pub async fn add_member(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<MemberBody>,
 ) -> Result<Json<Group>, ApiError> {
@@ -255,7 +289,7 @@ pub async fn add_member(
     security(("bearer" = []))
 )]
 pub async fn remove_member(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath((name, user)): ApiPath<(String, String)>,
 ) -> Result<Json<Group>, ApiError> {
     Ok(Json(cp.remove_member(&name, &user).await?))
@@ -285,8 +319,14 @@ pub struct CreatedToken {
     responses((status = 200, body = Vec<TokenInfo>)),
     security(("bearer" = []))
 )]
-pub async fn list_tokens(State(cp): State<ApiState>) -> Result<Json<Vec<TokenInfo>>, ApiError> {
-    Ok(Json(cp.list_tokens().await?))
+pub async fn list_tokens(State(cp): State<Control>) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    Ok(Json(
+        cp.list_tokens()
+            .await?
+            .iter()
+            .map(TokenInfo::from)
+            .collect(),
+    ))
 }
 
 #[utoipa::path(
@@ -300,12 +340,13 @@ pub async fn list_tokens(State(cp): State<ApiState>) -> Result<Json<Vec<TokenInf
     security(("bearer" = []))
 )]
 pub async fn create_token(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiJson(input): ApiJson<NewToken>,
 ) -> Result<Response, ApiError> {
-    let (info, token) = cp
+    let (row, token) = cp
         .create_token(&input.name, input.kind.unwrap_or(TokenKind::Readonly))
         .await?;
+    let info = TokenInfo::from(&row);
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {
@@ -325,7 +366,7 @@ pub async fn create_token(
     security(("bearer" = []))
 )]
 pub async fn delete_token(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     cp.delete_token(&name).await?;

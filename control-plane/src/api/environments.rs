@@ -5,8 +5,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{ApiError, ApiJson, ApiPath, ApiState, ErrorBody};
+use std::sync::Arc;
+
+use super::{ApiError, ApiJson, ApiPath, ErrorBody};
 use crate::workshop::environment::{Environment, EnvironmentPatch, NewEnvironment};
+use crate::workshop::Portal;
 
 #[utoipa::path(
     get, path = "/api/v1/environments", tag = "environments",
@@ -14,9 +17,9 @@ use crate::workshop::environment::{Environment, EnvironmentPatch, NewEnvironment
     security(("bearer" = []))
 )]
 pub async fn list_environments(
-    State(cp): State<ApiState>,
+    State(portal): State<Arc<Portal>>,
 ) -> Result<Json<Vec<Environment>>, ApiError> {
-    Ok(Json(cp.list_environments().await?))
+    Ok(Json(portal.list_environments().await?))
 }
 
 #[utoipa::path(
@@ -31,10 +34,10 @@ pub async fn list_environments(
     security(("bearer" = []))
 )]
 pub async fn create_environment(
-    State(cp): State<ApiState>,
+    State(portal): State<Arc<Portal>>,
     ApiJson(input): ApiJson<NewEnvironment>,
 ) -> Result<Response, ApiError> {
-    let e = cp.create_environment(input).await?;
+    let e = portal.create_environment(input).await?;
     let location = format!("/api/v1/environments/{}", e.name);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(e)).into_response())
 }
@@ -46,10 +49,10 @@ pub async fn create_environment(
     security(("bearer" = []))
 )]
 pub async fn get_environment(
-    State(cp): State<ApiState>,
+    State(portal): State<Arc<Portal>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Environment>, ApiError> {
-    Ok(Json(cp.get_environment(&name).await?))
+    Ok(Json(portal.get_environment(&name).await?))
 }
 
 #[utoipa::path(
@@ -65,11 +68,11 @@ pub async fn get_environment(
     security(("bearer" = []))
 )]
 pub async fn patch_environment(
-    State(cp): State<ApiState>,
+    State(portal): State<Arc<Portal>>,
     ApiPath(name): ApiPath<String>,
     ApiJson(patch): ApiJson<EnvironmentPatch>,
 ) -> Result<Json<Environment>, ApiError> {
-    Ok(Json(cp.patch_environment(&name, patch).await?))
+    Ok(Json(portal.patch_environment(&name, patch).await?))
 }
 
 #[utoipa::path(
@@ -82,10 +85,10 @@ pub async fn patch_environment(
     security(("bearer" = []))
 )]
 pub async fn stop_environment(
-    State(cp): State<ApiState>,
+    State(portal): State<Arc<Portal>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Environment>, ApiError> {
-    Ok(Json(cp.stop_environment(&name).await?))
+    Ok(Json(portal.stop_environment(&name).await?))
 }
 
 #[utoipa::path(
@@ -99,9 +102,9 @@ pub async fn stop_environment(
     security(("bearer" = []))
 )]
 pub async fn delete_environment(
-    State(cp): State<ApiState>,
+    State(portal): State<Arc<Portal>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    cp.delete_environment(&name).await?;
+    portal.delete_environment(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

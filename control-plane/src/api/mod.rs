@@ -4,12 +4,12 @@
 //! admin token may do everything, a read-only token only `GET`. `/healthz`,
 //! `/readyz`, `/metrics` and `/api/openapi.json` are open. Errors are
 //! `{"error": {"code", "message"}}` (plus `state` for a refused transition),
-//! mapped from [`ControlError`] in one function.
+//! with the status and code each [`ControlError`] names for itself.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRef, FromRequest, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,8 +20,10 @@ use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::auth::{bearer_token, TokenKind};
-use crate::control::{ControlError, ControlPlane};
+use crate::control::ControlPlane;
+use crate::error::ControlError;
 use crate::session::lifecycle::SessionState;
+use crate::workshop::Portal;
 
 pub mod access;
 pub mod directory;
@@ -31,8 +33,38 @@ pub mod routes;
 pub mod sessions;
 pub mod workshop;
 
-/// What the handlers share.
-pub type ApiState = Arc<ControlPlane>;
+/// What the handlers share: the control plane, and the training portal
+/// built on it. A handler takes the one it needs (`State<Arc<ControlPlane>>`
+/// or `State<Arc<Portal>>`).
+#[derive(Clone)]
+pub struct ApiState {
+    pub control: Arc<ControlPlane>,
+    pub portal: Arc<Portal>,
+}
+
+impl ApiState {
+    pub fn new(portal: Arc<Portal>) -> ApiState {
+        ApiState {
+            control: portal.control().clone(),
+            portal,
+        }
+    }
+}
+
+impl FromRef<ApiState> for Arc<ControlPlane> {
+    fn from_ref(s: &ApiState) -> Self {
+        s.control.clone()
+    }
+}
+
+impl FromRef<ApiState> for Arc<Portal> {
+    fn from_ref(s: &ApiState) -> Self {
+        s.portal.clone()
+    }
+}
+
+/// The control plane, as the handlers that need only it take it.
+pub type Control = Arc<ControlPlane>;
 
 /// An API error: a status, a stable code and a message naming what was wrong.
 #[derive(Debug)]
@@ -76,38 +108,19 @@ impl ApiError {
     }
 }
 
-/// The one mapping from a control-plane error to a status and code.
+/// A control-plane error answers with the status, code and state it names
+/// (see [`ControlError::status`]); the server's own failures are logged.
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
-        let message = e.to_string();
-        let (status, code) = match &e {
-            ControlError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            ControlError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ControlError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-            ControlError::Transition { err, .. } => {
-                return ApiError {
-                    status: StatusCode::CONFLICT,
-                    code: "invalid_transition",
-                    message,
-                    state: Some(err.from),
-                }
-            }
-            ControlError::NotExtendable(_) => (StatusCode::CONFLICT, "not_extendable"),
-            ControlError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ControlError::Finished { state, .. } => {
-                return ApiError {
-                    status: StatusCode::CONFLICT,
-                    code: "session_finished",
-                    message,
-                    state: Some(*state),
-                }
-            }
-            ControlError::Store(_) | ControlError::Publish(_) | ControlError::Internal(_) => {
-                tracing::error!(error = %e, "api: internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
-        };
-        ApiError::new(status, code, message)
+        if e.is_internal() {
+            tracing::error!(error = %e, "api: internal error");
+        }
+        ApiError {
+            status: e.status(),
+            code: e.code(),
+            message: e.to_string(),
+            state: e.state(),
+        }
     }
 }
 
@@ -316,7 +329,7 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn require_token(State(cp): State<ApiState>, req: Request, next: Next) -> Response {
+async fn require_token(State(cp): State<Control>, req: Request, next: Next) -> Response {
     let Some(header) = req.headers().get(header::AUTHORIZATION) else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -357,7 +370,7 @@ async fn not_found(req: Request) -> ApiError {
     )
 }
 
-async fn metrics(State(cp): State<ApiState>) -> Response {
+async fn metrics(State(cp): State<Control>) -> Response {
     if let Ok(counts) = cp.count_by_state().await {
         for (state, n) in counts {
             cp.metrics().set_sessions(state.as_str(), n);

@@ -6,7 +6,7 @@ use gateway::RouteTarget;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ApiState, ErrorBody};
+use super::{Control, ErrorBody};
 use crate::time::rfc3339_millis;
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -45,7 +45,7 @@ pub struct RouteView {
     ),
     security(("bearer" = []))
 )]
-pub async fn list_routes(State(cp): State<ApiState>) -> Json<RoutesView> {
+pub async fn list_routes(State(cp): State<Control>) -> Json<RoutesView> {
     let table = cp.routes().current();
     let mut routes: Vec<_> = table.routes().iter().collect();
     // The table's own order is its hash order; a listing reads better by id.

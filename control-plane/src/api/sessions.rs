@@ -8,11 +8,11 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, ApiJson, ApiPath, ApiState, ErrorBody};
-use crate::control::{BulkResult, DEFAULT_PER_PAGE, MAX_PER_PAGE};
+use super::{ApiError, ApiJson, ApiPath, Control, ErrorBody};
+use crate::control::{BulkOutcome, BulkRefusal};
 use crate::session::lifecycle::{Action, SessionState};
 use crate::session::model::{NewSession, Session, SessionPatch};
-use crate::store::SessionFilter;
+use crate::store::{SessionFilter, DEFAULT_PER_PAGE, MAX_PER_PAGE};
 
 /// A page of a listing.
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -117,7 +117,7 @@ fn session_filter(pairs: Vec<(String, String)>) -> Result<SessionFilter, ApiErro
     security(("bearer" = []))
 )]
 pub async fn list_sessions(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Page<Session>>, ApiError> {
     let f = session_filter(query_pairs(raw)?)?;
@@ -143,7 +143,7 @@ pub async fn list_sessions(
     security(("bearer" = []))
 )]
 pub async fn create_session(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiJson(input): ApiJson<NewSession>,
 ) -> Result<Response, ApiError> {
     let rec = cp.create_session(input).await?;
@@ -168,7 +168,7 @@ pub async fn create_session(
     security(("bearer" = []))
 )]
 pub async fn get_session(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Session>, ApiError> {
     let rec = cp.get_session(&name).await?;
@@ -189,7 +189,7 @@ pub async fn get_session(
     security(("bearer" = []))
 )]
 pub async fn patch_session(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
     ApiJson(patch): ApiJson<SessionPatch>,
 ) -> Result<Json<Session>, ApiError> {
@@ -210,7 +210,7 @@ pub async fn patch_session(
     security(("bearer" = []))
 )]
 pub async fn delete_session(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Session>, ApiError> {
     let rec = cp.session_action(&name, Action::Delete, None).await?;
@@ -253,7 +253,7 @@ pub struct ExtendBody {
     security(("bearer" = []))
 )]
 pub async fn session_action(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath((name, action)): ApiPath<(String, String)>,
     body: Bytes,
 ) -> Result<Json<Session>, ApiError> {
@@ -310,7 +310,7 @@ pub struct GroupsBody {
     security(("bearer" = []))
 )]
 pub async fn set_groups(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<GroupsBody>,
 ) -> Result<Json<Session>, ApiError> {
@@ -339,6 +339,47 @@ pub struct BulkRequest {
     pub names: Vec<String>,
 }
 
+/// One name's outcome in a bulk action.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BulkResult {
+    pub name: String,
+    /// Whether the action was applied to this session.
+    pub ok: bool,
+    /// The session's state afterwards (absent if there is no such session).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<SessionState>,
+    /// Why it was not applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<BulkError>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BulkError {
+    pub code: String,
+    pub message: String,
+}
+
+impl From<BulkOutcome> for BulkResult {
+    fn from(o: BulkOutcome) -> Self {
+        let error = o.refused.map(|r| match r {
+            BulkRefusal::Duplicate => BulkError {
+                code: "duplicate".into(),
+                message: format!("{:?} is listed more than once", o.name),
+            },
+            BulkRefusal::Refused(e) => BulkError {
+                code: e.code().into(),
+                message: e.to_string(),
+            },
+        });
+        BulkResult {
+            ok: error.is_none(),
+            name: o.name,
+            state: o.state,
+            error,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct BulkResponse {
     pub action: BulkAction,
@@ -358,7 +399,7 @@ pub struct BulkResponse {
     security(("bearer" = []))
 )]
 pub async fn bulk_action(
-    State(cp): State<ApiState>,
+    State(cp): State<Control>,
     ApiJson(req): ApiJson<BulkRequest>,
 ) -> Result<Json<BulkResponse>, ApiError> {
     let action = match req.action {
@@ -371,7 +412,12 @@ pub async fn bulk_action(
         BulkAction::Extend => Action::Extend,
         BulkAction::Activate => Action::Activate,
     };
-    let results = cp.bulk_action(action, req.names).await?;
+    let results: Vec<BulkResult> = cp
+        .bulk_action(action, req.names)
+        .await?
+        .into_iter()
+        .map(BulkResult::from)
+        .collect();
     Ok(Json(BulkResponse {
         action: req.action,
         applied: results.iter().filter(|r| r.ok).count(),

@@ -1,4 +1,4 @@
-//! The training portal's REST API (seeds 001 and 004), path for path and
+//! The training portal's REST API, path for path and
 //! field for field: `/oauth2/token/`, `/workshops/environment/<name>/request/`,
 //! `/workshops/session/<name>/activate/`, `/workshops/user/<user>/sessions/`
 //! and `/workshops/catalog/environments/`.
@@ -15,9 +15,12 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use super::sessions::query_pairs;
-use super::{ApiError, ApiPath, ApiState, ErrorBody};
+use super::{ApiError, ApiPath, ErrorBody};
 use crate::auth::{bearer_token, TokenKind};
+use crate::error::ControlError;
 use crate::session::lifecycle::SessionState;
 use crate::time::rfc3339_millis;
 use crate::workshop::environment::EnvironmentState;
@@ -25,6 +28,7 @@ use crate::workshop::portal::{
     OAuthError, RequestAnswer, TokenAnswer, UserSession, UserSessions, WorkshopError,
     WorkshopRequest,
 };
+use crate::workshop::Portal;
 
 /// Who is calling a workshop endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,19 +40,19 @@ enum Caller {
     Anonymous,
 }
 
-async fn caller(cp: &ApiState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+async fn caller(portal: &Portal, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let Some(h) = headers.get(header::AUTHORIZATION) else {
         return Ok(Caller::Anonymous);
     };
     let Some(token) = bearer_token(h.as_bytes()) else {
         return Err(unauthorized());
     };
-    match cp.check_token(token) {
+    match portal.control().check_token(token) {
         Some(TokenKind::Admin) => return Ok(Caller::Writer),
         Some(TokenKind::Readonly) => return Ok(Caller::Reader),
         None => {}
     }
-    if cp.check_oauth_token(token).await? {
+    if portal.check_oauth_token(token).await? {
         Ok(Caller::Writer)
     } else {
         Err(unauthorized())
@@ -87,7 +91,7 @@ fn need_auth(c: Caller) -> Result<(), ApiError> {
     )
 )]
 pub async fn token(
-    State(cp): State<ApiState>,
+    State(portal): State<Arc<Portal>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -119,7 +123,7 @@ pub async fn token(
                     "the password grant needs username and password".into(),
                 ));
             };
-            cp.oauth_password_grant((&id, &secret), u, p).await
+            portal.oauth_password_grant((&id, &secret), u, p).await
         }
         Some("refresh_token") => {
             let Some(r) = field("refresh_token") else {
@@ -127,7 +131,7 @@ pub async fn token(
                     "the refresh grant needs refresh_token".into(),
                 ));
             };
-            cp.oauth_refresh_grant((&id, &secret), r).await
+            portal.oauth_refresh_grant((&id, &secret), r).await
         }
         Some(_) => Err(OAuthError::UnsupportedGrantType),
         None => Err(OAuthError::InvalidRequest("grant_type is missing".into())),
@@ -206,12 +210,12 @@ fn oauth_error(e: OAuthError) -> Response {
     security(("bearer" = []))
 )]
 pub async fn request(
-    State(cp): State<ApiState>,
+    State(portal): State<Arc<Portal>>,
     ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let c = caller(&cp, &headers).await?;
+    let c = caller(&portal, &headers).await?;
     need_auth(c)?;
     if c == Caller::Reader {
         return Err(ApiError::new(
@@ -245,10 +249,10 @@ pub async fn request(
             }
         }
     }
-    let settings = cp.workshop_settings();
+    let settings = portal.settings();
     // An index_url off the allow-list is ignored: the portal's own is used.
     let index_url = index_url.filter(|u| settings.index_policy.allows(u));
-    let a = match cp.workshop_request(&name, req).await {
+    let a = match portal.workshop_request(&name, req).await {
         Ok(a) => a,
         Err(WorkshopError::Control(e)) => return Err(e.into()),
         Err(e) => {
@@ -299,7 +303,7 @@ pub async fn request(
 /// session's own host, where the token is consumed and the cookie set; or
 /// back to the index with a notification when the session is gone.
 pub async fn activate(
-    State(cp): State<ApiState>,
+    State(portal): State<Arc<Portal>>,
     ApiPath(name): ApiPath<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -311,7 +315,7 @@ pub async fn activate(
             _ => {}
         }
     }
-    let settings = cp.workshop_settings();
+    let settings = portal.settings();
     let index = settings
         .index_policy
         .pick(index_url.as_deref(), None)
@@ -325,9 +329,9 @@ pub async fn activate(
         });
     let back =
         |notification: &str| found(&gateway::access::with_notification(&index, notification));
-    let session = match cp.get_session(&name).await {
+    let session = match portal.control().get_session(&name).await {
         Ok(s) => s,
-        Err(crate::control::ControlError::NotFound { .. }) => return Ok(back("session-invalid")),
+        Err(ControlError::NotFound { .. }) => return Ok(back("session-invalid")),
         Err(e) => return Err(e.into()),
     };
     match session.state {
@@ -338,7 +342,7 @@ pub async fn activate(
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Ok(back("session-invalid"));
     };
-    Ok(found(&cp.activation_url(&session, &token)))
+    Ok(found(&portal.control().activation_url(&session, &token)))
 }
 
 fn found(location: &str) -> Response {
@@ -361,13 +365,13 @@ fn found(location: &str) -> Response {
     security(("bearer" = []))
 )]
 pub async fn user_sessions(
-    State(cp): State<ApiState>,
+    State(portal): State<Arc<Portal>>,
     ApiPath(user): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<UserSessions>, ApiError> {
-    need_auth(caller(&cp, &headers).await?)?;
-    let now = cp.now_ms();
-    let sessions = cp
+    need_auth(caller(&portal, &headers).await?)?;
+    let now = portal.control().now_ms();
+    let sessions = portal
         .workshop_user_sessions(&user)
         .await?
         .into_iter()
@@ -395,11 +399,11 @@ pub async fn user_sessions(
     responses((status = 200, description = "{portal, environments}")),
 )]
 pub async fn catalog(
-    State(cp): State<ApiState>,
+    State(portal): State<Arc<Portal>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let c = caller(&cp, &headers).await?;
+    let c = caller(&portal, &headers).await?;
     let mut with_sessions = false;
     let mut states = Vec::new();
     for (k, v) in query_pairs(raw)? {
@@ -416,9 +420,9 @@ pub async fn catalog(
     }
     // Without authentication no sessions are listed.
     let with_sessions = with_sessions && c != Caller::Anonymous;
-    let now = cp.now_ms();
-    let settings = cp.workshop_settings();
-    let (envs, sessions) = cp.catalog().await?;
+    let now = portal.control().now_ms();
+    let settings = portal.settings();
+    let (envs, sessions) = portal.catalog().await?;
     let mut maximum = 0;
     let mut allocated_all = 0;
     let mut registered = std::collections::BTreeSet::new();
@@ -481,8 +485,8 @@ pub async fn catalog(
     Ok(Json(json!({
         "portal": {
             "name": settings.portal_name,
-            "uid": cp.portal_uid(),
-            "generation": cp.routes().load().version(),
+            "uid": portal.portal_uid(),
+            "generation": portal.control().routes().load().version(),
             "url": settings.portal_url,
             "sessions": {
                 "maximum": maximum,

@@ -1,5 +1,4 @@
-//! The session lifecycle as an explicit state machine (DESIGN.md "Sessions",
-//! seeds 002 and 003):
+//! The session lifecycle as an explicit state machine:
 //!
 //! ```text
 //! pending ──activate──► running ◄──resume── paused
@@ -13,12 +12,44 @@
 //! `keepalive` and `extend` do not change the state; they are only valid
 //! where the expiry clock is meaningful. Every invalid action is a
 //! [`TransitionError`] naming the current state, which the API answers with 409.
+//!
+//! [`transition`] is the whole effect of an action on a stored record — the
+//! state and the times it moves — as a pure function of the record, the
+//! action and the clock, so that every rule is tested here with tables of
+//! cases, and the operations, the reaper and the workshop API share it.
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use super::model::SessionRecord;
+
+/// Lifecycle settings (the `[sessions]` configuration section).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LifecycleSettings {
+    /// A pending session not activated within this is deleted.
+    pub activation_deadline: Duration,
+    /// Expired and deleted records are purged after this.
+    pub retention: Duration,
+    /// An evicted session without activity for this long expires.
+    pub evicted_expiry: Duration,
+    /// How often the reaper runs.
+    pub reaper_interval: Duration,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        LifecycleSettings {
+            activation_deadline: Duration::from_secs(60),
+            retention: Duration::from_secs(86_400),
+            evicted_expiry: Duration::from_secs(30 * 86_400),
+            reaper_interval: Duration::from_secs(5),
+        }
+    }
+}
 
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
@@ -57,6 +88,87 @@ pub enum Action {
 pub struct TransitionError {
     pub from: SessionState,
     pub action: Action,
+}
+
+/// Why [`transition`] refused an action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The state does not allow it.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// `extend` on a session created not extendable.
+    #[error("the session is not extendable")]
+    NotExtendable,
+    /// `extend` without seconds on a session without a duration.
+    #[error("the session has no duration; say how many seconds to extend by")]
+    NoDuration,
+}
+
+/// The record after `action` at `now_ms` (Unix milliseconds), or why not.
+/// `extend_secs` is what `extend` adds (default: the session's duration).
+///
+/// - `activate` stamps the first activation and, for a pending session (or
+///   one without an expiry), starts its expiry clock from now;
+/// - `pause` stops the expiry clock, and `resume` moves `expires` on by the
+///   time spent paused;
+/// - `keepalive` moves `expires` to a full duration from the session's clock
+///   (never earlier than it was), and counts as activity;
+/// - `extend` adds to `expires` (from the session's clock if it had none);
+/// - `evict`, `expire` and `delete` drop a pause.
+///
+/// The session's clock is now, or the moment of the pause while paused.
+/// `state_changed_ms` moves only when the state does.
+pub fn transition(
+    old: &SessionRecord,
+    action: Action,
+    extend_secs: Option<u64>,
+    now_ms: u64,
+) -> Result<SessionRecord, Refusal> {
+    let next = old.state.apply(action)?;
+    let mut rec = old.clone();
+    // The expiry clock: frozen at the pause while paused.
+    let clock = match (old.state, old.paused_ms) {
+        (SessionState::Paused, Some(p)) => p,
+        _ => now_ms,
+    };
+    match action {
+        Action::Activate => {
+            rec.activated_ms.get_or_insert(now_ms);
+            if rec.expires_ms.is_none() || old.state == SessionState::Pending {
+                rec.expires_ms = rec.duration_secs.map(|d| now_ms + d * 1000);
+            }
+            rec.last_activity_ms = Some(now_ms);
+        }
+        Action::Pause => rec.paused_ms = Some(now_ms),
+        Action::Resume => {
+            if let (Some(p), Some(e)) = (old.paused_ms, old.expires_ms) {
+                rec.expires_ms = Some(e + now_ms.saturating_sub(p));
+            }
+            rec.paused_ms = None;
+        }
+        Action::Keepalive => {
+            rec.last_activity_ms = Some(now_ms);
+            if let Some(d) = rec.duration_secs {
+                let advanced = clock + d * 1000;
+                rec.expires_ms = Some(rec.expires_ms.map_or(advanced, |e| e.max(advanced)));
+            }
+        }
+        Action::Extend => {
+            if !old.extendable {
+                return Err(Refusal::NotExtendable);
+            }
+            let secs = extend_secs
+                .or(old.duration_secs)
+                .ok_or(Refusal::NoDuration)?;
+            rec.expires_ms = Some(rec.expires_ms.unwrap_or(clock) + secs * 1000);
+        }
+        Action::Evict | Action::Expire | Action::Delete => rec.paused_ms = None,
+    }
+    if next != old.state {
+        rec.state = next;
+        rec.state_changed_ms = now_ms;
+    }
+    Ok(rec)
 }
 
 impl SessionState {
@@ -239,6 +351,168 @@ mod tests {
             .unwrap_err()
             .contains("unknown state"));
         assert!("stop".parse::<A>().is_err());
+    }
+
+    /// A running session with an hour's duration, activated at 1000 s.
+    fn record(state: S) -> SessionRecord {
+        let t = 1_000_000;
+        SessionRecord {
+            activated_ms: (state != S::Pending).then_some(t),
+            expires_ms: (state != S::Pending).then_some(t + 3_600_000),
+            paused_ms: (state == S::Paused).then_some(t + 60_000),
+            duration_secs: Some(3600),
+            ..SessionRecord::for_test("lab", state, t)
+        }
+    }
+
+    /// What each action does to the times, from a given record, at a given
+    /// moment: `(activated, expires, last_activity, paused, state_changed)`.
+    #[test]
+    fn actions_move_the_clock_as_designed() {
+        type Times = (Option<u64>, Option<u64>, Option<u64>, Option<u64>, u64);
+        let t = 1_000_000;
+        let now = t + 600_000;
+        let hour = 3_600_000;
+        type Case = (&'static str, SessionRecord, Action, Option<u64>, S, Times);
+        let cases: Vec<Case> = vec![
+            (
+                "activate starts the expiry clock of a pending session",
+                record(S::Pending),
+                A::Activate,
+                None,
+                S::Running,
+                (Some(now), Some(now + hour), Some(now), None, now),
+            ),
+            (
+                "activate keeps the expiry of an evicted session",
+                record(S::Evicted),
+                A::Activate,
+                None,
+                S::Running,
+                (Some(t), Some(t + hour), Some(now), None, now),
+            ),
+            (
+                "pause stops the clock",
+                record(S::Running),
+                A::Pause,
+                None,
+                S::Paused,
+                (Some(t), Some(t + hour), None, Some(now), now),
+            ),
+            (
+                "resume moves expires on by the pause",
+                record(S::Paused),
+                A::Resume,
+                None,
+                S::Running,
+                (Some(t), Some(t + hour + 540_000), None, None, now),
+            ),
+            (
+                "keepalive gives a full duration from now",
+                record(S::Running),
+                A::Keepalive,
+                None,
+                S::Running,
+                (Some(t), Some(now + hour), Some(now), None, t),
+            ),
+            (
+                "keepalive while paused counts from the pause",
+                record(S::Paused),
+                A::Keepalive,
+                None,
+                S::Paused,
+                (
+                    Some(t),
+                    Some(t + 60_000 + hour),
+                    Some(now),
+                    Some(t + 60_000),
+                    t,
+                ),
+            ),
+            (
+                "extend adds the duration by default",
+                record(S::Running),
+                A::Extend,
+                None,
+                S::Running,
+                (Some(t), Some(t + 2 * hour), None, None, t),
+            ),
+            (
+                "extend adds the seconds asked for",
+                record(S::Running),
+                A::Extend,
+                Some(60),
+                S::Running,
+                (Some(t), Some(t + hour + 60_000), None, None, t),
+            ),
+            (
+                "evict drops nothing but the state",
+                record(S::Running),
+                A::Evict,
+                None,
+                S::Evicted,
+                (Some(t), Some(t + hour), None, None, now),
+            ),
+            (
+                "expire drops a pause",
+                record(S::Paused),
+                A::Expire,
+                None,
+                S::Expired,
+                (Some(t), Some(t + hour), None, None, now),
+            ),
+            (
+                "delete drops a pause",
+                record(S::Paused),
+                A::Delete,
+                None,
+                S::Deleted,
+                (Some(t), Some(t + hour), None, None, now),
+            ),
+        ];
+        for (what, old, action, secs, state, want) in cases {
+            let rec = transition(&old, action, secs, now).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(rec.state, state, "{what}");
+            let got = (
+                rec.activated_ms,
+                rec.expires_ms,
+                rec.last_activity_ms,
+                rec.paused_ms,
+                rec.state_changed_ms,
+            );
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn refusals_name_why() {
+        let now = 2_000_000;
+        let mut fixed = record(S::Running);
+        fixed.extendable = false;
+        let mut endless = record(S::Running);
+        endless.duration_secs = None;
+        let cases: Vec<(SessionRecord, Action, Option<u64>, Refusal)> = vec![
+            (
+                record(S::Paused),
+                A::Pause,
+                None,
+                Refusal::Transition(TransitionError {
+                    from: S::Paused,
+                    action: A::Pause,
+                }),
+            ),
+            (fixed, A::Extend, Some(60), Refusal::NotExtendable),
+            (endless.clone(), A::Extend, None, Refusal::NoDuration),
+        ];
+        for (old, action, secs, want) in cases {
+            assert_eq!(transition(&old, action, secs, now), Err(want));
+        }
+        // Without a duration, keepalive still counts as activity.
+        let rec = transition(&endless, A::Keepalive, None, now).unwrap();
+        assert_eq!(
+            (rec.expires_ms, rec.last_activity_ms),
+            (endless.expires_ms, Some(now))
+        );
     }
 
     #[test]

@@ -136,6 +136,45 @@ pub struct SessionRecord {
     pub activate_by_ms: Option<u64>,
 }
 
+#[cfg(test)]
+impl SessionRecord {
+    /// A tunnel session `name` of user `ann` to `localhost:8888`, in
+    /// `state` since its creation at `at_ms`, with nothing else set: what
+    /// the unit tests of the lifecycle rules start from.
+    pub(crate) fn for_test(name: &str, state: SessionState, at_ms: u64) -> SessionRecord {
+        SessionRecord {
+            name: name.into(),
+            kind: SessionKind::Tunnel,
+            remote_host: Some("localhost".into()),
+            remote_port: Some(8888),
+            url: None,
+            https: false,
+            tls_verify: true,
+            slug: None,
+            strip_prefix: false,
+            rewrite_host: false,
+            custom_domain: None,
+            workspace_port: None,
+            owner: "ann".into(),
+            groups: vec![],
+            public: false,
+            state,
+            created_ms: at_ms,
+            activated_ms: None,
+            expires_ms: None,
+            last_activity_ms: None,
+            paused_ms: None,
+            state_changed_ms: at_ms,
+            duration_secs: None,
+            idle_timeout_secs: None,
+            extendable: true,
+            environment: None,
+            labels: BTreeMap::new(),
+            activate_by_ms: None,
+        }
+    }
+}
+
 /// A session as the API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct Session {
@@ -330,6 +369,35 @@ pub struct SessionPatch {
     pub extendable: Option<bool>,
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
+}
+
+impl SessionPatch {
+    /// Writes every field the patch has into `rec`; absent ones stay.
+    /// Validation is the caller's (slug and custom domain normalised first).
+    pub fn apply(self, rec: &mut SessionRecord) {
+        use set_present as set;
+        set(&mut rec.remote_host, self.remote_host.map(Some));
+        set(&mut rec.remote_port, self.remote_port.map(Some));
+        set(&mut rec.url, self.url.map(Some));
+        set(&mut rec.https, self.https);
+        set(&mut rec.tls_verify, self.tls_verify);
+        set(&mut rec.slug, self.slug);
+        set(&mut rec.strip_prefix, self.strip_prefix);
+        set(&mut rec.rewrite_host, self.rewrite_host);
+        set(&mut rec.custom_domain, self.custom_domain);
+        set(&mut rec.public, self.public);
+        set(&mut rec.duration_secs, self.duration);
+        set(&mut rec.idle_timeout_secs, self.idle_timeout);
+        set(&mut rec.extendable, self.extendable);
+        set(&mut rec.labels, self.labels);
+    }
+}
+
+/// A patch's field: `field` becomes `v` when the patch has one.
+pub(crate) fn set_present<T>(field: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *field = v;
+    }
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -632,34 +700,10 @@ mod tests {
     #[test]
     fn countdown_freezes_while_paused() {
         let mut s = SessionRecord {
-            name: "s".into(),
-            kind: SessionKind::Tunnel,
-            remote_host: Some("localhost".into()),
-            remote_port: Some(1),
-            url: None,
-            https: false,
-            tls_verify: true,
-            slug: None,
-            strip_prefix: false,
-            rewrite_host: false,
-            custom_domain: None,
-            workspace_port: None,
-            owner: "o".into(),
-            groups: vec![],
-            public: false,
-            state: SessionState::Running,
-            created_ms: 0,
             activated_ms: Some(0),
             expires_ms: Some(100_000),
-            last_activity_ms: None,
-            paused_ms: None,
-            state_changed_ms: 0,
             duration_secs: Some(100),
-            idle_timeout_secs: None,
-            extendable: true,
-            environment: None,
-            labels: BTreeMap::new(),
-            activate_by_ms: None,
+            ..SessionRecord::for_test("s", SessionState::Running, 0)
         };
         assert_eq!(s.countdown_secs(40_000), Some(60));
         s.state = SessionState::Paused;

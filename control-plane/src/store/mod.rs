@@ -73,6 +73,10 @@ pub struct TokenRow {
     pub created_ms: u64,
 }
 
+/// Page size when none is asked for, and the most one page may hold.
+pub const DEFAULT_PER_PAGE: u64 = 50;
+pub const MAX_PER_PAGE: u64 = 1000;
+
 /// What a session listing asks for.
 #[derive(Clone, Debug, Default)]
 pub struct SessionFilter {
@@ -124,11 +128,9 @@ impl Store {
         Ok(Store { pool })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+    /// A transaction of its own. Only the write lock ([`crate::writes`])
+    /// calls this: every write holds the lock, so none goes around it.
+    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
         Ok(self.pool.begin().await?)
     }
 

@@ -120,6 +120,26 @@ pub struct EnvironmentPatch {
     pub extendable: Option<bool>,
 }
 
+impl EnvironmentPatch {
+    /// Writes every field the patch has into `e`, the targets as validated
+    /// by the caller. A workshop without a name takes the environment's.
+    pub fn apply(self, e: &mut EnvironmentRecord, targets: Option<Vec<Target>>) {
+        use crate::session::model::set_present as set;
+        if let Some(w) = self.workshop {
+            e.workshop = w;
+            if e.workshop.name.is_empty() {
+                e.workshop.name = e.name.clone();
+            }
+        }
+        set(&mut e.duration_secs, self.duration);
+        set(&mut e.capacity, self.capacity);
+        set(&mut e.reserved, self.reserved);
+        set(&mut e.targets, targets);
+        set(&mut e.tls_verify, self.tls_verify);
+        set(&mut e.extendable, self.extendable);
+    }
+}
+
 /// What the store holds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EnvironmentRecord {

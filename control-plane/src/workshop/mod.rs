@@ -5,6 +5,57 @@
 //! ordinary sessions (see `session`) with `environment` set and the backend
 //! they hold as their target; capacity, reserved sessions and allocation are
 //! worked out from the sessions table, so there is one source of truth.
+//!
+//! [`Portal`] is built on the [`ControlPlane`] (it writes through the same
+//! write lock, store and publisher); the control plane knows nothing of it.
+//!
+//! # Layout
+//! - [`environment`]: the environment model and its validation.
+//! - [`portal`]: the training portal's request and answer shapes, errors.
+//! - [`oauth`]: `/oauth2/token/`: the password and refresh grants.
+//! - [`environments`]: creating, changing, stopping and deleting environments.
+//! - [`allocation`]: requests (a user's session, a reserved one, or a new
+//!   one on a free backend), reserves, the catalog, a user's sessions.
 
+use std::sync::Arc;
+
+use crate::control::ControlPlane;
+use crate::error::ControlError;
+use crate::session::reaper::ReapReport;
+
+pub mod allocation;
 pub mod environment;
+pub mod environments;
+pub mod oauth;
 pub mod portal;
+
+pub use portal::WorkshopSettings;
+
+/// The training portal: workshop environments, their sessions, and the
+/// portal's API, on top of the control plane.
+pub struct Portal {
+    control: Arc<ControlPlane>,
+    settings: WorkshopSettings,
+}
+
+impl Portal {
+    pub fn new(control: Arc<ControlPlane>, settings: WorkshopSettings) -> Portal {
+        Portal { control, settings }
+    }
+
+    pub fn control(&self) -> &Arc<ControlPlane> {
+        &self.control
+    }
+
+    pub fn settings(&self) -> &WorkshopSettings {
+        &self.settings
+    }
+
+    /// One pass of the lifecycle reaper, then the reserves refilled on the
+    /// backends that the deleted and expired sessions freed.
+    pub async fn reap(&self) -> Result<ReapReport, ControlError> {
+        let report = self.control.reap().await?;
+        self.refill_reserves().await?;
+        Ok(report)
+    }
+}

@@ -1,7 +1,15 @@
-//! The training portal's request and answer shapes (seeds 001 and 004).
+//! The training portal's request and answer shapes, path for path and
+//! field for field as the portal's clients send and read them, and the
+//! errors its endpoints answer with.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::auth::TokenError;
+use crate::error::ControlError;
+use crate::session::model::Invalid;
+use crate::store::StoreError;
+use crate::writes::WriteError;
 
 /// The user that owns reserved sessions until a request takes one.
 pub const RESERVE_USER: &str = "sessiongate-reserve";
@@ -41,7 +49,7 @@ pub enum WorkshopError {
     #[error("environment {0:?} is at capacity")]
     Unavailable(String),
     #[error(transparent)]
-    Control(#[from] crate::control::ControlError),
+    Control(#[from] ControlError),
 }
 
 impl WorkshopError {
@@ -101,8 +109,8 @@ pub fn new_user_id() -> Result<String, crate::auth::TokenError> {
     ))
 }
 
-/// The `[workshop]` settings the control plane uses.
-#[derive(Clone, Debug, Default)]
+/// The `[workshop]` settings the portal uses.
+#[derive(Clone, Debug)]
 pub struct WorkshopSettings {
     pub portal_name: String,
     pub portal_url: String,
@@ -112,6 +120,21 @@ pub struct WorkshopSettings {
     /// `None`: the token endpoint is off.
     pub oauth: Option<OAuthClient>,
     pub token_ttl_secs: u64,
+}
+
+impl Default for WorkshopSettings {
+    /// The configuration's defaults: the portal named `sessiongate`, no
+    /// token endpoint, ten-hour access tokens.
+    fn default() -> Self {
+        WorkshopSettings {
+            portal_name: "sessiongate".into(),
+            portal_url: String::new(),
+            index_url: String::new(),
+            index_policy: Default::default(),
+            oauth: None,
+            token_ttl_secs: 36_000,
+        }
+    }
 }
 
 /// The one OAuth2 client and its robot account.
@@ -155,5 +178,24 @@ pub enum OAuthError {
     #[error("invalid_request")]
     InvalidRequest(String),
     #[error(transparent)]
-    Control(#[from] crate::control::ControlError),
+    Control(#[from] ControlError),
 }
+
+/// The control plane's errors (and those it is made of) reach the portal's
+/// answers as [`WorkshopError::Control`] and [`OAuthError::Control`].
+macro_rules! via_control_error {
+    ($($from:ty),*) => {$(
+        impl From<$from> for WorkshopError {
+            fn from(e: $from) -> Self {
+                WorkshopError::Control(e.into())
+            }
+        }
+        impl From<$from> for OAuthError {
+            fn from(e: $from) -> Self {
+                OAuthError::Control(e.into())
+            }
+        }
+    )*};
+}
+
+via_control_error!(StoreError, WriteError, TokenError, Invalid);

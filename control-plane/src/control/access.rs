@@ -1,0 +1,226 @@
+//! Browser access, the control plane's half: the cookie signing keys and
+//! their rotation, one-time access links, and opening a link (the token
+//! spent, the session activated, the cookie signed). The gateway's half —
+//! checking the cookie on every request — is `gateway::access`.
+
+use gateway::access::{Activation, ActivationError, ActivationRequest, KeyRing};
+
+use super::sessions::transition;
+use super::{unknown, ControlPlane};
+use crate::access::{self as acc, AccessLink, AccessSettings, KeyRotation};
+use crate::auth;
+use crate::clock::Clock;
+use crate::error::ControlError;
+use crate::session::lifecycle::{Action, SessionState};
+use crate::session::model::{self, invalid, SessionRecord};
+use crate::store::{self, AccessTokenRow};
+use crate::time::rfc3339_millis;
+use crate::writes::Writes;
+
+/// Loads the cookie keys, creating the first one on a new store.
+pub(super) async fn load_keys(
+    writes: &Writes,
+    clock: &dyn Clock,
+    settings: &AccessSettings,
+) -> Result<KeyRing, ControlError> {
+    let mut tx = writes.begin().await?;
+    let mut rows = store::signing_keys(&mut tx).await?;
+    if rows.iter().all(|r| r.retired_ms.is_some()) {
+        let now = clock.now_ms();
+        let key = acc::new_key(now)?;
+        store::signing_key_rotate(&mut tx, &key, now).await?;
+        rows = store::signing_keys(&mut tx).await?;
+        tracing::info!(key = %key.id, "cookie signing key created");
+    }
+    tx.commit().await?;
+    Ok(acc::key_ring(&rows, settings.key_grace)?)
+}
+
+impl ControlPlane {
+    /// The URL on the session's own host that opens it with `token` (what
+    /// `POST …/access` answers).
+    pub fn activation_url(&self, s: &SessionRecord, token: &str) -> String {
+        self.link_url(s, token, &self.access)
+    }
+
+    /// Replaces the cookie signing key. Cookies signed by the replaced key
+    /// keep working for the grace period (`access.key_grace_secs`), and
+    /// those signed by any older key stop at once.
+    pub async fn rotate_keys(&self) -> Result<KeyRotation, ControlError> {
+        let now = self.now_ms();
+        let grace = self.access.key_grace;
+        let key = acc::new_key(now)?;
+        let mut tx = self.writes.begin().await?;
+        store::signing_key_rotate(&mut tx, &key, now).await?;
+        let rows = store::signing_keys(&mut tx).await?;
+        let ring = acc::key_ring(&rows, grace)?;
+        let _lock = tx.commit().await?;
+        self.keys.store(ring);
+        let previous = rows.iter().find(|r| r.retired_ms.is_some());
+        tracing::info!(key = %key.id, previous = ?previous.map(|r| &r.id), "cookie signing key rotated");
+        Ok(KeyRotation {
+            current: key.id,
+            previous: previous.map(|r| r.id.clone()),
+            previous_valid_until: previous
+                .and_then(|r| r.retired_ms)
+                .map(|ms| rfc3339_millis(ms + grace.as_millis() as u64)),
+        })
+    }
+
+    /// Issues a one-time access link for `user` on session `name`.
+    pub async fn create_access_link(
+        &self,
+        name: &str,
+        user: &str,
+        path: Option<&str>,
+    ) -> Result<AccessLink, ControlError> {
+        model::validate_user_name("user", user)?;
+        let path = path.unwrap_or("/");
+        acc::validate_entry_path(path).map_err(|m| ControlError::Invalid(invalid("path", m)))?;
+        let now = self.now_ms();
+        let token = auth::random_token()?;
+        let expires_ms = now + self.access.link_ttl.as_millis() as u64;
+        let mut tx = self.writes.begin().await?;
+        let s = store::session_get(&mut tx, name)
+            .await?
+            .ok_or_else(|| ControlError::not_found("session", name))?;
+        if !s.state.is_live() {
+            return Err(ControlError::Finished {
+                name: name.to_string(),
+                state: s.state,
+            });
+        }
+        if !store::user_exists(&mut tx, user).await? {
+            return Err(unknown("user", "user", &[user.to_string()]));
+        }
+        if !acc::allowed(&s, user, &self.group_cache()) {
+            return Err(ControlError::Forbidden(format!(
+                "user {user:?} is neither the owner of session {name:?} nor a member of a group it is shared with"
+            )));
+        }
+        store::access_token_insert(
+            &mut tx,
+            &AccessTokenRow {
+                hash: auth::hash_token(&token),
+                session: s.name.clone(),
+                user: user.to_string(),
+                path: path.to_string(),
+                created_ms: now,
+                expires_ms,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(session = %name, user = %user, "access link issued");
+        Ok(AccessLink {
+            url: self.link_url(&s, &token, &self.access),
+            expires: rfc3339_millis(expires_ms),
+        })
+    }
+
+    /// The link's URL, on the host the session is used on, since that is
+    /// where the cookie will be: its custom domain if it has one, else its
+    /// slug on the portal host if it has one, else `<name>.<first base
+    /// domain>`.
+    fn link_url(&self, s: &SessionRecord, token: &str, settings: &AccessSettings) -> String {
+        let table = self.routes.load();
+        let scheme = settings.link_scheme.as_str();
+        let port = match (settings.link_port, scheme) {
+            (None, _) | (Some(80), "http") | (Some(443), "https") => String::new(),
+            (Some(p), _) => format!(":{p}"),
+        };
+        let path = gateway::access::ACTIVATE_PATH;
+        let portal = table.portal_host().map(str::to_string);
+        let base = table.base_domains().next().map(str::to_string);
+        match (&s.custom_domain, &s.slug, portal, base) {
+            (Some(d), _, _, _) => format!("{scheme}://{d}{port}{path}?token={token}"),
+            (None, Some(slug), Some(portal), _) => {
+                format!("{scheme}://{portal}{port}{slug}{path}?token={token}")
+            }
+            (None, _, _, Some(base)) => {
+                format!("{scheme}://{}.{base}{port}{path}?token={token}", s.name)
+            }
+            _ => format!("{scheme}://{}{port}{path}?token={token}", s.name),
+        }
+    }
+
+    /// Consumes an access link opened on `req.session`'s host: the token is
+    /// deleted whatever the outcome, a pending or evicted session becomes
+    /// running, and the answer carries the signed cookie.
+    pub async fn activate_link(
+        &self,
+        req: ActivationRequest,
+    ) -> Result<Activation, ActivationError> {
+        match self.open_link(&req).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::error!(session = %req.session, error = %e, "access link: store error");
+                Err(ActivationError::Unavailable(
+                    "the session store failed".into(),
+                ))
+            }
+        }
+    }
+
+    /// [`activate_link`](Self::activate_link)'s work: the outer error is the
+    /// store's, the inner one the link's refusal.
+    async fn open_link(
+        &self,
+        req: &ActivationRequest,
+    ) -> Result<Result<Activation, ActivationError>, ControlError> {
+        let now = self.now_ms();
+        let hash = auth::hash_token(&req.token);
+        let mut tx = self.writes.begin().await?;
+        let Some(t) = store::access_token_take(&mut tx, &hash).await? else {
+            return Ok(Err(ActivationError::InvalidToken));
+        };
+        // From here on the token is spent: refusals still commit its removal.
+        let old = if t.expires_ms <= now {
+            Err(ActivationError::InvalidToken)
+        } else if t.session != *req.session {
+            Err(ActivationError::WrongSession)
+        } else {
+            match store::session_get(&mut tx, &t.session).await? {
+                None => Err(ActivationError::InvalidToken),
+                Some(o) if !o.state.is_live() => Err(ActivationError::Gone {
+                    session: o.name.clone(),
+                    state: o.state.to_string(),
+                }),
+                Some(o) if !acc::allowed(&o, &t.user, &self.group_cache()) => {
+                    Err(ActivationError::NotAllowed)
+                }
+                Some(o) => Ok(o),
+            }
+        };
+        let old = match old {
+            Ok(old) => old,
+            Err(refused) => {
+                tx.commit().await?;
+                tracing::info!(session = %req.session, user = %t.user, reason = %refused, "access link refused");
+                return Ok(Err(refused));
+            }
+        };
+        let rec = if matches!(old.state, SessionState::Pending | SessionState::Evicted) {
+            let rec = transition(&old, Action::Activate, None, now)?;
+            store::session_update_row(&mut tx, &rec).await?;
+            Some(rec)
+        } else {
+            None
+        };
+        let _lock = tx.commit().await?;
+        if let Some(rec) = &rec {
+            self.publish(Some(&old), Some(rec)).await?;
+            tracing::info!(session = %rec.name, from = %old.state, "session activated");
+        }
+        let ttl = self.access.cookie_ttl.as_secs().max(1);
+        let signed = self.keys.load().sign(&old.name, &t.user, now / 1000 + ttl);
+        Ok(signed
+            .map(|cookie| Activation {
+                cookie,
+                max_age: ttl,
+                path: t.path,
+                user: t.user,
+            })
+            .map_err(ActivationError::Unavailable))
+    }
+}

@@ -1,0 +1,78 @@
+//! One pass of the lifecycle reaper, under the write lock: the gateway's
+//! per-route activity written to the store, then what the rules in
+//! [`crate::session::reaper`] find due deleted or expired, finished records
+//! purged after the retention, and spent tokens dropped — in one
+//! transaction and one table update.
+
+use super::sessions::transition;
+use super::ControlPlane;
+use crate::error::ControlError;
+use crate::session::reaper::{self, ReapReport};
+use crate::store;
+
+impl ControlPlane {
+    /// One pass of the lifecycle reaper (see the module docs).
+    pub async fn reap(&self) -> Result<ReapReport, ControlError> {
+        let now = self.now_ms();
+        let mut report = ReapReport::default();
+        let mut tx = self.writes.begin().await?;
+        let mut synced = self.synced_activity.lock().await;
+
+        // The gateway's per-route activity, written when it moved.
+        let activity: Vec<(String, u64)> = {
+            let table = self.routes.load();
+            table
+                .routes()
+                .iter()
+                .filter_map(|r| {
+                    let name = crate::publish::session_name(&r.id)?;
+                    let at = r.state.last_activity_ms()?;
+                    (synced.get(name) != Some(&at)).then(|| (name.to_string(), at))
+                })
+                .collect()
+        };
+        store::sessions_touch(&mut tx, &activity).await?;
+
+        let mut changed = Vec::new();
+        for old in store::reap_candidates(&mut tx).await? {
+            let Some(reason) = reaper::verdict(&old, now, &self.settings) else {
+                continue;
+            };
+            let action = reason.action();
+            let rec = transition(&old, action, None, now)?;
+            store::session_update_row(&mut tx, &rec).await?;
+            tracing::info!(session = %old.name, action = ?action, reason = reason.as_str(), "reaper");
+            report.record(reason, old.name.clone());
+            changed.push((old, rec));
+        }
+        let cutoff = reaper::retention_cutoff(now, &self.settings);
+        report.purged = store::sessions_purge_finished(&mut tx, cutoff).await?;
+        for name in &report.purged {
+            tracing::info!(session = %name, action = "purge", reason = "retention passed", "reaper");
+        }
+        // Unused access links and expired API tokens: nothing can use them.
+        store::access_tokens_purge(&mut tx, now).await?;
+        store::oauth_tokens_purge(&mut tx, now).await?;
+        let _lock = tx.commit().await?;
+
+        for (name, at) in activity {
+            synced.insert(name, at);
+        }
+        for (old, _) in &changed {
+            synced.remove(&old.name);
+        }
+        drop(synced);
+        let mut update = self.route_update(None, None)?;
+        for (old, rec) in &changed {
+            self.add_route_change(Some(old), rec, &mut update)?;
+        }
+        self.apply_update(update).await?;
+        let m = &self.metrics;
+        m.count_reaper("delete_unactivated", report.deleted_unactivated.len());
+        m.count_reaper("expire", report.expired.len());
+        m.count_reaper("expire_idle", report.expired_idle.len());
+        m.count_reaper("expire_evicted", report.expired_evicted.len());
+        m.count_reaper("purge", report.purged.len());
+        Ok(report)
+    }
+}

@@ -1,0 +1,389 @@
+//! Sessions: create, read, change, share, lifecycle actions and bulk
+//! actions.
+//!
+//! The frequent writes (create, patch, a lifecycle action) are joined
+//! writes: they share a commit with the writes queued behind them (see
+//! [`crate::writes`]). Each computes its route change under the lock, from
+//! the record it saw, and is answered once the commit covers it and the
+//! table shows it.
+
+use std::collections::HashSet;
+
+use super::routing::{check_unique_keys, Closing};
+use super::{sorted_unique, unknown, ControlPlane};
+use crate::access as acc;
+use crate::error::ControlError;
+use crate::session::lifecycle::{self, Action, Refusal, SessionState};
+use crate::session::model::{self, invalid, NewSession, SessionKind, SessionPatch, SessionRecord};
+use crate::store::{self, SessionFilter};
+
+/// One name's outcome in a bulk action.
+#[derive(Debug)]
+pub struct BulkOutcome {
+    pub name: String,
+    /// The session's state afterwards (absent if there is no such session).
+    pub state: Option<SessionState>,
+    /// Why it was not applied; `None`: applied.
+    pub refused: Option<BulkRefusal>,
+}
+
+/// Why a bulk action was not applied to a name.
+#[derive(Debug)]
+pub enum BulkRefusal {
+    /// The name is listed more than once; the first one counts.
+    Duplicate,
+    /// Refused as the single action would have been.
+    Refused(ControlError),
+}
+
+/// A session write that is committed, waiting for the table.
+struct Changed {
+    /// The state the write saw.
+    old_state: SessionState,
+    rec: SessionRecord,
+    queued: Option<gateway::Queued>,
+    closing: Vec<Closing>,
+}
+
+impl Changed {
+    /// Waits until the table shows the change, and closes the connections
+    /// it ends.
+    async fn finish(self, cp: &ControlPlane) -> Result<SessionRecord, ControlError> {
+        cp.await_applied(self.queued, self.closing).await?;
+        Ok(self.rec)
+    }
+}
+
+/// The record after `action`, or why not, as the API reports it.
+pub(crate) fn transition(
+    old: &SessionRecord,
+    action: Action,
+    extend_secs: Option<u64>,
+    now_ms: u64,
+) -> Result<SessionRecord, ControlError> {
+    lifecycle::transition(old, action, extend_secs, now_ms).map_err(|r| match r {
+        Refusal::Transition(err) => ControlError::Transition {
+            name: old.name.clone(),
+            err,
+        },
+        Refusal::NotExtendable => ControlError::NotExtendable(old.name.clone()),
+        Refusal::NoDuration => invalid("seconds", r.to_string()).into(),
+    })
+}
+
+impl ControlPlane {
+    pub async fn get_session(&self, name: &str) -> Result<SessionRecord, ControlError> {
+        let mut c = self.store.conn().await?;
+        store::session_get(&mut c, name)
+            .await?
+            .ok_or_else(|| ControlError::not_found("session", name))
+    }
+
+    pub async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+    ) -> Result<(Vec<SessionRecord>, u64), ControlError> {
+        let mut c = self.store.conn().await?;
+        Ok(store::sessions_list(&mut c, filter).await?)
+    }
+
+    pub async fn create_session(&self, input: NewSession) -> Result<SessionRecord, ControlError> {
+        let rec = self.new_record(input)?;
+        model::validate_target(&rec)?;
+        self.check_static_keys(&rec)?;
+        let ((rec, closing), queued) = self
+            .writes
+            .joined(self, move |cp, c| {
+                Box::pin(async move {
+                    if let Some(old) = store::session_get(c, &rec.name).await? {
+                        if old.state.is_live() {
+                            return Err(ControlError::Conflict(format!(
+                                "session {:?} already exists (it is {})",
+                                rec.name, old.state
+                            )));
+                        }
+                        // A finished record waiting for the purge gives way to the new one.
+                        store::session_purge(c, &rec.name).await?;
+                    }
+                    if !store::user_exists(c, &rec.owner).await? {
+                        return Err(unknown("owner", "user", std::slice::from_ref(&rec.owner)));
+                    }
+                    let missing = store::missing_groups(c, &rec.groups).await?;
+                    if !missing.is_empty() {
+                        return Err(unknown("groups", "group", &missing));
+                    }
+                    check_unique_keys(c, &rec).await?;
+                    store::session_insert(c, &rec).await?;
+                    let update = cp.route_update(None, Some(&rec))?;
+                    Ok::<_, ControlError>(((rec, update.closing), update.changes))
+                })
+            })
+            .await?;
+        self.await_applied(queued, closing).await?;
+        tracing::info!(session = %rec.name, owner = %rec.owner, state = %rec.state, "session created");
+        Ok(rec)
+    }
+
+    /// The record a create makes of `input`, validated field by field.
+    fn new_record(&self, input: NewSession) -> Result<SessionRecord, ControlError> {
+        let now = self.now_ms();
+        model::validate_name("name", &input.name)?;
+        model::validate_user_name("owner", &input.owner)?;
+        let kind = input.kind.unwrap_or(SessionKind::Tunnel);
+        let groups = sorted_unique(input.groups);
+        for g in &groups {
+            model::validate_name("groups", g)?;
+        }
+        let (state, activated_ms, expires_ms) = if input.pending {
+            (SessionState::Pending, None, None)
+        } else {
+            (
+                SessionState::Running,
+                Some(now),
+                input.duration.map(|d| now + d * 1000),
+            )
+        };
+        Ok(SessionRecord {
+            name: input.name,
+            kind,
+            remote_host: match kind {
+                SessionKind::Tunnel => {
+                    Some(input.remote_host.unwrap_or_else(|| "localhost".into()))
+                }
+                SessionKind::Link => input.remote_host,
+            },
+            remote_port: input.remote_port,
+            url: input.url,
+            https: input.https,
+            tls_verify: input.tls_verify.unwrap_or(true),
+            slug: input
+                .slug
+                .as_deref()
+                .map(model::normalize_slug)
+                .transpose()?,
+            strip_prefix: input.strip_prefix,
+            rewrite_host: input.rewrite_host,
+            custom_domain: input
+                .custom_domain
+                .as_deref()
+                .map(|d| model::normalize_custom_domain(d, &self.base_domains()))
+                .transpose()?,
+            workspace_port: input.workspace_port,
+            owner: input.owner,
+            groups,
+            public: input.public,
+            state,
+            created_ms: now,
+            activated_ms,
+            expires_ms,
+            last_activity_ms: None,
+            paused_ms: None,
+            state_changed_ms: now,
+            duration_secs: input.duration,
+            idle_timeout_secs: input.idle_timeout,
+            extendable: input.extendable.unwrap_or(true),
+            environment: input.environment,
+            labels: input.labels,
+            activate_by_ms: None,
+        })
+    }
+
+    /// Changes the target or routing of a session; a routed one is swapped
+    /// into the gateway at once.
+    pub async fn patch_session(
+        &self,
+        name: &str,
+        patch: SessionPatch,
+    ) -> Result<SessionRecord, ControlError> {
+        let mut patch = patch;
+        if let Some(Some(s)) = &patch.slug {
+            patch.slug = Some(Some(model::normalize_slug(s)?));
+        }
+        if let Some(Some(d)) = &patch.custom_domain {
+            let d = model::normalize_custom_domain(d, &self.base_domains())?;
+            patch.custom_domain = Some(Some(d));
+        }
+        let changed = self
+            .joined_change(name, true, move |cp, old| {
+                if !old.state.is_live() {
+                    return Err(ControlError::Conflict(format!(
+                        "session {:?} is {} and can no longer be changed",
+                        old.name, old.state
+                    )));
+                }
+                let mut rec = old.clone();
+                patch.apply(&mut rec);
+                model::validate_target(&rec)?;
+                cp.check_static_keys(&rec)?;
+                Ok(rec)
+            })
+            .await?;
+        let rec = changed.finish(self).await?;
+        tracing::info!(session = %name, "session changed");
+        Ok(rec)
+    }
+
+    /// Replaces the groups a session is shared with.
+    pub async fn set_session_groups(
+        &self,
+        name: &str,
+        groups: Vec<String>,
+    ) -> Result<SessionRecord, ControlError> {
+        let groups = sorted_unique(groups);
+        for g in &groups {
+            model::validate_name("groups", g)?;
+        }
+        let mut tx = self.writes.begin().await?;
+        let old = store::session_get(&mut tx, name)
+            .await?
+            .ok_or_else(|| ControlError::not_found("session", name))?;
+        if !old.state.is_live() {
+            return Err(ControlError::Conflict(format!(
+                "session {name:?} is {} and can no longer be shared",
+                old.state
+            )));
+        }
+        let missing = store::missing_groups(&mut tx, &groups).await?;
+        if !missing.is_empty() {
+            return Err(unknown("groups", "group", &missing));
+        }
+        let mut rec = old.clone();
+        rec.groups = groups;
+        store::session_update(&mut tx, &rec).await?;
+        let _lock = tx.commit().await?;
+        self.publish(Some(&old), Some(&rec)).await?;
+        let lost = {
+            let cache = self.group_cache();
+            acc::lost_users(&old, &cache, &rec, &cache)
+        };
+        self.close_for_users(vec![(name, lost)]);
+        tracing::info!(session = %name, groups = ?rec.groups, "session sharing replaced");
+        Ok(rec)
+    }
+
+    /// Applies a lifecycle action. `extend_secs` is what `extend` adds
+    /// (default: the session's duration).
+    pub async fn session_action(
+        &self,
+        name: &str,
+        action: Action,
+        extend_secs: Option<u64>,
+    ) -> Result<SessionRecord, ControlError> {
+        if let Some(s) = extend_secs {
+            if s == 0 || s > model::MAX_SECS {
+                return Err(
+                    invalid("seconds", format!("must be 1-{} seconds", model::MAX_SECS)).into(),
+                );
+            }
+        }
+        let changed = self
+            .joined_change(name, false, move |cp, old| {
+                transition(old, action, extend_secs, cp.now_ms())
+            })
+            .await?;
+        let from = changed.old_state;
+        let rec = changed.finish(self).await?;
+        tracing::info!(session = %name, action = ?action, from = %from, to = %rec.state, "session action");
+        Ok(rec)
+    }
+
+    /// A joined write that reads session `name`, makes the new record with
+    /// `change` (which may refuse), checks its slug and custom domain
+    /// against the other live sessions when `check_keys`, and stores it.
+    async fn joined_change<F>(
+        &self,
+        name: &str,
+        check_keys: bool,
+        change: F,
+    ) -> Result<Changed, ControlError>
+    where
+        F: FnOnce(&ControlPlane, &SessionRecord) -> Result<SessionRecord, ControlError>
+            + Send
+            + 'static,
+    {
+        let name = name.to_string();
+        let ((old_state, rec, closing), queued) = self
+            .writes
+            .joined(self, move |cp, c| {
+                Box::pin(async move {
+                    let old = store::session_get(c, &name)
+                        .await?
+                        .ok_or_else(|| ControlError::not_found("session", &name))?;
+                    let rec = change(cp, &old)?;
+                    if check_keys {
+                        check_unique_keys(c, &rec).await?;
+                    }
+                    store::session_update_row(c, &rec).await?;
+                    let update = cp.route_update(Some(&old), Some(&rec))?;
+                    Ok::<_, ControlError>(((old.state, rec, update.closing), update.changes))
+                })
+            })
+            .await?;
+        Ok(Changed {
+            old_state,
+            rec,
+            queued,
+            closing,
+        })
+    }
+
+    /// Applies `action` to each name where it is applicable, in one
+    /// transaction and one table update, and reports per name.
+    pub async fn bulk_action(
+        &self,
+        action: Action,
+        names: Vec<String>,
+    ) -> Result<Vec<BulkOutcome>, ControlError> {
+        if names.len() > 10_000 {
+            return Err(invalid("names", format!("{} names; at most 10000", names.len())).into());
+        }
+        let now = self.now_ms();
+        let mut tx = self.writes.begin().await?;
+        let mut outcomes = Vec::with_capacity(names.len());
+        let mut changed: Vec<(SessionRecord, SessionRecord)> = Vec::new();
+        let mut seen = HashSet::new();
+        for name in names {
+            if !seen.insert(name.clone()) {
+                outcomes.push(BulkOutcome {
+                    name,
+                    state: None,
+                    refused: Some(BulkRefusal::Duplicate),
+                });
+                continue;
+            }
+            let Some(old) = store::session_get(&mut tx, &name).await? else {
+                let e = ControlError::not_found("session", &name);
+                outcomes.push(BulkOutcome {
+                    name,
+                    state: None,
+                    refused: Some(BulkRefusal::Refused(e)),
+                });
+                continue;
+            };
+            match transition(&old, action, None, now) {
+                Ok(rec) => {
+                    store::session_update_row(&mut tx, &rec).await?;
+                    outcomes.push(BulkOutcome {
+                        name,
+                        state: Some(rec.state),
+                        refused: None,
+                    });
+                    changed.push((old, rec));
+                }
+                Err(e) => outcomes.push(BulkOutcome {
+                    name,
+                    state: Some(old.state),
+                    refused: Some(BulkRefusal::Refused(e)),
+                }),
+            }
+        }
+        let _lock = tx.commit().await?;
+        let mut update = self.route_update(None, None)?;
+        for (old, rec) in &changed {
+            self.add_route_change(Some(old), rec, &mut update)?;
+        }
+        self.apply_update(update).await?;
+        tracing::info!(action = ?action, applied = changed.len(), asked = outcomes.len(), "bulk session action");
+        Ok(outcomes)
+    }
+}

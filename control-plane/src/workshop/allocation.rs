@@ -1,0 +1,365 @@
+//! Allocation, the way the training portal's request endpoint does it: a
+//! user's live session in the environment if they have one, else a reserved
+//! session, else a new one on a free backend; with a one-time activation
+//! token. Also the reserves (pending sessions created ahead of requests),
+//! the catalog and a user's sessions.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::sqlite::SqliteConnection;
+
+use super::environment::{self as env, EnvironmentRecord, EnvironmentState};
+use super::portal::{self, Allocation, WorkshopError, WorkshopRequest};
+use super::Portal;
+use crate::auth;
+use crate::control::directory::new_user_id;
+use crate::control::routing::check_unique_keys;
+use crate::error::ControlError;
+use crate::session::lifecycle::SessionState;
+use crate::session::model::{self, invalid, SessionKind, SessionRecord};
+use crate::store::{self, AccessTokenRow, SessionFilter, UserRow, MAX_PER_PAGE};
+
+impl Portal {
+    /// Allocates a session of environment `env_name` to a user, the way the
+    /// training portal's request endpoint does: the user's live session in
+    /// that environment if there is one, else a reserved session, else a new
+    /// one on a free target; with a one-time activation token.
+    pub async fn workshop_request(
+        &self,
+        env_name: &str,
+        req: WorkshopRequest,
+    ) -> Result<Allocation, WorkshopError> {
+        for (field, v) in [
+            ("email", &req.email),
+            ("first_name", &req.first_name),
+            ("last_name", &req.last_name),
+        ] {
+            model::validate_optional_text(field, v)?;
+        }
+        let timeout = req
+            .timeout
+            .unwrap_or(self.control.settings().activation_deadline.as_secs());
+        if timeout == 0 || timeout > model::MAX_SECS {
+            return Err(
+                invalid("timeout", format!("must be 1-{} seconds", model::MAX_SECS)).into(),
+            );
+        }
+        let now = self.control.now_ms();
+        let token = auth::random_token()?;
+        let mut tx = self.control.writes().begin().await?;
+        let Some(mut env) = store::environment_get(&mut tx, env_name).await? else {
+            return Err(WorkshopError::Invalid(env_name.to_string()));
+        };
+
+        // Decide before writing anything, so that a refusal leaves nothing
+        // behind (not even a half-done transaction holding the write lock).
+        let known_user = match &req.user {
+            Some(u) if store::user_exists(&mut tx, u).await? => Some(u.clone()),
+            _ => None,
+        };
+        let sessions = store::sessions_of_environment(&mut tx, env_name).await?;
+        let has_live = known_user
+            .as_ref()
+            .is_some_and(|u| sessions.iter().any(|s| &s.owner == u && s.state.is_live()));
+        if !has_live {
+            if env.state != EnvironmentState::Running {
+                return Err(WorkshopError::Invalid(env_name.to_string()));
+            }
+            let in_reserve = sessions
+                .iter()
+                .any(|s| s.owner == portal::RESERVE_USER && s.state == SessionState::Pending);
+            let live = sessions.iter().filter(|s| s.state.is_live()).count() as u64;
+            // capacity <= targets, so below capacity a target is free.
+            if !in_reserve && live >= env.capacity {
+                return Err(WorkshopError::Unavailable(env_name.to_string()));
+            }
+        }
+
+        // The user: the one named if it exists, else a new portal user.
+        let user = match known_user {
+            Some(u) => u,
+            None => {
+                let id = portal::new_user_id()?;
+                let row = UserRow {
+                    id: new_user_id()?,
+                    name: id.clone(),
+                    email: req.email.clone(),
+                    first_name: req.first_name.clone(),
+                    last_name: req.last_name.clone(),
+                    created_ms: now,
+                };
+                store::user_insert(&mut tx, &row).await?;
+                id
+            }
+        };
+
+        let mut published: Vec<(Option<SessionRecord>, SessionRecord)> = Vec::new();
+        let chosen = if let Some(s) = sessions
+            .iter()
+            .find(|s| s.owner == user && s.state.is_live())
+        {
+            // The same user asking again gets the same session.
+            s.clone()
+        } else {
+            if env.state != EnvironmentState::Running {
+                return Err(WorkshopError::Invalid(env_name.to_string()));
+            }
+            let reserved = sessions
+                .iter()
+                .find(|s| s.owner == portal::RESERVE_USER && s.state == SessionState::Pending);
+            let rec = match reserved {
+                Some(r) => {
+                    let mut rec = r.clone();
+                    rec.owner = user.clone();
+                    rec.activate_by_ms = Some(now + timeout * 1000);
+                    store::session_update(&mut tx, &rec).await?;
+                    published.push((Some(r.clone()), rec.clone()));
+                    rec
+                }
+                None => {
+                    let rec = self
+                        .new_environment_session(&mut tx, &mut env, &sessions, &user, now)
+                        .await?
+                        .ok_or_else(|| WorkshopError::Unavailable(env_name.to_string()))?;
+                    let mut rec = rec;
+                    rec.activate_by_ms = Some(now + timeout * 1000);
+                    store::session_update(&mut tx, &rec).await?;
+                    published.push((None, rec.clone()));
+                    rec
+                }
+            };
+            rec
+        };
+        store::access_token_insert(
+            &mut tx,
+            &AccessTokenRow {
+                hash: auth::hash_token(&token),
+                session: chosen.name.clone(),
+                user: user.clone(),
+                path: "/".into(),
+                created_ms: now,
+                expires_ms: now + timeout * 1000,
+            },
+        )
+        .await?;
+        // Keep the reserve full.
+        let sessions = store::sessions_of_environment(&mut tx, env_name).await?;
+        for rec in self
+            .refill_reserve(&mut tx, &mut env, &sessions, now)
+            .await?
+        {
+            published.push((None, rec));
+        }
+        let _lock = tx.commit().await?;
+        for (old, new) in &published {
+            self.control.publish(old.as_ref(), Some(new)).await?;
+        }
+        tracing::info!(environment = %env_name, session = %chosen.name, user = %user, "workshop session allocated");
+        Ok(Allocation {
+            session: chosen.name,
+            user,
+            token,
+            workshop: env.workshop.name,
+            environment: env.name,
+        })
+    }
+
+    /// Creates, in `tx`, a pending session of `env` for `owner` on a target
+    /// no live session holds, if capacity and targets allow.
+    async fn new_environment_session(
+        &self,
+        tx: &mut SqliteConnection,
+        env: &mut EnvironmentRecord,
+        sessions: &[SessionRecord],
+        owner: &str,
+        now: u64,
+    ) -> Result<Option<SessionRecord>, ControlError> {
+        let live: Vec<&SessionRecord> = sessions.iter().filter(|s| s.state.is_live()).collect();
+        if live.len() as u64 >= env.capacity {
+            return Ok(None);
+        }
+        let busy = |t: &env::Target| {
+            live.iter().any(|s| {
+                s.https == t.https
+                    && s.remote_port == Some(t.port)
+                    && s.remote_host.as_deref() == Some(t.host.as_str())
+            })
+        };
+        let Some(target) = env.targets.iter().find(|t| !busy(t)).cloned() else {
+            return Ok(None);
+        };
+        // The next free name: <env>-s001, -s002, ...
+        let name = loop {
+            let n = format!("{}-s{:03}", env.name, env.next_session);
+            env.next_session += 1;
+            if store::session_get(tx, &n).await?.is_none() {
+                break n;
+            }
+        };
+        store::environment_update(tx, env).await?;
+        let rec = SessionRecord {
+            name: name.clone(),
+            kind: SessionKind::Tunnel,
+            remote_host: Some(target.host.clone()),
+            remote_port: Some(target.port),
+            url: None,
+            https: target.https,
+            tls_verify: env.tls_verify,
+            slug: env.slug_prefix.as_ref().map(|p| format!("{p}/{name}")),
+            strip_prefix: false,
+            rewrite_host: false,
+            custom_domain: None,
+            workspace_port: None,
+            owner: owner.to_string(),
+            groups: Vec::new(),
+            public: false,
+            state: SessionState::Pending,
+            created_ms: now,
+            activated_ms: None,
+            expires_ms: None,
+            last_activity_ms: None,
+            paused_ms: None,
+            state_changed_ms: now,
+            duration_secs: env.duration_secs,
+            idle_timeout_secs: None,
+            extendable: env.extendable,
+            environment: Some(env.name.clone()),
+            labels: BTreeMap::new(),
+            activate_by_ms: Some(portal::RESERVED_DEADLINE_MS),
+        };
+        self.control.check_static_keys(&rec)?;
+        check_unique_keys(tx, &rec).await?;
+        store::session_insert(tx, &rec).await?;
+        Ok(Some(rec))
+    }
+
+    /// Tops up `env`'s reserve of pending, unowned sessions to `reserved`,
+    /// within capacity and free targets. Returns the sessions created.
+    async fn refill_reserve(
+        &self,
+        tx: &mut SqliteConnection,
+        env: &mut EnvironmentRecord,
+        sessions: &[SessionRecord],
+        now: u64,
+    ) -> Result<Vec<SessionRecord>, ControlError> {
+        if env.state != EnvironmentState::Running || env.reserved == 0 {
+            return Ok(Vec::new());
+        }
+        if !store::user_exists(tx, portal::RESERVE_USER).await? {
+            store::user_insert(
+                tx,
+                &UserRow {
+                    id: "u-reserve".into(),
+                    name: portal::RESERVE_USER.into(),
+                    email: None,
+                    first_name: Some("reserved sessions".into()),
+                    last_name: None,
+                    created_ms: now,
+                },
+            )
+            .await?;
+        }
+        let mut all = sessions.to_vec();
+        let mut created = Vec::new();
+        loop {
+            let in_reserve = all
+                .iter()
+                .filter(|s| s.owner == portal::RESERVE_USER && s.state == SessionState::Pending)
+                .count() as u64;
+            if in_reserve >= env.reserved {
+                break;
+            }
+            match self
+                .new_environment_session(tx, env, &all, portal::RESERVE_USER, now)
+                .await?
+            {
+                Some(rec) => {
+                    all.push(rec.clone());
+                    created.push(rec);
+                }
+                None => break,
+            }
+        }
+        Ok(created)
+    }
+
+    /// Fills every running environment's reserve (after a create or a
+    /// change, and after the reaper freed targets).
+    pub async fn refill_reserves(&self) -> Result<usize, ControlError> {
+        let now = self.control.now_ms();
+        let mut tx = self.control.writes().begin().await?;
+        let mut created = Vec::new();
+        for mut env in store::environments_list(&mut tx).await? {
+            let sessions = store::sessions_of_environment(&mut tx, &env.name).await?;
+            created.extend(
+                self.refill_reserve(&mut tx, &mut env, &sessions, now)
+                    .await?,
+            );
+        }
+        let _lock = tx.commit().await?;
+        for rec in &created {
+            self.control.publish(None, Some(rec)).await?;
+        }
+        Ok(created.len())
+    }
+
+    /// Every environment and all their sessions, for the catalog.
+    pub async fn catalog(
+        &self,
+    ) -> Result<(Vec<EnvironmentRecord>, Vec<SessionRecord>), ControlError> {
+        let mut c = self.control.store().conn().await?;
+        let envs = store::environments_list(&mut c).await?;
+        let mut sessions = Vec::new();
+        for e in &envs {
+            sessions.extend(store::sessions_of_environment(&mut c, &e.name).await?);
+        }
+        Ok((envs, sessions))
+    }
+
+    /// A stable id for this portal, in the UUID shape the portal uses.
+    pub fn portal_uid(&self) -> String {
+        let name = self.settings.portal_name.clone();
+        let h = auth::hash_token(&format!("sessiongate portal {name}"));
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    }
+
+    /// The live sessions of a portal user, in environments.
+    pub async fn workshop_user_sessions(
+        &self,
+        user: &str,
+    ) -> Result<Vec<(SessionRecord, String)>, ControlError> {
+        let mut c = self.control.store().conn().await?;
+        let envs: HashMap<String, String> = store::environments_list(&mut c)
+            .await?
+            .into_iter()
+            .map(|e| (e.name, e.workshop.name))
+            .collect();
+        let filter = SessionFilter {
+            owner: Some(user.to_string()),
+            states: vec![
+                SessionState::Pending,
+                SessionState::Running,
+                SessionState::Paused,
+                SessionState::Evicted,
+            ],
+            page: 1,
+            per_page: MAX_PER_PAGE,
+            ..SessionFilter::default()
+        };
+        let (sessions, _) = store::sessions_list(&mut c, &filter).await?;
+        Ok(sessions
+            .into_iter()
+            .filter_map(|s| {
+                let w = envs.get(s.environment.as_deref()?)?.clone();
+                Some((s, w))
+            })
+            .collect())
+    }
+}
