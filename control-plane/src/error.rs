@@ -187,6 +187,18 @@ mod tests {
                 None,
             ),
             (
+                ControlError::Unroutable(crate::publish::RouteSpecError::MissingPort),
+                500,
+                "internal",
+                None,
+            ),
+            (
+                ControlError::Keys(crate::access::KeyError::NoCurrent),
+                500,
+                "internal",
+                None,
+            ),
+            (
                 ControlError::Internal("broken".into()),
                 500,
                 "internal",
