@@ -2,16 +2,28 @@
 //!
 //! It keeps users, groups and sessions in a durable store, drives the
 //! session lifecycle, compiles sessions into routes and swaps them into the
-//! gateway's table, and serves the REST API and the operator CLI.
+//! gateway's table, and serves the REST API, the training portal's API and
+//! the operator CLI.
 //!
 //! # Layout
+//! Where a change goes:
 //! - [`config`]: the TOML configuration, environment overrides, validation.
 //! - [`serve`]: `sessiongate serve`: start-up order, listeners, shutdown.
-//! - [`control`]: every operation: validate, write in one transaction, publish.
-//! - [`store`]: SQLite through sqlx, migrations, portable queries.
-//! - [`session`]: the session model, its lifecycle state machine, the reaper.
-//! - [`publish`]: sessions → gateway routes.
-//! - [`api`]: the HTTP API handlers (axum) and the OpenAPI document.
+//! - [`control`]: the operations, one file per domain (directory, tokens,
+//!   sessions, routing, access, the reaper's pass) on [`control::ControlPlane`].
+//! - [`session`]: the session model and validation, the lifecycle state
+//!   machine and what an action does to a record, the reaper's rules.
+//! - [`workshop`]: workshop environments and the training portal's
+//!   operations (OAuth2, allocation, reserves), on top of `control`.
+//! - [`error`]: [`error::ControlError`], with the status and code of each kind.
+//! - [`writes`]: the write lock: [`writes::WriteGuard`] and joined writes
+//!   sharing a commit.
+//! - [`store`]: SQLite through sqlx, migrations, one file per table family.
+//! - [`publish`]: a session record → its gateway route.
+//! - [`access`]: browser access, the control plane's half: links, keys,
+//!   the redirect allow-list, who may open a session.
+//! - [`api`]: the HTTP API handlers (axum), their view types, and the
+//!   OpenAPI document.
 //! - [`auth`]: API tokens, hashed at rest, checked in constant time.
 //! - [`ctl`]: `sessiongate ctl`, the operator CLI over the API.
 //! - [`reload`]: static-route reload on SIGHUP and on file change.

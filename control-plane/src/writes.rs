@@ -1,9 +1,9 @@
 //! The control plane's write lock, with group commit for session writes.
 //!
 //! Every write to the store holds this lock, so writes are serial (SQLite has
-//! one writer anyway). Most take it with [`Writes::exclusive`] and run a
+//! one writer anyway). Most take it with [`Writes::begin`] and run a
 //! transaction of their own. The frequent session writes (create, patch,
-//! lifecycle action) instead [`join`](Writes::join) a transaction shared with
+//! lifecycle action) instead [`join`](Writes::joined) a transaction shared with
 //! the writers queued behind them: each runs inside a savepoint (so it stays
 //! all or nothing on its own), and the last writer of a burst commits for
 //! all of them. One commit, and one `fdatasync`, then covers the burst.

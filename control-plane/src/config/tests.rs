@@ -1,0 +1,150 @@
+//! The configuration's rules, case by case: defaults, files, environment
+//! overrides, and errors that name the key.
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn embedded_defaults_match_the_design() {
+    let c = Config::load(None, env(&[])).unwrap();
+    assert_eq!(c.gateway.http_listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.control_plane.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.gateway.base_domains, vec!["localhost"]);
+    assert_eq!(c.gateway.portal_host, "localhost");
+    assert_eq!(c.control_plane.data_dir, PathBuf::from("data"));
+}
+
+#[test]
+fn file_keys_and_routes_parse() {
+    let c = Config::from_toml(
+        r#"
+        [gateway]
+        http_listen = "127.0.0.1:0"
+        base_domains = ["localhost", "sessions.example.com"]
+        [[routes]]
+        host = "app.localhost"
+        upstream = "http://127.0.0.1:9001"
+        [[routes]]
+        slug = "/lab"
+        upstream = "http://127.0.0.1:9002"
+        strip_prefix = true
+        "#,
+        None,
+        env(&[]),
+    )
+    .unwrap();
+    let specs = c.route_specs().unwrap();
+    assert_eq!(&*specs[0].id, "static:host:app.localhost");
+    assert_eq!(&*specs[1].id, "static:slug:/lab");
+    assert!(specs[1].strip_prefix);
+}
+
+#[test]
+fn shipped_example_configs_are_valid() {
+    for (name, text) in [
+        (
+            "examples/quickstart.toml",
+            include_str!("../../../examples/quickstart.toml"),
+        ),
+        (
+            "deploy/sessiongate.example.toml",
+            include_str!("../../../deploy/sessiongate.example.toml"),
+        ),
+    ] {
+        let c = Config::from_toml(text, Some(Path::new(name)), env(&[]))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!c.routes.is_empty(), "{name} shows no route");
+    }
+}
+
+#[test]
+fn env_overrides_every_kind_of_key() {
+    let c = Config::from_toml(
+        "[gateway]\nmax_connections = 5\n",
+        None,
+        env(&[
+            ("SESSIONGATE_GATEWAY_HTTP_LISTEN", "127.0.0.1:18080"),
+            ("SESSIONGATE_GATEWAY_BASE_DOMAINS", "a.test, b.test"),
+            ("SESSIONGATE_GATEWAY_MAX_CONNECTIONS", "77"),
+            ("SESSIONGATE_CONTROL_PLANE_DATA_DIR", "/tmp/x"),
+            ("SESSIONGATE_ADMIN_TOKEN", "not-a-config-key"),
+            ("PATH", "/bin"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.gateway.http_listen.port(), 18080);
+    assert_eq!(c.gateway.base_domains, vec!["a.test", "b.test"]);
+    assert_eq!(c.gateway.max_connections, 77);
+    assert_eq!(c.control_plane.data_dir, PathBuf::from("/tmp/x"));
+}
+
+/// A configuration text, environment variables, and what the error must name.
+type BadCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn errors_name_the_key_or_variable() {
+    let cases: &[BadCase] = &[
+        ("[gateway]\nbogus = 1\n", &[], "bogus"),
+        ("[gatway]\n", &[], "gatway"),
+        ("[gateway]\nmax_connections = \"many\"\n", &[], "max_connections"),
+        ("[gateway]\nhttp_listen = \"nowhere\"\n", &[], "http_listen"),
+        ("[gateway]\nmax_header_bytes = 100\n", &[], "gateway.max_header_bytes"),
+        ("[gateway]\nbase_domains = []\n", &[], "gateway.base_domains"),
+        ("[gateway]\nportal_host = \"a b\"\n", &[], "gateway.portal_host"),
+        ("[gateway]\nidle_timeout_secs = 0\n", &[], "gateway.idle_timeout_secs"),
+        ("[[routes]]\nupstream = \"http://127.0.0.1:1\"\n", &[], "routes[0]"),
+        (
+            "[[routes]]\nhost = \"a.localhost\"\nupstream = \"tcp://x:1\"\n",
+            &[],
+            "routes[0].upstream",
+        ),
+        (
+            "[[routes]]\nhost = \"a.localhost\"\nupstream = \"http://x:1\"\nstrip_prefix = true\n",
+            &[],
+            "routes[0].strip_prefix",
+        ),
+        (
+            "[[routes]]\nhost = \"a.localhost\"\nupstream = \"http://x:1\"\n[[routes]]\nhost = \"A.localhost\"\nupstream = \"http://x:2\"\n",
+            &[],
+            "claimed by both",
+        ),
+        ("", &[("SESSIONGATE_GATEWAY_NOPE", "1")], "SESSIONGATE_GATEWAY_NOPE"),
+        (
+            "",
+            &[("SESSIONGATE_GATEWAY_MAX_CONNECTIONS", "lots")],
+            "SESSIONGATE_GATEWAY_MAX_CONNECTIONS",
+        ),
+        (
+            "",
+            &[("SESSIONGATE_GATEWAY_HTTP_LISTEN", "nowhere")],
+            "SESSIONGATE_GATEWAY_HTTP_LISTEN",
+        ),
+        ("not toml at all [", &[], "config file"),
+        ("[access]\nlink_scheme = \"ftp\"\n", &[], "access.link_scheme"),
+        ("[access]\ncookie_ttl_secs = 0\n", &[], "access.cookie_ttl_secs"),
+        (
+            "[access]\nredirect_origins = [\"https://p.example/login\"]\n",
+            &[],
+            "access.redirect_origins",
+        ),
+        ("[access]\nlogin_url = \"/login\"\n", &[], "access.login_url"),
+        (
+            "",
+            &[("SESSIONGATE_ACCESS_KEY_GRACE_SECS", "soon")],
+            "SESSIONGATE_ACCESS_KEY_GRACE_SECS",
+        ),
+    ];
+    for (text, vars, want) in cases {
+        let err = Config::from_toml(text, None, env(vars))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{text:?} {vars:?}: {err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+}

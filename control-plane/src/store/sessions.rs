@@ -1,0 +1,491 @@
+//! Sessions: reads, writes, the listing's filter and pages, the reaper's
+//! queries.
+
+use super::*;
+
+/// Page size when none is asked for, and the most one page may hold.
+pub const DEFAULT_PER_PAGE: u64 = 50;
+pub const MAX_PER_PAGE: u64 = 1000;
+
+/// What a session listing asks for.
+#[derive(Clone, Debug, Default)]
+pub struct SessionFilter {
+    /// Case-insensitive substring of the name, the owner or a label.
+    pub q: Option<String>,
+    /// Any of these states; empty means every state but `deleted`.
+    pub states: Vec<SessionState>,
+    pub owner: Option<String>,
+    /// Only sessions shared with this group.
+    pub group: Option<String>,
+    /// 1-based.
+    pub page: u64,
+    pub per_page: u64,
+}
+
+const SESSION_COLS: &str = "name, kind, remote_host, remote_port, url, https, tls_verify, slug, \
+    strip_prefix, rewrite_host, custom_domain, workspace_port, owner, public, state, created_ms, \
+    activated_ms, expires_ms, last_activity_ms, paused_ms, state_changed_ms, duration_secs, \
+    idle_timeout_secs, extendable, environment, labels, activate_by_ms";
+
+fn session_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
+    let name: String = row.try_get("name")?;
+    let corrupt = |message: String| StoreError::Corrupt {
+        what: "session",
+        key: name.clone(),
+        message,
+    };
+    let kind: String = row.try_get("kind")?;
+    let state: String = row.try_get("state")?;
+    let labels: String = row.try_get("labels")?;
+    Ok(SessionRecord {
+        kind: SessionKind::parse(&kind).ok_or_else(|| corrupt(format!("kind {kind:?}")))?,
+        remote_host: row.try_get("remote_host")?,
+        remote_port: get_opt_port(row, "remote_port")?,
+        url: row.try_get("url")?,
+        https: row.try_get("https")?,
+        tls_verify: row.try_get("tls_verify")?,
+        slug: row.try_get("slug")?,
+        strip_prefix: row.try_get("strip_prefix")?,
+        rewrite_host: row.try_get("rewrite_host")?,
+        custom_domain: row.try_get("custom_domain")?,
+        workspace_port: get_opt_port(row, "workspace_port")?,
+        owner: row.try_get("owner")?,
+        groups: Vec::new(),
+        public: row.try_get("public")?,
+        state: state.parse().map_err(corrupt)?,
+        created_ms: get_u64(row, "created_ms")?,
+        activated_ms: get_opt_u64(row, "activated_ms")?,
+        expires_ms: get_opt_u64(row, "expires_ms")?,
+        last_activity_ms: get_opt_u64(row, "last_activity_ms")?,
+        paused_ms: get_opt_u64(row, "paused_ms")?,
+        state_changed_ms: get_u64(row, "state_changed_ms")?,
+        duration_secs: get_opt_u64(row, "duration_secs")?,
+        idle_timeout_secs: get_opt_u64(row, "idle_timeout_secs")?,
+        extendable: row.try_get("extendable")?,
+        environment: row.try_get("environment")?,
+        labels: serde_json::from_str(&labels).map_err(|e| corrupt(format!("labels: {e}")))?,
+        activate_by_ms: get_opt_u64(row, "activate_by_ms")?,
+        name,
+    })
+}
+
+/// The session records of `rows`, with their groups.
+async fn records_with_groups(
+    c: &mut SqliteConnection,
+    rows: &[SqliteRow],
+) -> Result<Vec<SessionRecord>, StoreError> {
+    let mut recs = rows
+        .iter()
+        .map(session_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    attach_groups(c, &mut recs).await?;
+    Ok(recs)
+}
+
+/// Fills in `groups` for each record, with one query.
+async fn attach_groups(
+    c: &mut SqliteConnection,
+    records: &mut [SessionRecord],
+) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut by_name: HashMap<String, Vec<String>> = HashMap::new();
+    // SQLite allows 32766 parameters; chunk to stay far below.
+    for chunk in records.chunks(500) {
+        let mut b = QueryBuilder::new(
+            "SELECT session_name, group_name FROM session_groups WHERE session_name IN (",
+        );
+        let mut sep = b.separated(", ");
+        for r in chunk {
+            sep.push_bind(&r.name);
+        }
+        b.push(") ORDER BY group_name");
+        for row in b.build().fetch_all(&mut *c).await? {
+            by_name
+                .entry(row.try_get("session_name")?)
+                .or_default()
+                .push(row.try_get("group_name")?);
+        }
+    }
+    for r in records {
+        r.groups = by_name.remove(&r.name).unwrap_or_default();
+    }
+    Ok(())
+}
+
+/// One session with its groups, in one query (the groups as a JSON array):
+/// every session write starts with this read while holding the write lock.
+pub async fn session_get(
+    c: &mut SqliteConnection,
+    name: &str,
+) -> Result<Option<SessionRecord>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {SESSION_COLS}, (SELECT json_group_array(group_name) FROM \
+         (SELECT group_name FROM session_groups WHERE session_name = $1 ORDER BY group_name)) \
+         AS group_names FROM sessions WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(&mut *c)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut rec = session_row(&row)?;
+    let groups: String = row.try_get("group_names")?;
+    rec.groups = serde_json::from_str(&groups).map_err(|e| StoreError::Corrupt {
+        what: "session",
+        key: name.to_string(),
+        message: format!("groups {groups:?}: {e}"),
+    })?;
+    Ok(Some(rec))
+}
+
+fn push_session_filter(b: &mut QueryBuilder<Sqlite>, f: &SessionFilter) {
+    b.push(" WHERE 1 = 1");
+    if let Some(q) = &f.q {
+        let pat = like_pattern(q);
+        b.push(" AND (LOWER(name) LIKE ")
+            .push_bind(pat.clone())
+            .push(" ESCAPE '\\' OR LOWER(owner) LIKE ")
+            .push_bind(pat.clone())
+            .push(" ESCAPE '\\' OR LOWER(labels) LIKE ")
+            .push_bind(pat)
+            .push(" ESCAPE '\\')");
+    }
+    if f.states.is_empty() {
+        b.push(" AND state <> 'deleted'");
+    } else {
+        b.push(" AND state IN (");
+        let mut sep = b.separated(", ");
+        for s in &f.states {
+            sep.push_bind(s.as_str());
+        }
+        b.push(")");
+    }
+    if let Some(o) = &f.owner {
+        b.push(" AND owner = ").push_bind(o.clone());
+    }
+    if let Some(g) = &f.group {
+        b.push(" AND name IN (SELECT session_name FROM session_groups WHERE group_name = ")
+            .push_bind(g.clone())
+            .push(")");
+    }
+}
+
+/// A page of sessions matching `f`, by name, and how many match in all.
+pub async fn sessions_list(
+    c: &mut SqliteConnection,
+    f: &SessionFilter,
+) -> Result<(Vec<SessionRecord>, u64), StoreError> {
+    let mut count = QueryBuilder::new("SELECT COUNT(*) AS n FROM sessions");
+    push_session_filter(&mut count, f);
+    let total = get_u64(&count.build().fetch_one(&mut *c).await?, "n")?;
+    let mut b = QueryBuilder::new(format!("SELECT {SESSION_COLS} FROM sessions"));
+    push_session_filter(&mut b, f);
+    push_page(&mut b, "name", f.page, f.per_page);
+    let rows = b.build().fetch_all(&mut *c).await?;
+    let mut recs = rows
+        .iter()
+        .map(session_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    attach_groups(c, &mut recs).await?;
+    Ok((recs, total))
+}
+
+/// Sessions in any of `states`, all of them (start-up, reaper).
+pub async fn sessions_in_states(
+    c: &mut SqliteConnection,
+    states: &[SessionState],
+) -> Result<Vec<SessionRecord>, StoreError> {
+    let mut b = QueryBuilder::new(format!(
+        "SELECT {SESSION_COLS} FROM sessions WHERE state IN ("
+    ));
+    let mut sep = b.separated(", ");
+    for s in states {
+        sep.push_bind(s.as_str());
+    }
+    b.push(") ORDER BY name");
+    let rows = b.build().fetch_all(&mut *c).await?;
+    records_with_groups(c, &rows).await
+}
+
+/// Names of sessions shared with `group` that can still be used.
+pub async fn sessions_shared_with(
+    c: &mut SqliteConnection,
+    group: &str,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT s.name AS name FROM sessions s JOIN session_groups g ON g.session_name = s.name \
+         WHERE g.group_name = $1 AND s.state NOT IN ('expired', 'deleted') ORDER BY s.name",
+    )
+    .bind(group)
+    .fetch_all(&mut *c)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get("name"))
+        .collect::<Result<_, _>>()?)
+}
+
+fn bind_session<'q>(
+    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    s: &'q SessionRecord,
+    labels: String,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    q.bind(&s.name)
+        .bind(s.kind.as_str())
+        .bind(&s.remote_host)
+        .bind(s.remote_port.map(i64::from))
+        .bind(&s.url)
+        .bind(s.https)
+        .bind(s.tls_verify)
+        .bind(&s.slug)
+        .bind(s.strip_prefix)
+        .bind(s.rewrite_host)
+        .bind(&s.custom_domain)
+        .bind(s.workspace_port.map(i64::from))
+        .bind(&s.owner)
+        .bind(s.public)
+        .bind(s.state.as_str())
+        .bind(ms(s.created_ms))
+        .bind(opt_ms(s.activated_ms))
+        .bind(opt_ms(s.expires_ms))
+        .bind(opt_ms(s.last_activity_ms))
+        .bind(opt_ms(s.paused_ms))
+        .bind(ms(s.state_changed_ms))
+        .bind(opt_ms(s.duration_secs))
+        .bind(opt_ms(s.idle_timeout_secs))
+        .bind(s.extendable)
+        .bind(&s.environment)
+        .bind(labels)
+        .bind(opt_ms(s.activate_by_ms))
+}
+
+fn labels_json(s: &SessionRecord) -> String {
+    serde_json::to_string(&s.labels).unwrap_or_else(|_| "{}".into())
+}
+
+async fn set_session_groups(c: &mut SqliteConnection, s: &SessionRecord) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM session_groups WHERE session_name = $1")
+        .bind(&s.name)
+        .execute(&mut *c)
+        .await?;
+    insert_session_groups(c, s).await
+}
+
+async fn insert_session_groups(
+    c: &mut SqliteConnection,
+    s: &SessionRecord,
+) -> Result<(), StoreError> {
+    for g in &s.groups {
+        sqlx::query("INSERT INTO session_groups (session_name, group_name) VALUES ($1, $2)")
+            .bind(&s.name)
+            .bind(g)
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn session_insert(c: &mut SqliteConnection, s: &SessionRecord) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
+    );
+    bind_session(sqlx::query(&sql), s, labels_json(s))
+        .execute(&mut *c)
+        .await?;
+    // A new row has no groups yet: those of an earlier record of the same
+    // name went with it (ON DELETE CASCADE).
+    insert_session_groups(c, s).await
+}
+
+/// Overwrites the stored record (and its groups) with `s`.
+pub async fn session_update(c: &mut SqliteConnection, s: &SessionRecord) -> Result<(), StoreError> {
+    session_update_row(c, s).await?;
+    set_session_groups(c, s).await
+}
+
+/// Overwrites the stored record with `s` but leaves its groups as stored:
+/// for changes that cannot touch them (lifecycle actions, patches), which
+/// saves a delete and an insert per group on every write.
+pub async fn session_update_row(
+    c: &mut SqliteConnection,
+    s: &SessionRecord,
+) -> Result<(), StoreError> {
+    let sql = "UPDATE sessions SET kind = $2, remote_host = $3, remote_port = $4, url = $5, \
+        https = $6, tls_verify = $7, slug = $8, strip_prefix = $9, rewrite_host = $10, \
+        custom_domain = $11, workspace_port = $12, owner = $13, public = $14, state = $15, \
+        created_ms = $16, activated_ms = $17, expires_ms = $18, last_activity_ms = $19, \
+        paused_ms = $20, state_changed_ms = $21, duration_secs = $22, idle_timeout_secs = $23, \
+        extendable = $24, environment = $25, labels = $26, activate_by_ms = $27 WHERE name = $1";
+    bind_session(sqlx::query(sql), s, labels_json(s))
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+/// Removes the record for good (retention purge, or replacing a finished one).
+pub async fn session_purge(c: &mut SqliteConnection, name: &str) -> Result<bool, StoreError> {
+    let r = sqlx::query("DELETE FROM sessions WHERE name = $1")
+        .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Purges expired and deleted records whose state is older than `cutoff_ms`.
+pub async fn sessions_purge_finished(
+    c: &mut SqliteConnection,
+    cutoff_ms: u64,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT name FROM sessions WHERE state IN ('expired', 'deleted') AND state_changed_ms < $1",
+    )
+    .bind(ms(cutoff_ms))
+    .fetch_all(&mut *c)
+    .await?;
+    let names: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get("name"))
+        .collect::<Result<_, _>>()?;
+    for n in &names {
+        session_purge(c, n).await?;
+    }
+    Ok(names)
+}
+
+/// Sessions `sessions_touch` sends to SQLite in one statement: one bound JSON
+/// array, so no limit on bound variables applies; chunks keep each statement
+/// short for the readers waiting on the connection.
+const TOUCH_CHUNK: usize = 1000;
+
+/// Records traffic seen by the gateway, `(name, at_ms)` per session; never
+/// moves `last_activity` back. One `UPDATE … FROM json_each` per chunk, not a
+/// statement per session: the reaper syncs every session that saw traffic,
+/// which under load is all of them, while it holds the write lock.
+pub async fn sessions_touch(
+    c: &mut SqliteConnection,
+    touches: &[(String, u64)],
+) -> Result<(), StoreError> {
+    for chunk in touches.chunks(TOUCH_CHUNK) {
+        let json = serde_json::Value::Array(
+            chunk
+                .iter()
+                .map(|(name, at)| serde_json::json!([name, ms(*at)]))
+                .collect(),
+        )
+        .to_string();
+        sqlx::query(
+            "UPDATE sessions SET last_activity_ms = t.at \
+             FROM (SELECT json_extract(value, '$[0]') AS name, \
+                          json_extract(value, '$[1]') AS at FROM json_each($1)) AS t \
+             WHERE sessions.name = t.name \
+             AND (sessions.last_activity_ms IS NULL OR sessions.last_activity_ms < t.at)",
+        )
+        .bind(json)
+        .execute(&mut *c)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The sessions the reaper may have to act on: pending and evicted ones, and
+/// running ones with an expiry or an idle timeout. A running session with
+/// neither never expires, so the reaper does not load it (with 10k sessions
+/// that is most of them, every pass).
+pub async fn reap_candidates(c: &mut SqliteConnection) -> Result<Vec<SessionRecord>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SESSION_COLS} FROM sessions WHERE state IN ($1, $2) \
+         OR (state = $3 AND (expires_ms IS NOT NULL OR idle_timeout_secs IS NOT NULL)) \
+         ORDER BY name"
+    ))
+    .bind(SessionState::Pending.as_str())
+    .bind(SessionState::Evicted.as_str())
+    .bind(SessionState::Running.as_str())
+    .fetch_all(&mut *c)
+    .await?;
+    records_with_groups(c, &rows).await
+}
+
+/// Whether a session that can still be used holds this slug or custom domain.
+pub async fn live_session_with(
+    c: &mut SqliteConnection,
+    column: &'static str,
+    value: &str,
+    except: &str,
+) -> Result<Option<String>, StoreError> {
+    debug_assert!(matches!(column, "slug" | "custom_domain"));
+    let row = sqlx::query(&format!(
+        "SELECT name FROM sessions WHERE {column} = $1 AND name <> $2 \
+         AND state NOT IN ('expired', 'deleted')"
+    ))
+    .bind(value)
+    .bind(except)
+    .fetch_optional(&mut *c)
+    .await?;
+    Ok(row.map(|r| r.try_get("name")).transpose()?)
+}
+
+/// Every session of an environment (any state), with groups.
+pub async fn sessions_of_environment(
+    c: &mut SqliteConnection,
+    environment: &str,
+) -> Result<Vec<SessionRecord>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SESSION_COLS} FROM sessions WHERE environment = $1 ORDER BY name"
+    ))
+    .bind(environment)
+    .fetch_all(&mut *c)
+    .await?;
+    records_with_groups(c, &rows).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Touches span several chunks, and an older time never replaces a
+    /// newer one.
+    #[tokio::test]
+    async fn touches_are_written_in_chunks_and_never_move_back() {
+        let dir = std::env::temp_dir().join(format!("sg-touch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("t.db")).await.unwrap();
+        let mut c = store.conn().await.unwrap();
+        sqlx::query("INSERT INTO users (id, name, created_ms) VALUES ('u1', 'ann', 0)")
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        let n = TOUCH_CHUNK * 2 + 7;
+        for i in 0..n {
+            sqlx::query(
+                "INSERT INTO sessions (name, kind, https, tls_verify, strip_prefix, \
+                 rewrite_host, owner, public, state, created_ms, state_changed_ms, extendable, \
+                 labels, last_activity_ms) \
+                 VALUES ($1, 'tunnel', 0, 1, 0, 0, 'ann', 0, 'running', 0, 0, 1, '{}', $2)",
+            )
+            .bind(format!("s{i}"))
+            // Every third session already has activity at 5,000.
+            .bind(i.is_multiple_of(3).then_some(5_000i64))
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        }
+        let touches: Vec<(String, u64)> = (0..n).map(|i| (format!("s{i}"), 4_000)).collect();
+        sessions_touch(&mut c, &touches).await.unwrap();
+        let rows: Vec<(String, Option<i64>)> =
+            sqlx::query_as("SELECT name, last_activity_ms FROM sessions")
+                .fetch_all(&mut *c)
+                .await
+                .unwrap();
+        assert_eq!(rows.len(), n);
+        for (name, at) in rows {
+            let i: usize = name[1..].parse().unwrap();
+            let want = if i.is_multiple_of(3) { 5_000 } else { 4_000 };
+            assert_eq!(at, Some(want), "{name}");
+        }
+        drop(c);
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,234 @@
+//! Secrets, stored only as hashes or for this process: API tokens, access
+//! links, cookie signing keys, OAuth2 tokens.
+
+use super::*;
+
+/// A stored API token (only its hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRow {
+    pub name: String,
+    pub kind: String,
+    pub hash: String,
+    pub created_ms: u64,
+}
+
+pub async fn tokens_list(c: &mut SqliteConnection) -> Result<Vec<TokenRow>, StoreError> {
+    let rows = sqlx::query("SELECT name, kind, hash, created_ms FROM api_tokens ORDER BY name")
+        .fetch_all(&mut *c)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(TokenRow {
+                name: r.try_get("name")?,
+                kind: r.try_get("kind")?,
+                hash: r.try_get("hash")?,
+                created_ms: get_u64(r, "created_ms")?,
+            })
+        })
+        .collect()
+}
+
+pub async fn token_insert(c: &mut SqliteConnection, t: &TokenRow) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO api_tokens (name, kind, hash, created_ms) VALUES ($1, $2, $3, $4)")
+        .bind(&t.name)
+        .bind(&t.kind)
+        .bind(&t.hash)
+        .bind(ms(t.created_ms))
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+pub async fn token_delete(c: &mut SqliteConnection, name: &str) -> Result<bool, StoreError> {
+    let r = sqlx::query("DELETE FROM api_tokens WHERE name = $1")
+        .bind(name)
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+// ---- access links and signing keys ----
+
+/// A stored access link, by the hash of its token.
+#[derive(Clone, Debug)]
+pub struct AccessTokenRow {
+    pub hash: String,
+    pub session: String,
+    pub user: String,
+    pub path: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+}
+
+pub async fn access_token_insert(
+    c: &mut SqliteConnection,
+    t: &AccessTokenRow,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO access_tokens (hash, session_name, user_name, path, created_ms, expires_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&t.hash)
+    .bind(&t.session)
+    .bind(&t.user)
+    .bind(&t.path)
+    .bind(ms(t.created_ms))
+    .bind(ms(t.expires_ms))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the access link with this hash and returns it: a token can be
+/// taken once, whatever happens next.
+pub async fn access_token_take(
+    c: &mut SqliteConnection,
+    hash: &str,
+) -> Result<Option<AccessTokenRow>, StoreError> {
+    let row = sqlx::query(
+        "DELETE FROM access_tokens WHERE hash = $1 \
+         RETURNING hash, session_name, user_name, path, created_ms, expires_ms",
+    )
+    .bind(hash)
+    .fetch_optional(&mut *c)
+    .await?;
+    row.map(|r| {
+        Ok(AccessTokenRow {
+            hash: r.try_get("hash")?,
+            session: r.try_get("session_name")?,
+            user: r.try_get("user_name")?,
+            path: r.try_get("path")?,
+            created_ms: get_u64(&r, "created_ms")?,
+            expires_ms: get_u64(&r, "expires_ms")?,
+        })
+    })
+    .transpose()
+}
+
+/// Removes access links that expired before `now_ms` (the reaper).
+pub async fn access_tokens_purge(c: &mut SqliteConnection, now_ms: u64) -> Result<u64, StoreError> {
+    let r = sqlx::query("DELETE FROM access_tokens WHERE expires_ms <= $1")
+        .bind(ms(now_ms))
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+/// A cookie signing key as stored.
+#[derive(Clone, Debug)]
+pub struct SigningKeyRow {
+    pub id: String,
+    /// base64 of the secret.
+    pub secret: String,
+    pub created_ms: u64,
+    pub retired_ms: Option<u64>,
+}
+
+/// The current key and the most recently retired one, newest first.
+pub async fn signing_keys(c: &mut SqliteConnection) -> Result<Vec<SigningKeyRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, secret, created_ms, retired_ms FROM signing_keys \
+         ORDER BY created_ms DESC, id DESC LIMIT 2",
+    )
+    .fetch_all(&mut *c)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let retired: Option<i64> = r.try_get("retired_ms")?;
+            Ok(SigningKeyRow {
+                id: r.try_get("id")?,
+                secret: r.try_get("secret")?,
+                created_ms: get_u64(r, "created_ms")?,
+                retired_ms: retired.map(|v| v.max(0) as u64),
+            })
+        })
+        .collect()
+}
+
+/// Stores `new` as the current key: the current one is retired at `now_ms`,
+/// and keys retired before it are deleted (they verify nothing any more).
+pub async fn signing_key_rotate(
+    c: &mut SqliteConnection,
+    new: &SigningKeyRow,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM signing_keys WHERE retired_ms IS NOT NULL")
+        .execute(&mut *c)
+        .await?;
+    sqlx::query("UPDATE signing_keys SET retired_ms = $1 WHERE retired_ms IS NULL")
+        .bind(ms(now_ms))
+        .execute(&mut *c)
+        .await?;
+    sqlx::query("INSERT INTO signing_keys (id, secret, created_ms) VALUES ($1, $2, $3)")
+        .bind(&new.id)
+        .bind(&new.secret)
+        .bind(ms(new.created_ms))
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+// ---- oauth tokens ----
+
+pub async fn oauth_token_insert(
+    c: &mut SqliteConnection,
+    hash: &str,
+    kind: &str,
+    username: &str,
+    expires_ms: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO oauth_tokens (hash, kind, username, expires_ms) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(hash)
+    .bind(kind)
+    .bind(username)
+    .bind(ms(expires_ms))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// The user of a token of `kind` with this hash, if it is unexpired at `now_ms`.
+pub async fn oauth_token_user(
+    c: &mut SqliteConnection,
+    hash: &str,
+    kind: &str,
+    now_ms: u64,
+) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query(
+        "SELECT username FROM oauth_tokens WHERE hash = $1 AND kind = $2 AND expires_ms > $3",
+    )
+    .bind(hash)
+    .bind(kind)
+    .bind(ms(now_ms))
+    .fetch_optional(&mut *c)
+    .await?;
+    Ok(row.map(|r| r.try_get("username")).transpose()?)
+}
+
+/// Deletes expired OAuth2 tokens (the reaper).
+pub async fn oauth_tokens_purge(c: &mut SqliteConnection, now_ms: u64) -> Result<u64, StoreError> {
+    let r = sqlx::query("DELETE FROM oauth_tokens WHERE expires_ms <= $1")
+        .bind(ms(now_ms))
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+/// Deletes one token (a refresh token is used once) and every expired one.
+pub async fn oauth_token_delete(
+    c: &mut SqliteConnection,
+    hash: &str,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    let r = sqlx::query("DELETE FROM oauth_tokens WHERE hash = $1")
+        .bind(hash)
+        .execute(&mut *c)
+        .await?;
+    sqlx::query("DELETE FROM oauth_tokens WHERE expires_ms <= $1")
+        .bind(ms(now_ms))
+        .execute(&mut *c)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
