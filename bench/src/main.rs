@@ -240,13 +240,15 @@ async fn watch_signals() {
     eprintln!("\ninterrupted: stopping the current run and cleaning up");
 }
 
-/// `<target dir>/release/sessiongate`, found from this executable's own
-/// place (`<target dir>/<profile>/bench`), so CARGO_TARGET_DIR is honoured.
+/// The sessiongate built with the same profile as this harness, beside it
+/// (`<target dir>/<profile>/sessiongate`: `cargo build --profile dist -p
+/// control-plane -p bench` builds both there), so CARGO_TARGET_DIR and the
+/// profile are honoured.
 fn default_sessiongate_path() -> PathBuf {
     std::env::current_exe()
         .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("release").join("sessiongate")))
-        .unwrap_or_else(|| PathBuf::from("target/release/sessiongate"))
+        .and_then(|exe| Some(exe.parent()?.join("sessiongate")))
+        .unwrap_or_else(|| PathBuf::from("target/dist/sessiongate"))
 }
 
 /// Clock ticks per second, the unit of utime/stime in /proc/<pid>/stat.

@@ -55,8 +55,8 @@ pub struct CommonArgs {
     /// haproxy, chp [default: all of them; churn: sessiongate].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub targets: Option<Vec<TargetKind>>,
-    /// The sessiongate binary [default: target/release/sessiongate, next to
-    /// this harness's target directory].
+    /// The sessiongate binary [default: the one beside this harness, built
+    /// with the same profile].
     #[arg(long, value_name = "PATH")]
     pub sessiongate: Option<PathBuf>,
     /// The nginx binary [default: nginx from PATH or /usr/sbin].
@@ -155,7 +155,7 @@ impl Tools {
             if !path.is_file() {
                 bail!(
                     "sessiongate binary not found at {}: build it first with \
-                     `cargo build --release -p control-plane`, point at it with --sessiongate PATH, \
+                     `cargo build --profile dist -p control-plane`, point at it with --sessiongate PATH, \
                      or leave it out with --targets",
                     path.display()
                 );
@@ -335,7 +335,7 @@ impl Bench {
         if cfg!(debug_assertions) && !plan.smoke {
             eprintln!(
                 "warning: this is a debug build of the harness; the in-process origin will be slow. \
-                 Use `cargo run -p bench --release`."
+                 Use `cargo run -p bench --profile dist`."
             );
         }
         let load_before = load_average();

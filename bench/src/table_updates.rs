@@ -164,7 +164,7 @@ pub fn run(args: TableUpdatesArgs) -> Result<Vec<String>> {
     if cfg!(debug_assertions) {
         eprintln!(
             "warning: this is a debug build of the harness; figures mean little. \
-             Use `cargo run -p bench --release`."
+             Use `cargo run -p bench --profile dist`."
         );
     }
     let outcome = measure(plan)?;

@@ -171,7 +171,7 @@ pub struct TlsHandshakesArgs {
     #[arg(long, value_name = "PATH")]
     write: Option<PathBuf>,
     /// The sessiongate binary, which also makes the certificate [default:
-    /// target/release/sessiongate, next to this harness's target directory].
+    /// the one beside this harness, built with the same profile].
     #[arg(long, value_name = "PATH")]
     sessiongate: Option<PathBuf>,
     /// The nginx binary [default: nginx from PATH or /usr/sbin].
@@ -524,7 +524,7 @@ pub fn run(args: TlsHandshakesArgs) -> Result<Vec<String>> {
     if !sessiongate.is_file() {
         bail!(
             "sessiongate binary not found at {}: build it first with \
-             `cargo build --release -p control-plane` or point at it with --sessiongate PATH \
+             `cargo build --profile dist -p control-plane` or point at it with --sessiongate PATH \
              (it also makes the certificate both servers use)",
             sessiongate.display()
         );
