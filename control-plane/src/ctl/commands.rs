@@ -1,0 +1,429 @@
+//! One function per command group: the arguments become the API's own
+//! request type, the answer comes back as the API's own response type and
+//! goes to `render`, or, with `--output json`, is printed as the server
+//! wrote it.
+//!
+//! Nothing is validated here beyond what clap parses: the server says what
+//! is wrong, so the CLI and the API cannot disagree about what is allowed.
+
+use std::fmt::Write as _;
+
+use serde::de::{DeserializeOwned, IgnoredAny};
+
+use super::args::{
+    CreateSession, CtlCommand, EnvironmentsCommand, GroupsCommand, Output, Paging, SessionsCommand,
+    TokenKindArg, TokensCommand, UsersCommand,
+};
+use super::client::{seg, with_query, ApiClient, Reply};
+use super::render;
+use super::CtlError;
+use crate::access::{AccessLink, AccessRequest, KeyRotation};
+use crate::api::directory::{CreatedToken, MemberBody, MembersBody, NewToken};
+use crate::api::routes::RoutesView;
+use crate::api::sessions::{BulkAction, BulkRequest, BulkResponse, ExtendBody, GroupsBody, Page};
+use crate::auth::TokenKind;
+use crate::control::TokenInfo;
+use crate::session::model::{Group, NewGroup, NewSession, NewUser, Session, SessionKind, User};
+use crate::workshop::environment::{Environment, NewEnvironment, WorkshopInfo};
+
+const SESSIONS: &str = "/api/v1/sessions";
+const USERS: &str = "/api/v1/users";
+const GROUPS: &str = "/api/v1/groups";
+const TOKENS: &str = "/api/v1/tokens";
+const ENVIRONMENTS: &str = "/api/v1/environments";
+
+/// Runs one command, appending what it prints to `out`.
+pub(super) async fn execute(
+    api: &ApiClient,
+    command: CtlCommand,
+    output: Output,
+    out: &mut String,
+) -> Result<(), CtlError> {
+    match command {
+        CtlCommand::Sessions(c) => sessions(api, c, output, out).await,
+        CtlCommand::Users(c) => users(api, c, output, out).await,
+        CtlCommand::Groups(c) => groups(api, c, output, out).await,
+        CtlCommand::Tokens(c) => tokens(api, c, output, out).await,
+        CtlCommand::Environments(c) => environments(api, c, output, out).await,
+        CtlCommand::Routes => routes(api, output, out).await,
+        CtlCommand::RotateKeys => rotate_keys(api, output, out).await,
+    }
+}
+
+async fn sessions(
+    api: &ApiClient,
+    command: SessionsCommand,
+    output: Output,
+    out: &mut String,
+) -> Result<(), CtlError> {
+    use SessionsCommand as S;
+    let (action, bulk_action, names) = match command {
+        S::List {
+            q,
+            state,
+            owner,
+            group,
+            paging,
+        } => {
+            let mut query: Vec<(&str, String)> = Vec::new();
+            query.extend(q.map(|q| ("q", q)));
+            query.extend(state.into_iter().map(|s| ("state", s)));
+            query.extend(owner.map(|o| ("owner", o)));
+            query.extend(group.map(|g| ("group", g)));
+            add_paging(paging, &mut query);
+            let reply = api
+                .get::<Page<Session>>(&with_query(SESSIONS, &query)?)
+                .await?;
+            return emit(out, output, &reply, |p, out| {
+                render::page(p, "sessions", render::sessions_table, out)
+            });
+        }
+        S::Get { name } => {
+            let reply = api.get(&session_path(&name)).await?;
+            return emit(out, output, &reply, render::session_details);
+        }
+        S::Create(c) => {
+            let reply = api.post(SESSIONS, &new_session(*c)).await?;
+            return emit(out, output, &reply, render::session_details);
+        }
+        S::Extend { name, seconds } => {
+            let path = format!("{}/extend", session_path(&name));
+            // No body asks for the session's own duration.
+            let reply = match seconds {
+                Some(s) => {
+                    let body = ExtendBody { seconds: Some(s) };
+                    api.post(&path, &body).await?
+                }
+                None => api.post_empty(&path).await?,
+            };
+            return emit(out, output, &reply, render::session_line);
+        }
+        S::Share { name, groups } => {
+            let path = format!("{}/groups", session_path(&name));
+            let reply = api.put(&path, &GroupsBody { groups }).await?;
+            return emit(out, output, &reply, render::session_line);
+        }
+        S::Access { name, user, path } => {
+            let url = format!("{}/access", session_path(&name));
+            let reply = api
+                .post::<AccessLink>(&url, &AccessRequest { user, path })
+                .await?;
+            return emit(out, output, &reply, render::access_link);
+        }
+        S::Delete(n) => ("delete", BulkAction::Delete, n.names),
+        S::Pause(n) => ("pause", BulkAction::Pause, n.names),
+        S::Resume(n) => ("resume", BulkAction::Resume, n.names),
+        S::Evict(n) => ("evict", BulkAction::Evict, n.names),
+        S::Expire(n) => ("expire", BulkAction::Expire, n.names),
+        S::Keepalive(n) => ("keepalive", BulkAction::Keepalive, n.names),
+        S::Activate(n) => ("activate", BulkAction::Activate, n.names),
+    };
+    match names.as_slice() {
+        // One name: its own endpoint, whose error says exactly what is wrong.
+        [name] => {
+            let reply: Reply<Session> = match bulk_action {
+                BulkAction::Delete => api.delete(&session_path(name)).await?,
+                _ => {
+                    let path = format!("{}/{action}", session_path(name));
+                    api.post_empty(&path).await?
+                }
+            };
+            emit(out, output, &reply, render::session_line)
+        }
+        _ => {
+            let request = BulkRequest {
+                action: bulk_action,
+                names,
+            };
+            let reply = api
+                .post::<BulkResponse>(&format!("{SESSIONS}/bulk"), &request)
+                .await?;
+            // Parsed whatever the output: the exit status depends on it.
+            let bulk = reply.parse()?;
+            match output {
+                Output::Json => print_json(out, &reply),
+                Output::Table => render::bulk_table(&bulk, out),
+            }
+            bulk_outcome(action, &bulk)
+        }
+    }
+}
+
+fn session_path(name: &str) -> String {
+    format!("{SESSIONS}/{}", seg(name))
+}
+
+/// The error for a bulk response in which some names were not applied.
+fn bulk_outcome(action: &str, bulk: &BulkResponse) -> Result<(), CtlError> {
+    let failed: Vec<String> = bulk
+        .results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| {
+            let code = r.error.as_ref().map_or("-", |e| e.code.as_str());
+            format!("{} ({code})", r.name)
+        })
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(CtlError::Partial {
+        action: action.to_string(),
+        failed: failed.len(),
+        total: bulk.results.len(),
+        detail: failed.join(", "),
+    })
+}
+
+/// `sessions create`'s arguments as the API's request. Flags left off stay
+/// unset, so that the server's defaults apply (and the request carries only
+/// what was given).
+fn new_session(c: CreateSession) -> NewSession {
+    NewSession {
+        name: c.name,
+        kind: c.url.is_some().then_some(SessionKind::Link),
+        remote_host: c.host,
+        remote_port: c.port,
+        url: c.url,
+        https: c.https,
+        tls_verify: c.no_tls_verify.then_some(false),
+        slug: c.slug,
+        strip_prefix: c.strip_prefix,
+        rewrite_host: c.rewrite_host,
+        custom_domain: c.custom_domain,
+        workspace_port: None,
+        owner: c.owner,
+        groups: c.groups,
+        public: c.public,
+        duration: c.duration,
+        idle_timeout: c.idle_timeout,
+        extendable: c.not_extendable.then_some(false),
+        environment: c.environment,
+        // A key given twice: the last value wins.
+        labels: c.labels.into_iter().collect(),
+        pending: c.pending,
+    }
+}
+
+fn add_paging(paging: Paging, query: &mut Vec<(&str, String)>) {
+    query.extend(paging.page.map(|p| ("page", p.to_string())));
+    query.extend(paging.per_page.map(|p| ("per_page", p.to_string())));
+}
+
+async fn users(
+    api: &ApiClient,
+    command: UsersCommand,
+    output: Output,
+    out: &mut String,
+) -> Result<(), CtlError> {
+    match command {
+        UsersCommand::List { q, paging } => {
+            let mut query: Vec<(&str, String)> = q.map(|q| ("q", q)).into_iter().collect();
+            add_paging(paging, &mut query);
+            let reply = api.get::<Page<User>>(&with_query(USERS, &query)?).await?;
+            emit(out, output, &reply, |p, out| {
+                render::page(p, "users", render::users_table, out)
+            })
+        }
+        UsersCommand::Get { name } => {
+            let reply = api.get(&format!("{USERS}/{}", seg(&name))).await?;
+            emit(out, output, &reply, render::user_details)
+        }
+        UsersCommand::Create {
+            name,
+            email,
+            first_name,
+            last_name,
+        } => {
+            let user = NewUser {
+                name,
+                email,
+                first_name,
+                last_name,
+            };
+            let reply = api.post(USERS, &user).await?;
+            emit(out, output, &reply, render::user_details)
+        }
+        UsersCommand::Delete { name } => {
+            api.delete::<IgnoredAny>(&format!("{USERS}/{}", seg(&name)))
+                .await?;
+            confirm(out, output, format_args!("user {name} deleted"));
+            Ok(())
+        }
+    }
+}
+
+async fn groups(
+    api: &ApiClient,
+    command: GroupsCommand,
+    output: Output,
+    out: &mut String,
+) -> Result<(), CtlError> {
+    use GroupsCommand as G;
+    let group_path = |name: &str| format!("{GROUPS}/{}", seg(name));
+    let reply: Reply<Group> = match command {
+        G::List => {
+            let reply = api.get::<Vec<Group>>(GROUPS).await?;
+            return emit(out, output, &reply, |g, out| render::groups_table(g, out));
+        }
+        G::Get { name } => api.get(&group_path(&name)).await?,
+        G::Create { name, members } => api.post(GROUPS, &NewGroup { name, members }).await?,
+        G::Delete { name } => {
+            api.delete::<IgnoredAny>(&group_path(&name)).await?;
+            confirm(out, output, format_args!("group {name} deleted"));
+            return Ok(());
+        }
+        G::AddMember { group, user } => {
+            let path = format!("{}/members", group_path(&group));
+            api.post(&path, &MemberBody { user }).await?
+        }
+        G::RemoveMember { group, user } => {
+            let path = format!("{}/members/{}", group_path(&group), seg(&user));
+            api.delete(&path).await?
+        }
+        G::SetMembers { group, users } => {
+            let path = format!("{}/members", group_path(&group));
+            api.put(&path, &MembersBody { members: users }).await?
+        }
+    };
+    emit(out, output, &reply, render::group_details)
+}
+
+async fn tokens(
+    api: &ApiClient,
+    command: TokensCommand,
+    output: Output,
+    out: &mut String,
+) -> Result<(), CtlError> {
+    match command {
+        TokensCommand::List => {
+            let reply = api.get::<Vec<TokenInfo>>(TOKENS).await?;
+            emit(out, output, &reply, |t, out| render::tokens_table(t, out))
+        }
+        TokensCommand::Create { name, kind } => {
+            let token = NewToken {
+                name,
+                kind: Some(token_kind(kind)),
+            };
+            let reply = api.post::<CreatedToken>(TOKENS, &token).await?;
+            emit(out, output, &reply, render::token_created)
+        }
+        TokensCommand::Delete { name } => {
+            api.delete::<IgnoredAny>(&format!("{TOKENS}/{}", seg(&name)))
+                .await?;
+            confirm(out, output, format_args!("token {name} revoked"));
+            Ok(())
+        }
+    }
+}
+
+fn token_kind(kind: TokenKindArg) -> TokenKind {
+    match kind {
+        TokenKindArg::Readonly => TokenKind::Readonly,
+        TokenKindArg::Admin => TokenKind::Admin,
+    }
+}
+
+async fn environments(
+    api: &ApiClient,
+    command: EnvironmentsCommand,
+    output: Output,
+    out: &mut String,
+) -> Result<(), CtlError> {
+    use EnvironmentsCommand as E;
+    let environment_path = |name: &str| format!("{ENVIRONMENTS}/{}", seg(name));
+    match command {
+        E::List => {
+            let reply = api.get::<Vec<Environment>>(ENVIRONMENTS).await?;
+            emit(out, output, &reply, |e, out| {
+                render::environments_table(e, out)
+            })
+        }
+        E::Get { name } => {
+            let reply = api.get(&environment_path(&name)).await?;
+            emit(out, output, &reply, render::environment_details)
+        }
+        E::Create {
+            name,
+            targets,
+            capacity,
+            reserved,
+            duration,
+            title,
+            description,
+            no_tls_verify,
+        } => {
+            let environment = NewEnvironment {
+                name,
+                workshop: WorkshopInfo {
+                    title: title.unwrap_or_default(),
+                    description: description.unwrap_or_default(),
+                    ..WorkshopInfo::default()
+                },
+                duration,
+                capacity,
+                reserved,
+                targets,
+                tls_verify: !no_tls_verify,
+                slug_prefix: None,
+                // The server's default, which the CLI has no flag to change.
+                extendable: true,
+            };
+            let reply = api.post(ENVIRONMENTS, &environment).await?;
+            emit(out, output, &reply, render::environment_details)
+        }
+        E::Stop { name } => {
+            let path = format!("{}/stop", environment_path(&name));
+            let reply = api.post_empty(&path).await?;
+            emit(out, output, &reply, render::environment_stopped)
+        }
+        E::Delete { name } => {
+            api.delete::<IgnoredAny>(&environment_path(&name)).await?;
+            confirm(out, output, format_args!("environment {name} deleted"));
+            Ok(())
+        }
+    }
+}
+
+async fn routes(api: &ApiClient, output: Output, out: &mut String) -> Result<(), CtlError> {
+    let reply = api.get::<RoutesView>("/api/v1/routes").await?;
+    emit(out, output, &reply, render::routes_table)
+}
+
+async fn rotate_keys(api: &ApiClient, output: Output, out: &mut String) -> Result<(), CtlError> {
+    let reply = api
+        .post_empty::<KeyRotation>("/api/v1/access/keys/rotate")
+        .await?;
+    emit(out, output, &reply, render::key_rotation)
+}
+
+/// Prints an answer: the server's JSON as it came with `--output json`,
+/// otherwise the typed answer through `render`.
+fn emit<T: DeserializeOwned>(
+    out: &mut String,
+    output: Output,
+    reply: &Reply<T>,
+    render: impl FnOnce(&T, &mut String),
+) -> Result<(), CtlError> {
+    match output {
+        Output::Json => print_json(out, reply),
+        Output::Table => render(&reply.parse()?, out),
+    }
+    Ok(())
+}
+
+/// The server's JSON, re-indented; nothing for an empty answer (a 204).
+fn print_json<T>(out: &mut String, reply: &Reply<T>) {
+    if !reply.raw().trim().is_empty() {
+        out.push_str(&render::pretty(reply.raw()));
+        out.push('\n');
+    }
+}
+
+/// A delete's one line for people; `--output json` prints what the server
+/// answered, which is nothing.
+fn confirm(out: &mut String, output: Output, line: std::fmt::Arguments) {
+    if output == Output::Table {
+        let _ = writeln!(out, "{line}");
+    }
+}
