@@ -276,34 +276,37 @@ pub enum EnvironmentsCommand {
     /// Show one environment.
     Get { name: String },
     /// Create an environment: a workshop served by a pool of backends.
-    Create {
-        name: String,
-        /// A backend, http(s)://host:port, serving one session at a time; repeat it.
-        #[arg(long = "target", required = true)]
-        targets: Vec<String>,
-        /// The most sessions at once (at most the number of targets).
-        #[arg(long)]
-        capacity: u64,
-        /// Sessions kept created ahead of requests.
-        #[arg(long, default_value_t = 0)]
-        reserved: u64,
-        /// Seconds each session lasts.
-        #[arg(long)]
-        duration: Option<u64>,
-        /// The workshop's title in the catalog.
-        #[arg(long)]
-        title: Option<String>,
-        /// The workshop's description in the catalog.
-        #[arg(long)]
-        description: Option<String>,
-        /// Do not verify https targets' certificates (self-signed apps).
-        #[arg(long)]
-        no_tls_verify: bool,
-    },
+    Create(CreateEnvironment),
     /// Stop an environment: no new sessions; its sessions run to their end.
     Stop { name: String },
     /// Delete an environment that has no unfinished sessions.
     Delete { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateEnvironment {
+    pub name: String,
+    /// A backend, http(s)://host:port, serving one session at a time; repeat it.
+    #[arg(long = "target", required = true)]
+    pub targets: Vec<String>,
+    /// The most sessions at once (at most the number of targets).
+    #[arg(long)]
+    pub capacity: u64,
+    /// Sessions kept created ahead of requests.
+    #[arg(long, default_value_t = 0)]
+    pub reserved: u64,
+    /// Seconds each session lasts.
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// The workshop's title in the catalog.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// The workshop's description in the catalog.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Do not verify https targets' certificates (self-signed apps).
+    #[arg(long)]
+    pub no_tls_verify: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -337,22 +340,27 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Parses `ctl`'s arguments on their own (`argv[0]` is the program name),
+/// for tests that start from a command line.
+#[cfg(test)]
+pub(super) fn parse(argv: &[&str]) -> Result<CtlArgs, clap::Error> {
+    use clap::FromArgMatches as _;
+    let matches = command().try_get_matches_from(argv)?;
+    CtlArgs::from_arg_matches(&matches)
+}
+
+#[cfg(test)]
+fn command() -> clap::Command {
+    CtlArgs::augment_args(clap::Command::new("ctl"))
+}
+
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
-
     use super::*;
-
-    /// `CtlArgs` as `main` nests it, so that clap can check it as a whole.
-    #[derive(Parser, Debug)]
-    struct Cli {
-        #[command(flatten)]
-        ctl: CtlArgs,
-    }
 
     #[test]
     fn clap_definitions_are_consistent() {
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 
     #[test]
@@ -376,19 +384,19 @@ mod tests {
     /// `--url --https`; these are the other tunnel-only flags and labels.
     #[test]
     fn tunnel_flags_refuse_a_link_and_labels_need_a_key() {
-        let parse = |args: &[&str]| {
+        let create = |args: &[&str]| {
             let mut argv = vec!["ctl", "sessions", "create", "x", "--owner", "ann"];
             argv.extend_from_slice(args);
-            Cli::try_parse_from(argv).map(|_| ())
+            parse(&argv).map(|_| ())
         };
-        assert!(parse(&["--port", "1"]).is_ok());
-        assert!(parse(&["--url", "http://a/"]).is_ok());
+        assert!(create(&["--port", "1"]).is_ok());
+        assert!(create(&["--url", "http://a/"]).is_ok());
         for bad in [
             &["--url", "http://a/", "--host", "h"][..],
             &["--url", "http://a/", "--no-tls-verify"],
             &["--port", "1", "--label", "=v"],
         ] {
-            assert!(parse(bad).is_err(), "{bad:?}");
+            assert!(create(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::args::{
-    CreateSession, CtlCommand, EnvironmentsCommand, GroupsCommand, Output, Paging, SessionsCommand,
-    TokenKindArg, TokensCommand, UsersCommand,
+    CreateEnvironment, CreateSession, CtlCommand, EnvironmentsCommand, GroupsCommand, Output,
+    Paging, SessionsCommand, TokenKindArg, TokensCommand, UsersCommand,
 };
 use super::client::{seg, with_query, ApiClient, Reply};
 use super::render;
@@ -343,33 +343,8 @@ async fn environments(
             let reply = api.get(&environment_path(&name)).await?;
             emit(out, output, &reply, render::environment_details)
         }
-        E::Create {
-            name,
-            targets,
-            capacity,
-            reserved,
-            duration,
-            title,
-            description,
-            no_tls_verify,
-        } => {
-            let environment = NewEnvironment {
-                name,
-                workshop: WorkshopInfo {
-                    title: title.unwrap_or_default(),
-                    description: description.unwrap_or_default(),
-                    ..WorkshopInfo::default()
-                },
-                duration,
-                capacity,
-                reserved,
-                targets,
-                tls_verify: !no_tls_verify,
-                slug_prefix: None,
-                // The server's default, which the CLI has no flag to change.
-                extendable: true,
-            };
-            let reply = api.post(ENVIRONMENTS, &environment).await?;
+        E::Create(c) => {
+            let reply = api.post(ENVIRONMENTS, &new_environment(c)).await?;
             emit(out, output, &reply, render::environment_details)
         }
         E::Stop { name } => {
@@ -382,6 +357,28 @@ async fn environments(
             confirm(out, output, format_args!("environment {name} deleted"));
             Ok(())
         }
+    }
+}
+
+/// `environments create`'s arguments as the API's request. The workshop's
+/// other catalog fields stay empty, which the server reads as absent (its
+/// name becomes the environment's).
+fn new_environment(c: CreateEnvironment) -> NewEnvironment {
+    NewEnvironment {
+        name: c.name,
+        workshop: WorkshopInfo {
+            title: c.title.unwrap_or_default(),
+            description: c.description.unwrap_or_default(),
+            ..WorkshopInfo::default()
+        },
+        duration: c.duration,
+        capacity: c.capacity,
+        reserved: c.reserved,
+        targets: c.targets,
+        tls_verify: !c.no_tls_verify,
+        slug_prefix: None,
+        // The server's default, which the CLI has no flag to change.
+        extendable: true,
     }
 }
 
@@ -425,5 +422,153 @@ fn print_json<T>(out: &mut String, reply: &Reply<T>) {
 fn confirm(out: &mut String, output: Output, line: std::fmt::Arguments) {
     if output == Output::Table {
         let _ = writeln!(out, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::control::{BulkError, BulkResult};
+    use crate::ctl::args::parse;
+
+    /// The JSON body a `create` command line sends.
+    fn body_of(argv: &[&str]) -> Value {
+        let args = parse(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let body = match args.command {
+            CtlCommand::Sessions(SessionsCommand::Create(c)) => {
+                serde_json::to_value(new_session(*c))
+            }
+            CtlCommand::Environments(EnvironmentsCommand::Create(c)) => {
+                serde_json::to_value(new_environment(c))
+            }
+            other => panic!("{argv:?}: not a create: {other:?}"),
+        };
+        body.unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+    }
+
+    #[test]
+    fn create_sends_only_what_was_given() {
+        let cases: &[(&[&str], Value)] = &[
+            (
+                &[
+                    "sessions", "create", "lab", "--owner", "ann", "--port", "9001",
+                ],
+                json!({"name": "lab", "owner": "ann", "remote_port": 9001}),
+            ),
+            (
+                &[
+                    "sessions",
+                    "create",
+                    "lab",
+                    "--owner",
+                    "ann",
+                    "--url",
+                    "https://example.org/",
+                    "--group",
+                    "g",
+                    "--duration",
+                    "60",
+                    "--not-extendable",
+                    "--label",
+                    "a=1",
+                    "--label",
+                    "a=2",
+                ],
+                json!({"name": "lab", "owner": "ann", "kind": "link",
+                       "url": "https://example.org/", "extendable": false, "duration": 60,
+                       "groups": ["g"], "labels": {"a": "2"}}),
+            ),
+            (
+                &[
+                    "sessions",
+                    "create",
+                    "lab",
+                    "--owner",
+                    "ann",
+                    "--port",
+                    "1",
+                    "--host",
+                    "h",
+                    "--https",
+                    "--no-tls-verify",
+                    "--slug",
+                    "/lab",
+                    "--strip-prefix",
+                    "--rewrite-host",
+                    "--custom-domain",
+                    "x.org",
+                    "--public",
+                    "--idle-timeout",
+                    "30",
+                    "--environment",
+                    "e",
+                    "--pending",
+                ],
+                json!({"name": "lab", "owner": "ann", "remote_port": 1, "remote_host": "h",
+                       "https": true, "tls_verify": false, "slug": "/lab",
+                       "strip_prefix": true, "rewrite_host": true, "custom_domain": "x.org",
+                       "public": true, "idle_timeout": 30, "environment": "e",
+                       "pending": true}),
+            ),
+            // The workshop is also the API's answer type, so it goes whole;
+            // empty fields are what the server assumes when they are absent.
+            (
+                &[
+                    "environments",
+                    "create",
+                    "w",
+                    "--target",
+                    "http://a:1",
+                    "--capacity",
+                    "1",
+                    "--title",
+                    "Rust lab",
+                    "--no-tls-verify",
+                ],
+                json!({"name": "w", "capacity": 1, "reserved": 0, "targets": ["http://a:1"],
+                       "tls_verify": false, "extendable": true,
+                       "workshop": {"name": "", "title": "Rust lab", "description": "",
+                                    "vendor": "", "authors": [], "difficulty": "",
+                                    "duration": "", "tags": [], "logo": "", "url": ""}}),
+            ),
+        ];
+        for (args, want) in cases {
+            let argv: Vec<&str> = std::iter::once("ctl").chain(args.iter().copied()).collect();
+            assert_eq!(body_of(&argv), *want, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn a_bulk_action_fails_when_any_name_failed() {
+        let result = |name: &str, error: Option<&str>| BulkResult {
+            name: name.into(),
+            ok: error.is_none(),
+            state: None,
+            error: error.map(|code| BulkError {
+                code: code.into(),
+                message: "m".into(),
+            }),
+        };
+        let bulk = |results| BulkResponse {
+            action: BulkAction::Pause,
+            applied: 0,
+            results,
+        };
+        assert!(bulk_outcome("pause", &bulk(vec![result("a", None)])).is_ok());
+        let failed = bulk(vec![
+            result("a", None),
+            result("b", Some("not_found")),
+            // Not applied, without a reason: still a failure.
+            BulkResult {
+                ok: false,
+                ..result("c", None)
+            },
+        ]);
+        assert_eq!(
+            bulk_outcome("pause", &failed).unwrap_err().to_string(),
+            "pause: 2 of 3 sessions failed: b (not_found), c (-)"
+        );
     }
 }

@@ -27,8 +27,8 @@ mod commands;
 mod render;
 
 pub use args::{
-    CreateSession, CtlArgs, CtlCommand, EnvironmentsCommand, GroupsCommand, Names, Output, Paging,
-    SessionsCommand, TokenKindArg, TokensCommand, UsersCommand,
+    CreateEnvironment, CreateSession, CtlArgs, CtlCommand, EnvironmentsCommand, GroupsCommand,
+    Names, Output, Paging, SessionsCommand, TokenKindArg, TokensCommand, UsersCommand,
 };
 
 /// Why a command failed; `Display` is the one line printed after

@@ -552,3 +552,294 @@ pub(super) fn pretty(raw: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::de::DeserializeOwned;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn from<T: DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn rendered<T: DeserializeOwned>(v: Value, render: fn(&T, &mut String)) -> String {
+        let mut out = String::new();
+        render(&from(v), &mut out);
+        out
+    }
+
+    /// A running tunnel session as the API shows it, with `changes` applied.
+    fn session(changes: Value) -> Session {
+        let s = json!({
+            "name": "lab", "kind": "tunnel", "remote_host": "127.0.0.1", "remote_port": 9001,
+            "url": null, "https": false, "tls_verify": true, "slug": null,
+            "strip_prefix": false, "rewrite_host": false, "custom_domain": null,
+            "workspace_port": null, "owner": "ann", "groups": [], "public": false,
+            "state": "running", "created": "2024-01-02T03:04:05.678Z",
+            "activated": "2024-01-02T03:04:05.678Z", "expires": "2024-01-02T04:04:05.678Z",
+            "last_activity": null, "countdown": 3599, "extendable": true, "duration": 3600,
+            "idle_timeout": null, "environment": null, "labels": {},
+        });
+        from(merged(s, changes))
+    }
+
+    /// `base` with the fields of `changes` added or replaced.
+    fn merged(mut base: Value, changes: Value) -> Value {
+        if let (Some(base), Value::Object(changes)) = (base.as_object_mut(), changes) {
+            base.extend(changes);
+        }
+        base
+    }
+
+    #[test]
+    fn pretty_json_matches_serde_json_and_keeps_key_order() {
+        let v = json!({
+            "a": {"z": 1, "b": [1, 2.5, null, true], "e": {}, "f": []},
+            "s": "x, {y}: [\"q\\\"] \\",
+            "u": "é",
+        });
+        assert_eq!(
+            pretty(&v.to_string()),
+            serde_json::to_string_pretty(&v).unwrap()
+        );
+        assert_eq!(
+            pretty("{\"z\": 1, \"a\": [ ], \"m\": { \"k\": \"v\" }}"),
+            "{\n  \"z\": 1,\n  \"a\": [],\n  \"m\": {\n    \"k\": \"v\"\n  }\n}"
+        );
+    }
+
+    #[test]
+    fn tables_align_columns_without_trailing_blanks() {
+        let mut out = String::new();
+        table(
+            &["NAME", "STATE"],
+            &[
+                vec!["a-long-name".into(), "running".into()],
+                vec!["b".into(), "".into()],
+            ],
+            &mut out,
+        );
+        assert_eq!(out, "NAME         STATE\na-long-name  running\nb\n");
+    }
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        for (secs, want) in [
+            (0, "0s"),
+            (59, "59s"),
+            (61, "1m 01s"),
+            (3600 + 120, "1h 02m"),
+            (3 * 86_400 + 4 * 3600 + 59, "3d 4h"),
+        ] {
+            assert_eq!(human_secs(secs), want, "{secs}");
+        }
+    }
+
+    /// The `EXPIRES IN` cell and the line after an action, by state: the
+    /// clock is frozen while paused, absent before activation and after the
+    /// end, and `never` for a live session without an expiry.
+    #[test]
+    fn time_left_reads_by_state() {
+        let cases = [
+            (json!({}), "59m 59s", "lab: running, expires in 59m 59s"),
+            (
+                json!({"state": "paused", "countdown": 90, "public": true, "groups": ["a", "b"]}),
+                "1m 30s (paused)",
+                "lab: paused, 1m 30s left when resumed, public, shared with a,b",
+            ),
+            (
+                json!({"state": "paused", "countdown": null, "expires": null}),
+                "never",
+                "lab: paused, no expiry",
+            ),
+            (
+                json!({"countdown": null, "expires": null}),
+                "never",
+                "lab: running, no expiry",
+            ),
+            (
+                json!({"state": "evicted", "countdown": null, "expires": null}),
+                "never",
+                "lab: evicted, no expiry",
+            ),
+            (
+                json!({"state": "pending", "countdown": null, "expires": null}),
+                "-",
+                "lab: pending",
+            ),
+            (
+                json!({"state": "expired", "countdown": null}),
+                "-",
+                "lab: expired",
+            ),
+        ];
+        for (changes, cell, line) in cases {
+            let s = session(changes.clone());
+            assert_eq!(countdown(&s), cell, "{changes}");
+            let mut out = String::new();
+            session_line(&s, &mut out);
+            assert_eq!(out, format!("{line}\n"), "{changes}");
+        }
+    }
+
+    #[test]
+    fn a_page_that_is_not_everything_says_so() {
+        let s = session(json!({
+            "name": "a", "remote_host": null, "remote_port": 8888, "countdown": null,
+            "expires": null, "groups": ["g"], "public": true, "labels": {"course": "rust"},
+        }));
+        let p = Page {
+            items: vec![s],
+            total: 3,
+            page: 2,
+            per_page: 1,
+        };
+        let mut out = String::new();
+        page(&p, "sessions", sessions_table, &mut out);
+        assert_eq!(
+            out,
+            "NAME  STATE    OWNER  KIND    TARGET                 EXPIRES IN  GROUPS      LABELS\n\
+             a     running  ann    tunnel  http://localhost:8888  never       (public) g  course=rust\n\
+             1 of 3 sessions (page 2, 1 per page)\n"
+        );
+        let empty: Page<Session> = Page {
+            items: vec![],
+            total: 0,
+            page: 1,
+            per_page: 50,
+        };
+        let mut out = String::new();
+        page(&empty, "sessions", sessions_table, &mut out);
+        assert_eq!(out, "no sessions\n");
+    }
+
+    #[test]
+    fn a_link_shows_its_url_and_no_tunnel_settings() {
+        let s = session(json!({
+            "name": "docs", "kind": "link", "remote_host": null, "remote_port": null,
+            "url": "https://example.org/docs", "owner": "bob", "groups": ["staff", "ops"],
+            "public": true, "extendable": false, "countdown": null, "expires": null,
+            "duration": null, "labels": {"course": "rust", "b": "x=y"},
+            "environment": "lab-w01", "slug": "/docs", "custom_domain": "docs.example.org",
+            "idle_timeout": 600, "last_activity": "2024-01-02T03:05:00.000Z",
+        }));
+        let mut out = String::new();
+        session_details(&s, &mut out);
+        assert_eq!(
+            out,
+            "name:           docs\n\
+             state:          running\n\
+             owner:          bob\n\
+             kind:           link\n\
+             target:         https://example.org/docs\n\
+             slug:           /docs\n\
+             strip prefix:   false\n\
+             custom domain:  docs.example.org\n\
+             public:         true\n\
+             groups:         staff,ops\n\
+             created:        2024-01-02T03:04:05.678Z\n\
+             activated:      2024-01-02T03:04:05.678Z\n\
+             expires:        -\n\
+             expires in:     never\n\
+             last activity:  2024-01-02T03:05:00.000Z\n\
+             duration:       -\n\
+             idle timeout:   600s (10m 00s)\n\
+             extendable:     false\n\
+             environment:    lab-w01\n\
+             labels:         b=x=y,course=rust\n"
+        );
+    }
+
+    #[test]
+    fn routes_show_what_they_match_where_they_go_and_their_flags() {
+        let route = |id: &str, changes: Value| {
+            let r = json!({
+                "id": id, "hosts": [], "labels": [], "slugs": [], "upstream": null,
+                "redirect": null, "strip_prefix": false, "rewrite_host": false,
+                "paused": false, "public": false, "last_activity": null,
+                "upgraded_connections": 0,
+            });
+            merged(r, changes)
+        };
+        let view = json!({
+            "version": 7, "base_domains": ["localhost", "example.org"], "portal_host": null,
+            "routes": [
+                route("session:docs", json!({"labels": ["docs"], "slugs": ["/docs"],
+                    "redirect": "https://example.org/docs", "public": true})),
+                route("session:lab", json!({"hosts": ["lab.example.com"], "labels": ["lab"],
+                    "upstream": "http://127.0.0.1:9001", "strip_prefix": true,
+                    "rewrite_host": true, "paused": true,
+                    "last_activity": "2024-01-01T00:00:00Z", "upgraded_connections": 3})),
+                route("static:x", json!({"upstream": "http://10.0.0.1:80"})),
+            ],
+        });
+        assert_eq!(
+            rendered(view, routes_table),
+            "route table version 7, 3 routes, base domains localhost,example.org\n\
+             ID            MATCHES              TARGET                             FLAGS                             LAST ACTIVITY         UPGRADED\n\
+             session:docs  docs,/docs           redirect https://example.org/docs  public                            -                     0\n\
+             session:lab   lab.example.com,lab  http://127.0.0.1:9001              paused,strip-prefix,rewrite-host  2024-01-01T00:00:00Z  3\n\
+             static:x      -                    http://10.0.0.1:80                 -                                 -                     0\n"
+        );
+        let empty = json!({"version": 1, "base_domains": [], "portal_host": null, "routes": []});
+        assert_eq!(
+            rendered(empty, routes_table),
+            "route table version 1, 0 routes, base domains -\n"
+        );
+    }
+
+    #[test]
+    fn bulk_results_name_each_session_and_why_it_failed() {
+        let bulk = json!({"action": "pause", "applied": 1, "results": [
+            {"name": "s1", "ok": true, "state": "paused"},
+            {"name": "nosuch", "ok": false,
+             "error": {"code": "not_found", "message": "no session \"nosuch\""}},
+        ]});
+        assert_eq!(
+            rendered(bulk, bulk_table),
+            "NAME    RESULT  STATE   ERROR\n\
+             s1      ok      paused\n\
+             nosuch  failed  -       not_found: no session \"nosuch\"\n\
+             pause: applied to 1 of 2\n"
+        );
+    }
+
+    /// Answers printed as a line or two rather than a table.
+    #[test]
+    fn single_answers_read_as_sentences() {
+        let cases = [
+            (
+                rendered(
+                    json!({"current": "k2", "previous": "k1",
+                           "previous_valid_until": "2024-01-02T00:00:00.000Z"}),
+                    key_rotation,
+                ),
+                "signing key k2; k1 verifies until 2024-01-02T00:00:00.000Z\n",
+            ),
+            (
+                rendered(json!({"current": "k1"}), key_rotation),
+                "signing key k1\n",
+            ),
+            (
+                rendered(
+                    json!({"url": "http://lab.localhost:8080/a?t=x",
+                           "expires": "2024-01-01T00:01:00.000Z"}),
+                    access_link,
+                ),
+                "http://lab.localhost:8080/a?t=x\n(one use, until 2024-01-01T00:01:00.000Z)\n",
+            ),
+            (
+                rendered(
+                    json!({"name": "ops", "kind": "admin", "created": "x", "token": "sgt_a"}),
+                    token_created,
+                ),
+                "admin token \"ops\" created; it is shown this once, only its hash is kept:\nsgt_a\n",
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
+    }
+}
