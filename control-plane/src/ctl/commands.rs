@@ -79,7 +79,7 @@ async fn sessions(
             });
         }
         S::Get { name } => {
-            let reply = api.get(&session_path(&name)).await?;
+            let reply = api.get(&named(SESSIONS, &name)).await?;
             return emit(out, output, &reply, render::session_details);
         }
         S::Create(c) => {
@@ -87,7 +87,7 @@ async fn sessions(
             return emit(out, output, &reply, render::session_details);
         }
         S::Extend { name, seconds } => {
-            let path = format!("{}/extend", session_path(&name));
+            let path = format!("{}/extend", named(SESSIONS, &name));
             // No body asks for the session's own duration.
             let reply = match seconds {
                 Some(s) => {
@@ -99,12 +99,12 @@ async fn sessions(
             return emit(out, output, &reply, render::session_line);
         }
         S::Share { name, groups } => {
-            let path = format!("{}/groups", session_path(&name));
+            let path = format!("{}/groups", named(SESSIONS, &name));
             let reply = api.put(&path, &GroupsBody { groups }).await?;
             return emit(out, output, &reply, render::session_line);
         }
         S::Access { name, user, path } => {
-            let url = format!("{}/access", session_path(&name));
+            let url = format!("{}/access", named(SESSIONS, &name));
             let reply = api
                 .post::<AccessLink>(&url, &AccessRequest { user, path })
                 .await?;
@@ -122,9 +122,9 @@ async fn sessions(
         // One name: its own endpoint, whose error says exactly what is wrong.
         [name] => {
             let reply: Reply<Session> = match bulk_action {
-                BulkAction::Delete => api.delete(&session_path(name)).await?,
+                BulkAction::Delete => api.delete(&named(SESSIONS, name)).await?,
                 _ => {
-                    let path = format!("{}/{action}", session_path(name));
+                    let path = format!("{}/{action}", named(SESSIONS, name));
                     api.post_empty(&path).await?
                 }
             };
@@ -149,8 +149,9 @@ async fn sessions(
     }
 }
 
-fn session_path(name: &str) -> String {
-    format!("{SESSIONS}/{}", seg(name))
+/// One item of a collection: `/api/v1/users/ann`, the name percent-encoded.
+fn named(collection: &str, name: &str) -> String {
+    format!("{collection}/{}", seg(name))
 }
 
 /// The error for a bulk response in which some names were not applied.
@@ -226,7 +227,7 @@ async fn users(
             })
         }
         UsersCommand::Get { name } => {
-            let reply = api.get(&format!("{USERS}/{}", seg(&name))).await?;
+            let reply = api.get(&named(USERS, &name)).await?;
             emit(out, output, &reply, render::user_details)
         }
         UsersCommand::Create {
@@ -245,10 +246,8 @@ async fn users(
             emit(out, output, &reply, render::user_details)
         }
         UsersCommand::Delete { name } => {
-            api.delete::<IgnoredAny>(&format!("{USERS}/{}", seg(&name)))
-                .await?;
-            confirm(out, output, format_args!("user {name} deleted"));
-            Ok(())
+            let path = named(USERS, &name);
+            delete(api, &path, output, out, format!("user {name} deleted")).await
         }
     }
 }
@@ -260,29 +259,27 @@ async fn groups(
     out: &mut String,
 ) -> Result<(), CtlError> {
     use GroupsCommand as G;
-    let group_path = |name: &str| format!("{GROUPS}/{}", seg(name));
     let reply: Reply<Group> = match command {
         G::List => {
             let reply = api.get::<Vec<Group>>(GROUPS).await?;
             return emit(out, output, &reply, |g, out| render::groups_table(g, out));
         }
-        G::Get { name } => api.get(&group_path(&name)).await?,
+        G::Get { name } => api.get(&named(GROUPS, &name)).await?,
         G::Create { name, members } => api.post(GROUPS, &NewGroup { name, members }).await?,
         G::Delete { name } => {
-            api.delete::<IgnoredAny>(&group_path(&name)).await?;
-            confirm(out, output, format_args!("group {name} deleted"));
-            return Ok(());
+            let done = format!("group {name} deleted");
+            return delete(api, &named(GROUPS, &name), output, out, done).await;
         }
         G::AddMember { group, user } => {
-            let path = format!("{}/members", group_path(&group));
+            let path = format!("{}/members", named(GROUPS, &group));
             api.post(&path, &MemberBody { user }).await?
         }
         G::RemoveMember { group, user } => {
-            let path = format!("{}/members/{}", group_path(&group), seg(&user));
+            let path = format!("{}/members/{}", named(GROUPS, &group), seg(&user));
             api.delete(&path).await?
         }
         G::SetMembers { group, users } => {
-            let path = format!("{}/members", group_path(&group));
+            let path = format!("{}/members", named(GROUPS, &group));
             api.put(&path, &MembersBody { members: users }).await?
         }
     };
@@ -309,10 +306,8 @@ async fn tokens(
             emit(out, output, &reply, render::token_created)
         }
         TokensCommand::Delete { name } => {
-            api.delete::<IgnoredAny>(&format!("{TOKENS}/{}", seg(&name)))
-                .await?;
-            confirm(out, output, format_args!("token {name} revoked"));
-            Ok(())
+            let path = named(TOKENS, &name);
+            delete(api, &path, output, out, format!("token {name} revoked")).await
         }
     }
 }
@@ -331,7 +326,6 @@ async fn environments(
     out: &mut String,
 ) -> Result<(), CtlError> {
     use EnvironmentsCommand as E;
-    let environment_path = |name: &str| format!("{ENVIRONMENTS}/{}", seg(name));
     match command {
         E::List => {
             let reply = api.get::<Vec<Environment>>(ENVIRONMENTS).await?;
@@ -340,7 +334,7 @@ async fn environments(
             })
         }
         E::Get { name } => {
-            let reply = api.get(&environment_path(&name)).await?;
+            let reply = api.get(&named(ENVIRONMENTS, &name)).await?;
             emit(out, output, &reply, render::environment_details)
         }
         E::Create(c) => {
@@ -348,14 +342,13 @@ async fn environments(
             emit(out, output, &reply, render::environment_details)
         }
         E::Stop { name } => {
-            let path = format!("{}/stop", environment_path(&name));
+            let path = format!("{}/stop", named(ENVIRONMENTS, &name));
             let reply = api.post_empty(&path).await?;
             emit(out, output, &reply, render::environment_stopped)
         }
         E::Delete { name } => {
-            api.delete::<IgnoredAny>(&environment_path(&name)).await?;
-            confirm(out, output, format_args!("environment {name} deleted"));
-            Ok(())
+            let done = format!("environment {name} deleted");
+            delete(api, &named(ENVIRONMENTS, &name), output, out, done).await
         }
     }
 }
@@ -417,12 +410,21 @@ fn print_json<T>(out: &mut String, reply: &Reply<T>) {
     }
 }
 
-/// A delete's one line for people; `--output json` prints what the server
-/// answered, which is nothing.
-fn confirm(out: &mut String, output: Output, line: std::fmt::Arguments) {
+/// Deletes a user, group, token or environment. The API answers 204 with
+/// no body, so people get `done` instead, and `--output json` prints
+/// nothing, as the server did.
+async fn delete(
+    api: &ApiClient,
+    path: &str,
+    output: Output,
+    out: &mut String,
+    done: String,
+) -> Result<(), CtlError> {
+    api.delete::<IgnoredAny>(path).await?;
     if output == Output::Table {
-        let _ = writeln!(out, "{line}");
+        let _ = writeln!(out, "{done}");
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -450,62 +452,22 @@ mod tests {
 
     #[test]
     fn create_sends_only_what_was_given() {
-        let cases: &[(&[&str], Value)] = &[
+        let cases = [
             (
-                &[
-                    "sessions", "create", "lab", "--owner", "ann", "--port", "9001",
-                ],
+                "sessions create lab --owner ann --port 9001",
                 json!({"name": "lab", "owner": "ann", "remote_port": 9001}),
             ),
             (
-                &[
-                    "sessions",
-                    "create",
-                    "lab",
-                    "--owner",
-                    "ann",
-                    "--url",
-                    "https://example.org/",
-                    "--group",
-                    "g",
-                    "--duration",
-                    "60",
-                    "--not-extendable",
-                    "--label",
-                    "a=1",
-                    "--label",
-                    "a=2",
-                ],
+                "sessions create lab --owner ann --url https://example.org/ --group g \
+                 --duration 60 --not-extendable --label a=1 --label a=2",
                 json!({"name": "lab", "owner": "ann", "kind": "link",
                        "url": "https://example.org/", "extendable": false, "duration": 60,
                        "groups": ["g"], "labels": {"a": "2"}}),
             ),
             (
-                &[
-                    "sessions",
-                    "create",
-                    "lab",
-                    "--owner",
-                    "ann",
-                    "--port",
-                    "1",
-                    "--host",
-                    "h",
-                    "--https",
-                    "--no-tls-verify",
-                    "--slug",
-                    "/lab",
-                    "--strip-prefix",
-                    "--rewrite-host",
-                    "--custom-domain",
-                    "x.org",
-                    "--public",
-                    "--idle-timeout",
-                    "30",
-                    "--environment",
-                    "e",
-                    "--pending",
-                ],
+                "sessions create lab --owner ann --port 1 --host h --https --no-tls-verify \
+                 --slug /lab --strip-prefix --rewrite-host --custom-domain x.org --public \
+                 --idle-timeout 30 --environment e --pending",
                 json!({"name": "lab", "owner": "ann", "remote_port": 1, "remote_host": "h",
                        "https": true, "tls_verify": false, "slug": "/lab",
                        "strip_prefix": true, "rewrite_host": true, "custom_domain": "x.org",
@@ -515,28 +477,20 @@ mod tests {
             // The workshop is also the API's answer type, so it goes whole;
             // empty fields are what the server assumes when they are absent.
             (
-                &[
-                    "environments",
-                    "create",
-                    "w",
-                    "--target",
-                    "http://a:1",
-                    "--capacity",
-                    "1",
-                    "--title",
-                    "Rust lab",
-                    "--no-tls-verify",
-                ],
+                "environments create w --target http://a:1 --capacity 1 --title Lab \
+                 --no-tls-verify",
                 json!({"name": "w", "capacity": 1, "reserved": 0, "targets": ["http://a:1"],
                        "tls_verify": false, "extendable": true,
-                       "workshop": {"name": "", "title": "Rust lab", "description": "",
+                       "workshop": {"name": "", "title": "Lab", "description": "",
                                     "vendor": "", "authors": [], "difficulty": "",
                                     "duration": "", "tags": [], "logo": "", "url": ""}}),
             ),
         ];
-        for (args, want) in cases {
-            let argv: Vec<&str> = std::iter::once("ctl").chain(args.iter().copied()).collect();
-            assert_eq!(body_of(&argv), *want, "{args:?}");
+        for (line, want) in cases {
+            let argv: Vec<&str> = std::iter::once("ctl")
+                .chain(line.split_whitespace())
+                .collect();
+            assert_eq!(body_of(&argv), want, "{line}");
         }
     }
 
