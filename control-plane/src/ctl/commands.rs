@@ -57,6 +57,9 @@ async fn sessions(
     out: &mut String,
 ) -> Result<(), CtlError> {
     use SessionsCommand as S;
+    // The rest act on sessions by name: `action` is the word in a single
+    // session's URL and in the bulk error line, `bulk_action` the same in
+    // the bulk request.
     let (action, bulk_action, names) = match command {
         S::List {
             q,
@@ -104,9 +107,9 @@ async fn sessions(
             return emit(out, output, &reply, render::session_line);
         }
         S::Access { name, user, path } => {
-            let url = format!("{}/access", named(SESSIONS, &name));
+            let endpoint = format!("{}/access", named(SESSIONS, &name));
             let reply = api
-                .post::<AccessLink>(&url, &AccessRequest { user, path })
+                .post::<AccessLink>(&endpoint, &AccessRequest { user, path })
                 .await?;
             return emit(out, output, &reply, render::access_link);
         }
