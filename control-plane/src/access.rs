@@ -55,14 +55,14 @@ pub struct AccessLink {
 }
 
 /// The request for an access link.
-#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessRequest {
     /// The user the link signs in: the owner or a member of a group the
     /// session is shared with.
     pub user: String,
     /// Where the browser lands, relative to the session's root (default `/`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
 }
 

@@ -295,7 +295,7 @@ pub async fn remove_member(
     Ok(Json(cp.remove_member(&name, &user).await?))
 }
 
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     /// A DNS label naming what uses it, such as `grafana`.

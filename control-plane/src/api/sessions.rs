@@ -231,7 +231,7 @@ pub enum ActionName {
 }
 
 /// `extend`'s optional body.
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendBody {
     /// Seconds to add (default: the session's duration).
@@ -332,7 +332,7 @@ pub enum BulkAction {
     Activate,
 }
 
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkRequest {
     pub action: BulkAction,

@@ -80,13 +80,13 @@ pub struct Environment {
 }
 
 /// `POST /api/v1/environments`.
-#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEnvironment {
     pub name: String,
     #[serde(default)]
     pub workshop: WorkshopInfo,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<u64>,
     pub capacity: u64,
     #[serde(default)]
@@ -94,7 +94,7 @@ pub struct NewEnvironment {
     pub targets: Vec<String>,
     #[serde(default = "yes")]
     pub tls_verify: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slug_prefix: Option<String>,
     #[serde(default = "yes")]
     pub extendable: bool,
