@@ -18,11 +18,11 @@ use super::client::{seg, with_query, ApiClient, Reply};
 use super::render;
 use super::CtlError;
 use crate::access::{AccessLink, AccessRequest, KeyRotation};
+use crate::api::directory::TokenInfo;
 use crate::api::directory::{CreatedToken, MemberBody, MembersBody, NewToken};
 use crate::api::routes::RoutesView;
 use crate::api::sessions::{BulkAction, BulkRequest, BulkResponse, ExtendBody, GroupsBody, Page};
 use crate::auth::TokenKind;
-use crate::control::TokenInfo;
 use crate::session::model::{Group, NewGroup, NewSession, NewUser, Session, SessionKind, User};
 use crate::workshop::environment::{Environment, NewEnvironment, WorkshopInfo};
 
@@ -435,7 +435,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::control::{BulkError, BulkResult};
+    use crate::api::sessions::{BulkError, BulkResult};
     use crate::ctl::args::parse;
 
     /// The JSON body a `create` command line sends.

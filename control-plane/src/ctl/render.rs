@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use crate::access::{AccessLink, KeyRotation};
 use crate::api::directory::CreatedToken;
+use crate::api::directory::TokenInfo;
 use crate::api::routes::RoutesView;
 use crate::api::sessions::{BulkResponse, Page};
-use crate::control::TokenInfo;
 use crate::session::lifecycle::SessionState;
 use crate::session::model::{Group, Session, SessionKind, User};
 use crate::workshop::environment::Environment;
