@@ -9,7 +9,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use gateway::router::{lookup, normalize_host};
+use gateway::names::normalize_host;
+use gateway::router::lookup;
 use gateway::{RouteSpec, RouteTable, RouteTarget, TableSettings, Upstream};
 
 const BASE: &str = "sessions.example.com";

@@ -24,9 +24,11 @@
 pub mod access;
 pub mod access_log;
 pub mod body;
+mod clock;
 pub mod error;
 pub mod headers;
 pub mod metrics;
+pub mod names;
 pub mod proxy;
 pub mod publish;
 pub mod router;

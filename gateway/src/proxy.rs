@@ -24,11 +24,13 @@ use tracing::Instrument as _;
 use crate::access::{self, AccessConfig, ActivationRequest, Verdict, ACTIVATE_PATH};
 use crate::access_log::{AccessEntry, LoggedBody};
 use crate::body::{ProxyBody, RevocableBody, UpstreamRequestBody};
+use crate::clock::{unix_millis, unix_secs};
 use crate::error::{error_response, wants_json, ProxyError};
 use crate::headers::{self, ClientInfo, X_REQUEST_ID};
 use crate::metrics::{GatewayMetrics, RequestKind, UpstreamCause};
-use crate::router::{lookup, normalize_host};
-use crate::table::{unix_millis, LiveKind, Route, RouteHandle, RouteTarget};
+use crate::names::normalize_host;
+use crate::router::lookup;
+use crate::table::{LiveKind, Route, RouteHandle, RouteTarget};
 use crate::tunnel;
 use crate::upstream::UpstreamClient;
 
@@ -597,10 +599,6 @@ enum AccessDenied {
     SignIn,
     /// A valid cookie whose user the route does not allow.
     Forbidden(String),
-}
-
-fn unix_secs() -> u64 {
-    unix_millis() / 1000
 }
 
 /// `308 Permanent Redirect` to the same host, path and query over HTTPS.

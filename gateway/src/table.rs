@@ -27,9 +27,10 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::iter::FusedIterator;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::access::AccessList;
+use crate::clock::unix_millis;
+use crate::names::{self, normalize_name};
 use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
 use tokio::sync::watch;
@@ -274,13 +275,6 @@ pub(crate) enum LiveKind {
 /// Granularity of the activity clock. Writing the shared atomic at most once per
 /// interval keeps the route's cache line from bouncing between cores under load.
 const ACTIVITY_GRANULARITY_MS: u64 = 1000;
-
-pub(crate) fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 impl Default for RouteState {
     fn default() -> Self {
@@ -722,13 +716,13 @@ impl CompiledSpec {
         }
         for label in &spec.labels {
             let key = normalize_name(label);
-            if !is_dns_label(&key) {
+            if !names::is_dns_label(&key) {
                 return Err(invalid(&spec.id, "label", label, "not a DNS label"));
             }
             keys.labels.push(key.into());
         }
         for slug in &spec.slugs {
-            let key = normalize_slug(slug).ok_or_else(|| {
+            let key = names::normalize_slug(slug).map_err(|_| {
                 invalid(
                     &spec.id,
                     "slug",
@@ -1080,6 +1074,8 @@ impl ExactSizeIterator for RouteIter<'_> {}
 
 impl FusedIterator for RouteIter<'_> {}
 
+pub use crate::names::is_dns_label;
+
 /// An absolute `http`/`https` URL that can be sent as a `Location` header.
 pub fn is_redirect_url(url: &str) -> bool {
     let Ok(uri) = url.parse::<http::Uri>() else {
@@ -1090,44 +1086,12 @@ pub fn is_redirect_url(url: &str) -> bool {
         && http::HeaderValue::from_str(url).is_ok()
 }
 
-/// Lower-cases a hostname and drops one trailing dot.
-pub(crate) fn normalize_name(name: &str) -> String {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    name.to_ascii_lowercase()
-}
-
 fn valid_hostname(id: &str, what: &'static str, host: &str) -> Result<String, TableError> {
     let key = normalize_name(host);
-    if key.is_empty() || key.len() > 253 || !key.split('.').all(is_dns_label) {
+    if !names::is_hostname(&key) {
         return Err(invalid(id, what, host, "not a valid hostname"));
     }
     Ok(key)
-}
-
-/// RFC 1123 label: 1–63 of `a-z0-9-`, not starting or ending with `-`.
-pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-}
-
-/// `/lab/` → `/lab`, `/` → `` (the root slug). `None` if it is not a path.
-pub(crate) fn normalize_slug(slug: &str) -> Option<String> {
-    if !slug.starts_with('/') || slug.contains("//") {
-        return None;
-    }
-    let ok = slug
-        .bytes()
-        .all(|c| c.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@%".contains(&c));
-    let slug = slug.trim_end_matches('/');
-    if !ok || slug.matches('/').count() > crate::router::MAX_SLUG_SEGMENTS {
-        return None;
-    }
-    Some(slug.to_string())
 }
 
 /// The shared handle through which the data plane reads the current table and

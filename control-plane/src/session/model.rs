@@ -443,37 +443,41 @@ fn validate_remote_host(host: &str) -> Result<(), Invalid> {
     }
 }
 
-/// `/lab/` → `/lab`. The portal root is refused: it would take the whole portal.
+/// `/lab/` → `/lab`, in the gateway's canonical form
+/// ([`gateway::names::normalize_slug`]) under a stricter policy: letters,
+/// digits and `- . _ ~` only, at most 256 bytes, and never the portal root,
+/// which would take the whole portal.
 pub fn normalize_slug(slug: &str) -> Result<String, Invalid> {
-    let ok = slug.starts_with('/')
-        && !slug.contains("//")
-        && slug.len() <= 256
+    let not_a_path = || {
+        invalid(
+            "slug",
+            format!("{slug:?} must be a path such as \"/lab\" (letters, digits and - . _ ~)"),
+        )
+    };
+    let allowed = slug.len() <= 256
         && slug
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"/-._~".contains(&c));
-    let trimmed = slug.trim_end_matches('/');
-    if !ok {
-        return Err(invalid(
-            "slug",
-            format!("{slug:?} must be a path such as \"/lab\" (letters, digits and - . _ ~)"),
-        ));
+    if !allowed {
+        return Err(not_a_path());
     }
-    if trimmed.is_empty() {
-        return Err(invalid(
-            "slug",
-            "\"/\" would take the whole portal; use a path such as \"/lab\"",
-        ));
-    }
-    if trimmed.matches('/').count() > gateway::router::MAX_SLUG_SEGMENTS {
-        return Err(invalid(
+    let canonical = gateway::names::normalize_slug(slug).map_err(|e| match e {
+        gateway::names::SlugError::NotAPath(_) => not_a_path(),
+        gateway::names::SlugError::TooDeep(_) => invalid(
             "slug",
             format!(
                 "{slug:?} has more than {} segments",
                 gateway::router::MAX_SLUG_SEGMENTS
             ),
+        ),
+    })?;
+    if canonical.is_empty() {
+        return Err(invalid(
+            "slug",
+            "\"/\" would take the whole portal; use a path such as \"/lab\"",
         ));
     }
-    Ok(trimmed.to_string())
+    Ok(canonical.to_string())
 }
 
 /// Lower case, no trailing dot; refused when it is `<label>.<base domain>`,
