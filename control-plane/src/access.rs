@@ -249,7 +249,7 @@ pub fn key_ring(rows: &[crate::store::SigningKeyRow], grace: Duration) -> Result
         let secret = STANDARD
             .decode(&r.secret)
             .map_err(|e| format!("signing key {}: {e}", r.id))?;
-        SigningKey::new(&r.id, &secret)
+        SigningKey::new(&r.id, &secret).map_err(|e| e.to_string())
     };
     let current = rows
         .iter()

@@ -666,11 +666,10 @@ impl Config {
             .enumerate()
             .map(|(i, r)| {
                 let key = |field: &str| format!("routes[{i}].{field}");
-                let upstream =
-                    Upstream::parse(&r.upstream).map_err(|message| ConfigError::Invalid {
-                        key: key("upstream"),
-                        message,
-                    })?;
+                let upstream = Upstream::parse(&r.upstream).map_err(|e| ConfigError::Invalid {
+                    key: key("upstream"),
+                    message: e.to_string(),
+                })?;
                 let (id, hosts, slugs) = match (&r.host, &r.slug) {
                     (Some(h), None) => (format!("static:host:{h}"), vec![h.clone()], vec![]),
                     (None, Some(s)) => (format!("static:slug:{s}"), vec![], vec![s.clone()]),

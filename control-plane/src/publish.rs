@@ -44,7 +44,7 @@ pub fn route_spec(s: &SessionRecord, groups: &GroupCache) -> Result<Option<Route
             } else {
                 format!("{scheme}://{host}:{port}")
             };
-            RouteTarget::Upstream(Upstream::parse(&url)?)
+            RouteTarget::Upstream(Upstream::parse(&url).map_err(|e| e.to_string())?)
         }
         SessionKind::Link => {
             RouteTarget::Redirect(s.url.as_deref().ok_or("a link session without url")?.into())

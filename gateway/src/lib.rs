@@ -42,6 +42,6 @@ pub use publish::{PublishError, Queued, RoutePublisher};
 pub use server::{run, run_tls, ServerConfig, TlsListener};
 pub use table::{
     Route, RouteChange, RouteHandle, RouteSpec, RouteState, RouteTable, RouteTarget, Routes,
-    TableError, TableSettings, Upstream,
+    TableError, TableSettings, Upstream, UpstreamError,
 };
 pub use upstream::{UpstreamClient, UpstreamConfig};

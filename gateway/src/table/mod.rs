@@ -32,7 +32,7 @@ pub use handle::RouteHandle;
 pub(crate) use map::RouteMap;
 pub use map::{RouteIter, Routes, SHARDS};
 use route::RouteKeys;
-pub use route::{is_redirect_url, Route, RouteSpec, RouteTarget, Upstream};
+pub use route::{is_redirect_url, Route, RouteSpec, RouteTarget, Upstream, UpstreamError};
 pub use state::RouteState;
 pub(crate) use state::{LiveGuard, LiveKind};
 

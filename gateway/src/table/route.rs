@@ -20,43 +20,59 @@ pub struct Upstream {
 impl Upstream {
     /// Parses `http://host:port` (or `https://`). A path other than `/`, a query,
     /// or user info is refused: a route forwards the request path unchanged.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let uri: http::Uri = s
-            .parse()
-            .map_err(|e| format!("upstream {s:?}: not a URL ({e})"))?;
+    pub fn parse(s: &str) -> Result<Self, UpstreamError> {
+        let uri: http::Uri = s.parse().map_err(|reason| UpstreamError::NotAUrl {
+            input: s.to_string(),
+            reason,
+        })?;
         let scheme = match uri.scheme_str() {
             Some("http") => Scheme::HTTP,
             Some("https") => Scheme::HTTPS,
             Some(other) => {
-                return Err(format!(
-                    "upstream {s:?}: scheme {other:?} is not supported (use http:// or https://)"
-                ))
+                return Err(UpstreamError::UnsupportedScheme {
+                    input: s.to_string(),
+                    scheme: other.to_string(),
+                })
             }
-            None => {
-                return Err(format!(
-                    "upstream {s:?}: missing scheme (http:// or https://)"
-                ))
-            }
+            None => return Err(UpstreamError::MissingScheme(s.to_string())),
         };
         let authority = uri
             .authority()
             .cloned()
-            .ok_or_else(|| format!("upstream {s:?}: missing host"))?;
+            .ok_or_else(|| UpstreamError::MissingHost(s.to_string()))?;
         if authority.as_str().contains('@') {
-            return Err(format!("upstream {s:?}: user info is not allowed"));
+            return Err(UpstreamError::UserInfo(s.to_string()));
         }
         if authority.host().is_empty() {
-            return Err(format!("upstream {s:?}: missing host"));
+            return Err(UpstreamError::MissingHost(s.to_string()));
         }
         if let Some(pq) = uri.path_and_query() {
             if pq.as_str() != "/" && !pq.as_str().is_empty() {
-                return Err(format!(
-                    "upstream {s:?}: a path or query is not allowed, only scheme://host:port"
-                ));
+                return Err(UpstreamError::PathOrQuery(s.to_string()));
             }
         }
         Ok(Upstream { scheme, authority })
     }
+}
+
+/// Why a string is not an upstream. Each names the string as it was given.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {input:?}: not a URL ({reason})")]
+    NotAUrl {
+        input: String,
+        reason: http::uri::InvalidUri,
+    },
+    #[error("upstream {input:?}: scheme {scheme:?} is not supported (use http:// or https://)")]
+    UnsupportedScheme { input: String, scheme: String },
+    #[error("upstream {0:?}: missing scheme (http:// or https://)")]
+    MissingScheme(String),
+    #[error("upstream {0:?}: missing host")]
+    MissingHost(String),
+    #[error("upstream {0:?}: user info is not allowed")]
+    UserInfo(String),
+    #[error("upstream {0:?}: a path or query is not allowed, only scheme://host:port")]
+    PathOrQuery(String),
 }
 
 impl fmt::Display for Upstream {
@@ -250,9 +266,39 @@ mod tests {
         for (input, want) in cases {
             match (Upstream::parse(input), want) {
                 (Ok(u), Ok(s)) => assert_eq!(u.to_string(), *s, "{input}"),
-                (Err(e), Err(frag)) => assert!(e.contains(frag), "{input}: {e}"),
+                (Err(e), Err(frag)) => assert!(e.to_string().contains(frag), "{input}: {e}"),
                 (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn upstream_errors_name_the_input() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "ftp://x:1",
+                r#"upstream "ftp://x:1": scheme "ftp" is not supported (use http:// or https://)"#,
+            ),
+            (
+                "/x",
+                r#"upstream "/x": missing scheme (http:// or https://)"#,
+            ),
+            (
+                "http://u:p@h:1",
+                r#"upstream "http://u:p@h:1": user info is not allowed"#,
+            ),
+            (
+                "http://h:1/path",
+                r#"upstream "http://h:1/path": a path or query is not allowed, only scheme://host:port"#,
+            ),
+            (
+                "not a url",
+                r#"upstream "not a url": not a URL (invalid uri character)"#,
+            ),
+        ];
+        for (input, want) in cases {
+            let err = Upstream::parse(input).unwrap_err();
+            assert_eq!(err.to_string(), *want);
         }
     }
 }
