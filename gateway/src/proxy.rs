@@ -1,36 +1,50 @@
-//! The request path, as fixed phases:
+//! The request path, as named phases over a per-request context (pingora's
+//! `ProxyHttp` phases and `CTX`). [`Proxy::handle_conn`] runs them in order:
 //!
-//! 1. early checks: request id, Host;
-//! 2. pick the route (one table load) — 404 / 503 here;
-//! 3. rewrite the request for the upstream (hop-by-hop, forwarding headers,
-//!    Host, path);
-//! 4. forward, with connect and response timeouts — 502 / 504 here;
-//! 5. rewrite the response (hop-by-hop, request id), and for a `101` start the
-//!    tunnel that copies the upgraded bytes both ways.
+//! 1. `resolve_host`: the host, from the URI's authority or `Host`; a plain
+//!    listener beside an HTTPS one redirects; a TLS listener answers 421 for
+//!    a host its connection's certificate does not cover;
+//! 2. `select_route`: one table load; the portal's own API, the lookup
+//!    (404), access links;
+//! 3. `authorise`: a private route's cookie (401 or the login page, 403);
+//! 4. `admit`: the route's state: inactive or paused (503), a link
+//!    session's redirect;
+//! 5. `upstream_request`: the URI and head for the upstream (the rewrite is
+//!    [`headers::rewrite_request`]);
+//! 6. `forward`: with connect and response timeouts (502, 504);
+//! 7. `respond`: the head for the client; a `101` starts the tunnel, and a
+//!    long or endless body is registered with its route, so that revocation
+//!    can cut it;
+//! 8. `finish`, however the request ended: the one renderer of errors, then
+//!    metrics and the access log.
 //!
-//! Every failure goes through [`ProxyError`] and one renderer.
+//! A phase ends a request early with a `Stop`: an answer of the gateway's
+//! own (a redirect, the portal's API, an access link) or a [`ProxyError`].
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tracing::Instrument as _;
 
 use crate::access::{self, AccessConfig, ActivationRequest, Verdict, ACTIVATE_PATH};
-use crate::access_log::{AccessEntry, LoggedBody};
+use crate::access_log::{self, AccessEntry, LoggedBody};
 use crate::body::{ProxyBody, RevocableBody, UpstreamRequestBody};
 use crate::clock::{unix_millis, unix_secs};
 use crate::error::{error_response, wants_json, ProxyError};
-use crate::headers::{self, ClientInfo, X_REQUEST_ID};
+use crate::headers::{self, ClientInfo, UpstreamHead, X_REQUEST_ID};
 use crate::metrics::{GatewayMetrics, RequestKind, UpstreamCause};
 use crate::names::normalize_host;
-use crate::router::lookup;
-use crate::table::{LiveKind, Route, RouteHandle, RouteTarget};
+use crate::router::{lookup, RouteMatch};
+use crate::table::{LiveKind, Route, RouteHandle, RouteTarget, Upstream};
 use crate::tunnel;
 use crate::upstream::UpstreamClient;
 
@@ -80,18 +94,6 @@ pub struct Proxy {
     metrics: Arc<GatewayMetrics>,
     /// Write an access-log line per request.
     access_log: bool,
-}
-
-/// What [`Proxy::forward`] found out besides the response, for metrics and
-/// the access log.
-struct Outcome {
-    kind: RequestKind,
-    /// An access-log line will be written: collect what it needs.
-    log: bool,
-    /// The upstream, when the access log wants it.
-    upstream: Option<Arc<str>>,
-    /// The user a private route let in.
-    user: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -183,76 +185,364 @@ impl Proxy {
     pub fn routes(&self) -> &RouteHandle {
         &self.routes
     }
+}
 
+/// The phases. A phase's `Err` carries an early answer by value: moved once
+/// per request, where a box would cost an allocation on every redirect.
+#[allow(clippy::result_large_err)]
+impl Proxy {
     /// Handles one request from a plain connection.
     pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
         self.handle_conn(req, &ConnInfo { remote, sni: None }).await
     }
 
-    /// Handles one request end to end. Never fails: errors become responses.
+    /// Handles one request end to end, phase by phase. Never fails: errors
+    /// become responses.
     pub async fn handle_conn(
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
     ) -> Response<ProxyBody> {
-        let started = std::time::Instant::now();
-        let request_id = headers::request_id(req.headers());
-        let json = wants_json(req.headers().get(header::ACCEPT));
-        // Cheap clones: the URI and header values share the request's buffer.
-        // Nothing at all when the log filter drops the access target.
-        let log_on = self.access_log
-            && tracing::enabled!(target: crate::access_log::TARGET, tracing::Level::INFO);
-        let logged = log_on.then(|| {
-            (
-                req.method().clone(),
-                req.uri().clone(),
-                req.headers().get(header::HOST).cloned(),
-            )
-        });
-        let mut outcome = Outcome {
-            kind: RequestKind::Gateway,
-            log: log_on,
-            upstream: None,
-            user: None,
-        };
-        let rid = request_id.to_str().unwrap_or_default();
+        let mut ctx = RequestCtx::new(&req, self.access_log);
         // Every event of the request carries its id through this span.
-        let span = tracing::info_span!("request", id = %rid);
-        let forwarded = self
-            .forward(req, conn, &request_id, &mut outcome)
-            .instrument(span.clone())
-            .await;
-        let mut resp = match forwarded {
-            Ok(mut resp) => {
-                resp.headers_mut().insert(&X_REQUEST_ID, request_id);
+        let span = tracing::info_span!("request", id = %ctx.id_str());
+        let ended = async {
+            let sent_host = sent_host(&req)?;
+            let host = self.resolve_host(&sent_host, &req, conn)?;
+            let (req, target) = self.select_route(req, &host, &mut ctx).await?;
+            self.authorise(&req, &target, &mut ctx)?;
+            let upstream = self.admit(&target, &mut ctx)?;
+            let (outbound, client) =
+                self.upstream_request(req, &host, &target, upstream, conn, &ctx)?;
+            let resp = self
+                .forward(upstream, &target.route, outbound, client.upgrade.is_some())
+                .await?;
+            self.respond(resp, client, &target.route, upstream, &mut ctx)
+        }
+        .instrument(span.clone())
+        .await;
+        self.finish(ended, conn, ctx, &span)
+    }
+
+    /// Phase 1: the host the request is for. A plain listener beside an
+    /// HTTPS one sends every request there instead; on a TLS listener the
+    /// host must be covered by the certificate the connection was given
+    /// (HTTP/2 may carry other hosts' requests), or the client is told to
+    /// open a connection of its own for it (421).
+    fn resolve_host<'a>(
+        &self,
+        sent: &'a HeaderValue,
+        req: &Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Result<Host<'a>, Stop> {
+        let sent_str = sent.to_str().map_err(|_| {
+            ProxyError::InvalidHost(String::from_utf8_lossy(sent.as_bytes()).into())
+        })?;
+        let name = normalize_host(sent_str)
+            .ok_or_else(|| ProxyError::InvalidHost(sent_str.to_string()))?;
+        if let Some(port) = self.https_redirect {
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            return Err(Stop::Answer(https_redirect(&name, port, pq)));
+        }
+        if let Some(tls) = &self.tls {
+            let sni = conn.sni.as_deref();
+            if sni != Some(&*name) && !tls.covers(sni, &name) {
+                return Err(ProxyError::Misdirected {
+                    host: name.to_string(),
+                    sni: sni.unwrap_or("").to_string(),
+                }
+                .into());
+            }
+        }
+        Ok(Host {
+            sent,
+            sent_str,
+            name,
+        })
+    }
+
+    /// Phase 2: the route, with one load of the table. The portal's own API
+    /// comes first, and an access link is opened here, as the gateway
+    /// answers both itself. Hands the request back with its route.
+    async fn select_route(
+        &self,
+        req: Request<Incoming>,
+        host: &Host<'_>,
+        ctx: &mut RequestCtx,
+    ) -> Result<(Request<Incoming>, Target), Stop> {
+        let table = self.routes.load();
+        if let Some(portal) = &self.portal {
+            if table.portal_host() == Some(&*host.name) && portal.claims(req.uri().path()) {
+                drop(table);
+                ctx.kind = RequestKind::Portal;
+                return Err(Stop::Answer(portal.call(req).await));
+            }
+        }
+        let path = req.uri().path();
+        let m = lookup(&table, &host.name, path).ok_or_else(|| ProxyError::NoRoute {
+            host: host.name.to_string(),
+            path: path.to_string(),
+        })?;
+        let target = Target {
+            route: Arc::clone(m.route),
+            prefix_len: m.prefix_len,
+        };
+        drop(table);
+        if target.relative_path(path) == ACTIVATE_PATH && target.route.access.is_some() {
+            let query = req.uri().query();
+            let answer = self
+                .activate(&target.route, target.slug(path), query)
+                .await?;
+            return Err(Stop::Answer(answer));
+        }
+        Ok((req, target))
+    }
+
+    /// Phase 3: a private route lets in only a browser whose cookie names a
+    /// user its access list allows. It runs before `admit`, so that a
+    /// stranger learns nothing about the state of a session.
+    fn authorise(
+        &self,
+        req: &Request<Incoming>,
+        target: &Target,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Stop> {
+        let route = &target.route;
+        if route.public {
+            return Ok(());
+        }
+        let slug = target.slug(req.uri().path());
+        match self.check_access(route, req.headers(), slug) {
+            Ok(user) => {
+                ctx.user = Some(user);
+                Ok(())
+            }
+            Err(AccessDenied::SignIn) => {
+                if let Some(url) = self.access.as_ref().and_then(|a| a.login_url.as_deref()) {
+                    let login = access::with_notification(url, "session-invalid");
+                    return Err(Stop::Answer(redirect(&login)));
+                }
+                Err(ProxyError::SignInRequired(route.id.to_string()).into())
+            }
+            Err(AccessDenied::Forbidden(user)) => Err(ProxyError::Forbidden {
+                user,
+                route: route.id.to_string(),
+            }
+            .into()),
+        }
+    }
+
+    /// Phase 4: the route's state decides whether the request goes on: an
+    /// inactive or paused session answers 503, a link session redirects,
+    /// and anything else counts as activity and goes to the upstream.
+    fn admit<'t>(&self, target: &'t Target, ctx: &mut RequestCtx) -> Result<&'t Upstream, Stop> {
+        let route = &target.route;
+        if route.inactive {
+            return Err(ProxyError::Inactive(route.id.to_string()).into());
+        }
+        if route.paused {
+            return Err(ProxyError::Paused(route.id.to_string()).into());
+        }
+        route.state.touch();
+        let upstream = match &route.target {
+            RouteTarget::Upstream(u) => u,
+            RouteTarget::Redirect(url) => {
+                ctx.kind = RequestKind::Redirect;
+                return Err(Stop::Answer(redirect(url)));
+            }
+        };
+        ctx.kind = RequestKind::Upstream;
+        if let Some(log) = &mut ctx.log {
+            log.upstream = Some(upstream.to_string().into());
+            log.user.clone_from(&ctx.user);
+        }
+        Ok(upstream)
+    }
+
+    /// Phase 5: the request for the upstream: its URI, its head rewritten
+    /// by [`headers::rewrite_request`] (in HTTP/1.1, which every upstream
+    /// speaks), and its body watched for progress. Hands back what `respond`
+    /// needs of the client's side.
+    fn upstream_request(
+        &self,
+        mut req: Request<Incoming>,
+        host: &Host<'_>,
+        target: &Target,
+        upstream: &Upstream,
+        conn: &ConnInfo,
+        ctx: &RequestCtx,
+    ) -> Result<(Outbound, ClientSide), Stop> {
+        let uri = upstream_uri(req.uri(), &host.name, target, upstream)?;
+        let version = req.version();
+        let upgrade = headers::requested_upgrade(version, req.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let host_header = if target.route.rewrite_host {
+            HeaderValue::from_str(upstream.authority.as_str()).unwrap_or_else(|_| host.sent.clone())
+        } else {
+            host.sent.clone()
+        };
+        headers::rewrite_request(
+            &mut parts.headers,
+            UpstreamHead {
+                client: ClientInfo {
+                    ip: conn.remote.ip(),
+                    proto: self.proto,
+                    host: host.sent_str,
+                },
+                host: host_header,
+                request_id: ctx.id.clone(),
+                upgrade: upgrade.clone(),
+            },
+        );
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let progress = if body.is_end_stream() {
+            None
+        } else {
+            Some(Arc::new(AtomicU64::new(unix_millis())))
+        };
+        let req = Request::from_parts(parts, UpstreamRequestBody::new(body, progress.clone()));
+        Ok((
+            Outbound { req, progress },
+            ClientSide {
+                version,
+                upgrade: upgrade.zip(client_upgrade),
+            },
+        ))
+    }
+
+    /// Phase 6: sends the request, within the upstream client's connect and
+    /// response timeouts.
+    async fn forward(
+        &self,
+        upstream: &Upstream,
+        route: &Route,
+        outbound: Outbound,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, Stop> {
+        let resp = self
+            .client
+            .send(
+                upstream,
+                route.tls_verify,
+                upgrade,
+                outbound.req,
+                outbound.progress,
+            )
+            .await?;
+        Ok(resp)
+    }
+
+    /// Phase 7: the upstream's response for the client, in the client's
+    /// HTTP version and without the upstream's hop-by-hop headers. A body
+    /// that may go on for long (no length, or more than [`STREAMING_BYTES`])
+    /// is registered with its route, so that revocation can cut it off.
+    fn respond(
+        &self,
+        resp: Response<Incoming>,
+        client: ClientSide,
+        route: &Route,
+        upstream: &Upstream,
+        ctx: &mut RequestCtx,
+    ) -> Result<Response<ProxyBody>, Stop> {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return self.switch(resp, client, route, upstream, ctx);
+        }
+        let (mut parts, body) = resp.into_parts();
+        // The upstream's HTTP version describes its hop, not ours.
+        parts.version = client.version;
+        headers::remove_hop_by_hop(&mut parts.headers);
+        let streaming =
+            !body.is_end_stream() && body.size_hint().exact().is_none_or(|n| n > STREAMING_BYTES);
+        let body = if streaming {
+            let (guard, close) = route.state.register_live(LiveKind::Stream, ctx.user.take());
+            ProxyBody::Revocable(Box::new(RevocableBody::new(body, guard, close)))
+        } else {
+            ProxyBody::Upstream(body)
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Phase 7 for a `101 Switching Protocols`: the switch is passed on to
+    /// the client and a tunnel copies the bytes both ways once both sides
+    /// have switched. A switch the client did not ask for cannot be passed
+    /// on.
+    fn switch(
+        &self,
+        mut resp: Response<Incoming>,
+        client: ClientSide,
+        route: &Route,
+        upstream: &Upstream,
+        ctx: &mut RequestCtx,
+    ) -> Result<Response<ProxyBody>, Stop> {
+        let Some((_requested, client_upgrade)) = client.upgrade else {
+            return Err(ProxyError::UpstreamProtocol {
+                upstream: upstream.to_string(),
+                reason: "switched protocols without an upgrade request".into(),
+            }
+            .into());
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let protocol = resp.headers().get(header::UPGRADE).cloned();
+        let (mut parts, _) = resp.into_parts();
+        parts.version = client.version;
+        match protocol {
+            Some(protocol) => headers::rewrite_switch(&mut parts.headers, protocol),
+            None => {
+                headers::remove_hop_by_hop(&mut parts.headers);
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+        }
+        tunnel::spawn(
+            Arc::clone(&route.state),
+            Arc::clone(&self.metrics),
+            ctx.user.take(),
+            client_upgrade,
+            upstream_upgrade,
+            upstream.to_string(),
+        );
+        Ok(Response::from_parts(parts, ProxyBody::empty()))
+    }
+
+    /// Phase 8, however the request ended: an error becomes its response
+    /// ([`Proxy::render`]), every answer carries the request id, and the
+    /// request is counted and, when the access log is on, logged once its
+    /// body is over.
+    fn finish(
+        &self,
+        ended: Result<Response<ProxyBody>, Stop>,
+        conn: &ConnInfo,
+        ctx: RequestCtx,
+        span: &tracing::Span,
+    ) -> Response<ProxyBody> {
+        let RequestCtx {
+            id,
+            started,
+            wants_json,
+            kind,
+            log,
+            ..
+        } = ctx;
+        let mut resp = match ended {
+            Ok(mut resp) | Err(Stop::Answer(mut resp)) => {
+                resp.headers_mut().insert(&X_REQUEST_ID, id);
                 resp
             }
-            Err(err) => {
-                if let Some(cause) = upstream_cause(&err) {
-                    self.metrics.upstream_error(cause);
-                }
-                let _in = span.enter();
-                // The id as a field as well: under `RUST_LOG=warn` the span
-                // (INFO) is off, and an error line must still name its request.
-                let rid = request_id.to_str().unwrap_or_default();
-                if err.is_upstream() {
-                    tracing::warn!(request_id = rid, error = %err, "proxy error");
-                } else {
-                    tracing::debug!(request_id = rid, error = %err, "request refused");
-                }
-                error_response(&err, json, &request_id)
-            }
+            Err(Stop::Fail(err)) => self.render(&err, wants_json, &id, span),
         };
         let status = resp.status().as_u16();
-        self.metrics.record(outcome.kind, status, started.elapsed());
-        if let Some((method, uri, host)) = logged {
+        self.metrics.record(kind, status, started.elapsed());
+        if let Some(log) = log {
             let entry = AccessEntry {
-                method,
-                host,
-                uri,
+                method: log.method,
+                host: log.host,
+                uri: log.uri,
                 status,
-                upstream: outcome.upstream,
-                user: outcome.user,
+                upstream: log.upstream,
+                user: log.user,
                 request_id: resp
                     .headers()
                     .get(&X_REQUEST_ID)
@@ -266,244 +556,29 @@ impl Proxy {
         resp
     }
 
-    async fn forward(
+    /// The one place a failure becomes a response: an upstream's failure is
+    /// counted by cause, every failure is logged (at warn when the fault is
+    /// on the server side), and the client gets a page or JSON.
+    fn render(
         &self,
-        mut req: Request<Incoming>,
-        conn: &ConnInfo,
+        err: &ProxyError,
+        json: bool,
         request_id: &HeaderValue,
-        outcome: &mut Outcome,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let remote = conn.remote;
-        let client_version = req.version();
-        // Phase 1: the host, from the authority (HTTP/2, absolute-form) or Host.
-        let raw_host: HeaderValue = match req.uri().authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::MissingHost)?,
-            None => req
-                .headers()
-                .get(header::HOST)
-                .cloned()
-                .ok_or(ProxyError::MissingHost)?,
-        };
-        let raw_host_str = raw_host.to_str().map_err(|_| {
-            ProxyError::InvalidHost(String::from_utf8_lossy(raw_host.as_bytes()).into())
-        })?;
-        let host = normalize_host(raw_host_str)
-            .ok_or_else(|| ProxyError::InvalidHost(raw_host_str.to_string()))?;
-        if let Some(port) = self.https_redirect {
-            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            return Ok(https_redirect(&host, port, pq));
+        span: &tracing::Span,
+    ) -> Response<ProxyBody> {
+        if let Some(cause) = upstream_cause(err) {
+            self.metrics.upstream_error(cause);
         }
-        if let Some(tls) = &self.tls {
-            let sni = conn.sni.as_deref();
-            if sni != Some(&*host) && !tls.covers(sni, &host) {
-                return Err(ProxyError::Misdirected {
-                    host: host.to_string(),
-                    sni: sni.unwrap_or("").to_string(),
-                });
-            }
-        }
-
-        // Phase 2: the route; first, the portal's own API.
-        let table = self.routes.load();
-        if let Some(portal) = &self.portal {
-            if table.portal_host() == Some(&*host) && portal.claims(req.uri().path()) {
-                drop(table);
-                outcome.kind = RequestKind::Portal;
-                return Ok(portal.call(req).await);
-            }
-        }
-        let path = req.uri().path();
-        let m = lookup(&table, &host, path).ok_or_else(|| ProxyError::NoRoute {
-            host: host.to_string(),
-            path: path.to_string(),
-        })?;
-        let route = Arc::clone(m.route);
-        let slug = (m.prefix_len > 0).then(|| &path[..m.prefix_len]);
-        let relative = slug.map_or(path, |s| &path[s.len()..]);
-        if relative == ACTIVATE_PATH && route.access.is_some() {
-            let slug = slug.map(str::to_string);
-            let query = req.uri().query().map(str::to_string);
-            drop(table);
-            return self
-                .activate(&route, slug.as_deref(), query.as_deref())
-                .await;
-        }
-        // Access before state: a stranger learns nothing about a paused session.
-        let user = if route.public {
-            None
+        let _in = span.enter();
+        // The id as a field as well: under `RUST_LOG=warn` the span (INFO)
+        // is off, and an error line must still name its request.
+        let rid = request_id.to_str().unwrap_or_default();
+        if err.is_upstream() {
+            tracing::warn!(request_id = rid, error = %err, "proxy error");
         } else {
-            match self.check_access(&route, req.headers(), slug) {
-                Ok(user) => Some(user),
-                Err(AccessDenied::SignIn) => {
-                    if let Some(url) = self.access.as_ref().and_then(|a| a.login_url.as_deref()) {
-                        return Ok(redirect(&access::with_notification(url, "session-invalid")));
-                    }
-                    return Err(ProxyError::SignInRequired(route.id.to_string()));
-                }
-                Err(AccessDenied::Forbidden(user)) => {
-                    return Err(ProxyError::Forbidden {
-                        user,
-                        route: route.id.to_string(),
-                    })
-                }
-            }
-        };
-        if route.inactive {
-            return Err(ProxyError::Inactive(route.id.to_string()));
+            tracing::debug!(request_id = rid, error = %err, "request refused");
         }
-        if route.paused {
-            return Err(ProxyError::Paused(route.id.to_string()));
-        }
-        route.state.touch();
-        let upstream = match &route.target {
-            RouteTarget::Upstream(u) => u,
-            RouteTarget::Redirect(url) => {
-                outcome.kind = RequestKind::Redirect;
-                return Ok(redirect(url));
-            }
-        };
-        outcome.kind = RequestKind::Upstream;
-        if outcome.log {
-            outcome.upstream = Some(upstream.to_string().into());
-            outcome.user.clone_from(&user);
-        }
-
-        // Phase 3: the upstream request.
-        let upstream_pq = if route.strip_prefix && m.prefix_len > 0 {
-            let rest = m.upstream_path(path);
-            let pq = match req.uri().query() {
-                Some(q) => format!("{rest}?{q}"),
-                None => rest.to_string(),
-            };
-            Some(PathAndQuery::try_from(pq).map_err(|_| ProxyError::NoRoute {
-                host: host.to_string(),
-                path: path.to_string(),
-            })?)
-        } else {
-            None
-        };
-        drop(table);
-        let pq = match upstream_pq {
-            Some(pq) => pq,
-            None => req
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        };
-        let uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| ProxyError::UpstreamProtocol {
-                upstream: upstream.to_string(),
-                reason: format!("cannot build upstream URI: {e}"),
-            })?;
-
-        let upgrade = if req.version() == Version::HTTP_11
-            && headers::connection_has(req.headers(), "upgrade")
-        {
-            req.headers().get(header::UPGRADE).cloned()
-        } else {
-            None
-        };
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-
-        let (mut parts, body) = req.into_parts();
-        let h = &mut parts.headers;
-        headers::remove_hop_by_hop(h);
-        // The gateway's cookie is its own business, never the app's.
-        access::strip_own_cookies(h);
-        // hyper already answered `Expect: 100-continue` on the client side.
-        h.remove(header::EXPECT);
-        headers::set_forwarded(
-            h,
-            &ClientInfo {
-                ip: remote.ip(),
-                proto: self.proto,
-                host: raw_host_str,
-            },
-        );
-        if route.rewrite_host {
-            h.insert(
-                header::HOST,
-                HeaderValue::from_str(upstream.authority.as_str())
-                    .unwrap_or_else(|_| raw_host.clone()),
-            );
-        } else {
-            h.insert(header::HOST, raw_host.clone());
-        }
-        h.insert(&X_REQUEST_ID, request_id.clone());
-        if let Some(u) = &upgrade {
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, u.clone());
-        }
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
-        let progress = if body.is_end_stream() {
-            None
-        } else {
-            Some(Arc::new(AtomicU64::new(unix_millis())))
-        };
-        let upstream_req =
-            Request::from_parts(parts, UpstreamRequestBody::new(body, progress.clone()));
-
-        // Phase 4: forward.
-        let mut resp = self
-            .client
-            .send(
-                upstream,
-                route.tls_verify,
-                upgrade.is_some(),
-                upstream_req,
-                progress,
-            )
-            .await?;
-
-        // Phase 5: the response.
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                let proto = resp.headers().get(header::UPGRADE).cloned();
-                let (mut parts, _) = resp.into_parts();
-                parts.version = client_version;
-                headers::remove_hop_by_hop(&mut parts.headers);
-                parts
-                    .headers
-                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                if let Some(p) = proto {
-                    parts.headers.insert(header::UPGRADE, p);
-                }
-                tunnel::spawn(
-                    Arc::clone(&route.state),
-                    Arc::clone(&self.metrics),
-                    user,
-                    client_upgrade,
-                    upstream_upgrade,
-                    upstream.to_string(),
-                );
-                return Ok(Response::from_parts(parts, ProxyBody::empty()));
-            }
-            // A 101 the client did not ask for cannot be passed on.
-            return Err(ProxyError::UpstreamProtocol {
-                upstream: upstream.to_string(),
-                reason: "switched protocols without an upgrade request".into(),
-            });
-        }
-        let (mut parts, body) = resp.into_parts();
-        // The upstream's HTTP version describes its hop, not ours.
-        parts.version = client_version;
-        headers::remove_hop_by_hop(&mut parts.headers);
-        let streaming =
-            !body.is_end_stream() && body.size_hint().exact().is_none_or(|n| n > STREAMING_BYTES);
-        let body = if streaming {
-            let (guard, close) = route.state.register_live(LiveKind::Stream, user);
-            ProxyBody::Revocable(Box::new(RevocableBody::new(body, guard, close)))
-        } else {
-            ProxyBody::Upstream(body)
-        };
-        Ok(Response::from_parts(parts, body))
+        error_response(err, json, request_id)
     }
 
     /// The user a private route lets in, from the request's cookie.
@@ -577,6 +652,192 @@ impl Proxy {
         tracing::info!(route = %route.id, user = %a.user, "access link opened");
         Ok(resp)
     }
+}
+
+/// What one request carries from phase to phase (pingora's `CTX`): made
+/// before the first phase, read by `finish` however the request ended.
+struct RequestCtx {
+    /// The client's `X-Request-Id` when sane, else a fresh one: sent
+    /// upstream, echoed to the client, logged.
+    id: HeaderValue,
+    /// When the request came in, for the duration metric and the log line.
+    started: Instant,
+    /// Errors go to this client as JSON rather than an HTML page.
+    wants_json: bool,
+    /// What answered, for metrics: the gateway itself until a phase says
+    /// otherwise.
+    kind: RequestKind,
+    /// The user a private route let in. It tags the request's live
+    /// connection (tunnel or stream) for per-user revocation, which takes it.
+    user: Option<Arc<str>>,
+    /// What the access-log line needs from the request, collected only when
+    /// a line will be written.
+    log: Option<LogFields>,
+}
+
+/// The access-log fields only the request knows. The method, URI and Host
+/// are cheap clones: they share the request's buffer.
+struct LogFields {
+    method: Method,
+    uri: Uri,
+    host: Option<HeaderValue>,
+    /// The upstream, once `admit` found one.
+    upstream: Option<Arc<str>>,
+    /// The user a private route let in, once `admit` let the request on.
+    user: Option<Arc<str>>,
+}
+
+impl RequestCtx {
+    /// `access_log`: the proxy writes access-log lines.
+    fn new(req: &Request<Incoming>, access_log: bool) -> RequestCtx {
+        let started = Instant::now();
+        // Nothing at all is collected when the log filter drops the target.
+        let log_on =
+            access_log && tracing::enabled!(target: access_log::TARGET, tracing::Level::INFO);
+        RequestCtx {
+            id: headers::request_id(req.headers()),
+            started,
+            wants_json: wants_json(req.headers().get(header::ACCEPT)),
+            kind: RequestKind::Gateway,
+            user: None,
+            log: log_on.then(|| LogFields {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                host: req.headers().get(header::HOST).cloned(),
+                upstream: None,
+                user: None,
+            }),
+        }
+    }
+
+    fn id_str(&self) -> &str {
+        self.id.to_str().unwrap_or_default()
+    }
+}
+
+/// How a phase ends a request before its response phase.
+enum Stop {
+    /// The gateway answers itself: a redirect, the portal's API, an access
+    /// link.
+    Answer(Response<ProxyBody>),
+    /// A failure, for `finish` to render.
+    Fail(ProxyError),
+}
+
+impl From<ProxyError> for Stop {
+    fn from(err: ProxyError) -> Stop {
+        Stop::Fail(err)
+    }
+}
+
+/// The host a request is for.
+struct Host<'a> {
+    /// As the client sent it, port included: passed on as `Host` (unless
+    /// the route rewrites it) and in the forwarding headers.
+    sent: &'a HeaderValue,
+    /// `sent` as text.
+    sent_str: &'a str,
+    /// Lower-case, without port or trailing dot: what routes are filed under.
+    name: Cow<'a, str>,
+}
+
+/// The route a request matched, and how much of its path the route's slug
+/// took.
+struct Target {
+    route: Arc<Route>,
+    /// Bytes of the path taken by the slug (0 for host and label routes).
+    prefix_len: usize,
+}
+
+impl Target {
+    /// The slug the route matched (`/lab`), which scopes its cookie and
+    /// prefixes where an access link lands.
+    fn slug<'p>(&self, path: &'p str) -> Option<&'p str> {
+        (self.prefix_len > 0)
+            .then(|| path.get(..self.prefix_len))
+            .flatten()
+    }
+
+    /// The path below the slug: the session's own.
+    fn relative_path<'p>(&self, path: &'p str) -> &'p str {
+        path.get(self.prefix_len..).unwrap_or(path)
+    }
+
+    /// The path to send upstream: the slug removed when the route strips it.
+    fn upstream_path<'p>(&self, path: &'p str) -> &'p str {
+        RouteMatch {
+            route: &self.route,
+            prefix_len: self.prefix_len,
+        }
+        .upstream_path(path)
+    }
+}
+
+/// The request for the upstream, as `forward` sends it.
+struct Outbound {
+    req: Request<UpstreamRequestBody>,
+    /// When the request body last moved, for the response timeout; `None`
+    /// for an empty body.
+    progress: Option<Arc<AtomicU64>>,
+}
+
+/// The client's side of a request whose head went upstream: what `respond`
+/// needs of it.
+struct ClientSide {
+    /// The client's HTTP version: the response goes back in it, whatever the
+    /// upstream spoke.
+    version: Version,
+    /// The protocols the client asked to switch to, and its half of the
+    /// switch.
+    upgrade: Option<(HeaderValue, OnUpgrade)>,
+}
+
+/// The host as the client sent it: the URI's authority (HTTP/2, or an
+/// absolute-form request line), else `Host`.
+fn sent_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::MissingHost),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .ok_or(ProxyError::MissingHost),
+    }
+}
+
+/// The upstream's URI for a request: the upstream's scheme and authority,
+/// the request's path and query, the slug taken off the path when the route
+/// strips it.
+fn upstream_uri(
+    uri: &Uri,
+    host: &str,
+    target: &Target,
+    upstream: &Upstream,
+) -> Result<Uri, ProxyError> {
+    let pq = if target.route.strip_prefix && target.prefix_len > 0 {
+        let rest = target.upstream_path(uri.path());
+        let pq = match uri.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_string(),
+        };
+        PathAndQuery::try_from(pq).map_err(|_| ProxyError::NoRoute {
+            host: host.to_string(),
+            path: uri.path().to_string(),
+        })?
+    } else {
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    };
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::UpstreamProtocol {
+            upstream: upstream.to_string(),
+            reason: format!("cannot build upstream URI: {e}"),
+        })
 }
 
 /// The `cause` of an upstream failure, for metrics.
