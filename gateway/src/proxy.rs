@@ -464,10 +464,12 @@ impl Proxy {
         Ok(Response::from_parts(parts, body))
     }
 
-    /// Phase 7 for a `101 Switching Protocols`: the switch is passed on to
-    /// the client and a tunnel copies the bytes both ways once both sides
-    /// have switched. A switch the client did not ask for cannot be passed
-    /// on.
+    /// Phase 7 for a `101 Switching Protocols`: a switch to what the client
+    /// asked for is passed on, and a tunnel copies the bytes both ways once
+    /// both sides have switched. A switch the client did not ask for, or to
+    /// another protocol than it asked for ([`headers::switched_as_requested`]),
+    /// is the upstream's protocol error: the client would be handed a
+    /// connection speaking something it never offered.
     fn switch(
         &self,
         mut resp: Response<Incoming>,
@@ -476,26 +478,39 @@ impl Proxy {
         upstream: &Upstream,
         ctx: &mut RequestCtx,
     ) -> Result<Response<ProxyBody>, Stop> {
-        let Some((_requested, client_upgrade)) = client.upgrade else {
+        let Some((requested, client_upgrade)) = client.upgrade else {
             return Err(ProxyError::UpstreamProtocol {
                 upstream: upstream.to_string(),
                 reason: "switched protocols without an upgrade request".into(),
             }
             .into());
         };
+        let protocol = match resp.headers().get(header::UPGRADE) {
+            Some(switched) if headers::switched_as_requested(&requested, Some(switched)) => {
+                switched.clone()
+            }
+            switched => {
+                let reason = match switched {
+                    Some(switched) => {
+                        format!(
+                            "switched protocols to {switched:?}, not the requested {requested:?}"
+                        )
+                    }
+                    None => format!(
+                        "switched protocols without an Upgrade header ({requested:?} was requested)"
+                    ),
+                };
+                return Err(ProxyError::UpstreamProtocol {
+                    upstream: upstream.to_string(),
+                    reason,
+                }
+                .into());
+            }
+        };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let protocol = resp.headers().get(header::UPGRADE).cloned();
         let (mut parts, _) = resp.into_parts();
         parts.version = client.version;
-        match protocol {
-            Some(protocol) => headers::rewrite_switch(&mut parts.headers, protocol),
-            None => {
-                headers::remove_hop_by_hop(&mut parts.headers);
-                parts
-                    .headers
-                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            }
-        }
+        headers::rewrite_switch(&mut parts.headers, protocol);
         tunnel::spawn(
             Arc::clone(&route.state),
             Arc::clone(&self.metrics),
