@@ -372,7 +372,7 @@ impl Proxy {
         conn: &ConnInfo,
         ctx: &RequestCtx,
     ) -> Result<(Outbound, ClientSide), Stop> {
-        let uri = upstream_uri(req.uri(), &host.name, target, upstream)?;
+        let uri = upstream_uri(req.uri(), target, upstream)?;
         let version = req.version();
         let upgrade = headers::requested_upgrade(version, req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -823,22 +823,18 @@ fn sent_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
 /// The upstream's URI for a request: the upstream's scheme and authority,
 /// the request's path and query, the slug taken off the path when the route
 /// strips it.
-fn upstream_uri(
-    uri: &Uri,
-    host: &str,
-    target: &Target,
-    upstream: &Upstream,
-) -> Result<Uri, ProxyError> {
+fn upstream_uri(uri: &Uri, target: &Target, upstream: &Upstream) -> Result<Uri, ProxyError> {
+    let cannot_build = |reason: &dyn std::fmt::Display| ProxyError::UpstreamUri {
+        path: uri.path().to_string(),
+        reason: reason.to_string(),
+    };
     let pq = if target.route.strip_prefix && target.prefix_len > 0 {
         let rest = target.upstream_path(uri.path());
         let pq = match uri.query() {
             Some(q) => format!("{rest}?{q}"),
             None => rest.to_string(),
         };
-        PathAndQuery::try_from(pq).map_err(|_| ProxyError::NoRoute {
-            host: host.to_string(),
-            path: uri.path().to_string(),
-        })?
+        PathAndQuery::try_from(pq).map_err(|e| cannot_build(&e))?
     } else {
         uri.path_and_query()
             .cloned()
@@ -849,10 +845,7 @@ fn upstream_uri(
         .authority(upstream.authority.clone())
         .path_and_query(pq)
         .build()
-        .map_err(|e| ProxyError::UpstreamProtocol {
-            upstream: upstream.to_string(),
-            reason: format!("cannot build upstream URI: {e}"),
-        })
+        .map_err(|e| cannot_build(&e))
 }
 
 /// The `cause` of an upstream failure, for metrics.
