@@ -1,25 +1,4 @@
-//! The request path, as named phases over a per-request context (pingora's
-//! `ProxyHttp` phases and `CTX`). [`Proxy::handle_conn`] runs them in order:
-//!
-//! 1. `resolve_host`: the host, from the URI's authority or `Host`; a plain
-//!    listener beside an HTTPS one redirects; a TLS listener answers 421 for
-//!    a host its connection's certificate does not cover;
-//! 2. `select_route`: one table load; the portal's own API, the lookup
-//!    (404), access links;
-//! 3. `authorise`: a private route's cookie (401 or the login page, 403);
-//! 4. `admit`: the route's state: inactive or paused (503), a link
-//!    session's redirect;
-//! 5. `upstream_request`: the URI and head for the upstream (the rewrite is
-//!    [`headers::rewrite_request`]);
-//! 6. `forward`: with connect and response timeouts (502, 504);
-//! 7. `respond`: the head for the client; a `101` starts the tunnel, and a
-//!    long or endless body is registered with its route, so that revocation
-//!    can cut it;
-//! 8. `finish`, however the request ended: the one renderer of errors, then
-//!    metrics and the access log.
-//!
-//! A phase ends a request early with a `Stop`: an answer of the gateway's
-//! own (a redirect, the portal's API, an access link) or a [`ProxyError`].
+//! The phases of the request path and what a request carries through them.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -35,157 +14,24 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tracing::Instrument as _;
 
-use crate::access::{self, AccessConfig, ActivationRequest, Verdict, ACTIVATE_PATH};
+use super::access::AccessDenied;
+use super::{ConnInfo, Proxy};
+use crate::access::{self, ACTIVATE_PATH};
 use crate::access_log::{self, AccessEntry, LoggedBody};
 use crate::body::{ProxyBody, RevocableBody, UpstreamRequestBody};
-use crate::clock::{unix_millis, unix_secs};
+use crate::clock::unix_millis;
 use crate::error::{error_response, wants_json, ProxyError};
 use crate::headers::{self, ClientInfo, UpstreamHead, X_REQUEST_ID};
-use crate::metrics::{GatewayMetrics, RequestKind, UpstreamCause};
+use crate::metrics::{RequestKind, UpstreamCause};
 use crate::names::normalize_host;
 use crate::router::{lookup, RouteMatch};
-use crate::table::{LiveKind, Route, RouteHandle, RouteTarget, Upstream};
+use crate::table::{LiveKind, Route, RouteTarget, Upstream};
 use crate::tunnel;
-use crate::upstream::UpstreamClient;
-
-/// What the proxy knows about the connection a request came on.
-#[derive(Clone, Debug)]
-pub struct ConnInfo {
-    pub remote: SocketAddr,
-    /// The TLS server name the client asked for (SNI), on TLS listeners.
-    pub sni: Option<Arc<str>>,
-}
-
-/// Whether the certificate a TLS connection was given for its SNI name also
-/// covers another host, so that the connection may carry that host's
-/// requests (HTTP/2 coalescing). Answered by the `certs` crate.
-pub trait HostCoverage: Send + Sync + 'static {
-    fn covers(&self, sni: Option<&str>, host: &str) -> bool;
-    /// Counts a finished (or failed) handshake, for metrics.
-    fn handshake(&self, _ok: bool) {}
-}
-
-/// Requests the portal host answers itself rather than routing: the
-/// training portal's API (`/workshops/…`, `/oauth2/…`), served by the
-/// control plane in the same process.
-pub trait PortalService: Send + Sync + 'static {
-    /// Whether `path` (on the portal host) is the service's.
-    fn claims(&self, path: &str) -> bool;
-    fn call(
-        &self,
-        req: Request<Incoming>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ProxyBody>> + Send>>;
-}
-
-/// The proxy service shared by every connection of a listener.
-pub struct Proxy {
-    routes: RouteHandle,
-    client: UpstreamClient,
-    /// `http` or `https`: what the client spoke to us, for X-Forwarded-Proto.
-    proto: &'static str,
-    /// Browser access; without it private routes let nobody in.
-    access: Option<AccessConfig>,
-    /// On a TLS listener: which hosts the connection's certificate covers.
-    tls: Option<Arc<dyn HostCoverage>>,
-    /// On a plain listener with HTTPS beside it: answer every request with
-    /// `308` to the same URL over HTTPS on this port.
-    https_redirect: Option<u16>,
-    portal: Option<Arc<dyn PortalService>>,
-    metrics: Arc<GatewayMetrics>,
-    /// Write an access-log line per request.
-    access_log: bool,
-}
-
-impl std::fmt::Debug for Proxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy")
-            .field("proto", &self.proto)
-            .field("access", &self.access)
-            .field("tls", &self.tls.is_some())
-            .field("https_redirect", &self.https_redirect)
-            .finish_non_exhaustive()
-    }
-}
 
 /// A streaming response longer than this (or of unknown length) is
 /// registered with its route so that revocation can cut it off; shorter ones
 /// finish on their own.
 const STREAMING_BYTES: u64 = 1 << 20;
-
-impl Proxy {
-    pub fn new(routes: RouteHandle, client: UpstreamClient, proto: &'static str) -> Self {
-        Proxy {
-            routes,
-            client,
-            proto,
-            access: None,
-            tls: None,
-            https_redirect: None,
-            portal: None,
-            metrics: Arc::new(GatewayMetrics::new()),
-            access_log: false,
-        }
-    }
-
-    /// Writes an access-log line (target [`access_log::TARGET`]) per request.
-    pub fn with_access_log(mut self, on: bool) -> Self {
-        self.access_log = on;
-        self
-    }
-
-    /// Records into `metrics` (shared by the listeners of one process).
-    pub fn with_metrics(mut self, metrics: Arc<GatewayMetrics>) -> Self {
-        self.metrics = metrics;
-        self
-    }
-
-    pub fn metrics(&self) -> &Arc<GatewayMetrics> {
-        &self.metrics
-    }
-
-    /// Serves `service`'s paths on the portal host.
-    pub fn with_portal(mut self, service: Arc<dyn PortalService>) -> Self {
-        self.portal = Some(service);
-        self
-    }
-
-    /// Makes this the proxy of a TLS listener: `X-Forwarded-Proto: https`,
-    /// Secure `__Host-` cookies, and 421 for a Host the connection's
-    /// certificate does not cover.
-    pub fn with_tls(mut self, coverage: Arc<dyn HostCoverage>) -> Self {
-        self.proto = "https";
-        self.tls = Some(coverage);
-        self
-    }
-
-    /// Answers every request with a `308` to the same host, path and query
-    /// over HTTPS on `port`.
-    pub fn with_https_redirect(mut self, port: u16) -> Self {
-        self.https_redirect = Some(port);
-        self
-    }
-
-    pub(crate) fn count_tls_handshake(&self, ok: bool) {
-        if let Some(t) = &self.tls {
-            t.handshake(ok);
-        }
-    }
-
-    /// Enables browser access: cookies are checked on private routes and
-    /// access links are served at [`ACTIVATE_PATH`].
-    pub fn with_access(mut self, access: AccessConfig) -> Self {
-        self.access = Some(access);
-        self
-    }
-
-    fn secure(&self) -> bool {
-        self.proto == "https"
-    }
-
-    pub fn routes(&self) -> &RouteHandle {
-        &self.routes
-    }
-}
 
 /// The phases. A phase's `Err` carries an early answer by value: moved once
 /// per request, where a box would cost an allocation on every redirect.
@@ -595,78 +441,6 @@ impl Proxy {
         }
         error_response(err, json, request_id)
     }
-
-    /// The user a private route lets in, from the request's cookie.
-    fn check_access(
-        &self,
-        route: &Route,
-        headers: &http::HeaderMap,
-        slug: Option<&str>,
-    ) -> Result<Arc<str>, AccessDenied> {
-        let (Some(cfg), Some(list)) = (&self.access, &route.access) else {
-            return Err(AccessDenied::SignIn);
-        };
-        let (name, _) = access::cookie_name_and_path(self.secure(), slug);
-        let keys = cfg.keys.load();
-        match access::check(&keys, list, headers, name, unix_secs()) {
-            Verdict::Allowed(user) => Ok(user.into()),
-            Verdict::Forbidden(user) => Err(AccessDenied::Forbidden(user.to_string())),
-            Verdict::NoCookie => Err(AccessDenied::SignIn),
-        }
-    }
-
-    /// Opens an access link: the control plane consumes the token, and the
-    /// browser gets its cookie and goes on to the session's entry path.
-    async fn activate(
-        &self,
-        route: &Route,
-        slug: Option<&str>,
-        query: Option<&str>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (Some(cfg), Some(list)) = (&self.access, &route.access) else {
-            return Err(ProxyError::Activation(
-                access::ActivationError::Unavailable("browser access is not configured".into()),
-            ));
-        };
-        let Some(activator) = &cfg.activator else {
-            return Err(ProxyError::Activation(
-                access::ActivationError::Unavailable(
-                    "this gateway does not take access links".into(),
-                ),
-            ));
-        };
-        let token = query
-            .and_then(|q| {
-                q.split('&')
-                    .find_map(|kv| kv.strip_prefix("token="))
-                    .map(str::to_string)
-            })
-            .filter(|t| !t.is_empty())
-            .ok_or(ProxyError::Activation(
-                access::ActivationError::InvalidToken,
-            ))?;
-        let a = activator
-            .activate(ActivationRequest {
-                token,
-                session: Arc::clone(&list.session),
-            })
-            .await
-            .map_err(ProxyError::Activation)?;
-        let location = match slug {
-            Some(s) => format!("{s}{}", a.path),
-            None => a.path.clone(),
-        };
-        let mut resp = redirect(&location);
-        let cookie = access::set_cookie(self.secure(), slug, &a.cookie, a.max_age);
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            resp.headers_mut().insert(header::SET_COOKIE, v);
-        }
-        // The link's token must not travel on in a Referer.
-        resp.headers_mut()
-            .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-        tracing::info!(route = %route.id, user = %a.user, "access link opened");
-        Ok(resp)
-    }
 }
 
 /// What one request carries from phase to phase (pingora's `CTX`): made
@@ -862,14 +636,6 @@ fn upstream_cause(err: &ProxyError) -> Option<UpstreamCause> {
     })
 }
 
-/// Why a private route refused a request.
-enum AccessDenied {
-    /// No valid cookie for this session.
-    SignIn,
-    /// A valid cookie whose user the route does not allow.
-    Forbidden(String),
-}
-
 /// `308 Permanent Redirect` to the same host, path and query over HTTPS.
 fn https_redirect(host: &str, port: u16, path_and_query: &str) -> Response<ProxyBody> {
     let location = if port == 443 {
@@ -885,8 +651,9 @@ fn https_redirect(host: &str, port: u16, path_and_query: &str) -> Response<Proxy
     resp
 }
 
-/// `302 Found` to a link session's external URL.
-fn redirect(url: &str) -> Response<ProxyBody> {
+/// `302 Found` to `url`: a link session's external URL, the login page, a
+/// session's entry path after its access link.
+pub(super) fn redirect(url: &str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::empty());
     *resp.status_mut() = StatusCode::FOUND;
     if let Ok(v) = HeaderValue::from_str(url) {
