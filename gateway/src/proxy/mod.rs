@@ -10,7 +10,7 @@
 //! 4. `admit`: the route's state: inactive or paused (503), a link
 //!    session's redirect;
 //! 5. `upstream_request`: the URI and head for the upstream (the rewrite is
-//!    [`headers::rewrite_request`]);
+//!    [`headers::rewrite_request`](crate::headers::rewrite_request));
 //! 6. `forward`: with connect and response timeouts (502, 504);
 //! 7. `respond`: the head for the client; a `101` starts the tunnel, and a
 //!    long or endless body is registered with its route, so that revocation
@@ -114,7 +114,8 @@ impl Proxy {
         }
     }
 
-    /// Writes an access-log line (target [`access_log::TARGET`]) per request.
+    /// Writes an access-log line per request (target
+    /// [`access_log::TARGET`](crate::access_log::TARGET)).
     pub fn with_access_log(mut self, on: bool) -> Self {
         self.access_log = on;
         self
@@ -159,7 +160,7 @@ impl Proxy {
     }
 
     /// Enables browser access: cookies are checked on private routes and
-    /// access links are served at [`ACTIVATE_PATH`].
+    /// access links are served at [`ACTIVATE_PATH`](crate::access::ACTIVATE_PATH).
     pub fn with_access(mut self, access: AccessConfig) -> Self {
         self.access = Some(access);
         self
