@@ -251,8 +251,8 @@ pub enum KeyError {
         id: String,
         source: base64::DecodeError,
     },
-    #[error("signing key {id}: {message}")]
-    Invalid { id: String, message: String },
+    #[error(transparent)]
+    Invalid(#[from] gateway::access::KeyError),
     #[error("no current signing key")]
     NoCurrent,
     #[error("the system's random source failed")]
@@ -271,10 +271,7 @@ pub fn key_ring(
                 id: r.id.clone(),
                 source,
             })?;
-        SigningKey::new(&r.id, &secret).map_err(|e| KeyError::Invalid {
-            id: r.id.clone(),
-            message: e.to_string(),
-        })
+        Ok(SigningKey::new(&r.id, &secret)?)
     };
     let current = rows
         .iter()

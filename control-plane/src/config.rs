@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gateway::{RouteSpec, RouteTarget, ServerConfig, TableSettings, Upstream, UpstreamConfig};
+use gateway::{
+    names, RouteSpec, RouteTarget, ServerConfig, TableSettings, Upstream, UpstreamConfig,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -634,7 +636,7 @@ impl Config {
             self.gateway
                 .base_domains
                 .first()
-                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+                .map(|d| names::normalize_name(d))
                 .unwrap_or_else(|| "localhost".into())
         } else {
             self.tls.default_certificate.clone()
@@ -666,11 +668,10 @@ impl Config {
             .enumerate()
             .map(|(i, r)| {
                 let key = |field: &str| format!("routes[{i}].{field}");
-                let upstream =
-                    Upstream::parse(&r.upstream).map_err(|message| ConfigError::Invalid {
-                        key: key("upstream"),
-                        message,
-                    })?;
+                let upstream = Upstream::parse(&r.upstream).map_err(|e| ConfigError::Invalid {
+                    key: key("upstream"),
+                    message: e.to_string(),
+                })?;
                 let (id, hosts, slugs) = match (&r.host, &r.slug) {
                     (Some(h), None) => (format!("static:host:{h}"), vec![h.clone()], vec![]),
                     (None, Some(s)) => (format!("static:slug:{s}"), vec![], vec![s.clone()]),
@@ -793,9 +794,9 @@ fn env_value(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
     })
 }
 
+/// A hostname in any case, with or without one trailing dot.
 fn is_hostname(s: &str) -> bool {
-    let s = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(gateway::table::is_dns_label)
+    names::is_hostname(&names::normalize_name(s))
 }
 
 /// toml's errors span several lines (a source excerpt); logs want one.

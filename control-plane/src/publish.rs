@@ -34,8 +34,8 @@ pub enum RouteSpecError {
     MissingPort,
     #[error("a link session without url")]
     MissingUrl,
-    #[error("{0}")]
-    Upstream(String),
+    #[error(transparent)]
+    Upstream(#[from] gateway::UpstreamError),
 }
 
 /// The route for `s`, or `None` if the gateway should not route it.
@@ -57,7 +57,7 @@ pub fn route_spec(
             } else {
                 format!("{scheme}://{host}:{port}")
             };
-            RouteTarget::Upstream(Upstream::parse(&url).map_err(RouteSpecError::Upstream)?)
+            RouteTarget::Upstream(Upstream::parse(&url)?)
         }
         SessionKind::Link => {
             RouteTarget::Redirect(s.url.as_deref().ok_or(RouteSpecError::MissingUrl)?.into())

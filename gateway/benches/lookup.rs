@@ -9,7 +9,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use gateway::router::{lookup, normalize_host};
+use gateway::names::normalize_host;
+use gateway::router::lookup;
 use gateway::{RouteSpec, RouteTable, RouteTarget, TableSettings, Upstream};
 
 const BASE: &str = "sessions.example.com";
@@ -37,31 +38,18 @@ impl XorShift {
 }
 
 fn spec(i: usize) -> RouteSpec {
-    RouteSpec {
-        id: format!("session:s{i:06}").into(),
-        hosts: if i.is_multiple_of(20) {
-            vec![format!("app{i}.customer.example")]
-        } else {
-            vec![]
-        },
-        labels: vec![format!("s{i:06}")],
-        slugs: if i.is_multiple_of(3) {
-            vec![format!("/s/s{i:06}")]
-        } else {
-            vec![]
-        },
-        target: RouteTarget::Upstream(
-            Upstream::parse(&format!("http://10.0.{}.{}:8888", i / 250 % 250, i % 250))
-                .expect("valid upstream"),
-        ),
-        strip_prefix: true,
-        rewrite_host: false,
-        paused: false,
-        public: true,
-        access: None,
-        inactive: false,
-        tls_verify: true,
+    let upstream = Upstream::parse(&format!("http://10.0.{}.{}:8888", i / 250 % 250, i % 250))
+        .expect("valid upstream");
+    let mut spec = RouteSpec::new(format!("session:s{i:06}"), RouteTarget::Upstream(upstream))
+        .label(format!("s{i:06}"))
+        .strip_prefix(true);
+    if i.is_multiple_of(20) {
+        spec = spec.host(format!("app{i}.customer.example"));
     }
+    if i.is_multiple_of(3) {
+        spec = spec.slug(format!("/s/s{i:06}"));
+    }
+    spec
 }
 
 fn main() {

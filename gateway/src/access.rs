@@ -48,6 +48,10 @@ const MAC_LEN: usize = 32;
 /// Longest cookie value considered; anything longer is not ours.
 const MAX_VALUE_LEN: usize = 512;
 
+/// The shortest secret accepted: as long as the HMAC-SHA256 output, so that
+/// the key is not the weak point of the MAC.
+const MIN_SECRET_LEN: usize = 32;
+
 /// A signing key: an id carried in the cookie, so that verification picks
 /// the right key during a rotation, and the HMAC key itself.
 pub struct SigningKey {
@@ -57,15 +61,15 @@ pub struct SigningKey {
 
 impl SigningKey {
     /// `id` must be 1-16 ASCII letters or digits; `secret` at least 32 bytes.
-    pub fn new(id: &str, secret: &[u8]) -> Result<Self, String> {
+    pub fn new(id: &str, secret: &[u8]) -> Result<Self, KeyError> {
         if id.is_empty() || id.len() > 16 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(format!("key id {id:?} must be 1-16 letters or digits"));
+            return Err(KeyError::InvalidId(id.to_string()));
         }
-        if secret.len() < 32 {
-            return Err(format!(
-                "key {id:?} has {} bytes; at least 32 are needed",
-                secret.len()
-            ));
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(KeyError::ShortSecret {
+                id: id.to_string(),
+                len: secret.len(),
+            });
         }
         Ok(SigningKey {
             id: id.into(),
@@ -76,6 +80,15 @@ impl SigningKey {
     pub fn id(&self) -> &str {
         &self.id
     }
+}
+
+/// Why a signing key was refused. The secret itself is never shown.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("key id {0:?} must be 1-16 letters or digits")]
+    InvalidId(String),
+    #[error("key {id:?} has {len} bytes; at least {MIN_SECRET_LEN} are needed")]
+    ShortSecret { id: String, len: usize },
 }
 
 impl fmt::Debug for SigningKey {
@@ -495,6 +508,25 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
         h
+    }
+
+    #[test]
+    fn bad_keys_are_refused_with_their_id() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("", 32, r#"key id "" must be 1-16 letters or digits"#),
+            ("k-1", 32, r#"key id "k-1" must be 1-16 letters or digits"#),
+            (
+                "k12345678901234567",
+                32,
+                r#"key id "k12345678901234567" must be 1-16 letters or digits"#,
+            ),
+            ("k1", 31, r#"key "k1" has 31 bytes; at least 32 are needed"#),
+        ];
+        for (id, len, want) in cases {
+            let err = SigningKey::new(id, &vec![1; *len]).unwrap_err();
+            assert_eq!(err.to_string(), *want);
+        }
+        assert!(SigningKey::new("k1", &[1; 32]).is_ok());
     }
 
     #[test]

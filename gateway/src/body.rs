@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use crate::access_log::LoggedBody;
-use crate::table::{unix_millis, LiveGuard};
+use crate::clock::unix_millis;
+use crate::table::LiveGuard;
 
 /// What the gateway answers with: an upstream body streamed through, or a
 /// small body of its own (error pages, redirects).

@@ -41,6 +41,12 @@ pub enum ProxyError {
     UpstreamTls { upstream: String, reason: String },
     #[error("upstream {0}: https upstreams are not supported by this build yet")]
     UpstreamSchemeUnsupported(String),
+    /// A valid request whose upstream URI could not be made (its path with
+    /// the slug taken off, or the whole URI). 500: no upstream was asked, so
+    /// the fault is the gateway's own rewrite, not an upstream's answer
+    /// (502); and there is a route, so not 404.
+    #[error("cannot build the upstream URI for path {path:?}: {reason}")]
+    UpstreamUri { path: String, reason: String },
 }
 
 impl ProxyError {
@@ -68,6 +74,7 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ProxyError::UpstreamUri { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -95,10 +102,12 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { .. } => "upstream_error",
             ProxyError::UpstreamTls { .. } => "upstream_tls",
             ProxyError::UpstreamSchemeUnsupported(_) => "upstream_unsupported",
+            ProxyError::UpstreamUri { .. } => "upstream_uri",
         }
     }
 
-    /// Whether this is the upstream's fault (logged at warn) rather than the client's.
+    /// Whether the fault is on the server side, an upstream's or the
+    /// gateway's own (logged at warn), rather than the client's.
     pub fn is_upstream(&self) -> bool {
         self.status().is_server_error()
             && !matches!(
@@ -200,6 +209,25 @@ mod tests {
             let v = accept.map(|s| HeaderValue::from_str(s).unwrap());
             assert_eq!(wants_json(v.as_ref()), *want, "{accept:?}");
         }
+    }
+
+    #[test]
+    fn an_upstream_uri_that_cannot_be_built_is_the_gateways_fault() {
+        let err = ProxyError::UpstreamUri {
+            path: "/lab/x".into(),
+            reason: "invalid uri character".into(),
+        };
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(err.is_upstream());
+        let resp = error_response(&err, true, &HeaderValue::from_static("rid"));
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = resp.into_body().into_full_bytes().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "upstream_uri");
+        assert_eq!(
+            v["error"]["message"],
+            r#"cannot build the upstream URI for path "/lab/x": invalid uri character"#
+        );
     }
 
     #[test]

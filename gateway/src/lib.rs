@@ -5,28 +5,37 @@
 //! one atomic load of the current table and never waits on the control plane.
 //!
 //! # Layout
-//! - [`table`]: `RouteTable`, `Route`, per-route runtime state that survives
-//!   table swaps (activity, live upgraded connections), the `ArcSwap` handle.
-//!   Tables are sharded copy-on-write maps, so a change costs the change.
+//! - [`table`]: `RouteTable` and its building (`mod.rs`), routes and their
+//!   specs (`route.rs`), per-route state that survives table swaps
+//!   (`state.rs`: activity, live upgraded connections and streams), the
+//!   sharded copy-on-write maps (`map.rs`), the `ArcSwap` handle (`handle.rs`).
+//! - [`names`]: the canonical forms of hosts, DNS labels and slugs.
 //! - [`publish`]: `RoutePublisher`, one task that applies queued changes in
 //!   batches, one table version per batch.
 //! - [`router`]: the pure lookup from host and path to a route.
-//! - [`proxy`]: the request path as phases, from early checks to the response.
-//! - [`headers`]: hop-by-hop removal, forwarding headers, request ids.
+//! - [`proxy`]: the request path as named phases over a per-request context
+//!   (`phases.rs`), and browser access on it (`access.rs`).
+//! - [`headers`]: header operations, one concern per file: hop-by-hop,
+//!   forwarding, request id, upgrades, and the rewrites made of them.
+//! - [`access`]: the signed cookie, access lists and access links.
 //! - [`upstream`]: the pooled upstream client and its error classification.
-//! - [`tunnel`]: copying upgraded connections (WebSocket) both ways.
+//! - `tunnel`: copying upgraded connections (WebSocket) both ways.
 //! - [`server`]: the accept loop, limits, timeouts, graceful shutdown.
 //! - [`error`]: every failure, its status, and its HTML/JSON rendering.
 //! - [`body`]: the body types, without boxing.
 //! - [`access_log`]: the line per request, written when its response ends.
+//! - [`metrics`]: the Prometheus counters and gauges, sharded per thread.
+//! - `clock`: wall-clock time as Unix milliseconds and seconds.
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod access_log;
 pub mod body;
+mod clock;
 pub mod error;
 pub mod headers;
 pub mod metrics;
+pub mod names;
 pub mod proxy;
 pub mod publish;
 pub mod router;
@@ -40,6 +49,6 @@ pub use publish::{PublishError, Queued, RoutePublisher};
 pub use server::{run, run_tls, ServerConfig, TlsListener};
 pub use table::{
     Route, RouteChange, RouteHandle, RouteSpec, RouteState, RouteTable, RouteTarget, Routes,
-    TableError, TableSettings, Upstream,
+    TableError, TableSettings, Upstream, UpstreamError,
 };
 pub use upstream::{UpstreamClient, UpstreamConfig};

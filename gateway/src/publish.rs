@@ -149,20 +149,8 @@ mod tests {
     use crate::table::{RouteSpec, RouteTarget, TableSettings, Upstream};
 
     fn spec(id: &str, label: &str) -> RouteSpec {
-        RouteSpec {
-            id: id.into(),
-            hosts: vec![],
-            labels: vec![label.to_string()],
-            slugs: vec![],
-            target: RouteTarget::Upstream(Upstream::parse("http://127.0.0.1:1").unwrap()),
-            strip_prefix: false,
-            rewrite_host: false,
-            paused: false,
-            public: true,
-            access: None,
-            inactive: false,
-            tls_verify: true,
-        }
+        let upstream = Upstream::parse("http://127.0.0.1:1").unwrap();
+        RouteSpec::new(id, RouteTarget::Upstream(upstream)).label(label)
     }
 
     fn handle() -> RouteHandle {
@@ -197,8 +185,7 @@ mod tests {
         let publisher = RoutePublisher::spawn(handle.clone());
         // On this single-threaded runtime the task runs only once this test
         // task waits, so all three submissions are queued by then.
-        let mut paused = spec("a", "a");
-        paused.paused = true;
+        let paused = spec("a", "a").paused(true);
         let (first, clash, last) = tokio::join!(
             publisher.submit(vec![RouteChange::Upsert(spec("b", "b"))]),
             // Label "b" is now held by route b: refused on its own.

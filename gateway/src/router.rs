@@ -8,7 +8,6 @@
 //! 2. an exact hostname (custom domains, static host routes);
 //! 3. `<label>.<base-domain>` for any configured base domain.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::table::{Route, RouteTable};
@@ -35,44 +34,6 @@ impl RouteMatch<'_> {
             Some("") | None => "/",
             Some(rest) => rest,
         }
-    }
-}
-
-/// Normalises a `Host` header value or URI authority: drops the port and one
-/// trailing dot, lower-cases. `None` when it is not a plausible host.
-pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
-    let host = if let Some(rest) = raw.strip_prefix('[') {
-        // IPv6 literal: keep the brackets, drop any port after them.
-        let end = rest.find(']')?;
-        let after = &rest[end + 1..];
-        if !(after.is_empty() || after.starts_with(':')) {
-            return None;
-        }
-        &raw[..end + 2]
-    } else {
-        match raw.rfind(':') {
-            Some(i) => {
-                let port = &raw[i + 1..];
-                if !port.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                &raw[..i]
-            }
-            None => raw,
-        }
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty()
-        || !host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
-        })
-    {
-        return None;
-    }
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(Cow::Owned(host.to_ascii_lowercase()))
-    } else {
-        Some(Cow::Borrowed(host))
     }
 }
 
@@ -146,20 +107,11 @@ mod tests {
     use crate::table::{RouteSpec, RouteTarget, TableSettings, Upstream};
 
     fn spec(id: &str, hosts: &[&str], labels: &[&str], slugs: &[&str], strip: bool) -> RouteSpec {
-        RouteSpec {
-            id: id.into(),
-            hosts: hosts.iter().map(|s| s.to_string()).collect(),
-            labels: labels.iter().map(|s| s.to_string()).collect(),
-            slugs: slugs.iter().map(|s| s.to_string()).collect(),
-            target: RouteTarget::Upstream(Upstream::parse("http://127.0.0.1:1").unwrap()),
-            strip_prefix: strip,
-            rewrite_host: false,
-            paused: false,
-            public: true,
-            access: None,
-            inactive: false,
-            tls_verify: true,
-        }
+        let upstream = Upstream::parse("http://127.0.0.1:1").unwrap();
+        let spec = RouteSpec::new(id, RouteTarget::Upstream(upstream)).strip_prefix(strip);
+        let spec = hosts.iter().fold(spec, |s, h| s.host(*h));
+        let spec = labels.iter().fold(spec, |s, l| s.label(*l));
+        slugs.iter().fold(spec, |s, p| s.slug(*p))
     }
 
     fn table() -> RouteTable {
@@ -180,29 +132,6 @@ mod tests {
             1,
         )
         .unwrap()
-    }
-
-    #[test]
-    fn normalize_host_cases() {
-        let cases: &[(&str, Option<&str>)] = &[
-            ("nb.localhost", Some("nb.localhost")),
-            ("NB.LocalHost", Some("nb.localhost")),
-            ("nb.localhost:8080", Some("nb.localhost")),
-            ("nb.localhost.", Some("nb.localhost")),
-            ("NB.localhost.:8080", Some("nb.localhost")),
-            ("[::1]:8080", Some("[::1]")),
-            ("[::1]", Some("[::1]")),
-            ("127.0.0.1:80", Some("127.0.0.1")),
-            ("", None),
-            (":8080", None),
-            ("host:port", None),
-            ("bad host", None),
-            ("a/b", None),
-            ("[::1]junk", None),
-        ];
-        for (input, want) in cases {
-            assert_eq!(normalize_host(input).as_deref(), *want, "{input:?}");
-        }
     }
 
     #[test]

@@ -24,8 +24,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::body::UpstreamRequestBody;
+use crate::clock::unix_millis;
 use crate::error::ProxyError;
-use crate::table::{unix_millis, Upstream};
+use crate::table::Upstream;
 
 /// Timeouts and pool sizes for upstream connections.
 #[derive(Clone, Debug)]

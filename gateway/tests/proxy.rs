@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -422,6 +422,78 @@ async fn websocket_echo_through_host_and_slug_routes() {
         })
         .await;
     }
+}
+
+/// A raw origin that answers every request with a `101` to `protocol`,
+/// whatever the request asked for, then holds the connection until the
+/// gateway closes it. Returns its URL and the count of connections closed.
+async fn switching_origin(protocol: &'static str) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counter = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let switch = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+                );
+                if stream.write_all(switch.as_bytes()).await.is_ok() {
+                    // A tunnel would keep this open; only a close ends it.
+                    let _ = stream.read_to_end(&mut head).await;
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (url, closed)
+}
+
+#[tokio::test]
+async fn a_switch_to_a_protocol_the_client_did_not_ask_for_is_refused() {
+    let (origin, closed) = switching_origin("h2c").await;
+    let gw = Gateway::start(vec![route("odd", &["odd"], &[], &origin)]).await;
+    let c = client();
+    let r = send(
+        &c,
+        &gw,
+        "GET",
+        "odd.localhost",
+        "/ws",
+        &[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("accept", "application/json"),
+        ],
+        vec![],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    let j = r.json();
+    assert_eq!(j["error"]["code"], "upstream_error", "{j}");
+    assert!(
+        j["error"]["message"].as_str().unwrap().contains("h2c"),
+        "{j}"
+    );
+    // No tunnel: nothing is registered with the route, and the upstream's
+    // switched connection is closed rather than kept for one.
+    let table = gw.routes.current();
+    assert_eq!(table.route("odd").unwrap().state.upgraded_count(), 0);
+    eventually(
+        "the origin's connection to close",
+        Duration::from_secs(5),
+        || closed.load(Ordering::SeqCst) == 1,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use gateway::{RouteChange, RouteSpec, RouteState};
+use gateway::{names, RouteChange, RouteSpec, RouteState};
 use sqlx::sqlite::SqliteConnection;
 
 use super::ControlPlane;
@@ -29,16 +29,18 @@ pub struct StaticKeys {
 }
 
 impl StaticKeys {
+    /// The keys of `specs`, in the canonical forms of [`gateway::names`]
+    /// (the table has already refused any that have none).
     pub fn from_specs(specs: &[RouteSpec]) -> Self {
-        let norm = |s: &String| s.trim_end_matches('.').to_ascii_lowercase();
         StaticKeys {
             hosts: specs
                 .iter()
-                .flat_map(|s| s.hosts.iter().map(norm))
+                .flat_map(|s| s.hosts.iter().map(|h| names::normalize_name(h)))
                 .collect(),
             slugs: specs
                 .iter()
-                .flat_map(|s| s.slugs.iter().map(|x| x.trim_end_matches('/').to_string()))
+                .flat_map(|s| s.slugs.iter())
+                .filter_map(|slug| names::normalize_slug(slug).ok().map(str::to_string))
                 .collect(),
         }
     }

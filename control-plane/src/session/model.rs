@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use gateway::names;
 use gateway::table::is_redirect_url;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -496,11 +497,7 @@ fn validate_secs(field: &str, value: Option<u64>) -> Result<(), Invalid> {
 /// A hostname or IP literal for `remote_host`.
 fn validate_remote_host(host: &str) -> Result<(), Invalid> {
     let ip = host.parse::<std::net::IpAddr>().is_ok();
-    let name = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .split('.')
-            .all(|l| gateway::table::is_dns_label(&l.to_ascii_lowercase()));
+    let name = names::is_hostname(&host.to_ascii_lowercase());
     if ip || name {
         Ok(())
     } else {
@@ -511,54 +508,55 @@ fn validate_remote_host(host: &str) -> Result<(), Invalid> {
     }
 }
 
-/// `/lab/` → `/lab`. The portal root is refused: it would take the whole portal.
+/// `/lab/` → `/lab`, in the gateway's canonical form
+/// ([`gateway::names::normalize_slug`]) under a stricter policy: letters,
+/// digits and `- . _ ~` only, at most 256 bytes, and never the portal root,
+/// which would take the whole portal.
 pub fn normalize_slug(slug: &str) -> Result<String, Invalid> {
-    let ok = slug.starts_with('/')
-        && !slug.contains("//")
-        && slug.len() <= 256
+    let not_a_path = || {
+        invalid(
+            "slug",
+            format!("{slug:?} must be a path such as \"/lab\" (letters, digits and - . _ ~)"),
+        )
+    };
+    let allowed = slug.len() <= 256
         && slug
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"/-._~".contains(&c));
-    let trimmed = slug.trim_end_matches('/');
-    if !ok {
-        return Err(invalid(
-            "slug",
-            format!("{slug:?} must be a path such as \"/lab\" (letters, digits and - . _ ~)"),
-        ));
+    if !allowed {
+        return Err(not_a_path());
     }
-    if trimmed.is_empty() {
-        return Err(invalid(
-            "slug",
-            "\"/\" would take the whole portal; use a path such as \"/lab\"",
-        ));
-    }
-    if trimmed.matches('/').count() > gateway::router::MAX_SLUG_SEGMENTS {
-        return Err(invalid(
+    let canonical = gateway::names::normalize_slug(slug).map_err(|e| match e {
+        gateway::names::SlugError::NotAPath(_) => not_a_path(),
+        gateway::names::SlugError::TooDeep(_) => invalid(
             "slug",
             format!(
                 "{slug:?} has more than {} segments",
                 gateway::router::MAX_SLUG_SEGMENTS
             ),
+        ),
+    })?;
+    if canonical.is_empty() {
+        return Err(invalid(
+            "slug",
+            "\"/\" would take the whole portal; use a path such as \"/lab\"",
         ));
     }
-    Ok(trimmed.to_string())
+    Ok(canonical.to_string())
 }
 
 /// Lower case, no trailing dot; refused when it is `<label>.<base domain>`,
 /// which belongs to the session named `<label>`.
 pub fn normalize_custom_domain(domain: &str, base_domains: &[String]) -> Result<String, Invalid> {
-    let d = domain
-        .strip_suffix('.')
-        .unwrap_or(domain)
-        .to_ascii_lowercase();
-    if d.is_empty() || d.len() > 253 || !d.split('.').all(gateway::table::is_dns_label) {
+    let d = names::normalize_name(domain);
+    if !names::is_hostname(&d) {
         return Err(invalid(
             "custom_domain",
             format!("{domain:?} is not a hostname"),
         ));
     }
     for base in base_domains {
-        let base = base.strip_suffix('.').unwrap_or(base).to_ascii_lowercase();
+        let base = names::normalize_name(base);
         if d == base {
             return Err(invalid(
                 "custom_domain",

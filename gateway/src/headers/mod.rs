@@ -1,0 +1,35 @@
+//! Header operations on the way up and down, one concern per file (as
+//! rpxy's `header_ops`), so that each rule can be read and tested alone:
+//!
+//! - `hop`: hop-by-hop removal (RFC 9110 §7.6.1) and `Connection` tokens;
+//! - `forwarding`: `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded`;
+//! - `request_id`: `X-Request-Id`, kept when sane or made;
+//! - `upgrade`: what a request asks to switch to, and whether a `101` did;
+//! - `rewrite`: the whole rewrite of a request head for the upstream and of
+//!   a switch for the client, made of the above.
+
+mod forwarding;
+mod hop;
+mod request_id;
+mod rewrite;
+mod upgrade;
+
+pub use forwarding::{set_forwarded, ClientInfo};
+pub use hop::{connection_has, remove_hop_by_hop};
+pub use request_id::{new_request_id, request_id, X_REQUEST_ID};
+pub use rewrite::{rewrite_request, rewrite_switch, UpstreamHead};
+pub use upgrade::{requested_upgrade, switched_as_requested};
+
+/// A header map of `pairs`, in order, repeated names appended: what the
+/// header tests start from.
+#[cfg(test)]
+pub(crate) fn test_map(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}

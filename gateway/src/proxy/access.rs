@@ -1,0 +1,97 @@
+//! Browser access on the request path: the cookie check of `authorise` and
+//! the access links `select_route` opens.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Response};
+
+use super::phases::redirect;
+use super::Proxy;
+use crate::access::{self, ActivationRequest, Verdict};
+use crate::body::ProxyBody;
+use crate::clock::unix_secs;
+use crate::error::ProxyError;
+use crate::table::Route;
+
+impl Proxy {
+    /// The user a private route lets in, from the request's cookie.
+    pub(super) fn check_access(
+        &self,
+        route: &Route,
+        headers: &HeaderMap,
+        slug: Option<&str>,
+    ) -> Result<Arc<str>, AccessDenied> {
+        let (Some(cfg), Some(list)) = (&self.access, &route.access) else {
+            return Err(AccessDenied::SignIn);
+        };
+        let (name, _) = access::cookie_name_and_path(self.secure(), slug);
+        let keys = cfg.keys.load();
+        match access::check(&keys, list, headers, name, unix_secs()) {
+            Verdict::Allowed(user) => Ok(user.into()),
+            Verdict::Forbidden(user) => Err(AccessDenied::Forbidden(user.to_string())),
+            Verdict::NoCookie => Err(AccessDenied::SignIn),
+        }
+    }
+
+    /// Opens an access link: the control plane consumes the token, and the
+    /// browser gets its cookie and goes on to the session's entry path.
+    pub(super) async fn activate(
+        &self,
+        route: &Route,
+        slug: Option<&str>,
+        query: Option<&str>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (Some(cfg), Some(list)) = (&self.access, &route.access) else {
+            return Err(ProxyError::Activation(
+                access::ActivationError::Unavailable("browser access is not configured".into()),
+            ));
+        };
+        let Some(activator) = &cfg.activator else {
+            return Err(ProxyError::Activation(
+                access::ActivationError::Unavailable(
+                    "this gateway does not take access links".into(),
+                ),
+            ));
+        };
+        let token = query
+            .and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("token="))
+                    .map(str::to_string)
+            })
+            .filter(|t| !t.is_empty())
+            .ok_or(ProxyError::Activation(
+                access::ActivationError::InvalidToken,
+            ))?;
+        let a = activator
+            .activate(ActivationRequest {
+                token,
+                session: Arc::clone(&list.session),
+            })
+            .await
+            .map_err(ProxyError::Activation)?;
+        let location = match slug {
+            Some(s) => format!("{s}{}", a.path),
+            None => a.path.clone(),
+        };
+        let mut resp = redirect(&location);
+        let cookie = access::set_cookie(self.secure(), slug, &a.cookie, a.max_age);
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        // The link's token must not travel on in a Referer.
+        resp.headers_mut()
+            .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+        tracing::info!(route = %route.id, user = %a.user, "access link opened");
+        Ok(resp)
+    }
+}
+
+/// Why a private route refused a request.
+pub(super) enum AccessDenied {
+    /// No valid cookie for this session.
+    SignIn,
+    /// A valid cookie whose user the route does not allow.
+    Forbidden(String),
+}

@@ -1,0 +1,665 @@
+//! The phases of the request path and what a request carries through them.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use tracing::Instrument as _;
+
+use super::access::AccessDenied;
+use super::{ConnInfo, Proxy};
+use crate::access::{self, ACTIVATE_PATH};
+use crate::access_log::{self, AccessEntry, LoggedBody};
+use crate::body::{ProxyBody, RevocableBody, UpstreamRequestBody};
+use crate::clock::unix_millis;
+use crate::error::{error_response, wants_json, ProxyError};
+use crate::headers::{self, ClientInfo, UpstreamHead, X_REQUEST_ID};
+use crate::metrics::{RequestKind, UpstreamCause};
+use crate::names::normalize_host;
+use crate::router::{lookup, RouteMatch};
+use crate::table::{LiveKind, Route, RouteTarget, Upstream};
+use crate::tunnel;
+
+/// A streaming response longer than this (or of unknown length) is
+/// registered with its route so that revocation can cut it off; shorter ones
+/// finish on their own.
+const STREAMING_BYTES: u64 = 1 << 20;
+
+/// The phases. A phase's `Err` carries an early answer by value: moved once
+/// per request, where a box would cost an allocation on every redirect.
+#[allow(clippy::result_large_err)]
+impl Proxy {
+    /// Handles one request from a plain connection.
+    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+        self.handle_conn(req, &ConnInfo { remote, sni: None }).await
+    }
+
+    /// Handles one request end to end, phase by phase. Never fails: errors
+    /// become responses.
+    pub async fn handle_conn(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Response<ProxyBody> {
+        let mut ctx = RequestCtx::new(&req, self.access_log);
+        // Every event of the request carries its id through this span.
+        let span = tracing::info_span!("request", id = %ctx.id_str());
+        let ended = async {
+            let sent_host = sent_host(&req)?;
+            let host = self.resolve_host(&sent_host, &req, conn)?;
+            let (req, target) = self.select_route(req, &host, &mut ctx).await?;
+            self.authorise(&req, &target, &mut ctx)?;
+            let upstream = self.admit(&target, &mut ctx)?;
+            let (outbound, client) =
+                self.upstream_request(req, &host, &target, upstream, conn, &ctx)?;
+            let resp = self
+                .forward(upstream, &target.route, outbound, client.upgrade.is_some())
+                .await?;
+            self.respond(resp, client, &target.route, upstream, &mut ctx)
+        }
+        .instrument(span.clone())
+        .await;
+        self.finish(ended, conn, ctx, &span)
+    }
+
+    /// Phase 1: the host the request is for. A plain listener beside an
+    /// HTTPS one sends every request there instead; on a TLS listener the
+    /// host must be covered by the certificate the connection was given
+    /// (HTTP/2 may carry other hosts' requests), or the client is told to
+    /// open a connection of its own for it (421).
+    fn resolve_host<'a>(
+        &self,
+        sent: &'a HeaderValue,
+        req: &Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Result<Host<'a>, Stop> {
+        let sent_str = sent.to_str().map_err(|_| {
+            ProxyError::InvalidHost(String::from_utf8_lossy(sent.as_bytes()).into())
+        })?;
+        let name = normalize_host(sent_str)
+            .ok_or_else(|| ProxyError::InvalidHost(sent_str.to_string()))?;
+        if let Some(port) = self.https_redirect {
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            return Err(Stop::Answer(https_redirect(&name, port, pq)));
+        }
+        if let Some(tls) = &self.tls {
+            let sni = conn.sni.as_deref();
+            if sni != Some(&*name) && !tls.covers(sni, &name) {
+                return Err(ProxyError::Misdirected {
+                    host: name.to_string(),
+                    sni: sni.unwrap_or("").to_string(),
+                }
+                .into());
+            }
+        }
+        Ok(Host {
+            sent,
+            sent_str,
+            name,
+        })
+    }
+
+    /// Phase 2: the route, with one load of the table. The portal's own API
+    /// comes first, and an access link is opened here, as the gateway
+    /// answers both itself. Hands the request back with its route.
+    async fn select_route(
+        &self,
+        req: Request<Incoming>,
+        host: &Host<'_>,
+        ctx: &mut RequestCtx,
+    ) -> Result<(Request<Incoming>, Target), Stop> {
+        let table = self.routes.load();
+        if let Some(portal) = &self.portal {
+            if table.portal_host() == Some(&*host.name) && portal.claims(req.uri().path()) {
+                drop(table);
+                ctx.kind = RequestKind::Portal;
+                return Err(Stop::Answer(portal.call(req).await));
+            }
+        }
+        let path = req.uri().path();
+        let m = lookup(&table, &host.name, path).ok_or_else(|| ProxyError::NoRoute {
+            host: host.name.to_string(),
+            path: path.to_string(),
+        })?;
+        let target = Target {
+            route: Arc::clone(m.route),
+            prefix_len: m.prefix_len,
+        };
+        drop(table);
+        if target.relative_path(path) == ACTIVATE_PATH && target.route.access.is_some() {
+            let query = req.uri().query();
+            let answer = self
+                .activate(&target.route, target.slug(path), query)
+                .await?;
+            return Err(Stop::Answer(answer));
+        }
+        Ok((req, target))
+    }
+
+    /// Phase 3: a private route lets in only a browser whose cookie names a
+    /// user its access list allows. It runs before `admit`, so that a
+    /// stranger learns nothing about the state of a session.
+    fn authorise(
+        &self,
+        req: &Request<Incoming>,
+        target: &Target,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Stop> {
+        let route = &target.route;
+        if route.public {
+            return Ok(());
+        }
+        let slug = target.slug(req.uri().path());
+        match self.check_access(route, req.headers(), slug) {
+            Ok(user) => {
+                ctx.user = Some(user);
+                Ok(())
+            }
+            Err(AccessDenied::SignIn) => {
+                if let Some(url) = self.access.as_ref().and_then(|a| a.login_url.as_deref()) {
+                    let login = access::with_notification(url, "session-invalid");
+                    return Err(Stop::Answer(redirect(&login)));
+                }
+                Err(ProxyError::SignInRequired(route.id.to_string()).into())
+            }
+            Err(AccessDenied::Forbidden(user)) => Err(ProxyError::Forbidden {
+                user,
+                route: route.id.to_string(),
+            }
+            .into()),
+        }
+    }
+
+    /// Phase 4: the route's state decides whether the request goes on: an
+    /// inactive or paused session answers 503, a link session redirects,
+    /// and anything else counts as activity and goes to the upstream.
+    fn admit<'t>(&self, target: &'t Target, ctx: &mut RequestCtx) -> Result<&'t Upstream, Stop> {
+        let route = &target.route;
+        if route.inactive {
+            return Err(ProxyError::Inactive(route.id.to_string()).into());
+        }
+        if route.paused {
+            return Err(ProxyError::Paused(route.id.to_string()).into());
+        }
+        route.state.touch();
+        let upstream = match &route.target {
+            RouteTarget::Upstream(u) => u,
+            RouteTarget::Redirect(url) => {
+                ctx.kind = RequestKind::Redirect;
+                return Err(Stop::Answer(redirect(url)));
+            }
+        };
+        ctx.kind = RequestKind::Upstream;
+        if let Some(log) = &mut ctx.log {
+            log.upstream = Some(upstream.to_string().into());
+            log.user.clone_from(&ctx.user);
+        }
+        Ok(upstream)
+    }
+
+    /// Phase 5: the request for the upstream: its URI, its head rewritten
+    /// by [`headers::rewrite_request`] (in HTTP/1.1, which every upstream
+    /// speaks), and its body watched for progress. Hands back what `respond`
+    /// needs of the client's side.
+    fn upstream_request(
+        &self,
+        mut req: Request<Incoming>,
+        host: &Host<'_>,
+        target: &Target,
+        upstream: &Upstream,
+        conn: &ConnInfo,
+        ctx: &RequestCtx,
+    ) -> Result<(Outbound, ClientSide), Stop> {
+        let uri = upstream_uri(req.uri(), target, upstream)?;
+        let version = req.version();
+        let upgrade = headers::requested_upgrade(version, req.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let host_header = if target.route.rewrite_host {
+            HeaderValue::from_str(upstream.authority.as_str()).unwrap_or_else(|_| host.sent.clone())
+        } else {
+            host.sent.clone()
+        };
+        headers::rewrite_request(
+            &mut parts.headers,
+            UpstreamHead {
+                client: ClientInfo {
+                    ip: conn.remote.ip(),
+                    proto: self.proto,
+                    host: host.sent_str,
+                },
+                host: host_header,
+                request_id: ctx.id.clone(),
+                upgrade: upgrade.clone(),
+            },
+        );
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let progress = if body.is_end_stream() {
+            None
+        } else {
+            Some(Arc::new(AtomicU64::new(unix_millis())))
+        };
+        let req = Request::from_parts(parts, UpstreamRequestBody::new(body, progress.clone()));
+        Ok((
+            Outbound { req, progress },
+            ClientSide {
+                version,
+                upgrade: upgrade.zip(client_upgrade),
+            },
+        ))
+    }
+
+    /// Phase 6: sends the request, within the upstream client's connect and
+    /// response timeouts.
+    async fn forward(
+        &self,
+        upstream: &Upstream,
+        route: &Route,
+        outbound: Outbound,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, Stop> {
+        let resp = self
+            .client
+            .send(
+                upstream,
+                route.tls_verify,
+                upgrade,
+                outbound.req,
+                outbound.progress,
+            )
+            .await?;
+        Ok(resp)
+    }
+
+    /// Phase 7: the upstream's response for the client, in the client's
+    /// HTTP version and without the upstream's hop-by-hop headers. A body
+    /// that may go on for long (no length, or more than [`STREAMING_BYTES`])
+    /// is registered with its route, so that revocation can cut it off.
+    fn respond(
+        &self,
+        resp: Response<Incoming>,
+        client: ClientSide,
+        route: &Route,
+        upstream: &Upstream,
+        ctx: &mut RequestCtx,
+    ) -> Result<Response<ProxyBody>, Stop> {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return self.switch(resp, client, route, upstream, ctx);
+        }
+        let (mut parts, body) = resp.into_parts();
+        // The upstream's HTTP version describes its hop, not ours.
+        parts.version = client.version;
+        headers::remove_hop_by_hop(&mut parts.headers);
+        let streaming =
+            !body.is_end_stream() && body.size_hint().exact().is_none_or(|n| n > STREAMING_BYTES);
+        let body = if streaming {
+            let (guard, close) = route.state.register_live(LiveKind::Stream, ctx.user.take());
+            ProxyBody::Revocable(Box::new(RevocableBody::new(body, guard, close)))
+        } else {
+            ProxyBody::Upstream(body)
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Phase 7 for a `101 Switching Protocols`: a switch to what the client
+    /// asked for is passed on, and a tunnel copies the bytes both ways once
+    /// both sides have switched. A switch the client did not ask for, or to
+    /// another protocol than it asked for ([`headers::switched_as_requested`]),
+    /// is the upstream's protocol error: the client would be handed a
+    /// connection speaking something it never offered.
+    fn switch(
+        &self,
+        mut resp: Response<Incoming>,
+        client: ClientSide,
+        route: &Route,
+        upstream: &Upstream,
+        ctx: &mut RequestCtx,
+    ) -> Result<Response<ProxyBody>, Stop> {
+        let Some((requested, client_upgrade)) = client.upgrade else {
+            return Err(ProxyError::UpstreamProtocol {
+                upstream: upstream.to_string(),
+                reason: "switched protocols without an upgrade request".into(),
+            }
+            .into());
+        };
+        let protocol = match resp.headers().get(header::UPGRADE) {
+            Some(switched) if headers::switched_as_requested(&requested, Some(switched)) => {
+                switched.clone()
+            }
+            switched => {
+                let reason = match switched {
+                    Some(switched) => {
+                        format!(
+                            "switched protocols to {switched:?}, not the requested {requested:?}"
+                        )
+                    }
+                    None => format!(
+                        "switched protocols without an Upgrade header ({requested:?} was requested)"
+                    ),
+                };
+                return Err(ProxyError::UpstreamProtocol {
+                    upstream: upstream.to_string(),
+                    reason,
+                }
+                .into());
+            }
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        parts.version = client.version;
+        headers::rewrite_switch(&mut parts.headers, protocol);
+        tunnel::spawn(
+            Arc::clone(&route.state),
+            Arc::clone(&self.metrics),
+            ctx.user.take(),
+            client_upgrade,
+            upstream_upgrade,
+            upstream.to_string(),
+        );
+        Ok(Response::from_parts(parts, ProxyBody::empty()))
+    }
+
+    /// Phase 8, however the request ended: an error becomes its response
+    /// ([`Proxy::render`]), every answer carries the request id, and the
+    /// request is counted and, when the access log is on, logged once its
+    /// body is over.
+    fn finish(
+        &self,
+        ended: Result<Response<ProxyBody>, Stop>,
+        conn: &ConnInfo,
+        ctx: RequestCtx,
+        span: &tracing::Span,
+    ) -> Response<ProxyBody> {
+        let RequestCtx {
+            id,
+            started,
+            wants_json,
+            kind,
+            log,
+            ..
+        } = ctx;
+        let mut resp = match ended {
+            Ok(mut resp) | Err(Stop::Answer(mut resp)) => {
+                resp.headers_mut().insert(&X_REQUEST_ID, id);
+                resp
+            }
+            Err(Stop::Fail(err)) => self.render(&err, wants_json, &id, span),
+        };
+        let status = resp.status().as_u16();
+        self.metrics.record(kind, status, started.elapsed());
+        if let Some(log) = log {
+            let entry = AccessEntry {
+                method: log.method,
+                host: log.host,
+                uri: log.uri,
+                status,
+                upstream: log.upstream,
+                user: log.user,
+                request_id: resp
+                    .headers()
+                    .get(&X_REQUEST_ID)
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static("-")),
+                remote: conn.remote,
+                started,
+            };
+            resp = resp.map(|body| ProxyBody::Logged(Box::new(LoggedBody::new(body, entry))));
+        }
+        resp
+    }
+
+    /// The one place a failure becomes a response: an upstream's failure is
+    /// counted by cause, every failure is logged (at warn when the fault is
+    /// on the server side), and the client gets a page or JSON.
+    fn render(
+        &self,
+        err: &ProxyError,
+        json: bool,
+        request_id: &HeaderValue,
+        span: &tracing::Span,
+    ) -> Response<ProxyBody> {
+        if let Some(cause) = upstream_cause(err) {
+            self.metrics.upstream_error(cause);
+        }
+        let _in = span.enter();
+        // The id as a field as well: under `RUST_LOG=warn` the span (INFO)
+        // is off, and an error line must still name its request.
+        let rid = request_id.to_str().unwrap_or_default();
+        if err.is_upstream() {
+            tracing::warn!(request_id = rid, error = %err, "proxy error");
+        } else {
+            tracing::debug!(request_id = rid, error = %err, "request refused");
+        }
+        error_response(err, json, request_id)
+    }
+}
+
+/// What one request carries from phase to phase (pingora's `CTX`): made
+/// before the first phase, read by `finish` however the request ended.
+struct RequestCtx {
+    /// The client's `X-Request-Id` when sane, else a fresh one: sent
+    /// upstream, echoed to the client, logged.
+    id: HeaderValue,
+    /// When the request came in, for the duration metric and the log line.
+    started: Instant,
+    /// Errors go to this client as JSON rather than an HTML page.
+    wants_json: bool,
+    /// What answered, for metrics: the gateway itself until a phase says
+    /// otherwise.
+    kind: RequestKind,
+    /// The user a private route let in. It tags the request's live
+    /// connection (tunnel or stream) for per-user revocation, which takes it.
+    user: Option<Arc<str>>,
+    /// What the access-log line needs from the request, collected only when
+    /// a line will be written.
+    log: Option<LogFields>,
+}
+
+/// The access-log fields only the request knows. The method, URI and Host
+/// are cheap clones: they share the request's buffer.
+struct LogFields {
+    method: Method,
+    uri: Uri,
+    host: Option<HeaderValue>,
+    /// The upstream, once `admit` found one.
+    upstream: Option<Arc<str>>,
+    /// The user a private route let in, once `admit` let the request on.
+    user: Option<Arc<str>>,
+}
+
+impl RequestCtx {
+    /// `access_log`: the proxy writes access-log lines.
+    fn new(req: &Request<Incoming>, access_log: bool) -> RequestCtx {
+        let started = Instant::now();
+        // Nothing at all is collected when the log filter drops the target.
+        let log_on =
+            access_log && tracing::enabled!(target: access_log::TARGET, tracing::Level::INFO);
+        RequestCtx {
+            id: headers::request_id(req.headers()),
+            started,
+            wants_json: wants_json(req.headers().get(header::ACCEPT)),
+            kind: RequestKind::Gateway,
+            user: None,
+            log: log_on.then(|| LogFields {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                host: req.headers().get(header::HOST).cloned(),
+                upstream: None,
+                user: None,
+            }),
+        }
+    }
+
+    fn id_str(&self) -> &str {
+        self.id.to_str().unwrap_or_default()
+    }
+}
+
+/// How a phase ends a request before its response phase.
+enum Stop {
+    /// The gateway answers itself: a redirect, the portal's API, an access
+    /// link.
+    Answer(Response<ProxyBody>),
+    /// A failure, for `finish` to render.
+    Fail(ProxyError),
+}
+
+impl From<ProxyError> for Stop {
+    fn from(err: ProxyError) -> Stop {
+        Stop::Fail(err)
+    }
+}
+
+/// The host a request is for.
+struct Host<'a> {
+    /// As the client sent it, port included: passed on as `Host` (unless
+    /// the route rewrites it) and in the forwarding headers.
+    sent: &'a HeaderValue,
+    /// `sent` as text.
+    sent_str: &'a str,
+    /// Lower-case, without port or trailing dot: what routes are filed under.
+    name: Cow<'a, str>,
+}
+
+/// The route a request matched, and how much of its path the route's slug
+/// took.
+struct Target {
+    route: Arc<Route>,
+    /// Bytes of the path taken by the slug (0 for host and label routes).
+    prefix_len: usize,
+}
+
+impl Target {
+    /// The slug the route matched (`/lab`), which scopes its cookie and
+    /// prefixes where an access link lands.
+    fn slug<'p>(&self, path: &'p str) -> Option<&'p str> {
+        (self.prefix_len > 0)
+            .then(|| path.get(..self.prefix_len))
+            .flatten()
+    }
+
+    /// The path below the slug: the session's own.
+    fn relative_path<'p>(&self, path: &'p str) -> &'p str {
+        path.get(self.prefix_len..).unwrap_or(path)
+    }
+
+    /// The path to send upstream: the slug removed when the route strips it.
+    fn upstream_path<'p>(&self, path: &'p str) -> &'p str {
+        RouteMatch {
+            route: &self.route,
+            prefix_len: self.prefix_len,
+        }
+        .upstream_path(path)
+    }
+}
+
+/// The request for the upstream, as `forward` sends it.
+struct Outbound {
+    req: Request<UpstreamRequestBody>,
+    /// When the request body last moved, for the response timeout; `None`
+    /// for an empty body.
+    progress: Option<Arc<AtomicU64>>,
+}
+
+/// The client's side of a request whose head went upstream: what `respond`
+/// needs of it.
+struct ClientSide {
+    /// The client's HTTP version: the response goes back in it, whatever the
+    /// upstream spoke.
+    version: Version,
+    /// The protocols the client asked to switch to, and its half of the
+    /// switch.
+    upgrade: Option<(HeaderValue, OnUpgrade)>,
+}
+
+/// The host as the client sent it: the URI's authority (HTTP/2, or an
+/// absolute-form request line), else `Host`.
+fn sent_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::MissingHost),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .ok_or(ProxyError::MissingHost),
+    }
+}
+
+/// The upstream's URI for a request: the upstream's scheme and authority,
+/// the request's path and query, the slug taken off the path when the route
+/// strips it.
+fn upstream_uri(uri: &Uri, target: &Target, upstream: &Upstream) -> Result<Uri, ProxyError> {
+    let cannot_build = |reason: &dyn std::fmt::Display| ProxyError::UpstreamUri {
+        path: uri.path().to_string(),
+        reason: reason.to_string(),
+    };
+    let pq = if target.route.strip_prefix && target.prefix_len > 0 {
+        let rest = target.upstream_path(uri.path());
+        let pq = match uri.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_string(),
+        };
+        PathAndQuery::try_from(pq).map_err(|e| cannot_build(&e))?
+    } else {
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    };
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| cannot_build(&e))
+}
+
+/// The `cause` of an upstream failure, for metrics.
+fn upstream_cause(err: &ProxyError) -> Option<UpstreamCause> {
+    Some(match err {
+        ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamSchemeUnsupported(_) => {
+            UpstreamCause::Unreachable
+        }
+        ProxyError::UpstreamConnectTimeout { .. } => UpstreamCause::ConnectTimeout,
+        ProxyError::UpstreamTimeout { .. } => UpstreamCause::Timeout,
+        ProxyError::UpstreamProtocol { .. } => UpstreamCause::Protocol,
+        ProxyError::UpstreamTls { .. } => UpstreamCause::Tls,
+        _ => return None,
+    })
+}
+
+/// `308 Permanent Redirect` to the same host, path and query over HTTPS.
+fn https_redirect(host: &str, port: u16, path_and_query: &str) -> Response<ProxyBody> {
+    let location = if port == 443 {
+        format!("https://{host}{path_and_query}")
+    } else {
+        format!("https://{host}:{port}{path_and_query}")
+    };
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// `302 Found` to `url`: a link session's external URL, the login page, a
+/// session's entry path after its access link.
+pub(super) fn redirect(url: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(url) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,304 @@
+//! What a route is: where it sends traffic ([`Upstream`], [`RouteTarget`]),
+//! what the table is given for it ([`RouteSpec`], with a builder), and what
+//! the table makes of it ([`Route`]).
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::uri::{Authority, Scheme};
+
+use super::RouteState;
+use crate::access::AccessList;
+
+/// Where a route sends its traffic: `http://host:port` or `https://host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl Upstream {
+    /// Parses `http://host:port` (or `https://`). A path other than `/`, a query,
+    /// or user info is refused: a route forwards the request path unchanged.
+    pub fn parse(s: &str) -> Result<Self, UpstreamError> {
+        let uri: http::Uri = s.parse().map_err(|reason| UpstreamError::NotAUrl {
+            input: s.to_string(),
+            reason,
+        })?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => Scheme::HTTPS,
+            Some(other) => {
+                return Err(UpstreamError::UnsupportedScheme {
+                    input: s.to_string(),
+                    scheme: other.to_string(),
+                })
+            }
+            None => return Err(UpstreamError::MissingScheme(s.to_string())),
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| UpstreamError::MissingHost(s.to_string()))?;
+        if authority.as_str().contains('@') {
+            return Err(UpstreamError::UserInfo(s.to_string()));
+        }
+        if authority.host().is_empty() {
+            return Err(UpstreamError::MissingHost(s.to_string()));
+        }
+        if let Some(pq) = uri.path_and_query() {
+            if pq.as_str() != "/" && !pq.as_str().is_empty() {
+                return Err(UpstreamError::PathOrQuery(s.to_string()));
+            }
+        }
+        Ok(Upstream { scheme, authority })
+    }
+}
+
+/// Why a string is not an upstream. Each names the string as it was given.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {input:?}: not a URL ({reason})")]
+    NotAUrl {
+        input: String,
+        reason: http::uri::InvalidUri,
+    },
+    #[error("upstream {input:?}: scheme {scheme:?} is not supported (use http:// or https://)")]
+    UnsupportedScheme { input: String, scheme: String },
+    #[error("upstream {0:?}: missing scheme (http:// or https://)")]
+    MissingScheme(String),
+    #[error("upstream {0:?}: missing host")]
+    MissingHost(String),
+    #[error("upstream {0:?}: user info is not allowed")]
+    UserInfo(String),
+    #[error("upstream {0:?}: a path or query is not allowed, only scheme://host:port")]
+    PathOrQuery(String),
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// Where a matched request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// Proxy it to this upstream.
+    Upstream(Upstream),
+    /// Answer `302 Found` to this absolute URL (a `link` session: the app
+    /// lives elsewhere and the gateway only hands the browser over).
+    Redirect(Arc<str>),
+}
+
+impl fmt::Display for RouteTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteTarget::Upstream(u) => u.fmt(f),
+            RouteTarget::Redirect(url) => write!(f, "redirect {url}"),
+        }
+    }
+}
+
+/// What the table builder is given for one route.
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    /// Stable identity across table versions (a session name, or `static:<key>`).
+    /// Runtime state is carried over by this id.
+    pub id: Arc<str>,
+    /// Exact hostnames (custom domains, static host routes).
+    pub hosts: Vec<String>,
+    /// DNS labels served under every base domain: `<label>.<base-domain>`.
+    pub labels: Vec<String>,
+    /// Path prefixes on the portal host, such as `/lab`.
+    pub slugs: Vec<String>,
+    pub target: RouteTarget,
+    /// Remove the matched slug from the path before forwarding.
+    pub strip_prefix: bool,
+    /// Send the upstream's own authority as `Host` instead of the client's.
+    pub rewrite_host: bool,
+    /// Answer 503 instead of forwarding (a paused session).
+    pub paused: bool,
+    /// Anyone may use it. A route that is not public needs a browser with a
+    /// valid cookie for a user its `access` list allows.
+    pub public: bool,
+    /// Who may use a private route. A private route without one lets nobody in.
+    pub access: Option<Arc<AccessList>>,
+    /// The session waits for an access link (pending, or evicted): the link
+    /// is served, everything else answers 503.
+    pub inactive: bool,
+    /// For an `https://` upstream: verify its certificate. Off only for apps
+    /// with self-signed certificates, by the session's own choice.
+    pub tls_verify: bool,
+}
+
+impl RouteSpec {
+    /// A public route `id` to `target`, matched by nothing yet: add hosts,
+    /// labels or slugs with the builder methods below. Every other field has
+    /// the value a static route from the configuration file has (no prefix
+    /// stripping, the client's Host kept, certificates verified).
+    pub fn new(id: impl Into<Arc<str>>, target: RouteTarget) -> RouteSpec {
+        RouteSpec {
+            id: id.into(),
+            hosts: Vec::new(),
+            labels: Vec::new(),
+            slugs: Vec::new(),
+            target,
+            strip_prefix: false,
+            rewrite_host: false,
+            paused: false,
+            public: true,
+            access: None,
+            inactive: false,
+            tls_verify: true,
+        }
+    }
+
+    /// Also matches this exact hostname.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.hosts.push(host.into());
+        self
+    }
+
+    /// Also matches `<label>.<base-domain>` for every base domain.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.labels.push(label.into());
+        self
+    }
+
+    /// Also matches this path prefix on the portal host.
+    pub fn slug(mut self, slug: impl Into<String>) -> Self {
+        self.slugs.push(slug.into());
+        self
+    }
+
+    pub fn strip_prefix(mut self, on: bool) -> Self {
+        self.strip_prefix = on;
+        self
+    }
+
+    pub fn rewrite_host(mut self, on: bool) -> Self {
+        self.rewrite_host = on;
+        self
+    }
+
+    pub fn paused(mut self, on: bool) -> Self {
+        self.paused = on;
+        self
+    }
+
+    /// Makes the route private: only users `access` allows get in (nobody
+    /// without a list).
+    pub fn private(mut self, access: Option<Arc<AccessList>>) -> Self {
+        self.public = false;
+        self.access = access;
+        self
+    }
+
+    pub fn inactive(mut self, on: bool) -> Self {
+        self.inactive = on;
+        self
+    }
+
+    pub fn tls_verify(mut self, on: bool) -> Self {
+        self.tls_verify = on;
+        self
+    }
+}
+
+/// A compiled route, shared by every table version that contains it unchanged.
+#[derive(Debug)]
+pub struct Route {
+    pub id: Arc<str>,
+    pub target: RouteTarget,
+    pub strip_prefix: bool,
+    pub rewrite_host: bool,
+    pub paused: bool,
+    pub public: bool,
+    pub access: Option<Arc<AccessList>>,
+    pub inactive: bool,
+    pub tls_verify: bool,
+    pub state: Arc<RouteState>,
+    /// The spec it was built from, for `GET /api/v1/routes`.
+    pub spec: RouteSpec,
+    /// The normalised keys it is filed under, so that replacing or removing it
+    /// frees exactly those. The strings are shared with the maps' keys.
+    pub(super) keys: RouteKeys,
+}
+
+/// The normalised names a route is filed under in the table's maps.
+#[derive(Debug, Default)]
+pub(super) struct RouteKeys {
+    pub(super) hosts: Vec<Arc<str>>,
+    pub(super) labels: Vec<Arc<str>>,
+    pub(super) slugs: Vec<Arc<str>>,
+}
+
+/// An absolute `http`/`https` URL that can be sent as a `Location` header.
+pub fn is_redirect_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.host().is_some_and(|h| !h.is_empty())
+        && http::HeaderValue::from_str(url).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_parse_accepts_scheme_host_port_only() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("http://127.0.0.1:9001", Ok("http://127.0.0.1:9001")),
+            (
+                "https://app.internal:8443/",
+                Ok("https://app.internal:8443"),
+            ),
+            ("http://[::1]:80", Ok("http://[::1]:80")),
+            ("ftp://x:1", Err("scheme")),
+            ("127.0.0.1:9001", Err("scheme")),
+            ("http://h:1/path", Err("path")),
+            ("http://u:p@h:1", Err("user info")),
+            ("not a url", Err("not a URL")),
+        ];
+        for (input, want) in cases {
+            match (Upstream::parse(input), want) {
+                (Ok(u), Ok(s)) => assert_eq!(u.to_string(), *s, "{input}"),
+                (Err(e), Err(frag)) => assert!(e.to_string().contains(frag), "{input}: {e}"),
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn upstream_errors_name_the_input() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "ftp://x:1",
+                r#"upstream "ftp://x:1": scheme "ftp" is not supported (use http:// or https://)"#,
+            ),
+            (
+                "/x",
+                r#"upstream "/x": missing scheme (http:// or https://)"#,
+            ),
+            (
+                "http://u:p@h:1",
+                r#"upstream "http://u:p@h:1": user info is not allowed"#,
+            ),
+            (
+                "http://h:1/path",
+                r#"upstream "http://h:1/path": a path or query is not allowed, only scheme://host:port"#,
+            ),
+            (
+                "not a url",
+                r#"upstream "not a url": not a URL (invalid uri character)"#,
+            ),
+        ];
+        for (input, want) in cases {
+            let err = Upstream::parse(input).unwrap_err();
+            assert_eq!(err.to_string(), *want);
+        }
+    }
+}
