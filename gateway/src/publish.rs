@@ -149,20 +149,8 @@ mod tests {
     use crate::table::{RouteSpec, RouteTarget, TableSettings, Upstream};
 
     fn spec(id: &str, label: &str) -> RouteSpec {
-        RouteSpec {
-            id: id.into(),
-            hosts: vec![],
-            labels: vec![label.to_string()],
-            slugs: vec![],
-            target: RouteTarget::Upstream(Upstream::parse("http://127.0.0.1:1").unwrap()),
-            strip_prefix: false,
-            rewrite_host: false,
-            paused: false,
-            public: true,
-            access: None,
-            inactive: false,
-            tls_verify: true,
-        }
+        let target = RouteTarget::Upstream(Upstream::parse("http://127.0.0.1:1").unwrap());
+        RouteSpec::new(id, target).label(label)
     }
 
     fn handle() -> RouteHandle {

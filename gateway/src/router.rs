@@ -146,20 +146,11 @@ mod tests {
     use crate::table::{RouteSpec, RouteTarget, TableSettings, Upstream};
 
     fn spec(id: &str, hosts: &[&str], labels: &[&str], slugs: &[&str], strip: bool) -> RouteSpec {
-        RouteSpec {
-            id: id.into(),
-            hosts: hosts.iter().map(|s| s.to_string()).collect(),
-            labels: labels.iter().map(|s| s.to_string()).collect(),
-            slugs: slugs.iter().map(|s| s.to_string()).collect(),
-            target: RouteTarget::Upstream(Upstream::parse("http://127.0.0.1:1").unwrap()),
-            strip_prefix: strip,
-            rewrite_host: false,
-            paused: false,
-            public: true,
-            access: None,
-            inactive: false,
-            tls_verify: true,
-        }
+        let target = RouteTarget::Upstream(Upstream::parse("http://127.0.0.1:1").unwrap());
+        let spec = RouteSpec::new(id, target).strip_prefix(strip);
+        let spec = hosts.iter().fold(spec, |s, h| s.host(*h));
+        let spec = labels.iter().fold(spec, |s, l| s.label(*l));
+        slugs.iter().fold(spec, |s, p| s.slug(*p))
     }
 
     fn table() -> RouteTable {

@@ -1258,23 +1258,13 @@ pub(crate) struct AppliedGroups {
 
 #[cfg(test)]
 mod tests {
+    use testkit::XorShift;
+
     use super::*;
 
     pub(crate) fn spec(id: &str) -> RouteSpec {
-        RouteSpec {
-            id: id.into(),
-            hosts: vec![],
-            labels: vec![id.to_string()],
-            slugs: vec![],
-            target: RouteTarget::Upstream(Upstream::parse("http://127.0.0.1:1").unwrap()),
-            strip_prefix: false,
-            rewrite_host: false,
-            paused: false,
-            public: true,
-            access: None,
-            inactive: false,
-            tls_verify: true,
-        }
+        let target = RouteTarget::Upstream(Upstream::parse("http://127.0.0.1:1").unwrap());
+        RouteSpec::new(id, target).label(id)
     }
 
     #[test]
@@ -1654,28 +1644,6 @@ mod tests {
         let mut all: Vec<String> = before.values().map(|r| r.id.to_string()).collect();
         all.sort();
         assert_eq!(all, ["r1", "r2", "r3", "r4"]);
-    }
-
-    /// A tiny deterministic generator for the randomized tests.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn chance(&mut self, percent: usize) -> bool {
-            self.below(100) < percent
-        }
     }
 
     /// A random spec over small pools of names, so that conflicts and
