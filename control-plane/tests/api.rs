@@ -15,9 +15,11 @@ use control_plane::clock::ManualClock;
 use control_plane::control::{ControlPlane, LifecycleSettings};
 use control_plane::metrics::Metrics;
 use control_plane::store::Store;
-use gateway::{RouteHandle, RouteTarget, TableSettings};
+use gateway::{RouteHandle, RouteTarget};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use testkit::routes::{empty_table, settings_with};
+use testkit::temp_dir;
 use tower::ServiceExt;
 
 const ADMIN: &str = "api-test-admin-token-0123456789";
@@ -36,29 +38,11 @@ impl Drop for Api {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!("sg-api-{name}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 impl Api {
     async fn new(name: &str) -> Api {
-        let dir = temp_dir(name);
+        let dir = temp_dir(&format!("api-{name}"));
         let store = Store::open(&dir.join("sessiongate.db")).await.unwrap();
-        let routes = RouteHandle::new();
-        routes
-            .publish(
-                &TableSettings {
-                    base_domains: vec!["localhost".into()],
-                    portal_host: Some("portal.test".into()),
-                },
-                vec![],
-            )
-            .unwrap();
+        let routes = empty_table(&settings_with(&["localhost"], Some("portal.test")));
         let clock = ManualClock::starting_now();
         let cp = Arc::new(ControlPlane::new(
             store,

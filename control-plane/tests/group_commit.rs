@@ -18,6 +18,8 @@ use control_plane::session::{Action, SessionState};
 use control_plane::store::Store;
 use gateway::RouteHandle;
 use sqlx::{Connection, SqliteConnection};
+use testkit::routes::{empty_table, settings_with};
+use testkit::temp_dir;
 use tokio::sync::Mutex;
 
 struct Fixture {
@@ -36,10 +38,10 @@ impl Drop for Fixture {
 }
 
 async fn fixture(name: &str) -> Fixture {
-    let dir = common::temp_dir(&format!("group-{name}"));
+    let dir = temp_dir(&format!("group-{name}"));
     let db = dir.join("sessiongate.db");
     let store = Store::open(&db).await.unwrap();
-    let routes = common::route_table();
+    let routes = empty_table(&settings_with(&["localhost"], None));
     let cp = Arc::new(ControlPlane::new(
         store,
         routes.clone(),

@@ -17,6 +17,8 @@ use control_plane::session::model::NewSession;
 use control_plane::session::{Action, SessionState};
 use control_plane::store::Store;
 use gateway::RouteHandle;
+use testkit::routes::{empty_table, settings_with};
+use testkit::temp_dir;
 
 struct Fixture {
     cp: Arc<ControlPlane>,
@@ -34,11 +36,9 @@ impl Drop for Fixture {
 const MIN: Duration = Duration::from_secs(60);
 
 async fn fixture(name: &str) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("sg-reaper-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir(&format!("reaper-{name}"));
     let store = Store::open(&dir.join("sessiongate.db")).await.unwrap();
-    let routes = common::route_table();
+    let routes = empty_table(&settings_with(&["localhost"], None));
     let clock = ManualClock::starting_now();
     let cp = Arc::new(ControlPlane::new(
         store,
