@@ -2,7 +2,6 @@
 //! and a real route table, with a manual clock: every endpoint, good and bad
 //! input, and what the gateway's table holds after each change.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use gateway::{RouteHandle, RouteTarget};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use testkit::routes::{empty_table, settings_with};
-use testkit::temp_dir;
+use testkit::TempDir;
 use tower::ServiceExt;
 
 const ADMIN: &str = "api-test-admin-token-0123456789";
@@ -29,19 +28,16 @@ struct Api {
     cp: Arc<ControlPlane>,
     clock: ManualClock,
     routes: RouteHandle,
-    dir: PathBuf,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    /// Declared last: removed once the store is closed.
+    _dir: TempDir,
 }
 
 impl Api {
     async fn new(name: &str) -> Api {
-        let dir = temp_dir(&format!("api-{name}"));
-        let store = Store::open(&dir.join("sessiongate.db")).await.unwrap();
+        let dir = TempDir::new(&format!("api-{name}"));
+        let store = Store::open(&dir.path().join("sessiongate.db"))
+            .await
+            .unwrap();
         let routes = empty_table(&settings_with(&["localhost"], Some("portal.test")));
         let clock = ManualClock::starting_now();
         let cp = Arc::new(ControlPlane::new(
@@ -58,7 +54,7 @@ impl Api {
             cp,
             clock,
             routes,
-            dir,
+            _dir: dir,
         }
     }
 

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use control_plane::auth::hash_token;
@@ -19,7 +18,7 @@ use control_plane::store::Store;
 use gateway::RouteHandle;
 use sqlx::{Connection, SqliteConnection};
 use testkit::routes::{empty_table, settings_with};
-use testkit::temp_dir;
+use testkit::TempDir;
 use tokio::sync::Mutex;
 
 struct Fixture {
@@ -28,18 +27,13 @@ struct Fixture {
     /// A connection of its own to the database file: it sees committed data
     /// only.
     reader: Arc<Mutex<SqliteConnection>>,
-    dir: PathBuf,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    /// Declared last: removed once the store is closed.
+    _dir: TempDir,
 }
 
 async fn fixture(name: &str) -> Fixture {
-    let dir = temp_dir(&format!("group-{name}"));
-    let db = dir.join("sessiongate.db");
+    let dir = TempDir::new(&format!("group-{name}"));
+    let db = dir.path().join("sessiongate.db");
     let store = Store::open(&db).await.unwrap();
     let routes = empty_table(&settings_with(&["localhost"], None));
     let cp = Arc::new(ControlPlane::new(
@@ -58,7 +52,7 @@ async fn fixture(name: &str) -> Fixture {
         cp,
         routes,
         reader: Arc::new(Mutex::new(reader)),
-        dir,
+        _dir: dir,
     }
 }
 

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,26 +17,23 @@ use control_plane::session::{Action, SessionState};
 use control_plane::store::Store;
 use gateway::RouteHandle;
 use testkit::routes::{empty_table, settings_with};
-use testkit::temp_dir;
+use testkit::TempDir;
 
 struct Fixture {
     cp: Arc<ControlPlane>,
     clock: ManualClock,
     routes: RouteHandle,
-    dir: PathBuf,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    /// Declared last: removed once the store is closed.
+    _dir: TempDir,
 }
 
 const MIN: Duration = Duration::from_secs(60);
 
 async fn fixture(name: &str) -> Fixture {
-    let dir = temp_dir(&format!("reaper-{name}"));
-    let store = Store::open(&dir.join("sessiongate.db")).await.unwrap();
+    let dir = TempDir::new(&format!("reaper-{name}"));
+    let store = Store::open(&dir.path().join("sessiongate.db"))
+        .await
+        .unwrap();
     let routes = empty_table(&settings_with(&["localhost"], None));
     let clock = ManualClock::starting_now();
     let cp = Arc::new(ControlPlane::new(
@@ -58,7 +54,7 @@ async fn fixture(name: &str) -> Fixture {
         cp,
         clock,
         routes,
-        dir,
+        _dir: dir,
     }
 }
 

@@ -19,7 +19,7 @@
 //!   and admin token.
 //! - [`routes`]: route specs, table settings and empty tables.
 //! - [`wait`]: polling with a deadline ([`eventually`], [`DEADLINE`]).
-//! - [`fs`]: scratch directories ([`temp_dir`]).
+//! - [`fs`]: scratch directories ([`temp_dir`], [`TempDir`]).
 //! - [`rng`]: a deterministic generator ([`XorShift`]).
 //! - [`server`] (feature `control-plane`): `sessiongate serve` in process on
 //!   port 0, [`server::InProcess`], and the test configuration both
@@ -38,7 +38,7 @@ pub mod wait;
 pub mod ws;
 
 pub use client::{api_request, exchange, http, Endpoints, RawResponse};
-pub use fs::temp_dir;
+pub use fs::{temp_dir, TempDir};
 pub use origin::{fnv, pattern, Origin, Reply};
 pub use rng::XorShift;
 pub use wait::{eventually, DEADLINE};
