@@ -6,10 +6,6 @@
 //!
 //! Every wait polls with a deadline; nothing sleeps to synchronise. Ports
 //! are never fixed: the addresses come from the server's own log lines.
-//!
-//! Each test crate uses a different part of this module, so unused items
-//! are allowed here rather than in every crate that includes it.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -40,20 +36,10 @@ pub async fn add_user(cp: &control_plane::control::ControlPlane, name: &str) {
     .unwrap();
 }
 
-/// Starts `sessiongate serve --config <config>` in `dir` and captures its
-/// output. The child sees none of the caller's `SESSIONGATE_*` variables, only
-/// `env`, so a developer's shell cannot change a test.
-pub fn spawn(config: &Path, dir: &Path, env: &[(&str, &str)]) -> (Child, Log) {
-    spawn_with_args(config, dir, env, &[])
-}
-
-/// As [`spawn`], with more arguments after `serve --config <config>`.
-pub fn spawn_with_args(
-    config: &Path,
-    dir: &Path,
-    env: &[(&str, &str)],
-    args: &[&str],
-) -> (Child, Log) {
+/// Starts `sessiongate serve --config <config> <args>` in `dir` and
+/// captures its output. The child sees none of the caller's `SESSIONGATE_*`
+/// variables, only `env`, so a developer's shell cannot change a test.
+fn spawn(config: &Path, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (Child, Log) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiongate"));
     cmd.arg("serve")
         .arg("--config")
@@ -238,7 +224,7 @@ impl Sessiongate {
     }
 
     async fn launch(dir: &Path, config: &Path, env: &[(&str, &str)], args: &[&str]) -> Sessiongate {
-        let (mut child, log) = spawn_with_args(config, dir, env, args);
+        let (mut child, log) = spawn(config, dir, env, args);
         let token = env
             .iter()
             .rev()
@@ -278,7 +264,7 @@ impl Sessiongate {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let (mut child, log) = spawn_with_args(&self.config, &self.dir, &env, &args);
+        let (mut child, log) = spawn(&self.config, &self.dir, &env, &args);
         self.endpoints = wait_listening(&mut child, &log, &self.endpoints.token).await;
         self.child = child;
         self.log = log;

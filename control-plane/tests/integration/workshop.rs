@@ -3,12 +3,10 @@
 //! field, and the browser's activation through the gateway with the cookie
 //! jar.
 
-mod common;
-
 use std::net::SocketAddr;
 
+use crate::common::jar::Browser;
 use base64::Engine as _;
-use common::jar::Browser;
 use serde_json::{json, Value};
 use testkit::server::InProcess;
 use testkit::{exchange, temp_dir, Endpoints, Origin};

@@ -1,14 +1,12 @@
 //! `sessiongate serve` as a process: configuration errors, the routes API,
 //! reload on file change and SIGHUP, and shutdown on SIGTERM.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{wait_log, Sessiongate};
+use crate::common::{wait_log, Sessiongate};
 use testkit::server::TOKEN;
 use testkit::{http, temp_dir, Origin};
 use tokio::net::TcpStream;

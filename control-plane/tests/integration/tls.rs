@@ -7,15 +7,13 @@
 //! directory reuses the CA, so every leaf of a directory chains to one CA
 //! the clients trust.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::Sessiongate;
 use bytes::Bytes;
-use common::Sessiongate;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -332,7 +330,7 @@ async fn hot_reload_changes_the_certificate_and_keeps_open_connections() {
 
     // Garbage over the pair: logged, and the last good certificate stays.
     std::fs::write(dir.join("sessions.test.crt"), "not a certificate").unwrap();
-    let logged = common::wait_log(&sg.log, "sessions.test.crt").await;
+    let logged = crate::common::wait_log(&sg.log, "sessions.test.crt").await;
     assert!(
         logged.to_lowercase().contains("sessions.test.crt"),
         "{logged}"
@@ -427,7 +425,7 @@ async fn https_upstreams_verified_unverified_and_mismatched() {
             // wait for the line rather than race it. (The access log names
             // the upstream too; the error line is the one with `error=`.)
             let upstream = format!("error=upstream https://localhost:{}", addr.port());
-            let line = common::wait_log(&sg.log, &upstream).await;
+            let line = crate::common::wait_log(&sg.log, &upstream).await;
             assert!(line.contains(text), "{name}: {line}");
         }
     }

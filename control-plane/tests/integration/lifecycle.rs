@@ -5,13 +5,11 @@
 //! stream of creates, after which every acknowledged create is there on
 //! restart and serves again.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Sessiongate;
+use crate::common::Sessiongate;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use testkit::server::InProcess;

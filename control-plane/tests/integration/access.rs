@@ -5,13 +5,11 @@
 //! from the API, are opened in the browser, and the cookie they set is what
 //! gets the browser through the gateway.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::jar::Browser;
-use common::Sessiongate;
+use crate::common::jar::Browser;
+use crate::common::Sessiongate;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use testkit::server::InProcess;

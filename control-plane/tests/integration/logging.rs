@@ -2,9 +2,7 @@
 //! switching it off, and the request span that carries the request id into
 //! every event of the request.
 
-mod common;
-
-use common::{wait_log, Sessiongate};
+use crate::common::{wait_log, Sessiongate};
 use serde_json::Value;
 use testkit::{http, temp_dir, Origin};
 use tokio::net::TcpListener;

@@ -3,8 +3,6 @@
 //! gateway's per-route activity), evicted sessions, retention, the stopped
 //! clock of a paused session, and the counters.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,7 +47,7 @@ async fn fixture(name: &str) -> Fixture {
         hash_token("reaper-test-admin-token"),
         Metrics::new(),
     ));
-    common::add_user(&cp, "ann").await;
+    crate::common::add_user(&cp, "ann").await;
     Fixture {
         cp,
         clock,

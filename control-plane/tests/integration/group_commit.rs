@@ -4,8 +4,6 @@
 //! fails inside a shared transaction leaves nothing behind while the others
 //! commit.
 
-mod common;
-
 use std::sync::Arc;
 
 use control_plane::auth::hash_token;
@@ -44,7 +42,7 @@ async fn fixture(name: &str) -> Fixture {
         hash_token("group-commit-test-admin-token"),
         Metrics::new(),
     ));
-    common::add_user(&cp, "ann").await;
+    crate::common::add_user(&cp, "ann").await;
     let reader = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
