@@ -58,7 +58,7 @@ async fn public_session_is_reached_paused_resumed_and_deleted_through_the_gatewa
     assert_eq!(sg.open("lab").await.0, 404);
 
     // A session that is not public needs a browser signed in by an access
-    // link (tests/access.rs); without a cookie it is 401.
+    // link (the `access` module); without a cookie it is 401.
     sg.api(
         "POST",
         "/api/v1/sessions",
