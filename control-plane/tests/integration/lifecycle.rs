@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::Sessiongate;
+use crate::common::{public_session, Sessiongate};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use testkit::server::InProcess;
@@ -32,10 +32,7 @@ async fn public_session_is_reached_paused_resumed_and_deleted_through_the_gatewa
         .api(
             "POST",
             "/api/v1/sessions",
-            Some(json!({
-                "name": "lab", "owner": "ann", "public": true,
-                "remote_host": "127.0.0.1", "remote_port": backend.addr.port()
-            })),
+            Some(public_session("lab", backend.addr.port())),
         )
         .await;
     assert_eq!(s, 201, "{v}");
@@ -94,10 +91,7 @@ async fn every_acknowledged_create_survives_kill_9_and_serves_after_restart() {
                     return;
                 }
                 let name = format!("w{w}-s{i}");
-                let body = json!({
-                    "name": name, "owner": "ann", "public": true,
-                    "remote_host": "127.0.0.1", "remote_port": backend_port
-                });
+                let body = public_session(&name, backend_port);
                 match api_request(api, Some(&token), "POST", "/api/v1/sessions", Some(&body)).await
                 {
                     Ok((201, _)) => acked.lock().unwrap().push(name),
@@ -161,8 +155,7 @@ async fn evict_and_pause_close_open_websockets_and_the_owner_can_reopen() {
         .api(
             "POST",
             "/api/v1/sessions",
-            Some(json!({"name": "ide", "owner": "ann", "public": true,
-                        "remote_host": "127.0.0.1", "remote_port": peer.addr.port()})),
+            Some(public_session("ide", peer.addr.port())),
         )
         .await;
     assert_eq!(s, 201, "{v}");

@@ -9,6 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use prometheus_parse::{Scrape, Value};
 use serde_json::json;
 use testkit::server::InProcess;
+
+use crate::common::public_session;
 use testkit::{http, temp_dir, Endpoints, Origin, WsEcho};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -74,12 +76,7 @@ async fn metrics_parse_and_count_the_traffic() {
         ("down", closed),
     ] {
         let (s, v) = sg
-            .api(
-                "POST",
-                "/api/v1/sessions",
-                Some(json!({"name": name, "owner": "ann", "public": true,
-                            "remote_host": "127.0.0.1", "remote_port": port})),
-            )
+            .api("POST", "/api/v1/sessions", Some(public_session(name, port)))
             .await;
         assert_eq!(s, 201, "{v}");
     }

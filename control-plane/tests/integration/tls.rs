@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::Sessiongate;
+use crate::common::{public_session, Sessiongate};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
@@ -171,8 +171,7 @@ async fn sni_picks_exact_wildcard_custom_and_default_certificates() {
         .await;
     assert_eq!(s, 201, "{v}");
     for (name, domain) in [("nb", None), ("app", Some("app.customer.test"))] {
-        let mut body = json!({"name": name, "owner": "ann", "public": true,
-                              "remote_host": "127.0.0.1", "remote_port": backend.addr.port()});
+        let mut body = public_session(name, backend.addr.port());
         if let Some(d) = domain {
             body["custom_domain"] = json!(d);
         }
@@ -257,12 +256,7 @@ async fn h2_by_alpn_and_websockets_over_tls() {
         .await;
     for (name, port) in [("nb", backend.addr.port()), ("ws", peer.addr.port())] {
         let (s, v) = sg
-            .api(
-                "POST",
-                "/api/v1/sessions",
-                Some(json!({"name": name, "owner": "ann", "public": true,
-                            "remote_host": "127.0.0.1", "remote_port": port})),
-            )
+            .api("POST", "/api/v1/sessions", Some(public_session(name, port)))
             .await;
         assert_eq!(s, 201, "{v}");
     }
@@ -307,8 +301,7 @@ async fn hot_reload_changes_the_certificate_and_keeps_open_connections() {
     sg.api(
         "POST",
         "/api/v1/sessions",
-        Some(json!({"name": "nb", "owner": "ann", "public": true,
-                    "remote_host": "127.0.0.1", "remote_port": backend.addr.port()})),
+        Some(public_session("nb", backend.addr.port())),
     )
     .await;
     let before = der(&dir.join("sessions.test.crt"));
