@@ -12,7 +12,7 @@
 //!   the benchmark's fast path ([`Origin::bench`]), with request and
 //!   connection counters.
 //! - [`ws`]: the WebSocket echo peer, with upgrade and message counters.
-//! - [`listen`] (private): binding `127.0.0.1:0`, the accept loop, and the
+//! - `listen` (private): binding `127.0.0.1:0`, the accept loop, and the
 //!   runtime the origins run on: the caller's, or one of their own.
 //! - [`client`]: the raw HTTP/1.1 client ([`exchange`], [`http`],
 //!   [`api_request`]) and [`Endpoints`], a running sessiongate's addresses

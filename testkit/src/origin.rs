@@ -122,7 +122,9 @@ pub struct OriginCounts {
     pub connections: u64,
 }
 
-/// A running origin. Dropping it stops accepting (see [`crate::listen`]).
+/// A running origin. Dropping it stops accepting; connections already
+/// accepted run on until their runtime ends (the test's, at its end; the
+/// benchmark's own, dropped with it).
 pub struct Origin {
     pub addr: SocketAddr,
     /// A second address serving exactly what `addr` serves.

@@ -5,7 +5,7 @@
 //! plain request (no upgrade) is answered 200 with [`crate::origin::BODY`],
 //! which starts with [`crate::origin::MARKER`], so the benchmark's readiness
 //! probe works against this peer unchanged. The HTTP origin's `/ws` path is
-//! the same echo ([`upgrade`]).
+//! the same echo (`upgrade`).
 //!
 //! It counts accepted TCP connections, completed upgrades and echoed
 //! messages. A message is counted when it is read, before its echo is

@@ -1,7 +1,6 @@
 //! Test harness: the real gateway server on port 0 and a hyper client.
 //! The origins, route specs and waiting are testkit's. Nothing here is
 //! mocked.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
