@@ -141,3 +141,44 @@ fn write_token_hash(data_dir: &Path, token: &str) {
     let line = format!("sha256:{}\n", auth::hash_token(token));
     std::fs::write(&path, line).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::{eventually, http, temp_dir, Origin, DEADLINE};
+
+    #[tokio::test]
+    async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
+        let origin = Origin::named("app");
+        let sg = InProcess::start(&temp_dir("testkit-shutdown"), "").await;
+        let (s, v) = sg
+            .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let body = json!({"name": "app", "owner": "ann", "public": true,
+                          "remote_host": "127.0.0.1", "remote_port": origin.addr.port()});
+        let (s, v) = sg.api("POST", "/api/v1/sessions", Some(body)).await;
+        assert_eq!(s, 201, "{v}");
+
+        let gateway = sg.gateway;
+        let in_flight =
+            tokio::spawn(async move { http(gateway, "app.localhost", "/slow?ms=500", "").await });
+        eventually("the request to reach the origin", DEADLINE, || {
+            origin.counts().requests == 1
+        })
+        .await;
+        sg.shutdown().await.expect("a clean shutdown");
+        assert_eq!(in_flight.await.unwrap(), (200, "app".to_string()));
+        let refused = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(gateway),
+        )
+        .await
+        .expect("an answer to connect");
+        assert!(refused.is_err(), "still accepting after shutdown");
+    }
+}
