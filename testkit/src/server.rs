@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use control_plane::auth;
 use control_plane::config::Config;
 use control_plane::serve::{ServeError, Server};
+use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -54,6 +55,14 @@ fn merge(base: &mut toml::Table, extra: toml::Table) {
             }
         }
     }
+}
+
+/// The body of `POST /api/v1/sessions` that creates a public session `name`
+/// of the user `ann` for the origin on `127.0.0.1:<port>`: no access check,
+/// so a plain client reaches it.
+pub fn public_session(name: &str, port: u16) -> Value {
+    json!({"name": name, "owner": "ann", "public": true,
+           "remote_host": "127.0.0.1", "remote_port": port})
 }
 
 /// A running in-process server. Dereferences to its [`Endpoints`]
@@ -146,8 +155,6 @@ fn write_token_hash(data_dir: &Path, token: &str) {
 mod tests {
     use std::time::Duration;
 
-    use serde_json::json;
-
     use super::*;
     use crate::{eventually, http, temp_dir, Origin, DEADLINE};
 
@@ -159,8 +166,7 @@ mod tests {
             .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
             .await;
         assert_eq!(s, 201, "{v}");
-        let body = json!({"name": "app", "owner": "ann", "public": true,
-                          "remote_host": "127.0.0.1", "remote_port": origin.addr.port()});
+        let body = public_session("app", origin.addr.port());
         let (s, v) = sg.api("POST", "/api/v1/sessions", Some(body)).await;
         assert_eq!(s, 201, "{v}");
 

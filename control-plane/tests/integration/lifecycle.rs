@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{public_session, Sessiongate};
+use crate::common::Sessiongate;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use testkit::server::InProcess;
+use testkit::server::{public_session, InProcess};
 use testkit::{api_request, temp_dir, Origin, WsEcho};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;

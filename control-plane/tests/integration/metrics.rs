@@ -8,9 +8,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use prometheus_parse::{Scrape, Value};
 use serde_json::json;
-use testkit::server::InProcess;
+use testkit::server::{public_session, InProcess};
 
-use crate::common::public_session;
 use testkit::{http, temp_dir, Endpoints, Origin, WsEcho};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;

@@ -15,7 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 use testkit::server::{config_text, TOKEN};
 use testkit::{Endpoints, DEADLINE};
 
@@ -23,13 +22,6 @@ pub mod jar;
 
 /// The server's output, stdout and stderr interleaved, one entry per line.
 pub type Log = Arc<Mutex<Vec<String>>>;
-
-/// The body that creates a public session `name` of ann's for the origin on
-/// `127.0.0.1:<port>`: no access check, so a plain client reaches it.
-pub fn public_session(name: &str, port: u16) -> Value {
-    json!({"name": name, "owner": "ann", "public": true,
-           "remote_host": "127.0.0.1", "remote_port": port})
-}
 
 /// Adds a user with only a name, for tests that drive a `ControlPlane`
 /// directly.
