@@ -9,7 +9,6 @@ use futures_util::{SinkExt, StreamExt};
 use prometheus_parse::{Scrape, Value};
 use serde_json::json;
 use testkit::server::{public_session, InProcess};
-
 use testkit::{http, temp_dir, Endpoints, Origin, WsEcho};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
