@@ -468,7 +468,7 @@ async fn ctl_tokens_and_failures_exit_1_with_one_line_naming_the_cause() {
     let fallback = ctl_env(
         &[
             ("SESSIONGATE_SERVER", &server),
-            ("SESSIONGATE_ADMIN_TOKEN", TOKEN),
+            ("SESSIONGATE_ADMIN_TOKEN", &sg.token),
         ],
         &["users", "list"],
     )

@@ -1,8 +1,10 @@
-//! The process harness the integration tests share: `sessiongate serve` as a
-//! real child process on `127.0.0.1:0`, its log captured line by line, for
-//! the tests that need a process of their own (a crash and restart, the log,
-//! signals, flags, the environment, exit codes). Everything else (origins,
-//! the raw HTTP/1.1 client, the in-process server) is testkit's.
+//! What the integration tests share beyond testkit: the process harness,
+//! `sessiongate serve` as a real child process on `127.0.0.1:0` with its log
+//! captured line by line, for the tests that need a process of their own (a
+//! crash and restart, the log, signals, flags, the environment, exit codes);
+//! the browser with a cookie jar ([`jar`]); and [`add_user`] for tests that
+//! drive a `ControlPlane` directly. Origins, the raw HTTP/1.1 client and the
+//! in-process server are testkit's.
 //!
 //! Every wait polls with a deadline; nothing sleeps to synchronise. Ports
 //! are never fixed: the addresses come from the server's own log lines.
