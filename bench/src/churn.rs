@@ -348,7 +348,7 @@ pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
         "/api/v1/users",
         Some(format!("{{\"name\": \"{OWNER}\"}}")),
     ))?;
-    let port = bench.origin.addr().port();
+    let port = bench.origin.addr.port();
     let calls: Vec<Call> = (0..routes)
         .map(|i| {
             Call::new(
@@ -387,7 +387,7 @@ pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
         api,
         rate,
         concurrency: args.api_concurrency as usize,
-        ports: (port, bench.origin.alt_addr().port()),
+        ports: (port, bench.origin.alt_addr.port()),
         state: Arc::new(Mutex::new(ChurnState {
             step: 0,
             next_loaded: 0,

@@ -15,8 +15,9 @@
 //!   `ws-echo`.
 //! - `churn.rs`: `churn`, route updates through the control-plane API
 //!   under load.
-//! - `origin.rs`: the in-process HTTP origin; `ws_origin.rs`: the
-//!   WebSocket echo origin and `ws_load.rs` its load client (`ws-echo`).
+//! - `ws_load.rs`: the WebSocket load client (`ws-echo`). The origins, HTTP
+//!   and WebSocket echo, are testkit's (`testkit::origin`, `testkit::ws`),
+//!   run in process on a runtime of their own.
 //! - `targets.rs`: starting sessiongate and nginx (HTTP and HTTPS) with a
 //!   set of routes and knowing they are ready; `peers.rs`: haproxy and chp.
 //! - `api.rs`: the JSON client for sessiongate's and chp's APIs.
@@ -30,7 +31,6 @@
 mod api;
 mod churn;
 mod openssl;
-mod origin;
 mod peers;
 mod procs;
 mod report;
@@ -41,7 +41,6 @@ mod targets;
 mod tls_handshakes;
 mod wrk;
 mod ws_load;
-mod ws_origin;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};

@@ -4,9 +4,9 @@ use std::fmt::Write as _;
 use std::process::Command;
 
 use crate::churn::ApiStats;
-use crate::origin::OriginCounts;
 use crate::targets::TargetKind;
 use crate::wrk::WrkResult;
+use testkit::origin::OriginCounts;
 
 /// One wrk run against one target in one case of a scenario.
 #[derive(Debug, Clone)]

@@ -6,11 +6,11 @@
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::origin;
 use crate::report::{self, Summary};
 use crate::side_by_side::{Bench, Check, CommonArgs, Run, Running, Scenario, Traffic, ALL_TARGETS};
 use crate::targets::{Routes, TargetKind};
 use crate::wrk::{Load, Script};
+use testkit::origin;
 
 /// Issue 7's keep-alive targets: sessiongate's req/s at least this many
 /// times nginx's (with a p99 no worse) and chp's.
@@ -121,7 +121,7 @@ fn single(
     let traffic = traffic(&bench)?;
     let upstream = match traffic {
         Traffic::WsEcho => bench.start_ws_origin()?,
-        Traffic::Http(_) => bench.origin.addr(),
+        Traffic::Http(_) => bench.origin.addr,
     };
     let routes = Routes::one();
     let mut running: Vec<Running> = Vec::new();

@@ -16,14 +16,14 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::churn::Driver;
-use crate::origin::{self, Origin};
 use crate::peers;
 use crate::procs::{check_interrupted, TempDir};
 use crate::report::{self, Machine, Rss, Sample, Summary};
 use crate::targets::{self, Routes, Target, TargetKind};
 use crate::wrk::{self, Load, Script, WrkResult};
 use crate::ws_load::{self, WsLoadConfig};
-use crate::ws_origin::WsOrigin;
+use testkit::origin::{self, Origin};
+use testkit::WsEcho;
 
 /// Options every wrk scenario takes.
 #[derive(Args, Clone, Debug, Default)]
@@ -216,7 +216,7 @@ pub enum Traffic {
     /// HTTP requests from wrk.
     Http(Load),
     /// WebSocket echo messages from [`ws_load`] (128-byte binary messages,
-    /// one in flight per connection) through to the [`WsOrigin`].
+    /// one in flight per connection) through to the [`WsEcho`] origin.
     WsEcho,
 }
 
@@ -295,7 +295,7 @@ pub struct Bench {
     pub origin: Origin,
     pub dir: TempDir,
     /// The WebSocket echo origin, for `ws-echo` only.
-    pub ws_origin: Option<WsOrigin>,
+    pub ws_origin: Option<WsEcho>,
     origin_threads: usize,
     write: Option<PathBuf>,
     load_before: String,
@@ -340,13 +340,13 @@ impl Bench {
         }
         let load_before = load_average();
         let origin_threads = usize::try_from(args.origin_threads).unwrap_or(2);
-        let origin = Origin::start(origin_threads)?;
-        origin.runtime().spawn(crate::watch_signals());
+        let origin = Origin::bench(origin_threads).context("starting the in-process origin")?;
+        origin.handle().spawn(crate::watch_signals());
         let dir = TempDir::new("sessiongate-bench")?;
         eprintln!(
             "origin on {} and {} ({} threads); work dir {}",
-            origin.addr(),
-            origin.alt_addr(),
+            origin.addr,
+            origin.alt_addr,
             args.origin_threads,
             dir.path().display()
         );
@@ -372,8 +372,9 @@ impl Bench {
 
     /// Starts the WebSocket echo origin (as many threads as the HTTP one).
     pub fn start_ws_origin(&mut self) -> Result<std::net::SocketAddr> {
-        let ws = WsOrigin::start(self.origin_threads)?;
-        let addr = ws.addr();
+        let ws =
+            WsEcho::bench(self.origin_threads).context("starting the WebSocket echo origin")?;
+        let addr = ws.addr;
         eprintln!("WebSocket echo origin on {addr}");
         self.ws_origin = Some(ws);
         Ok(addr)
@@ -382,7 +383,7 @@ impl Bench {
     /// Starts `kind` with `routes` to the HTTP origin and waits until it is
     /// ready, then reads its idle RSS.
     pub fn start(&self, kind: TargetKind, routes: &Routes, label: &str) -> Result<Running> {
-        self.start_to(kind, routes, label, self.origin.addr())
+        self.start_to(kind, routes, label, self.origin.addr)
     }
 
     /// [`Bench::start`] with `origin` as every route's upstream.
@@ -880,8 +881,8 @@ pub fn load_average() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::origin::OriginCounts;
     use crate::wrk::WrkResult;
+    use testkit::origin::OriginCounts;
 
     #[test]
     fn targets_are_deduplicated_and_checked() -> Result<()> {

@@ -25,6 +25,8 @@ use gateway::{
     Upstream,
 };
 
+use testkit::{routes, XorShift};
+
 use crate::report;
 
 const BASE_DOMAIN: &str = "sessions.example.com";
@@ -178,38 +180,16 @@ pub fn run(args: TableUpdatesArgs) -> Result<Vec<String>> {
 }
 
 fn settings() -> TableSettings {
-    TableSettings {
-        base_domains: vec![BASE_DOMAIN.into()],
-        portal_host: Some(PORTAL.into()),
-    }
+    routes::settings_with(&[BASE_DOMAIN], Some(PORTAL))
 }
 
-/// A session-like route: a label, a slug for one in three, a custom host for
-/// one in twenty.
+/// A session-like route (`testkit::routes::session_route`: a label, a slug
+/// for one in three, a custom host for one in twenty) to upstream number
+/// `upstream`.
 fn session_spec(i: usize, name: &str, upstream: u32, paused: bool) -> Result<RouteSpec> {
     let url = upstream_url(upstream);
-    Ok(RouteSpec {
-        id: format!("session:{name}").into(),
-        hosts: if i % 20 == 0 {
-            vec![format!("{name}.customer.example")]
-        } else {
-            vec![]
-        },
-        labels: vec![name.to_string()],
-        slugs: if i % 3 == 0 {
-            vec![format!("/s/{name}")]
-        } else {
-            vec![]
-        },
-        target: RouteTarget::Upstream(Upstream::parse(&url).map_err(anyhow::Error::msg)?),
-        strip_prefix: true,
-        rewrite_host: false,
-        paused,
-        public: true,
-        access: None,
-        inactive: false,
-        tls_verify: true,
-    })
+    let target = RouteTarget::Upstream(Upstream::parse(&url).map_err(anyhow::Error::msg)?);
+    Ok(routes::session_route(i, name, target).paused(paused))
 }
 
 /// `http://10.a.b.c:8888` from the low three bytes of `n`.
@@ -827,24 +807,6 @@ fn section(rows: &[&str], command: &str) -> String {
     }
     let _ = writeln!(s, "{END}");
     s
-}
-
-/// Tiny deterministic generator: the same updates every run.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 #[cfg(test)]

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::origin::MARKER;
 use crate::procs::{check_interrupted, running_as_root, Proc};
 use crate::wrk::HOST;
+use testkit::origin::MARKER;
 
 /// The admin token sessiongate is started with (at least 16 characters, as
 /// sessiongate wants); the `churn` scenario drives the API with it.

@@ -650,7 +650,8 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws_origin::WsOrigin;
+    use testkit::origin::Origin;
+    use testkit::WsEcho;
 
     fn config(addr: SocketAddr) -> WsLoadConfig {
         WsLoadConfig {
@@ -668,9 +669,9 @@ mod tests {
 
     #[test]
     fn echoes_through_the_origin_and_counts_match() -> Result<()> {
-        let origin = WsOrigin::start(1)?;
+        let origin = WsEcho::bench(1)?;
         let before = origin.counts();
-        let result = run(&config(origin.addr()))?;
+        let result = run(&config(origin.addr))?;
         let after = origin.counts();
         assert_clean(&result);
         assert_eq!(result.connected, 4);
@@ -687,7 +688,7 @@ mod tests {
 
     #[test]
     fn pipelined_odd_sizes_with_warmup_on_threads() -> Result<()> {
-        let origin = WsOrigin::start(2)?;
+        let origin = WsEcho::bench(2)?;
         for (size, pipeline) in [(0, 3), (5, 8), (70_000, 4)] {
             let before = origin.counts();
             let result = run(&WsLoadConfig {
@@ -697,7 +698,7 @@ mod tests {
                 duration: Duration::from_millis(200),
                 threads: 2,
                 path: "/ws/echo?x=1".into(),
-                ..config(origin.addr())
+                ..config(origin.addr)
             })?;
             let after = origin.counts();
             assert_clean(&result);
@@ -766,8 +767,8 @@ mod tests {
 
         // The HTTP origin answers the upgrade request with its plain 200,
         // as a proxy answering by itself would.
-        let origin = crate::origin::Origin::start(1)?;
-        let result = run(&config(origin.addr()))?;
+        let origin = Origin::bench(1)?;
+        let result = run(&config(origin.addr))?;
         assert_eq!(result.connected, 0);
         assert_eq!(result.error_kinds, vec![("handshake".to_string(), 4)]);
         let first = result.first_error.unwrap_or_default();

@@ -1,6 +1,7 @@
 //! Route lookup cost on a large table: `cargo bench -p gateway --bench lookup`.
 //!
-//! No harness dependency: it builds a table of session-like routes, then times
+//! No benchmark-harness dependency: it builds a table of session-like routes
+//! (testkit's, as `bench table-updates` builds them), then times
 //! `router::lookup` over a shuffled list of requests (label hosts, custom hosts,
 //! portal slugs, misses) and prints nanoseconds per lookup for each kind. The
 //! request list is far larger than the caches' sweet spot on purpose: a real
@@ -11,7 +12,9 @@ use std::time::Instant;
 
 use gateway::names::normalize_host;
 use gateway::router::lookup;
-use gateway::{RouteSpec, RouteTable, RouteTarget, TableSettings, Upstream};
+use gateway::{RouteSpec, RouteTable, RouteTarget, Upstream};
+use testkit::routes::{session_route, settings_with};
+use testkit::XorShift;
 
 const BASE: &str = "sessions.example.com";
 const PORTAL: &str = "portal.example.com";
@@ -19,37 +22,12 @@ const PORTAL: &str = "portal.example.com";
 /// Makes the request (host, path) that hits route `i`.
 type MakeRequest = Box<dyn Fn(usize) -> (String, String)>;
 
-/// Tiny deterministic generator, so every run looks up the same requests.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
+/// Route `i`: a session named `s<i>` (testkit's `session_route`: a label,
+/// a slug for one in three, a custom host for one in twenty).
 fn spec(i: usize) -> RouteSpec {
-    let upstream = Upstream::parse(&format!("http://10.0.{}.{}:8888", i / 250 % 250, i % 250))
-        .expect("valid upstream");
-    let mut spec = RouteSpec::new(format!("session:s{i:06}"), RouteTarget::Upstream(upstream))
-        .label(format!("s{i:06}"))
-        .strip_prefix(true);
-    if i.is_multiple_of(20) {
-        spec = spec.host(format!("app{i}.customer.example"));
-    }
-    if i.is_multiple_of(3) {
-        spec = spec.slug(format!("/s/s{i:06}"));
-    }
-    spec
+    let upstream = format!("http://10.0.{}.{}:8888", i / 250 % 250, i % 250);
+    let target = RouteTarget::Upstream(Upstream::parse(&upstream).expect("valid upstream"));
+    session_route(i, &format!("s{i:06}"), target)
 }
 
 fn main() {
@@ -57,10 +35,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let settings = TableSettings {
-        base_domains: vec!["localhost".into(), BASE.into()],
-        portal_host: Some(PORTAL.into()),
-    };
+    let settings = settings_with(&["localhost", BASE], Some(PORTAL));
     let started = Instant::now();
     let table = RouteTable::build(&settings, (0..routes).map(spec).collect(), None, 1)
         .expect("the generated specs are valid");
@@ -69,6 +44,7 @@ fn main() {
         started.elapsed().as_secs_f64() * 1e3
     );
 
+    // The same requests every run.
     let mut rng = XorShift(0x5eed_1234_abcd_ef01);
     let kinds: [(&str, MakeRequest); 4] = [
         (
@@ -79,7 +55,7 @@ fn main() {
             "custom host",
             Box::new(|i| {
                 let i = i / 20 * 20;
-                (format!("app{i}.customer.example"), "/".to_string())
+                (format!("s{i:06}.customer.example"), "/".to_string())
             }),
         ),
         (

@@ -10,20 +10,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use gateway::{RouteTarget, ServerConfig, UpstreamConfig};
+use gateway::{RouteSpec, RouteTarget, ServerConfig, UpstreamConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
+use testkit::routes::{route, settings};
+use testkit::{eventually, fnv, pattern, Origin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn host_routing_accepts_case_port_and_trailing_dot() {
-    let a = Origin::start("a").await;
-    let b = Origin::start("b").await;
-    let mut custom = route("custom", &[], &[], &b.url());
-    custom.hosts = vec!["App.Customer.IO".into()];
+    let a = Origin::start("a");
+    let b = Origin::start("b");
+    let custom = route("custom", &[], &[], &b.url()).host("App.Customer.IO");
     let gw = Gateway::start(vec![route("nb", &["nb"], &[], &a.url()), custom]).await;
     let c = client();
     for host in [
@@ -65,10 +66,9 @@ async fn host_routing_accepts_case_port_and_trailing_dot() {
 
 #[tokio::test]
 async fn slug_routes_prefer_longest_prefix_and_strip_when_asked() {
-    let a = Origin::start("lab").await;
-    let b = Origin::start("team").await;
-    let mut team = route("team", &[], &["/lab/team"], &b.url());
-    team.strip_prefix = true;
+    let a = Origin::start("lab");
+    let b = Origin::start("team");
+    let team = route("team", &[], &["/lab/team"], &b.url()).strip_prefix(true);
     let gw = Gateway::start(vec![route("lab", &[], &["/lab"], &a.url()), team]).await;
     let c = client();
     let cases = [
@@ -97,9 +97,8 @@ async fn slug_routes_prefer_longest_prefix_and_strip_when_asked() {
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_set() {
-    let a = Origin::start("a").await;
-    let mut rw = route("rw", &["rw"], &[], &a.url());
-    rw.rewrite_host = true;
+    let a = Origin::start("a");
+    let rw = route("rw", &["rw"], &[], &a.url()).rewrite_host(true);
     let gw = Gateway::start(vec![route("nb", &["nb"], &[], &a.url()), rw]).await;
     let c = client();
     let r = send(
@@ -166,17 +165,16 @@ async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_set() {
 
 #[tokio::test]
 async fn errors_have_the_right_status_and_shape() {
-    let slow = Origin::start("slow").await;
+    let slow = Origin::start("slow");
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let mut paused = route("paused", &["paused"], &[], &slow.url());
-    paused.paused = true;
+    let paused = route("paused", &["paused"], &[], &slow.url()).paused(true);
     // Not public and paused: the access refusal comes first.
-    let mut private = route("private", &["private"], &[], &slow.url());
-    private.public = false;
-    private.paused = true;
+    let private = route("private", &["private"], &[], &slow.url())
+        .private(None)
+        .paused(true);
     let gw = Gateway::start_with(
         vec![
             route("slow", &["slow"], &[], &slow.url()),
@@ -284,7 +282,7 @@ async fn raw(gw: &Gateway, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn malformed_missing_host_and_oversized_heads_are_refused() {
-    let a = Origin::start("a").await;
+    let a = Origin::start("a");
     let gw = Gateway::start(vec![route("nb", &["nb"], &[], &a.url())]).await;
     let r = raw(&gw, b"GET / HTTP/1.0\r\n\r\n").await;
     assert!(r.starts_with("HTTP/1.0 400"), "{r}");
@@ -320,7 +318,7 @@ async fn malformed_missing_host_and_oversized_heads_are_refused() {
 
 #[tokio::test]
 async fn one_mib_bodies_stream_up_and_down_intact() {
-    let a = Origin::start("a").await;
+    let a = Origin::start("a");
     let gw = Gateway::start(vec![route("nb", &["nb"], &[], &a.url())]).await;
     let c = client();
     let data = pattern(1 << 20);
@@ -356,7 +354,7 @@ async fn one_mib_bodies_stream_up_and_down_intact() {
 
 #[tokio::test]
 async fn responses_stream_before_the_upstream_finishes() {
-    let a = Origin::start("a").await;
+    let a = Origin::start("a");
     let gw = Gateway::start(vec![route("nb", &["nb"], &[], &a.url())]).await;
     let c = client();
     let req = Request::get(gw.url("/stream"))
@@ -377,9 +375,8 @@ async fn responses_stream_before_the_upstream_finishes() {
 
 #[tokio::test]
 async fn websocket_echo_through_host_and_slug_routes() {
-    let a = Origin::start("a").await;
-    let mut lab = route("lab", &[], &["/lab"], &a.url());
-    lab.strip_prefix = true;
+    let a = Origin::start("a");
+    let lab = route("lab", &[], &["/lab"], &a.url()).strip_prefix(true);
     let gw = Gateway::start(vec![route("nb", &["nb"], &[], &a.url()), lab]).await;
     for (host, path, id) in [
         ("nb.localhost", "/ws", "nb"),
@@ -498,7 +495,7 @@ async fn a_switch_to_a_protocol_the_client_did_not_ask_for_is_refused() {
 
 #[tokio::test]
 async fn h2c_prior_knowledge_routes_by_authority() {
-    let a = Origin::start("a").await;
+    let a = Origin::start("a");
     let gw = Gateway::start(vec![route("nb", &["nb"], &[], &a.url())]).await;
     let stream = TcpStream::connect(gw.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
@@ -525,8 +522,8 @@ async fn h2c_prior_knowledge_routes_by_authority() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_swaps_under_64_concurrent_clients_drop_nothing() {
-    let a = Origin::start("a").await;
-    let b = Origin::start("b").await;
+    let a = Origin::start("a");
+    let b = Origin::start("b");
     let gw = Gateway::start(vec![route("nb", &["nb"], &[], &a.url())]).await;
     let c = client();
     let failures = Arc::new(AtomicUsize::new(0));
@@ -608,7 +605,7 @@ async fn table_swaps_under_64_concurrent_clients_drop_nothing() {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests_and_stops_accepting() {
-    let a = Origin::start("a").await;
+    let a = Origin::start("a");
     let mut gw = Gateway::start(vec![route("nb", &["nb"], &[], &a.url())]).await;
     let c = client();
     let url = gw.url("/slow?ms=700");
@@ -652,7 +649,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_stops_accepting() {
 
 #[tokio::test]
 async fn idle_connections_are_closed() {
-    let a = Origin::start("a").await;
+    let a = Origin::start("a");
     let gw = Gateway::start_with(
         vec![route("nb", &["nb"], &[], &a.url())],
         ServerConfig {
@@ -677,7 +674,7 @@ async fn idle_connections_are_closed() {
 
 #[tokio::test]
 async fn connection_limit_queues_the_next_client() {
-    let a = Origin::start("a").await;
+    let a = Origin::start("a");
     let gw = Gateway::start_with(
         vec![route("nb", &["nb"], &[], &a.url())],
         ServerConfig {
@@ -716,7 +713,7 @@ async fn connection_limit_queues_the_next_client() {
 
 #[tokio::test]
 async fn activity_is_recorded_and_survives_table_swaps() {
-    let a = Origin::start("a").await;
+    let a = Origin::start("a");
     let gw = Gateway::start(vec![
         route("nb", &["nb"], &[], &a.url()),
         route("idle", &["idle"], &[], &a.url()),
@@ -759,9 +756,13 @@ async fn activity_is_recorded_and_survives_table_swaps() {
 
 #[tokio::test]
 async fn link_route_redirects_to_its_external_url() {
-    let origin = Origin::start("unused").await;
-    let mut link = route("docs", &["docs"], &["/docs"], &origin.url());
-    link.target = RouteTarget::Redirect("https://docs.example.com/guide?x=1".into());
+    let origin = Origin::start("unused");
+    let link = RouteSpec::new(
+        "docs",
+        RouteTarget::Redirect("https://docs.example.com/guide?x=1".into()),
+    )
+    .label("docs")
+    .slug("/docs");
     let gw = Gateway::start(vec![link]).await;
     let c = client();
     for (host, path) in [("docs.localhost", "/anything"), ("portal.test", "/docs/")] {

@@ -431,6 +431,8 @@ pub(crate) fn test_spec(id: &str) -> RouteSpec {
 
 #[cfg(test)]
 mod tests {
+    use testkit::XorShift;
+
     use super::*;
     use crate::table::test_spec as spec;
 
@@ -560,28 +562,6 @@ mod tests {
         }
         assert_eq!(handle.load().len(), 2);
         assert!(handle.load().route("a").is_some());
-    }
-
-    /// A tiny deterministic generator for the randomized tests.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn chance(&mut self, percent: usize) -> bool {
-            self.below(100) < percent
-        }
     }
 
     /// A random spec over small pools of names, so that conflicts and

@@ -1,13 +1,13 @@
-//! `sessiongate ctl` as a process against a real `sessiongate serve`: every
-//! change it makes is checked through the API, not only its exit status, and
-//! every failure is exit 1 with one line on stderr that says why.
-
-mod common;
+//! `sessiongate ctl` as a process against a real `sessiongate serve` (in
+//! the test's process: the binary under test is ctl): every change it makes
+//! is checked through the API, not only its exit status, and every failure
+//! is exit 1 with one line on stderr that says why.
 
 use std::net::SocketAddr;
 
-use common::*;
 use serde_json::{json, Value};
+use testkit::server::{InProcess, TOKEN};
+use testkit::{temp_dir, Endpoints, Origin, DEADLINE};
 
 /// What one `ctl` run left behind.
 #[derive(Debug)]
@@ -65,7 +65,7 @@ async fn ctl_env(env: &[(&str, &str)], args: &[&str]) -> Run {
 }
 
 /// `ctl` against `sg` with the admin token.
-async fn ctl(sg: &Sessiongate, args: &[&str]) -> Run {
+async fn ctl(sg: &Endpoints, args: &[&str]) -> Run {
     let server = sg.api_url();
     ctl_env(
         &[
@@ -77,7 +77,7 @@ async fn ctl(sg: &Sessiongate, args: &[&str]) -> Run {
     .await
 }
 
-async fn state_of(sg: &Sessiongate, name: &str) -> String {
+async fn state_of(sg: &Endpoints, name: &str) -> String {
     let (s, v) = sg
         .api("GET", &format!("/api/v1/sessions/{name}"), None)
         .await;
@@ -104,9 +104,10 @@ fn row<'a>(table: &'a str, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn ctl_manages_users_groups_and_sessions_through_the_api() {
-    let app = origin("app").await;
+    let app_origin = Origin::named("app");
+    let app = app_origin.addr;
     let port = app.port().to_string();
-    let sg = Sessiongate::start(&temp_dir("ctl"), "", &[]).await;
+    let sg = InProcess::start(&temp_dir("ctl"), "").await;
 
     // Users and groups.
     let out = ctl(
@@ -383,7 +384,7 @@ async fn ctl_manages_users_groups_and_sessions_through_the_api() {
 
 #[tokio::test]
 async fn ctl_tokens_and_failures_exit_1_with_one_line_naming_the_cause() {
-    let sg = Sessiongate::start(&temp_dir("ctl-fail"), "", &[]).await;
+    let sg = InProcess::start(&temp_dir("ctl-fail"), "").await;
     let server = sg.api_url();
 
     // A read-only token, printed once, reads but cannot write.
@@ -467,7 +468,7 @@ async fn ctl_tokens_and_failures_exit_1_with_one_line_naming_the_cause() {
     let fallback = ctl_env(
         &[
             ("SESSIONGATE_SERVER", &server),
-            ("SESSIONGATE_ADMIN_TOKEN", TOKEN),
+            ("SESSIONGATE_ADMIN_TOKEN", &sg.token),
         ],
         &["users", "list"],
     )
@@ -575,7 +576,7 @@ async fn ctl_tokens_and_failures_exit_1_with_one_line_naming_the_cause() {
 
 #[tokio::test]
 async fn ctl_manages_environments() {
-    let sg = Sessiongate::start(&temp_dir("ctl-env"), "", &[]).await;
+    let sg = InProcess::start(&temp_dir("ctl-env"), "").await;
     let created = ctl(
         &sg,
         &[

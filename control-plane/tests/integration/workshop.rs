@@ -1,15 +1,15 @@
-//! The training-portal-compatible API against the real binary: every curl
-//! call of seeds 001 and 004, with the answers checked field by field, and
-//! the browser's activation through the gateway with the cookie jar.
-
-mod common;
+//! The training-portal-compatible API against a real server in process:
+//! every curl call of seeds 001 and 004, with the answers checked field by
+//! field, and the browser's activation through the gateway with the cookie
+//! jar.
 
 use std::net::SocketAddr;
 
+use crate::common::jar::Browser;
 use base64::Engine as _;
-use common::jar::Browser;
-use common::{exchange, origin, temp_dir, Sessiongate};
 use serde_json::{json, Value};
+use testkit::server::InProcess;
+use testkit::{exchange, temp_dir, Endpoints, Origin};
 
 const CONFIG: &str = "[workshop]\nclient_id = \"portal-client\"\n\
     client_secret = \"portal-secret\"\nrobot_username = \"robot@portal\"\n\
@@ -33,7 +33,7 @@ async fn call(
     (resp.status, v)
 }
 
-async fn token_grant(sg: &Sessiongate, client: (&str, &str), form: &str) -> (u16, Value) {
+async fn token_grant(sg: &Endpoints, client: (&str, &str), form: &str) -> (u16, Value) {
     let basic =
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", client.0, client.1));
     call(
@@ -48,7 +48,7 @@ async fn token_grant(sg: &Sessiongate, client: (&str, &str), form: &str) -> (u16
     .await
 }
 
-async fn get(sg: &Sessiongate, token: Option<&str>, path: &str) -> (u16, Value) {
+async fn get(sg: &Endpoints, token: Option<&str>, path: &str) -> (u16, Value) {
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -61,8 +61,10 @@ fn keys(v: &Value) -> Vec<String> {
     k
 }
 
-async fn setup(name: &str) -> (Sessiongate, String, Vec<SocketAddr>) {
-    let sg = Sessiongate::start(&temp_dir(name), CONFIG, &[]).await;
+/// A server with the workshop API, a robot's access token, and an
+/// environment of two backends (kept alive by the caller).
+async fn setup(name: &str) -> (InProcess, String, Vec<Origin>) {
+    let sg = InProcess::start(&temp_dir(name), CONFIG).await;
     let (s, t) = token_grant(
         &sg,
         ("portal-client", "portal-secret"),
@@ -71,8 +73,8 @@ async fn setup(name: &str) -> (Sessiongate, String, Vec<SocketAddr>) {
     .await;
     assert_eq!(s, 200, "{t}");
     let access = t["access_token"].as_str().unwrap().to_string();
-    let backends = vec![origin("backend-1").await, origin("backend-2").await];
-    let targets: Vec<String> = backends.iter().map(|a| format!("http://{a}")).collect();
+    let backends = vec![Origin::named("backend-1"), Origin::named("backend-2")];
+    let targets: Vec<String> = backends.iter().map(Origin::url).collect();
     let (s, v) = sg
         .api(
             "POST",
@@ -91,7 +93,7 @@ async fn setup(name: &str) -> (Sessiongate, String, Vec<SocketAddr>) {
 
 #[tokio::test]
 async fn oauth2_token_endpoint_grants_refreshes_and_refuses() {
-    let (sg, access, _) = setup("ws-oauth").await;
+    let (sg, access, _backends) = setup("ws-oauth").await;
     let (s, t) = token_grant(
         &sg,
         ("portal-client", "portal-secret"),
@@ -163,7 +165,7 @@ async fn oauth2_token_endpoint_grants_refreshes_and_refuses() {
 
 #[tokio::test]
 async fn request_activate_and_list_as_the_seeds_show() {
-    let (sg, access, _) = setup("ws-request").await;
+    let (sg, access, _backends) = setup("ws-request").await;
     let token = Some(access.as_str());
 
     // curl …/workshops/environment/<name>/request/?index_url=https://hub.test/
@@ -436,7 +438,7 @@ async fn request_activate_and_list_as_the_seeds_show() {
 
 #[tokio::test]
 async fn fifty_concurrent_requests_for_the_last_slot_one_wins() {
-    let (sg, access, _) = setup("ws-race").await;
+    let (sg, access, _backends) = setup("ws-race").await;
     // Take one of the two slots.
     let (s, _) = get(
         &sg,

@@ -1,14 +1,14 @@
 //! `sessiongate serve` as a process: configuration errors, the routes API,
 //! reload on file change and SIGHUP, and shutdown on SIGTERM.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::{wait_log, Sessiongate};
+use testkit::server::TOKEN;
+use testkit::{http, temp_dir, Origin};
 use tokio::net::TcpStream;
 
 /// A configuration text, environment variables, and what the error must name.
@@ -47,8 +47,8 @@ async fn poll_body(addr: SocketAddr, host: &str, want: &str) {
 
 #[tokio::test]
 async fn reload_applies_good_files_and_keeps_the_old_table_on_bad_ones() {
-    let a = origin("origin-a").await;
-    let b = origin("origin-b").await;
+    let (origin_a, origin_b) = (Origin::named("origin-a"), Origin::named("origin-b"));
+    let (a, b) = (origin_a.addr, origin_b.addr);
     let (sg, config) = start(&config_with(a, ""), &[("SESSIONGATE_ADMIN_TOKEN", TOKEN)]).await;
     assert_eq!(
         http(sg.gateway, "app.localhost", "/", "").await,
@@ -140,8 +140,8 @@ async fn reload_applies_good_files_and_keeps_the_old_table_on_bad_ones() {
 
 #[tokio::test]
 async fn routes_api_needs_the_admin_token() {
-    let a = origin("a").await;
-    let (sg, _) = start(&config_with(a, ""), &[]).await;
+    let a = Origin::named("a");
+    let (sg, _) = start(&config_with(a.addr, ""), &[]).await;
     // No token in the environment: one was generated into the data dir and printed once.
     let printed = wait_log(&sg.log, "Generated an admin token").await;
     assert!(printed.contains("data/admin-token"), "{printed}");
@@ -250,8 +250,12 @@ async fn bad_configuration_stops_start_up_naming_the_key() {
 
 #[tokio::test]
 async fn sigterm_stops_serving_and_exits_cleanly() {
-    let a = origin("a").await;
-    let (mut sg, _) = start(&config_with(a, ""), &[("SESSIONGATE_ADMIN_TOKEN", TOKEN)]).await;
+    let a = Origin::named("a");
+    let (mut sg, _) = start(
+        &config_with(a.addr, ""),
+        &[("SESSIONGATE_ADMIN_TOKEN", TOKEN)],
+    )
+    .await;
     assert_eq!(http(sg.gateway, "app.localhost", "/", "").await.0, 200);
     let pid = sg.child.id().to_string();
     assert!(Command::new("kill")

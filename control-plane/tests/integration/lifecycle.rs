@@ -1,26 +1,27 @@
-//! `sessiongate serve` as a process, end to end: a public session created
-//! over HTTP is reached through the gateway, then paused (503), resumed (200)
-//! and deleted (404) — each visible at the gateway as soon as the API has
-//! answered. And the crash test: `kill -9` during a stream of creates, after
-//! which every acknowledged create is there on restart and serves again.
-
-mod common;
+//! `sessiongate serve` end to end: a public session created over HTTP is
+//! reached through the gateway, then paused (503), resumed (200) and deleted
+//! (404) — each visible at the gateway as soon as the API has answered. And
+//! the crash test, on the binary as a child process: `kill -9` during a
+//! stream of creates, after which every acknowledged create is there on
+//! restart and serves again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::Sessiongate;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use testkit::server::{public_session, InProcess};
+use testkit::{api_request, temp_dir, Origin, WsEcho};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn public_session_is_reached_paused_resumed_and_deleted_through_the_gateway() {
-    let backend = origin("jupyter").await;
+    let backend = Origin::named("jupyter");
     let dir = temp_dir("e2e");
-    let sg = Sessiongate::start(&dir, "", &[]).await;
+    let sg = InProcess::start(&dir, "").await;
 
     assert_eq!(sg.open("lab").await.0, 404);
     let (s, v) = sg
@@ -31,10 +32,7 @@ async fn public_session_is_reached_paused_resumed_and_deleted_through_the_gatewa
         .api(
             "POST",
             "/api/v1/sessions",
-            Some(json!({
-                "name": "lab", "owner": "ann", "public": true,
-                "remote_host": "127.0.0.1", "remote_port": backend.port()
-            })),
+            Some(public_session("lab", backend.addr.port())),
         )
         .await;
     assert_eq!(s, 201, "{v}");
@@ -57,21 +55,22 @@ async fn public_session_is_reached_paused_resumed_and_deleted_through_the_gatewa
     assert_eq!(sg.open("lab").await.0, 404);
 
     // A session that is not public needs a browser signed in by an access
-    // link (tests/access.rs); without a cookie it is 401.
+    // link (the `access` module); without a cookie it is 401.
     sg.api(
         "POST",
         "/api/v1/sessions",
-        Some(json!({"name": "private", "owner": "ann", "remote_host": "127.0.0.1", "remote_port": backend.port()})),
+        Some(json!({"name": "private", "owner": "ann", "remote_host": "127.0.0.1", "remote_port": backend.addr.port()})),
     )
     .await;
     assert_eq!(sg.open("private").await.0, 401);
-    drop(sg);
+    let _ = sg.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn every_acknowledged_create_survives_kill_9_and_serves_after_restart() {
-    let backend = origin("backend").await;
+    let backend = Origin::named("backend");
+    let backend_port = backend.addr.port();
     let dir = temp_dir("crash");
     let mut sg = Sessiongate::start(&dir, "", &[]).await;
     let (s, _) = sg
@@ -92,10 +91,7 @@ async fn every_acknowledged_create_survives_kill_9_and_serves_after_restart() {
                     return;
                 }
                 let name = format!("w{w}-s{i}");
-                let body = json!({
-                    "name": name, "owner": "ann", "public": true,
-                    "remote_host": "127.0.0.1", "remote_port": backend.port()
-                });
+                let body = public_session(&name, backend_port);
                 match api_request(api, Some(&token), "POST", "/api/v1/sessions", Some(&body)).await
                 {
                     Ok((201, _)) => acked.lock().unwrap().push(name),
@@ -150,17 +146,16 @@ async fn every_acknowledged_create_survives_kill_9_and_serves_after_restart() {
 
 #[tokio::test]
 async fn evict_and_pause_close_open_websockets_and_the_owner_can_reopen() {
-    let peer = ws_echo().await;
+    let peer = WsEcho::start();
     let dir = temp_dir("ws");
-    let sg = Sessiongate::start(&dir, "", &[]).await;
+    let sg = InProcess::start(&dir, "").await;
     sg.api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
         .await;
     let (s, v) = sg
         .api(
             "POST",
             "/api/v1/sessions",
-            Some(json!({"name": "ide", "owner": "ann", "public": true,
-                        "remote_host": "127.0.0.1", "remote_port": peer.port()})),
+            Some(public_session("ide", peer.addr.port())),
         )
         .await;
     assert_eq!(s, 201, "{v}");
@@ -206,6 +201,6 @@ async fn evict_and_pause_close_open_websockets_and_the_owner_can_reopen() {
             .await;
         assert_eq!((s, v["state"].as_str()), (200, Some("running")), "{v}");
     }
-    drop(sg);
+    let _ = sg.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

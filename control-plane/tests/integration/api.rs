@@ -2,7 +2,6 @@
 //! and a real route table, with a manual clock: every endpoint, good and bad
 //! input, and what the gateway's table holds after each change.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +14,11 @@ use control_plane::clock::ManualClock;
 use control_plane::control::{ControlPlane, Parts, Settings};
 use control_plane::store::Store;
 use control_plane::workshop::{Portal, WorkshopSettings};
-use gateway::{RouteHandle, RouteTarget, TableSettings};
+use gateway::{RouteHandle, RouteTarget};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use testkit::routes::{empty_table, settings_with};
+use testkit::TempDir;
 use tower::ServiceExt;
 
 const ADMIN: &str = "api-test-admin-token-0123456789";
@@ -28,38 +29,17 @@ struct Api {
     portal: Arc<Portal>,
     clock: ManualClock,
     routes: RouteHandle,
-    dir: PathBuf,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!("sg-api-{name}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    /// Declared last: removed once the store is closed.
+    _dir: TempDir,
 }
 
 impl Api {
     async fn new(name: &str) -> Api {
-        let dir = temp_dir(name);
-        let store = Store::open(&dir.join("sessiongate.db")).await.unwrap();
-        let routes = RouteHandle::new();
-        routes
-            .publish(
-                &TableSettings {
-                    base_domains: vec!["localhost".into()],
-                    portal_host: Some("portal.test".into()),
-                },
-                vec![],
-            )
+        let dir = TempDir::new(&format!("api-{name}"));
+        let store = Store::open(&dir.path().join("sessiongate.db"))
+            .await
             .unwrap();
+        let routes = empty_table(&settings_with(&["localhost"], Some("portal.test")));
         let clock = ManualClock::starting_now();
         let cp = Arc::new(
             ControlPlane::start(
@@ -76,7 +56,7 @@ impl Api {
             portal,
             clock,
             routes,
-            dir,
+            _dir: dir,
         }
     }
 

@@ -1,16 +1,15 @@
-//! `/metrics` scraped from the real binary and parsed with a real
+//! `/metrics` scraped from a real server (in process) and parsed with a real
 //! Prometheus text-format parser (prometheus-parse), after traffic of each
 //! kind went through the gateway.
-
-mod common;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{http, origin, temp_dir, ws_echo, Sessiongate};
 use futures_util::{SinkExt, StreamExt};
 use prometheus_parse::{Scrape, Value};
 use serde_json::json;
+use testkit::server::{public_session, InProcess};
+use testkit::{http, temp_dir, Endpoints, Origin, WsEcho};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -29,7 +28,7 @@ const FAMILIES: &[&str] = &[
     "sessiongate_certificate_expiry_timestamp_seconds",
 ];
 
-async fn scrape(sg: &Sessiongate) -> (String, Scrape) {
+async fn scrape(sg: &Endpoints) -> (String, Scrape) {
     let (s, text) = http(sg.api, "127.0.0.1", "/metrics", "").await;
     assert_eq!(s, 200);
     let body = text
@@ -60,27 +59,22 @@ fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_parse_and_count_the_traffic() {
-    let backend = origin("backend").await;
-    let peer = ws_echo().await;
+    let backend = Origin::named("backend");
+    let peer = WsEcho::start();
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let sg = Sessiongate::start(&temp_dir("metrics"), "", &[]).await;
+    let sg = InProcess::start(&temp_dir("metrics"), "").await;
     sg.api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
         .await;
     for (name, port) in [
-        ("app", backend.port()),
-        ("ws", peer.port()),
+        ("app", backend.addr.port()),
+        ("ws", peer.addr.port()),
         ("down", closed),
     ] {
         let (s, v) = sg
-            .api(
-                "POST",
-                "/api/v1/sessions",
-                Some(json!({"name": name, "owner": "ann", "public": true,
-                            "remote_host": "127.0.0.1", "remote_port": port})),
-            )
+            .api("POST", "/api/v1/sessions", Some(public_session(name, port)))
             .await;
         assert_eq!(s, 201, "{v}");
     }
@@ -180,7 +174,7 @@ async fn metrics_parse_and_count_the_traffic() {
     // The WebSocket gauge goes down when it closes.
     ws.close(None).await.unwrap();
     drop(ws);
-    let end = std::time::Instant::now() + common::DEADLINE;
+    let end = std::time::Instant::now() + testkit::DEADLINE;
     loop {
         let (_, s) = scrape(&sg).await;
         if value(&s, "sessiongate_websockets_open", &[]) == Some(0.0) {

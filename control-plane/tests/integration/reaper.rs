@@ -3,9 +3,6 @@
 //! gateway's per-route activity), evicted sessions, retention, the stopped
 //! clock of a paused session, and the counters.
 
-mod common;
-
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,28 +15,25 @@ use control_plane::session::reaper::ReapReport;
 use control_plane::session::{Action, SessionState};
 use control_plane::store::Store;
 use gateway::RouteHandle;
+use testkit::routes::{empty_table, settings_with};
+use testkit::TempDir;
 
 struct Fixture {
     cp: Arc<ControlPlane>,
     clock: ManualClock,
     routes: RouteHandle,
-    dir: PathBuf,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    /// Declared last: removed once the store is closed.
+    _dir: TempDir,
 }
 
 const MIN: Duration = Duration::from_secs(60);
 
 async fn fixture(name: &str) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("sg-reaper-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::open(&dir.join("sessiongate.db")).await.unwrap();
-    let routes = common::route_table();
+    let dir = TempDir::new(&format!("reaper-{name}"));
+    let store = Store::open(&dir.path().join("sessiongate.db"))
+        .await
+        .unwrap();
+    let routes = empty_table(&settings_with(&["localhost"], None));
     let clock = ManualClock::starting_now();
     let cp = Arc::new(
         ControlPlane::start(
@@ -57,12 +51,12 @@ async fn fixture(name: &str) -> Fixture {
         .await
         .unwrap(),
     );
-    common::add_user(&cp, "ann").await;
+    crate::common::add_user(&cp, "ann").await;
     Fixture {
         cp,
         clock,
         routes,
-        dir,
+        _dir: dir,
     }
 }
 

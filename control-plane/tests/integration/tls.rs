@@ -1,31 +1,31 @@
-//! TLS end to end: `sessiongate serve` as a process with a certificates
-//! directory, real TLS clients (rustls), and real HTTPS origins.
+//! TLS end to end: `sessiongate serve` with a certificates directory, in
+//! process (as a child where the log is read), real TLS clients (rustls),
+//! and real HTTPS origins.
 //!
 //! Certificates come from `certs::dev::generate`, which writes a CA and a
 //! leaf for `D` and `*.D` signed by it; calling it again on the same
 //! directory reuses the CA, so every leaf of a directory chains to one CA
 //! the clients trust.
 
-mod common;
-
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::Sessiongate;
 use bytes::Bytes;
-use common::{addr_after, temp_dir, ws_echo, Sessiongate, DEADLINE};
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
+use testkit::server::{public_session, InProcess};
+use testkit::{temp_dir, Endpoints, Origin, Reply, WsEcho, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A directory of certificates: `sessions.test` (the default, with
@@ -39,7 +39,9 @@ fn certs_dir(root: &Path) -> PathBuf {
     dir
 }
 
-async fn server(name: &str, extra: &str) -> (Sessiongate, PathBuf, SocketAddr) {
+/// A temp dir with [`certs_dir`], and the configuration that serves it for
+/// the base domain `sessions.test` (`extra` goes into `[tls]`).
+fn tls_setup(name: &str, extra: &str) -> (PathBuf, PathBuf, String) {
     let root = temp_dir(name);
     let dir = certs_dir(&root);
     let config = format!(
@@ -48,18 +50,27 @@ async fn server(name: &str, extra: &str) -> (Sessiongate, PathBuf, SocketAddr) {
          reload_interval_secs = 1\n{extra}",
         dir.display()
     );
+    (root, dir, config)
+}
+
+/// The server in process, its certificates directory, its HTTPS address.
+async fn server(name: &str, extra: &str) -> (InProcess, PathBuf, SocketAddr) {
+    let (root, dir, config) = tls_setup(name, extra);
+    let sg = InProcess::start(&root, &config).await;
+    let https = https_addr(&sg);
+    (sg, dir, https)
+}
+
+/// As [`server`], the binary as a child process, for tests that read its log.
+async fn child(name: &str, extra: &str) -> (Sessiongate, PathBuf, SocketAddr) {
+    let (root, dir, config) = tls_setup(name, extra);
     let sg = Sessiongate::start(&root, &config, &[]).await;
     let https = https_addr(&sg);
     (sg, dir, https)
 }
 
-fn https_addr(sg: &Sessiongate) -> SocketAddr {
-    sg.log
-        .lock()
-        .unwrap()
-        .iter()
-        .find_map(|l| addr_after(l, "gateway listening on https://"))
-        .expect("the HTTPS listener's address in the log")
+fn https_addr(sg: &Endpoints) -> SocketAddr {
+    sg.https.expect("an HTTPS listener")
 }
 
 /// A client trusting `ca` (PEM file), offering `alpn`.
@@ -140,55 +151,19 @@ async fn get(s: &mut TlsStream<TcpStream>, host: &str, path: &str) -> (u16, Stri
     (status, body)
 }
 
-/// An origin answering its name and the HTTP version it was spoken to in.
-async fn origin(name: &'static str, tls: Option<(PathBuf, PathBuf)>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let acceptor = tls.map(|(cert, key)| {
-        let chain: Vec<_> = CertificateDer::pem_file_iter(&cert)
-            .unwrap()
-            .map(|c| c.unwrap())
-            .collect();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        TlsAcceptor::from(Arc::new(config))
-    });
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<_>| async move {
-                    let text = format!("{name} {:?}", req.version());
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(text))))
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                match acceptor {
-                    Some(a) => {
-                        if let Ok(s) = a.accept(s).await {
-                            let _ = builder.serve_connection(TokioIo::new(s), svc).await;
-                        }
-                    }
-                    None => {
-                        let _ = builder.serve_connection(TokioIo::new(s), svc).await;
-                    }
-                }
-            });
-        }
-    });
-    addr
+/// An origin answering its name and the HTTP version it was spoken to in,
+/// over TLS with the PEM pair `tls` if there is one.
+fn origin(name: &'static str, tls: Option<(PathBuf, PathBuf)>) -> Origin {
+    let origin = Origin::builder(name).reply(Reply::NameAndVersion);
+    match tls {
+        Some((cert, key)) => origin.tls(&cert, &key).start(),
+        None => origin.start(),
+    }
 }
 
 #[tokio::test]
 async fn sni_picks_exact_wildcard_custom_and_default_certificates() {
-    let backend = origin("plain", None).await;
+    let backend = origin("plain", None);
     let (sg, dir, https) = server("tls-sni", "").await;
     let ca = dir.join("ca.crt");
     let (s, v) = sg
@@ -196,8 +171,7 @@ async fn sni_picks_exact_wildcard_custom_and_default_certificates() {
         .await;
     assert_eq!(s, 201, "{v}");
     for (name, domain) in [("nb", None), ("app", Some("app.customer.test"))] {
-        let mut body = json!({"name": name, "owner": "ann", "public": true,
-                              "remote_host": "127.0.0.1", "remote_port": backend.port()});
+        let mut body = public_session(name, backend.addr.port());
         if let Some(d) = domain {
             body["custom_domain"] = json!(d);
         }
@@ -248,7 +222,7 @@ async fn sni_picks_exact_wildcard_custom_and_default_certificates() {
             "POST",
             "/api/v1/sessions",
             Some(json!({"name": "bare", "owner": "ann", "public": true,
-                        "custom_domain": "bare.customer.test", "remote_port": backend.port()})),
+                        "custom_domain": "bare.customer.test", "remote_port": backend.addr.port()})),
         )
         .await;
     assert_eq!(s, 201, "{v}");
@@ -268,26 +242,21 @@ async fn sni_picks_exact_wildcard_custom_and_default_certificates() {
     );
 }
 
-async fn reqwest_metrics(sg: &Sessiongate) -> String {
-    common::http(sg.api, "127.0.0.1", "/metrics", "").await.1
+async fn reqwest_metrics(sg: &Endpoints) -> String {
+    testkit::http(sg.api, "127.0.0.1", "/metrics", "").await.1
 }
 
 #[tokio::test]
 async fn h2_by_alpn_and_websockets_over_tls() {
-    let backend = origin("plain", None).await;
-    let peer = ws_echo().await;
+    let backend = origin("plain", None);
+    let peer = WsEcho::start();
     let (sg, dir, https) = server("tls-h2", "").await;
     let ca = dir.join("ca.crt");
     sg.api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
         .await;
-    for (name, port) in [("nb", backend.port()), ("ws", peer.port())] {
+    for (name, port) in [("nb", backend.addr.port()), ("ws", peer.addr.port())] {
         let (s, v) = sg
-            .api(
-                "POST",
-                "/api/v1/sessions",
-                Some(json!({"name": name, "owner": "ann", "public": true,
-                            "remote_host": "127.0.0.1", "remote_port": port})),
-            )
+            .api("POST", "/api/v1/sessions", Some(public_session(name, port)))
             .await;
         assert_eq!(s, 201, "{v}");
     }
@@ -324,16 +293,15 @@ async fn h2_by_alpn_and_websockets_over_tls() {
 
 #[tokio::test]
 async fn hot_reload_changes_the_certificate_and_keeps_open_connections() {
-    let backend = origin("plain", None).await;
-    let (sg, dir, https) = server("tls-reload", "").await;
+    let backend = origin("plain", None);
+    let (sg, dir, https) = child("tls-reload", "").await;
     let ca = dir.join("ca.crt");
     sg.api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
         .await;
     sg.api(
         "POST",
         "/api/v1/sessions",
-        Some(json!({"name": "nb", "owner": "ann", "public": true,
-                    "remote_host": "127.0.0.1", "remote_port": backend.port()})),
+        Some(public_session("nb", backend.addr.port())),
     )
     .await;
     let before = der(&dir.join("sessions.test.crt"));
@@ -355,7 +323,7 @@ async fn hot_reload_changes_the_certificate_and_keeps_open_connections() {
 
     // Garbage over the pair: logged, and the last good certificate stays.
     std::fs::write(dir.join("sessions.test.crt"), "not a certificate").unwrap();
-    let logged = common::wait_log(&sg.log, "sessions.test.crt").await;
+    let logged = crate::common::wait_log(&sg.log, "sessions.test.crt").await;
     assert!(
         logged.to_lowercase().contains("sessions.test.crt"),
         "{logged}"
@@ -394,11 +362,16 @@ async fn https_upstreams_verified_unverified_and_mismatched() {
             dir.join(format!("{name}.key")),
         )
     };
-    let good = origin("good", Some(pair(&trusted, "localhost"))).await;
-    let selfsigned = origin("selfsigned", Some(pair(&untrusted, "localhost"))).await;
-    let misnamed = origin("misnamed", Some(pair(&trusted, "origin.test"))).await;
+    let good_origin = origin("good", Some(pair(&trusted, "localhost")));
+    let selfsigned_origin = origin("selfsigned", Some(pair(&untrusted, "localhost")));
+    let misnamed_origin = origin("misnamed", Some(pair(&trusted, "origin.test")));
+    let (good, selfsigned, misnamed) = (
+        good_origin.addr,
+        selfsigned_origin.addr,
+        misnamed_origin.addr,
+    );
 
-    let (sg, _, _) = server(
+    let (sg, _, _) = child(
         "tls-upstream",
         &format!(
             "upstream_ca_file = \"{}\"\n",
@@ -437,7 +410,7 @@ async fn https_upstreams_verified_unverified_and_mismatched() {
         assert_eq!(s, 201, "{v}");
     }
     for (name, addr, _, status, text) in cases {
-        let (s, body) = common::http(sg.gateway, &format!("{name}.sessions.test"), "/", "").await;
+        let (s, body) = testkit::http(sg.gateway, &format!("{name}.sessions.test"), "/", "").await;
         assert_eq!(s, status, "{name}: {body}");
         assert!(body.contains(text), "{name}: {body}");
         if status == 502 {
@@ -445,7 +418,7 @@ async fn https_upstreams_verified_unverified_and_mismatched() {
             // wait for the line rather than race it. (The access log names
             // the upstream too; the error line is the one with `error=`.)
             let upstream = format!("error=upstream https://localhost:{}", addr.port());
-            let line = common::wait_log(&sg.log, &upstream).await;
+            let line = crate::common::wait_log(&sg.log, &upstream).await;
             assert!(line.contains(text), "{name}: {line}");
         }
     }
@@ -454,9 +427,9 @@ async fn https_upstreams_verified_unverified_and_mismatched() {
 #[tokio::test]
 async fn plain_http_redirects_to_https_keeping_host_path_and_query() {
     let (sg, _, https) = server("tls-redirect", "redirect_http = true\n").await;
-    let (s, body) = common::http(sg.gateway, "nb.sessions.test", "/a/b?c=d&e", "").await;
+    let (s, body) = testkit::http(sg.gateway, "nb.sessions.test", "/a/b?c=d&e", "").await;
     assert_eq!(s, 308, "{body}");
-    let raw = common::exchange(
+    let raw = testkit::exchange(
         sg.gateway,
         b"GET /a/b?c=d&e HTTP/1.1\r\nHost: nb.sessions.test:8080\r\nConnection: close\r\n\r\n",
     )

@@ -1,18 +1,17 @@
-//! The WebSocket echo origin of the WebSocket scenario.
+//! The WebSocket echo peer: the tests' and the benchmark's (`ws-echo`).
 //!
-//! Like [`crate::origin`], it lives inside the harness process on its own
-//! tokio runtime, so every target ends at the very same code. It accepts
-//! HTTP/1.1 WebSocket upgrades on any path and echoes every text and binary
-//! message back as it came (text as text, binary as binary). A plain request
-//! (no upgrade) is answered 200 with [`crate::origin::BODY`], which starts with
-//! [`crate::origin::MARKER`], so the harness's readiness probe works against
-//! this origin unchanged.
+//! It accepts HTTP/1.1 WebSocket upgrades on any path and echoes every text
+//! and binary message back as it came (text as text, binary as binary). A
+//! plain request (no upgrade) is answered 200 with [`crate::origin::BODY`],
+//! which starts with [`crate::origin::MARKER`], so the benchmark's readiness
+//! probe works against this peer unchanged. The HTTP origin's `/ws` path is
+//! the same echo (`upgrade`).
 //!
 //! It counts accepted TCP connections, completed upgrades and echoed
 //! messages. A message is counted when it is read, before its echo is
-//! written, so once a client has received an echo the origin has already
+//! written, so once a client has received an echo the peer has already
 //! counted it: after a load run that ended without errors and waited for all
-//! its echoes, the origin's message delta equals the client's echo count
+//! its echoes, the peer's message delta equals the client's echo count
 //! exactly, and a proxy that answered by itself shows up as a shortfall.
 //!
 //! # Why hyper's upgrade and not `accept_hdr_async`
@@ -21,7 +20,7 @@
 //! a plain `GET /` with a 200: tungstenite rejects a request without upgrade
 //! headers before the callback runs, and the callback may only turn the
 //! handshake into an error status. Serving both would mean peeking at and
-//! parsing the request head ourselves. hyper is already the harness's HTTP
+//! parsing the request head ourselves. hyper is already the origins' HTTP
 //! server, answers the probe with the same code path as the HTTP origin, and
 //! handles the upgrade request like any proxy-facing server would. What it
 //! usually costs, a boxed `Upgraded` stream with a dynamic call on every read
@@ -30,16 +29,12 @@
 //! the request head), so the per-message path is tungstenite on the bare
 //! socket, exactly what `accept_hdr_async` would give.
 
-// Used by the WebSocket scenario, which is wired into main.rs separately;
-// the tests below exercise everything meanwhile.
-
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use http_body_util::Full;
@@ -49,13 +44,14 @@ use hyper::service::service_fn;
 use hyper::{header, HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Runtime;
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::listen::Serving;
 use crate::origin::BODY;
 
 /// Read buffer per WebSocket. tungstenite allocates it eagerly (128 KiB by
@@ -63,16 +59,16 @@ use crate::origin::BODY;
 /// small, and a larger one just takes more than one read.
 const READ_BUFFER: usize = 16 * 1024;
 
+/// Upgrades and messages, shared by a peer's connections.
 #[derive(Default)]
-struct Counters {
-    connections: AtomicU64,
+pub(crate) struct EchoCounters {
     upgrades: AtomicU64,
     messages: AtomicU64,
 }
 
-/// A snapshot of the origin's counters (monotonic; take deltas).
+/// A snapshot of the peer's counters (monotonic; take deltas).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WsOriginCounts {
+pub struct WsCounts {
     /// TCP connections accepted (WebSockets and plain requests alike).
     pub connections: u64,
     /// Completed WebSocket upgrades (101 sent and the stream taken over).
@@ -81,87 +77,83 @@ pub struct WsOriginCounts {
     pub messages: u64,
 }
 
-/// The running origin. Dropping it shuts its runtime down, closing every
-/// connection.
-pub struct WsOrigin {
-    /// Kept for its threads: dropping it stops the origin.
-    _runtime: Runtime,
-    addr: SocketAddr,
-    counters: Arc<Counters>,
+/// The running peer. Dropping it stops accepting; with a runtime of its own
+/// ([`WsEcho::bench`]) it also closes every connection.
+pub struct WsEcho {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+    counters: Arc<EchoCounters>,
+    serving: Serving,
 }
 
-impl WsOrigin {
-    /// Binds 127.0.0.1:0 and serves on a runtime of `threads` workers.
-    pub fn start(threads: usize) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
-            .thread_name("bench-ws-origin")
-            .enable_all()
-            .build()
-            .context("building the WebSocket origin's tokio runtime")?;
-        let listener = runtime
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .context("binding the WebSocket origin to 127.0.0.1:0")?;
-        let addr = listener
-            .local_addr()
-            .context("reading the WebSocket origin's address")?;
-        let counters = Arc::new(Counters::default());
-        runtime.spawn(accept_loop(listener, Arc::clone(&counters)));
-        Ok(Self {
-            _runtime: runtime,
+impl WsEcho {
+    /// Binds `127.0.0.1:0` and serves on the caller's runtime. Panics if it
+    /// cannot bind: a test without its peer cannot run.
+    pub fn start() -> WsEcho {
+        WsEcho::serve(Serving::on_current_runtime()).expect("WebSocket echo on 127.0.0.1:0")
+    }
+
+    /// Binds `127.0.0.1:0` and serves on a runtime of its own with `threads`
+    /// workers, as the benchmark needs. Drop it outside any runtime.
+    pub fn bench(threads: usize) -> io::Result<WsEcho> {
+        WsEcho::serve(Serving::on_own_runtime(threads, "bench-ws-origin")?)
+    }
+
+    fn serve(mut serving: Serving) -> io::Result<WsEcho> {
+        let connections = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(EchoCounters::default());
+        let shared = Arc::clone(&counters);
+        let addr = serving.listen(Arc::clone(&connections), move |stream| {
+            let counters = Arc::clone(&shared);
+            async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    std::future::ready(Ok::<_, Infallible>(handle(req, &counters)))
+                });
+                // Errors here are clients going away mid-request: nothing to do.
+                let _ = http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            }
+        })?;
+        Ok(WsEcho {
             addr,
+            connections,
             counters,
+            serving,
         })
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn counts(&self) -> WsOriginCounts {
-        WsOriginCounts {
-            connections: self.counters.connections.load(Ordering::Relaxed),
+    pub fn counts(&self) -> WsCounts {
+        WsCounts {
+            connections: self.connections.load(Ordering::Relaxed),
             upgrades: self.counters.upgrades.load(Ordering::Relaxed),
             messages: self.counters.messages.load(Ordering::Relaxed),
         }
     }
-}
 
-async fn accept_loop(listener: TcpListener, counters: Arc<Counters>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                // Typically EMFILE with too many connections: back off rather than spin.
-                eprintln!("ws origin: accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        // Small messages, each answered at once: Nagle would only add latency.
-        let _ = stream.set_nodelay(true);
-        counters.connections.fetch_add(1, Ordering::Relaxed);
-        let counters = Arc::clone(&counters);
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                std::future::ready(Ok::<_, Infallible>(handle(req, &counters)))
-            });
-            // Errors here are clients going away mid-request: nothing to do.
-            let _ = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
-        });
+    /// The runtime the peer runs on.
+    pub fn handle(&self) -> &Handle {
+        self.serving.handle()
     }
 }
 
 /// Answers one HTTP request: a WebSocket upgrade gets its 101 and an echo
 /// task, anything else the HTTP origin's 200.
-fn handle(mut req: Request<Incoming>, counters: &Arc<Counters>) -> Response<Full<Bytes>> {
+fn handle(req: Request<Incoming>, counters: &Arc<EchoCounters>) -> Response<Full<Bytes>> {
     if !wants_websocket(req.headers()) {
         return plain(StatusCode::OK, Bytes::from_static(&BODY));
     }
+    upgrade(req, counters)
+}
+
+/// Answers a WebSocket handshake with its 101 and echoes on the upgraded
+/// connection, or refuses a broken handshake (400, 405, 426).
+pub(crate) fn upgrade(
+    mut req: Request<Incoming>,
+    counters: &Arc<EchoCounters>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return plain(StatusCode::METHOD_NOT_ALLOWED, Bytes::new());
     }
@@ -203,8 +195,7 @@ fn handle(mut req: Request<Incoming>, counters: &Arc<Counters>) -> Response<Full
                 .await;
                 echo(ws, &counters).await;
             }
-            // Not reached (the connection is always a TokioIo<TcpStream>),
-            // but correct all the same.
+            // A connection that is not a bare TcpStream: an HTTPS origin's.
             Err(upgraded) => {
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config)
@@ -243,7 +234,8 @@ fn wants_websocket(headers: &HeaderMap) -> bool {
     has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
 }
 
-fn plain(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+/// A `text/plain` answer.
+pub(crate) fn plain(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -256,7 +248,7 @@ fn plain(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
 /// Echoes until the client closes or the connection fails. Whatever has
 /// already arrived is echoed in one flush (pipelining clients get one write
 /// per batch, not per message); a lone message is flushed at once.
-async fn echo<S>(mut ws: WebSocketStream<S>, counters: &Counters)
+async fn echo<S>(mut ws: WebSocketStream<S>, counters: &EchoCounters)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -289,6 +281,9 @@ where
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
+    use std::time::Duration;
+
+    use anyhow::Result;
 
     use super::*;
     use crate::origin::MARKER;
@@ -307,8 +302,8 @@ mod tests {
 
     #[test]
     fn plain_get_returns_the_marker() -> Result<()> {
-        let origin = WsOrigin::start(1)?;
-        let resp = get(origin.addr(), "")?;
+        let origin = WsEcho::bench(1)?;
+        let resp = get(origin.addr, "")?;
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
         assert!(
             resp.contains(std::str::from_utf8(MARKER)?),
@@ -323,17 +318,17 @@ mod tests {
 
     #[test]
     fn broken_upgrades_are_refused() -> Result<()> {
-        let origin = WsOrigin::start(1)?;
+        let origin = WsEcho::bench(1)?;
         // `Upgrade: websocket` without `upgrade` among the Connection tokens
         // is no upgrade request: the plain answer.
         let resp = get(
-            origin.addr(),
+            origin.addr,
             "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
         )?;
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 
         // An upgrade request without Sec-WebSocket-Key.
-        let mut stream = std::net::TcpStream::connect(origin.addr())?;
+        let mut stream = std::net::TcpStream::connect(origin.addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         write!(
             stream,
@@ -349,8 +344,8 @@ mod tests {
 
     #[test]
     fn echoes_text_and_binary_and_counts() -> Result<()> {
-        let origin = WsOrigin::start(2)?;
-        let addr = origin.addr();
+        let origin = WsEcho::bench(2)?;
+        let addr = origin.addr;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

@@ -1,77 +1,39 @@
-//! Browser access end to end: `sessiongate serve` as a process, real origins
-//! (an HTTP echo, a WebSocket echo, an endless stream), and a browser-like
+//! Browser access end to end: `sessiongate serve` in process (as a child
+//! where the log is read), real origins (an HTTP echo, a WebSocket echo, an
+//! endless stream), and a browser-like
 //! client with an RFC 6265 cookie jar (`common::jar`). Access links come
 //! from the API, are opened in the browser, and the cookie they set is what
 //! gets the browser through the gateway.
 
-mod common;
-
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::jar::Browser;
-use common::{temp_dir, ws_echo, Sessiongate, DEADLINE};
+use crate::common::jar::Browser;
+use crate::common::Sessiongate;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{Full, StreamBody};
-use hyper::body::Frame;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
+use testkit::server::InProcess;
+use testkit::{temp_dir, Endpoints, Origin, Reply, WsEcho, DEADLINE};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// An origin that answers with what it was sent: the path and query, and the
 /// `Cookie` header (or `-`), one per line. `/stream` instead answers a body
 /// that sends a chunk and then never ends.
-async fn echo_origin() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: hyper::Request<_>| async move {
-                    if req.uri().path() == "/stream" {
-                        let chunks = futures_util::stream::iter([Ok::<_, Infallible>(
-                            Frame::data(Bytes::from_static(b"first\n")),
-                        )])
-                        .chain(futures_util::stream::pending());
-                        let body = http_body_util::Either::Right(StreamBody::new(chunks));
-                        return Ok::<_, Infallible>(hyper::Response::new(body));
-                    }
-                    let cookie = req
-                        .headers()
-                        .get_all("cookie")
-                        .iter()
-                        .map(|v| v.to_str().unwrap_or("?").to_string())
-                        .collect::<Vec<_>>()
-                        .join(" | ");
-                    let text = format!(
-                        "path={}\ncookie={}\n",
-                        req.uri()
-                            .path_and_query()
-                            .map(|p| p.as_str())
-                            .unwrap_or("/"),
-                        if cookie.is_empty() { "-" } else { &cookie }
-                    );
-                    Ok(hyper::Response::new(http_body_util::Either::Left(
-                        Full::new(Bytes::from(text)),
-                    )))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+fn echo_origin() -> Origin {
+    Origin::builder("app").reply(Reply::PathAndCookie).start()
 }
 
-/// Starts a server with users ann, bob and eve, and group `team` = [bob].
-async fn server(name: &str, extra_config: &str) -> Sessiongate {
-    let dir = temp_dir(name);
-    let sg = Sessiongate::start(&dir, extra_config, &[]).await;
+/// Starts a server in process with [`add_people`].
+async fn server(name: &str, extra_config: &str) -> InProcess {
+    let sg = InProcess::start(&temp_dir(name), extra_config).await;
+    add_people(&sg).await;
+    sg
+}
+
+/// Users ann, bob and eve, and group `team` = [bob].
+async fn add_people(sg: &Endpoints) {
     for u in ["ann", "bob", "eve"] {
         let (s, v) = sg
             .api("POST", "/api/v1/users", Some(json!({ "name": u })))
@@ -86,16 +48,15 @@ async fn server(name: &str, extra_config: &str) -> Sessiongate {
         )
         .await;
     assert_eq!(s, 201, "{v}");
-    sg
 }
 
-async fn create(sg: &Sessiongate, body: Value) {
+async fn create(sg: &Endpoints, body: Value) {
     let (s, v) = sg.api("POST", "/api/v1/sessions", Some(body)).await;
     assert_eq!(s, 201, "{v}");
 }
 
 /// A private session of ann's, shared with `team`, for the origin at `port`.
-async fn create_shared(sg: &Sessiongate, name: &str, port: u16) {
+async fn create_shared(sg: &Endpoints, name: &str, port: u16) {
     create(
         sg,
         json!({"name": name, "owner": "ann", "groups": ["team"],
@@ -105,7 +66,7 @@ async fn create_shared(sg: &Sessiongate, name: &str, port: u16) {
 }
 
 /// An access link for `user` on `session`: the URL, or the API's error.
-async fn link(sg: &Sessiongate, session: &str, user: &str) -> Result<String, (u16, Value)> {
+async fn link(sg: &Endpoints, session: &str, user: &str) -> Result<String, (u16, Value)> {
     let (s, v) = sg
         .api(
             "POST",
@@ -121,14 +82,14 @@ async fn link(sg: &Sessiongate, session: &str, user: &str) -> Result<String, (u1
 }
 
 /// Opens a fresh link for `user` in `browser` and checks that it signed in.
-async fn sign_in(sg: &Sessiongate, browser: &Browser, session: &str, user: &str) {
+async fn sign_in(sg: &Endpoints, browser: &Browser, session: &str, user: &str) {
     let url = link(sg, session, user).await.unwrap();
     let page = browser.get(&url).await;
     assert_eq!(page.status, 302, "{url}: {}", page.body);
     assert_eq!(page.set_cookies().len(), 1, "{:?}", page.headers);
 }
 
-async fn state(sg: &Sessiongate, session: &str) -> String {
+async fn state(sg: &Endpoints, session: &str) -> String {
     let (_, v) = sg
         .api("GET", &format!("/api/v1/sessions/{session}"), None)
         .await;
@@ -164,13 +125,13 @@ async fn echoes(ws: &mut WebSocketStream<TcpStream>, text: &str) -> bool {
 
 #[tokio::test]
 async fn the_owner_opens_a_link_gets_a_host_only_cookie_and_reaches_the_app() {
-    let origin = echo_origin().await;
+    let origin = echo_origin();
     let sg = server("access-owner", "").await;
     let port = sg.gateway.port();
     create(
         &sg,
         json!({"name": "nb", "owner": "ann", "pending": true,
-               "remote_host": "127.0.0.1", "remote_port": origin.port()}),
+               "remote_host": "127.0.0.1", "remote_port": origin.addr.port()}),
     )
     .await;
     let browser = Browser::new(sg.gateway);
@@ -252,14 +213,14 @@ async fn the_owner_opens_a_link_gets_a_host_only_cookie_and_reaches_the_app() {
 
 #[tokio::test]
 async fn sharing_decides_who_gets_in_and_cookies_stay_on_their_session() {
-    let origin = echo_origin().await;
+    let origin = echo_origin();
     let sg = server("access-share", "").await;
     let port = sg.gateway.port();
     for name in ["nb", "other"] {
         create(
             &sg,
             json!({"name": name, "owner": "ann",
-                   "remote_host": "127.0.0.1", "remote_port": origin.port()}),
+                   "remote_host": "127.0.0.1", "remote_port": origin.addr.port()}),
         )
         .await;
     }
@@ -348,7 +309,7 @@ async fn sharing_decides_who_gets_in_and_cookies_stay_on_their_session() {
 
 #[tokio::test]
 async fn expired_links_and_cookies_of_a_retired_key_are_refused() {
-    let origin = echo_origin().await;
+    let origin = echo_origin();
     let sg = server(
         "access-keys",
         "[access]\nlink_ttl_secs = 1\nkey_grace_secs = 2\n",
@@ -358,7 +319,7 @@ async fn expired_links_and_cookies_of_a_retired_key_are_refused() {
     create(
         &sg,
         json!({"name": "nb", "owner": "ann",
-               "remote_host": "127.0.0.1", "remote_port": origin.port()}),
+               "remote_host": "127.0.0.1", "remote_port": origin.addr.port()}),
     )
     .await;
     let nb = format!("http://nb.localhost:{port}/");
@@ -403,12 +364,12 @@ async fn expired_links_and_cookies_of_a_retired_key_are_refused() {
 
 #[tokio::test]
 async fn removing_a_member_closes_their_websocket_and_stream_but_not_the_owners() {
-    let peer = ws_echo().await;
-    let origin = echo_origin().await;
+    let peer = WsEcho::start();
+    let origin = echo_origin();
     let sg = server("access-revoke", "").await;
     let port = sg.gateway.port();
-    create_shared(&sg, "ide", peer.port()).await;
-    create_shared(&sg, "feed", origin.port()).await;
+    create_shared(&sg, "ide", peer.addr.port()).await;
+    create_shared(&sg, "feed", origin.addr.port()).await;
     let (ann, bob) = (Browser::new(sg.gateway), Browser::new(sg.gateway));
     for (b, user) in [(&ann, "ann"), (&bob, "bob")] {
         sign_in(&sg, b, "ide", user).await;
@@ -483,10 +444,10 @@ async fn removing_a_member_closes_their_websocket_and_stream_but_not_the_owners(
 
 #[tokio::test]
 async fn evict_closes_every_websocket_and_only_an_evicted_session_can_be_reopened() {
-    let peer = ws_echo().await;
+    let peer = WsEcho::start();
     let sg = server("access-evict", "").await;
     let port = sg.gateway.port();
-    create_shared(&sg, "ide", peer.port()).await;
+    create_shared(&sg, "ide", peer.addr.port()).await;
     let (ann, bob) = (Browser::new(sg.gateway), Browser::new(sg.gateway));
     sign_in(&sg, &ann, "ide", "ann").await;
     sign_in(&sg, &bob, "ide", "bob").await;
@@ -530,7 +491,7 @@ async fn evict_closes_every_websocket_and_only_an_evicted_session_can_be_reopene
 
 #[tokio::test]
 async fn slug_sessions_get_path_scoped_cookies_and_strangers_go_to_the_login_url() {
-    let origin = echo_origin().await;
+    let origin = echo_origin();
     let sg = server(
         "access-slug",
         "[access]\nlogin_url = \"https://portal.example.com/login?from=gw\"\n\
@@ -541,7 +502,7 @@ async fn slug_sessions_get_path_scoped_cookies_and_strangers_go_to_the_login_url
     create(
         &sg,
         json!({"name": "lab", "owner": "ann", "slug": "/lab/ann", "strip_prefix": true,
-               "remote_host": "127.0.0.1", "remote_port": origin.port()}),
+               "remote_host": "127.0.0.1", "remote_port": origin.addr.port()}),
     )
     .await;
     // The portal host is `localhost` in the default configuration.
@@ -585,17 +546,20 @@ async fn slug_sessions_get_path_scoped_cookies_and_strangers_go_to_the_login_url
 
 #[tokio::test]
 async fn a_login_url_off_the_allow_list_is_ignored() {
-    let origin = echo_origin().await;
-    let sg = server(
-        "access-allow",
+    let origin = echo_origin();
+    // A child process: the warning is read from its log.
+    let sg = Sessiongate::start(
+        &temp_dir("access-allow"),
         "[access]\nlogin_url = \"https://evil.example/login\"\n\
          redirect_origins = [\"https://portal.example.com\"]\n",
+        &[],
     )
     .await;
+    add_people(&sg).await;
     create(
         &sg,
         json!({"name": "nb", "owner": "ann",
-               "remote_host": "127.0.0.1", "remote_port": origin.port()}),
+               "remote_host": "127.0.0.1", "remote_port": origin.addr.port()}),
     )
     .await;
     let page = Browser::new(sg.gateway)

@@ -2,10 +2,9 @@
 //! switching it off, and the request span that carries the request id into
 //! every event of the request.
 
-mod common;
-
-use common::{http, origin, temp_dir, wait_log, Sessiongate};
+use crate::common::{wait_log, Sessiongate};
 use serde_json::Value;
+use testkit::{http, temp_dir, Origin};
 use tokio::net::TcpListener;
 
 /// A port nothing listens on (bound, then released).
@@ -14,11 +13,11 @@ async fn dead_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Routes `app.localhost` to an origin answering `hello` and
+/// Routes `app.localhost` to `app` (an origin answering `hello`) and
 /// `dead.localhost` to a closed port; returns the configuration and both
 /// upstream URLs.
-async fn routes() -> (String, String, String) {
-    let app = origin("hello").await;
+async fn routes(app: &Origin) -> (String, String, String) {
+    let app = app.addr;
     let dead = dead_port().await;
     let config = format!(
         "[[routes]]\nhost = \"app.localhost\"\nupstream = \"http://{app}\"\n\
@@ -37,7 +36,8 @@ fn json_line(line: &str) -> Value {
 
 #[tokio::test]
 async fn json_access_log_line_per_request_and_request_span() {
-    let (config, upstream, dead) = routes().await;
+    let app = Origin::named("hello");
+    let (config, upstream, dead) = routes(&app).await;
     let dir = temp_dir("log-json");
     let sg = Sessiongate::start_with_args(&dir, &config, &[], &["--log-format", "json"]).await;
 
@@ -103,7 +103,8 @@ async fn json_access_log_line_per_request_and_request_span() {
 
 #[tokio::test]
 async fn text_access_log_by_default() {
-    let (config, upstream, _) = routes().await;
+    let app = Origin::named("hello");
+    let (config, upstream, _) = routes(&app).await;
     let dir = temp_dir("log-text");
     let sg = Sessiongate::start(&dir, &config, &[]).await;
     let (status, _) = http(
@@ -142,7 +143,8 @@ async fn text_access_log_by_default() {
 
 #[tokio::test]
 async fn no_access_log_switches_the_lines_off() {
-    let (config, _, _) = routes().await;
+    let app = Origin::named("hello");
+    let (config, _, _) = routes(&app).await;
     let dir = temp_dir("log-off");
     let sg = Sessiongate::start_with_args(&dir, &config, &[], &["--no-access-log"]).await;
     let (status, _) = http(

@@ -4,9 +4,6 @@
 //! fails inside a shared transaction leaves nothing behind while the others
 //! commit.
 
-mod common;
-
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use control_plane::auth::hash_token;
@@ -18,6 +15,8 @@ use control_plane::session::{Action, SessionState};
 use control_plane::store::Store;
 use gateway::RouteHandle;
 use sqlx::{Connection, SqliteConnection};
+use testkit::routes::{empty_table, settings_with};
+use testkit::TempDir;
 use tokio::sync::Mutex;
 
 struct Fixture {
@@ -26,20 +25,15 @@ struct Fixture {
     /// A connection of its own to the database file: it sees committed data
     /// only.
     reader: Arc<Mutex<SqliteConnection>>,
-    dir: PathBuf,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    /// Declared last: removed once the store is closed.
+    _dir: TempDir,
 }
 
 async fn fixture(name: &str) -> Fixture {
-    let dir = common::temp_dir(&format!("group-{name}"));
-    let db = dir.join("sessiongate.db");
+    let dir = TempDir::new(&format!("group-{name}"));
+    let db = dir.path().join("sessiongate.db");
     let store = Store::open(&db).await.unwrap();
-    let routes = common::route_table();
+    let routes = empty_table(&settings_with(&["localhost"], None));
     let cp = Arc::new(
         ControlPlane::start(
             Parts::new(store, routes.clone(), Arc::new(SystemClock)),
@@ -48,7 +42,7 @@ async fn fixture(name: &str) -> Fixture {
         .await
         .unwrap(),
     );
-    common::add_user(&cp, "ann").await;
+    crate::common::add_user(&cp, "ann").await;
     let reader = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
@@ -56,7 +50,7 @@ async fn fixture(name: &str) -> Fixture {
         cp,
         routes,
         reader: Arc::new(Mutex::new(reader)),
-        dir,
+        _dir: dir,
     }
 }
 

@@ -3,8 +3,6 @@
 //! request and echoes what it received, under several `*.localhost` names
 //! that all reach the same port.
 
-mod common;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
@@ -18,7 +16,7 @@ use tokio_tungstenite::tungstenite::handshake::server::Response as WsResponse;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as WsRequest};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::jar::Browser;
+use crate::common::jar::Browser;
 
 /// The origin. Every answer's body echoes the request, one `name: value`
 /// line each: `host`, `cookie` (all `Cookie` headers joined by ` | `),

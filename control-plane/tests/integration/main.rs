@@ -1,0 +1,40 @@
+//! The control plane's integration tests, one module per subject, in one
+//! test binary: each binary costs a link of the whole dependency tree (SQLite,
+//! axum, rustls, hyper…), which was most of the time `cargo test` spent
+//! building twelve of them.
+//!
+//! Sharing a process is safe for these tests: none sets an environment
+//! variable, the working directory or a global tracing subscriber in this
+//! process. What needs a process of its own runs the `sessiongate` binary
+//! as a child (`common::Sessiongate`); everything else runs the server in
+//! process (`testkit::server::InProcess`) or drives a `ControlPlane`
+//! directly. Run one module with `cargo test -p control-plane --test
+//! integration <module>::`.
+//!
+//! - `access`: browser access: links, cookies, sharing, revocation.
+//! - `api`: the REST API through the router, on a manual clock.
+//! - `ctl`: `sessiongate ctl` as a process.
+//! - `group_commit`: concurrent writes sharing commits.
+//! - `jar`: the test browser's cookie jar itself.
+//! - `lifecycle`: sessions end to end, and `kill -9` durability.
+//! - `logging`: the binary's access log and request spans.
+//! - `metrics`: `/metrics`, parsed.
+//! - `reaper`: the lifecycle reaper on a manual clock.
+//! - `serve`: configuration errors, reload, SIGHUP and SIGTERM.
+//! - `tls`: SNI, h2, certificate reload, re-encryption, redirects.
+//! - `workshop`: the training portal's API.
+
+mod common;
+
+mod access;
+mod api;
+mod ctl;
+mod group_commit;
+mod jar;
+mod lifecycle;
+mod logging;
+mod metrics;
+mod reaper;
+mod serve;
+mod tls;
+mod workshop;
