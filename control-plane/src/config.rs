@@ -672,9 +672,10 @@ impl Config {
                     key: key("upstream"),
                     message: e.to_string(),
                 })?;
-                let (id, hosts, slugs) = match (&r.host, &r.slug) {
-                    (Some(h), None) => (format!("static:host:{h}"), vec![h.clone()], vec![]),
-                    (None, Some(s)) => (format!("static:slug:{s}"), vec![], vec![s.clone()]),
+                let target = RouteTarget::Upstream(upstream);
+                let spec = match (&r.host, &r.slug) {
+                    (Some(h), None) => RouteSpec::new(format!("static:host:{h}"), target).host(h),
+                    (None, Some(s)) => RouteSpec::new(format!("static:slug:{s}"), target).slug(s),
                     _ => {
                         return Err(ConfigError::Invalid {
                             key: format!("routes[{i}]"),
@@ -688,20 +689,10 @@ impl Config {
                         message: "only applies to slug routes".into(),
                     });
                 }
-                Ok(RouteSpec {
-                    id: id.into(),
-                    hosts,
-                    labels: vec![],
-                    slugs,
-                    target: RouteTarget::Upstream(upstream),
-                    strip_prefix: r.strip_prefix,
-                    rewrite_host: r.rewrite_host,
-                    paused: false,
-                    public: true,
-                    access: None,
-                    inactive: false,
-                    tls_verify: r.tls_verify,
-                })
+                Ok(spec
+                    .strip_prefix(r.strip_prefix)
+                    .rewrite_host(r.rewrite_host)
+                    .tls_verify(r.tls_verify))
             })
             .collect()
     }

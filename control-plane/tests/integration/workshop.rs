@@ -1,5 +1,5 @@
 //! The training-portal-compatible API against a real server in process:
-//! every curl call of seeds 001 and 004, with the answers checked field by
+//! every curl call of the training portal's REST API documentation, with the answers checked field by
 //! field, and the browser's activation through the gateway with the cookie
 //! jar.
 
@@ -164,7 +164,7 @@ async fn oauth2_token_endpoint_grants_refreshes_and_refuses() {
 }
 
 #[tokio::test]
-async fn request_activate_and_list_as_the_seeds_show() {
+async fn request_activate_and_list_as_the_portal_documents_them() {
     let (sg, access, _backends) = setup("ws-request").await;
     let token = Some(access.as_str());
 
