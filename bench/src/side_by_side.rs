@@ -8,7 +8,6 @@
 //! once, in alternating order, so that slow phases of a noisy machine hit
 //! every run alike.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ use clap::Args;
 use crate::churn::Driver;
 use crate::peers;
 use crate::procs::{check_interrupted, TempDir};
-use crate::report::{self, Machine, Rss, Sample, Summary};
+use crate::report::{self, Rss, Sample, Summary};
 use crate::targets::{self, Routes, Target, TargetKind};
 use crate::wrk::{self, Load, Script, WrkResult};
 use crate::ws_load::{self, WsLoadConfig};
@@ -693,128 +692,6 @@ impl Bench {
         }
         Ok(summaries.iter().filter_map(Summary::problem).collect())
     }
-
-    /// The section `--write` puts into the results file.
-    fn section(&self, w: &Written<'_>) -> String {
-        let machine = Machine::collect();
-        let command: Vec<String> = std::env::args().map(|a| report::shell_quote(&a)).collect();
-        let plan = &self.plan;
-        let mut r = String::new();
-        let _ = writeln!(r, "## {}\n", w.scenario.title);
-        let _ = writeln!(r, "- Date: {}", machine.date);
-        let _ = writeln!(
-            r,
-            "- Machine: {} CPUs (`nproc`), {}, kernel {}; load average (1, 5, 15 min) {} before the run, {} after",
-            machine.nproc,
-            machine.cpu_model,
-            machine.kernel,
-            self.load_before,
-            load_average()
-        );
-        for line in self.tools.versions() {
-            let _ = writeln!(r, "- {line}");
-        }
-        // Not the whole tree: the results file this run writes is in it.
-        if let Some(commit) =
-            report::source_commit(&["bench/src", "bench/Cargo.toml", "gateway", "control-plane"])
-        {
-            let _ = writeln!(r, "- Source: commit {commit}");
-        }
-        let _ = writeln!(r, "- Command: `{}`", command.join(" "));
-        let mut loads: Vec<String> = Vec::new();
-        for run in w.runs {
-            let line = run.load.describe(plan);
-            if !loads.contains(&line) {
-                loads.push(line);
-            }
-        }
-        let _ = writeln!(
-            r,
-            "- Load: {}; {} round(s), every case and target once per round, the order \
-             reversed every other round; {} s unrecorded warm-up per case and target",
-            loads.join(", "),
-            plan.rounds,
-            plan.warmup
-        );
-        let _ = writeln!(r, "\n{}", w.scenario.text.trim_end());
-        let _ = writeln!(r, "\n### Summary\n");
-        let _ = writeln!(r, "{}", w.table);
-        for line in w.lines {
-            let _ = writeln!(r, "- {line}");
-        }
-        let _ = writeln!(r, "\n{COLUMNS_TEXT}");
-        let _ = writeln!(r, "### Per-round raw figures\n");
-        let _ = writeln!(
-            r,
-            "{}",
-            report::raw_table(w.samples, self.clk_tck, w.scenario.unit)
-        );
-        let _ = writeln!(r, "### Configurations\n");
-        // One per kind: the last one started (the largest route set).
-        let mut shown: Vec<TargetKind> = Vec::new();
-        for running in w.running.iter().rev() {
-            let t = &running.target;
-            let Some((name, text)) = &t.config else {
-                continue;
-            };
-            if shown.contains(&t.kind) {
-                continue;
-            }
-            shown.push(t.kind);
-            let lang = match name.as_str() {
-                n if n.ends_with(".toml") => "toml",
-                "nginx.conf" => "nginx",
-                _ => "text",
-            };
-            let _ = writeln!(
-                r,
-                "<details><summary>{} ({name})</summary>\n\n```{lang}\n{}```\n\n</details>\n",
-                t.kind, text
-            );
-        }
-        r
-    }
-}
-
-/// What the written section is made from.
-struct Written<'a> {
-    scenario: &'a Scenario,
-    running: &'a [Running],
-    runs: &'a [Run],
-    samples: &'a [Sample],
-    table: &'a str,
-    lines: &'a [String],
-}
-
-/// How to read the summary table's columns.
-const COLUMNS_TEXT: &str = "\
-Req/s and latency are medians over rounds; each figure in parentheses is the \
-ratio to nginx in the same case (lower is better for all but req/s). Proxy \
-CPU is utime + stime of all the proxy's processes (nginx: master + worker) \
-from /proc over all requests of all rounds. RSS idle is read after start and \
-route set-up, before any load; RSS loaded after the last round (all \
-processes). Upstream conns/run is the connections the origin accepted during \
-one wrk run. The machine is shared and noisy: only ratios within this run \
-mean anything.";
-
-/// The begin and end markers of a scenario's section.
-pub fn markers(name: &str) -> (String, String) {
-    (
-        format!("<!-- {name}:begin (written by `bench {name} --write`; replaced on every run) -->"),
-        format!("<!-- {name}:end -->"),
-    )
-}
-
-/// Replaces (or appends) the section between `begin` and `end` in `path`,
-/// keeping the rest of the file.
-pub fn write_section(path: &Path, begin: &str, end: &str, section: &str) -> Result<()> {
-    let existing = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let text = report::replace_section(&existing, begin, end, section);
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// `given` without repeats, in order; a target not in `allowed` is an error.
@@ -869,14 +746,10 @@ fn load_problems(
     out
 }
 
-/// The 1, 5 and 15 minute load averages, for the record of how busy the
-/// machine was.
-pub fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into())
-}
+mod written;
+
+use written::Written;
+pub use written::{load_average, markers, write_section};
 
 #[cfg(test)]
 mod tests {
