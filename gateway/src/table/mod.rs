@@ -377,19 +377,9 @@ impl CompiledSpec {
     }
 
     fn into_route(self, state: Arc<RouteState>) -> Arc<Route> {
-        let spec = self.spec;
         Arc::new(Route {
-            id: Arc::clone(&spec.id),
-            target: spec.target.clone(),
-            strip_prefix: spec.strip_prefix,
-            rewrite_host: spec.rewrite_host,
-            paused: spec.paused,
-            public: spec.public,
-            access: spec.access.clone(),
-            inactive: spec.inactive,
-            tls_verify: spec.tls_verify,
+            spec: self.spec,
             state,
-            spec,
             keys: self.keys,
         })
     }

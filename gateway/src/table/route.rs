@@ -206,24 +206,27 @@ impl RouteSpec {
     }
 }
 
-/// A compiled route, shared by every table version that contains it unchanged.
+/// A compiled route, shared by every table version that contains it
+/// unchanged: the spec it was built from (read through `Deref`, so
+/// `route.paused` is the spec's), its runtime state, and the keys it is
+/// filed under.
 #[derive(Debug)]
 pub struct Route {
-    pub id: Arc<str>,
-    pub target: RouteTarget,
-    pub strip_prefix: bool,
-    pub rewrite_host: bool,
-    pub paused: bool,
-    pub public: bool,
-    pub access: Option<Arc<AccessList>>,
-    pub inactive: bool,
-    pub tls_verify: bool,
-    pub state: Arc<RouteState>,
-    /// The spec it was built from, for `GET /api/v1/routes`.
+    /// The spec it was built from, as validated: what the proxy reads, and
+    /// what `GET /api/v1/routes` shows.
     pub spec: RouteSpec,
+    pub state: Arc<RouteState>,
     /// The normalised keys it is filed under, so that replacing or removing it
     /// frees exactly those. The strings are shared with the maps' keys.
     pub(super) keys: RouteKeys,
+}
+
+impl std::ops::Deref for Route {
+    type Target = RouteSpec;
+
+    fn deref(&self) -> &RouteSpec {
+        &self.spec
+    }
 }
 
 /// The normalised names a route is filed under in the table's maps.
