@@ -1,7 +1,7 @@
 //! The training-portal-compatible API against a real server in process:
-//! every curl call of the training portal's REST API documentation, with the answers checked field by
-//! field, and the browser's activation through the gateway with the cookie
-//! jar.
+//! every curl call of the training portal's REST API documentation, with
+//! the answers checked field by field, and the browser's activation through
+//! the gateway with the cookie jar.
 
 use std::net::SocketAddr;
 
