@@ -21,8 +21,8 @@
 //! - [`wait`]: polling with a deadline ([`eventually`], [`DEADLINE`]).
 //! - [`fs`]: scratch directories ([`temp_dir`], [`TempDir`]).
 //! - [`rng`]: a deterministic generator ([`XorShift`]).
-//! - [`server`] (feature `control-plane`): `sessiongate serve` in process on
-//!   port 0, [`server::InProcess`], and the test configuration both
+//! - `server` (feature `control-plane`): `sessiongate serve` in process on
+//!   port 0, `server::InProcess`, and the test configuration both
 //!   harnesses start from.
 #![forbid(unsafe_code)]
 
