@@ -4,6 +4,7 @@
 //! purged after the retention, and spent tokens dropped — in one
 //! transaction and one table update.
 
+use super::routing::RouteUpdate;
 use super::sessions::transition;
 use super::ControlPlane;
 use crate::error::ControlError;
@@ -62,7 +63,7 @@ impl ControlPlane {
             synced.remove(&old.name);
         }
         drop(synced);
-        let mut update = self.route_update(None, None)?;
+        let mut update = RouteUpdate::default();
         for (old, rec) in &changed {
             self.add_route_change(Some(old), rec, &mut update)?;
         }

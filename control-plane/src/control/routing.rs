@@ -48,6 +48,7 @@ impl StaticKeys {
 
 /// A route change and the live connections to close once it is applied:
 /// what a session write publishes.
+#[derive(Default)]
 pub(crate) struct RouteUpdate {
     pub changes: Vec<RouteChange>,
     pub closing: Vec<Closing>,
@@ -111,10 +112,7 @@ impl ControlPlane {
         old: Option<&SessionRecord>,
         new: Option<&SessionRecord>,
     ) -> Result<RouteUpdate, ControlError> {
-        let mut update = RouteUpdate {
-            changes: Vec::new(),
-            closing: Vec::new(),
-        };
+        let mut update = RouteUpdate::default();
         if let Some(new) = new {
             self.add_route_change(old, new, &mut update)?;
         }
@@ -232,7 +230,7 @@ impl ControlPlane {
         }
         self.apply_update(RouteUpdate {
             changes,
-            closing: Vec::new(),
+            ..RouteUpdate::default()
         })
         .await?;
         self.close_for_users(revoked);

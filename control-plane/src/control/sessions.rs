@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 
-use super::routing::{check_unique_keys, Closing};
+use super::routing::{check_unique_keys, Closing, RouteUpdate};
 use super::{sorted_unique, unknown, ControlPlane};
 use crate::access as acc;
 use crate::error::ControlError;
@@ -378,7 +378,7 @@ impl ControlPlane {
             }
         }
         let _lock = tx.commit().await?;
-        let mut update = self.route_update(None, None)?;
+        let mut update = RouteUpdate::default();
         for (old, rec) in &changed {
             self.add_route_change(Some(old), rec, &mut update)?;
         }
