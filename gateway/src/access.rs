@@ -327,7 +327,11 @@ pub fn check<'h>(
 }
 
 /// The values of every cookie called `name` in the request's `Cookie`
-/// headers (HTTP/2 may split them over several).
+/// headers (HTTP/2 may split them over several). Read as bytes, because a
+/// `Cookie` header may carry any byte but `;` from a sibling subdomain's
+/// cookie (browsers send UTF-8 as it is): one such cookie must neither hide
+/// ours, in the same header, nor lock its user out. Ours are ASCII, so a
+/// value that is not UTF-8 is not ours.
 pub fn cookie_values<'h>(
     headers: &'h HeaderMap,
     name: &'static str,
@@ -335,12 +339,43 @@ pub fn cookie_values<'h>(
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(move |pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k.trim() == name).then(|| v.trim().trim_matches('"'))
-        })
+        .flat_map(|v| cookie_pairs(v.as_bytes()))
+        .filter(move |p| p.name == name.as_bytes())
+        .filter_map(|p| std::str::from_utf8(trim_quotes(p.value)).ok())
+}
+
+/// One element of a `Cookie` header, trimmed of spaces: `name=value`, or
+/// just a name when it has no `=`.
+struct CookiePair<'a> {
+    name: &'a [u8],
+    value: &'a [u8],
+    /// The element as it came, for passing it on unchanged.
+    whole: &'a [u8],
+}
+
+/// The non-empty elements of one `Cookie` header value, in order.
+fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = CookiePair<'_>> {
+    header.split(|&b| b == b';').filter_map(|pair| {
+        let whole = pair.trim_ascii();
+        if whole.is_empty() {
+            return None;
+        }
+        let (name, value) = match whole.iter().position(|&b| b == b'=') {
+            Some(i) => (whole[..i].trim_ascii(), whole[i + 1..].trim_ascii()),
+            None => (whole, &whole[whole.len()..]),
+        };
+        Some(CookiePair { name, value, whole })
+    })
+}
+
+/// `value` without the double quotes a cookie value may be wrapped in.
+fn trim_quotes(value: &[u8]) -> &[u8] {
+    let start = value.iter().position(|&b| b != b'"').unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|&b| b != b'"')
+        .map_or(start, |i| i + 1);
+    &value[start..end]
 }
 
 /// Whether any of the gateway's own cookies is in the request.
@@ -348,42 +383,61 @@ pub fn has_own_cookie(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .any(|v| COOKIE_NAMES.iter().any(|n| contains_name(v.as_bytes(), n)))
+        .any(|v| mentions_own_cookie(v.as_bytes()))
 }
 
-fn contains_name(header: &[u8], name: &str) -> bool {
-    header.windows(name.len()).any(|w| w == name.as_bytes())
+/// Whether `header` holds the gateway's cookie name anywhere: a quick
+/// test, as every name in [`COOKIE_NAMES`] contains [`COOKIE`].
+fn mentions_own_cookie(header: &[u8]) -> bool {
+    header.windows(COOKIE.len()).any(|w| w == COOKIE.as_bytes())
 }
 
-/// Removes the gateway's own cookies from the request, keeping every other
-/// cookie in order. `Cookie` headers left empty are dropped.
-pub fn strip_own_cookies(headers: &mut HeaderMap) {
-    if !has_own_cookie(headers) {
+/// Rewrites the request's `Cookie` headers for the app: the gateway's own
+/// cookies go (its business, never the app's), every other cookie stays,
+/// in order, and all of them travel in one header, joined with `"; "`.
+///
+/// Joining is the HTTP/2 rule (RFC 9113 §8.2.3): browsers send each cookie
+/// as a field of its own, and the gateway speaks HTTP/1.1 to apps, some of
+/// which (Tornado, so JupyterLab) read repeated headers as one
+/// comma-separated list and then find no cookie they can parse. The work is
+/// on bytes, so that a cookie that is not ASCII is passed on, and ours next
+/// to it still removed. A request with one `Cookie` header and none of ours
+/// in it, the common case, is left as it is, with no allocation.
+pub fn forward_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let Some(first) = values.next() else {
+        return;
+    };
+    let mut len = first.len();
+    let mut several = false;
+    for v in values {
+        several = true;
+        len += 2 + v.len();
+    }
+    if !several && !mentions_own_cookie(first.as_bytes()) {
         return;
     }
-    let mut kept: Vec<String> = Vec::new();
-    for v in headers.get_all(header::COOKIE).iter() {
-        let Ok(s) = v.to_str() else {
-            // Not text: not ours to judge; keep it as it came.
-            kept.push(String::from_utf8_lossy(v.as_bytes()).into_owned());
-            continue;
-        };
-        let rest: Vec<&str> = s
-            .split(';')
-            .map(str::trim)
-            .filter(|pair| {
-                let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
-                !pair.is_empty() && !COOKIE_NAMES.contains(&name)
-            })
-            .collect();
-        if !rest.is_empty() {
-            kept.push(rest.join("; "));
+    let mut joined = Vec::with_capacity(len);
+    for v in headers.get_all(header::COOKIE) {
+        for pair in cookie_pairs(v.as_bytes()) {
+            if COOKIE_NAMES.iter().any(|n| n.as_bytes() == pair.name) {
+                continue;
+            }
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(pair.whole);
         }
     }
-    headers.remove(header::COOKIE);
-    for v in kept {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            headers.append(header::COOKIE, v);
+    // Every byte came from a valid header value, and "; " is valid: the
+    // join is one too. Should it not be, the app gets no cookie rather than
+    // ours.
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        Ok(v) if !v.is_empty() => {
+            headers.insert(header::COOKIE, v);
+        }
+        _ => {
+            headers.remove(header::COOKIE);
         }
     }
 }
@@ -630,7 +684,7 @@ mod tests {
     }
 
     #[test]
-    fn own_cookies_are_stripped_and_others_kept() {
+    fn own_cookies_are_stripped_and_the_rest_joined_into_one_header() {
         let mut h = HeaderMap::new();
         h.append(
             header::COOKIE,
@@ -644,15 +698,57 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("sessiongate_other=z"),
         );
-        strip_own_cookies(&mut h);
+        forward_cookies(&mut h);
+        // One header, as HTTP/2's cookie fields must become for HTTP/1.1
+        // (RFC 9113 §8.2.3); two would reach a Tornado app as one garbled
+        // comma-joined cookie.
         let got: Vec<_> = h.get_all(header::COOKIE).iter().collect();
-        assert_eq!(got, ["a=1; _xsrf=2|abc", "sessiongate_other=z"]);
+        assert_eq!(got, ["a=1; _xsrf=2|abc; sessiongate_other=z"]);
         let mut only = headers("sessiongate=x");
-        strip_own_cookies(&mut only);
+        forward_cookies(&mut only);
         assert!(only.get(header::COOKIE).is_none());
         let mut none = headers("a=1;b=2");
-        strip_own_cookies(&mut none);
+        forward_cookies(&mut none);
         assert_eq!(none[header::COOKIE], "a=1;b=2");
+        let mut split = HeaderMap::new();
+        split.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        split.append(header::COOKIE, HeaderValue::from_static(" b = 2 ;"));
+        forward_cookies(&mut split);
+        assert_eq!(split[header::COOKIE], "a=1; b = 2");
+    }
+
+    #[test]
+    fn cookies_that_are_not_ascii_are_read_and_kept_as_bytes() {
+        let ring = KeyRing::new(key("k1", 1), None);
+        let access = AccessList {
+            session: "nb".into(),
+            owner: "alice".into(),
+            groups: vec![],
+        };
+        let value = ring.sign("nb", "alice", 5000).unwrap();
+        let raw = format!("sib=caf\u{e9}; sessiongate={value}; x=\u{1F36A}");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes(raw.as_bytes()).unwrap(),
+        );
+        assert_eq!(
+            check(&ring, &access, &h, COOKIE, 10),
+            Verdict::Allowed("alice")
+        );
+        forward_cookies(&mut h);
+        assert_eq!(
+            h[header::COOKIE].as_bytes(),
+            "sib=caf\u{e9}; x=\u{1F36A}".as_bytes()
+        );
+        // Bytes that are not even UTF-8 are passed on as they came.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"sib=\xff\xfe; sessiongate=v").unwrap(),
+        );
+        forward_cookies(&mut h);
+        assert_eq!(h[header::COOKIE].as_bytes(), b"sib=\xff\xfe");
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - `/stream`: sends `first`, waits for [`Origin::release`], then sends `last`
 //!   (never released, it is an endless response);
 //! - `/hop`: a response carrying hop-by-hop headers;
+//! - `/set-cookie`: each `X-Set-Cookie` request header comes back as a
+//!   `Set-Cookie`, in order: what an app would set, chosen by the test;
 //! - `/ws`: the WebSocket echo of [`crate::ws`].
 //!
 //! Every origin counts requests and accepted connections, which lets the
@@ -111,7 +113,8 @@ pub enum Reply {
     /// which upstream, and whether re-encryption negotiated HTTP/2.
     NameAndVersion,
     /// `path=<path and query>\ncookie=<Cookie headers joined by " | ", or ->\n`:
-    /// what a private route let through to the app.
+    /// what a private route let through to the app. Bytes that are not
+    /// UTF-8 show as U+FFFD; UTF-8 shows as it is.
     PathAndCookie,
 }
 
@@ -415,6 +418,13 @@ async fn answer(
             h.insert("x-kept", header::HeaderValue::from_static("yes"));
             return Ok(resp);
         }
+        "/set-cookie" => {
+            let mut resp = Response::new(full("set-cookie"));
+            for v in req.headers().get_all("x-set-cookie") {
+                resp.headers_mut().append(header::SET_COOKIE, v.clone());
+            }
+            return Ok(resp);
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(query_num(&req, "ms"))).await;
         }
@@ -431,7 +441,7 @@ async fn answer(
                 .headers()
                 .get_all(header::COOKIE)
                 .iter()
-                .map(|v| v.to_str().unwrap_or("?").to_string())
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 .collect::<Vec<_>>()
                 .join(" | ");
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());

@@ -23,13 +23,14 @@ pub struct UpstreamHead<'a> {
 
 /// Rewrites the client's request headers for the upstream, in place:
 /// hop-by-hop headers go (they describe the client's connection), and so do
-/// the gateway's own cookies (its business, never the app's) and `Expect`
+/// the gateway's own cookies (its business, never the app's; the others are
+/// joined into one `Cookie`) and `Expect`
 /// (hyper already answered `100-continue` to the client); the forwarding
 /// headers say who asked; `Host`, `X-Request-Id` and, for an upgrade,
 /// `Connection` and `Upgrade` are set.
 pub fn rewrite_request(headers: &mut HeaderMap, head: UpstreamHead<'_>) {
     remove_hop_by_hop(headers);
-    access::strip_own_cookies(headers);
+    access::forward_cookies(headers);
     headers.remove(header::EXPECT);
     set_forwarded(headers, &head.client);
     headers.insert(header::HOST, head.host);

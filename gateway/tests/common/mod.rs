@@ -1,6 +1,8 @@
 //! Test harness: the real gateway server on port 0 and a hyper client.
 //! The origins, route specs and waiting are testkit's. Nothing here is
 //! mocked.
+// Each test binary (`proxy`, `hostile`) uses only part of it.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,15 +36,39 @@ impl Gateway {
         server: ServerConfig,
         upstream: UpstreamConfig,
     ) -> Gateway {
+        Self::start_configured(specs, server, upstream, |p| p).await
+    }
+
+    /// As [`start`](Self::start), with the proxy set up further by
+    /// `configure` (browser access, trusted proxies).
+    pub async fn start_proxy(
+        specs: Vec<RouteSpec>,
+        configure: impl FnOnce(Proxy) -> Proxy,
+    ) -> Gateway {
+        Self::start_configured(
+            specs,
+            ServerConfig::default(),
+            UpstreamConfig::default(),
+            configure,
+        )
+        .await
+    }
+
+    async fn start_configured(
+        specs: Vec<RouteSpec>,
+        server: ServerConfig,
+        upstream: UpstreamConfig,
+        configure: impl FnOnce(Proxy) -> Proxy,
+    ) -> Gateway {
         let routes = RouteHandle::new();
         routes.publish(&settings(), specs).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Arc::new(Proxy::new(
+        let proxy = Arc::new(configure(Proxy::new(
             routes.clone(),
             UpstreamClient::new(upstream),
             "http",
-        ));
+        )));
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(gateway::run(listener, proxy, server, async {
             let _ = rx.await;

@@ -1,0 +1,163 @@
+//! Hostile browsers, apps and clients (issue 15): each test is a hole a
+//! review found, shown closed against the real server on port 0 in front of
+//! testkit's real origins.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::*;
+use gateway::access::{
+    AccessConfig, AccessList, Activation, ActivationFuture, ActivationRequest, Activator,
+    KeyHandle, KeyRing, SigningKey, ACTIVATE_PATH,
+};
+use gateway::{RouteSpec, ServerConfig, UpstreamConfig};
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use testkit::routes::route;
+use testkit::{exchange, Origin, RawResponse, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The signing key of every test here: the gateway verifies with it, and
+/// the tests sign their browsers' cookies with it.
+fn keys() -> KeyRing {
+    KeyRing::new(SigningKey::new("k1", &[7; 32]).unwrap(), None)
+}
+
+/// A valid cookie value for `user` on `session`, for an hour.
+fn signed(session: &str, user: &str) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    keys().sign(session, user, now.as_secs() + 3600).unwrap()
+}
+
+/// Browser access with [`keys`], and access links handed to `activator`.
+fn access(activator: Option<Arc<dyn Activator>>) -> AccessConfig {
+    AccessConfig {
+        keys: KeyHandle::new(keys()),
+        activator,
+        login_url: None,
+    }
+}
+
+/// `spec` made private to its owner `ann`, for session `session`.
+fn private(spec: RouteSpec, session: &str) -> RouteSpec {
+    spec.private(Some(Arc::new(AccessList {
+        session: session.into(),
+        owner: "ann".into(),
+        groups: vec![],
+    })))
+}
+
+/// The control plane's part of an access link, as far as the gateway can
+/// tell: it takes every token and writes down which session and token it
+/// was asked about, so that a test sees where a link went.
+#[derive(Default)]
+struct LinkBook {
+    opened: Mutex<Vec<(String, String)>>,
+}
+
+impl Activator for LinkBook {
+    fn activate(&self, req: ActivationRequest) -> ActivationFuture {
+        self.opened
+            .lock()
+            .unwrap()
+            .push((req.session.to_string(), req.token));
+        Box::pin(async {
+            Ok(Activation {
+                cookie: "signed".into(),
+                max_age: 60,
+                path: "/".into(),
+                user: "ann".into(),
+            })
+        })
+    }
+}
+
+/// Sends `head` (request line and header lines, each ending in `\r\n`,
+/// without the blank line) with `Connection: close`, on a fresh connection.
+async fn raw(gw: &Gateway, head: &[u8]) -> RawResponse {
+    let mut req = head.to_vec();
+    req.extend_from_slice(b"Connection: close\r\n\r\n");
+    exchange(gw.addr, &req).await.unwrap()
+}
+
+#[tokio::test]
+async fn h2_cookie_fields_reach_an_http1_app_as_one_cookie_header() {
+    let app = Origin::builder("app").reply(Reply::PathAndCookie).start();
+    let gw = Gateway::start(vec![route("nb", &["nb"], &[], &app.url())]).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    // A browser sends each cookie as a field of its own (RFC 9113 §8.2.3),
+    // the gateway's among them.
+    let req = Request::post(format!("http://nb.localhost:{}/api", gw.addr.port()))
+        .header("cookie", "_xsrf=2|abc")
+        .header("cookie", "sessiongate=ours")
+        .header("cookie", "b=2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("h2c request failed");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "path=/api\ncookie=_xsrf=2|abc; b=2\n",
+        "the app must see one Cookie header, joined with \"; \""
+    );
+}
+
+#[tokio::test]
+async fn a_non_ascii_sibling_cookie_does_not_lock_the_user_out() {
+    let app = Origin::builder("app").reply(Reply::PathAndCookie).start();
+    let nb = private(route("nb", &["nb"], &[], &app.url()), "nb");
+    let gw = Gateway::start_proxy(vec![nb], |p| p.with_access(access(None))).await;
+    // A sibling subdomain's cookie with UTF-8 in its value, in the same
+    // header as the gateway's valid one.
+    let head = format!(
+        "GET /tree HTTP/1.1\r\nHost: nb.localhost\r\nCookie: sib=caf\u{e9}; sessiongate={}; other=1\r\n",
+        signed("nb", "ann")
+    );
+    let r = raw(&gw, head.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "path=/tree\ncookie=sib=caf\u{e9}; other=1\n");
+}
+
+#[tokio::test]
+async fn the_gateways_cookie_is_stripped_beside_a_non_ascii_cookie() {
+    let app = Origin::builder("app").reply(Reply::PathAndCookie).start();
+    let gw = Gateway::start(vec![route("pub", &["pub"], &[], &app.url())]).await;
+    let r = raw(
+        &gw,
+        "GET / HTTP/1.1\r\nHost: pub.localhost\r\nCookie: sib=caf\u{e9}; sessiongate=secret; __Host-sessiongate=secret2\r\n"
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "path=/\ncookie=sib=caf\u{e9}\n");
+}
+
+/// A raw origin that answers every request with a head hyper cannot parse.
+async fn garbling_origin() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    url
+}
