@@ -144,6 +144,75 @@ async fn the_gateways_cookie_is_stripped_beside_a_non_ascii_cookie() {
     assert_eq!(r.text(), "path=/\ncookie=sib=caf\u{e9}\n");
 }
 
+#[tokio::test]
+async fn an_apps_set_cookie_named_like_the_gateways_is_dropped() {
+    let app = Origin::start("app");
+    let gw = Gateway::start(vec![route("nb", &["nb"], &[], &app.url())]).await;
+    // What the app sets, one `Set-Cookie` each; every name a browser would
+    // store as one of the gateway's, whatever the case, the spaces around
+    // it, or a nameless cookie whose value starts with it.
+    let set = [
+        "sessiongate=forged; Path=/",
+        "__Host-sessiongate=forged; Path=/; Secure",
+        "__Secure-sessiongate=forged; Path=/lab/; Secure",
+        "__host-SessionGate=forged; Path=/; Secure",
+        " sessiongate =forged",
+        "=sessiongate=forged",
+        "sessiongate",
+        "sessiongate=; Max-Age=0",
+        "app=1; Path=/; HttpOnly",
+        "sessiongate_app=2",
+    ];
+    let mut head = "GET /set-cookie HTTP/1.1\r\nHost: nb.localhost\r\n".to_string();
+    for c in set {
+        head.push_str(&format!("X-Set-Cookie: {c}\r\n"));
+    }
+    let r = raw(&gw, head.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(got, ["app=1; Path=/; HttpOnly", "sessiongate_app=2"]);
+}
+
+#[tokio::test]
+async fn an_apps_set_cookie_for_a_parent_domain_is_made_host_only() {
+    let app = Origin::start("app");
+    let gw = Gateway::start(vec![route("nb", &["nb"], &[], &app.url())]).await;
+    let set = [
+        "wide=1; Domain=localhost; Path=/",
+        "dot=2; Path=/; domain=.LOCALHOST; HttpOnly",
+        "own=3; Domain=nb.localhost",
+        "twice=4; Domain=nb.localhost; Domain=localhost",
+        "plain=5; Path=/",
+    ];
+    let mut head = "GET /set-cookie HTTP/1.1\r\nHost: nb.localhost\r\n".to_string();
+    for c in set {
+        head.push_str(&format!("X-Set-Cookie: {c}\r\n"));
+    }
+    let r = raw(&gw, head.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "wide=1; Path=/",
+            "dot=2; Path=/; HttpOnly",
+            "own=3",
+            "twice=4",
+            "plain=5; Path=/",
+        ]
+    );
+}
+
 /// A raw origin that answers every request with a head hyper cannot parse.
 async fn garbling_origin() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

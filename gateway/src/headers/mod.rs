@@ -5,19 +5,22 @@
 //! - `forwarding`: `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded`;
 //! - `request_id`: `X-Request-Id`, kept when sane or made;
 //! - `upgrade`: what a request asks to switch to, and whether a `101` did;
-//! - `rewrite`: the whole rewrite of a request head for the upstream and of
-//!   a switch for the client, made of the above.
+//! - `set_cookie`: what an app may set in the browser;
+//! - `rewrite`: the whole rewrite of a request head for the upstream, and of
+//!   a response or a switch for the client, made of the above.
 
 mod forwarding;
 mod hop;
 mod request_id;
 mod rewrite;
+mod set_cookie;
 mod upgrade;
 
 pub use forwarding::{set_forwarded, ClientInfo};
 pub use hop::{connection_has, remove_hop_by_hop};
 pub use request_id::{new_request_id, request_id, X_REQUEST_ID};
-pub use rewrite::{rewrite_request, rewrite_switch, UpstreamHead};
+pub use rewrite::{rewrite_request, rewrite_response, rewrite_switch, UpstreamHead};
+pub use set_cookie::{filter_set_cookies, SetCookieChanges};
 pub use upgrade::{requested_upgrade, switched_as_requested};
 
 /// A header map of `pairs`, in order, repeated names appended: what the

@@ -4,7 +4,10 @@
 
 use http::header::{self, HeaderMap, HeaderValue};
 
-use super::{remove_hop_by_hop, set_forwarded, ClientInfo, X_REQUEST_ID};
+use super::{
+    filter_set_cookies, remove_hop_by_hop, set_forwarded, ClientInfo, SetCookieChanges,
+    X_REQUEST_ID,
+};
 use crate::access;
 
 /// What the upstream request's head gets besides the client's own headers.
@@ -41,13 +44,23 @@ pub fn rewrite_request(headers: &mut HeaderMap, head: UpstreamHead<'_>) {
     }
 }
 
-/// Rewrites the head of a `101 Switching Protocols` for the client: the
-/// upstream's hop-by-hop headers go, and `Connection: upgrade` with the
-/// protocol switched to come back, as they are what makes it a switch.
-pub fn rewrite_switch(headers: &mut HeaderMap, protocol: HeaderValue) {
+/// Rewrites the head of an upstream's response for the client: its
+/// hop-by-hop headers go, and so do the cookies it may not set
+/// ([`filter_set_cookies`]), whose changes are returned for the log.
+pub fn rewrite_response(headers: &mut HeaderMap) -> SetCookieChanges {
     remove_hop_by_hop(headers);
+    filter_set_cookies(headers)
+}
+
+/// Rewrites the head of a `101 Switching Protocols` for the client as any
+/// response ([`rewrite_response`]: browsers take cookies from a WebSocket
+/// handshake too), and `Connection: upgrade` with the protocol switched to
+/// come back, as they are what makes it a switch.
+pub fn rewrite_switch(headers: &mut HeaderMap, protocol: HeaderValue) -> SetCookieChanges {
+    let changes = rewrite_response(headers);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol);
+    changes
 }
 
 #[cfg(test)]
@@ -119,8 +132,11 @@ mod tests {
             ("x-hop", "1"),
             ("upgrade", "WebSocket"),
             ("sec-websocket-accept", "abc"),
+            ("set-cookie", "sessiongate=planted"),
         ]);
-        rewrite_switch(&mut h, HeaderValue::from_static("WebSocket"));
+        let changes = rewrite_switch(&mut h, HeaderValue::from_static("WebSocket"));
+        assert_eq!(changes.dropped, 1);
+        assert!(h.get("set-cookie").is_none());
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "WebSocket");
         assert_eq!(h["sec-websocket-accept"], "abc");

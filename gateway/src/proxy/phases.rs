@@ -21,7 +21,7 @@ use crate::access_log::{self, AccessEntry, LoggedBody};
 use crate::body::{ProxyBody, RevocableBody, UpstreamRequestBody};
 use crate::clock::unix_millis;
 use crate::error::{error_response, wants_json, ProxyError};
-use crate::headers::{self, ClientInfo, UpstreamHead, X_REQUEST_ID};
+use crate::headers::{self, ClientInfo, SetCookieChanges, UpstreamHead, X_REQUEST_ID};
 use crate::metrics::{RequestKind, UpstreamCause};
 use crate::names::normalize_host;
 use crate::router::{lookup, RouteMatch};
@@ -281,7 +281,8 @@ impl Proxy {
     }
 
     /// Phase 7: the upstream's response for the client, in the client's
-    /// HTTP version and without the upstream's hop-by-hop headers. A body
+    /// HTTP version, without the upstream's hop-by-hop headers and the
+    /// cookies it may not set ([`headers::rewrite_response`]). A body
     /// that may go on for long (no length, or more than [`STREAMING_BYTES`])
     /// is registered with its route, so that revocation can cut it off.
     fn respond(
@@ -298,7 +299,7 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         // The upstream's HTTP version describes its hop, not ours.
         parts.version = client.version;
-        headers::remove_hop_by_hop(&mut parts.headers);
+        note_set_cookies(route, headers::rewrite_response(&mut parts.headers));
         let streaming =
             !body.is_end_stream() && body.size_hint().exact().is_none_or(|n| n > STREAMING_BYTES);
         let body = if streaming {
@@ -356,7 +357,7 @@ impl Proxy {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
         parts.version = client.version;
-        headers::rewrite_switch(&mut parts.headers, protocol);
+        note_set_cookies(route, headers::rewrite_switch(&mut parts.headers, protocol));
         tunnel::spawn(
             Arc::clone(&route.state),
             Arc::clone(&self.metrics),
@@ -620,6 +621,21 @@ fn upstream_uri(uri: &Uri, target: &Target, upstream: &Upstream) -> Result<Uri, 
         .path_and_query(pq)
         .build()
         .map_err(|e| cannot_build(&e))
+}
+
+/// Logs, once per route, that its app set cookies the gateway took out
+/// ([`headers::filter_set_cookies`]): once, as an app that does it does it
+/// on every response.
+fn note_set_cookies(route: &Route, changes: SetCookieChanges) {
+    if changes.any() && route.state.first_cookie_offence() {
+        tracing::warn!(
+            route = %route.id,
+            dropped = changes.dropped,
+            host_only = changes.host_only,
+            "the app set cookies it may not: those named like the gateway's cookie are dropped, \
+             Domain attributes removed (logged once per route)"
+        );
+    }
 }
 
 /// The `cause` of an upstream failure, for metrics.

@@ -3,7 +3,7 @@
 //! or removing the route can close them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -15,6 +15,9 @@ use crate::clock::unix_millis;
 pub struct RouteState {
     /// Unix milliseconds of the last request or upgraded-connection traffic; 0 = never.
     last_activity_ms: AtomicU64,
+    /// Set once the route's app was logged for setting a cookie it may not:
+    /// an app that does it does it on every response, and one line says it.
+    cookie_warned: AtomicBool,
     /// Upgraded connections and streaming responses, so they can be closed
     /// on revocation. Touched only when one of them starts or ends, never
     /// for a response that finishes on its own. A `std` mutex: every
@@ -56,6 +59,7 @@ impl Default for RouteState {
     fn default() -> Self {
         RouteState {
             last_activity_ms: AtomicU64::new(0),
+            cookie_warned: AtomicBool::new(false),
             live: Mutex::new(LiveConnections::default()),
         }
     }
@@ -72,6 +76,14 @@ impl RouteState {
         if now_ms >= last + ACTIVITY_GRANULARITY_MS || now_ms < last {
             self.last_activity_ms.store(now_ms, Ordering::Relaxed);
         }
+    }
+
+    /// True the first time it is asked, for the log line about the route's
+    /// app setting a cookie it may not; false ever after. Read before it is
+    /// written, so that the shared line is written once, not per response.
+    pub(crate) fn first_cookie_offence(&self) -> bool {
+        !self.cookie_warned.load(Ordering::Relaxed)
+            && !self.cookie_warned.swap(true, Ordering::Relaxed)
     }
 
     /// Unix milliseconds of the last activity (to within a second), or `None` if never.
