@@ -4,12 +4,22 @@
 //! unit-tested with tables of cases and costs a few hash lookups per request.
 //!
 //! Order of precedence:
-//! 1. on the portal host, the longest slug that is a whole-segment prefix of the path;
-//! 2. an exact hostname (custom domains, static host routes);
-//! 3. `<label>.<base-domain>` for any configured base domain.
+//! 1. on the portal host, a path ending in [`ACTIVATE_PATH`] (an access
+//!    link) belongs to the route whose slug is exactly what comes before it,
+//!    or to nothing; without a slug before it, to the portal's own route
+//!    (the root slug, or rules 3 and 4);
+//! 2. on the portal host, the longest slug that is a whole-segment prefix of the path;
+//! 3. an exact hostname (custom domains, static host routes);
+//! 4. `<label>.<base-domain>` for any configured base domain.
+//!
+//! Rule 1 comes first because a link carries a one-time token: under the
+//! longest-prefix rule, a route whose slug is `/a/__sessiongate` would be
+//! handed the links of the session at `/a`. On any other host, the path of
+//! a link is exactly [`ACTIVATE_PATH`], and the host alone picks the route.
 
 use std::sync::Arc;
 
+use crate::access::ACTIVATE_PATH;
 use crate::table::{Route, RouteTable};
 
 /// The deepest slug (in path segments) that lookups consider. Bounding it keeps a
@@ -39,9 +49,21 @@ impl RouteMatch<'_> {
 
 /// Finds the route for a normalised `host` and a request `path` (no query).
 pub fn lookup<'t>(table: &'t RouteTable, host: &str, path: &str) -> Option<RouteMatch<'t>> {
-    if !table.slugs.is_empty() && table.portal_host.as_deref() == Some(host) {
-        if let Some(m) = lookup_slug(table, path) {
-            return Some(m);
+    if table.portal_host.as_deref() == Some(host) {
+        if let Some(slug) = path.strip_suffix(ACTIVATE_PATH) {
+            if let Some(route) = table.slugs.get(slug) {
+                return Some(RouteMatch {
+                    route,
+                    prefix_len: slug.len(),
+                });
+            }
+            if !slug.is_empty() {
+                return None;
+            }
+        } else if !table.slugs.is_empty() {
+            if let Some(m) = lookup_slug(table, path) {
+                return Some(m);
+            }
         }
     }
     if let Some(route) = table.hosts.get(host) {
@@ -210,6 +232,50 @@ mod tests {
                 *want,
                 "{path}"
             );
+        }
+    }
+
+    #[test]
+    fn an_access_link_goes_to_the_route_of_exactly_its_slug() {
+        let t = RouteTable::build(
+            &TableSettings {
+                base_domains: vec!["localhost".into()],
+                portal_host: Some("portal".into()),
+            },
+            vec![
+                spec("a", &[], &["a"], &["/a"], false),
+                spec("shadow", &[], &[], &["/a/__sessiongate"], false),
+                spec("deep", &[], &[], &["/a/b/c"], true),
+                spec("slug-root", &[], &[], &["/__sessiongate"], false),
+                spec("portal-home", &["portal"], &[], &[], false),
+            ],
+            None,
+            1,
+        )
+        .unwrap();
+        // (host, path, route id, bytes of the path its slug took)
+        let cases: &[(&str, &str, Option<&str>, usize)] = &[
+            ("portal", "/a/__sessiongate/activate", Some("a"), 2),
+            ("portal", "/a/b/c/__sessiongate/activate", Some("deep"), 6),
+            ("portal", "/__sessiongate/activate", Some("portal-home"), 0),
+            // Under a slug no route has exactly: no other route's.
+            ("portal", "/a/b/__sessiongate/activate", None, 0),
+            ("portal", "/x/__sessiongate/activate", None, 0),
+            ("portal", "/a//__sessiongate/activate", None, 0),
+            // Not a link: the longest prefix as ever.
+            ("portal", "/a/__sessiongate/activate/", Some("shadow"), 16),
+            ("portal", "/a/__sessiongate/x", Some("shadow"), 16),
+            ("portal", "/__sessiongate/x", Some("slug-root"), 14),
+            // A session's own host: the host alone picks the route.
+            ("a.localhost", "/__sessiongate/activate", Some("a"), 0),
+            ("a.localhost", "/x/__sessiongate/activate", Some("a"), 0),
+        ];
+        for (host, path, want, prefix_len) in cases {
+            let m = lookup(&t, host, path);
+            assert_eq!(m.as_ref().map(|m| &*m.route.id), *want, "{host}{path}");
+            if let Some(m) = m {
+                assert_eq!(m.prefix_len, *prefix_len, "{host}{path}");
+            }
         }
     }
 

@@ -213,6 +213,60 @@ async fn an_apps_set_cookie_for_a_parent_domain_is_made_host_only() {
     );
 }
 
+#[tokio::test]
+async fn an_activation_path_is_never_shadowed_by_a_nested_slug() {
+    let session = Origin::named("session");
+    let shadow = Origin::named("shadow");
+    let root = Origin::named("root");
+    let book = Arc::new(LinkBook::default());
+    let gw = Gateway::start_proxy(
+        vec![
+            private(route("a", &["a"], &["/a"], &session.url()), "a"),
+            // Another owner's route, nested under the first one's slug.
+            route("shadow", &[], &["/a/__sessiongate"], &shadow.url()),
+            route("root", &[], &["/"], &root.url()),
+        ],
+        |p| p.with_access(access(Some(book.clone()))),
+    )
+    .await;
+    let r = raw(
+        &gw,
+        format!("GET /a{ACTIVATE_PATH}?token=t1 HTTP/1.1\r\nHost: portal.test\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/a/"));
+    // On the session's own host the path is exactly the activation path.
+    let r = raw(
+        &gw,
+        format!("GET {ACTIVATE_PATH}?token=t2 HTTP/1.1\r\nHost: a.localhost\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 302, "{}", r.text());
+    // A link under a slug no route has exactly is no other route's.
+    let r = raw(
+        &gw,
+        format!("GET /nope{ACTIVATE_PATH}?token=t3 HTTP/1.1\r\nHost: portal.test\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(
+        *book.opened.lock().unwrap(),
+        [
+            ("a".to_string(), "t1".to_string()),
+            ("a".into(), "t2".into())
+        ]
+    );
+    for origin in [&session, &shadow, &root] {
+        assert_eq!(
+            origin.counts().requests,
+            0,
+            "an access link reached {}",
+            origin.name
+        );
+    }
+}
+
 /// A raw origin that answers every request with a head hyper cannot parse.
 async fn garbling_origin() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

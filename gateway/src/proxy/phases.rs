@@ -109,7 +109,9 @@ impl Proxy {
 
     /// Phase 2: the route, with one load of the table. The portal's own API
     /// comes first, and an access link is opened here, as the gateway
-    /// answers both itself. Hands the request back with its route.
+    /// answers both itself; the lookup gives a link's path to the route of
+    /// exactly its slug and no other ([`lookup`]). Hands the request back
+    /// with its route.
     async fn select_route(
         &self,
         req: Request<Incoming>,
