@@ -13,6 +13,8 @@ use crate::headers::X_REQUEST_ID;
 pub enum ProxyError {
     #[error("missing Host header")]
     MissingHost,
+    #[error("two Host headers: a request is for one host")]
+    DuplicateHost,
     #[error("invalid Host header {0:?}")]
     InvalidHost(String),
     #[error("no route for {host}{path}")]
@@ -53,7 +55,9 @@ impl ProxyError {
     /// The one mapping from error to status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost | ProxyError::InvalidHost(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MissingHost | ProxyError::DuplicateHost | ProxyError::InvalidHost(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::SignInRequired(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -82,6 +86,7 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::MissingHost => "missing_host",
+            ProxyError::DuplicateHost => "duplicate_host",
             ProxyError::InvalidHost(_) => "invalid_host",
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::Paused(_) => "session_paused",

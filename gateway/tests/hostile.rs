@@ -13,6 +13,7 @@ use gateway::access::{
     AccessConfig, AccessList, Activation, ActivationFuture, ActivationRequest, Activator,
     KeyHandle, KeyRing, SigningKey, ACTIVATE_PATH,
 };
+use gateway::headers::TrustedProxies;
 use gateway::{RouteSpec, ServerConfig, UpstreamConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
@@ -265,6 +266,126 @@ async fn an_activation_path_is_never_shadowed_by_a_nested_slug() {
             origin.name
         );
     }
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
+    let app = Origin::start("app");
+    let gw = Gateway::start(vec![route("nb", &["nb"], &[], &app.url())]).await;
+    let r = raw(
+        &gw,
+        b"GET / HTTP/1.1\r\nHost: nb.localhost:8080\r\n\
+          X-Forwarded-For: 203.0.113.7\r\nForwarded: for=203.0.113.7;proto=https\r\n\
+          X-Real-IP: 203.0.113.7\r\nX-Forwarded-User: admin\r\nX-Forwarded-Prefix: /admin\r\n\
+          X-Forwarded-Proto: https\r\nX-Forwarded-Host: bank.example\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let h = &j["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert_eq!(
+        h["forwarded"], "for=127.0.0.1;host=\"nb.localhost:8080\";proto=http",
+        "{h}"
+    );
+    assert_eq!(h["x-forwarded-proto"], "http", "{h}");
+    assert_eq!(h["x-forwarded-host"], "nb.localhost:8080", "{h}");
+    for gone in ["x-real-ip", "x-forwarded-user", "x-forwarded-prefix"] {
+        assert!(h.get(gone).is_none(), "{gone} reached the app: {h}");
+    }
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_a_trusted_proxy_are_appended_to() {
+    let app = Origin::start("app");
+    let trusted = TrustedProxies::parse(&["10.0.0.0/8", "127.0.0.0/8"]).unwrap();
+    let gw = Gateway::start_proxy(vec![route("nb", &["nb"], &[], &app.url())], |p| {
+        p.with_trusted_proxies(trusted)
+    })
+    .await;
+    let r = raw(
+        &gw,
+        b"GET / HTTP/1.1\r\nHost: nb.localhost\r\n\
+          X-Forwarded-For: 203.0.113.7\r\nForwarded: for=203.0.113.7\r\n\
+          X-Real-IP: 203.0.113.7\r\nX-Forwarded-User: ann\r\nX-Forwarded-Prefix: /lab\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let h = &j["headers"];
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1", "{h}");
+    assert_eq!(
+        h["forwarded"], "for=203.0.113.7, for=127.0.0.1;host=\"nb.localhost\";proto=http",
+        "{h}"
+    );
+    assert_eq!(h["x-real-ip"], "203.0.113.7", "{h}");
+    assert_eq!(h["x-forwarded-user"], "ann", "{h}");
+    assert_eq!(h["x-forwarded-prefix"], "/lab", "{h}");
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_pass_by_default() {
+    let app = Origin::start("app");
+    let gw = Gateway::start(vec![route("nb", &["nb"], &[], &app.url())]).await;
+    for (asked, passed) in [
+        ("h2c", None),
+        ("TLS/1.0", None),
+        ("h2c, websocket", Some("websocket")),
+    ] {
+        let r = raw(
+            &gw,
+            format!(
+                "GET /x HTTP/1.1\r\nHost: nb.localhost\r\nConnection: upgrade\r\nUpgrade: {asked}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{asked}: {}", r.text());
+        let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            j["headers"]["upgrade"].as_str(),
+            passed,
+            "{asked}: {}",
+            j["headers"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_route_that_allows_any_upgrade_passes_every_protocol_on() {
+    let app = Origin::start("app");
+    let any = route("any", &["any"], &[], &app.url()).allow_any_upgrade(true);
+    let gw = Gateway::start(vec![any]).await;
+    for asked in ["h2c", "TLS/1.0, h2c", "websocket"] {
+        let r = raw(
+            &gw,
+            format!(
+                "GET /x HTTP/1.1\r\nHost: any.localhost\r\nConnection: upgrade\r\nUpgrade: {asked}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{asked}: {}", r.text());
+        let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(j["headers"]["upgrade"], asked, "{}", j["headers"]);
+    }
+}
+
+#[tokio::test]
+async fn a_request_with_two_host_headers_is_refused() {
+    let app = Origin::start("app");
+    let gw = Gateway::start(vec![
+        route("nb", &["nb"], &[], &app.url()),
+        route("other", &["other"], &[], &app.url()),
+    ])
+    .await;
+    let r = raw(
+        &gw,
+        b"GET / HTTP/1.1\r\nHost: nb.localhost\r\nHost: other.localhost\r\nAccept: application/json\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(app.counts().requests, 0);
 }
 
 /// A raw origin that answers every request with a head hyper cannot parse.

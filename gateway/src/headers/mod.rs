@@ -2,7 +2,8 @@
 //! rpxy's `header_ops`), so that each rule can be read and tested alone:
 //!
 //! - `hop`: hop-by-hop removal (RFC 9110 §7.6.1) and `Connection` tokens;
-//! - `forwarding`: `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded`;
+//! - `forwarding`: `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded`, and
+//!   the proxies trusted to have sent them;
 //! - `request_id`: `X-Request-Id`, kept when sane or made;
 //! - `upgrade`: what a request asks to switch to, and whether a `101` did;
 //! - `set_cookie`: what an app may set in the browser;
@@ -16,7 +17,7 @@ mod rewrite;
 mod set_cookie;
 mod upgrade;
 
-pub use forwarding::{set_forwarded, ClientInfo};
+pub use forwarding::{set_forwarded, ClientInfo, TrustedProxies, TrustedProxyError};
 pub use hop::{connection_has, remove_hop_by_hop};
 pub use request_id::{new_request_id, request_id, X_REQUEST_ID};
 pub use rewrite::{rewrite_request, rewrite_response, rewrite_switch, UpstreamHead};

@@ -73,6 +73,7 @@ mod tests {
             ip: "192.0.2.7".parse().unwrap(),
             proto: "https",
             host: "NB.localhost:8443",
+            trusted: false,
         }
     }
 

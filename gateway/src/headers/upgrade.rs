@@ -6,15 +6,35 @@ use http::Version;
 
 use super::connection_has;
 
-/// The protocols an HTTP/1.1 request asks to switch to: its `Upgrade`, when
-/// `Connection` names `upgrade` too (without it, `Upgrade` is a leftover
-/// that asks for nothing). Other versions have no `Upgrade`.
-pub fn requested_upgrade(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
-    if version == Version::HTTP_11 && connection_has(headers, "upgrade") {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
+/// The one protocol a request may switch to on any route.
+const WEBSOCKET: &str = "websocket";
+
+/// The protocols an HTTP/1.1 request asks to switch to, of those its route
+/// passes on: its `Upgrade`, when `Connection` names `upgrade` too (without
+/// it, `Upgrade` is a leftover that asks for nothing). Other versions have
+/// no `Upgrade`.
+///
+/// Unless the route allows `any` protocol, only `websocket` is asked for
+/// upstream and anything else in the list is left out, as a server may
+/// ignore an upgrade it does not take (RFC 9110 §7.8): another protocol
+/// (`h2c`, a raw TCP tunnel) would hand the client a connection to the app
+/// that no HTTP rule of the gateway looks into any more.
+pub fn requested_upgrade(version: Version, headers: &HeaderMap, any: bool) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 || !connection_has(headers, "upgrade") {
+        return None;
     }
+    let asked = headers.get(header::UPGRADE)?;
+    if any {
+        return Some(asked.clone());
+    }
+    let asked_text = asked.to_str().ok()?;
+    if asked_text.trim().eq_ignore_ascii_case(WEBSOCKET) {
+        // The common case: passed on as it came, no allocation.
+        return Some(asked.clone());
+    }
+    tokens(asked_text)
+        .any(|t| t.eq_ignore_ascii_case(WEBSOCKET))
+        .then(|| HeaderValue::from_static(WEBSOCKET))
 }
 
 /// Whether a `101 Switching Protocols` switched to what the client asked
@@ -56,12 +76,36 @@ mod tests {
             (Version::HTTP_11, &map(&[("connection", "upgrade")]), None),
         ];
         for (version, headers, want) in cases {
-            let got = requested_upgrade(*version, headers);
+            let got = requested_upgrade(*version, headers, false);
             assert_eq!(
                 got.as_ref().map(|v| v.to_str().unwrap()),
                 *want,
                 "{version:?} {headers:?}"
             );
+        }
+    }
+
+    #[test]
+    fn only_websocket_is_asked_for_unless_the_route_allows_any() {
+        // (Upgrade, asked for by default, asked for on a route allowing any)
+        let cases: &[(&str, Option<&str>, &str)] = &[
+            ("websocket", Some("websocket"), "websocket"),
+            ("WebSocket", Some("WebSocket"), "WebSocket"),
+            ("h2c", None, "h2c"),
+            ("TLS/1.0, h2c", None, "TLS/1.0, h2c"),
+            ("h2c, websocket", Some("websocket"), "h2c, websocket"),
+            ("websockets", None, "websockets"),
+        ];
+        for (upgrade, default, any) in cases {
+            let h = map(&[("connection", "upgrade"), ("upgrade", upgrade)]);
+            let got = requested_upgrade(Version::HTTP_11, &h, false);
+            assert_eq!(
+                got.as_ref().map(|v| v.to_str().unwrap()),
+                *default,
+                "{upgrade}"
+            );
+            let got = requested_upgrade(Version::HTTP_11, &h, true);
+            assert_eq!(got.unwrap(), *any, "{upgrade}");
         }
     }
 

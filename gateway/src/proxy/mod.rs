@@ -36,6 +36,7 @@ use hyper::body::Incoming;
 
 use crate::access::AccessConfig;
 use crate::body::ProxyBody;
+use crate::headers::TrustedProxies;
 use crate::metrics::GatewayMetrics;
 use crate::table::RouteHandle;
 use crate::upstream::UpstreamClient;
@@ -86,6 +87,9 @@ pub struct Proxy {
     metrics: Arc<GatewayMetrics>,
     /// Write an access-log line per request.
     access_log: bool,
+    /// Peers whose forwarding headers are kept and appended to; from any
+    /// other they are replaced.
+    trusted_proxies: TrustedProxies,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -95,6 +99,7 @@ impl std::fmt::Debug for Proxy {
             .field("access", &self.access)
             .field("tls", &self.tls.is_some())
             .field("https_redirect", &self.https_redirect)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish_non_exhaustive()
     }
 }
@@ -111,7 +116,16 @@ impl Proxy {
             portal: None,
             metrics: Arc::new(GatewayMetrics::new()),
             access_log: false,
+            trusted_proxies: TrustedProxies::default(),
         }
+    }
+
+    /// Keeps the forwarding headers (`X-Forwarded-For`, `Forwarded`,
+    /// `X-Real-IP`, ...) of requests from these proxies, and appends to
+    /// them; from every other peer they are replaced or removed.
+    pub fn with_trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = proxies;
+        self
     }
 
     /// Writes an access-log line per request (target

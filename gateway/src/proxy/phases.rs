@@ -222,7 +222,8 @@ impl Proxy {
     ) -> Result<(Outbound, ClientSide), Stop> {
         let uri = upstream_uri(req.uri(), target, upstream)?;
         let version = req.version();
-        let upgrade = headers::requested_upgrade(version, req.headers());
+        let upgrade =
+            headers::requested_upgrade(version, req.headers(), target.route.allow_any_upgrade);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let host_header = if target.route.rewrite_host {
@@ -237,6 +238,7 @@ impl Proxy {
                     ip: conn.remote.ip(),
                     proto: self.proto,
                     host: host.sent_str,
+                    trusted: self.trusted_proxies.contains(conn.remote.ip()),
                 },
                 host: host_header,
                 request_id: ctx.id.clone(),
@@ -585,15 +587,18 @@ struct ClientSide {
 }
 
 /// The host as the client sent it: the URI's authority (HTTP/2, or an
-/// absolute-form request line), else `Host`.
+/// absolute-form request line), else `Host`. Two `Host` headers are
+/// refused (RFC 9112 §3.2): the gateway would route by one while the app,
+/// or a proxy behind it, might read the other.
 fn sent_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::DuplicateHost);
+    }
     match req.uri().authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::MissingHost),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .ok_or(ProxyError::MissingHost),
+        None => first.cloned().ok_or(ProxyError::MissingHost),
     }
 }
 

@@ -130,13 +130,18 @@ pub struct RouteSpec {
     /// For an `https://` upstream: verify its certificate. Off only for apps
     /// with self-signed certificates, by the session's own choice.
     pub tls_verify: bool,
+    /// Pass on a request to switch to any protocol (`Upgrade: h2c`, a
+    /// custom tunnel), not only to `websocket`: after a switch the gateway
+    /// only copies bytes, so another protocol is for an app that needs it.
+    pub allow_any_upgrade: bool,
 }
 
 impl RouteSpec {
     /// A public route `id` to `target`, matched by nothing yet: add hosts,
     /// labels or slugs with the builder methods below. Every other field has
     /// the value a static route from the configuration file has (no prefix
-    /// stripping, the client's Host kept, certificates verified).
+    /// stripping, the client's Host kept, certificates verified, only
+    /// WebSocket upgrades).
     pub fn new(id: impl Into<Arc<str>>, target: RouteTarget) -> RouteSpec {
         RouteSpec {
             id: id.into(),
@@ -151,6 +156,7 @@ impl RouteSpec {
             access: None,
             inactive: false,
             tls_verify: true,
+            allow_any_upgrade: false,
         }
     }
 
@@ -202,6 +208,11 @@ impl RouteSpec {
 
     pub fn tls_verify(mut self, on: bool) -> Self {
         self.tls_verify = on;
+        self
+    }
+
+    pub fn allow_any_upgrade(mut self, on: bool) -> Self {
+        self.allow_any_upgrade = on;
         self
     }
 }
