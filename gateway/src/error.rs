@@ -1,5 +1,11 @@
 //! Every way a proxied request can fail, mapped to a status in one place and
 //! rendered as a short HTML page for browsers or JSON for API clients.
+//!
+//! An error's `Display` is for the log and names everything, the
+//! upstream's address and its connection's own error text included. The
+//! client is told [`ProxyError::public_message`], which never names them:
+//! the address of a session's app is the gateway's business, and the text
+//! of a connection error can carry host names and addresses too.
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -31,16 +37,40 @@ pub enum ProxyError {
     Activation(crate::access::ActivationError),
     #[error("this connection's certificate (for {sni:?}) does not cover {host}; open a new connection for it")]
     Misdirected { host: String, sni: String },
+    /// No connection: `cause` in the gateway's words (`connection refused`),
+    /// `reason` as the system said it, for the log.
     #[error("upstream {upstream}: {reason}")]
-    UpstreamUnreachable { upstream: String, reason: String },
+    UpstreamUnreachable {
+        upstream: String,
+        cause: &'static str,
+        reason: String,
+    },
     #[error("upstream {upstream}: connect timed out after {secs}s")]
     UpstreamConnectTimeout { upstream: String, secs: u64 },
     #[error("upstream {upstream}: no response within {secs}s")]
     UpstreamTimeout { upstream: String, secs: u64 },
+    /// A response the gateway itself found wrong, such as a switch to a
+    /// protocol the client did not ask for; `reason` is the gateway's own
+    /// description and may be shown.
     #[error("upstream {upstream}: {reason}")]
     UpstreamProtocol { upstream: String, reason: String },
+    /// The connection failed while the request or response was on it:
+    /// `cause` in the gateway's words, `detail` the HTTP client's error
+    /// text, for the log.
+    #[error("upstream {upstream}: {cause} ({detail})")]
+    UpstreamBroken {
+        upstream: String,
+        cause: &'static str,
+        detail: String,
+    },
+    /// The TLS handshake failed: `cause` in the gateway's words (`its
+    /// certificate has expired`), `reason` with the TLS library's detail.
     #[error("upstream {upstream}: TLS: {reason}")]
-    UpstreamTls { upstream: String, reason: String },
+    UpstreamTls {
+        upstream: String,
+        cause: &'static str,
+        reason: String,
+    },
     #[error("upstream {0}: https upstreams are not supported by this build yet")]
     UpstreamSchemeUnsupported(String),
     /// A valid request whose upstream URI could not be made (its path with
@@ -73,6 +103,7 @@ impl ProxyError {
             ProxyError::Paused(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::UpstreamBroken { .. }
             | ProxyError::UpstreamTls { .. }
             | ProxyError::UpstreamSchemeUnsupported(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => {
@@ -104,10 +135,35 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
-            ProxyError::UpstreamProtocol { .. } => "upstream_error",
+            ProxyError::UpstreamProtocol { .. } | ProxyError::UpstreamBroken { .. } => {
+                "upstream_error"
+            }
             ProxyError::UpstreamTls { .. } => "upstream_tls",
             ProxyError::UpstreamSchemeUnsupported(_) => "upstream_unsupported",
             ProxyError::UpstreamUri { .. } => "upstream_uri",
+        }
+    }
+
+    /// What the client is told: the log's message, except for an
+    /// upstream's failure, which is told without the upstream's address or
+    /// its connection's error text (see the module's documentation).
+    pub fn public_message(&self) -> String {
+        const APP: &str = "the session's app";
+        match self {
+            ProxyError::UpstreamUnreachable { cause, .. } => {
+                format!("{APP} could not be reached: {cause}")
+            }
+            ProxyError::UpstreamConnectTimeout { .. } => {
+                format!("{APP} did not accept a connection in time")
+            }
+            ProxyError::UpstreamTimeout { .. } => format!("{APP} sent no response in time"),
+            ProxyError::UpstreamProtocol { reason, .. } => format!("{APP} {reason}"),
+            ProxyError::UpstreamBroken { cause, .. } => format!("{APP} {cause}"),
+            ProxyError::UpstreamTls { cause, .. } => format!("{APP} was refused over TLS: {cause}"),
+            ProxyError::UpstreamSchemeUnsupported(_) => {
+                format!("{APP} speaks https, which this build does not support")
+            }
+            _ => self.to_string(),
         }
     }
 
@@ -147,7 +203,7 @@ pub fn error_response(
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
     let status = err.status();
-    let message = err.to_string();
+    let message = err.public_message();
     let rid = request_id.to_str().unwrap_or("");
     let (content_type, body) = if json {
         let v = serde_json::json!({
@@ -233,6 +289,69 @@ mod tests {
             v["error"]["message"],
             r#"cannot build the upstream URI for path "/lab/x": invalid uri character"#
         );
+    }
+
+    #[test]
+    fn upstream_failures_are_told_without_the_upstream_or_its_error_text() {
+        let upstream = "http://10.1.2.3:8888".to_string();
+        let cases = [
+            (
+                ProxyError::UpstreamUnreachable {
+                    upstream: upstream.clone(),
+                    cause: "could not connect",
+                    reason: "failed to lookup address information: app.internal".into(),
+                },
+                "the session's app could not be reached: could not connect",
+            ),
+            (
+                ProxyError::UpstreamConnectTimeout {
+                    upstream: upstream.clone(),
+                    secs: 5,
+                },
+                "the session's app did not accept a connection in time",
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    upstream: upstream.clone(),
+                    secs: 60,
+                },
+                "the session's app sent no response in time",
+            ),
+            (
+                ProxyError::UpstreamBroken {
+                    upstream: upstream.clone(),
+                    cause: "sent a response that is not valid HTTP",
+                    detail: "invalid HTTP header parsed from 10.1.2.3".into(),
+                },
+                "the session's app sent a response that is not valid HTTP",
+            ),
+            (
+                ProxyError::UpstreamTls {
+                    upstream: upstream.clone(),
+                    cause: "its certificate was refused",
+                    reason: "invalid certificate: names app.internal".into(),
+                },
+                "the session's app was refused over TLS: its certificate was refused",
+            ),
+            (
+                ProxyError::UpstreamSchemeUnsupported(upstream.clone()),
+                "the session's app speaks https, which this build does not support",
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.public_message(), want);
+            // The log keeps the address.
+            assert!(err.to_string().contains("10.1.2.3:8888"), "{err}");
+            for json in [true, false] {
+                let resp = error_response(&err, json, &HeaderValue::from_static("rid-7"));
+                let body = resp.into_body().into_full_bytes().unwrap();
+                let body = std::str::from_utf8(&body).unwrap();
+                assert!(body.contains("rid-7"), "{body}");
+                for leak in ["10.1.2.3", "8888", "app.internal"] {
+                    assert!(!body.contains(leak), "{leak} in {body}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -194,9 +194,11 @@ impl UpstreamClient {
         // rustls::Error (io::Error::source skips the inner error itself).
         let tls_err = find_tls_error(err);
         if let Some(e) = tls_err {
+            let (cause, reason) = describe_tls(e);
             return ProxyError::UpstreamTls {
                 upstream: upstream.to_string(),
-                reason: describe_tls(e),
+                cause,
+                reason,
             };
         }
         if err.is_connect() {
@@ -208,16 +210,20 @@ impl UpstreamClient {
                     };
                 }
             }
+            let (cause, reason) = match io_err {
+                Some(e) => describe_io(e),
+                None => ("could not connect", innermost_message(err)),
+            };
             return ProxyError::UpstreamUnreachable {
                 upstream: upstream.to_string(),
-                reason: io_err
-                    .map(describe_io)
-                    .unwrap_or_else(|| innermost_message(err)),
+                cause,
+                reason,
             };
         }
-        ProxyError::UpstreamProtocol {
+        ProxyError::UpstreamBroken {
             upstream: upstream.to_string(),
-            reason: innermost_message(err),
+            cause: describe_broken(find_source::<hyper::Error>(err)),
+            detail: innermost_message(err),
         }
     }
 }
@@ -260,35 +266,61 @@ fn innermost_message(err: &(dyn StdError + 'static)) -> String {
     cur.to_string()
 }
 
-/// What went wrong in the upstream's TLS handshake, in words.
-fn describe_tls(e: &rustls::Error) -> String {
+/// What went wrong in the upstream's TLS handshake: in the gateway's
+/// words, for the client, and with the TLS library's detail where those
+/// words are not the whole story, for the log (a certificate's names, for
+/// one, may be internal).
+fn describe_tls(e: &rustls::Error) -> (&'static str, String) {
     use rustls::CertificateError as C;
-    match e {
+    let cause = match e {
         rustls::Error::InvalidCertificate(c) => match c {
-            C::UnknownIssuer => "its certificate is not signed by a trusted authority".into(),
+            C::UnknownIssuer => "its certificate is not signed by a trusted authority",
             C::NotValidForName | C::NotValidForNameContext { .. } => {
-                "its certificate is not valid for this host name".into()
+                "its certificate is not valid for this host name"
             }
-            C::Expired | C::ExpiredContext { .. } => "its certificate has expired".into(),
-            C::NotValidYet | C::NotValidYetContext { .. } => {
-                "its certificate is not valid yet".into()
+            C::Expired | C::ExpiredContext { .. } => "its certificate has expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "its certificate is not valid yet",
+            C::Revoked => "its certificate is revoked",
+            C::BadSignature => "its certificate has a bad signature",
+            other => {
+                return (
+                    "its certificate was refused",
+                    format!("invalid certificate: {other:?}"),
+                )
             }
-            C::Revoked => "its certificate is revoked".into(),
-            C::BadSignature => "its certificate has a bad signature".into(),
-            other => format!("invalid certificate: {other:?}"),
         },
-        other => format!("TLS handshake failed: {other}"),
-    }
+        other => {
+            return (
+                "the TLS handshake failed",
+                format!("TLS handshake failed: {other}"),
+            )
+        }
+    };
+    (cause, cause.to_string())
 }
 
-/// `connection refused`, not `Connection refused (os error 111)`.
-fn describe_io(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => "connection refused".into(),
-        io::ErrorKind::ConnectionReset => "connection reset".into(),
-        io::ErrorKind::HostUnreachable => "host unreachable".into(),
-        io::ErrorKind::NetworkUnreachable => "network unreachable".into(),
-        io::ErrorKind::AddrNotAvailable => "address not available".into(),
-        _ => e.to_string().to_lowercase(),
+/// `connection refused`, not `Connection refused (os error 111)`: in the
+/// gateway's words, and as the system said it where those words do not
+/// cover it (a failed name lookup, say), for the log.
+fn describe_io(e: &io::Error) -> (&'static str, String) {
+    let cause = match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused",
+        io::ErrorKind::ConnectionReset => "connection reset",
+        io::ErrorKind::HostUnreachable => "host unreachable",
+        io::ErrorKind::NetworkUnreachable => "network unreachable",
+        io::ErrorKind::AddrNotAvailable => "address not available",
+        _ => return ("could not connect", e.to_string().to_lowercase()),
+    };
+    (cause, cause.to_string())
+}
+
+/// What broke on a connection that was made, in the gateway's words.
+fn describe_broken(e: Option<&hyper::Error>) -> &'static str {
+    match e {
+        Some(e) if e.is_parse() || e.is_parse_status() => "sent a response that is not valid HTTP",
+        Some(e) if e.is_incomplete_message() || e.is_closed() => {
+            "closed the connection before its response was complete"
+        }
+        _ => "failed while answering",
     }
 }

@@ -405,3 +405,85 @@ async fn garbling_origin() -> String {
     });
     url
 }
+
+#[tokio::test]
+async fn error_pages_show_the_request_id_not_the_upstream() {
+    let slow = Origin::start("slow");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let garbling = garbling_origin().await;
+    let gw = Gateway::start_with(
+        vec![
+            route("dead", &["dead"], &[], &dead),
+            route("slow", &["slow"], &[], &slow.url()),
+            route("garbling", &["garbling"], &[], &garbling),
+        ],
+        ServerConfig::default(),
+        UpstreamConfig {
+            response_timeout: Duration::from_millis(300),
+            ..UpstreamConfig::default()
+        },
+    )
+    .await;
+    let c = client();
+    let cases = [
+        (
+            "dead.localhost",
+            "/",
+            StatusCode::BAD_GATEWAY,
+            "the session's app could not be reached: connection refused",
+            dead,
+        ),
+        (
+            "slow.localhost",
+            "/slow?ms=3000",
+            StatusCode::GATEWAY_TIMEOUT,
+            "the session's app sent no response in time",
+            slow.url(),
+        ),
+        (
+            "garbling.localhost",
+            "/",
+            StatusCode::BAD_GATEWAY,
+            "the session's app sent a response that is not valid HTTP",
+            garbling,
+        ),
+    ];
+    for (host, path, status, message, upstream) in cases {
+        let port = upstream.rsplit(':').next().unwrap().to_string();
+        let r = send(
+            &c,
+            &gw,
+            "GET",
+            host,
+            path,
+            &[("accept", "application/json"), ("x-request-id", "rid-15")],
+            vec![],
+        )
+        .await;
+        assert_eq!(r.status, status, "{host}");
+        let j = r.json();
+        assert_eq!(j["error"]["message"], message, "{host}: {j}");
+        assert_eq!(j["error"]["request_id"], "rid-15", "{host}: {j}");
+        let page = send(
+            &c,
+            &gw,
+            "GET",
+            host,
+            path,
+            &[("x-request-id", "rid-15")],
+            vec![],
+        )
+        .await;
+        let page = String::from_utf8_lossy(&page.body);
+        let escaped = message.replace('\'', "&#39;");
+        assert!(page.contains(&escaped), "{host}: {page}");
+        assert!(page.contains("request id rid-15"), "{host}: {page}");
+        for leak in ["127.0.0.1", port.as_str()] {
+            assert!(!j.to_string().contains(leak), "{host}: {leak} in {j}");
+            assert!(!page.contains(leak), "{host}: {leak} in {page}");
+        }
+    }
+}

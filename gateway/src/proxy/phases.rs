@@ -653,7 +653,9 @@ fn upstream_cause(err: &ProxyError) -> Option<UpstreamCause> {
         }
         ProxyError::UpstreamConnectTimeout { .. } => UpstreamCause::ConnectTimeout,
         ProxyError::UpstreamTimeout { .. } => UpstreamCause::Timeout,
-        ProxyError::UpstreamProtocol { .. } => UpstreamCause::Protocol,
+        ProxyError::UpstreamProtocol { .. } | ProxyError::UpstreamBroken { .. } => {
+            UpstreamCause::Protocol
+        }
         ProxyError::UpstreamTls { .. } => UpstreamCause::Tls,
         _ => return None,
     })
