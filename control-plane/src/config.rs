@@ -203,6 +203,12 @@ pub struct GatewayConfig {
     pub upstream_connect_timeout_secs: u64,
     pub upstream_response_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
+    /// Proxies in front of the gateway (`10.0.0.0/8`, `fd00::/8`, or single
+    /// addresses) whose `X-Forwarded-For`, `Forwarded`, `X-Real-IP`,
+    /// `X-Forwarded-User` and `X-Forwarded-Prefix` are kept and appended
+    /// to. From any other peer they are replaced or removed, as a client
+    /// could say anything in them. Empty: no one is trusted.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,6 +234,10 @@ pub struct StaticRoute {
     /// For an `https://` upstream: verify its certificate (default true).
     #[serde(default = "default_true")]
     pub tls_verify: bool,
+    /// Pass on upgrades to any protocol (`h2c`, a custom tunnel), not only
+    /// WebSocket (default false).
+    #[serde(default)]
+    pub allow_any_upgrade: bool,
 }
 
 fn default_true() -> bool {
@@ -250,6 +260,7 @@ impl Default for GatewayConfig {
             upstream_connect_timeout_secs: upstream.connect_timeout.as_secs(),
             upstream_response_timeout_secs: upstream.response_timeout.as_secs(),
             shutdown_grace_secs: server.shutdown_grace.as_secs(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -402,6 +413,8 @@ impl Config {
                 format!("{:?} is not a hostname", g.portal_host),
             ));
         }
+        gateway::headers::TrustedProxies::parse(&g.trusted_proxies)
+            .map_err(|e| invalid("gateway.trusted_proxies", e.to_string()))?;
         if g.max_connections == 0 {
             return Err(invalid(
                 "gateway.max_connections",
@@ -692,9 +705,15 @@ impl Config {
                 Ok(spec
                     .strip_prefix(r.strip_prefix)
                     .rewrite_host(r.rewrite_host)
-                    .tls_verify(r.tls_verify))
+                    .tls_verify(r.tls_verify)
+                    .allow_any_upgrade(r.allow_any_upgrade))
             })
             .collect()
+    }
+
+    /// The proxies whose forwarding headers are kept (validated at load).
+    pub fn trusted_proxies(&self) -> gateway::headers::TrustedProxies {
+        gateway::headers::TrustedProxies::parse(&self.gateway.trusted_proxies).unwrap_or_default()
     }
 
     pub fn server_config(&self) -> ServerConfig {

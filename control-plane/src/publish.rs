@@ -76,5 +76,6 @@ pub fn route_spec(
         access: Some(access_list(s, groups)),
         inactive: matches!(s.state, SessionState::Pending | SessionState::Evicted),
         tls_verify: s.tls_verify,
+        allow_any_upgrade: s.allow_any_upgrade,
     }))
 }

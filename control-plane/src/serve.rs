@@ -262,7 +262,8 @@ impl Server {
             .with_access(access.clone())
             .with_portal(portal.clone())
             .with_metrics(self.control.gateway_metrics().clone())
-            .with_access_log(self.config.log.access_log);
+            .with_access_log(self.config.log.access_log)
+            .with_trusted_proxies(self.config.trusted_proxies());
         if let (true, Some(a)) = (self.config.tls.redirect_http, https_addr) {
             proxy = proxy.with_https_redirect(a.port());
         }
@@ -295,7 +296,8 @@ impl Server {
                 .with_tls(coverage)
                 .with_portal(portal)
                 .with_metrics(self.control.gateway_metrics().clone())
-                .with_access_log(self.config.log.access_log);
+                .with_access_log(self.config.log.access_log)
+                .with_trusted_proxies(self.config.trusted_proxies());
             let stop = stopped(stop_rx.clone());
             https_task = Some(tokio::spawn(async move {
                 if let Err(e) = gateway::run_tls(

@@ -148,3 +148,64 @@ fn errors_name_the_key_or_variable() {
         assert!(!err.contains('\n'), "one line: {err}");
     }
 }
+
+#[test]
+fn trusted_proxies_are_networks_checked_at_load() {
+    let c = Config::load(None, env(&[])).unwrap();
+    assert!(
+        c.gateway.trusted_proxies.is_empty(),
+        "trusts no one by default"
+    );
+    assert!(!c.trusted_proxies().contains("127.0.0.1".parse().unwrap()));
+    let c = Config::from_toml(
+        "[gateway]\ntrusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\"]\n",
+        None,
+        env(&[]),
+    )
+    .unwrap();
+    assert!(c.trusted_proxies().contains("10.2.3.4".parse().unwrap()));
+    assert!(c.trusted_proxies().contains("fd00::7".parse().unwrap()));
+    assert!(!c.trusted_proxies().contains("192.0.2.1".parse().unwrap()));
+    let c = Config::from_toml(
+        "",
+        None,
+        env(&[("SESSIONGATE_GATEWAY_TRUSTED_PROXIES", "192.0.2.7, ::1")]),
+    )
+    .unwrap();
+    assert_eq!(c.trusted_proxies().to_string(), "192.0.2.7/32, ::1/128");
+    let cases: &[BadCase] = &[
+        (
+            "[gateway]\ntrusted_proxies = [\"10.0.0.1/8\"]\n",
+            &[],
+            "gateway.trusted_proxies: \"10.0.0.1/8\" has bits set past its prefix: the network is 10.0.0.0/8",
+        ),
+        (
+            "[gateway]\ntrusted_proxies = [\"lb.internal\"]\n",
+            &[],
+            "gateway.trusted_proxies: \"lb.internal\" is not an IP address or a network such as 10.0.0.0/8 or fd00::/8",
+        ),
+        (
+            "",
+            &[("SESSIONGATE_GATEWAY_TRUSTED_PROXIES", "10.0.0.0/40")],
+            "gateway.trusted_proxies: \"10.0.0.0/40\": a prefix length of 40 is more than the address's 32 bits",
+        ),
+    ];
+    for (text, vars, want) in cases {
+        let err = Config::from_toml(text, None, env(vars)).unwrap_err();
+        assert_eq!(err.to_string(), *want);
+    }
+}
+
+#[test]
+fn a_static_route_may_allow_any_upgrade() {
+    let c = Config::from_toml(
+        "[[routes]]\nslug = \"/vnc\"\nupstream = \"http://127.0.0.1:5900\"\nallow_any_upgrade = true\n\
+         [[routes]]\nslug = \"/lab\"\nupstream = \"http://127.0.0.1:9001\"\n",
+        None,
+        env(&[]),
+    )
+    .unwrap();
+    let specs = c.route_specs().unwrap();
+    assert!(specs[0].allow_any_upgrade);
+    assert!(!specs[1].allow_any_upgrade, "only WebSocket by default");
+}

@@ -163,6 +163,7 @@ impl ControlPlane {
                 .transpose()?,
             strip_prefix: input.strip_prefix,
             rewrite_host: input.rewrite_host,
+            allow_any_upgrade: input.allow_any_upgrade,
             custom_domain: input
                 .custom_domain
                 .as_deref()

@@ -191,6 +191,10 @@ pub struct CreateSession {
     /// Send the app's own host as Host.
     #[arg(long)]
     pub rewrite_host: bool,
+    /// Pass on upgrades to any protocol (h2c, a custom tunnel), not only
+    /// WebSocket.
+    #[arg(long, conflicts_with = "url")]
+    pub allow_any_upgrade: bool,
     /// A full hostname routed to this session.
     #[arg(long, value_name = "DOMAIN")]
     pub custom_domain: Option<String>,

@@ -194,6 +194,7 @@ fn new_session(c: CreateSession) -> NewSession {
         slug: c.slug,
         strip_prefix: c.strip_prefix,
         rewrite_host: c.rewrite_host,
+        allow_any_upgrade: c.allow_any_upgrade,
         custom_domain: c.custom_domain,
         workspace_port: None,
         owner: c.owner,

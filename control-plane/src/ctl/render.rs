@@ -88,6 +88,9 @@ pub(super) fn session_details(s: &Session, out: &mut String) {
     if s.kind != SessionKind::Link {
         pairs.push(("tls verify", s.tls_verify.to_string()));
         pairs.push(("rewrite host", s.rewrite_host.to_string()));
+        if s.allow_any_upgrade {
+            pairs.push(("upgrades", "any protocol".to_string()));
+        }
     }
     pairs.extend([
         ("slug", cell(s.slug.as_deref())),

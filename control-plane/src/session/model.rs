@@ -110,6 +110,8 @@ pub struct SessionRecord {
     pub slug: Option<String>,
     pub strip_prefix: bool,
     pub rewrite_host: bool,
+    /// Pass on upgrades to any protocol, not only WebSocket.
+    pub allow_any_upgrade: bool,
     /// Lower case, no trailing dot.
     pub custom_domain: Option<String>,
     pub workspace_port: Option<u16>,
@@ -154,6 +156,7 @@ impl SessionRecord {
             slug: None,
             strip_prefix: false,
             rewrite_host: false,
+            allow_any_upgrade: false,
             custom_domain: None,
             workspace_port: None,
             owner: "ann".into(),
@@ -189,6 +192,10 @@ pub struct Session {
     pub slug: Option<String>,
     pub strip_prefix: bool,
     pub rewrite_host: bool,
+    /// Upgrades to any protocol are passed on, not only WebSocket.
+    /// (Defaults to false when absent, for `ctl` against an older server.)
+    #[serde(default)]
+    pub allow_any_upgrade: bool,
     pub custom_domain: Option<String>,
     pub workspace_port: Option<u16>,
     pub owner: String,
@@ -243,6 +250,7 @@ impl SessionRecord {
             slug: self.slug.clone(),
             strip_prefix: self.strip_prefix,
             rewrite_host: self.rewrite_host,
+            allow_any_upgrade: self.allow_any_upgrade,
             custom_domain: self.custom_domain.clone(),
             workspace_port: self.workspace_port,
             owner: self.owner.clone(),
@@ -300,6 +308,12 @@ pub struct NewSession {
     /// Send the app's own host as `Host`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rewrite_host: bool,
+    /// Pass on a request to switch to any protocol (`Upgrade: h2c`, a
+    /// custom tunnel), not only to WebSocket (default false): after a
+    /// switch the gateway only copies bytes, so only an app that needs
+    /// another protocol should have it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_any_upgrade: bool,
     /// A full hostname routed to this session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_domain: Option<String>,
@@ -355,6 +369,8 @@ pub struct SessionPatch {
     pub strip_prefix: Option<bool>,
     #[serde(default)]
     pub rewrite_host: Option<bool>,
+    #[serde(default)]
+    pub allow_any_upgrade: Option<bool>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub custom_domain: Option<Option<String>>,
@@ -385,6 +401,7 @@ impl SessionPatch {
         set(&mut rec.slug, self.slug);
         set(&mut rec.strip_prefix, self.strip_prefix);
         set(&mut rec.rewrite_host, self.rewrite_host);
+        set(&mut rec.allow_any_upgrade, self.allow_any_upgrade);
         set(&mut rec.custom_domain, self.custom_domain);
         set(&mut rec.public, self.public);
         set(&mut rec.duration_secs, self.duration);
@@ -633,6 +650,12 @@ pub fn validate_target(s: &SessionRecord) -> Result<(), Invalid> {
                 return Err(invalid(
                     "kind",
                     "https, strip_prefix and rewrite_host apply to tunnel sessions only",
+                ));
+            }
+            if s.allow_any_upgrade {
+                return Err(invalid(
+                    "allow_any_upgrade",
+                    "applies to tunnel sessions only: a link session is a redirect",
                 ));
             }
         }

@@ -25,7 +25,7 @@ pub struct SessionFilter {
 const SESSION_COLS: &str = "name, kind, remote_host, remote_port, url, https, tls_verify, slug, \
     strip_prefix, rewrite_host, custom_domain, workspace_port, owner, public, state, created_ms, \
     activated_ms, expires_ms, last_activity_ms, paused_ms, state_changed_ms, duration_secs, \
-    idle_timeout_secs, extendable, environment, labels, activate_by_ms";
+    idle_timeout_secs, extendable, environment, labels, activate_by_ms, allow_any_upgrade";
 
 fn session_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
     let name: String = row.try_get("name")?;
@@ -65,6 +65,7 @@ fn session_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
         environment: row.try_get("environment")?,
         labels: serde_json::from_str(&labels).map_err(|e| corrupt(format!("labels: {e}")))?,
         activate_by_ms: get_opt_u64(row, "activate_by_ms")?,
+        allow_any_upgrade: row.try_get("allow_any_upgrade")?,
         name,
     })
 }
@@ -258,6 +259,7 @@ fn bind_session<'q>(
         .bind(&s.environment)
         .bind(labels)
         .bind(opt_ms(s.activate_by_ms))
+        .bind(s.allow_any_upgrade)
 }
 
 fn labels_json(s: &SessionRecord) -> String {
@@ -289,7 +291,8 @@ async fn insert_session_groups(
 pub async fn session_insert(c: &mut SqliteConnection, s: &SessionRecord) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
+         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, \
+         $28)"
     );
     bind_session(sqlx::query(&sql), s, labels_json(s))
         .execute(&mut *c)
@@ -317,7 +320,8 @@ pub async fn session_update_row(
         custom_domain = $11, workspace_port = $12, owner = $13, public = $14, state = $15, \
         created_ms = $16, activated_ms = $17, expires_ms = $18, last_activity_ms = $19, \
         paused_ms = $20, state_changed_ms = $21, duration_secs = $22, idle_timeout_secs = $23, \
-        extendable = $24, environment = $25, labels = $26, activate_by_ms = $27 WHERE name = $1";
+        extendable = $24, environment = $25, labels = $26, activate_by_ms = $27, \
+        allow_any_upgrade = $28 WHERE name = $1";
     bind_session(sqlx::query(sql), s, labels_json(s))
         .execute(&mut *c)
         .await?;

@@ -208,6 +208,7 @@ impl Portal {
             slug: env.slug_prefix.as_ref().map(|p| format!("{p}/{name}")),
             strip_prefix: false,
             rewrite_host: false,
+            allow_any_upgrade: false,
             custom_domain: None,
             workspace_port: None,
             owner: owner.to_string(),

@@ -11,7 +11,7 @@ use testkit::{temp_dir, Endpoints, Origin, DEADLINE};
 
 /// What one `ctl` run left behind.
 #[derive(Debug)]
-struct Run {
+pub(crate) struct Run {
     code: Option<i32>,
     stdout: String,
     stderr: String,
@@ -19,7 +19,7 @@ struct Run {
 
 impl Run {
     #[track_caller]
-    fn ok(&self) -> &str {
+    pub(crate) fn ok(&self) -> &str {
         assert_eq!(self.code, Some(0), "{self:#?}");
         assert_eq!(self.stderr, "", "{self:#?}");
         &self.stdout
@@ -65,7 +65,7 @@ async fn ctl_env(env: &[(&str, &str)], args: &[&str]) -> Run {
 }
 
 /// `ctl` against `sg` with the admin token.
-async fn ctl(sg: &Endpoints, args: &[&str]) -> Run {
+pub(crate) async fn ctl(sg: &Endpoints, args: &[&str]) -> Run {
     let server = sg.api_url();
     ctl_env(
         &[

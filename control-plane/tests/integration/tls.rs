@@ -54,7 +54,7 @@ fn tls_setup(name: &str, extra: &str) -> (PathBuf, PathBuf, String) {
 }
 
 /// The server in process, its certificates directory, its HTTPS address.
-async fn server(name: &str, extra: &str) -> (InProcess, PathBuf, SocketAddr) {
+pub(crate) async fn server(name: &str, extra: &str) -> (InProcess, PathBuf, SocketAddr) {
     let (root, dir, config) = tls_setup(name, extra);
     let sg = InProcess::start(&root, &config).await;
     let https = https_addr(&sg);
@@ -62,7 +62,7 @@ async fn server(name: &str, extra: &str) -> (InProcess, PathBuf, SocketAddr) {
 }
 
 /// As [`server`], the binary as a child process, for tests that read its log.
-async fn child(name: &str, extra: &str) -> (Sessiongate, PathBuf, SocketAddr) {
+pub(crate) async fn child(name: &str, extra: &str) -> (Sessiongate, PathBuf, SocketAddr) {
     let (root, dir, config) = tls_setup(name, extra);
     let sg = Sessiongate::start(&root, &config, &[]).await;
     let https = https_addr(&sg);
@@ -90,7 +90,12 @@ fn client(ca: &Path, alpn: &[&[u8]]) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
-async fn connect(addr: SocketAddr, ca: &Path, sni: &str, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    ca: &Path,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     tokio::time::timeout(
         DEADLINE,
@@ -414,6 +419,9 @@ async fn https_upstreams_verified_unverified_and_mismatched() {
         assert_eq!(s, status, "{name}: {body}");
         assert!(body.contains(text), "{name}: {body}");
         if status == 502 {
+            // The page names the cause, never the upstream (issue 15).
+            let port = addr.port().to_string();
+            assert!(!body.contains(&port), "{name}: {body}");
             // The log is read from the child's output by another thread:
             // wait for the line rather than race it. (The access log names
             // the upstream too; the error line is the one with `error=`.)
