@@ -20,7 +20,7 @@ use hyper::{Request, StatusCode};
 use testkit::routes::route;
 use testkit::{exchange, Origin, RawResponse, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// The signing key of every test here: the gateway verifies with it, and
 /// the tests sign their browsers' cookies with it.
@@ -89,14 +89,7 @@ async fn raw(gw: &Gateway, head: &[u8]) -> RawResponse {
 async fn h2_cookie_fields_reach_an_http1_app_as_one_cookie_header() {
     let app = Origin::builder("app").reply(Reply::PathAndCookie).start();
     let gw = Gateway::start(vec![route("nb", &["nb"], &[], &app.url())]).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = h2c(&gw).await;
     // A browser sends each cookie as a field of its own (RFC 9113 §8.2.3),
     // the gateway's among them.
     let req = Request::post(format!("http://nb.localhost:{}/api", gw.addr.port()))
@@ -145,6 +138,21 @@ async fn the_gateways_cookie_is_stripped_beside_a_non_ascii_cookie() {
     assert_eq!(r.text(), "path=/\ncookie=sib=caf\u{e9}\n");
 }
 
+/// The `Set-Cookie`s a client gets through the gateway from an app on
+/// `nb.localhost` that sets `set`, one each.
+async fn set_through(gw: &Gateway, set: &[&str]) -> Vec<String> {
+    let mut head = "GET /set-cookie HTTP/1.1\r\nHost: nb.localhost\r\n".to_string();
+    for c in set {
+        head.push_str(&format!("X-Set-Cookie: {c}\r\n"));
+    }
+    let r = raw(gw, head.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.all("set-cookie")
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
 #[tokio::test]
 async fn an_apps_set_cookie_named_like_the_gateways_is_dropped() {
     let app = Origin::start("app");
@@ -164,19 +172,10 @@ async fn an_apps_set_cookie_named_like_the_gateways_is_dropped() {
         "app=1; Path=/; HttpOnly",
         "sessiongate_app=2",
     ];
-    let mut head = "GET /set-cookie HTTP/1.1\r\nHost: nb.localhost\r\n".to_string();
-    for c in set {
-        head.push_str(&format!("X-Set-Cookie: {c}\r\n"));
-    }
-    let r = raw(&gw, head.as_bytes()).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let got: Vec<&str> = r
-        .headers
-        .iter()
-        .filter(|(k, _)| k == "set-cookie")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    assert_eq!(got, ["app=1; Path=/; HttpOnly", "sessiongate_app=2"]);
+    assert_eq!(
+        set_through(&gw, &set).await,
+        ["app=1; Path=/; HttpOnly", "sessiongate_app=2"]
+    );
 }
 
 #[tokio::test]
@@ -190,20 +189,8 @@ async fn an_apps_set_cookie_for_a_parent_domain_is_made_host_only() {
         "twice=4; Domain=nb.localhost; Domain=localhost",
         "plain=5; Path=/",
     ];
-    let mut head = "GET /set-cookie HTTP/1.1\r\nHost: nb.localhost\r\n".to_string();
-    for c in set {
-        head.push_str(&format!("X-Set-Cookie: {c}\r\n"));
-    }
-    let r = raw(&gw, head.as_bytes()).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let got: Vec<&str> = r
-        .headers
-        .iter()
-        .filter(|(k, _)| k == "set-cookie")
-        .map(|(_, v)| v.as_str())
-        .collect();
     assert_eq!(
-        got,
+        set_through(&gw, &set).await,
         [
             "wide=1; Path=/",
             "dot=2; Path=/; HttpOnly",

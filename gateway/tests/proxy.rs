@@ -499,14 +499,7 @@ async fn a_switch_to_a_protocol_the_client_did_not_ask_for_is_refused() {
 async fn h2c_prior_knowledge_routes_by_authority() {
     let a = Origin::start("a");
     let gw = Gateway::start(vec![route("nb", &["nb"], &[], &a.url())]).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = h2c(&gw).await;
     let authority = format!("nb.localhost:{}", gw.addr.port());
     let req = Request::get(format!("http://{authority}/h2?x=1"))
         .body(Full::new(Bytes::new()))

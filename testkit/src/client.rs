@@ -31,6 +31,17 @@ impl RawResponse {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of the header `name`, in order (`Set-Cookie` comes once
+    /// per cookie).
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }

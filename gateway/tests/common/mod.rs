@@ -148,6 +148,20 @@ pub async fn send(
     }
 }
 
+/// An HTTP/2 connection with prior knowledge (h2c) to the gateway: what a
+/// browser's HTTP/2 looks like once TLS is off.
+pub async fn h2c(gw: &Gateway) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 pub async fn get(c: &TestClient, gw: &Gateway, host: &str, path: &str) -> Answer {
     send(c, gw, "GET", host, path, &[], vec![]).await
 }
