@@ -16,7 +16,8 @@
 //! - [`proxy`]: the request path as named phases over a per-request context
 //!   (`phases.rs`), and browser access on it (`access.rs`).
 //! - [`headers`]: header operations, one concern per file: hop-by-hop,
-//!   forwarding, request id, upgrades, and the rewrites made of them.
+//!   forwarding (and the proxies trusted to send it), request id, upgrades,
+//!   the cookies an app may set, and the rewrites made of them.
 //! - [`access`]: the signed cookie, access lists and access links.
 //! - [`upstream`]: the pooled upstream client and its error classification.
 //! - `tunnel`: copying upgraded connections (WebSocket) both ways.
