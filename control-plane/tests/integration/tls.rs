@@ -62,7 +62,7 @@ pub(crate) async fn server(name: &str, extra: &str) -> (InProcess, PathBuf, Sock
 }
 
 /// As [`server`], the binary as a child process, for tests that read its log.
-pub(crate) async fn child(name: &str, extra: &str) -> (Sessiongate, PathBuf, SocketAddr) {
+async fn child(name: &str, extra: &str) -> (Sessiongate, PathBuf, SocketAddr) {
     let (root, dir, config) = tls_setup(name, extra);
     let sg = Sessiongate::start(&root, &config, &[]).await;
     let https = https_addr(&sg);
