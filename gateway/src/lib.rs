@@ -20,7 +20,9 @@
 //! - [`access`]: the signed cookie, access lists and access links.
 //! - [`upstream`]: the pooled upstream client and its error classification.
 //! - `tunnel`: copying upgraded connections (WebSocket) both ways.
-//! - [`server`]: the accept loop, limits, timeouts, graceful shutdown.
+//! - [`server`]: the accept loop, timeouts, graceful shutdown.
+//! - `limits`: the connection limits (all, per client) and the lease by
+//!   which a connection, or the tunnel it became, holds its place in them.
 //! - [`error`]: every failure, its status, and its HTML/JSON rendering.
 //! - [`body`]: the body types, without boxing.
 //! - [`access_log`]: the line per request, written when its response ends.
@@ -34,6 +36,7 @@ pub mod body;
 mod clock;
 pub mod error;
 pub mod headers;
+mod limits;
 pub mod metrics;
 pub mod names;
 pub mod proxy;

@@ -36,6 +36,7 @@ use hyper::body::Incoming;
 
 use crate::access::AccessConfig;
 use crate::body::ProxyBody;
+use crate::limits::ConnLease;
 use crate::metrics::GatewayMetrics;
 use crate::table::RouteHandle;
 use crate::upstream::UpstreamClient;
@@ -46,6 +47,21 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The TLS server name the client asked for (SNI), on TLS listeners.
     pub sni: Option<Arc<str>>,
+    /// The connection's place in its listener's limits, which a tunnel
+    /// takes over when the connection is upgraded; `None` for a request
+    /// handed to [`Proxy::handle`] outside a listener.
+    pub(crate) lease: Option<Arc<ConnLease>>,
+}
+
+impl ConnInfo {
+    /// A connection from `remote`, outside any listener's limits.
+    pub fn new(remote: SocketAddr, sni: Option<Arc<str>>) -> ConnInfo {
+        ConnInfo {
+            remote,
+            sni,
+            lease: None,
+        }
+    }
 }
 
 /// Whether the certificate a TLS connection was given for its SNI name also

@@ -39,7 +39,7 @@ const STREAMING_BYTES: u64 = 1 << 20;
 impl Proxy {
     /// Handles one request from a plain connection.
     pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
-        self.handle_conn(req, &ConnInfo { remote, sni: None }).await
+        self.handle_conn(req, &ConnInfo::new(remote, None)).await
     }
 
     /// Handles one request end to end, phase by phase. Never fails: errors
@@ -63,7 +63,7 @@ impl Proxy {
             let resp = self
                 .forward(upstream, &target.route, outbound, client.upgrade.is_some())
                 .await?;
-            self.respond(resp, client, &target.route, upstream, &mut ctx)
+            self.respond(resp, client, &target.route, upstream, conn, &mut ctx)
         }
         .instrument(span.clone())
         .await;
@@ -290,10 +290,11 @@ impl Proxy {
         client: ClientSide,
         route: &Route,
         upstream: &Upstream,
+        conn: &ConnInfo,
         ctx: &mut RequestCtx,
     ) -> Result<Response<ProxyBody>, Stop> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return self.switch(resp, client, route, upstream, ctx);
+            return self.switch(resp, client, route, upstream, conn, ctx);
         }
         let (mut parts, body) = resp.into_parts();
         // The upstream's HTTP version describes its hop, not ours.
@@ -322,6 +323,7 @@ impl Proxy {
         client: ClientSide,
         route: &Route,
         upstream: &Upstream,
+        conn: &ConnInfo,
         ctx: &mut RequestCtx,
     ) -> Result<Response<ProxyBody>, Stop> {
         let Some((requested, client_upgrade)) = client.upgrade else {
@@ -361,6 +363,7 @@ impl Proxy {
             Arc::clone(&route.state),
             Arc::clone(&self.metrics),
             ctx.user.take(),
+            conn.lease.clone(),
             client_upgrade,
             upstream_upgrade,
             upstream.to_string(),

@@ -1,3 +1,6 @@
+// Each test binary (proxy, hostile) uses its own part of the harness.
+#![allow(dead_code)]
+
 //! Test harness: the real gateway server on port 0 and a hyper client.
 //! The origins, route specs and waiting are testkit's. Nothing here is
 //! mocked.
@@ -6,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gateway::metrics::GatewayMetrics;
 use gateway::{Proxy, RouteHandle, RouteSpec, ServerConfig, UpstreamClient, UpstreamConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
@@ -20,6 +24,8 @@ use tokio::task::JoinHandle;
 pub struct Gateway {
     pub addr: SocketAddr,
     pub routes: RouteHandle,
+    /// What the server records: its `render` is the gateway's part of `/metrics`.
+    pub metrics: Arc<GatewayMetrics>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -38,11 +44,11 @@ impl Gateway {
         routes.publish(&settings(), specs).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Arc::new(Proxy::new(
-            routes.clone(),
-            UpstreamClient::new(upstream),
-            "http",
-        ));
+        let metrics = Arc::new(GatewayMetrics::new());
+        let proxy = Arc::new(
+            Proxy::new(routes.clone(), UpstreamClient::new(upstream), "http")
+                .with_metrics(Arc::clone(&metrics)),
+        );
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(gateway::run(listener, proxy, server, async {
             let _ = rx.await;
@@ -50,6 +56,7 @@ impl Gateway {
         Gateway {
             addr,
             routes,
+            metrics,
             stop: Some(tx),
             task: Some(task),
         }
@@ -64,6 +71,15 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The value of the gateway's metric sample `series` (name and labels,
+    /// as rendered), or `None` if it is not there.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let mut text = String::new();
+        self.metrics.render(&mut text);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 }
 
