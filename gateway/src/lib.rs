@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`table`]: `RouteTable` and its building (`mod.rs`), routes and their
 //!   specs (`route.rs`), per-route state that survives table swaps
-//!   (`state.rs`: activity, live upgraded connections and streams), the
+//!   (`state.rs`: activity, revocations, live upgraded connections), how a
+//!   revocation reaches what a route let in before it (`revocation.rs`), the
 //!   sharded copy-on-write maps (`map.rs`), the `ArcSwap` handle (`handle.rs`).
 //! - [`names`]: the canonical forms of hosts, DNS labels and slugs.
 //! - [`publish`]: `RoutePublisher`, one task that applies queued changes in

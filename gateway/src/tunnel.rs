@@ -20,26 +20,30 @@ use tokio::sync::watch;
 
 use crate::limits::ConnLease;
 use crate::metrics::GatewayMetrics;
-use crate::table::{LiveKind, RouteState};
+use crate::table::revocation::{Admitted, Refusal};
+use crate::table::RouteState;
 
 /// How long a tunnel outside any listener (no lease) may stay silent.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Starts the tunnel task. `user` tags the connection for per-user
-/// revocation; `lease` is the client connection's place in its listener's
-/// limits, with the listener's tunnel idle timeout and drain signal.
+/// Starts the tunnel task, for the request `admitted` let in. `lease` is
+/// the client connection's place in its listener's limits, with the
+/// listener's tunnel idle timeout and drain signal. Refused, and nothing
+/// started, when a revocation since the request was let in ends it.
 pub(crate) fn spawn(
-    state: Arc<RouteState>,
+    mut admitted: Admitted,
     metrics: Arc<GatewayMetrics>,
-    user: Option<Arc<str>>,
     lease: Option<Arc<ConnLease>>,
     client: OnUpgrade,
     upstream: OnUpgrade,
     upstream_name: String,
-) {
-    // Registered before the 101 reaches the client, so a revocation that
-    // follows the handshake always finds it.
-    let (guard, mut close) = state.register_live(LiveKind::Upgraded, user);
+) -> Result<(), Refusal> {
+    // Registered before the 101 reaches the client, then checked: a
+    // revocation either finds it registered or has already moved the clock.
+    let state = Arc::clone(&admitted.route.state);
+    let (guard, mut close) =
+        state.register_live(admitted.route.target.clone(), admitted.user.clone());
+    admitted.check(true)?;
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
@@ -104,6 +108,7 @@ pub(crate) fn spawn(
         drop(guard);
         drop(lease);
     });
+    Ok(())
 }
 
 /// Resolves when the listener begins to drain (or is gone); never without

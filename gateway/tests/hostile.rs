@@ -292,6 +292,46 @@ async fn one_client_address_gets_at_most_max_connections_per_ip() {
     assert!(served, "the freed slot was never given to a new connection");
 }
 
+#[tokio::test]
+async fn a_revocation_cuts_a_slow_response_of_known_length_on_http2_too() {
+    let a = Origin::start("a");
+    let gw = gateway_with(&a, ServerConfig::default()).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    // `Content-Length: 9`: 5 bytes now, the rest held back by the origin.
+    let req = http::Request::get(format!(
+        "http://nb.localhost:{}/stream?sized",
+        gw.addr.port()
+    ))
+    .body(http_body_util::Empty::<bytes::Bytes>::new())
+    .unwrap();
+    let resp = sender.send_request(req).await.expect("h2 request");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(DEADLINE, http_body_util::BodyExt::frame(&mut body))
+        .await
+        .expect("the first chunk");
+    assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "first");
+
+    let state = std::sync::Arc::clone(&gw.routes.current().route("nb").unwrap().state);
+    state.close_live();
+    let next = tokio::time::timeout(
+        Duration::from_secs(1),
+        http_body_util::BodyExt::frame(&mut body),
+    )
+    .await;
+    assert!(
+        matches!(next, Ok(Some(Err(_)))),
+        "a revoked h2 response waiting for its upstream was not reset within 1 s: {next:?}"
+    );
+}
+
 /// Sends `GET /` on a keep-alive connection and reads what comes back in
 /// one read: the start of the response, or nothing if the server closed it.
 async fn keep_alive_get(s: &mut TcpStream) -> String {

@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - [`origin`]: the HTTP origin: the tests' paths (`/slow`, `/big`,
-//!   `/echo-body`, `/stream`, `/hop`, `/ws`, a [`Reply`] for any other) and
+//!   `/echo-body`, `/stream`, `/hold`, `/hop`, `/ws`, a [`Reply`] for any other) and
 //!   the benchmark's fast path ([`Origin::bench`]), with request and
 //!   connection counters.
 //! - [`ws`]: the WebSocket echo peer, with upgrade and message counters.

@@ -15,6 +15,8 @@
 //! - `api`: the REST API through the router, on a manual clock.
 //! - `ctl`: `sessiongate ctl` as a process.
 //! - `group_commit`: concurrent writes sharing commits.
+//! - `hostile_revocation`: no gap between a change and the live connections
+//!   and in-flight responses it ends (issue 15).
 //! - `jar`: the test browser's cookie jar itself.
 //! - `lifecycle`: sessions end to end, and `kill -9` durability.
 //! - `logging`: the binary's access log and request spans.
@@ -30,6 +32,7 @@ mod access;
 mod api;
 mod ctl;
 mod group_commit;
+mod hostile_revocation;
 mod jar;
 mod lifecycle;
 mod logging;

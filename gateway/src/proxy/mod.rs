@@ -12,9 +12,9 @@
 //! 5. `upstream_request`: the URI and head for the upstream (the rewrite is
 //!    [`headers::rewrite_request`](crate::headers::rewrite_request));
 //! 6. `forward`: with connect and response timeouts (502, 504);
-//! 7. `respond`: the head for the client; a `101` starts the tunnel, and a
-//!    long or endless body is registered with its route, so that revocation
-//!    can cut it;
+//! 7. `respond`: nothing if a revocation since the request was let in says
+//!    so, else the head for the client; a `101` starts the tunnel, and the
+//!    body is checked against the route's revocations as it streams;
 //! 8. `finish`, however the request ended: the one renderer of errors, then
 //!    metrics and the access log.
 //!
