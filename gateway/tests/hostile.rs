@@ -15,6 +15,7 @@ use testkit::{eventually, Origin, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// Longer than any of the short timeouts these tests configure, by far: a
 /// connection still open after this was never going to close.
@@ -168,10 +169,7 @@ async fn a_websocket_counts_towards_max_connections_and_the_open_gauge() {
         },
     )
     .await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async("ws://nb.localhost/ws", stream)
-        .await
-        .expect("handshake");
+    let mut ws = websocket(&gw).await;
     ws.send(Message::text("hi")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap(), "hi");
 
@@ -194,12 +192,8 @@ async fn a_websocket_counts_towards_max_connections_and_the_open_gauge() {
     );
     ws.close(None).await.unwrap();
     drop(ws);
-    let mut out = Vec::new();
-    tokio::time::timeout(PATIENCE, second.read_to_end(&mut out))
-        .await
-        .expect("the second connection was never served")
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    let out = read_to_close(&mut second, PATIENCE, "the second connection").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
 
 #[tokio::test]
@@ -213,10 +207,7 @@ async fn a_websocket_with_no_traffic_for_the_tunnel_idle_timeout_is_closed() {
         },
     )
     .await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async("ws://nb.localhost/ws", stream)
-        .await
-        .expect("handshake");
+    let mut ws = websocket(&gw).await;
     // Traffic every 100 ms keeps it open well past the timeout.
     let mut every = tokio::time::interval(Duration::from_millis(100));
     for i in 0..10 {
@@ -230,16 +221,7 @@ async fn a_websocket_with_no_traffic_for_the_tunnel_idle_timeout_is_closed() {
         );
     }
     // Then silence: the gateway closes it.
-    let ended = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) => return,
-                Some(Ok(m)) if m.is_close() => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
+    let ended = tokio::time::timeout(PATIENCE, testkit::ws::ended(&mut ws)).await;
     assert!(
         ended.is_ok(),
         "a silent WebSocket is still open {PATIENCE:?} into a 300 ms tunnel idle timeout"
@@ -296,20 +278,13 @@ async fn one_client_address_gets_at_most_max_connections_per_ip() {
 async fn a_revocation_cuts_a_slow_response_of_known_length_on_http2_too() {
     let a = Origin::start("a");
     let gw = gateway_with(&a, ServerConfig::default()).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = h2c(&gw).await;
     // `Content-Length: 9`: 5 bytes now, the rest held back by the origin.
     let req = http::Request::get(format!(
         "http://nb.localhost:{}/stream?sized",
         gw.addr.port()
     ))
-    .body(http_body_util::Empty::<bytes::Bytes>::new())
+    .body(http_body_util::Full::new(bytes::Bytes::new()))
     .unwrap();
     let resp = sender.send_request(req).await.expect("h2 request");
     assert_eq!(resp.status(), 200);
@@ -330,6 +305,15 @@ async fn a_revocation_cuts_a_slow_response_of_known_length_on_http2_too() {
         matches!(next, Ok(Some(Err(_)))),
         "a revoked h2 response waiting for its upstream was not reset within 1 s: {next:?}"
     );
+}
+
+/// A WebSocket through the gateway to the origin's echo (`/ws`).
+async fn websocket(gw: &Gateway) -> WebSocketStream<TcpStream> {
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async("ws://nb.localhost/ws", stream)
+        .await
+        .expect("handshake");
+    ws
 }
 
 /// Sends `GET /` on a keep-alive connection and reads what comes back in

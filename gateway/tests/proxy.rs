@@ -497,14 +497,7 @@ async fn a_switch_to_a_protocol_the_client_did_not_ask_for_is_refused() {
 async fn h2c_prior_knowledge_routes_by_authority() {
     let a = Origin::start("a");
     let gw = Gateway::start(vec![route("nb", &["nb"], &[], &a.url())]).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = h2c(&gw).await;
     let authority = format!("nb.localhost:{}", gw.addr.port());
     let req = Request::get(format!("http://{authority}/h2?x=1"))
         .body(Full::new(Bytes::new()))
@@ -703,12 +696,8 @@ async fn connection_limit_queues_the_next_client() {
         "second connection was served past the limit"
     );
     drop(first);
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut out))
-        .await
-        .expect("second connection never served")
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    let out = read_to_close(&mut second, Duration::from_secs(5), "the second connection").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
 
 #[tokio::test]

@@ -106,18 +106,10 @@ pub(crate) async fn closed_within(
     limit: Duration,
 ) -> Option<Duration> {
     let started = Instant::now();
-    tokio::time::timeout(limit, async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) => return,
-                Some(Ok(m)) if m.is_close() => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-    .ok()
-    .map(|_| started.elapsed())
+    tokio::time::timeout(limit, testkit::ws::ended(ws))
+        .await
+        .ok()
+        .map(|_| started.elapsed())
 }
 
 pub(crate) async fn echoes(ws: &mut WebSocketStream<TcpStream>, text: &str) -> bool {

@@ -5,6 +5,7 @@
 //! reach the browser afterwards: not the answer to a request already with
 //! the app, not the rest of a slow response, not a WebSocket.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
@@ -13,10 +14,24 @@ use testkit::{eventually, Origin, WsEcho, DEADLINE};
 use crate::access::{
     closed_within, create, create_shared, echo_origin, echoes, server, sign_in, stream,
 };
-use crate::common::jar::Browser;
+use crate::common::jar::{Browser, Page};
+use tokio::task::JoinHandle;
 
 /// What a revocation is given to close what it ends, as the README promises.
 const WITHIN: Duration = Duration::from_secs(1);
+
+/// `browser` GETs `url`, a `/hold` that `origin` answers only when
+/// released: the page to come, once the request has reached the origin.
+async fn held(origin: &Origin, browser: Browser, url: String) -> JoinHandle<Page> {
+    let before = origin.counts().requests;
+    let page = tokio::spawn(async move { browser.get(&url).await });
+    let reqs = origin.requests.clone();
+    eventually("the request to reach the app", DEADLINE, || {
+        reqs.load(Ordering::SeqCst) > before
+    })
+    .await;
+    page
+}
 
 #[tokio::test]
 async fn a_response_in_flight_when_its_user_loses_access_is_not_passed_on() {
@@ -28,13 +43,7 @@ async fn a_response_in_flight_when_its_user_loses_access_is_not_passed_on() {
     sign_in(&sg, &bob, "nb", "bob").await;
 
     // The app holds bob's request while his access is taken away.
-    let url = format!("http://nb.localhost:{port}/hold");
-    let page = tokio::spawn(async move { bob.get(&url).await });
-    let reqs = origin.requests.clone();
-    eventually("bob's request to reach the app", DEADLINE, || {
-        reqs.load(std::sync::atomic::Ordering::SeqCst) == 1
-    })
-    .await;
+    let page = held(&origin, bob, format!("http://nb.localhost:{port}/hold")).await;
     let (s, v) = sg
         .api("DELETE", "/api/v1/groups/team/members/bob", None)
         .await;
@@ -61,13 +70,7 @@ async fn a_response_in_flight_when_its_session_is_paused_is_not_passed_on() {
     )
     .await;
     let url = format!("http://nb.localhost:{port}/hold");
-    let browser = Browser::new(sg.gateway);
-    let page = tokio::spawn(async move { browser.get(&url).await });
-    let reqs = origin.requests.clone();
-    eventually("the request to reach the app", DEADLINE, || {
-        reqs.load(std::sync::atomic::Ordering::SeqCst) == 1
-    })
-    .await;
+    let page = held(&origin, Browser::new(sg.gateway), url).await;
     let (s, v) = sg.api("POST", "/api/v1/sessions/nb/pause", None).await;
     assert_eq!(s, 200, "{v}");
     origin.release.notify_one();
@@ -212,13 +215,7 @@ async fn changing_the_target_lets_a_response_in_flight_finish() {
     )
     .await;
     let url = format!("http://nb.localhost:{port}/hold");
-    let browser = Browser::new(sg.gateway);
-    let page = tokio::spawn(async move { browser.get(&url).await });
-    let reqs = old.requests.clone();
-    eventually("the request to reach the old target", DEADLINE, || {
-        reqs.load(std::sync::atomic::Ordering::SeqCst) == 1
-    })
-    .await;
+    let page = held(&old, Browser::new(sg.gateway), url).await;
     let (s, v) = sg
         .api(
             "PATCH",

@@ -16,7 +16,8 @@ use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use testkit::routes::settings;
-use tokio::net::TcpListener;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -140,4 +141,29 @@ pub async fn send(
 
 pub async fn get(c: &TestClient, gw: &Gateway, host: &str, path: &str) -> Answer {
     send(c, gw, "GET", host, path, &[], vec![]).await
+}
+
+/// Reads `s` until the server closes it, within `limit`: everything the
+/// server sent. Panics, naming `what`, if it is not closed by then.
+pub async fn read_to_close(s: &mut TcpStream, limit: std::time::Duration, what: &str) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(limit, s.read_to_end(&mut out))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after {limit:?}"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An HTTP/2 connection to the gateway with prior knowledge (h2c), its
+/// connection task spawned.
+pub async fn h2c(gw: &Gateway) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
 }
