@@ -197,8 +197,15 @@ pub struct GatewayConfig {
     pub base_domains: Vec<String>,
     pub portal_host: String,
     pub max_connections: usize,
+    /// Connections from one IPv4 address or IPv6 /64; more are closed at
+    /// once and counted.
+    pub max_connections_per_ip: usize,
     pub header_read_timeout_secs: u64,
     pub idle_timeout_secs: u64,
+    /// A connection older than this finishes what is open and closes.
+    pub max_connection_age_secs: u64,
+    /// A WebSocket with no byte either way for this long is closed.
+    pub tunnel_idle_timeout_secs: u64,
     pub max_header_bytes: usize,
     pub upstream_connect_timeout_secs: u64,
     pub upstream_response_timeout_secs: u64,
@@ -254,8 +261,11 @@ impl Default for GatewayConfig {
             base_domains: vec!["localhost".into()],
             portal_host: "localhost".into(),
             max_connections: server.max_connections,
+            max_connections_per_ip: server.max_connections_per_ip,
             header_read_timeout_secs: server.header_read_timeout.as_secs(),
             idle_timeout_secs: server.idle_timeout.as_secs(),
+            max_connection_age_secs: server.max_connection_age.as_secs(),
+            tunnel_idle_timeout_secs: server.tunnel_idle_timeout.as_secs(),
             max_header_bytes: server.max_header_bytes,
             upstream_connect_timeout_secs: upstream.connect_timeout.as_secs(),
             upstream_response_timeout_secs: upstream.response_timeout.as_secs(),
@@ -420,6 +430,26 @@ impl Config {
                 "gateway.max_connections",
                 "must be at least 1".into(),
             ));
+        }
+        if g.max_connections_per_ip == 0 {
+            return Err(invalid(
+                "gateway.max_connections_per_ip",
+                "must be at least 1 (set it to max_connections for no per-client limit)".into(),
+            ));
+        }
+        for (key, v) in [
+            ("gateway.max_connection_age_secs", g.max_connection_age_secs),
+            (
+                "gateway.tunnel_idle_timeout_secs",
+                g.tunnel_idle_timeout_secs,
+            ),
+        ] {
+            if v == 0 || v > crate::session::model::MAX_SECS {
+                return Err(invalid(
+                    key,
+                    format!("must be 1-{} seconds", crate::session::model::MAX_SECS),
+                ));
+            }
         }
         if g.max_header_bytes < gateway::server::MIN_HEADER_BYTES {
             return Err(invalid(
@@ -720,10 +750,14 @@ impl Config {
         let g = &self.gateway;
         ServerConfig {
             max_connections: g.max_connections,
+            max_connections_per_ip: g.max_connections_per_ip,
             header_read_timeout: Duration::from_secs(g.header_read_timeout_secs),
             idle_timeout: Duration::from_secs(g.idle_timeout_secs),
+            max_connection_age: Duration::from_secs(g.max_connection_age_secs),
+            tunnel_idle_timeout: Duration::from_secs(g.tunnel_idle_timeout_secs),
             max_header_bytes: g.max_header_bytes,
             shutdown_grace: Duration::from_secs(g.shutdown_grace_secs),
+            ..ServerConfig::default()
         }
     }
 

@@ -47,22 +47,7 @@ pub fn route_spec(
     if !s.state.is_live() {
         return Ok(None);
     }
-    let target = match s.kind {
-        SessionKind::Tunnel => {
-            let host = s.remote_host.as_deref().unwrap_or("localhost");
-            let port = s.remote_port.ok_or(RouteSpecError::MissingPort)?;
-            let scheme = if s.https { "https" } else { "http" };
-            let url = if host.contains(':') {
-                format!("{scheme}://[{host}]:{port}")
-            } else {
-                format!("{scheme}://{host}:{port}")
-            };
-            RouteTarget::Upstream(Upstream::parse(&url)?)
-        }
-        SessionKind::Link => {
-            RouteTarget::Redirect(s.url.as_deref().ok_or(RouteSpecError::MissingUrl)?.into())
-        }
-    };
+    let target = route_target(s)?;
     Ok(Some(RouteSpec {
         id: route_id(&s.name),
         hosts: s.custom_domain.iter().cloned().collect(),
@@ -78,4 +63,24 @@ pub fn route_spec(
         tls_verify: s.tls_verify,
         allow_any_upgrade: s.allow_any_upgrade,
     }))
+}
+
+/// Where `s`'s route sends its traffic: its upstream, or its link's URL.
+pub fn route_target(s: &SessionRecord) -> Result<RouteTarget, RouteSpecError> {
+    Ok(match s.kind {
+        SessionKind::Tunnel => {
+            let host = s.remote_host.as_deref().unwrap_or("localhost");
+            let port = s.remote_port.ok_or(RouteSpecError::MissingPort)?;
+            let scheme = if s.https { "https" } else { "http" };
+            let url = if host.contains(':') {
+                format!("{scheme}://[{host}]:{port}")
+            } else {
+                format!("{scheme}://{host}:{port}")
+            };
+            RouteTarget::Upstream(Upstream::parse(&url)?)
+        }
+        SessionKind::Link => {
+            RouteTarget::Redirect(s.url.as_deref().ok_or(RouteSpecError::MissingUrl)?.into())
+        }
+    })
 }

@@ -1,7 +1,6 @@
 //! Body types. One enum instead of a boxed trait object so that the common
 //! case (an upstream body passed through) costs no allocation.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,58 +10,88 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use tokio::sync::watch;
-
 use crate::access_log::LoggedBody;
 use crate::clock::unix_millis;
-use crate::table::LiveGuard;
+use crate::table::revocation::{Admitted, Refusal, Waiting};
 
 /// What the gateway answers with: an upstream body streamed through, or a
 /// small body of its own (error pages, redirects).
 #[derive(Debug)]
 pub enum ProxyBody {
-    Upstream(Incoming),
-    /// A streaming upstream body the route can cut off (revocation).
-    Revocable(Box<RevocableBody>),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
     /// Any of the above, counted and written to the access log at its end.
     Logged(Box<LoggedBody>),
 }
 
-/// An upstream body registered with its route's live connections: when the
-/// route closes them (the user lost access, or the session stopped), the
-/// next poll fails, and hyper resets the stream or closes the connection.
-pub struct RevocableBody {
+/// An upstream's response body on its way to the client. Every poll checks
+/// it against its route's revocations (one atomic load while there are
+/// none): once the route no longer lets it in (the user lost access, the
+/// session stopped; for a long or endless body, also a new target), the
+/// poll fails and hyper resets the stream or closes the connection. While
+/// it waits for its upstream it is among the waiters a revocation wakes.
+pub struct UpstreamBody {
     inner: Incoming,
-    closed: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
-    _guard: LiveGuard,
+    /// Declared before `admitted`, so dropped while its route's state,
+    /// which keys it, is still held.
+    waiting: Waiting,
+    admitted: Admitted,
+    /// No length, or a long one: a new target ends it too.
+    live: bool,
 }
 
-impl std::fmt::Debug for RevocableBody {
+impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RevocableBody").finish_non_exhaustive()
+        f.debug_struct("UpstreamBody").finish_non_exhaustive()
     }
 }
 
-impl RevocableBody {
-    pub(crate) fn new(inner: Incoming, guard: LiveGuard, mut close: watch::Receiver<bool>) -> Self {
-        RevocableBody {
+impl UpstreamBody {
+    pub(crate) fn new(inner: Incoming, admitted: Admitted, live: bool) -> Self {
+        UpstreamBody {
             inner,
-            closed: Box::pin(async move {
-                // An error means the route state is gone: nothing will close it.
-                if close.wait_for(|c| *c).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }),
-            _guard: guard,
+            waiting: Waiting::default(),
+            admitted,
+            live,
         }
     }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Err(refusal) = self.admitted.check(self.live) {
+            return Poll::Ready(Some(Err(Revoked(refusal).into())));
+        }
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if poll.is_pending()
+            && self
+                .waiting
+                .register(&self.admitted.route.state, cx.waker())
+        {
+            if let Err(refusal) = self.admitted.check(self.live) {
+                return Poll::Ready(Some(Err(Revoked(refusal).into())));
+            }
+        }
+        poll.map_err(BodyError::from)
+    }
 }
 
-/// The error a revoked streaming response ends with.
+/// The error a revoked response ends with.
 #[derive(Debug, thiserror::Error)]
-#[error("the response was closed: access to the route was revoked or the session stopped")]
-pub struct Revoked;
+#[error("the response was cut: {}", why(.0))]
+pub struct Revoked(Refusal);
+
+fn why(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::Gone => "the route was removed".into(),
+        Refusal::Paused => "the session was paused".into(),
+        Refusal::Inactive => "the session stopped".into(),
+        Refusal::Retargeted => "the route moved to another target".into(),
+        Refusal::SignIn => "the route is no longer public".into(),
+        Refusal::Forbidden(user) => format!("user {user} lost access"),
+    }
+}
 
 /// Errors of a [`ProxyBody`]: the upstream's, or a revocation.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +116,7 @@ impl ProxyBody {
         match self {
             ProxyBody::Full(b) => Some(b.unwrap_or_default()),
             ProxyBody::Logged(l) => l.into_inner().into_full_bytes(),
-            ProxyBody::Upstream(_) | ProxyBody::Revocable(_) => None,
+            ProxyBody::Upstream(_) => None,
         }
     }
 }
@@ -101,15 +130,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(BodyError::from),
-            ProxyBody::Revocable(r) => {
-                if r.closed.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(Revoked.into())));
-                }
-                Pin::new(&mut r.inner)
-                    .poll_frame(cx)
-                    .map_err(BodyError::from)
-            }
+            ProxyBody::Upstream(b) => b.poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Logged(l) => Pin::new(&mut **l).poll_frame(cx),
         }
@@ -117,8 +138,7 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b) => b.is_end_stream(),
-            ProxyBody::Revocable(r) => r.inner.is_end_stream(),
+            ProxyBody::Upstream(b) => b.inner.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Logged(l) => l.is_end_stream(),
         }
@@ -126,8 +146,7 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(b) => b.size_hint(),
-            ProxyBody::Revocable(r) => r.inner.size_hint(),
+            ProxyBody::Upstream(b) => b.inner.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Logged(l) => l.size_hint(),

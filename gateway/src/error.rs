@@ -35,6 +35,11 @@ pub enum ProxyError {
     Inactive(String),
     #[error(transparent)]
     Activation(crate::access::ActivationError),
+    /// A revocation while the request was with its upstream: the route was
+    /// removed, or (for a WebSocket) moved to another target. The answer
+    /// from the old one is not passed on; a retry gets the route as it is.
+    #[error("{route} {what} while the request was in flight")]
+    RouteChanged { route: String, what: &'static str },
     #[error("this connection's certificate (for {sni:?}) does not cover {host}; open a new connection for it")]
     Misdirected { host: String, sni: String },
     /// No connection: `cause` in the gateway's words (`connection refused`),
@@ -100,7 +105,9 @@ impl ProxyError {
                 ActivationError::Gone { .. } => StatusCode::GONE,
                 ActivationError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
-            ProxyError::Paused(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Paused(_) | ProxyError::RouteChanged { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamProtocol { .. }
             | ProxyError::UpstreamBroken { .. }
@@ -125,6 +132,7 @@ impl ProxyError {
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::Misdirected { .. } => "misdirected_request",
             ProxyError::Inactive(_) => "session_inactive",
+            ProxyError::RouteChanged { .. } => "route_changed",
             ProxyError::Activation(e) => match e {
                 ActivationError::InvalidToken => "access_link_invalid",
                 ActivationError::WrongSession => "access_link_wrong_session",
@@ -173,7 +181,10 @@ impl ProxyError {
         self.status().is_server_error()
             && !matches!(
                 self,
-                ProxyError::Paused(_) | ProxyError::Inactive(_) | ProxyError::Activation(_)
+                ProxyError::Paused(_)
+                    | ProxyError::Inactive(_)
+                    | ProxyError::Activation(_)
+                    | ProxyError::RouteChanged { .. }
             )
     }
 }
@@ -352,6 +363,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_route_changed_in_flight_is_a_retry_not_an_upstream_fault() {
+        let err = ProxyError::RouteChanged {
+            route: "session:nb".into(),
+            what: "was removed",
+        };
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.code(), "route_changed");
+        assert!(!err.is_upstream());
+        assert_eq!(
+            err.to_string(),
+            "session:nb was removed while the request was in flight"
+        );
     }
 
     #[test]

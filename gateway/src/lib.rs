@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`table`]: `RouteTable` and its building (`mod.rs`), routes and their
 //!   specs (`route.rs`), per-route state that survives table swaps
-//!   (`state.rs`: activity, live upgraded connections and streams), the
+//!   (`state.rs`: activity, revocations, live upgraded connections), how a
+//!   revocation reaches what a route let in before it (`revocation.rs`), the
 //!   sharded copy-on-write maps (`map.rs`), the `ArcSwap` handle (`handle.rs`).
 //! - [`names`]: the canonical forms of hosts, DNS labels and slugs.
 //! - [`publish`]: `RoutePublisher`, one task that applies queued changes in
@@ -21,7 +22,9 @@
 //! - [`access`]: the signed cookie, access lists and access links.
 //! - [`upstream`]: the pooled upstream client and its error classification.
 //! - `tunnel`: copying upgraded connections (WebSocket) both ways.
-//! - [`server`]: the accept loop, limits, timeouts, graceful shutdown.
+//! - [`server`]: the accept loop, timeouts, graceful shutdown.
+//! - `limits`: the connection limits (all, per client) and the lease by
+//!   which a connection, or the tunnel it became, holds its place in them.
 //! - [`error`]: every failure, its status, and its HTML/JSON rendering.
 //! - [`body`]: the body types, without boxing.
 //! - [`access_log`]: the line per request, written when its response ends.
@@ -35,6 +38,7 @@ pub mod body;
 mod clock;
 pub mod error;
 pub mod headers;
+mod limits;
 pub mod metrics;
 pub mod names;
 pub mod proxy;

@@ -4,7 +4,7 @@
 //! the first time it records, so two cores rarely touch the same line and a
 //! request costs a few uncontended atomic adds. A scrape sums the shards.
 //! Gauges (open connections and WebSockets) change per connection, not per
-//! request, and are plain atomics.
+//! request, and are plain atomics; so is the count of refused connections.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -67,6 +67,8 @@ pub struct GatewayMetrics {
     shards: Box<[Shard]>,
     connections_open: AtomicI64,
     websockets_open: AtomicI64,
+    /// Connections closed at once for `max_connections_per_ip`.
+    refused_per_ip: AtomicU64,
 }
 
 impl std::fmt::Debug for GatewayMetrics {
@@ -95,6 +97,7 @@ impl GatewayMetrics {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             connections_open: AtomicI64::new(0),
             websockets_open: AtomicI64::new(0),
+            refused_per_ip: AtomicU64::new(0),
         }
     }
 
@@ -130,6 +133,12 @@ impl GatewayMetrics {
 
     pub fn connection_closed(&self) {
         self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed as soon as it was accepted because its
+    /// client had `max_connections_per_ip` open already.
+    pub fn connection_refused_per_ip(&self) {
+        self.refused_per_ip.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn websocket_opened(&self) {
@@ -196,14 +205,18 @@ impl GatewayMetrics {
         }
         let _ = writeln!(
             out,
-            "# HELP sessiongate_connections_open Client HTTP connections open now (upgraded ones count in sessiongate_websockets_open).\n\
+            "# HELP sessiongate_connections_open Client connections open now, upgraded ones (WebSockets) included.\n\
              # TYPE sessiongate_connections_open gauge\n\
              sessiongate_connections_open {}\n\
              # HELP sessiongate_websockets_open Upgraded connections (WebSockets) open now.\n\
              # TYPE sessiongate_websockets_open gauge\n\
-             sessiongate_websockets_open {}",
+             sessiongate_websockets_open {}\n\
+             # HELP sessiongate_connections_refused_total Client connections closed as soon as they were accepted, by reason (per_ip_limit: the client had max_connections_per_ip open).\n\
+             # TYPE sessiongate_connections_refused_total counter\n\
+             sessiongate_connections_refused_total{{reason=\"per_ip_limit\"}} {}",
             self.connections_open.load(Ordering::Relaxed).max(0),
-            self.websockets_open.load(Ordering::Relaxed).max(0)
+            self.websockets_open.load(Ordering::Relaxed).max(0),
+            self.refused_per_ip.load(Ordering::Relaxed)
         );
     }
 }

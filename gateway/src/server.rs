@@ -1,6 +1,6 @@
-//! The accept loop: connection limit, HTTP/1.1 and h2c on one listener (or
-//! TLS with ALPN `h2`/`http/1.1`), header-read and idle timeouts, and
-//! graceful shutdown.
+//! The accept loop: connection limits (`limits`), HTTP/1.1 and h2c on one
+//! listener (or TLS with ALPN `h2`/`http/1.1`), header-read and idle
+//! timeouts, a maximum connection age, and graceful shutdown.
 //!
 //! The listener is handed in, so tests run on `127.0.0.1:0`.
 
@@ -8,11 +8,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -20,6 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::body::{BodyError, ProxyBody};
+use crate::limits::{ConnLease, PerClient, TunnelLimits};
+use crate::metrics::GatewayMetrics;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// TLS termination for a listener: the rustls configuration (certificates,
@@ -38,14 +43,33 @@ impl std::fmt::Debug for TlsListener {
 /// Limits and timeouts of a listener.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Simultaneous client connections; past it, new ones wait in the kernel's
-    /// accept queue.
+    /// Simultaneous client connections, upgraded ones (WebSockets) included;
+    /// past it, new ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Simultaneous connections from one client: an IPv4 address, or an
+    /// IPv6 /64 (one host usually holds a whole /64). Past it, a new
+    /// connection from that client is closed as soon as it is accepted,
+    /// and counted, so that one client cannot take the whole
+    /// `max_connections` budget.
+    pub max_connections_per_ip: usize,
     /// Time a client has to send a complete request head; on HTTP/1.1 it also
     /// bounds how long a keep-alive connection may wait for its next request.
     pub header_read_timeout: Duration,
-    /// A connection on which no byte moves either way for this long is closed.
+    /// A connection is closed when, for this long, no request started and
+    /// no byte moved while one was open. HTTP/2 PINGs on a connection with
+    /// no request open do not count: they are the server's own.
     pub idle_timeout: Duration,
+    /// A connection older than this is asked to close: HTTP/2 gets GOAWAY
+    /// and finishes its open streams, HTTP/1.1 finishes the response in
+    /// flight with `Connection: close`. Never cut mid-response.
+    pub max_connection_age: Duration,
+    /// An upgraded connection (WebSocket) on which no byte moves either way
+    /// for this long is closed (HAProxy's `timeout tunnel`).
+    pub tunnel_idle_timeout: Duration,
+    /// How often HTTP/2 connections are PINGed, to find dead peers. Not a
+    /// configuration key: tests set it to see that PINGs do not keep an
+    /// idle connection open.
+    pub h2_keep_alive_interval: Duration,
     /// Largest request head accepted (HTTP/1.1; at least 8192); larger ones get 431.
     pub max_header_bytes: usize,
     /// On shutdown, how long in-flight requests may take to finish.
@@ -56,8 +80,12 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
+            max_connection_age: Duration::from_secs(3600),
+            tunnel_idle_timeout: Duration::from_secs(3600),
+            h2_keep_alive_interval: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(30),
         }
@@ -69,7 +97,8 @@ pub const MIN_HEADER_BYTES: usize = 8192;
 
 /// Serves `proxy` on `listener` until `shutdown` resolves, then stops
 /// accepting, lets in-flight requests finish for up to `shutdown_grace`, and
-/// returns. Upgraded connections (WebSockets) are not waited for.
+/// returns. Upgraded connections (WebSockets) are closed when the drain
+/// begins: they would not end on their own within the grace.
 pub async fn run(
     listener: TcpListener,
     proxy: Arc<Proxy>,
@@ -109,12 +138,17 @@ async fn run_with(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(60)));
+        .keep_alive_interval(Some(config.h2_keep_alive_interval));
     let builder = Arc::new(builder);
 
     let max = config.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(max));
+    let per_client = PerClient::new(config.max_connections_per_ip);
     let (drain_tx, drain_rx) = watch::channel(false);
+    let timeouts = Timeouts {
+        idle: config.idle_timeout,
+        max_age: config.max_connection_age,
+    };
     tokio::pin!(shutdown);
 
     loop {
@@ -138,18 +172,44 @@ async fn run_with(
             },
             _ = &mut shutdown => break,
         };
+        let Some(client) = per_client.acquire(remote.ip()) else {
+            // Closed at once, its permit given back: left unanswered it
+            // would hold a place that other clients are waiting for.
+            proxy.metrics().connection_refused_per_ip();
+            tracing::debug!(%remote, "connection refused: the client has max_connections_per_ip open");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let proxy = Arc::clone(&proxy);
         let builder = Arc::clone(&builder);
         let drain = drain_rx.clone();
-        let idle = config.idle_timeout;
+        let tunnel = TunnelLimits {
+            idle_timeout: config.tunnel_idle_timeout,
+            drain: drain_rx.clone(),
+        };
         let handshake_timeout = config.header_read_timeout;
         let tls = tls.clone();
         tokio::spawn(async move {
+            // Counted as open once it is served (after its TLS handshake),
+            // for as long as it or the tunnel it becomes is open.
+            let lease = |metrics: &Arc<GatewayMetrics>| {
+                Some(Arc::new(ConnLease::new(
+                    permit,
+                    client,
+                    Arc::clone(metrics),
+                    tunnel,
+                )))
+            };
             match tls {
                 None => {
-                    let conn = ConnInfo { remote, sni: None };
-                    serve_connection(stream, conn, proxy, &builder, drain, idle).await;
+                    let lease = lease(proxy.metrics());
+                    let conn = ConnInfo {
+                        remote,
+                        sni: None,
+                        lease,
+                    };
+                    serve_connection(stream, conn, proxy, &builder, drain, timeouts).await;
                 }
                 Some(tls) => {
                     let accepted =
@@ -158,8 +218,9 @@ async fn run_with(
                         Ok(Ok(stream)) => {
                             let sni = stream.get_ref().1.server_name().map(Arc::from);
                             proxy.count_tls_handshake(true);
-                            let conn = ConnInfo { remote, sni };
-                            serve_connection(stream, conn, proxy, &builder, drain, idle).await;
+                            let lease = lease(proxy.metrics());
+                            let conn = ConnInfo { remote, sni, lease };
+                            serve_connection(stream, conn, proxy, &builder, drain, timeouts).await;
                         }
                         Ok(Err(e)) => {
                             proxy.count_tls_handshake(false);
@@ -172,7 +233,6 @@ async fn run_with(
                     }
                 }
             }
-            drop(permit);
         });
     }
 
@@ -190,46 +250,133 @@ async fn run_with(
     Ok(())
 }
 
+/// The timeouts a connection task enforces itself.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    idle: Duration,
+    max_age: Duration,
+}
+
+/// A client connection as its requests see it: what the proxy is told about
+/// it, and its open requests, for the idle check.
+struct Conn {
+    info: ConnInfo,
+    requests: Requests,
+}
+
+/// A connection's requests, as the idle check counts them. A few atomic
+/// operations per request on the connection's own counters.
+#[derive(Default)]
+struct Requests {
+    /// Requests whose response has not ended (or been dropped) yet.
+    open: AtomicUsize,
+    /// A request started since the idle check last looked.
+    started: AtomicBool,
+}
+
+impl Requests {
+    /// Whether the connection did anything since the last look: a request
+    /// started, or bytes moved while one was open. Bytes with no request
+    /// open are the server's own HTTP/2 PINGs and their answers, and a
+    /// connection that has only those is idle.
+    fn busy(&self, bytes_moved: bool) -> bool {
+        let started = self.started.swap(false, Ordering::Relaxed);
+        started || (bytes_moved && self.open.load(Ordering::Relaxed) > 0)
+    }
+}
+
+/// One open request of a connection; the count goes down when its response
+/// body ends or is dropped, whichever way the request ended.
+struct OpenRequest(Arc<Conn>);
+
+impl OpenRequest {
+    fn start(conn: Arc<Conn>) -> OpenRequest {
+        conn.requests.open.fetch_add(1, Ordering::Relaxed);
+        conn.requests.started.store(true, Ordering::Relaxed);
+        OpenRequest(conn)
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.requests.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The response body as served: the proxy's, with its request counted open
+/// until the body is over.
+struct ServedBody {
+    body: ProxyBody,
+    _open: OpenRequest,
+}
+
+impl Body for ServedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 async fn serve_connection<S>(
     stream: S,
     conn_info: ConnInfo,
     proxy: Arc<Proxy>,
     builder: &auto::Builder<TokioExecutor>,
     mut drain: watch::Receiver<bool>,
-    idle_timeout: Duration,
+    timeouts: Timeouts,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let remote = conn_info.remote;
-    let conn_info = Arc::new(conn_info);
-    let metrics = Arc::clone(proxy.metrics());
-    metrics.connection_opened();
-    let _open = OnDrop(move || metrics.connection_closed());
+    let conn = Arc::new(Conn {
+        info: conn_info,
+        requests: Requests::default(),
+    });
     let active = Arc::new(AtomicBool::new(false));
     let io = TokioIo::new(IdleTracked {
         io: stream,
         active: Arc::clone(&active),
     });
+    let served = Arc::clone(&conn);
     let service = service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
-        let conn_info = Arc::clone(&conn_info);
-        async move { Ok::<_, Infallible>(proxy.handle_conn(req, &conn_info).await) }
+        let open = OpenRequest::start(Arc::clone(&served));
+        async move {
+            let resp = proxy.handle_conn(req, &open.0.info).await;
+            Ok::<_, Infallible>(resp.map(|body| ServedBody { body, _open: open }))
+        }
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
+    let served = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(served);
 
     // The idle check ticks four times per timeout; a connection is idle once
-    // four ticks in a row saw no byte move.
-    let tick = (idle_timeout / 4).max(Duration::from_millis(10));
+    // four ticks in a row saw it do nothing (`Requests::busy`).
+    let tick = (timeouts.idle / 4).max(Duration::from_millis(10));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     let mut quiet_ticks = 0u32;
+    let aged = tokio::time::sleep(timeouts.max_age);
+    tokio::pin!(aged);
+    let mut old = false;
     let mut draining = *drain.borrow();
     if draining {
-        conn.as_mut().graceful_shutdown();
+        served.as_mut().graceful_shutdown();
     }
     loop {
         tokio::select! {
-            res = conn.as_mut() => {
+            res = served.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(%remote, error = %e, "connection ended with an error");
                 }
@@ -238,17 +385,26 @@ async fn serve_connection<S>(
             changed = drain.changed(), if !draining => {
                 if changed.is_err() || *drain.borrow() {
                     draining = true;
-                    conn.as_mut().graceful_shutdown();
+                    served.as_mut().graceful_shutdown();
                 }
             }
+            _ = &mut aged, if !old => {
+                // GOAWAY on HTTP/2, `Connection: close` on the HTTP/1.1
+                // response in flight: what is open finishes, nothing new
+                // starts (nginx's `keepalive_time`, Envoy's
+                // `max_connection_duration`).
+                old = true;
+                tracing::debug!(%remote, "connection reached its maximum age; closing once its requests are done");
+                served.as_mut().graceful_shutdown();
+            }
             _ = ticker.tick() => {
-                if active.swap(false, Ordering::Relaxed) {
+                if conn.requests.busy(active.swap(false, Ordering::Relaxed)) {
                     quiet_ticks = 0;
                 } else {
                     quiet_ticks += 1;
                     if quiet_ticks == 4 {
                         tracing::debug!(%remote, "closing idle connection");
-                        conn.as_mut().graceful_shutdown();
+                        served.as_mut().graceful_shutdown();
                     } else if quiet_ticks >= 8 {
                         // It did not close gracefully within another timeout.
                         return;
@@ -256,16 +412,6 @@ async fn serve_connection<S>(
                 }
             }
         }
-    }
-}
-
-/// Runs a closure when dropped: the connection gauge goes down however the
-/// connection ends.
-struct OnDrop<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        (self.0)();
     }
 }
 

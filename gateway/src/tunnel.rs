@@ -1,32 +1,49 @@
 //! Upgraded connections (WebSocket and any other HTTP/1.1 `Upgrade`): once both
 //! sides have switched protocols, bytes are copied both ways until either side
-//! closes or the route asks for the connection to be closed (revocation).
-//! Every chunk read counts as route activity.
+//! closes, the route asks for the connection to be closed (revocation), no
+//! byte moves either way for the tunnel idle timeout, or the server begins
+//! to shut down. Every chunk read counts as route activity. The tunnel holds
+//! the client connection's lease, so it counts towards the listener's
+//! connection limits and the open-connections gauge until it closes.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
 
+use crate::limits::ConnLease;
 use crate::metrics::GatewayMetrics;
-use crate::table::{LiveKind, RouteState};
+use crate::table::revocation::{Admitted, Refusal};
+use crate::table::RouteState;
 
-/// Starts the tunnel task. `user` tags the connection for per-user revocation.
+/// How long a tunnel outside any listener (no lease) may stay silent.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Starts the tunnel task, for the request `admitted` let in. `lease` is
+/// the client connection's place in its listener's limits, with the
+/// listener's tunnel idle timeout and drain signal. Refused, and nothing
+/// started, when a revocation since the request was let in ends it.
 pub(crate) fn spawn(
-    state: Arc<RouteState>,
+    mut admitted: Admitted,
     metrics: Arc<GatewayMetrics>,
-    user: Option<Arc<str>>,
+    lease: Option<Arc<ConnLease>>,
     client: OnUpgrade,
     upstream: OnUpgrade,
     upstream_name: String,
-) {
-    // Registered before the 101 reaches the client, so a revocation that
-    // follows the handshake always finds it.
-    let (guard, mut close) = state.register_live(LiveKind::Upgraded, user);
+) -> Result<(), Refusal> {
+    // Registered before the 101 reaches the client, then checked: a
+    // revocation either finds it registered or has already moved the clock.
+    let state = Arc::clone(&admitted.route.state);
+    let (guard, mut close) =
+        state.register_live(admitted.route.target.clone(), admitted.user.clone());
+    admitted.check(true)?;
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
@@ -36,33 +53,82 @@ pub(crate) fn spawn(
             }
         };
         metrics.websocket_opened();
+        let (idle_timeout, mut drain) = match &lease {
+            Some(l) => (l.tunnel.idle_timeout, Some(l.tunnel.drain.clone())),
+            None => (DEFAULT_IDLE_TIMEOUT, None),
+        };
+        let moved = AtomicBool::new(false);
         let mut client = Activity {
             io: TokioIo::new(client),
             state: &state,
+            moved: &moved,
         };
         let mut upstream = Activity {
             io: TokioIo::new(upstream),
             state: &state,
+            moved: &moved,
         };
-        tokio::select! {
-            res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                if let Err(e) = res {
-                    tracing::debug!(upstream = %upstream_name, error = %e, "tunnel ended");
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        // Four ticks per timeout, as the server's idle check: closed once
+        // four in a row saw no byte read on either side.
+        let tick = (idle_timeout / 4).max(Duration::from_millis(10));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        let mut quiet_ticks = 0u32;
+        loop {
+            tokio::select! {
+                res = &mut copy => {
+                    if let Err(e) = res {
+                        tracing::debug!(upstream = %upstream_name, error = %e, "tunnel ended");
+                    }
+                    break;
                 }
-            }
-            _ = close.wait_for(|closed| *closed) => {
-                tracing::debug!(upstream = %upstream_name, "tunnel closed by the route");
+                _ = close.wait_for(|closed| *closed) => {
+                    tracing::debug!(upstream = %upstream_name, "tunnel closed by the route");
+                    break;
+                }
+                _ = drained(drain.as_mut()) => {
+                    tracing::debug!(upstream = %upstream_name, "tunnel closed: the server is shutting down");
+                    break;
+                }
+                _ = ticker.tick() => {
+                    if moved.swap(false, Ordering::Relaxed) {
+                        quiet_ticks = 0;
+                    } else {
+                        quiet_ticks += 1;
+                        if quiet_ticks >= 4 {
+                            tracing::debug!(upstream = %upstream_name, "tunnel closed: idle");
+                            break;
+                        }
+                    }
+                }
             }
         }
         metrics.websocket_closed();
         drop(guard);
+        drop(lease);
     });
+    Ok(())
 }
 
-/// Wraps one side of a tunnel and records route activity on every read.
+/// Resolves when the listener begins to drain (or is gone); never without
+/// a listener.
+async fn drained(drain: Option<&mut watch::Receiver<bool>>) {
+    match drain {
+        Some(d) => {
+            let _ = d.wait_for(|draining| *draining).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Wraps one side of a tunnel and records route activity on every read,
+/// and that bytes moved, for the tunnel's idle check. Every byte written to
+/// one side was read from the other, so reads see both directions.
 struct Activity<'a> {
     io: TokioIo<Upgraded>,
     state: &'a RouteState,
+    moved: &'a AtomicBool,
 }
 
 impl AsyncRead for Activity<'_> {
@@ -75,6 +141,7 @@ impl AsyncRead for Activity<'_> {
         let poll = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.state.touch();
+            self.moved.store(true, Ordering::Relaxed);
         }
         poll
     }

@@ -698,12 +698,8 @@ async fn connection_limit_queues_the_next_client() {
         "second connection was served past the limit"
     );
     drop(first);
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut out))
-        .await
-        .expect("second connection never served")
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    let out = read_to_close(&mut second, Duration::from_secs(5), "the second connection").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@
 //!
 //! # Layout
 //! - [`origin`]: the HTTP origin: the tests' paths (`/slow`, `/big`,
-//!   `/echo-body`, `/stream`, `/hop`, `/set-cookie`, `/ws`, a [`Reply`] for
-//!   any other) and the benchmark's fast path ([`Origin::bench`]), with
+//!   `/echo-body`, `/stream`, `/hold`, `/hop`, `/set-cookie`, `/ws`, a [`Reply`]
+//!   for any other) and the benchmark's fast path ([`Origin::bench`]), with
 //!   request and connection counters.
 //! - [`ws`]: the WebSocket echo peer, with upgrade and message counters.
 //! - `listen` (private): binding `127.0.0.1:0`, the accept loop, and the

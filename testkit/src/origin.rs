@@ -17,7 +17,10 @@
 //! - `/big?n=N`: N bytes of [`pattern`], in 16 KiB chunks;
 //! - `/echo-body`: the request body streamed back;
 //! - `/stream`: sends `first`, waits for [`Origin::release`], then sends `last`
-//!   (never released, it is an endless response);
+//!   (never released, it is an endless response); `/stream?sized` says
+//!   `Content-Length: 9` up front, a short response that is merely slow;
+//! - `/hold`: waits for [`Origin::release`] before its response head, then
+//!   answers as any other path (a request the upstream is still working on);
 //! - `/hop`: a response carrying hop-by-hop headers;
 //! - `/set-cookie`: each `X-Set-Cookie` request header comes back as a
 //!   `Set-Cookie`, in order: what an app would set, chosen by the test;
@@ -137,7 +140,7 @@ pub struct Origin {
     pub requests: Arc<AtomicU64>,
     /// Connections accepted, on either address.
     pub connections: Arc<AtomicU64>,
-    /// Lets `/stream` send its last chunk.
+    /// Lets `/stream` send its last chunk, and `/hold` its answer.
     pub release: Arc<Notify>,
     serving: Serving,
 }
@@ -405,8 +408,18 @@ async fn answer(
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|f| (f, rx))
             });
-            return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            if req.uri().query() == Some("sized") {
+                // "first" + "last": hyper sends a streamed body with the
+                // length it is given instead of chunking it.
+                resp.headers_mut().insert(
+                    header::CONTENT_LENGTH,
+                    header::HeaderValue::from_static("9"),
+                );
+            }
+            return Ok(resp);
         }
+        "/hold" => origin.release.notified().await,
         "/hop" => {
             let mut resp = Response::new(full("hop"));
             let h = resp.headers_mut();

@@ -139,6 +139,19 @@ impl WsEcho {
     }
 }
 
+/// Resolves when the other side has ended the WebSocket (a Close frame, an
+/// error, or the end of the stream); messages before that are dropped.
+/// Callers bound it with a timeout that says how soon it must end.
+pub async fn ended<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) {
+    while let Some(m) = ws.next().await {
+        match m {
+            Err(_) => return,
+            Ok(m) if m.is_close() => return,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// Answers one HTTP request: a WebSocket upgrade gets its 101 and an echo
 /// task, anything else the HTTP origin's 200.
 fn handle(req: Request<Incoming>, counters: &Arc<EchoCounters>) -> Response<Full<Bytes>> {

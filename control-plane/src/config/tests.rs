@@ -18,6 +18,24 @@ fn embedded_defaults_match_the_design() {
     assert_eq!(c.gateway.base_domains, vec!["localhost"]);
     assert_eq!(c.gateway.portal_host, "localhost");
     assert_eq!(c.control_plane.data_dir, PathBuf::from("data"));
+    let server = c.server_config();
+    assert_eq!(server.max_connections_per_ip, 256);
+    assert_eq!(server.max_connection_age, Duration::from_secs(3600));
+    assert_eq!(server.tunnel_idle_timeout, Duration::from_secs(3600));
+}
+
+#[test]
+fn connection_limits_reach_the_server() {
+    let c = Config::from_toml(
+        "[gateway]\nmax_connections_per_ip = 8\nmax_connection_age_secs = 600\n",
+        None,
+        env(&[("SESSIONGATE_GATEWAY_TUNNEL_IDLE_TIMEOUT_SECS", "90")]),
+    )
+    .unwrap();
+    let server = c.server_config();
+    assert_eq!(server.max_connections_per_ip, 8);
+    assert_eq!(server.max_connection_age, Duration::from_secs(600));
+    assert_eq!(server.tunnel_idle_timeout, Duration::from_secs(90));
 }
 
 #[test]
@@ -98,6 +116,26 @@ fn errors_name_the_key_or_variable() {
         ("[gateway]\nbase_domains = []\n", &[], "gateway.base_domains"),
         ("[gateway]\nportal_host = \"a b\"\n", &[], "gateway.portal_host"),
         ("[gateway]\nidle_timeout_secs = 0\n", &[], "gateway.idle_timeout_secs"),
+        (
+            "[gateway]\nmax_connections_per_ip = 0\n",
+            &[],
+            "gateway.max_connections_per_ip",
+        ),
+        (
+            "[gateway]\nmax_connection_age_secs = 0\n",
+            &[],
+            "gateway.max_connection_age_secs",
+        ),
+        (
+            "[gateway]\ntunnel_idle_timeout_secs = 99999999999\n",
+            &[],
+            "gateway.tunnel_idle_timeout_secs",
+        ),
+        (
+            "",
+            &[("SESSIONGATE_GATEWAY_MAX_CONNECTIONS_PER_IP", "some")],
+            "SESSIONGATE_GATEWAY_MAX_CONNECTIONS_PER_IP",
+        ),
         ("[[routes]]\nupstream = \"http://127.0.0.1:1\"\n", &[], "routes[0]"),
         (
             "[[routes]]\nhost = \"a.localhost\"\nupstream = \"tcp://x:1\"\n",

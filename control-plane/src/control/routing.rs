@@ -1,7 +1,11 @@
 //! From stored changes to the gateway's table: the route changes a session
 //! change calls for, publishing them through the one publisher, waiting for
-//! the table to show them, and closing the live connections (WebSockets,
-//! streaming responses) that a change ends.
+//! the table to show them, and then revoking what the change ends: the
+//! answers still with the app, the responses still streaming and the
+//! WebSockets that the route as it is now would not let through
+//! ([`RouteState::revoke`]). A change revokes when it leaves `running`,
+//! stops being public, or moves to another target; changes to groups
+//! revoke for the sessions whose users lost access.
 //!
 //! Also the keys sessions may not take: slugs and hosts of the configuration
 //! file's static routes, and those of other live sessions.
@@ -15,7 +19,7 @@ use sqlx::sqlite::SqliteConnection;
 use super::ControlPlane;
 use crate::access::{self as acc, GroupCache};
 use crate::error::ControlError;
-use crate::publish::{route_id, route_spec};
+use crate::publish::{route_id, route_spec, route_target};
 use crate::session::lifecycle::SessionState;
 use crate::session::model::SessionRecord;
 use crate::store;
@@ -46,19 +50,32 @@ impl StaticKeys {
     }
 }
 
-/// A route change and the live connections to close once it is applied:
-/// what a session write publishes.
+/// A route change and the routes to revoke once it is applied: what a
+/// session write publishes.
 #[derive(Default)]
 pub(crate) struct RouteUpdate {
     pub changes: Vec<RouteChange>,
     pub closing: Vec<Closing>,
 }
 
-/// The live connections of one route that a change ends.
+/// A route whose change takes something away from what it let in before.
 pub(crate) struct Closing {
     /// The session, for the log line.
     session: String,
+    id: Arc<str>,
+    /// The route's state before the change (the route may be gone after it).
     state: Arc<RouteState>,
+}
+
+/// Whether going from `old` to `new` takes something away from what the
+/// route let in before: leaving `running` (pause included), no longer
+/// being public (whoever came in anonymously), or a new target (the
+/// WebSockets and streams to the old one). Users who lose access through
+/// groups are found where groups change.
+fn takes_away(old: &SessionRecord, new: &SessionRecord) -> bool {
+    (old.state == SessionState::Running && new.state != SessionState::Running)
+        || (old.public && !new.public)
+        || route_target(old).ok() != route_target(new).ok()
 }
 
 /// A stored change the route table would not take.
@@ -132,12 +149,11 @@ impl ControlPlane {
             return Ok(());
         };
         let id = route_id(&new.name);
-        // Leaving `running` for anything (pause included) ends live
-        // WebSockets: the session no longer serves traffic.
-        if old.state == SessionState::Running && new.state != SessionState::Running {
+        if takes_away(old, new) {
             if let Some(route) = self.routes.load().route(&id) {
                 update.closing.push(Closing {
                     session: new.name.clone(),
+                    id: Arc::clone(&id),
                     state: Arc::clone(&route.state),
                 });
             }
@@ -177,8 +193,8 @@ impl ControlPlane {
         self.await_applied(queued, update.closing).await
     }
 
-    /// Waits until `queued` is in the table, then closes the live
-    /// connections in `closing`.
+    /// Waits until `queued` is in the table, then revokes the routes in
+    /// `closing` as the table now holds them.
     pub(crate) async fn await_applied(
         &self,
         queued: Option<gateway::Queued>,
@@ -189,8 +205,17 @@ impl ControlPlane {
             queued.applied().await.map_err(table_refused)?;
             self.metrics.observe_table_swap(started.elapsed());
         }
+        if closing.is_empty() {
+            return Ok(());
+        }
+        let table = self.routes.load();
         for c in closing {
-            let n = c.state.close_live();
+            // The route as it is now, unless it was removed (or removed and
+            // made again: that one let nothing in before the change).
+            let now = table
+                .route(&c.id)
+                .filter(|r| Arc::ptr_eq(&r.state, &c.state));
+            let n = c.state.revoke(now.map(|r| &r.spec));
             if n > 0 {
                 tracing::info!(session = %c.session, connections = n, "closed live connections");
             }
@@ -237,22 +262,23 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Closes the live connections of these users on these sessions.
+    /// Revokes these sessions' routes, now that the table no longer lets
+    /// these users in: their answers in flight, responses and WebSockets
+    /// end, everyone else's go on.
     pub(crate) fn close_for_users(&self, revoked: Vec<(&str, Vec<String>)>) {
         if revoked.is_empty() {
             return;
         }
         let table = self.routes.load();
         for (session, users) in revoked {
-            let Some(route) = table.route(&route_id(session)) else {
+            let Some(route) = table
+                .route(&route_id(session))
+                .filter(|_| !users.is_empty())
+            else {
                 continue;
             };
-            for u in users {
-                let n = route.state.close_live_for_user(&u);
-                if n > 0 {
-                    tracing::info!(session = %session, user = %u, connections = n, "access revoked: closed live connections");
-                }
-            }
+            let n = route.state.revoke(Some(&route.spec));
+            tracing::info!(session = %session, users = ?users, connections = n, "access revoked");
         }
     }
 }

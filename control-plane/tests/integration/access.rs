@@ -21,19 +21,19 @@ use tokio_tungstenite::WebSocketStream;
 /// An origin that answers with what it was sent: the path and query, and the
 /// `Cookie` header (or `-`), one per line. `/stream` instead answers a body
 /// that sends a chunk and then never ends.
-fn echo_origin() -> Origin {
+pub(crate) fn echo_origin() -> Origin {
     Origin::builder("app").reply(Reply::PathAndCookie).start()
 }
 
 /// Starts a server in process with [`add_people`].
-async fn server(name: &str, extra_config: &str) -> InProcess {
+pub(crate) async fn server(name: &str, extra_config: &str) -> InProcess {
     let sg = InProcess::start(&temp_dir(name), extra_config).await;
     add_people(&sg).await;
     sg
 }
 
 /// Users ann, bob and eve, and group `team` = [bob].
-async fn add_people(sg: &Endpoints) {
+pub(crate) async fn add_people(sg: &Endpoints) {
     for u in ["ann", "bob", "eve"] {
         let (s, v) = sg
             .api("POST", "/api/v1/users", Some(json!({ "name": u })))
@@ -50,13 +50,13 @@ async fn add_people(sg: &Endpoints) {
     assert_eq!(s, 201, "{v}");
 }
 
-async fn create(sg: &Endpoints, body: Value) {
+pub(crate) async fn create(sg: &Endpoints, body: Value) {
     let (s, v) = sg.api("POST", "/api/v1/sessions", Some(body)).await;
     assert_eq!(s, 201, "{v}");
 }
 
 /// A private session of ann's, shared with `team`, for the origin at `port`.
-async fn create_shared(sg: &Endpoints, name: &str, port: u16) {
+pub(crate) async fn create_shared(sg: &Endpoints, name: &str, port: u16) {
     create(
         sg,
         json!({"name": name, "owner": "ann", "groups": ["team"],
@@ -66,7 +66,11 @@ async fn create_shared(sg: &Endpoints, name: &str, port: u16) {
 }
 
 /// An access link for `user` on `session`: the URL, or the API's error.
-async fn link(sg: &Endpoints, session: &str, user: &str) -> Result<String, (u16, Value)> {
+pub(crate) async fn link(
+    sg: &Endpoints,
+    session: &str,
+    user: &str,
+) -> Result<String, (u16, Value)> {
     let (s, v) = sg
         .api(
             "POST",
@@ -82,7 +86,7 @@ async fn link(sg: &Endpoints, session: &str, user: &str) -> Result<String, (u16,
 }
 
 /// Opens a fresh link for `user` in `browser` and checks that it signed in.
-async fn sign_in(sg: &Endpoints, browser: &Browser, session: &str, user: &str) {
+pub(crate) async fn sign_in(sg: &Endpoints, browser: &Browser, session: &str, user: &str) {
     let url = link(sg, session, user).await.unwrap();
     let page = browser.get(&url).await;
     assert_eq!(page.status, 302, "{url}: {}", page.body);
@@ -97,23 +101,18 @@ async fn state(sg: &Endpoints, session: &str) -> String {
 }
 
 /// Waits until the WebSocket is closed by the other side; the time it took.
-async fn closed_within(ws: &mut WebSocketStream<TcpStream>, limit: Duration) -> Option<Duration> {
+pub(crate) async fn closed_within(
+    ws: &mut WebSocketStream<TcpStream>,
+    limit: Duration,
+) -> Option<Duration> {
     let started = Instant::now();
-    tokio::time::timeout(limit, async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) => return,
-                Some(Ok(m)) if m.is_close() => return,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
-    .await
-    .ok()
-    .map(|_| started.elapsed())
+    tokio::time::timeout(limit, testkit::ws::ended(ws))
+        .await
+        .ok()
+        .map(|_| started.elapsed())
 }
 
-async fn echoes(ws: &mut WebSocketStream<TcpStream>, text: &str) -> bool {
+pub(crate) async fn echoes(ws: &mut WebSocketStream<TcpStream>, text: &str) -> bool {
     if ws.send(Message::text(text)).await.is_err() {
         return false;
     }
@@ -388,8 +387,8 @@ async fn removing_a_member_closes_their_websocket_and_stream_but_not_the_owners(
 
     // An endless response for each, read up to its first chunk.
     let feed = format!("feed.localhost:{port}");
-    let mut ann_stream = stream(sg.gateway, &feed, &ann).await;
-    let mut bob_stream = stream(sg.gateway, &feed, &bob).await;
+    let mut ann_stream = stream(sg.gateway, &feed, "/stream", &ann).await;
+    let mut bob_stream = stream(sg.gateway, &feed, "/stream", &bob).await;
 
     let (s, v) = sg
         .api("DELETE", "/api/v1/groups/team/members/bob", None)
@@ -571,14 +570,14 @@ async fn a_login_url_off_the_allow_list_is_ignored() {
     assert!(log.contains("not on access.redirect_origins"), "{log}");
 }
 
-/// An endless response read through the gateway, after its first chunk.
-struct Stream {
+/// A slow response read through the gateway, after its first chunk.
+pub(crate) struct Stream {
     conn: TcpStream,
 }
 
 impl Stream {
     /// Resolves when the gateway ends the response (connection closed).
-    async fn ended(&mut self) {
+    pub(crate) async fn ended(&mut self) {
         use tokio::io::AsyncReadExt;
         let mut buf = [0u8; 1024];
         loop {
@@ -590,17 +589,21 @@ impl Stream {
     }
 }
 
-async fn stream(gateway: SocketAddr, host: &str, browser: &Browser) -> Stream {
+pub(crate) async fn stream(
+    gateway: SocketAddr,
+    host: &str,
+    path: &str,
+    browser: &Browser,
+) -> Stream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cookie = browser
-        .cookie_header(&format!("http://{host}/stream"))
-        .expect("a cookie for the stream's host");
+        .cookie_header(&format!("http://{host}{path}"))
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
     let mut conn = TcpStream::connect(gateway).await.unwrap();
-    conn.write_all(
-        format!("GET /stream HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{cookie}\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     tokio::time::timeout(DEADLINE, async {

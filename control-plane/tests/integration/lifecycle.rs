@@ -179,16 +179,8 @@ async fn evict_and_pause_close_open_websockets_and_the_owner_can_reopen() {
         assert_eq!(s, 200, "{action}: {v}");
         // The gateway ends the tunnel: the stream closes, well before the
         // deadline that guards against a hang.
-        let closed = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match ws.next().await {
-                    None | Some(Err(_)) => return,
-                    Some(Ok(m)) if m.is_close() => return,
-                    Some(Ok(_)) => {}
-                }
-            }
-        })
-        .await;
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), testkit::ws::ended(&mut ws)).await;
         assert!(closed.is_ok(), "{action} left the WebSocket open");
 
         let reopen = if action == "evict" {

@@ -17,6 +17,8 @@
 //! - `group_commit`: concurrent writes sharing commits.
 //! - `hostile_http`: hostile browsers, apps and clients at the gateway
 //!   (issue 15): cookies, forwarding headers, upgrades, error pages.
+//! - `hostile_revocation`: no gap between a change and the live connections
+//!   and in-flight responses it ends (issue 15).
 //! - `jar`: the test browser's cookie jar itself.
 //! - `lifecycle`: sessions end to end, and `kill -9` durability.
 //! - `logging`: the binary's access log and request spans.
@@ -33,6 +35,7 @@ mod api;
 mod ctl;
 mod group_commit;
 mod hostile_http;
+mod hostile_revocation;
 mod jar;
 mod lifecycle;
 mod logging;

@@ -19,6 +19,7 @@ const FAMILIES: &[&str] = &[
     "sessiongate_upstream_errors_total",
     "sessiongate_connections_open",
     "sessiongate_websockets_open",
+    "sessiongate_connections_refused_total",
     "sessiongate_route_table_version",
     "sessiongate_route_table_routes",
     "sessiongate_route_table_swap_seconds",
@@ -183,4 +184,32 @@ async fn metrics_parse_and_count_the_traffic() {
         assert!(std::time::Instant::now() < end, "websockets_open stayed up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_connection_past_the_per_client_limit_is_closed_and_counted() {
+    use tokio::io::AsyncReadExt;
+    let sg = InProcess::start(
+        &temp_dir("metrics-refused"),
+        "[gateway]\nmax_connections_per_ip = 1\n",
+    )
+    .await;
+    let _held = TcpStream::connect(sg.gateway).await.unwrap();
+    let mut refused = TcpStream::connect(sg.gateway).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(testkit::DEADLINE, refused.read_to_end(&mut got)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a second connection with max_connections_per_ip = 1 was kept open: {read:?}"
+    );
+    let (text, s) = scrape(&sg).await;
+    assert_eq!(
+        value(
+            &s,
+            "sessiongate_connections_refused_total",
+            &[("reason", "per_ip_limit")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
 }

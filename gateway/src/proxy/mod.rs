@@ -12,9 +12,9 @@
 //! 5. `upstream_request`: the URI and head for the upstream (the rewrite is
 //!    [`headers::rewrite_request`](crate::headers::rewrite_request));
 //! 6. `forward`: with connect and response timeouts (502, 504);
-//! 7. `respond`: the head for the client; a `101` starts the tunnel, and a
-//!    long or endless body is registered with its route, so that revocation
-//!    can cut it;
+//! 7. `respond`: nothing if a revocation since the request was let in says
+//!    so, else the head for the client; a `101` starts the tunnel, and the
+//!    body is checked against the route's revocations as it streams;
 //! 8. `finish`, however the request ended: the one renderer of errors, then
 //!    metrics and the access log.
 //!
@@ -37,6 +37,7 @@ use hyper::body::Incoming;
 use crate::access::AccessConfig;
 use crate::body::ProxyBody;
 use crate::headers::TrustedProxies;
+use crate::limits::ConnLease;
 use crate::metrics::GatewayMetrics;
 use crate::table::RouteHandle;
 use crate::upstream::UpstreamClient;
@@ -47,6 +48,21 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     /// The TLS server name the client asked for (SNI), on TLS listeners.
     pub sni: Option<Arc<str>>,
+    /// The connection's place in its listener's limits, which a tunnel
+    /// takes over when the connection is upgraded; `None` for a request
+    /// handed to [`Proxy::handle`] outside a listener.
+    pub(crate) lease: Option<Arc<ConnLease>>,
+}
+
+impl ConnInfo {
+    /// A connection from `remote`, outside any listener's limits.
+    pub fn new(remote: SocketAddr, sni: Option<Arc<str>>) -> ConnInfo {
+        ConnInfo {
+            remote,
+            sni,
+            lease: None,
+        }
+    }
 }
 
 /// Whether the certificate a TLS connection was given for its SNI name also

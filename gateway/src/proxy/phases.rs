@@ -18,19 +18,20 @@ use super::access::AccessDenied;
 use super::{ConnInfo, Proxy};
 use crate::access::{self, ACTIVATE_PATH};
 use crate::access_log::{self, AccessEntry, LoggedBody};
-use crate::body::{ProxyBody, RevocableBody, UpstreamRequestBody};
+use crate::body::{ProxyBody, UpstreamBody, UpstreamRequestBody};
 use crate::clock::unix_millis;
 use crate::error::{error_response, wants_json, ProxyError};
 use crate::headers::{self, ClientInfo, SetCookieChanges, UpstreamHead, X_REQUEST_ID};
 use crate::metrics::{RequestKind, UpstreamCause};
 use crate::names::normalize_host;
 use crate::router::{lookup, RouteMatch};
-use crate::table::{LiveKind, Route, RouteTarget, Upstream};
+use crate::table::revocation::{self, Admitted, Refusal};
+use crate::table::{Route, RouteTarget, Upstream};
 use crate::tunnel;
 
-/// A streaming response longer than this (or of unknown length) is
-/// registered with its route so that revocation can cut it off; shorter ones
-/// finish on their own.
+/// A response longer than this (or of unknown length) is live, as a tunnel
+/// is: a new target for its route cuts it, where a shorter one finishes
+/// from the old target.
 const STREAMING_BYTES: u64 = 1 << 20;
 
 /// The phases. A phase's `Err` carries an early answer by value: moved once
@@ -39,7 +40,7 @@ const STREAMING_BYTES: u64 = 1 << 20;
 impl Proxy {
     /// Handles one request from a plain connection.
     pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
-        self.handle_conn(req, &ConnInfo { remote, sni: None }).await
+        self.handle_conn(req, &ConnInfo::new(remote, None)).await
     }
 
     /// Handles one request end to end, phase by phase. Never fails: errors
@@ -63,7 +64,7 @@ impl Proxy {
             let resp = self
                 .forward(upstream, &target.route, outbound, client.upgrade.is_some())
                 .await?;
-            self.respond(resp, client, &target.route, upstream, &mut ctx)
+            self.respond(resp, client, target, conn, &mut ctx)
         }
         .instrument(span.clone())
         .await;
@@ -118,6 +119,9 @@ impl Proxy {
         host: &Host<'_>,
         ctx: &mut RequestCtx,
     ) -> Result<(Request<Incoming>, Target), Stop> {
+        // Before the table: a revocation after this reaches the request
+        // whenever its upstream answers (see `table::revocation`).
+        ctx.since = revocation::now();
         let table = self.routes.load();
         if let Some(portal) = &self.portal {
             if table.portal_host() == Some(&*host.name) && portal.claims(req.uri().path()) {
@@ -284,34 +288,40 @@ impl Proxy {
         Ok(resp)
     }
 
-    /// Phase 7: the upstream's response for the client, in the client's
-    /// HTTP version, without the upstream's hop-by-hop headers and the
-    /// cookies it may not set ([`headers::rewrite_response`]). A body
-    /// that may go on for long (no length, or more than [`STREAMING_BYTES`])
-    /// is registered with its route, so that revocation can cut it off.
+    /// Phase 7: the upstream's response for the client, if the route still
+    /// lets it through: a revocation since the request was let in (the user
+    /// lost access, the session was paused, stopped or removed) answers
+    /// instead. Then the head in the client's HTTP version, without the
+    /// upstream's hop-by-hop headers and the cookies it may not set
+    /// ([`headers::rewrite_response`]), and the body, which is checked against
+    /// the route's revocations as it goes ([`UpstreamBody`]); one that may
+    /// go on for long (no length, or more than [`STREAMING_BYTES`]) is
+    /// live, and a new target ends it too.
     fn respond(
         &self,
         resp: Response<Incoming>,
         client: ClientSide,
-        route: &Route,
-        upstream: &Upstream,
+        target: Target,
+        conn: &ConnInfo,
         ctx: &mut RequestCtx,
     ) -> Result<Response<ProxyBody>, Stop> {
+        let mut admitted = Admitted::new(target.route, ctx.user.take(), ctx.since);
+        admitted
+            .check(false)
+            .map_err(|r| refused(r, &admitted.route))?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return self.switch(resp, client, route, upstream, ctx);
+            return self.switch(resp, client, admitted, conn);
         }
         let (mut parts, body) = resp.into_parts();
         // The upstream's HTTP version describes its hop, not ours.
         parts.version = client.version;
-        note_set_cookies(route, headers::rewrite_response(&mut parts.headers));
-        let streaming =
+        note_set_cookies(
+            &admitted.route,
+            headers::rewrite_response(&mut parts.headers),
+        );
+        let live =
             !body.is_end_stream() && body.size_hint().exact().is_none_or(|n| n > STREAMING_BYTES);
-        let body = if streaming {
-            let (guard, close) = route.state.register_live(LiveKind::Stream, ctx.user.take());
-            ProxyBody::Revocable(Box::new(RevocableBody::new(body, guard, close)))
-        } else {
-            ProxyBody::Upstream(body)
-        };
+        let body = ProxyBody::Upstream(UpstreamBody::new(body, admitted, live));
         Ok(Response::from_parts(parts, body))
     }
 
@@ -325,13 +335,13 @@ impl Proxy {
         &self,
         mut resp: Response<Incoming>,
         client: ClientSide,
-        route: &Route,
-        upstream: &Upstream,
-        ctx: &mut RequestCtx,
+        admitted: Admitted,
+        conn: &ConnInfo,
     ) -> Result<Response<ProxyBody>, Stop> {
+        let upstream = admitted.route.target.to_string();
         let Some((requested, client_upgrade)) = client.upgrade else {
             return Err(ProxyError::UpstreamProtocol {
-                upstream: upstream.to_string(),
+                upstream,
                 reason: "switched protocols without an upgrade request".into(),
             }
             .into());
@@ -351,25 +361,26 @@ impl Proxy {
                         "switched protocols without an Upgrade header ({requested:?} was requested)"
                     ),
                 };
-                return Err(ProxyError::UpstreamProtocol {
-                    upstream: upstream.to_string(),
-                    reason,
-                }
-                .into());
+                return Err(ProxyError::UpstreamProtocol { upstream, reason }.into());
             }
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
         parts.version = client.version;
-        note_set_cookies(route, headers::rewrite_switch(&mut parts.headers, protocol));
+        note_set_cookies(
+            &admitted.route,
+            headers::rewrite_switch(&mut parts.headers, protocol),
+        );
+        let route = Arc::clone(&admitted.route);
         tunnel::spawn(
-            Arc::clone(&route.state),
+            admitted,
             Arc::clone(&self.metrics),
-            ctx.user.take(),
+            conn.lease.clone(),
             client_upgrade,
             upstream_upgrade,
-            upstream.to_string(),
-        );
+            upstream,
+        )
+        .map_err(|r| refused(r, &route))?;
         Ok(Response::from_parts(parts, ProxyBody::empty()))
     }
 
@@ -461,9 +472,12 @@ struct RequestCtx {
     /// What answered, for metrics: the gateway itself until a phase says
     /// otherwise.
     kind: RequestKind,
-    /// The user a private route let in. It tags the request's live
-    /// connection (tunnel or stream) for per-user revocation, which takes it.
+    /// The user a private route let in. Its response and tunnel are checked
+    /// against revocations as this user (`respond` takes it).
     user: Option<Arc<str>>,
+    /// The revocation clock before the table was loaded: revocations after
+    /// it reach this request.
+    since: u64,
     /// What the access-log line needs from the request, collected only when
     /// a line will be written.
     log: Option<LogFields>,
@@ -494,6 +508,7 @@ impl RequestCtx {
             wants_json: wants_json(req.headers().get(header::ACCEPT)),
             kind: RequestKind::Gateway,
             user: None,
+            since: 0,
             log: log_on.then(|| LogFields {
                 method: req.method().clone(),
                 uri: req.uri().clone(),
@@ -642,6 +657,28 @@ fn note_set_cookies(route: &Route, changes: SetCookieChanges) {
             "the app set cookies it may not: those named like the gateway's cookie are dropped, \
              Domain attributes removed (logged once per route)"
         );
+    }
+}
+
+/// What a request refused by a revocation while with its upstream answers.
+fn refused(refusal: Refusal, route: &Route) -> ProxyError {
+    let id = route.id.to_string();
+    match refusal {
+        Refusal::Paused => ProxyError::Paused(id),
+        Refusal::Inactive => ProxyError::Inactive(id),
+        Refusal::SignIn => ProxyError::SignInRequired(id),
+        Refusal::Forbidden(user) => ProxyError::Forbidden {
+            user: user.to_string(),
+            route: id,
+        },
+        Refusal::Gone => ProxyError::RouteChanged {
+            route: id,
+            what: "was removed",
+        },
+        Refusal::Retargeted => ProxyError::RouteChanged {
+            route: id,
+            what: "moved to another target",
+        },
     }
 }
 

@@ -3,15 +3,19 @@
 //! A [`RouteTable`] is immutable once built. The control plane (or the static
 //! configuration loader) compiles a list of [`RouteSpec`]s into a new table and
 //! [`RouteHandle::publish`]es it; every request does exactly one atomic load of
-//! the current table. Per-route runtime state — the last-activity clock and the
-//! live upgraded connections and streaming responses — lives in [`RouteState`],
+//! the current table. Per-route runtime state — the last-activity clock, the
+//! revocations and the live upgraded connections — lives in [`RouteState`],
 //! which is carried from one table version to the next by route id, so activity
 //! and revocation keep working across swaps. A table is a few sharded
 //! copy-on-write maps, so a new version costs its changes, not the table (see
 //! the storage notes in `map`).
 //!
 //! - `route`: [`Upstream`], [`RouteTarget`], [`RouteSpec`] and its builder, [`Route`].
-//! - `state`: [`RouteState`], the live connections of a route.
+//! - `state`: [`RouteState`], the live connections of a route and its
+//!   revocations.
+//! - `revocation`: how a revocation reaches what a route let in before it:
+//!   the clock, a route's admission, what a request holds, and the bodies
+//!   waiting for their upstream.
 //! - `map`: `RouteMap`, the sharded copy-on-write map, and [`Routes`], the
 //!   view that iterates one.
 //! - here: [`RouteTable`], built whole ([`RouteTable::build`]) or changed
@@ -25,6 +29,7 @@ use crate::names::{self, normalize_name};
 
 mod handle;
 mod map;
+pub(crate) mod revocation;
 mod route;
 mod state;
 
@@ -34,7 +39,6 @@ pub use map::{RouteIter, Routes, SHARDS};
 use route::RouteKeys;
 pub use route::{is_redirect_url, Route, RouteSpec, RouteTarget, Upstream, UpstreamError};
 pub use state::RouteState;
-pub(crate) use state::{LiveGuard, LiveKind};
 
 /// Kept here for the callers that found it with the table's validation.
 pub use crate::names::is_dns_label;

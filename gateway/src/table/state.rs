@@ -1,6 +1,7 @@
 //! A route's runtime state, which outlives table versions: when it was
-//! last used, and the connections still open on it, so that revoking access
-//! or removing the route can close them.
+//! last used, its revocations (what it admits now, and when that changed:
+//! see `revocation`), and its live upgraded connections, so that revoking
+//! access or removing the route can close them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,6 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
+use super::revocation::{self, Admission, Refusal};
+use super::{RouteSpec, RouteTarget};
 use crate::clock::unix_millis;
 
 /// Runtime state of a route that outlives table versions.
@@ -15,18 +18,22 @@ use crate::clock::unix_millis;
 pub struct RouteState {
     /// Unix milliseconds of the last request or upgraded-connection traffic; 0 = never.
     last_activity_ms: AtomicU64,
+    /// The revocation clock's time of the last revocation; 0 = never. Read
+    /// by every response head and body poll, written only by revocations.
+    revoked_at: AtomicU64,
+    /// What the route admits, as of `revoked_at`. Read only by what was let
+    /// in before a revocation; `None` until the first.
+    admission: Mutex<Option<Admission>>,
     /// Set once the route's app was logged for setting a cookie it may not:
     /// an app that does it does it on every response, and one line says it.
     cookie_warned: AtomicBool,
-    /// Upgraded connections and streaming responses, so they can be closed
-    /// on revocation. Touched only when one of them starts or ends, never
-    /// for a response that finishes on its own. A `std` mutex: every
-    /// critical section is one insert, remove or pass, never across `.await`.
+    /// Upgraded connections, so that revocations can close them. Touched
+    /// only when one starts or ends. A `std` mutex: every critical section
+    /// is one insert, remove or pass, never across `.await`.
     live: Mutex<LiveConnections>,
 }
 
-/// The connections open on a route that do not end on their own: upgraded
-/// connections (WebSockets) and streaming responses.
+/// The upgraded connections (WebSockets) open on a route.
 #[derive(Debug, Default)]
 struct LiveConnections {
     /// The id the next registered connection gets.
@@ -34,21 +41,15 @@ struct LiveConnections {
     entries: HashMap<u64, LiveEntry>,
 }
 
-/// One live connection.
+/// One live connection, and what it was let in as.
 #[derive(Debug)]
 struct LiveEntry {
-    kind: LiveKind,
-    /// The user a private route let in, for per-user revocation.
+    /// The user a private route let in.
     user: Option<Arc<str>>,
+    /// Where the route sent it.
+    target: RouteTarget,
     /// Set to `true` to close it.
     close: watch::Sender<bool>,
-}
-
-/// What a live connection is, for counting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum LiveKind {
-    Upgraded,
-    Stream,
 }
 
 /// Granularity of the activity clock. Writing the shared atomic at most once per
@@ -60,6 +61,8 @@ impl Default for RouteState {
         RouteState {
             last_activity_ms: AtomicU64::new(0),
             cookie_warned: AtomicBool::new(false),
+            revoked_at: AtomicU64::new(0),
+            admission: Mutex::new(None),
             live: Mutex::new(LiveConnections::default()),
         }
     }
@@ -96,39 +99,63 @@ impl RouteState {
 
     /// Number of live upgraded connections (WebSockets and other `Upgrade`s).
     pub fn upgraded_count(&self) -> usize {
-        self.count_live(LiveKind::Upgraded)
+        self.lock_live().entries.len()
     }
 
-    /// Number of streaming responses in flight (no length, or a long one).
-    pub fn streaming_count(&self) -> usize {
-        self.count_live(LiveKind::Stream)
+    /// The route changed in a way that may end some of what it let in
+    /// before: `now` is the route as the table holds it now (`None`: it was
+    /// removed). Call it after the table shows the change. Everything let
+    /// in before that `now` would not let in ends: an answer still with
+    /// its upstream is not passed on, a body is cut at its next poll (one
+    /// waiting for its upstream is woken for it), and an upgraded
+    /// connection is closed. Returns how many upgraded connections it
+    /// closed.
+    pub fn revoke(&self, now: Option<&RouteSpec>) -> usize {
+        let closed = {
+            // The time is taken under the lock, so that concurrent
+            // revocations store their admissions and times in one order.
+            // Lock order: `admission`, then `live`.
+            let mut current = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+            let at = revocation::tick();
+            self.revoked_at.store(at, Ordering::SeqCst);
+            let admission = current.insert(Admission::of(now));
+            self.close_live_where(|target, user| admission.admits(target, user, true).is_err())
+        };
+        revocation::wake(self);
+        closed
     }
 
-    fn count_live(&self, kind: LiveKind) -> usize {
-        self.lock_live()
-            .entries
-            .values()
-            .filter(|e| e.kind == kind)
-            .count()
-    }
-
-    /// Closes every live upgraded connection and streaming response on this
-    /// route. Returns how many.
+    /// Closes everything the route let in, as if it had been removed.
+    /// Returns how many upgraded connections it closed.
     pub fn close_live(&self) -> usize {
-        self.close_live_where(|_| true)
+        self.revoke(None)
     }
 
-    /// Closes the live upgraded connections and streaming responses opened
-    /// by `user`. Returns how many.
-    pub fn close_live_for_user(&self, user: &str) -> usize {
-        self.close_live_where(|u| u.is_some_and(|u| &**u == user))
+    /// The revocation clock's time of the last revocation (0: never).
+    pub(crate) fn revoked_at(&self) -> u64 {
+        self.revoked_at.load(Ordering::Acquire)
     }
 
-    fn close_live_where(&self, pred: impl Fn(Option<&Arc<str>>) -> bool) -> usize {
+    /// Whether the last revocation lets go on what was let in to `target`
+    /// for `user` ([`Admission::admits`]); anything goes before the first.
+    pub(crate) fn admits(
+        &self,
+        target: &RouteTarget,
+        user: Option<&Arc<str>>,
+        live: bool,
+    ) -> Result<(), Refusal> {
+        let admission = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+        match &*admission {
+            Some(a) => a.admits(target, user, live),
+            None => Ok(()),
+        }
+    }
+
+    fn close_live_where(&self, pred: impl Fn(&RouteTarget, Option<&Arc<str>>) -> bool) -> usize {
         let live = self.lock_live();
         let mut n = 0;
         for entry in live.entries.values() {
-            if pred(entry.user.as_ref()) {
+            if pred(&entry.target, entry.user.as_ref()) {
                 let _ = entry.close.send(true);
                 n += 1;
             }
@@ -136,11 +163,14 @@ impl RouteState {
         n
     }
 
-    /// Registers a live connection; the guard unregisters it when dropped,
-    /// and the receiver turns `true` when the route closes it.
+    /// Registers a live upgraded connection to `target`; the guard
+    /// unregisters it when dropped, and the receiver turns `true` when a
+    /// revocation closes it. The caller checks its admission after this, as
+    /// a revocation that walked the connections just before has already
+    /// moved the route's clock.
     pub(crate) fn register_live(
         self: &Arc<Self>,
-        kind: LiveKind,
+        target: RouteTarget,
         user: Option<Arc<str>>,
     ) -> (LiveGuard, watch::Receiver<bool>) {
         let (tx, rx) = watch::channel(false);
@@ -150,8 +180,8 @@ impl RouteState {
         live.entries.insert(
             id,
             LiveEntry {
-                kind,
                 user,
+                target,
                 close: tx,
             },
         );
@@ -189,21 +219,29 @@ impl Drop for LiveGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::AccessList;
+    use crate::table::Upstream;
 
     #[test]
-    fn close_live_for_user_closes_only_theirs() {
+    fn revoke_closes_only_the_tunnels_the_route_no_longer_lets_in() {
+        let target = RouteTarget::Upstream(Upstream::parse("http://127.0.0.1:1").unwrap());
+        let only_alice = RouteSpec::new("nb", target.clone()).private(Some(Arc::new(AccessList {
+            session: "nb".into(),
+            owner: "alice".into(),
+            groups: vec![],
+        })));
         let state = Arc::new(RouteState::default());
-        let (g1, mut rx1) = state.register_live(LiveKind::Upgraded, Some("alice".into()));
-        let (g2, rx2) = state.register_live(LiveKind::Upgraded, Some("bob".into()));
+        let (g1, rx1) = state.register_live(target.clone(), Some("alice".into()));
+        let (g2, mut rx2) = state.register_live(target.clone(), Some("bob".into()));
         assert_eq!(state.upgraded_count(), 2);
-        assert_eq!(state.close_live_for_user("alice"), 1);
-        assert!(*rx1.borrow_and_update());
-        assert!(!*rx2.borrow());
-        drop(g1);
+        assert_eq!(state.revoke(Some(&only_alice)), 1);
+        assert!(*rx2.borrow_and_update());
+        assert!(!*rx1.borrow());
+        drop(g2);
         assert_eq!(state.upgraded_count(), 1);
         assert_eq!(state.close_live(), 1);
-        assert!(*rx2.borrow());
-        drop(g2);
+        assert!(*rx1.borrow());
+        drop(g1);
         assert_eq!(state.upgraded_count(), 0);
     }
 }

@@ -1,20 +1,22 @@
 //! Test harness: the real gateway server on port 0 and a hyper client.
 //! The origins, route specs and waiting are testkit's. Nothing here is
 //! mocked.
-// Each test binary (`proxy`, `hostile`) uses only part of it.
+// Each test binary (`proxy`, `hostile`, `connections`) uses only part of it.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gateway::metrics::GatewayMetrics;
 use gateway::{Proxy, RouteHandle, RouteSpec, ServerConfig, UpstreamClient, UpstreamConfig};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use testkit::routes::settings;
-use tokio::net::TcpListener;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -22,6 +24,8 @@ use tokio::task::JoinHandle;
 pub struct Gateway {
     pub addr: SocketAddr,
     pub routes: RouteHandle,
+    /// What the server records: its `render` is the gateway's part of `/metrics`.
+    pub metrics: Arc<GatewayMetrics>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -64,11 +68,11 @@ impl Gateway {
         routes.publish(&settings(), specs).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Arc::new(configure(Proxy::new(
-            routes.clone(),
-            UpstreamClient::new(upstream),
-            "http",
-        )));
+        let metrics = Arc::new(GatewayMetrics::new());
+        let proxy = Arc::new(configure(
+            Proxy::new(routes.clone(), UpstreamClient::new(upstream), "http")
+                .with_metrics(Arc::clone(&metrics)),
+        ));
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(gateway::run(listener, proxy, server, async {
             let _ = rx.await;
@@ -76,6 +80,7 @@ impl Gateway {
         Gateway {
             addr,
             routes,
+            metrics,
             stop: Some(tx),
             task: Some(task),
         }
@@ -90,6 +95,15 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The value of the gateway's metric sample `series` (name and labels,
+    /// as rendered), or `None` if it is not there.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let mut text = String::new();
+        self.metrics.render(&mut text);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 }
 
@@ -164,4 +178,15 @@ pub async fn h2c(gw: &Gateway) -> hyper::client::conn::http2::SendRequest<Full<B
 
 pub async fn get(c: &TestClient, gw: &Gateway, host: &str, path: &str) -> Answer {
     send(c, gw, "GET", host, path, &[], vec![]).await
+}
+
+/// Reads `s` until the server closes it, within `limit`: everything the
+/// server sent. Panics, naming `what`, if it is not closed by then.
+pub async fn read_to_close(s: &mut TcpStream, limit: std::time::Duration, what: &str) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(limit, s.read_to_end(&mut out))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after {limit:?}"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    String::from_utf8_lossy(&out).into_owned()
 }
