@@ -315,6 +315,7 @@ impl Server {
         let api_done = spawn_control_thread(
             self.api_listener.into_std()?,
             self.portal.clone(),
+            self.config.api_limits(),
             self.config.lifecycle_settings().reaper_interval,
             stop_rx.clone(),
         )?;
@@ -379,6 +380,7 @@ impl Server {
 fn spawn_control_thread(
     listener: std::net::TcpListener,
     portal: Arc<Portal>,
+    limits: api::server::ApiLimits,
     reaper_interval: Duration,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::sync::oneshot::Receiver<()>, ServeError> {
@@ -406,12 +408,13 @@ fn spawn_control_thread(
                     let portal = reaping.clone();
                     async move { portal.reap().await }
                 });
-                let served = axum::serve(listener, api::router(ApiState::new(portal)))
-                    .with_graceful_shutdown(stopped(stop))
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "control-plane API stopped with an error");
-                }
+                api::server::serve(
+                    listener,
+                    api::router(ApiState::new(portal)),
+                    limits,
+                    stopped(stop),
+                )
+                .await;
                 let _ = reaper.await;
             });
             let _ = done.send(());

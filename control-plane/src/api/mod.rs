@@ -30,6 +30,7 @@ pub mod directory;
 pub mod environments;
 pub mod openapi;
 pub mod routes;
+pub mod server;
 pub mod sessions;
 pub mod workshop;
 

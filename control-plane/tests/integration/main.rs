@@ -15,6 +15,8 @@
 //! - `api`: the REST API through the router, on a manual clock.
 //! - `ctl`: `sessiongate ctl` as a process.
 //! - `group_commit`: concurrent writes sharing commits.
+//! - `hostile_*`: issue 15's findings, one module per area, each test
+//!   proving a hole closed: `hostile_listener` (the API listener's limits).
 //! - `jar`: the test browser's cookie jar itself.
 //! - `lifecycle`: sessions end to end, and `kill -9` durability.
 //! - `logging`: the binary's access log and request spans.
@@ -30,6 +32,7 @@ mod access;
 mod api;
 mod ctl;
 mod group_commit;
+mod hostile_listener;
 mod jar;
 mod lifecycle;
 mod logging;
