@@ -9,6 +9,8 @@
 //! Where a change goes:
 //! - [`config`]: the TOML configuration, environment overrides, validation.
 //! - [`serve`]: `sessiongate serve`: start-up order, listeners, shutdown.
+//! - [`datadir`]: the data dir and key material: created private, checked
+//!   at start.
 //! - [`control`]: the operations, one file per domain (directory, tokens,
 //!   sessions, routing, access, the reaper's pass) on [`control::ControlPlane`].
 //! - [`session`]: the session model and validation, the lifecycle state
@@ -41,6 +43,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod datadir;
 pub mod error;
 pub mod limits;
 pub mod metrics;

@@ -22,6 +22,7 @@ use crate::auth::{self, TokenSource};
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError};
 use crate::control::{ControlPlane, Parts, Settings, StaticKeys};
+use crate::datadir;
 use crate::error::ControlError;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
@@ -102,7 +103,7 @@ impl Server {
     /// listeners. Nothing is served yet.
     pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Server, ServeError> {
         let data_dir = config.control_plane.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| ServeError::DataDir {
+        datadir::create_private_dir(&data_dir).map_err(|source| ServeError::DataDir {
             path: data_dir.clone(),
             source,
         })?;
@@ -124,6 +125,10 @@ impl Server {
         }
 
         let db_path = data_dir.join(DB_FILE);
+        datadir::create_private_file(&db_path).map_err(|source| ServeError::DataDir {
+            path: db_path.clone(),
+            source,
+        })?;
         let store = Store::open(&db_path)
             .await
             .map_err(|source| ServeError::Store {
@@ -192,6 +197,7 @@ impl Server {
             "route table loaded"
         );
         drop(table);
+        warn_exposed_key_material(&config, &db_path);
         let login = config.access.login_url.trim();
         if !login.is_empty() && config.login_url().is_none() {
             tracing::warn!(
@@ -422,11 +428,26 @@ fn spawn_control_thread(
     Ok(finished)
 }
 
+/// Logs a warning naming each file of key material (and the data dir)
+/// that other users can read: sessiongate makes what it creates private,
+/// but does not change the modes of what it finds.
+fn warn_exposed_key_material(config: &Config, db_path: &std::path::Path) {
+    let data_dir = &config.control_plane.data_dir;
+    let mut paths = vec![data_dir.clone(), data_dir.join(auth::TOKEN_FILE)];
+    paths.extend(datadir::database_files(db_path));
+    if config.https_listen().is_some() {
+        paths.extend(datadir::key_files(&config.certs_dir()));
+    }
+    for e in datadir::exposed(paths) {
+        tracing::warn!(path = %e.path.display(), mode = %format!("{:04o}", e.mode), "{e}");
+    }
+}
+
 /// Loads the certificates directory, generating a development certificate
 /// first when it holds none and that is allowed, and binds the listener.
 async fn prepare_tls(config: &Config, addr: SocketAddr) -> Result<TlsParts, ServeError> {
     let dir = config.certs_dir();
-    std::fs::create_dir_all(&dir).map_err(|source| ServeError::DataDir {
+    datadir::create_private_dir(&dir).map_err(|source| ServeError::DataDir {
         path: dir.clone(),
         source,
     })?;

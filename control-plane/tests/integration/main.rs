@@ -16,7 +16,8 @@
 //! - `ctl`: `sessiongate ctl` as a process.
 //! - `group_commit`: concurrent writes sharing commits.
 //! - `hostile_*`: issue 15's findings, one module per area, each test
-//!   proving a hole closed: `hostile_listener` (the API listener's limits).
+//!   proving a hole closed: `hostile_listener` (the API listener's limits),
+//!   `hostile_keys` (key material's modes).
 //! - `jar`: the test browser's cookie jar itself.
 //! - `lifecycle`: sessions end to end, and `kill -9` durability.
 //! - `logging`: the binary's access log and request spans.
@@ -32,6 +33,7 @@ mod access;
 mod api;
 mod ctl;
 mod group_commit;
+mod hostile_keys;
 mod hostile_listener;
 mod jar;
 mod lifecycle;
