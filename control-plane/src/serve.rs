@@ -27,6 +27,7 @@ use crate::error::ControlError;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::session::reaper::spawn_reaper;
+use crate::session::targets::TargetPolicy;
 use crate::store::{Store, StoreError};
 use crate::workshop::Portal;
 
@@ -170,6 +171,19 @@ impl Server {
             .as_ref()
             .and_then(|t| t.listener.local_addr().ok())
             .map(|a| a.port());
+        // Sessions may not target these: a loop through the gateway, or a
+        // way to the API from an app's network position.
+        let own_listeners = [
+            ("gateway.http_listen", gateway_listener.local_addr()),
+            ("control_plane.listen", api_listener.local_addr()),
+        ]
+        .into_iter()
+        .chain(
+            tls.as_ref()
+                .map(|t| ("gateway.https_listen", t.listener.local_addr())),
+        )
+        .filter_map(|(key, addr)| addr.ok().map(|a| (key, a)))
+        .collect();
 
         // The table is whole — static routes and every routed session — before
         // either listener serves.
@@ -184,6 +198,7 @@ impl Server {
                     access: config.access_settings(port, https_port),
                     admin_token_hash: token_hash,
                     static_keys: StaticKeys::from_specs(&static_specs),
+                    targets: TargetPolicy::new(config.target_rules(), own_listeners),
                 },
             )
             .await?,

@@ -40,7 +40,8 @@ use crate::error::ControlError;
 use crate::metrics::Metrics;
 use crate::publish::route_spec;
 use crate::session::lifecycle::{LifecycleSettings, SessionState};
-use crate::session::model::SessionRecord;
+use crate::session::model::{SessionKind, SessionRecord};
+use crate::session::targets::TargetPolicy;
 use crate::store::{self, SessionFilter, Store};
 use crate::writes::Writes;
 
@@ -91,6 +92,9 @@ pub struct Settings {
     pub admin_token_hash: String,
     /// Slugs and hosts of the configuration file's static routes.
     pub static_keys: StaticKeys,
+    /// Where session and environment targets may point
+    /// (`sessions.allowed_targets` and sessiongate's own listeners).
+    pub targets: TargetPolicy,
 }
 
 impl Settings {
@@ -101,6 +105,7 @@ impl Settings {
             access: AccessSettings::default(),
             admin_token_hash,
             static_keys: StaticKeys::default(),
+            targets: TargetPolicy::default(),
         }
     }
 }
@@ -131,6 +136,8 @@ pub struct ControlPlane {
     groups: ArcSwap<GroupCache>,
     /// The cookie keys the gateway verifies with; replaced on rotation.
     keys: KeyHandle,
+    /// Where targets may point; see [`crate::session::targets`].
+    targets: TargetPolicy,
     /// The activity time last written to the store, per session route, so
     /// the reaper writes only what changed. Only the reaper's pass, which
     /// holds the write lock, touches it.
@@ -185,6 +192,7 @@ impl ControlPlane {
             static_keys: ArcSwap::from_pointee(settings.static_keys),
             groups: ArcSwap::from_pointee(groups),
             keys,
+            targets: settings.targets,
             synced_activity: tokio::sync::Mutex::new(HashMap::new()),
         };
         let n = cp.publish_stored_sessions().await?;
@@ -258,6 +266,33 @@ impl ControlPlane {
                  TLS handshakes for it get the default certificate until {d}.crt and {d}.key are added"
             )],
             _ => Vec::new(),
+        }
+    }
+
+    /// Where targets may point: `sessions.allowed_targets` (or, without
+    /// it, the default rule) and sessiongate's own listeners.
+    pub(crate) fn target_policy(&self) -> &TargetPolicy {
+        &self.targets
+    }
+
+    /// Refuses a tunnel session's target that [`Self::target_policy`] does
+    /// not allow, when it is new or changed from `old`'s: a session stored
+    /// before the rule changed keeps its target through other changes.
+    pub(crate) fn check_session_target(
+        &self,
+        old: Option<&SessionRecord>,
+        rec: &SessionRecord,
+    ) -> Result<(), ControlError> {
+        let target = |r: &SessionRecord| (r.kind, r.remote_host.clone(), r.remote_port);
+        if old.is_some_and(|o| target(o) == target(rec)) {
+            return Ok(());
+        }
+        match (rec.kind, rec.remote_host.as_deref(), rec.remote_port) {
+            (SessionKind::Tunnel, Some(host), Some(port)) => self
+                .targets
+                .check(host, port)
+                .map_err(|m| crate::session::model::invalid("remote_host", m).into()),
+            _ => Ok(()),
         }
     }
 

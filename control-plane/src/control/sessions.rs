@@ -90,6 +90,7 @@ impl ControlPlane {
     pub async fn create_session(&self, input: NewSession) -> Result<SessionRecord, ControlError> {
         let rec = self.new_record(input)?;
         model::validate_target(&rec)?;
+        self.check_session_target(None, &rec)?;
         self.check_static_keys(&rec)?;
         let ((rec, closing), queued) = self
             .writes
@@ -214,6 +215,7 @@ impl ControlPlane {
                 let mut rec = old.clone();
                 patch.apply(&mut rec);
                 model::validate_target(&rec)?;
+                cp.check_session_target(Some(old), &rec)?;
                 cp.check_static_keys(&rec)?;
                 Ok(rec)
             })
