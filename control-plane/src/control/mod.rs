@@ -20,6 +20,8 @@
 //!   [`crate::session::reaper`]).
 //! - [`routing`]: from stored changes to route-table changes, publishing
 //!   them, and closing the live connections a change ends.
+//! - [`origins`]: the portal host's one browser origin: nested slugs and
+//!   `shared_origin`.
 //! - [`access`]: browser access: signing keys, access links, their opening.
 //!
 //! The workshop environments and the training portal's API are built on top
@@ -47,6 +49,7 @@ use crate::writes::Writes;
 
 pub mod access;
 pub mod directory;
+pub mod origins;
 pub mod reap;
 pub mod routing;
 pub mod sessions;

@@ -108,6 +108,9 @@ pub struct SessionRecord {
     pub tls_verify: bool,
     /// Normalised: a leading `/`, no trailing `/`.
     pub slug: Option<String>,
+    /// The creator accepted that its slug shares the portal host's browser
+    /// origin with other users' slug sessions.
+    pub shared_origin: bool,
     pub strip_prefix: bool,
     pub rewrite_host: bool,
     /// Lower case, no trailing dot.
@@ -152,6 +155,7 @@ impl SessionRecord {
             https: false,
             tls_verify: true,
             slug: None,
+            shared_origin: false,
             strip_prefix: false,
             rewrite_host: false,
             custom_domain: None,
@@ -187,6 +191,10 @@ pub struct Session {
     pub https: bool,
     pub tls_verify: bool,
     pub slug: Option<String>,
+    /// Its slug shares the portal host's browser origin with other users'
+    /// slug sessions, as its creator accepted (see `NewSession`).
+    #[serde(default)]
+    pub shared_origin: bool,
     pub strip_prefix: bool,
     pub rewrite_host: bool,
     pub custom_domain: Option<String>,
@@ -241,6 +249,7 @@ impl SessionRecord {
             https: self.https,
             tls_verify: self.tls_verify,
             slug: self.slug.clone(),
+            shared_origin: self.shared_origin,
             strip_prefix: self.strip_prefix,
             rewrite_host: self.rewrite_host,
             custom_domain: self.custom_domain.clone(),
@@ -292,9 +301,16 @@ pub struct NewSession {
     /// Verify the app's certificate (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_verify: Option<bool>,
-    /// A path on the portal host, such as `/lab`.
+    /// A path on the portal host, such as `/lab`. Every slug session is
+    /// the same browser origin: its app can read other slug sessions'
+    /// responses and set their cookies. Not under, nor above, another
+    /// user's slug; and not `__sessiongate`, the gateway's own path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slug: Option<String>,
+    /// Accept a slug while other users have slug sessions, sharing one
+    /// browser origin with them (default false: refused, 422).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_origin: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strip_prefix: bool,
     /// Send the app's own host as `Host`.
@@ -351,6 +367,9 @@ pub struct SessionPatch {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub slug: Option<Option<String>>,
+    /// Accept sharing the portal host's browser origin (see `NewSession`).
+    #[serde(default)]
+    pub shared_origin: Option<bool>,
     #[serde(default)]
     pub strip_prefix: Option<bool>,
     #[serde(default)]
@@ -383,6 +402,7 @@ impl SessionPatch {
         set(&mut rec.https, self.https);
         set(&mut rec.tls_verify, self.tls_verify);
         set(&mut rec.slug, self.slug);
+        set(&mut rec.shared_origin, self.shared_origin);
         set(&mut rec.strip_prefix, self.strip_prefix);
         set(&mut rec.rewrite_host, self.rewrite_host);
         set(&mut rec.custom_domain, self.custom_domain);
@@ -508,6 +528,10 @@ fn validate_remote_host(host: &str) -> Result<(), Invalid> {
     }
 }
 
+/// The path segment under which the gateway answers itself on every
+/// session's host and slug (`gateway::access::ACTIVATE_PATH`).
+const GATEWAY_SEGMENT: &str = "__sessiongate";
+
 /// `/lab/` → `/lab`, in the gateway's canonical form
 /// ([`gateway::names::normalize_slug`]) under a stricter policy: letters,
 /// digits and `- . _ ~` only, at most 256 bytes, and never the portal root,
@@ -540,6 +564,18 @@ pub fn normalize_slug(slug: &str) -> Result<String, Invalid> {
         return Err(invalid(
             "slug",
             "\"/\" would take the whole portal; use a path such as \"/lab\"",
+        ));
+    }
+    // `<slug>/__sessiongate/activate` opens access links; a session whose
+    // slug ends in `/__sessiongate` would be handed those of the session
+    // above it.
+    if canonical
+        .split('/')
+        .any(|seg| seg.eq_ignore_ascii_case(GATEWAY_SEGMENT))
+    {
+        return Err(invalid(
+            "slug",
+            format!("{slug:?} has the segment {GATEWAY_SEGMENT:?}, the gateway's own path"),
         ));
     }
     Ok(canonical.to_string())
@@ -661,10 +697,25 @@ mod tests {
     fn slugs_are_normalised_and_bad_ones_named() {
         assert_eq!(normalize_slug("/lab/").unwrap(), "/lab");
         assert_eq!(normalize_slug("/a/b").unwrap(), "/a/b");
-        for bad in ["lab", "/", "//x", "/a b", "/a?b", ""] {
+        for bad in [
+            "lab",
+            "/",
+            "//x",
+            "/a b",
+            "/a?b",
+            "",
+            "/a/__sessiongate",
+            "/a/__SessionGate/",
+            "/__sessiongate/x",
+        ] {
             let e = normalize_slug(bad).unwrap_err();
             assert_eq!(e.field, "slug", "{bad}");
         }
+    }
+
+    #[test]
+    fn the_refused_segment_is_the_gateways_own_path() {
+        assert!(gateway::access::ACTIVATE_PATH.starts_with(&format!("/{GATEWAY_SEGMENT}/")));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use super::environment::{
     self as env, Environment, EnvironmentPatch, EnvironmentState, NewEnvironment,
 };
 use super::{portal, Portal};
+use crate::control::origins::check_slug_prefix;
 use crate::control::sessions::transition;
 use crate::error::ControlError;
 use crate::session::lifecycle::{Action, SessionState};
@@ -25,6 +26,9 @@ impl Portal {
                 "environment {:?} already exists",
                 rec.name
             )));
+        }
+        if let Some(prefix) = &rec.slug_prefix {
+            check_slug_prefix(&mut tx, &rec.name, prefix).await?;
         }
         store::environment_insert(&mut tx, &rec).await?;
         drop(tx.commit().await?);

@@ -17,7 +17,8 @@
 //! - `group_commit`: concurrent writes sharing commits.
 //! - `hostile_*`: issue 15's findings, one module per area, each test
 //!   proving a hole closed: `hostile_listener` (the API listener's limits),
-//!   `hostile_keys` (key material's modes), `hostile_targets` (SSRF).
+//!   `hostile_keys` (key material's modes), `hostile_targets` (SSRF),
+//!   `hostile_slugs` (slugs on the portal host's one origin).
 //! - `jar`: the test browser's cookie jar itself.
 //! - `lifecycle`: sessions end to end, and `kill -9` durability.
 //! - `logging`: the binary's access log and request spans.
@@ -35,6 +36,7 @@ mod ctl;
 mod group_commit;
 mod hostile_keys;
 mod hostile_listener;
+mod hostile_slugs;
 mod hostile_targets;
 mod jar;
 mod lifecycle;
