@@ -226,9 +226,10 @@ pub struct ControlPlaneConfig {
     pub max_connections: usize,
     /// Largest request body; larger ones answer 413.
     pub max_body_bytes: usize,
-    /// Failed authentications (a wrong API token, client secret, robot
-    /// password, refresh token or access link) one client address may make
-    /// per window; past it, 429 with `Retry-After` until the window ends.
+    /// Failed authentications one client address may make per window, at
+    /// each kind of secret (API tokens; `/oauth2/token/`'s client secret,
+    /// robot password and refresh tokens; access links); past it, 429 with
+    /// `Retry-After` until the window ends.
     pub max_auth_failures: u32,
     /// The window of `max_auth_failures`, from an address's first failure.
     pub auth_failure_window_secs: u64,

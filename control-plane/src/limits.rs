@@ -1,12 +1,16 @@
 //! The brute-force limit: failed authentications per client address.
 //!
-//! Every credential a client can guess — an API token, the OAuth2 client
-//! secret, the robot password, a refresh token, an access link's token —
-//! is checked against one [`FailureLimiter`]. Only failures count, in a
-//! fixed window per address that starts at its first failure; an address
-//! past `max_failures` is answered 429 with `Retry-After` until its window
-//! ends, without its credential being looked at. A success changes nothing,
-//! for that address or any other.
+//! Every credential a client can guess is checked against a
+//! [`FailureLimiter`], one per kind of secret ([`Guessed`]): API tokens
+//! (the admin API and the workshop API's bearer tokens), the training
+//! portal's credentials at `/oauth2/token/` (client secret, robot password,
+//! refresh token), and access links. Each kind is its own table, so that a
+//! browser's stale links do not lock an operator's API client behind the
+//! same NAT out of the API; a guesser gets one budget per secret it
+//! guesses. Only failures count, in a fixed window per address that starts
+//! at its first failure; an address past `max_failures` is answered 429
+//! with `Retry-After` until its window ends, without its credential being
+//! looked at. A success changes nothing, for that address or any other.
 //!
 //! The table is bounded: an attacker with many addresses must not grow it
 //! without end. IPv6 addresses count by their /64 (one host's usual
@@ -41,6 +45,45 @@ impl Default for FailureLimits {
             max_failures: 20,
             window: Duration::from_secs(60),
             max_clients: 65_536,
+        }
+    }
+}
+
+/// The kinds of secret a client can guess, each limited on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guessed {
+    /// A bearer token: the admin token, a read-only or admin API token, an
+    /// OAuth2 access token on the workshop API.
+    ApiToken,
+    /// `/oauth2/token/`'s client secret, robot password or refresh token.
+    PortalCredentials,
+    /// An access link's one-time token, opened at the gateway.
+    AccessLink,
+}
+
+/// A [`FailureLimiter`] for each kind of secret.
+#[derive(Debug, Default)]
+pub struct FailureLimiters {
+    api_token: FailureLimiter,
+    portal_credentials: FailureLimiter,
+    access_link: FailureLimiter,
+}
+
+impl FailureLimiters {
+    pub fn new(limits: FailureLimits) -> FailureLimiters {
+        FailureLimiters {
+            api_token: FailureLimiter::new(limits.clone()),
+            portal_credentials: FailureLimiter::new(limits.clone()),
+            access_link: FailureLimiter::new(limits),
+        }
+    }
+
+    /// The limiter of guesses at `secret`.
+    pub fn of(&self, secret: Guessed) -> &FailureLimiter {
+        match secret {
+            Guessed::ApiToken => &self.api_token,
+            Guessed::PortalCredentials => &self.portal_credentials,
+            Guessed::AccessLink => &self.access_link,
         }
     }
 }

@@ -199,6 +199,7 @@ impl Server {
                     admin_token_hash: token_hash,
                     static_keys: StaticKeys::from_specs(&static_specs),
                     targets: TargetPolicy::new(config.target_rules(), own_listeners),
+                    failures: config.failure_limits(),
                 },
             )
             .await?,
@@ -520,11 +521,16 @@ impl PortalService for PortalRoutes {
     fn call(
         &self,
         req: hyper::Request<hyper::body::Incoming>,
+        client: SocketAddr,
     ) -> std::pin::Pin<Box<dyn Future<Output = hyper::Response<ProxyBody>> + Send>> {
         let router = self.0.clone();
         Box::pin(async move {
             let path = req.uri().path().to_string();
-            let req = req.map(axum::body::Body::new);
+            let mut req = req.map(axum::body::Body::new);
+            // As the control-plane listener does: the brute-force limit
+            // counts by the client's address.
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(client));
             let resp = match tower::ServiceExt::oneshot(router, req).await {
                 Ok(r) => r,
                 Err(never) => match never {},

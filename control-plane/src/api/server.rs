@@ -180,6 +180,20 @@ async fn limit_body(State(max): State<usize>, req: Request, next: Next) -> Respo
         .await
 }
 
+/// The client's address, as an extractor (see [`client_addr`]).
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_addr(&parts.extensions)))
+    }
+}
+
 /// The client address a request came from, as the listener recorded it;
 /// the unspecified address for a request that came on no connection (a
 /// router driven in process).

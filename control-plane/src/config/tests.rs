@@ -150,6 +150,21 @@ fn errors_name_the_key_or_variable() {
             "control_plane.max_body_bytes",
         ),
         (
+            "[control_plane]\nmax_auth_failures = 0\n",
+            &[],
+            "control_plane.max_auth_failures",
+        ),
+        (
+            "[control_plane]\nauth_failure_window_secs = 0\n",
+            &[],
+            "control_plane.auth_failure_window_secs",
+        ),
+        (
+            "[sessions]\nallowed_targets = [\"10.0.0.0/40\"]\n",
+            &[],
+            "sessions.allowed_targets",
+        ),
+        (
             "",
             &[("SESSIONGATE_CONTROL_PLANE_MAX_BODY_BYTES", "big")],
             "SESSIONGATE_CONTROL_PLANE_MAX_BODY_BYTES",

@@ -39,6 +39,7 @@ use crate::access::{self as acc, AccessSettings, GroupCache};
 use crate::auth::{TokenKind, TokenSet};
 use crate::clock::Clock;
 use crate::error::ControlError;
+use crate::limits::{FailureLimiter, FailureLimiters, FailureLimits, Guessed};
 use crate::metrics::Metrics;
 use crate::publish::route_spec;
 use crate::session::lifecycle::{LifecycleSettings, SessionState};
@@ -98,6 +99,8 @@ pub struct Settings {
     /// Where session and environment targets may point
     /// (`sessions.allowed_targets` and sessiongate's own listeners).
     pub targets: TargetPolicy,
+    /// Failed authentications allowed per client address.
+    pub failures: FailureLimits,
 }
 
 impl Settings {
@@ -109,6 +112,7 @@ impl Settings {
             admin_token_hash,
             static_keys: StaticKeys::default(),
             targets: TargetPolicy::default(),
+            failures: FailureLimits::default(),
         }
     }
 }
@@ -141,6 +145,9 @@ pub struct ControlPlane {
     keys: KeyHandle,
     /// Where targets may point; see [`crate::session::targets`].
     targets: TargetPolicy,
+    /// Failed authentications per client address, for every kind of
+    /// credential a client can guess; see [`crate::limits`].
+    failures: FailureLimiters,
     /// The activity time last written to the store, per session route, so
     /// the reaper writes only what changed. Only the reaper's pass, which
     /// holds the write lock, touches it.
@@ -196,6 +203,7 @@ impl ControlPlane {
             groups: ArcSwap::from_pointee(groups),
             keys,
             targets: settings.targets,
+            failures: FailureLimiters::new(settings.failures),
             synced_activity: tokio::sync::Mutex::new(HashMap::new()),
         };
         let n = cp.publish_stored_sessions().await?;
@@ -270,6 +278,12 @@ impl ControlPlane {
             )],
             _ => Vec::new(),
         }
+    }
+
+    /// The brute-force limit on guesses at `secret`: check a client before
+    /// looking at its credential, count each one that is wrong.
+    pub fn failures(&self, secret: Guessed) -> &FailureLimiter {
+        self.failures.of(secret)
     }
 
     /// Where targets may point: `sessions.allowed_targets` (or, without

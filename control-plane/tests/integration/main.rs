@@ -18,7 +18,8 @@
 //! - `hostile_*`: issue 15's findings, one module per area, each test
 //!   proving a hole closed: `hostile_listener` (the API listener's limits),
 //!   `hostile_keys` (key material's modes), `hostile_targets` (SSRF),
-//!   `hostile_slugs` (slugs on the portal host's one origin).
+//!   `hostile_slugs` (slugs on the portal host's one origin),
+//!   `hostile_bruteforce` (failed authentications per address).
 //! - `jar`: the test browser's cookie jar itself.
 //! - `lifecycle`: sessions end to end, and `kill -9` durability.
 //! - `logging`: the binary's access log and request spans.
@@ -34,6 +35,7 @@ mod access;
 mod api;
 mod ctl;
 mod group_commit;
+mod hostile_bruteforce;
 mod hostile_keys;
 mod hostile_listener;
 mod hostile_slugs;
