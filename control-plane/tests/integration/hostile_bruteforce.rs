@@ -29,14 +29,16 @@ fn password_form(password: &str) -> String {
     )
 }
 
-/// A whole `POST /oauth2/token/` (one request per connection).
-fn token_request(host: &str, password: &str) -> String {
+/// `POST /oauth2/token/` with `password`, on a connection of its own from
+/// `from` to `to`, for `host`.
+async fn token_from(from: IpAddr, to: SocketAddr, host: &str, password: &str) -> RawResponse {
     let form = password_form(password);
-    format!(
+    let req = format!(
         "POST /oauth2/token/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
         form.len()
-    )
+    );
+    exchange_from(from, to, req.as_bytes()).await.unwrap()
 }
 
 /// A 429 with a `Retry-After` within the window.
@@ -47,6 +49,22 @@ fn limited(what: &str, r: &RawResponse, window: u64) {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{what}: no Retry-After: {:?}", r.headers));
     assert!((1..=window).contains(&after), "{what}: Retry-After {after}");
+}
+
+/// Twenty requests `guess(i)` from the attacker's address to `to`: their
+/// statuses, each 429 checked for its `Retry-After`.
+async fn twenty_guesses(to: SocketAddr, guess: impl Fn(usize) -> String) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let r = exchange_from(ATTACKER, to, guess(i).as_bytes())
+            .await
+            .unwrap();
+        if r.status == 429 {
+            limited(&format!("guess {i}"), &r, 60);
+        }
+        statuses.push(r.status);
+    }
+    statuses
 }
 
 /// One keep-alive HTTP/1.1 connection from `from` to `to`.
@@ -108,32 +126,14 @@ async fn three_thousand_wrong_passwords_meet_the_limit_and_the_right_one_from_el
     assert_eq!(evaluated + refused, 3000);
 
     // The attacker's address gets no answer about the right password...
-    let r = exchange_from(
-        ATTACKER,
-        sg.api,
-        token_request("api", "robot-pass").as_bytes(),
-    )
-    .await
-    .unwrap();
+    let r = token_from(ATTACKER, sg.api, "api", "robot-pass").await;
     limited("the right password from the attacker's address", &r, 600);
     // ...through the gateway's portal host either: the same limit.
-    let r = exchange_from(
-        ATTACKER,
-        sg.gateway,
-        token_request("localhost", "robot-pass").as_bytes(),
-    )
-    .await
-    .unwrap();
+    let r = token_from(ATTACKER, sg.gateway, "localhost", "robot-pass").await;
     limited("through the gateway", &r, 600);
 
     // Another address is not affected.
-    let r = exchange_from(
-        SOMEONE_ELSE,
-        sg.api,
-        token_request("api", "robot-pass").as_bytes(),
-    )
-    .await
-    .unwrap();
+    let r = token_from(SOMEONE_ELSE, sg.api, "api", "robot-pass").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert!(v["access_token"].is_string(), "{v}");
@@ -152,17 +152,8 @@ async fn wrong_api_tokens_meet_the_limit_per_address() {
              Authorization: Bearer {token}\r\n\r\n"
         )
     };
-    let mut statuses = Vec::new();
-    for i in 0..20 {
-        let req = get(&format!("guess-{i:020}"), "/api/v1/users");
-        let r = exchange_from(ATTACKER, sg.api, req.as_bytes())
-            .await
-            .unwrap();
-        if r.status == 429 {
-            limited("a wrong token past the limit", &r, 60);
-        }
-        statuses.push(r.status);
-    }
+    let statuses =
+        twenty_guesses(sg.api, |i| get(&format!("guess-{i:020}"), "/api/v1/users")).await;
     assert_eq!(statuses[..5], [401; 5], "{statuses:?}");
     assert_eq!(statuses[5..], [429; 15], "{statuses:?}");
 
@@ -217,17 +208,7 @@ async fn guessed_access_links_meet_the_limit_per_address() {
         )
     };
 
-    let mut statuses = Vec::new();
-    for i in 0..20 {
-        let req = open(&format!("token={i:064x}"));
-        let r = exchange_from(ATTACKER, sg.gateway, req.as_bytes())
-            .await
-            .unwrap();
-        if r.status == 429 {
-            limited("a guessed link past the limit", &r, 60);
-        }
-        statuses.push(r.status);
-    }
+    let statuses = twenty_guesses(sg.gateway, |i| open(&format!("token={i:064x}"))).await;
     assert_eq!(statuses[..5], [403; 5], "{statuses:?}");
     assert_eq!(statuses[5..], [429; 15], "{statuses:?}");
 

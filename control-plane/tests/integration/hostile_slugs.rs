@@ -31,6 +31,14 @@ async fn create(sg: &InProcess, name: &str, owner: &str, extra: Value) -> (u16, 
     sg.api("POST", "/api/v1/sessions", Some(body)).await
 }
 
+/// `POST /api/v1/environments` for an environment `name` of one backend
+/// whose sessions get slugs under `slug_prefix`.
+async fn create_environment(sg: &InProcess, name: &str, slug_prefix: &str) -> (u16, Value) {
+    let body = json!({"name": name, "capacity": 1, "targets": ["http://127.0.0.1:9"],
+                      "slug_prefix": slug_prefix});
+    sg.api("POST", "/api/v1/environments", Some(body)).await
+}
+
 /// Asserts a 422 naming `field` whose message contains `words`.
 fn refused(what: &str, (status, v): (u16, Value), field: &str, words: &str) {
     assert_eq!(status, 422, "{what}: {v}");
@@ -72,17 +80,8 @@ async fn a_slug_with_the_gateways_own_segment_is_refused() {
         )
         .await;
     refused("patch", (s, v), "slug", "__sessiongate");
-    let (s, v) = sg
-        .api(
-            "POST",
-            "/api/v1/environments",
-            Some(
-                json!({"name": "w", "capacity": 1, "targets": ["http://127.0.0.1:9"],
-                        "slug_prefix": "/w/__sessiongate"}),
-            ),
-        )
-        .await;
-    refused("environment", (s, v), "slug_prefix", "__sessiongate");
+    let answer = create_environment(&sg, "w", "/w/__sessiongate").await;
+    refused("environment", answer, "slug_prefix", "__sessiongate");
 }
 
 #[tokio::test]
@@ -146,17 +145,8 @@ async fn a_slug_under_or_above_another_owners_slug_is_refused() {
     assert_eq!(s, 201, "{v}");
 
     // An environment's sessions would be other users' under ann's slug.
-    let (s, v) = sg
-        .api(
-            "POST",
-            "/api/v1/environments",
-            Some(
-                json!({"name": "w", "capacity": 1, "targets": ["http://127.0.0.1:9"],
-                        "slug_prefix": "/a/labs"}),
-            ),
-        )
-        .await;
-    refused("environment", (s, v), "slug_prefix", "\"/a\"");
+    let answer = create_environment(&sg, "w", "/a/labs").await;
+    refused("environment", answer, "slug_prefix", "\"/a\"");
 }
 
 #[tokio::test]
