@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub const ADMIN_TOKEN_ENV: &str = "SESSIONGATE_ADMIN_TOKEN";
-const TOKEN_FILE: &str = "admin-token";
+/// The admin token's hash, in the data dir.
+pub const TOKEN_FILE: &str = "admin-token";
 const HASH_PREFIX: &str = "sha256:";
 /// Shortest token accepted from the environment: a guessable token on a
 /// control plane is worse than none.

@@ -174,6 +174,11 @@ pub struct SessionsConfig {
     pub evicted_expiry_secs: u64,
     /// How often the reaper looks for due sessions.
     pub reaper_interval_secs: u64,
+    /// What session and environment targets may be: CIDRs (`10.0.0.0/8`),
+    /// addresses, host names and `*.example.org` (any name under it).
+    /// Empty: anything but link-local and cloud metadata addresses.
+    /// sessiongate's own listeners are refused either way.
+    pub allowed_targets: Vec<String>,
 }
 
 impl Default for SessionsConfig {
@@ -184,6 +189,7 @@ impl Default for SessionsConfig {
             retention_secs: d.retention.as_secs(),
             evicted_expiry_secs: d.evicted_expiry.as_secs(),
             reaper_interval_secs: d.reaper_interval.as_secs(),
+            allowed_targets: Vec::new(),
         }
     }
 }
@@ -218,11 +224,28 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<String>,
 }
 
+/// The control-plane listener and its data. Its limits are the gateway's
+/// kind, smaller: the API answers operators and portals, not browsers, and
+/// a client that holds connections or sends half a head must not take it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlPlaneConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Time a client has to send a request head, and the longest a
+    /// keep-alive connection waits for its next one.
+    pub header_read_timeout_secs: u64,
+    /// Simultaneous API connections; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Largest request body; larger ones answer 413.
+    pub max_body_bytes: usize,
+    /// Failed authentications one client address may make per window, at
+    /// each kind of secret (API tokens; `/oauth2/token/`'s client secret,
+    /// robot password and refresh tokens; access links); past it, 429 with
+    /// `Retry-After` until the window ends.
+    pub max_auth_failures: u32,
+    /// The window of `max_auth_failures`, from an address's first failure.
+    pub auth_failure_window_secs: u64,
 }
 
 /// A route from the configuration file: exactly one of `host` and `slug`.
@@ -277,12 +300,25 @@ impl Default for GatewayConfig {
 
 impl Default for ControlPlaneConfig {
     fn default() -> Self {
+        let limits = crate::api::server::ApiLimits::default();
+        let failures = crate::limits::FailureLimits::default();
         ControlPlaneConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             data_dir: PathBuf::from("data"),
+            header_read_timeout_secs: limits.header_read_timeout.as_secs(),
+            max_connections: limits.max_connections,
+            max_body_bytes: limits.max_body_bytes,
+            max_auth_failures: failures.max_failures,
+            auth_failure_window_secs: failures.window.as_secs(),
         }
     }
 }
+
+/// `control_plane.max_body_bytes` bounds: the API's bodies are JSON
+/// documents and forms; a kilobyte holds the smallest, a gigabyte is no
+/// longer one.
+const MIN_BODY_BYTES: usize = 1024;
+const MAX_BODY_BYTES: usize = 1 << 30;
 
 /// Why a configuration was refused. The message names the key or variable.
 #[derive(Debug, thiserror::Error)]
@@ -503,12 +539,50 @@ impl Config {
                 ));
             }
         }
-        if self.control_plane.data_dir.as_os_str().is_empty() {
+        let cp = &self.control_plane;
+        if cp.data_dir.as_os_str().is_empty() {
             return Err(invalid(
                 "control_plane.data_dir",
                 "must not be empty".into(),
             ));
         }
+        for (key, v) in [
+            (
+                "control_plane.header_read_timeout_secs",
+                cp.header_read_timeout_secs,
+            ),
+            (
+                "control_plane.auth_failure_window_secs",
+                cp.auth_failure_window_secs,
+            ),
+        ] {
+            if v == 0 || v > 86_400 {
+                return Err(invalid(key, "must be 1-86400 seconds".into()));
+            }
+        }
+        if cp.max_connections == 0 {
+            return Err(invalid(
+                "control_plane.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        if cp.max_auth_failures == 0 {
+            return Err(invalid(
+                "control_plane.max_auth_failures",
+                "must be at least 1".into(),
+            ));
+        }
+        if !(MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&cp.max_body_bytes) {
+            return Err(invalid(
+                "control_plane.max_body_bytes",
+                format!(
+                    "{} is not {MIN_BODY_BYTES}-{MAX_BODY_BYTES} bytes",
+                    cp.max_body_bytes
+                ),
+            ));
+        }
+        crate::session::targets::TargetRules::parse(&self.sessions.allowed_targets)
+            .map_err(|m| invalid("sessions.allowed_targets", m))?;
         let a = &self.access;
         for (key, v) in [
             ("access.link_ttl_secs", a.link_ttl_secs),
@@ -759,6 +833,32 @@ impl Config {
             shutdown_grace: Duration::from_secs(g.shutdown_grace_secs),
             ..ServerConfig::default()
         }
+    }
+
+    /// The control-plane listener's limits.
+    pub fn api_limits(&self) -> crate::api::server::ApiLimits {
+        let cp = &self.control_plane;
+        crate::api::server::ApiLimits {
+            header_read_timeout: Duration::from_secs(cp.header_read_timeout_secs),
+            max_connections: cp.max_connections,
+            max_body_bytes: cp.max_body_bytes,
+        }
+    }
+
+    /// The failed-authentication limit per client address.
+    pub fn failure_limits(&self) -> crate::limits::FailureLimits {
+        let cp = &self.control_plane;
+        crate::limits::FailureLimits {
+            max_failures: cp.max_auth_failures,
+            window: Duration::from_secs(cp.auth_failure_window_secs),
+            ..crate::limits::FailureLimits::default()
+        }
+    }
+
+    /// `sessions.allowed_targets` (validated at load).
+    pub fn target_rules(&self) -> crate::session::targets::TargetRules {
+        crate::session::targets::TargetRules::parse(&self.sessions.allowed_targets)
+            .unwrap_or_default()
     }
 
     pub fn upstream_config(&self) -> UpstreamConfig {

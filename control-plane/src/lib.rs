@@ -9,6 +9,8 @@
 //! Where a change goes:
 //! - [`config`]: the TOML configuration, environment overrides, validation.
 //! - [`serve`]: `sessiongate serve`: start-up order, listeners, shutdown.
+//! - [`datadir`]: the data dir and key material: created private, checked
+//!   at start.
 //! - [`control`]: the operations, one file per domain (directory, tokens,
 //!   sessions, routing, access, the reaper's pass) on [`control::ControlPlane`].
 //! - [`session`]: the session model and validation, the lifecycle state
@@ -22,9 +24,11 @@
 //! - [`publish`]: a session record → its gateway route.
 //! - [`access`]: browser access, the control plane's half: links, keys,
 //!   the redirect allow-list, who may open a session.
-//! - [`api`]: the HTTP API handlers (axum), their view types, and the
-//!   OpenAPI document.
+//! - [`api`]: the HTTP API handlers (axum), their view types, the
+//!   OpenAPI document, and the listener that serves them with its limits.
 //! - [`auth`]: API tokens, hashed at rest, checked in constant time.
+//! - [`limits`]: the brute-force limit: failed authentications per client
+//!   address.
 //! - [`ctl`]: `sessiongate ctl`, the operator CLI over the API.
 //! - [`reload`]: static-route reload on SIGHUP and on file change.
 //! - [`metrics`]: the control plane's Prometheus metrics.
@@ -39,7 +43,9 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod datadir;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod publish;
 pub mod reload;

@@ -22,10 +22,12 @@ use crate::auth::{self, TokenSource};
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError};
 use crate::control::{ControlPlane, Parts, Settings, StaticKeys};
+use crate::datadir;
 use crate::error::ControlError;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::session::reaper::spawn_reaper;
+use crate::session::targets::TargetPolicy;
 use crate::store::{Store, StoreError};
 use crate::workshop::Portal;
 
@@ -102,7 +104,7 @@ impl Server {
     /// listeners. Nothing is served yet.
     pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Server, ServeError> {
         let data_dir = config.control_plane.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| ServeError::DataDir {
+        datadir::create_private_dir(&data_dir).map_err(|source| ServeError::DataDir {
             path: data_dir.clone(),
             source,
         })?;
@@ -124,6 +126,10 @@ impl Server {
         }
 
         let db_path = data_dir.join(DB_FILE);
+        datadir::create_private_file(&db_path).map_err(|source| ServeError::DataDir {
+            path: db_path.clone(),
+            source,
+        })?;
         let store = Store::open(&db_path)
             .await
             .map_err(|source| ServeError::Store {
@@ -165,6 +171,19 @@ impl Server {
             .as_ref()
             .and_then(|t| t.listener.local_addr().ok())
             .map(|a| a.port());
+        // Sessions may not target these: a loop through the gateway, or a
+        // way to the API from an app's network position.
+        let own_listeners = [
+            ("gateway.http_listen", gateway_listener.local_addr()),
+            ("control_plane.listen", api_listener.local_addr()),
+        ]
+        .into_iter()
+        .chain(
+            tls.as_ref()
+                .map(|t| ("gateway.https_listen", t.listener.local_addr())),
+        )
+        .filter_map(|(key, addr)| addr.ok().map(|a| (key, a)))
+        .collect();
 
         // The table is whole — static routes and every routed session — before
         // either listener serves.
@@ -179,6 +198,8 @@ impl Server {
                     access: config.access_settings(port, https_port),
                     admin_token_hash: token_hash,
                     static_keys: StaticKeys::from_specs(&static_specs),
+                    targets: TargetPolicy::new(config.target_rules(), own_listeners),
+                    failures: config.failure_limits(),
                 },
             )
             .await?,
@@ -192,6 +213,7 @@ impl Server {
             "route table loaded"
         );
         drop(table);
+        warn_exposed_key_material(&config, &db_path);
         let login = config.access.login_url.trim();
         if !login.is_empty() && config.login_url().is_none() {
             tracing::warn!(
@@ -317,6 +339,7 @@ impl Server {
         let api_done = spawn_control_thread(
             self.api_listener.into_std()?,
             self.portal.clone(),
+            self.config.api_limits(),
             self.config.lifecycle_settings().reaper_interval,
             stop_rx.clone(),
         )?;
@@ -381,6 +404,7 @@ impl Server {
 fn spawn_control_thread(
     listener: std::net::TcpListener,
     portal: Arc<Portal>,
+    limits: api::server::ApiLimits,
     reaper_interval: Duration,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::sync::oneshot::Receiver<()>, ServeError> {
@@ -408,12 +432,13 @@ fn spawn_control_thread(
                     let portal = reaping.clone();
                     async move { portal.reap().await }
                 });
-                let served = axum::serve(listener, api::router(ApiState::new(portal)))
-                    .with_graceful_shutdown(stopped(stop))
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "control-plane API stopped with an error");
-                }
+                api::server::serve(
+                    listener,
+                    api::router(ApiState::new(portal)),
+                    limits,
+                    stopped(stop),
+                )
+                .await;
                 let _ = reaper.await;
             });
             let _ = done.send(());
@@ -421,11 +446,26 @@ fn spawn_control_thread(
     Ok(finished)
 }
 
+/// Logs a warning naming each file of key material (and the data dir)
+/// that other users can read: sessiongate makes what it creates private,
+/// but does not change the modes of what it finds.
+fn warn_exposed_key_material(config: &Config, db_path: &std::path::Path) {
+    let data_dir = &config.control_plane.data_dir;
+    let mut paths = vec![data_dir.clone(), data_dir.join(auth::TOKEN_FILE)];
+    paths.extend(datadir::database_files(db_path));
+    if config.https_listen().is_some() {
+        paths.extend(datadir::key_files(&config.certs_dir()));
+    }
+    for e in datadir::exposed(paths) {
+        tracing::warn!(path = %e.path.display(), mode = %format!("{:04o}", e.mode), "{e}");
+    }
+}
+
 /// Loads the certificates directory, generating a development certificate
 /// first when it holds none and that is allowed, and binds the listener.
 async fn prepare_tls(config: &Config, addr: SocketAddr) -> Result<TlsParts, ServeError> {
     let dir = config.certs_dir();
-    std::fs::create_dir_all(&dir).map_err(|source| ServeError::DataDir {
+    datadir::create_private_dir(&dir).map_err(|source| ServeError::DataDir {
         path: dir.clone(),
         source,
     })?;
@@ -483,11 +523,16 @@ impl PortalService for PortalRoutes {
     fn call(
         &self,
         req: hyper::Request<hyper::body::Incoming>,
+        client: SocketAddr,
     ) -> std::pin::Pin<Box<dyn Future<Output = hyper::Response<ProxyBody>> + Send>> {
         let router = self.0.clone();
         Box::pin(async move {
             let path = req.uri().path().to_string();
-            let req = req.map(axum::body::Body::new);
+            let mut req = req.map(axum::body::Body::new);
+            // As the control-plane listener does: the brute-force limit
+            // counts by the client's address.
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(client));
             let resp = match tower::ServiceExt::oneshot(router, req).await {
                 Ok(r) => r,
                 Err(never) => match never {},

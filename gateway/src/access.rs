@@ -476,6 +476,9 @@ pub struct ActivationRequest {
     pub token: String,
     /// The session of the route the link was opened on.
     pub session: Arc<str>,
+    /// The address the link was opened from: guessing tokens counts
+    /// against it (the control plane's brute-force limit).
+    pub client: std::net::IpAddr,
 }
 
 /// A consumed access link.
@@ -503,6 +506,10 @@ pub enum ActivationError {
     Gone { session: String, state: String },
     #[error("access links cannot be checked right now: {0}")]
     Unavailable(String),
+    #[error(
+        "too many invalid access links from this address; try again in {retry_after_secs} seconds"
+    )]
+    TooManyFailures { retry_after_secs: u64 },
 }
 
 pub type ActivationFuture =

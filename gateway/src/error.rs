@@ -104,6 +104,7 @@ impl ProxyError {
                 | ActivationError::NotAllowed => StatusCode::FORBIDDEN,
                 ActivationError::Gone { .. } => StatusCode::GONE,
                 ActivationError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ActivationError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             },
             ProxyError::Paused(_) | ProxyError::RouteChanged { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -139,6 +140,7 @@ impl ProxyError {
                 ActivationError::NotAllowed => "forbidden",
                 ActivationError::Gone { .. } => "session_gone",
                 ActivationError::Unavailable(_) => "access_unavailable",
+                ActivationError::TooManyFailures { .. } => "too_many_failures",
             },
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamConnectTimeout { .. } => "upstream_connect_timeout",
@@ -241,6 +243,9 @@ pub fn error_response(
     h.insert(&X_REQUEST_ID, request_id.clone());
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+    }
+    if let ProxyError::Activation(ActivationError::TooManyFailures { retry_after_secs }) = err {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
     }
     resp
 }

@@ -5,11 +5,11 @@
 //! [`Endpoints`] puts it in front of a running sessiongate, in this process
 //! or a child.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::wait::DEADLINE;
 
@@ -51,7 +51,32 @@ impl RawResponse {
 /// connection and reads one response: the body by `Content-Length`, by
 /// chunks, or to the end of the stream.
 pub async fn exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<RawResponse> {
-    let mut s = TcpStream::connect(addr).await?;
+    let s = TcpStream::connect(addr).await?;
+    exchange_on(s, addr, request).await
+}
+
+/// As [`exchange`], from the local address `from` (any `127.x.y.z` reaches
+/// a loopback listener), for tests of what a server does per client
+/// address.
+pub async fn exchange_from(
+    from: IpAddr,
+    addr: SocketAddr,
+    request: &[u8],
+) -> std::io::Result<RawResponse> {
+    let socket = match from {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    let s = socket.connect(addr).await?;
+    exchange_on(s, addr, request).await
+}
+
+async fn exchange_on(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    request: &[u8],
+) -> std::io::Result<RawResponse> {
     s.write_all(request).await?;
     tokio::time::timeout(DEADLINE, read_response(&mut s))
         .await

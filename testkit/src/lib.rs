@@ -14,9 +14,9 @@
 //! - [`ws`]: the WebSocket echo peer, with upgrade and message counters.
 //! - `listen` (private): binding `127.0.0.1:0`, the accept loop, and the
 //!   runtime the origins run on: the caller's, or one of their own.
-//! - [`client`]: the raw HTTP/1.1 client ([`exchange`], [`http`],
-//!   [`api_request`]) and [`Endpoints`], a running sessiongate's addresses
-//!   and admin token.
+//! - [`client`]: the raw HTTP/1.1 client ([`exchange`], [`exchange_from`],
+//!   [`http`], [`api_request`]) and [`Endpoints`], a running sessiongate's
+//!   addresses and admin token.
 //! - [`routes`]: route specs, table settings and empty tables.
 //! - [`wait`]: polling with a deadline ([`eventually`], [`DEADLINE`]).
 //! - [`fs`]: scratch directories ([`temp_dir`], [`TempDir`]).
@@ -37,7 +37,7 @@ pub mod server;
 pub mod wait;
 pub mod ws;
 
-pub use client::{api_request, exchange, http, Endpoints, RawResponse};
+pub use client::{api_request, exchange, exchange_from, http, Endpoints, RawResponse};
 pub use fs::{temp_dir, TempDir};
 pub use origin::{fnv, pattern, Origin, Reply};
 pub use rng::XorShift;

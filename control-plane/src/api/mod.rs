@@ -4,7 +4,9 @@
 //! admin token may do everything, a read-only token only `GET`. `/healthz`,
 //! `/readyz`, `/metrics` and `/api/openapi.json` are open. Errors are
 //! `{"error": {"code", "message"}}` (plus `state` for a refused transition),
-//! with the status and code each [`ControlError`] names for itself.
+//! with the status and code each [`ControlError`] names for itself. A
+//! client that keeps presenting wrong credentials is answered 429 with
+//! `Retry-After` ([`crate::limits`]).
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use utoipa::{OpenApi, ToSchema};
 use crate::auth::{bearer_token, TokenKind};
 use crate::control::ControlPlane;
 use crate::error::ControlError;
+use crate::limits::{Guessed, TooManyFailures};
 use crate::session::lifecycle::SessionState;
 use crate::workshop::Portal;
 
@@ -30,6 +33,7 @@ pub mod directory;
 pub mod environments;
 pub mod openapi;
 pub mod routes;
+pub mod server;
 pub mod sessions;
 pub mod workshop;
 
@@ -74,6 +78,8 @@ pub struct ApiError {
     pub message: String,
     /// The session's current state, for a refused transition.
     pub state: Option<SessionState>,
+    /// Seconds for `Retry-After`, for a client past the brute-force limit.
+    pub retry_after: Option<u64>,
 }
 
 /// The error body, for the OpenAPI document.
@@ -100,6 +106,7 @@ impl ApiError {
             code,
             message: message.into(),
             state: None,
+            retry_after: None,
         }
     }
 
@@ -120,6 +127,21 @@ impl From<ControlError> for ApiError {
             code: e.code(),
             message: e.to_string(),
             state: e.state(),
+            retry_after: None,
+        }
+    }
+}
+
+/// A client past the brute-force limit: 429 with `Retry-After`.
+impl From<TooManyFailures> for ApiError {
+    fn from(t: TooManyFailures) -> Self {
+        ApiError {
+            retry_after: Some(t.retry_after_secs),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                t.to_string(),
+            )
         }
     }
 }
@@ -134,6 +156,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -338,14 +364,24 @@ async fn require_token(State(cp): State<Control>, req: Request, next: Next) -> R
         )
         .into_response();
     };
+    // A client past the brute-force limit is not told whether its token
+    // is right.
+    let client = server::client_addr(req.extensions());
+    let failures = cp.failures(Guessed::ApiToken);
+    if let Err(t) = failures.check(client) {
+        return ApiError::from(t).into_response();
+    }
     let kind = bearer_token(header.as_bytes()).and_then(|t| cp.check_token(t));
     match kind {
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "invalid bearer token",
-        )
-        .into_response(),
+        None => {
+            failures.fail(client);
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "invalid bearer token",
+            )
+            .into_response()
+        }
         Some(TokenKind::Readonly) if !matches!(*req.method(), Method::GET | Method::HEAD) => {
             ApiError::new(
                 StatusCode::FORBIDDEN,

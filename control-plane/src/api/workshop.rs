@@ -15,12 +15,15 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::server::ClientIp;
 use super::sessions::query_pairs;
 use super::{ApiError, ApiPath, ErrorBody};
 use crate::auth::{bearer_token, TokenKind};
 use crate::error::ControlError;
+use crate::limits::Guessed;
 use crate::session::lifecycle::SessionState;
 use crate::time::rfc3339_millis;
 use crate::workshop::environment::EnvironmentState;
@@ -40,11 +43,17 @@ enum Caller {
     Anonymous,
 }
 
-async fn caller(portal: &Portal, headers: &HeaderMap) -> Result<Caller, ApiError> {
+/// Who presents the bearer token in `headers`, if any. A wrong token
+/// counts against `client`'s brute-force limit, and a client past it is
+/// answered 429 before its token is looked at.
+async fn caller(portal: &Portal, headers: &HeaderMap, client: IpAddr) -> Result<Caller, ApiError> {
     let Some(h) = headers.get(header::AUTHORIZATION) else {
         return Ok(Caller::Anonymous);
     };
+    let failures = portal.control().failures(Guessed::ApiToken);
+    failures.check(client)?;
     let Some(token) = bearer_token(h.as_bytes()) else {
+        failures.fail(client);
         return Err(unauthorized());
     };
     match portal.control().check_token(token) {
@@ -55,6 +64,7 @@ async fn caller(portal: &Portal, headers: &HeaderMap) -> Result<Caller, ApiError
     if portal.check_oauth_token(token).await? {
         Ok(Caller::Writer)
     } else {
+        failures.fail(client);
         Err(unauthorized())
     }
 }
@@ -88,13 +98,20 @@ fn need_auth(c: Caller) -> Result<(), ApiError> {
         (status = 200, body = TokenAnswer),
         (status = 400, description = "invalid_grant, unsupported_grant_type or invalid_request (RFC 6749 §5.2)"),
         (status = 401, description = "invalid_client"),
+        (status = 429, description = "too_many_failures: past the brute-force limit; Retry-After says when to try again"),
     )
 )]
 pub async fn token(
     State(portal): State<Arc<Portal>>,
+    ClientIp(client): ClientIp,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    // Past the brute-force limit, the credentials are not looked at.
+    let failures = portal.control().failures(Guessed::PortalCredentials);
+    if let Err(t) = failures.check(client) {
+        return oauth_error(OAuthError::TooManyFailures(t));
+    }
     let form: Vec<(String, String)> = match serde_urlencoded::from_bytes(&body) {
         Ok(f) => f,
         Err(e) => return oauth_error(OAuthError::InvalidRequest(format!("form body: {e}"))),
@@ -136,6 +153,12 @@ pub async fn token(
         Some(_) => Err(OAuthError::UnsupportedGrantType),
         None => Err(OAuthError::InvalidRequest("grant_type is missing".into())),
     };
+    if matches!(
+        result,
+        Err(OAuthError::InvalidClient | OAuthError::InvalidGrant)
+    ) {
+        failures.fail(client);
+    }
     match result {
         Ok(t) => {
             let mut resp = Json(t).into_response();
@@ -166,6 +189,11 @@ fn oauth_error(e: OAuthError) -> Response {
             "grant_type must be password or refresh_token".to_string(),
         ),
         OAuthError::InvalidRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m.clone()),
+        OAuthError::TooManyFailures(t) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            t.to_string(),
+        ),
         OAuthError::Control(c) => {
             tracing::error!(error = %c, "oauth2: internal error");
             (
@@ -185,6 +213,10 @@ fn oauth_error(e: OAuthError) -> Response {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"sessiongate\""),
         );
+    }
+    if let OAuthError::TooManyFailures(t) = &e {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(t.retry_after_secs));
     }
     resp
 }
@@ -212,10 +244,11 @@ fn oauth_error(e: OAuthError) -> Response {
 pub async fn request(
     State(portal): State<Arc<Portal>>,
     ApiPath(name): ApiPath<String>,
+    ClientIp(client): ClientIp,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let c = caller(&portal, &headers).await?;
+    let c = caller(&portal, &headers, client).await?;
     need_auth(c)?;
     if c == Caller::Reader {
         return Err(ApiError::new(
@@ -367,9 +400,10 @@ fn found(location: &str) -> Response {
 pub async fn user_sessions(
     State(portal): State<Arc<Portal>>,
     ApiPath(user): ApiPath<String>,
+    ClientIp(client): ClientIp,
     headers: HeaderMap,
 ) -> Result<Json<UserSessions>, ApiError> {
-    need_auth(caller(&portal, &headers).await?)?;
+    need_auth(caller(&portal, &headers, client).await?)?;
     let now = portal.control().now_ms();
     let sessions = portal
         .workshop_user_sessions(&user)
@@ -400,10 +434,11 @@ pub async fn user_sessions(
 )]
 pub async fn catalog(
     State(portal): State<Arc<Portal>>,
+    ClientIp(client): ClientIp,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let c = caller(&portal, &headers).await?;
+    let c = caller(&portal, &headers, client).await?;
     let mut with_sessions = false;
     let mut states = Vec::new();
     for (k, v) in query_pairs(raw)? {

@@ -173,6 +173,41 @@ fn errors_name_the_key_or_variable() {
         ),
         ("[access]\nlogin_url = \"/login\"\n", &[], "access.login_url"),
         (
+            "[control_plane]\nheader_read_timeout_secs = 0\n",
+            &[],
+            "control_plane.header_read_timeout_secs",
+        ),
+        (
+            "[control_plane]\nmax_connections = 0\n",
+            &[],
+            "control_plane.max_connections",
+        ),
+        (
+            "[control_plane]\nmax_body_bytes = 10\n",
+            &[],
+            "control_plane.max_body_bytes",
+        ),
+        (
+            "[control_plane]\nmax_auth_failures = 0\n",
+            &[],
+            "control_plane.max_auth_failures",
+        ),
+        (
+            "[control_plane]\nauth_failure_window_secs = 0\n",
+            &[],
+            "control_plane.auth_failure_window_secs",
+        ),
+        (
+            "[sessions]\nallowed_targets = [\"10.0.0.0/40\"]\n",
+            &[],
+            "sessions.allowed_targets",
+        ),
+        (
+            "",
+            &[("SESSIONGATE_CONTROL_PLANE_MAX_BODY_BYTES", "big")],
+            "SESSIONGATE_CONTROL_PLANE_MAX_BODY_BYTES",
+        ),
+        (
             "",
             &[("SESSIONGATE_ACCESS_KEY_GRACE_SECS", "soon")],
             "SESSIONGATE_ACCESS_KEY_GRACE_SECS",

@@ -11,6 +11,7 @@ use crate::access::{self as acc, AccessLink, AccessSettings, KeyRotation};
 use crate::auth;
 use crate::clock::Clock;
 use crate::error::ControlError;
+use crate::limits::Guessed;
 use crate::session::lifecycle::{Action, SessionState};
 use crate::session::model::{self, invalid, SessionRecord};
 use crate::store::{self, AccessTokenRow};
@@ -168,10 +169,18 @@ impl ControlPlane {
         &self,
         req: &ActivationRequest,
     ) -> Result<Result<Activation, ActivationError>, ControlError> {
+        // A guesser is refused before its token costs a transaction.
+        let failures = self.failures(Guessed::AccessLink);
+        if let Err(t) = failures.check(req.client) {
+            return Ok(Err(ActivationError::TooManyFailures {
+                retry_after_secs: t.retry_after_secs,
+            }));
+        }
         let now = self.now_ms();
         let hash = auth::hash_token(&req.token);
         let mut tx = self.writes.begin().await?;
         let Some(t) = store::access_token_take(&mut tx, &hash).await? else {
+            failures.fail(req.client);
             return Ok(Err(ActivationError::InvalidToken));
         };
         // From here on the token is spent: refusals still commit its removal.

@@ -20,6 +20,8 @@
 //!   [`crate::session::reaper`]).
 //! - [`routing`]: from stored changes to route-table changes, publishing
 //!   them, and closing the live connections a change ends.
+//! - [`origins`]: the portal host's one browser origin: nested slugs and
+//!   `shared_origin`.
 //! - [`access`]: browser access: signing keys, access links, their opening.
 //!
 //! The workshop environments and the training portal's API are built on top
@@ -37,15 +39,18 @@ use crate::access::{self as acc, AccessSettings, GroupCache};
 use crate::auth::{TokenKind, TokenSet};
 use crate::clock::Clock;
 use crate::error::ControlError;
+use crate::limits::{FailureLimiter, FailureLimiters, FailureLimits, Guessed};
 use crate::metrics::Metrics;
 use crate::publish::route_spec;
 use crate::session::lifecycle::{LifecycleSettings, SessionState};
-use crate::session::model::SessionRecord;
+use crate::session::model::{SessionKind, SessionRecord};
+use crate::session::targets::TargetPolicy;
 use crate::store::{self, SessionFilter, Store};
 use crate::writes::Writes;
 
 pub mod access;
 pub mod directory;
+pub mod origins;
 pub mod reap;
 pub mod routing;
 pub mod sessions;
@@ -91,6 +96,11 @@ pub struct Settings {
     pub admin_token_hash: String,
     /// Slugs and hosts of the configuration file's static routes.
     pub static_keys: StaticKeys,
+    /// Where session and environment targets may point
+    /// (`sessions.allowed_targets` and sessiongate's own listeners).
+    pub targets: TargetPolicy,
+    /// Failed authentications allowed per client address.
+    pub failures: FailureLimits,
 }
 
 impl Settings {
@@ -101,6 +111,8 @@ impl Settings {
             access: AccessSettings::default(),
             admin_token_hash,
             static_keys: StaticKeys::default(),
+            targets: TargetPolicy::default(),
+            failures: FailureLimits::default(),
         }
     }
 }
@@ -131,6 +143,11 @@ pub struct ControlPlane {
     groups: ArcSwap<GroupCache>,
     /// The cookie keys the gateway verifies with; replaced on rotation.
     keys: KeyHandle,
+    /// Where targets may point; see [`crate::session::targets`].
+    targets: TargetPolicy,
+    /// Failed authentications per client address, for every kind of
+    /// credential a client can guess; see [`crate::limits`].
+    failures: FailureLimiters,
     /// The activity time last written to the store, per session route, so
     /// the reaper writes only what changed. Only the reaper's pass, which
     /// holds the write lock, touches it.
@@ -185,6 +202,8 @@ impl ControlPlane {
             static_keys: ArcSwap::from_pointee(settings.static_keys),
             groups: ArcSwap::from_pointee(groups),
             keys,
+            targets: settings.targets,
+            failures: FailureLimiters::new(settings.failures),
             synced_activity: tokio::sync::Mutex::new(HashMap::new()),
         };
         let n = cp.publish_stored_sessions().await?;
@@ -258,6 +277,39 @@ impl ControlPlane {
                  TLS handshakes for it get the default certificate until {d}.crt and {d}.key are added"
             )],
             _ => Vec::new(),
+        }
+    }
+
+    /// The brute-force limit on guesses at `secret`: check a client before
+    /// looking at its credential, count each one that is wrong.
+    pub fn failures(&self, secret: Guessed) -> &FailureLimiter {
+        self.failures.of(secret)
+    }
+
+    /// Where targets may point: `sessions.allowed_targets` (or, without
+    /// it, the default rule) and sessiongate's own listeners.
+    pub(crate) fn target_policy(&self) -> &TargetPolicy {
+        &self.targets
+    }
+
+    /// Refuses a tunnel session's target that [`Self::target_policy`] does
+    /// not allow, when it is new or changed from `old`'s: a session stored
+    /// before the rule changed keeps its target through other changes.
+    pub(crate) fn check_session_target(
+        &self,
+        old: Option<&SessionRecord>,
+        rec: &SessionRecord,
+    ) -> Result<(), ControlError> {
+        let target = |r: &SessionRecord| (r.kind, r.remote_host.clone(), r.remote_port);
+        if old.is_some_and(|o| target(o) == target(rec)) {
+            return Ok(());
+        }
+        match (rec.kind, rec.remote_host.as_deref(), rec.remote_port) {
+            (SessionKind::Tunnel, Some(host), Some(port)) => self
+                .targets
+                .check(host, port)
+                .map_err(|m| crate::session::model::invalid("remote_host", m).into()),
+            _ => Ok(()),
         }
     }
 

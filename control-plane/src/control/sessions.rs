@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 
+use super::origins::check_portal_slug;
 use super::routing::{check_unique_keys, Closing, RouteUpdate};
 use super::{sorted_unique, unknown, ControlPlane};
 use crate::access as acc;
@@ -90,6 +91,7 @@ impl ControlPlane {
     pub async fn create_session(&self, input: NewSession) -> Result<SessionRecord, ControlError> {
         let rec = self.new_record(input)?;
         model::validate_target(&rec)?;
+        self.check_session_target(None, &rec)?;
         self.check_static_keys(&rec)?;
         let ((rec, closing), queued) = self
             .writes
@@ -113,6 +115,7 @@ impl ControlPlane {
                         return Err(unknown("groups", "group", &missing));
                     }
                     check_unique_keys(c, &rec).await?;
+                    check_portal_slug(c, &rec, None).await?;
                     store::session_insert(c, &rec).await?;
                     let update = cp.route_update(None, Some(&rec))?;
                     Ok::<_, ControlError>(((rec, update.closing), update.changes))
@@ -161,6 +164,7 @@ impl ControlPlane {
                 .as_deref()
                 .map(model::normalize_slug)
                 .transpose()?,
+            shared_origin: input.shared_origin,
             strip_prefix: input.strip_prefix,
             rewrite_host: input.rewrite_host,
             allow_any_upgrade: input.allow_any_upgrade,
@@ -215,6 +219,7 @@ impl ControlPlane {
                 let mut rec = old.clone();
                 patch.apply(&mut rec);
                 model::validate_target(&rec)?;
+                cp.check_session_target(Some(old), &rec)?;
                 cp.check_static_keys(&rec)?;
                 Ok(rec)
             })
@@ -313,6 +318,7 @@ impl ControlPlane {
                     let rec = change(cp, &old)?;
                     if check_keys {
                         check_unique_keys(c, &rec).await?;
+                        check_portal_slug(c, &rec, old.slug.as_deref()).await?;
                     }
                     store::session_update_row(c, &rec).await?;
                     let update = cp.route_update(Some(&old), Some(&rec))?;

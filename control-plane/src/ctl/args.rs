@@ -185,6 +185,10 @@ pub struct CreateSession {
     /// A path on the portal host, such as /lab.
     #[arg(long)]
     pub slug: Option<String>,
+    /// Accept that the slug shares the portal host's browser origin with
+    /// other users' slug sessions (needed while there are any).
+    #[arg(long, requires = "slug")]
+    pub shared_origin: bool,
     /// Remove the slug before forwarding.
     #[arg(long)]
     pub strip_prefix: bool,

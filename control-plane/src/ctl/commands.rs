@@ -192,6 +192,7 @@ fn new_session(c: CreateSession) -> NewSession {
         https: c.https,
         tls_verify: c.no_tls_verify.then_some(false),
         slug: c.slug,
+        shared_origin: c.shared_origin,
         strip_prefix: c.strip_prefix,
         rewrite_host: c.rewrite_host,
         allow_any_upgrade: c.allow_any_upgrade,
@@ -470,10 +471,10 @@ mod tests {
             ),
             (
                 "sessions create lab --owner ann --port 1 --host h --https --no-tls-verify \
-                 --slug /lab --strip-prefix --rewrite-host --custom-domain x.org --public \
-                 --idle-timeout 30 --environment e --pending",
+                 --slug /lab --shared-origin --strip-prefix --rewrite-host --custom-domain x.org \
+                 --public --idle-timeout 30 --environment e --pending",
                 json!({"name": "lab", "owner": "ann", "remote_port": 1, "remote_host": "h",
-                       "https": true, "tls_verify": false, "slug": "/lab",
+                       "https": true, "tls_verify": false, "slug": "/lab", "shared_origin": true,
                        "strip_prefix": true, "rewrite_host": true, "custom_domain": "x.org",
                        "public": true, "idle_timeout": 30, "environment": "e",
                        "pending": true}),

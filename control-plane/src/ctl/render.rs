@@ -92,8 +92,11 @@ pub(super) fn session_details(s: &Session, out: &mut String) {
             pairs.push(("upgrades", "any protocol".to_string()));
         }
     }
+    pairs.push(("slug", cell(s.slug.as_deref())));
+    if s.shared_origin {
+        pairs.push(("shared origin", "true".into()));
+    }
     pairs.extend([
-        ("slug", cell(s.slug.as_deref())),
         ("strip prefix", s.strip_prefix.to_string()),
         ("custom domain", cell(s.custom_domain.as_deref())),
         ("public", s.public.to_string()),

@@ -108,6 +108,9 @@ pub struct SessionRecord {
     pub tls_verify: bool,
     /// Normalised: a leading `/`, no trailing `/`.
     pub slug: Option<String>,
+    /// The creator accepted that its slug shares the portal host's browser
+    /// origin with other users' slug sessions.
+    pub shared_origin: bool,
     pub strip_prefix: bool,
     pub rewrite_host: bool,
     /// Pass on upgrades to any protocol, not only WebSocket.
@@ -154,6 +157,7 @@ impl SessionRecord {
             https: false,
             tls_verify: true,
             slug: None,
+            shared_origin: false,
             strip_prefix: false,
             rewrite_host: false,
             allow_any_upgrade: false,
@@ -190,6 +194,10 @@ pub struct Session {
     pub https: bool,
     pub tls_verify: bool,
     pub slug: Option<String>,
+    /// Its slug shares the portal host's browser origin with other users'
+    /// slug sessions, as its creator accepted (see `NewSession`).
+    #[serde(default)]
+    pub shared_origin: bool,
     pub strip_prefix: bool,
     pub rewrite_host: bool,
     /// Upgrades to any protocol are passed on, not only WebSocket.
@@ -248,6 +256,7 @@ impl SessionRecord {
             https: self.https,
             tls_verify: self.tls_verify,
             slug: self.slug.clone(),
+            shared_origin: self.shared_origin,
             strip_prefix: self.strip_prefix,
             rewrite_host: self.rewrite_host,
             allow_any_upgrade: self.allow_any_upgrade,
@@ -300,9 +309,16 @@ pub struct NewSession {
     /// Verify the app's certificate (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_verify: Option<bool>,
-    /// A path on the portal host, such as `/lab`.
+    /// A path on the portal host, such as `/lab`. Every slug session is
+    /// the same browser origin: its app can read other slug sessions'
+    /// responses and set their cookies. Not under, nor above, another
+    /// user's slug; and not `__sessiongate`, the gateway's own path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slug: Option<String>,
+    /// Accept a slug while other users have slug sessions, sharing one
+    /// browser origin with them (default false: refused, 422).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_origin: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strip_prefix: bool,
     /// Send the app's own host as `Host`.
@@ -365,6 +381,9 @@ pub struct SessionPatch {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>)]
     pub slug: Option<Option<String>>,
+    /// Accept sharing the portal host's browser origin (see `NewSession`).
+    #[serde(default)]
+    pub shared_origin: Option<bool>,
     #[serde(default)]
     pub strip_prefix: Option<bool>,
     #[serde(default)]
@@ -399,6 +418,7 @@ impl SessionPatch {
         set(&mut rec.https, self.https);
         set(&mut rec.tls_verify, self.tls_verify);
         set(&mut rec.slug, self.slug);
+        set(&mut rec.shared_origin, self.shared_origin);
         set(&mut rec.strip_prefix, self.strip_prefix);
         set(&mut rec.rewrite_host, self.rewrite_host);
         set(&mut rec.allow_any_upgrade, self.allow_any_upgrade);
@@ -525,6 +545,10 @@ fn validate_remote_host(host: &str) -> Result<(), Invalid> {
     }
 }
 
+/// The path segment under which the gateway answers itself on every
+/// session's host and slug (`gateway::access::ACTIVATE_PATH`).
+const GATEWAY_SEGMENT: &str = "__sessiongate";
+
 /// `/lab/` → `/lab`, in the gateway's canonical form
 /// ([`gateway::names::normalize_slug`]) under a stricter policy: letters,
 /// digits and `- . _ ~` only, at most 256 bytes, and never the portal root,
@@ -557,6 +581,18 @@ pub fn normalize_slug(slug: &str) -> Result<String, Invalid> {
         return Err(invalid(
             "slug",
             "\"/\" would take the whole portal; use a path such as \"/lab\"",
+        ));
+    }
+    // `<slug>/__sessiongate/activate` opens access links; a session whose
+    // slug ends in `/__sessiongate` would be handed those of the session
+    // above it.
+    if canonical
+        .split('/')
+        .any(|seg| seg.eq_ignore_ascii_case(GATEWAY_SEGMENT))
+    {
+        return Err(invalid(
+            "slug",
+            format!("{slug:?} has the segment {GATEWAY_SEGMENT:?}, the gateway's own path"),
         ));
     }
     Ok(canonical.to_string())
@@ -684,10 +720,25 @@ mod tests {
     fn slugs_are_normalised_and_bad_ones_named() {
         assert_eq!(normalize_slug("/lab/").unwrap(), "/lab");
         assert_eq!(normalize_slug("/a/b").unwrap(), "/a/b");
-        for bad in ["lab", "/", "//x", "/a b", "/a?b", ""] {
+        for bad in [
+            "lab",
+            "/",
+            "//x",
+            "/a b",
+            "/a?b",
+            "",
+            "/a/__sessiongate",
+            "/a/__SessionGate/",
+            "/__sessiongate/x",
+        ] {
             let e = normalize_slug(bad).unwrap_err();
             assert_eq!(e.field, "slug", "{bad}");
         }
+    }
+
+    #[test]
+    fn the_refused_segment_is_the_gateways_own_path() {
+        assert!(gateway::access::ACTIVATE_PATH.starts_with(&format!("/{GATEWAY_SEGMENT}/")));
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub struct SessionFilter {
 const SESSION_COLS: &str = "name, kind, remote_host, remote_port, url, https, tls_verify, slug, \
     strip_prefix, rewrite_host, custom_domain, workspace_port, owner, public, state, created_ms, \
     activated_ms, expires_ms, last_activity_ms, paused_ms, state_changed_ms, duration_secs, \
-    idle_timeout_secs, extendable, environment, labels, activate_by_ms, allow_any_upgrade";
+    idle_timeout_secs, extendable, environment, labels, activate_by_ms, allow_any_upgrade,
+    shared_origin";
 
 fn session_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
     let name: String = row.try_get("name")?;
@@ -45,6 +46,7 @@ fn session_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
         https: row.try_get("https")?,
         tls_verify: row.try_get("tls_verify")?,
         slug: row.try_get("slug")?,
+        shared_origin: row.try_get("shared_origin")?,
         strip_prefix: row.try_get("strip_prefix")?,
         rewrite_host: row.try_get("rewrite_host")?,
         custom_domain: row.try_get("custom_domain")?,
@@ -260,6 +262,7 @@ fn bind_session<'q>(
         .bind(labels)
         .bind(opt_ms(s.activate_by_ms))
         .bind(s.allow_any_upgrade)
+        .bind(s.shared_origin)
 }
 
 fn labels_json(s: &SessionRecord) -> String {
@@ -292,7 +295,7 @@ pub async fn session_insert(c: &mut SqliteConnection, s: &SessionRecord) -> Resu
     let sql = format!(
         "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
          $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, \
-         $28)"
+         $28, $29)"
     );
     bind_session(sqlx::query(&sql), s, labels_json(s))
         .execute(&mut *c)
@@ -321,7 +324,7 @@ pub async fn session_update_row(
         created_ms = $16, activated_ms = $17, expires_ms = $18, last_activity_ms = $19, \
         paused_ms = $20, state_changed_ms = $21, duration_secs = $22, idle_timeout_secs = $23, \
         extendable = $24, environment = $25, labels = $26, activate_by_ms = $27, \
-        allow_any_upgrade = $28 WHERE name = $1";
+        allow_any_upgrade = $28, shared_origin = $29 WHERE name = $1";
     bind_session(sqlx::query(sql), s, labels_json(s))
         .execute(&mut *c)
         .await?;
@@ -424,6 +427,54 @@ pub async fn live_session_with(
          AND state NOT IN ('expired', 'deleted')"
     ))
     .bind(value)
+    .bind(except)
+    .fetch_optional(&mut *c)
+    .await?;
+    Ok(row.map(|r| r.try_get("name")).transpose()?)
+}
+
+/// Live sessions other than `except` whose slug is a proper ancestor of
+/// `slug` (`/a` for `/a/b`) or lies under it (`/a/b/c`), as `(name,
+/// owner, slug)`, by slug. The range `slug/` to `slug0` (`0` follows `/`)
+/// is what lies under it, and keeps to the live-slug index.
+pub async fn live_slug_neighbours(
+    c: &mut SqliteConnection,
+    slug: &str,
+    except: &str,
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    let mut b = QueryBuilder::<Sqlite>::new(
+        "SELECT name, owner, slug FROM sessions \
+         WHERE state NOT IN ('expired', 'deleted') AND name <> ",
+    );
+    b.push_bind(except);
+    b.push(" AND ((slug >= ");
+    b.push_bind(format!("{slug}/"));
+    b.push(" AND slug < ");
+    b.push_bind(format!("{slug}0"));
+    b.push(")");
+    for (i, _) in slug.match_indices('/').filter(|(i, _)| *i > 0) {
+        b.push(" OR slug = ");
+        b.push_bind(slug[..i].to_string());
+    }
+    b.push(") ORDER BY slug");
+    let rows = b.build().fetch_all(&mut *c).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("name")?, r.try_get("owner")?, r.try_get("slug")?)))
+        .collect()
+}
+
+/// A live session other than `except`, of an owner other than `owner`,
+/// that has a slug: one that would share the portal host's origin.
+pub async fn live_slug_session_of_another(
+    c: &mut SqliteConnection,
+    owner: &str,
+    except: &str,
+) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query(
+        "SELECT name FROM sessions WHERE slug IS NOT NULL AND owner <> $1 AND name <> $2 \
+         AND state NOT IN ('expired', 'deleted') ORDER BY name LIMIT 1",
+    )
+    .bind(owner)
     .bind(except)
     .fetch_optional(&mut *c)
     .await?;

@@ -13,6 +13,7 @@ use super::portal::{self, Allocation, WorkshopError, WorkshopRequest};
 use super::Portal;
 use crate::auth;
 use crate::control::directory::new_user_id;
+use crate::control::origins::check_portal_slug;
 use crate::control::routing::check_unique_keys;
 use crate::error::ControlError;
 use crate::session::lifecycle::SessionState;
@@ -206,6 +207,9 @@ impl Portal {
             https: target.https,
             tls_verify: env.tls_verify,
             slug: env.slug_prefix.as_ref().map(|p| format!("{p}/{name}")),
+            // An operator who gives an environment a slug prefix puts its
+            // users on the portal's origin on purpose.
+            shared_origin: env.slug_prefix.is_some(),
             strip_prefix: false,
             rewrite_host: false,
             allow_any_upgrade: false,
@@ -230,6 +234,7 @@ impl Portal {
         };
         self.control.check_static_keys(&rec)?;
         check_unique_keys(tx, &rec).await?;
+        check_portal_slug(tx, &rec, None).await?;
         store::session_insert(tx, &rec).await?;
         Ok(Some(rec))
     }

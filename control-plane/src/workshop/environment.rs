@@ -71,7 +71,9 @@ pub struct Environment {
     pub targets: Vec<String>,
     /// Verify `https://` targets' certificates.
     pub tls_verify: bool,
-    /// Sessions get the slug `<slug_prefix>/<session>` on the portal host.
+    /// Sessions get the slug `<slug_prefix>/<session>` on the portal host,
+    /// sharing its one browser origin (`shared_origin`); without it, each
+    /// gets a host of its own (`<session>.<base domain>`), the default.
     pub slug_prefix: Option<String>,
     pub extendable: bool,
     pub created: String,
@@ -228,7 +230,8 @@ pub fn validate_new(input: NewEnvironment, now_ms: u64) -> Result<EnvironmentRec
         .slug_prefix
         .as_deref()
         .map(normalize_slug)
-        .transpose()?;
+        .transpose()
+        .map_err(|e| invalid("slug_prefix", e.message))?;
     let mut workshop = input.workshop;
     if workshop.name.is_empty() {
         workshop.name = input.name.clone();

@@ -6,9 +6,11 @@ use super::environment::{
     self as env, Environment, EnvironmentPatch, EnvironmentState, NewEnvironment,
 };
 use super::{portal, Portal};
+use crate::control::origins::check_slug_prefix;
 use crate::control::sessions::transition;
 use crate::error::ControlError;
 use crate::session::lifecycle::{Action, SessionState};
+use crate::session::model::invalid;
 use crate::store;
 
 impl Portal {
@@ -17,12 +19,16 @@ impl Portal {
         input: NewEnvironment,
     ) -> Result<Environment, ControlError> {
         let rec = env::validate_new(input, self.control.now_ms())?;
+        self.check_targets(&rec.targets)?;
         let mut tx = self.control.writes().begin().await?;
         if store::environment_get(&mut tx, &rec.name).await?.is_some() {
             return Err(ControlError::Conflict(format!(
                 "environment {:?} already exists",
                 rec.name
             )));
+        }
+        if let Some(prefix) = &rec.slug_prefix {
+            check_slug_prefix(&mut tx, &rec.name, prefix).await?;
         }
         store::environment_insert(&mut tx, &rec).await?;
         drop(tx.commit().await?);
@@ -65,6 +71,9 @@ impl Portal {
             .as_deref()
             .map(env::validate_targets)
             .transpose()?;
+        if let Some(t) = &targets {
+            self.check_targets(t)?;
+        }
         if let Some(d) = patch.duration {
             env::validate_duration(d)?;
         }
@@ -89,6 +98,18 @@ impl Portal {
         tracing::info!(environment = %name, "environment changed");
         self.refill_reserves().await?;
         self.get_environment(name).await
+    }
+
+    /// Refuses targets that `sessions.allowed_targets` (or the default
+    /// rule) does not allow: each becomes a session's target.
+    fn check_targets(&self, targets: &[env::Target]) -> Result<(), ControlError> {
+        for t in targets {
+            self.control
+                .target_policy()
+                .check(&t.host, t.port)
+                .map_err(|m| invalid("targets", format!("{t}: {m}")))?;
+        }
+        Ok(())
     }
 
     /// Stops an environment: no new sessions; those it has run to their end.

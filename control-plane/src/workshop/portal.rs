@@ -177,6 +177,10 @@ pub enum OAuthError {
     UnsupportedGrantType,
     #[error("invalid_request")]
     InvalidRequest(String),
+    /// The client is past the brute-force limit; its credentials were not
+    /// looked at.
+    #[error("too_many_failures")]
+    TooManyFailures(crate::limits::TooManyFailures),
     #[error(transparent)]
     Control(#[from] ControlError),
 }

@@ -19,6 +19,11 @@
 //!   (issue 15): cookies, forwarding headers, upgrades, error pages.
 //! - `hostile_revocation`: no gap between a change and the live connections
 //!   and in-flight responses it ends (issue 15).
+//! - `hostile_*`: issue 15's findings, one module per area, each test
+//!   proving a hole closed: `hostile_listener` (the API listener's limits),
+//!   `hostile_keys` (key material's modes), `hostile_targets` (SSRF),
+//!   `hostile_slugs` (slugs on the portal host's one origin),
+//!   `hostile_bruteforce` (failed authentications per address).
 //! - `jar`: the test browser's cookie jar itself.
 //! - `lifecycle`: sessions end to end, and `kill -9` durability.
 //! - `logging`: the binary's access log and request spans.
@@ -34,8 +39,13 @@ mod access;
 mod api;
 mod ctl;
 mod group_commit;
+mod hostile_bruteforce;
 mod hostile_http;
+mod hostile_keys;
+mod hostile_listener;
 mod hostile_revocation;
+mod hostile_slugs;
+mod hostile_targets;
 mod jar;
 mod lifecycle;
 mod logging;

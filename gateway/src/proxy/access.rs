@@ -1,6 +1,7 @@
 //! Browser access on the request path: the cookie check of `authorise` and
 //! the access links `select_route` opens.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -41,6 +42,7 @@ impl Proxy {
         route: &Route,
         slug: Option<&str>,
         query: Option<&str>,
+        client: IpAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (Some(cfg), Some(list)) = (&self.access, &route.access) else {
             return Err(ProxyError::Activation(
@@ -68,6 +70,7 @@ impl Proxy {
             .activate(ActivationRequest {
                 token,
                 session: Arc::clone(&list.session),
+                client,
             })
             .await
             .map_err(ProxyError::Activation)?;

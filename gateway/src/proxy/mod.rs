@@ -80,9 +80,12 @@ pub trait HostCoverage: Send + Sync + 'static {
 pub trait PortalService: Send + Sync + 'static {
     /// Whether `path` (on the portal host) is the service's.
     fn claims(&self, path: &str) -> bool;
+    /// Answers `req`, which came from `client` (for the service's
+    /// brute-force limit).
     fn call(
         &self,
         req: Request<Incoming>,
+        client: SocketAddr,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ProxyBody>> + Send>>;
 }
 

@@ -56,7 +56,7 @@ impl Proxy {
         let ended = async {
             let sent_host = sent_host(&req)?;
             let host = self.resolve_host(&sent_host, &req, conn)?;
-            let (req, target) = self.select_route(req, &host, &mut ctx).await?;
+            let (req, target) = self.select_route(req, &host, conn, &mut ctx).await?;
             self.authorise(&req, &target, &mut ctx)?;
             let upstream = self.admit(&target, &mut ctx)?;
             let (outbound, client) =
@@ -117,6 +117,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         host: &Host<'_>,
+        conn: &ConnInfo,
         ctx: &mut RequestCtx,
     ) -> Result<(Request<Incoming>, Target), Stop> {
         // Before the table: a revocation after this reaches the request
@@ -127,7 +128,7 @@ impl Proxy {
             if table.portal_host() == Some(&*host.name) && portal.claims(req.uri().path()) {
                 drop(table);
                 ctx.kind = RequestKind::Portal;
-                return Err(Stop::Answer(portal.call(req).await));
+                return Err(Stop::Answer(portal.call(req, conn.remote).await));
             }
         }
         let path = req.uri().path();
@@ -143,7 +144,7 @@ impl Proxy {
         if target.relative_path(path) == ACTIVATE_PATH && target.route.access.is_some() {
             let query = req.uri().query();
             let answer = self
-                .activate(&target.route, target.slug(path), query)
+                .activate(&target.route, target.slug(path), query, conn.remote.ip())
                 .await?;
             return Err(Stop::Answer(answer));
         }

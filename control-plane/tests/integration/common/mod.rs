@@ -41,8 +41,25 @@ pub async fn add_user(cp: &control_plane::control::ControlPlane, name: &str) {
 /// Starts `sessiongate serve --config <config> <args>` in `dir` and
 /// captures its output. The child sees none of the caller's `SESSIONGATE_*`
 /// variables, only `env`, so a developer's shell cannot change a test.
-fn spawn(config: &Path, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> (Child, Log) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiongate"));
+/// With `umask`, it runs under that umask (set by `sh`, which then execs it).
+fn spawn(
+    config: &Path,
+    dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    umask: Option<&str>,
+) -> (Child, Log) {
+    let bin = env!("CARGO_BIN_EXE_sessiongate");
+    let mut cmd = match umask {
+        None => Command::new(bin),
+        Some(mask) => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!("umask {mask}; exec \"$0\" \"$@\""))
+                .arg(bin);
+            sh
+        }
+    };
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
@@ -168,6 +185,8 @@ pub struct Sessiongate {
     env: Vec<(String, String)>,
     /// Arguments after `serve --config <config>`, for the same reason.
     args: Vec<String>,
+    /// The umask it runs under, when a test chose one.
+    umask: Option<String>,
 }
 
 impl Deref for Sessiongate {
@@ -214,7 +233,21 @@ impl Sessiongate {
         std::fs::write(&path, config_text(dir, extra_config)).unwrap();
         let mut all_env = vec![("SESSIONGATE_ADMIN_TOKEN", TOKEN)];
         all_env.extend_from_slice(env);
-        Sessiongate::launch(dir, &path, &all_env, args).await
+        Sessiongate::launch(dir, &path, &all_env, args, None).await
+    }
+
+    /// Starts a server on testkit's test configuration and `extra_config`,
+    /// under `umask` (such as `"000"`), with `env` as its whole
+    /// `SESSIONGATE_*` environment.
+    pub async fn start_with_umask(
+        dir: &Path,
+        extra_config: &str,
+        env: &[(&str, &str)],
+        umask: &str,
+    ) -> Sessiongate {
+        let path = dir.join("sessiongate.toml");
+        std::fs::write(&path, config_text(dir, extra_config)).unwrap();
+        Sessiongate::launch(dir, &path, env, &[], Some(umask)).await
     }
 
     /// Starts a server on a configuration file written by the caller, which
@@ -222,11 +255,17 @@ impl Sessiongate {
     /// `SESSIONGATE_*` environment: without `SESSIONGATE_ADMIN_TOKEN` the
     /// server generates a token and `token` is empty.
     pub async fn start_with_config(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Sessiongate {
-        Sessiongate::launch(dir, config, env, &[]).await
+        Sessiongate::launch(dir, config, env, &[], None).await
     }
 
-    async fn launch(dir: &Path, config: &Path, env: &[(&str, &str)], args: &[&str]) -> Sessiongate {
-        let (mut child, log) = spawn(config, dir, env, args);
+    async fn launch(
+        dir: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+        umask: Option<&str>,
+    ) -> Sessiongate {
+        let (mut child, log) = spawn(config, dir, env, args, umask);
         let token = env
             .iter()
             .rev()
@@ -245,6 +284,7 @@ impl Sessiongate {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            umask: umask.map(str::to_string),
         }
     }
 
@@ -266,7 +306,7 @@ impl Sessiongate {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let (mut child, log) = spawn(&self.config, &self.dir, &env, &args);
+        let (mut child, log) = spawn(&self.config, &self.dir, &env, &args, self.umask.as_deref());
         self.endpoints = wait_listening(&mut child, &log, &self.endpoints.token).await;
         self.child = child;
         self.log = log;
