@@ -151,27 +151,9 @@ async fn run_with(
     };
     tokio::pin!(shutdown);
 
-    loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
-        let (stream, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of
-                    // spinning, and keep serving the connections we have.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
+    while let Some((permit, stream, remote)) =
+        accept_permitted(&listener, &permits, shutdown.as_mut(), "gateway").await
+    {
         let Some(client) = per_client.acquire(remote.ip()) else {
             // Closed at once, its permit given back: left unanswered it
             // would hold a place that other clients are waiting for.
@@ -327,6 +309,41 @@ impl Body for ServedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// The next connection, once one of `permits` is free: past the cap,
+/// connections wait unaccepted in the kernel's queue rather than take
+/// memory here. `None` once `shutdown` resolves (or the permits are
+/// closed). A failed accept (out of file descriptors and the like) backs
+/// off rather than spins, logged with `listener` naming it, and the
+/// connections already open are served on. The control plane's API
+/// listener accepts the same way.
+pub async fn accept_permitted<F: Future<Output = ()>>(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    mut shutdown: Pin<&mut F>,
+    listener_name: &str,
+) -> Option<(
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+)> {
+    let permit = tokio::select! {
+        p = Arc::clone(permits).acquire_owned() => p.ok()?,
+        _ = &mut shutdown => return None,
+    };
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, remote)) => return Some((permit, stream, remote)),
+                Err(e) => {
+                    tracing::warn!(listener = listener_name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut shutdown => return None,
+        }
     }
 }
 

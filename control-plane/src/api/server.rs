@@ -83,28 +83,10 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(max));
     let (drain_tx, drain_rx) = watch::channel(false);
     tokio::pin!(shutdown);
-    loop {
-        // A permit first: past the cap, connections wait unaccepted.
-        let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
-        let (stream, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off rather
-                    // than spin, and keep serving the connections there are.
-                    tracing::warn!(error = %e, "control plane: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
+    while let Some((permit, stream, remote)) =
+        gateway::server::accept_permitted(&listener, &permits, shutdown.as_mut(), "control plane")
+            .await
+    {
         let router = router.clone();
         let http = Arc::clone(&http);
         let mut drain = drain_rx.clone();
