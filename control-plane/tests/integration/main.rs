@@ -15,6 +15,7 @@
 //! - `api`: the REST API through the router, on a manual clock.
 //! - `ctl`: `sessiongate ctl` as a process.
 //! - `group_commit`: concurrent writes sharing commits.
+//! - `hostile_fuzz`: what the fuzz targets (`fuzz/`) found.
 //! - `jar`: the test browser's cookie jar itself.
 //! - `lifecycle`: sessions end to end, and `kill -9` durability.
 //! - `logging`: the binary's access log and request spans.
@@ -30,6 +31,7 @@ mod access;
 mod api;
 mod ctl;
 mod group_commit;
+mod hostile_fuzz;
 mod jar;
 mod lifecycle;
 mod logging;
