@@ -215,12 +215,7 @@ pub fn parse_h2load(report: &str) -> Result<H2loadResult> {
             seen.0 = true;
         } else if let Some(rest) = line.strip_prefix("requests: ") {
             // "20000 total, 4396 started, 4144 done, 4000 succeeded, 16000 failed, ..."
-            for part in rest.split(',') {
-                let mut words = part.split_whitespace();
-                let (Some(n), Some(what)) = (words.next(), words.next()) else {
-                    continue;
-                };
-                let n: u64 = n.parse().with_context(|| format!("{what} in {line:?}"))?;
+            for (n, what) in counts(rest).with_context(|| format!("in {line:?}"))? {
                 match what {
                     "total" => out.requests = n,
                     "succeeded" => out.succeeded = n,
@@ -231,12 +226,7 @@ pub fn parse_h2load(report: &str) -> Result<H2loadResult> {
             seen.1 = true;
         } else if let Some(rest) = line.strip_prefix("status codes: ") {
             // "4000 2xx, 0 3xx, 0 4xx, 0 5xx"
-            for part in rest.split(',') {
-                let mut words = part.split_whitespace();
-                let (Some(n), Some(class)) = (words.next(), words.next()) else {
-                    continue;
-                };
-                let n: u64 = n.parse().with_context(|| format!("{class} in {line:?}"))?;
+            for (n, class) in counts(rest).with_context(|| format!("in {line:?}"))? {
                 if class == "2xx" {
                     out.status_2xx = n;
                 } else {
@@ -250,6 +240,17 @@ pub fn parse_h2load(report: &str) -> Result<H2loadResult> {
         bail!("no finished/requests/status codes lines");
     }
     Ok(out)
+}
+
+/// `"4000 2xx, 0 3xx"` → `[(4000, "2xx"), (0, "3xx")]`.
+fn counts(list: &str) -> Result<Vec<(u64, &str)>> {
+    list.split(',')
+        .filter_map(|part| {
+            let mut words = part.split_whitespace();
+            Some((words.next()?, words.next()?))
+        })
+        .map(|(n, what)| Ok((n.parse().with_context(|| format!("{what}: {n:?}"))?, what)))
+        .collect()
 }
 
 /// `"62.51ms"`, `"2.00s"`, `"950us"` in seconds.

@@ -26,7 +26,7 @@ use crate::attackers::{
 };
 use crate::procs::check_interrupted;
 use crate::rapid_reset::{self, ResetConfig, ResetResult};
-use crate::report::{self, fmt_latency, fmt_mib, median, Machine};
+use crate::report::{self, fmt_latency, fmt_mib, median};
 use crate::side_by_side::{load_average, markers, write_section, Bench, CommonArgs, Running};
 use crate::targets::{self, Routes, TargetKind};
 use crate::wrk::{self, Load, WrkResult, HOST};
@@ -693,13 +693,7 @@ fn summary_table(summaries: &[Summary]) -> String {
          |---|---|---:|---:|---:|---|---|---|\n",
     );
     for s in summaries {
-        let errors = if s.requests == 0 {
-            "**FLAGGED: zero requests**".to_owned()
-        } else if s.errors > 0 {
-            format!("**FLAGGED: {}** ({})", s.errors, s.error_detail)
-        } else {
-            "0".into()
-        };
+        let errors = report::errors_cell(s.requests, s.errors, &s.error_detail);
         let _ = writeln!(
             t,
             "| {} | {} | {} | {} ({:.2}x) | {:.2} | {} → {} → {} ({:+.1}%) | {} | {} |",
@@ -765,21 +759,9 @@ fn section(
     table: &str,
     lines: &[String],
 ) -> String {
-    let machine = Machine::collect();
     let plan = &bench.plan;
     let command: Vec<String> = std::env::args().map(|a| report::shell_quote(&a)).collect();
-    let mut r = String::new();
-    let _ = writeln!(r, "## {}\n", texts.title);
-    let _ = writeln!(r, "- Date: {}", machine.date);
-    let _ = writeln!(
-        r,
-        "- Machine: {} CPUs (`nproc`), {}, kernel {}; load average (1, 5, 15 min) {} before the run, {} after",
-        machine.nproc,
-        machine.cpu_model,
-        machine.kernel,
-        bench.load_before(),
-        load_average()
-    );
+    let mut r = report::section_head(texts.title, bench.load_before(), &load_average());
     for line in bench.tools.versions() {
         let _ = writeln!(r, "- {line}");
     }
@@ -879,16 +861,7 @@ fn section(
     for s in started {
         let t = &s.running.target;
         if let Some((name, text)) = &t.config {
-            let lang = if name.ends_with(".toml") {
-                "toml"
-            } else {
-                "nginx"
-            };
-            let _ = writeln!(
-                r,
-                "<details><summary>{} ({name})</summary>\n\n```{lang}\n{text}```\n\n</details>\n",
-                t.kind
-            );
+            let _ = writeln!(r, "{}", report::config_details(t.kind, name, text));
         }
     }
     r
