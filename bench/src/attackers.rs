@@ -55,8 +55,18 @@ impl Slowloris {
 
     /// Starts slowhttptest with its output in `log`. Dropping the returned
     /// process stops it (SIGTERM), which closes its connections.
+    /// Its status comes out as it is printed only under `stdbuf -oL`
+    /// (coreutils): into a file, slowhttptest's output is block-buffered,
+    /// and the SIGTERM that stops it loses the buffer.
     pub fn start(&self, program: &Path, target: SocketAddr, log: &Path) -> Result<Proc> {
-        let mut cmd = Command::new(program);
+        let mut cmd = match crate::targets::find_program("stdbuf") {
+            Some(stdbuf) => {
+                let mut c = Command::new(stdbuf);
+                c.arg("-oL").arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
         cmd.args(self.args(target));
         Proc::spawn("slowhttptest", cmd, log.to_path_buf(), None)
     }

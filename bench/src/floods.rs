@@ -77,7 +77,7 @@ pub struct H2FloodArgs {
     /// Rapid-reset connections open at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub reset_connections: u32,
-    /// Streams opened and reset per run, at most [default: 1000000; 2000
+    /// Streams opened and reset per run, at most [default: 10000000; 2000
     /// with --smoke]; a run also stops with its wrk run.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub resets: Option<u64>,
@@ -315,7 +315,7 @@ pub fn h2_flood(args: H2FloodArgs) -> Result<Vec<String>> {
     };
     let resets = args
         .resets
-        .unwrap_or(if bench.plan.smoke { 2000 } else { 1_000_000 });
+        .unwrap_or(if bench.plan.smoke { 2000 } else { 10_000_000 });
     let cases = [
         Case {
             name: "stream flood",
