@@ -3,8 +3,10 @@
 //! figures that matter are same-run ratios rather than absolute numbers from
 //! a shared, noisy machine (`keepalive`, `new-connection`, `body-1mib`,
 //! `routes`, `ws-echo`, and `churn` for sessiongate alone); `tls-handshakes`, new TLS
-//! connections against sessiongate's HTTPS listener and nginx's; and
-//! `table-updates`, the route table under a stream of single-route changes.
+//! connections against sessiongate's HTTPS listener and nginx's;
+//! `table-updates`, the route table under a stream of single-route changes;
+//! and the attacks, `slowloris` and `h2-flood`: a normal client's latency
+//! and the server's memory while sessiongate and nginx are attacked.
 //!
 //! # Layout
 //!
@@ -27,12 +29,18 @@
 //!   `openssl s_time` and `s_client`) and their output.
 //! - `report.rs`: summary tables and the written reports.
 //! - `tls_handshakes.rs`, `table_updates.rs`: those scenarios.
+//! - `floods.rs`: `slowloris` and `h2-flood`; `attackers.rs`: slowhttptest
+//!   and h2load, and the connection count from /proc; `rapid_reset.rs`: the
+//!   HTTP/2 rapid-reset client.
 
 mod api;
+mod attackers;
 mod churn;
+mod floods;
 mod openssl;
 mod peers;
 mod procs;
+mod rapid_reset;
 mod report;
 mod scenarios;
 mod side_by_side;
@@ -91,6 +99,14 @@ enum Scenario {
     /// Full and resumed TLS handshakes per second against sessiongate's
     /// HTTPS listener and nginx's, same certificate, driven by openssl s_time.
     TlsHandshakes(tls_handshakes::TlsHandshakesArgs),
+    /// A normal client's p99 alone and while slowhttptest holds 1,000 slow
+    /// clients open, against sessiongate and nginx; RSS before and after.
+    Slowloris(floods::SlowlorisArgs),
+    /// A normal client's p99 alone and under an HTTP/2 stream flood
+    /// (h2load) and a rapid-reset flood (CVE-2023-44487), against
+    /// sessiongate and nginx; RSS before and after.
+    #[command(name = "h2-flood")]
+    H2Flood(floods::H2FloodArgs),
 }
 
 /// How a scenario ended, for the exit status.
@@ -124,6 +140,8 @@ fn main() -> ExitCode {
         Scenario::All(common) => all(common),
         Scenario::TableUpdates(args) => table_updates::run(args).into(),
         Scenario::TlsHandshakes(args) => tls_handshakes::run(args).into(),
+        Scenario::Slowloris(args) => floods::slowloris(args).into(),
+        Scenario::H2Flood(args) => floods::h2_flood(args).into(),
     };
     match outcome {
         Outcome::Clean => ExitCode::SUCCESS,

@@ -270,13 +270,7 @@ pub fn summary_table(summaries: &[Summary], unit: &str) -> String {
     }
     t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for s in summaries {
-        let errors = if s.requests == 0 {
-            "**FLAGGED: zero requests**".to_owned()
-        } else if s.errors > 0 {
-            format!("**FLAGGED: {}** ({})", s.errors, s.error_detail)
-        } else {
-            "0".to_owned()
-        };
+        let errors = errors_cell(s.requests, s.errors, &s.error_detail);
         if with_case {
             let _ = write!(t, "| {} ", s.case);
         }
@@ -462,6 +456,39 @@ impl Machine {
             cpu_model,
             kernel: command_line_output("uname", &["-r"]).unwrap_or_else(unknown),
         }
+    }
+}
+
+/// The head of a written section: its title, the date, and the machine
+/// with its load average before and after the run.
+pub fn section_head(title: &str, load_before: &str, load_after: &str) -> String {
+    let machine = Machine::collect();
+    format!(
+        "## {title}\n\n- Date: {}\n- Machine: {} CPUs (`nproc`), {}, kernel {}; load average \
+         (1, 5, 15 min) {load_before} before the run, {load_after} after\n",
+        machine.date, machine.nproc, machine.cpu_model, machine.kernel
+    )
+}
+
+/// A target's configuration file, folded, for a written section.
+pub fn config_details(kind: TargetKind, name: &str, text: &str) -> String {
+    let lang = match name {
+        n if n.ends_with(".toml") => "toml",
+        "nginx.conf" => "nginx",
+        _ => "text",
+    };
+    format!("<details><summary>{kind} ({name})</summary>\n\n```{lang}\n{text}```\n\n</details>\n")
+}
+
+/// The errors cell of a summary table: flagged when a target served no
+/// requests or any error.
+pub fn errors_cell(requests: u64, errors: u64, detail: &str) -> String {
+    if requests == 0 {
+        "**FLAGGED: zero requests**".to_owned()
+    } else if errors > 0 {
+        format!("**FLAGGED: {errors}** ({detail})")
+    } else {
+        "0".to_owned()
     }
 }
 

@@ -173,7 +173,7 @@ impl Tools {
     }
 
     /// One line per tool with its version, for the written report.
-    fn versions(&self) -> Vec<String> {
+    pub(crate) fn versions(&self) -> Vec<String> {
         let unknown = || "unknown".to_owned();
         let version = |path: &Path, args: &[&str]| {
             report::version_line(&path.to_string_lossy(), args).unwrap_or_else(unknown)
@@ -363,10 +363,20 @@ impl Bench {
     }
 
     /// A fresh directory `<label>-<kind>` in the temp dir.
-    fn subdir(&self, label: &str, kind: TargetKind) -> Result<PathBuf> {
+    pub(crate) fn subdir(&self, label: &str, kind: TargetKind) -> Result<PathBuf> {
         let sub = self.dir.path().join(format!("{label}-{}", kind.name()));
         std::fs::create_dir(&sub).with_context(|| format!("creating {}", sub.display()))?;
         Ok(sub)
+    }
+
+    /// Where `--write` puts the report, if anywhere.
+    pub fn write_path(&self) -> Option<&Path> {
+        self.write.as_deref()
+    }
+
+    /// The load average when the scenario started, for the written report.
+    pub fn load_before(&self) -> &str {
+        &self.load_before
     }
 
     /// Starts the WebSocket echo origin (as many threads as the HTTP one).

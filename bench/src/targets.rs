@@ -394,12 +394,15 @@ http {{
 /// responses streamed rather than buffered (as sessiongate, haproxy and chp
 /// do), everything (pid, logs, temp paths) inside `dir` so that no system
 /// state is touched. With `map_file` (lines `<host> origin;`), the host is
-/// looked up in a `map` and unknown hosts answer 404.
+/// looked up in a `map` and unknown hosts answer 404. With `h2c_port`, the
+/// same server also listens there for HTTP/2 with prior knowledge (nginx
+/// speaks only HTTP/2 on a `listen ... http2` port without TLS).
 pub fn nginx_config(
     dir: &Path,
     port: u16,
     origin: SocketAddr,
     map_file: Option<(&Path, usize)>,
+    h2c_port: Option<u16>,
     as_root: bool,
 ) -> String {
     let preamble = nginx_preamble(dir, as_root);
@@ -423,6 +426,9 @@ pub fn nginx_config(
         ),
         None => (String::new(), "", "origin"),
     };
+    let h2c = h2c_port.map_or(String::new(), |p| {
+        format!("\n        listen 127.0.0.1:{p} http2;")
+    });
     format!(
         r#"{preamble}{route_map}
     map $http_upgrade $connection_upgrade {{
@@ -436,7 +442,7 @@ pub fn nginx_config(
     }}
 
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port};{h2c}
         server_name {HOST};
 
         location / {{
@@ -503,8 +509,19 @@ pub fn nginx(binary: &Path, dir: &Path, origin: SocketAddr, routes: &Routes) -> 
         routes.write_lines(&map, "origin", ";")?;
     }
     let map_file = routes.lookup.then_some((map.as_path(), routes.hosts.len()));
-    let text = nginx_config(dir, port, origin, map_file, running_as_root());
+    let text = nginx_config(dir, port, origin, map_file, None, running_as_root());
     start_nginx(binary, dir, text, port, |addr| routes_ready(addr, routes))
+}
+
+/// [`nginx`] with one route and, besides its HTTP/1.1 port, a port for
+/// HTTP/2 with prior knowledge (h2c), in the same server block: the
+/// HTTP/2 floods' target. Returns the h2c address too.
+pub fn nginx_h2c(binary: &Path, dir: &Path, origin: SocketAddr) -> Result<(Target, SocketAddr)> {
+    let (port, h2c) = (free_port()?, free_port()?);
+    let routes = Routes::one();
+    let text = nginx_config(dir, port, origin, None, Some(h2c), running_as_root());
+    let target = start_nginx(binary, dir, text, port, |addr| routes_ready(addr, &routes))?;
+    Ok((target, SocketAddr::from(([127, 0, 0, 1], h2c))))
 }
 
 /// Starts nginx (master + one worker) with an HTTPS listener serving
@@ -667,7 +684,7 @@ mod tests {
     #[test]
     fn nginx_config_keeps_everything_in_dir() {
         let origin = SocketAddr::from(([127, 0, 0, 1], 9));
-        let text = nginx_config(Path::new("/tmp/x y"), 8080, origin, None, true);
+        let text = nginx_config(Path::new("/tmp/x y"), 8080, origin, None, None, true);
         assert!(text.starts_with("user nobody nogroup;"));
         assert!(text.contains("pid \"/tmp/x y/nginx.pid\";"));
         assert!(text.contains("keepalive 64;"));
@@ -676,7 +693,10 @@ mod tests {
         assert!(text.contains("proxy_pass http://origin;"));
         assert!(text.contains("proxy_set_header Connection $connection_upgrade;"));
         assert!(!text.contains("map $host"));
-        assert!(!nginx_config(Path::new("/t"), 1, origin, None, false).contains("user "));
+        assert!(!nginx_config(Path::new("/t"), 1, origin, None, None, false).contains("user "));
+        assert!(!text.contains("http2"));
+        let h2 = nginx_config(Path::new("/t"), 1, origin, None, Some(2), false);
+        assert!(h2.contains("listen 127.0.0.1:1;\n        listen 127.0.0.1:2 http2;"));
         assert_eq!(text.matches('{').count(), text.matches('}').count());
     }
 
@@ -684,7 +704,14 @@ mod tests {
     fn nginx_config_with_a_route_map() {
         let origin = SocketAddr::from(([127, 0, 0, 1], 9));
         let map = Path::new("/tmp/w/routes.map");
-        let text = nginx_config(Path::new("/tmp/w"), 1, origin, Some((map, 100_000)), false);
+        let text = nginx_config(
+            Path::new("/tmp/w"),
+            1,
+            origin,
+            Some((map, 100_000)),
+            None,
+            false,
+        );
         assert!(text.contains("map_hash_max_size 200000;"));
         assert!(text.contains("include \"/tmp/w/routes.map\";"));
         assert!(text.contains("return 404;"));

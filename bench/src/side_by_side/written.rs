@@ -8,27 +8,15 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::{Bench, Run, Running, Scenario};
-use crate::report::{self, Machine, Sample};
+use crate::report::{self, Sample};
 use crate::targets::TargetKind;
 
 impl Bench {
     /// The section `--write` puts into the results file.
     pub(super) fn section(&self, w: &Written<'_>) -> String {
-        let machine = Machine::collect();
         let command: Vec<String> = std::env::args().map(|a| report::shell_quote(&a)).collect();
         let plan = &self.plan;
-        let mut r = String::new();
-        let _ = writeln!(r, "## {}\n", w.scenario.title);
-        let _ = writeln!(r, "- Date: {}", machine.date);
-        let _ = writeln!(
-            r,
-            "- Machine: {} CPUs (`nproc`), {}, kernel {}; load average (1, 5, 15 min) {} before the run, {} after",
-            machine.nproc,
-            machine.cpu_model,
-            machine.kernel,
-            self.load_before,
-            load_average()
-        );
+        let mut r = report::section_head(w.scenario.title, &self.load_before, &load_average());
         for line in self.tools.versions() {
             let _ = writeln!(r, "- {line}");
         }
@@ -79,16 +67,7 @@ impl Bench {
                 continue;
             }
             shown.push(t.kind);
-            let lang = match name.as_str() {
-                n if n.ends_with(".toml") => "toml",
-                "nginx.conf" => "nginx",
-                _ => "text",
-            };
-            let _ = writeln!(
-                r,
-                "<details><summary>{} ({name})</summary>\n\n```{lang}\n{}```\n\n</details>\n",
-                t.kind, text
-            );
+            let _ = writeln!(r, "{}", report::config_details(t.kind, name, text));
         }
         r
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{Mode, Plan, Version, DOMAIN, TARGET_RATIO};
 use crate::openssl::{ClientRun, Negotiated};
-use crate::report::{self, median, Machine};
+use crate::report::{self, median};
 use crate::targets::{Target, TargetKind};
 
 /// One run: one mode against one target, all clients together.
@@ -331,17 +331,9 @@ per handshake is the figure that compares the servers.
 ";
 
 pub(super) fn written_section(w: &Written<'_>) -> String {
-    let machine = Machine::collect();
     let unknown = || "unknown".to_owned();
     let command: Vec<String> = std::env::args().map(|a| report::shell_quote(&a)).collect();
-    let mut r = String::new();
-    let _ = writeln!(r, "## TLS handshakes\n");
-    let _ = writeln!(r, "- Date: {}", machine.date);
-    let _ = writeln!(
-        r,
-        "- Machine: {} CPUs (`nproc`), {}, kernel {}; load average (1, 5, 15 min) {} before the run, {} after",
-        machine.nproc, machine.cpu_model, machine.kernel, w.load.0, w.load.1
-    );
+    let mut r = report::section_head("TLS handshakes", w.load.0, w.load.1);
     if let Some(nginx) = w.nginx {
         let v = report::version_line(&nginx.to_string_lossy(), &["-v"]);
         let _ = writeln!(r, "- nginx: {}", v.unwrap_or_else(unknown));
@@ -416,16 +408,7 @@ pub(super) fn written_section(w: &Written<'_>) -> String {
     let _ = writeln!(r, "### Configurations\n");
     for target in w.running {
         if let Some((name, text)) = &target.config {
-            let lang = if name.ends_with(".toml") {
-                "toml"
-            } else {
-                "nginx"
-            };
-            let _ = writeln!(
-                r,
-                "<details><summary>{} ({name})</summary>\n\n```{lang}\n{}```\n\n</details>\n",
-                target.kind, text
-            );
+            let _ = writeln!(r, "{}", report::config_details(target.kind, name, text));
         }
     }
     r

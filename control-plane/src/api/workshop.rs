@@ -221,6 +221,53 @@ fn oauth_error(e: OAuthError) -> Response {
     resp
 }
 
+/// The request endpoint's query string: the request, and the `index_url`
+/// as given (the caller applies the allow-list). A 400 for a malformed
+/// query, an unknown parameter or a timeout that is not a number. Apart from
+/// the handler so that the fuzz target `workshop_query` can run it.
+pub fn request_query(raw: Option<String>) -> Result<(WorkshopRequest, Option<String>), ApiError> {
+    let mut req = WorkshopRequest::default();
+    let mut index_url = None;
+    for (k, v) in query_pairs(raw)? {
+        let v = Some(v).filter(|v| !v.is_empty());
+        match k.as_str() {
+            "index_url" => index_url = v,
+            "user" => req.user = v,
+            "email" => req.email = v,
+            "first_name" => req.first_name = v,
+            "last_name" => req.last_name = v,
+            "timeout" => {
+                req.timeout = match v {
+                    None => None,
+                    Some(t) => Some(t.parse().map_err(|_| {
+                        ApiError::bad_request(format!("timeout {t:?}: seconds, a whole number"))
+                    })?),
+                }
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (expected index_url, user, email, first_name, last_name, timeout)"
+                )))
+            }
+        }
+    }
+    Ok((req, index_url))
+}
+
+/// The `url` a request answers with: the activation endpoint with the
+/// session's one-time token and, when allowed, where to go back to;
+/// [`activate_query`] reads it back.
+pub fn activation_path(session: &str, token: &str, index_url: Option<&str>) -> String {
+    let mut url = format!("/workshops/session/{session}/activate/?token={token}");
+    if let Some(i) = index_url {
+        if let Ok(q) = serde_urlencoded::to_string([("index_url", i)]) {
+            url.push('&');
+            url.push_str(&q);
+        }
+    }
+    url
+}
+
 /// `GET /workshops/environment/<name>/request/`.
 #[utoipa::path(
     get, path = "/workshops/environment/{name}/request/", tag = "workshop",
@@ -257,31 +304,7 @@ pub async fn request(
             "a read-only token cannot request sessions",
         ));
     }
-    let mut req = WorkshopRequest::default();
-    let mut index_url = None;
-    for (k, v) in query_pairs(raw)? {
-        let v = Some(v).filter(|v| !v.is_empty());
-        match k.as_str() {
-            "index_url" => index_url = v,
-            "user" => req.user = v,
-            "email" => req.email = v,
-            "first_name" => req.first_name = v,
-            "last_name" => req.last_name = v,
-            "timeout" => {
-                req.timeout = match v {
-                    None => None,
-                    Some(t) => Some(t.parse().map_err(|_| {
-                        ApiError::bad_request(format!("timeout {t:?}: seconds, a whole number"))
-                    })?),
-                }
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown query parameter {other:?} (expected index_url, user, email, first_name, last_name, timeout)"
-                )))
-            }
-        }
-    }
+    let (req, index_url) = request_query(raw)?;
     let settings = portal.settings();
     // An index_url off the allow-list is ignored: the portal's own is used.
     let index_url = index_url.filter(|u| settings.index_policy.allows(u));
@@ -301,16 +324,7 @@ pub async fn request(
             return Ok((status, Json(body)).into_response());
         }
     };
-    let mut url = format!(
-        "/workshops/session/{}/activate/?token={}",
-        a.session, a.token
-    );
-    if let Some(i) = &index_url {
-        if let Ok(q) = serde_urlencoded::to_string([("index_url", i)]) {
-            url.push('&');
-            url.push_str(&q);
-        }
-    }
+    let url = activation_path(&a.session, &a.token, index_url.as_deref());
     Ok(Json(RequestAnswer {
         name: a.session.clone(),
         user: a.user,
@@ -321,6 +335,21 @@ pub async fn request(
         session: a.session,
     })
     .into_response())
+}
+
+/// The activation endpoint's query string: the token and the `index_url`,
+/// each as given (the last of a repeated one); other parameters are ignored.
+/// A 400 only for a malformed query.
+pub fn activate_query(raw: Option<String>) -> Result<(Option<String>, Option<String>), ApiError> {
+    let (mut token, mut index_url) = (None, None);
+    for (k, v) in query_pairs(raw)? {
+        match k.as_str() {
+            "token" => token = Some(v),
+            "index_url" => index_url = Some(v),
+            _ => {}
+        }
+    }
+    Ok((token, index_url))
 }
 
 #[utoipa::path(
@@ -340,14 +369,7 @@ pub async fn activate(
     ApiPath(name): ApiPath<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (mut token, mut index_url) = (None, None);
-    for (k, v) in query_pairs(raw)? {
-        match k.as_str() {
-            "token" => token = Some(v),
-            "index_url" => index_url = Some(v),
-            _ => {}
-        }
-    }
+    let (token, index_url) = activate_query(raw)?;
     let settings = portal.settings();
     let index = settings
         .index_policy
@@ -423,6 +445,27 @@ pub async fn user_sessions(
     Ok(Json(UserSessions { user, sessions }))
 }
 
+/// The catalog's query string: whether sessions are asked for, and the
+/// environment states to list (RUNNING when none is given). A 400 for a
+/// malformed query or an unknown state.
+pub fn catalog_query(raw: Option<String>) -> Result<(bool, Vec<EnvironmentState>), ApiError> {
+    let mut with_sessions = false;
+    let mut states = Vec::new();
+    for (k, v) in query_pairs(raw)? {
+        match k.as_str() {
+            "sessions" => with_sessions = matches!(v.as_str(), "true" | "1" | "yes"),
+            "state" => states.push(EnvironmentState::parse(&v).ok_or_else(|| {
+                ApiError::bad_request(format!("state {v:?}: RUNNING or STOPPING"))
+            })?),
+            _ => {}
+        }
+    }
+    if states.is_empty() {
+        states.push(EnvironmentState::Running);
+    }
+    Ok((with_sessions, states))
+}
+
 /// `GET /workshops/catalog/environments/?sessions=true&state=RUNNING&state=STOPPING`.
 #[utoipa::path(
     get, path = "/workshops/catalog/environments/", tag = "workshop",
@@ -439,20 +482,7 @@ pub async fn catalog(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let c = caller(&portal, &headers, client).await?;
-    let mut with_sessions = false;
-    let mut states = Vec::new();
-    for (k, v) in query_pairs(raw)? {
-        match k.as_str() {
-            "sessions" => with_sessions = matches!(v.as_str(), "true" | "1" | "yes"),
-            "state" => states.push(EnvironmentState::parse(&v).ok_or_else(|| {
-                ApiError::bad_request(format!("state {v:?}: RUNNING or STOPPING"))
-            })?),
-            _ => {}
-        }
-    }
-    if states.is_empty() {
-        states.push(EnvironmentState::Running);
-    }
+    let (with_sessions, states) = catalog_query(raw)?;
     // Without authentication no sessions are listed.
     let with_sessions = with_sessions && c != Caller::Anonymous;
     let now = portal.control().now_ms();

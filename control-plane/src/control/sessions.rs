@@ -89,7 +89,7 @@ impl ControlPlane {
     }
 
     pub async fn create_session(&self, input: NewSession) -> Result<SessionRecord, ControlError> {
-        let rec = self.new_record(input)?;
+        let rec = Self::new_record(input, self.now_ms(), &self.base_domains())?;
         model::validate_target(&rec)?;
         self.check_session_target(None, &rec)?;
         self.check_static_keys(&rec)?;
@@ -127,9 +127,15 @@ impl ControlPlane {
         Ok(rec)
     }
 
-    /// The record a create makes of `input`, validated field by field.
-    fn new_record(&self, input: NewSession) -> Result<SessionRecord, ControlError> {
-        let now = self.now_ms();
+    /// The record a create makes of `input` at `now` (Unix milliseconds),
+    /// validated field by field; `base_domains` are the gateway's (a custom
+    /// domain may not take a session's address). No I/O, so that the fuzz
+    /// target `session_json` runs it as the API does.
+    pub fn new_record(
+        input: NewSession,
+        now: u64,
+        base_domains: &[String],
+    ) -> Result<SessionRecord, ControlError> {
         model::validate_name("name", &input.name)?;
         model::validate_user_name("owner", &input.owner)?;
         let kind = input.kind.unwrap_or(SessionKind::Tunnel);
@@ -143,7 +149,11 @@ impl ControlPlane {
             (
                 SessionState::Running,
                 Some(now),
-                input.duration.map(|d| now + d * 1000),
+                // Saturating: a duration too long for milliseconds is
+                // refused by `validate_target`, after this has run.
+                input
+                    .duration
+                    .map(|d| now.saturating_add(d.saturating_mul(1000))),
             )
         };
         Ok(SessionRecord {
@@ -171,7 +181,7 @@ impl ControlPlane {
             custom_domain: input
                 .custom_domain
                 .as_deref()
-                .map(|d| model::normalize_custom_domain(d, &self.base_domains()))
+                .map(|d| model::normalize_custom_domain(d, base_domains))
                 .transpose()?,
             workspace_port: input.workspace_port,
             owner: input.owner,

@@ -15,6 +15,7 @@
 //! - `api`: the REST API through the router, on a manual clock.
 //! - `ctl`: `sessiongate ctl` as a process.
 //! - `group_commit`: concurrent writes sharing commits.
+//! - `hostile_fuzz`: what the fuzz targets (`fuzz/`) found.
 //! - `hostile_http`: hostile browsers, apps and clients at the gateway
 //!   (issue 15): cookies, forwarding headers, upgrades, error pages.
 //! - `hostile_revocation`: no gap between a change and the live connections
@@ -40,6 +41,7 @@ mod api;
 mod ctl;
 mod group_commit;
 mod hostile_bruteforce;
+mod hostile_fuzz;
 mod hostile_http;
 mod hostile_keys;
 mod hostile_listener;
