@@ -137,8 +137,12 @@ slowhttptest's own last status (its probe asks for a page every second and
 calls the server unavailable when it takes over 3 s). Within a run the slow
 clients never reach either server's header timeout (sessiongate's
 `gateway.header_read_timeout_secs`, 30 s; nginx's `client_header_timeout`,
-60 s), so both hold them all. Every client comes from 127.0.0.1: a cap on
-connections per client address would count wrk's with the slow ones.
+60 s), so both hold them all. Every client comes from 127.0.0.1, which
+stands for many addresses here: sessiongate runs with
+`gateway.max_connections_per_ip` raised to `max_connections` (10,000), as
+the per-address cap (256 by default) would count wrk's connections with the
+slow ones, and refuse slow clients past 256 that a real attack would send
+from other addresses.
 Goals: the normal client's p99 under attack below 2x its baseline; RSS
 back within 10% of before the attack.",
 };

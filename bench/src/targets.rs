@@ -169,7 +169,17 @@ struct SgGateway {
     base_domains: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     portal_host: Option<String>,
+    /// Every benchmark client, wrk and attackers alike, connects from
+    /// 127.0.0.1, which here stands for many clients: the per-address cap
+    /// (256 by default) would otherwise count wrk's connections with an
+    /// attack's and refuse them. Set to `max_connections`, as the README
+    /// advises behind a proxy that connects from one address.
+    max_connections_per_ip: u32,
 }
+
+/// `gateway.max_connections_per_ip` in every benchmark configuration: the
+/// default `max_connections`.
+const PER_IP: u32 = 10_000;
 
 #[derive(Serialize)]
 struct SgTls {
@@ -217,6 +227,7 @@ pub fn sessiongate(
             https_listen: Some(String::new()),
             base_domains: vec!["localhost".into()],
             portal_host: Some("localhost".into()),
+            max_connections_per_ip: PER_IP,
         },
         control_plane: SgControlPlane {
             listen: format!("127.0.0.1:{}", free_port()?),
@@ -298,6 +309,7 @@ pub fn sessiongate_tls(
             https_listen: Some(format!("127.0.0.1:{port}")),
             base_domains: vec![certs.name.clone()],
             portal_host: None,
+            max_connections_per_ip: PER_IP,
         },
         control_plane: SgControlPlane {
             listen: format!("127.0.0.1:{}", free_port()?),
