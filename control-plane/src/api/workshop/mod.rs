@@ -1,0 +1,88 @@
+//! The training portal's REST API, path for path and
+//! field for field: `/oauth2/token/`, `/workshops/environment/<name>/request/`,
+//! `/workshops/session/<name>/activate/`, `/workshops/user/<user>/sessions/`
+//! and `/workshops/catalog/environments/`.
+//!
+//! Bearer tokens are the OAuth2 access tokens from `/oauth2/token/`, or the
+//! control plane's own API tokens. The activation endpoint is opened by the
+//! user's browser and needs none: its one-time token is the credential.
+//!
+//! One module per part, so that each grows on its own: `oauth` (tokens),
+//! `request` (requesting and activating sessions) and `catalog` (the
+//! catalog and users' sessions).
+
+mod catalog;
+mod oauth;
+mod request;
+
+pub use catalog::*;
+pub use oauth::*;
+pub use request::*;
+
+use axum::http::{header, HeaderMap, StatusCode};
+
+use std::net::IpAddr;
+
+use super::ApiError;
+use crate::auth::{bearer_token, TokenKind};
+use crate::limits::Guessed;
+use crate::workshop::Portal;
+
+/// Who is calling a workshop endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Caller {
+    /// The admin token or an OAuth2 access token: may request sessions.
+    Writer,
+    /// A read-only API token.
+    Reader,
+    Anonymous,
+}
+
+/// Who presents the bearer token in `headers`, if any. A wrong token
+/// counts against `client`'s brute-force limit, and a client past it is
+/// answered 429 before its token is looked at.
+pub(super) async fn caller(
+    portal: &Portal,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Result<Caller, ApiError> {
+    let Some(h) = headers.get(header::AUTHORIZATION) else {
+        return Ok(Caller::Anonymous);
+    };
+    let failures = portal.control().failures(Guessed::ApiToken);
+    failures.check(client)?;
+    let Some(token) = bearer_token(h.as_bytes()) else {
+        failures.fail(client);
+        return Err(unauthorized());
+    };
+    match portal.control().check_token(token) {
+        Some(TokenKind::Admin) => return Ok(Caller::Writer),
+        Some(TokenKind::Readonly) => return Ok(Caller::Reader),
+        None => {}
+    }
+    if portal.check_oauth_token(token).await? {
+        Ok(Caller::Writer)
+    } else {
+        failures.fail(client);
+        Err(unauthorized())
+    }
+}
+
+pub(super) fn unauthorized() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "invalid or expired bearer token (get one from /oauth2/token/)",
+    )
+}
+
+pub(super) fn need_auth(c: Caller) -> Result<(), ApiError> {
+    match c {
+        Caller::Anonymous => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing Authorization: Bearer token (get one from /oauth2/token/)",
+        )),
+        _ => Ok(()),
+    }
+}
