@@ -10,8 +10,10 @@
 //! Properties:
 //! - a cookie the ring signs verifies to exactly its claims until it
 //!   expires, and `check` finds it among other cookies;
-//! - no other value verifies: one changed byte is refused, and so is any
-//!   value from the input (the fuzzer has no key);
+//! - no other value verifies: one changed byte is refused, and a value
+//!   from the input verifies only if it is exactly what a key signs for its
+//!   claims (the fuzzer can learn such values from the harness's own
+//!   signing, so they are no forgery);
 //! - the replaced key verifies through its grace period, and not after;
 //! - an entry path the API accepts keeps the browser on the session's host,
 //!   as a browser resolves it (the `url` crate is the WHATWG URL parser);
@@ -175,8 +177,21 @@ fuzz_target!(|data: &[u8]| {
     let now = now.trim().parse::<u64>().unwrap_or(GRACE_UNTIL - 60);
 
     check_cookie(session, user, expires, now, mutation);
+    // A value from the input verifies only if it is, byte for byte, what one
+    // of the keys signs for its claims: the harness signs claims from the
+    // input with keys it holds, so the fuzzer can learn such a value (it
+    // did, from the comparisons in `check_cookie`), and that is no forgery.
+    // Any other value that verifies (another encoding of the tag, a changed
+    // claim) is one.
     if let Ok(claims) = ring().verify(cookie, now) {
-        panic!("{cookie:?}, made without the key, verifies: {claims:?}");
+        let signed_by_a_key = [ring(), old_ring()].iter().any(|r| {
+            r.sign(claims.session, claims.user, claims.expires)
+                .is_ok_and(|v| v == cookie)
+        });
+        assert!(
+            signed_by_a_key,
+            "{cookie:?} verifies as {claims:?} but is not what a key signs for those claims"
+        );
     }
     check_entry_path(path);
     let policy = RedirectPolicy::new(&ALLOWED.map(String::from)).expect("a valid allow-list");
