@@ -783,6 +783,7 @@ mod tests {
                 https_listen: Some(String::new()),
                 base_domains: vec!["localhost".into()],
                 portal_host: Some("localhost".into()),
+                max_connections_per_ip: PER_IP,
             },
             control_plane: SgControlPlane {
                 listen: "127.0.0.1:2".into(),
@@ -802,6 +803,7 @@ mod tests {
         assert!(text.contains("host = \"app.localhost\""));
         assert!(text.contains("[log]\naccess_log = false"));
         assert!(text.contains("https_listen = \"\""));
+        assert!(text.contains("max_connections_per_ip = 10000"));
         assert!(!text.contains("[tls]"));
         Ok(())
     }
@@ -814,6 +816,7 @@ mod tests {
                 https_listen: Some("127.0.0.1:2".into()),
                 base_domains: vec!["bench.test".into()],
                 portal_host: None,
+                max_connections_per_ip: PER_IP,
             },
             control_plane: SgControlPlane {
                 listen: "127.0.0.1:3".into(),
