@@ -503,6 +503,31 @@ async fn lookup_service_reacquiring_a_session_the_user_does_not_have_gets_503() 
     lookup_logout(&portal, &token).await;
 }
 
+#[tokio::test]
+async fn lookup_service_logs_out_after_a_request_the_portal_refuses() {
+    let portal = Portal::start("clients-lookup-refused").await;
+    // The lookup service's cache of the cluster can name an environment
+    // the portal no longer has. L2b for it is refused (the portal: 403
+    // "Environment does not exist"); any answer but 200 is logged and the
+    // next environment tried, and `async with` logs out all the same.
+    let token = lookup_login(&portal).await;
+    let r = portal
+        .send(
+            Library::Aiohttp,
+            Method::GET,
+            "/workshops/environment/lab-gone-w01/request/?user=learner-0044&email=\
+             &first_name=&last_name=&index_url=https://hub.test/&analytics_url=",
+            &[
+                bearer(&token),
+                ("Content-Type", "application/json".to_string()),
+            ],
+            br#"{"parameters": []}"#,
+        )
+        .await;
+    assert_ne!(r.status, 200, "L2b for a missing environment: {}", r.text());
+    lookup_logout(&portal, &token).await;
+}
+
 // ---- the Educates CLI (Go, net/http's DefaultClient) ----
 
 /// `AuthDetails` (catalog.go).
@@ -682,20 +707,25 @@ async fn cli_catalog(portal: &Portal, token: &str) -> WorkshopsCatalogResponse {
     r.go("WorkshopsCatalogResponse")
 }
 
-/// `educates workshop request lab-markdown-sample --user ann
-/// --index-url https://hub.test/ --param WORKSHOP_USER=ann` with the default
-/// `--timeout 60`: C1, C2, C3 and C7. Returns the session's name and the
-/// URL the CLI opens in the browser.
-async fn cli_workshop_request(portal: &Portal) -> (String, String) {
-    let token = cli_login(portal).await;
-
-    let catalog = cli_catalog(portal, &token).await;
-    let p = catalog.portal.expect("C2: no portal");
-    assert!(p.name.is_some_and(|n| !n.is_empty()), "C2: portal.name");
-    assert!(p.uid.is_some_and(|u| !u.is_empty()), "C2: portal.uid");
+/// What the CLI reads of C2's answer: the environment of the workshop to
+/// request from, and the whole decoded catalog for `educates admin
+/// diagnostics`.
+fn assert_catalog(catalog: &WorkshopsCatalogResponse) {
+    let p = catalog.portal.as_ref().expect("C2: no portal");
+    assert!(
+        p.name.as_ref().is_some_and(|n| !n.is_empty()),
+        "C2: portal.name"
+    );
+    assert!(
+        p.uid.as_ref().is_some_and(|u| !u.is_empty()),
+        "C2: portal.uid"
+    );
     assert!(p.generation.is_some(), "C2: portal.generation");
-    assert!(p.url.is_some_and(|u| !u.is_empty()), "C2: portal.url");
-    let s = p.sessions.expect("C2: portal.sessions");
+    assert!(
+        p.url.as_ref().is_some_and(|u| !u.is_empty()),
+        "C2: portal.url"
+    );
+    let s = p.sessions.as_ref().expect("C2: portal.sessions");
     for (k, n) in [
         ("maximum", s.maximum),
         ("registered", s.registered),
@@ -705,7 +735,7 @@ async fn cli_workshop_request(portal: &Portal) -> (String, String) {
         assert!(n.is_some(), "C2: portal.sessions.{k}");
     }
     // The CLI takes the last environment of the workshop that is RUNNING.
-    let environments = catalog.environments.expect("C2: no environments");
+    let environments = catalog.environments.as_ref().expect("C2: no environments");
     let env = environments
         .iter()
         .rev()
@@ -722,7 +752,7 @@ async fn cli_workshop_request(portal: &Portal) -> (String, String) {
         env.allocated.is_some() && env.available.is_some(),
         "{env:?}"
     );
-    // `educates ... diagnostics` prints all of it.
+    // `educates admin diagnostics` writes all of it out.
     let w = env.workshop.as_ref().unwrap();
     assert_eq!(w.title.as_deref(), Some("Markdown Sample"));
     assert_eq!(
@@ -745,6 +775,17 @@ async fn cli_workshop_request(portal: &Portal) -> (String, String) {
         w.url.as_deref(),
         Some("https://github.com/educates/lab-markdown-sample")
     );
+}
+
+/// `educates workshop request lab-markdown-sample --user ann
+/// --index-url https://hub.test/ --param WORKSHOP_USER=ann` with the default
+/// `--timeout 60`: C1, C2, C3 and C7. Returns the session's name and the
+/// URL the CLI opens in the browser.
+async fn cli_workshop_request(portal: &Portal) -> (String, String) {
+    let token = cli_login(portal).await;
+
+    let catalog = cli_catalog(portal, &token).await;
+    assert_catalog(&catalog);
 
     // C3, `RequestWorkshop`: a POST, the query from `url.Values.Encode()`
     // (keys sorted, values QueryEscape'd), the parameters as JSON.
@@ -786,15 +827,9 @@ async fn cli_workshop_request(portal: &Portal) -> (String, String) {
 }
 
 /// C4, C5 or C6: `GET /workshops/session/<name>/<action>/` with the bearer
-/// token, no body. 400 and 404 are "No session found."; the body is
-/// `json.Unmarshal`ed into `*WorkshopSessionDetails`.
-async fn cli_session(
-    portal: &Portal,
-    token: &str,
-    name: &str,
-    action: &str,
-) -> WorkshopSessionDetails {
-    let r = portal
+/// token, no body.
+async fn cli_session_call(portal: &Portal, token: &str, name: &str, action: &str) -> Answer {
+    portal
         .send(
             Library::GoNetHttp,
             Method::GET,
@@ -802,7 +837,19 @@ async fn cli_session(
             &[bearer(token)],
             b"",
         )
-        .await;
+        .await
+}
+
+/// C4, C5 or C6 answered as the CLI needs to print the session: a 200
+/// (400 and 404 are "No session found.", anything else an error) whose
+/// body `json.Unmarshal`s into `*WorkshopSessionDetails`.
+async fn cli_session(
+    portal: &Portal,
+    token: &str,
+    name: &str,
+    action: &str,
+) -> WorkshopSessionDetails {
+    let r = cli_session_call(portal, token, name, action).await;
     assert_eq!(r.status, 200, "{action}: {}", r.text());
     let v: Value = r.go("a session's details");
     assert!(v.is_object(), "{action}: not an object: {v}");
@@ -865,6 +912,33 @@ async fn educates_cli_shows_extends_and_terminates_a_session() {
     cli_logout(&portal, &token).await;
     assert_time("terminate started", &ended.started);
     assert_time("terminate expires", &ended.expires);
+}
+
+#[tokio::test]
+async fn educates_cli_diagnostics_reads_the_catalog_through_the_slashless_path() {
+    let portal = Portal::start("clients-cli-diagnostics").await;
+    // `educates admin diagnostics collect` (pkg/diagnostics/fetcher.go,
+    // 228-262): Login, GetWorkshopsCatalog, the deferred logout: C1, C2, C7.
+    let token = cli_login(&portal).await;
+    let catalog = cli_catalog(&portal, &token).await;
+    assert_catalog(&catalog);
+    cli_logout(&portal, &token).await;
+}
+
+#[tokio::test]
+async fn educates_cli_says_no_session_found_for_an_unknown_session_and_still_logs_out() {
+    let portal = Portal::start("clients-cli-unknown").await;
+    // `educates cluster session status lab-markdown-sample-w01-s999`: C1,
+    // C4, and C7, which Go's defer runs even as the command fails.
+    let token = cli_login(&portal).await;
+    let r = cli_session_call(&portal, &token, &format!("{ENVIRONMENT}-s999"), "schedule").await;
+    assert!(
+        matches!(r.status, 400 | 404),
+        "C4 for an unknown session: {} {} (the CLI says \"No session found.\" only for 400 and 404)",
+        r.status,
+        r.text()
+    );
+    cli_logout(&portal, &token).await;
 }
 
 // ---- the Backstage plugin (TeraSky, node-fetch 2) ----
