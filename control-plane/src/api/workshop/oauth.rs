@@ -135,23 +135,17 @@ where
             .map_err(IntoResponse::into_response)?;
         let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
             .map_err(|e| oauth_error(OAuthError::InvalidRequest(format!("form body: {e}"))))?;
-        let client = match basic_credentials(&headers).map_err(oauth_error)? {
-            Some(c) => c,
-            None => {
-                let field = |k: &str| {
-                    fields
-                        .iter()
-                        .find(|(n, _)| n == k)
-                        .map_or(String::new(), |(_, v)| v.clone())
-                };
-                (field("client_id"), field("client_secret"))
-            }
-        };
-        Ok(OAuthForm {
+        let basic = basic_credentials(&headers).map_err(oauth_error)?;
+        let mut form = OAuthForm {
             fields,
-            client,
+            client: Default::default(),
             addr,
-        })
+        };
+        form.client = basic.unwrap_or_else(|| {
+            let field = |k| form.field(k).unwrap_or_default().to_string();
+            (field("client_id"), field("client_secret"))
+        });
+        Ok(form)
     }
 }
 
@@ -192,7 +186,7 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OA
     let Some(encoded) = value
         .get(..6)
         .filter(|scheme| scheme.eq_ignore_ascii_case(b"basic "))
-        .map(|_| &value[6..])
+        .and_then(|_| value.get(6..))
     else {
         return Ok(None);
     };
