@@ -418,6 +418,37 @@ async fn lookup_reacquire(portal: &Portal, token: &str, user: &str, session: &st
         .await
 }
 
+/// L2b, `request_workshop_session`: a GET with `params=` (all six keys, in
+/// this order, empty values kept: only the user and the index URL are
+/// given here, and a first name as yarl writes it, a space as `+`; yarl
+/// leaves `:` and `/` as they are) and `json={"parameters": parameters}`
+/// (the client's workshopParams, default []). Reads `url` and `name` from
+/// `response.json()` on a 200; anything else is logged and the next
+/// environment tried.
+async fn lookup_request(
+    portal: &Portal,
+    token: &str,
+    environment: &str,
+    user: &str,
+    first_name: &str,
+) -> Answer {
+    portal
+        .send(
+            Library::Aiohttp,
+            Method::GET,
+            &format!(
+                "/workshops/environment/{environment}/request/?user={user}&email=\
+                 &first_name={first_name}&last_name=&index_url=https://hub.test/&analytics_url="
+            ),
+            &[
+                bearer(token),
+                ("Content-Type", "application/json".to_string()),
+            ],
+            br#"{"parameters": []}"#,
+        )
+        .await
+}
+
 #[tokio::test]
 async fn lookup_service_requests_then_reacquires_a_session_logging_in_and_out_each_time() {
     let portal = Portal::start("clients-lookup").await;
@@ -425,25 +456,7 @@ async fn lookup_service_requests_then_reacquires_a_session_logging_in_and_out_ea
     // routes/workshops.py: a client's request for a workshop the user has
     // no session of. One portal operation: login, one call, logout.
     let token = lookup_login(&portal).await;
-    // L2b, `request_workshop_session`: GET with `params=` (all six keys, in
-    // this order, empty values kept; yarl leaves `:` and `/` as they are
-    // and writes a space as `+`) and `json={"parameters": parameters}`
-    // (the client's workshopParams, default []).
-    let r = portal
-        .send(
-            Library::Aiohttp,
-            Method::GET,
-            &format!(
-                "/workshops/environment/{ENVIRONMENT}/request/?user=learner-0042&email=\
-                 &first_name=Mary+Ann&last_name=&index_url=https://hub.test/&analytics_url="
-            ),
-            &[
-                bearer(&token),
-                ("Content-Type", "application/json".to_string()),
-            ],
-            br#"{"parameters": []}"#,
-        )
-        .await;
+    let r = lookup_request(&portal, &token, ENVIRONMENT, "learner-0042", "Mary+Ann").await;
     assert_eq!(r.status, 200, "L2b request: {}", r.text());
     let v = r.json();
     let url = v["url"]
@@ -511,19 +524,7 @@ async fn lookup_service_logs_out_after_a_request_the_portal_refuses() {
     // "Environment does not exist"); any answer but 200 is logged and the
     // next environment tried, and `async with` logs out all the same.
     let token = lookup_login(&portal).await;
-    let r = portal
-        .send(
-            Library::Aiohttp,
-            Method::GET,
-            "/workshops/environment/lab-gone-w01/request/?user=learner-0044&email=\
-             &first_name=&last_name=&index_url=https://hub.test/&analytics_url=",
-            &[
-                bearer(&token),
-                ("Content-Type", "application/json".to_string()),
-            ],
-            br#"{"parameters": []}"#,
-        )
-        .await;
+    let r = lookup_request(&portal, &token, "lab-gone-w01", "learner-0044", "").await;
     assert_ne!(r.status, 200, "L2b for a missing environment: {}", r.text());
     lookup_logout(&portal, &token).await;
 }
