@@ -125,9 +125,9 @@ impl Answer {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// The body as JSON, as aiohttp's `response.json()` and node-fetch's
-    /// `.json()` read it. aiohttp also refuses any `Content-Type` but
-    /// `application/json`, so that is checked too.
+    /// The body as JSON, as aiohttp's `response.json()` reads it: it also
+    /// refuses any `Content-Type` but `application/json`, so that is checked
+    /// too (node-fetch's `.json()` and Go's decoder look at the body only).
     fn json(&self) -> Value {
         let ct = self.header("content-type").unwrap_or("");
         assert!(
