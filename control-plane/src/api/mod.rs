@@ -15,7 +15,7 @@ use axum::extract::{FromRef, FromRequest, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -250,10 +250,12 @@ fn lower_first(s: &str) -> String {
 
 /// The training portal's endpoints (no `/api/v1` prefix, their own auth).
 /// Served on the control-plane listener and, through the gateway, on the
-/// portal host.
+/// portal host. Each path also answers without its trailing slash, with a
+/// redirect to it ([`SlashedRoutes`]).
 pub fn workshop_router() -> Router<ApiState> {
-    Router::new()
+    SlashedRoutes::default()
         .route("/oauth2/token/", post(workshop::token))
+        .route("/oauth2/revoke-token/", post(workshop::revoke_token))
         .route(
             "/workshops/environment/{name}/request/",
             get(workshop::request),
@@ -267,6 +269,49 @@ pub fn workshop_router() -> Router<ApiState> {
             get(workshop::user_sessions),
         )
         .route("/workshops/catalog/environments/", get(workshop::catalog))
+        .0
+}
+
+/// Routes declared with their trailing slash, as the training portal
+/// (Django) declares every one, each also answering the same path without
+/// it with a redirect to it, as Django's `APPEND_SLASH` does: clients rely
+/// on it (the Educates CLI GETs `/workshops/catalog/environments`). Only a
+/// path whose slash form is a route is redirected; any other stays a 404.
+#[derive(Default)]
+struct SlashedRoutes(Router<ApiState>);
+
+impl SlashedRoutes {
+    fn route(self, path: &str, methods: MethodRouter<ApiState>) -> Self {
+        let router = self.0.route(path, methods);
+        match path.strip_suffix('/').filter(|bare| !bare.is_empty()) {
+            Some(bare) => SlashedRoutes(router.route(bare, any(append_slash))),
+            None => SlashedRoutes(router),
+        }
+    }
+}
+
+/// The redirect to `path + "/"`, relative and with the query string, as
+/// Django builds it (`get_full_path(force_append_slash=True)`): 301 for GET
+/// and HEAD, which every client follows; 308 for any other method, so that
+/// the client repeats it with its body (a 301 lets clients turn a POST
+/// into a GET without its body, where Django's own 301 loses it).
+async fn append_slash(req: Request) -> Response {
+    let uri = req.uri();
+    let mut location = format!("{}/", uri.path());
+    if let Some(q) = uri.query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    let status = match *req.method() {
+        Method::GET | Method::HEAD => StatusCode::MOVED_PERMANENTLY,
+        _ => StatusCode::PERMANENT_REDIRECT,
+    };
+    let mut resp = status.into_response();
+    // A request target's characters are all valid in a header value.
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 pub fn router(state: ApiState) -> Router {

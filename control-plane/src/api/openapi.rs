@@ -30,6 +30,7 @@ use super::{access, directory, environments, routes, sessions, workshop};
         environments::stop_environment,
         environments::delete_environment,
         workshop::token,
+        workshop::revoke_token,
         workshop::request,
         workshop::activate,
         workshop::user_sessions,

@@ -170,20 +170,24 @@ pub async fn signing_key_rotate(
 
 // ---- oauth tokens ----
 
-pub async fn oauth_token_insert(
+/// Stores an access token and the refresh token issued with it, which
+/// names it (`access_hash`): using or revoking the refresh token ends the
+/// access token too.
+pub async fn oauth_pair_insert(
     c: &mut SqliteConnection,
-    hash: &str,
-    kind: &str,
     username: &str,
-    expires_ms: u64,
+    access: (&str, u64),
+    refresh: (&str, u64),
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO oauth_tokens (hash, kind, username, expires_ms) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO oauth_tokens (hash, kind, username, expires_ms, access_hash) \
+         VALUES ($1, 'access', $2, $3, NULL), ($4, 'refresh', $2, $5, $1)",
     )
-    .bind(hash)
-    .bind(kind)
+    .bind(access.0)
     .bind(username)
-    .bind(ms(expires_ms))
+    .bind(ms(access.1))
+    .bind(refresh.0)
+    .bind(ms(refresh.1))
     .execute(&mut *c)
     .await?;
     Ok(())
@@ -216,19 +220,53 @@ pub async fn oauth_tokens_purge(c: &mut SqliteConnection, now_ms: u64) -> Result
     Ok(r.rows_affected())
 }
 
-/// Deletes one token (a refresh token is used once) and every expired one.
-pub async fn oauth_token_delete(
+/// Takes the unexpired refresh token with this hash for the refresh grant:
+/// deletes it and the access token issued with it, and returns its user.
+/// `None` (nothing deleted) for an unknown, used or expired one. A token
+/// is taken once: of two grants racing with it, the second finds nothing.
+pub async fn oauth_refresh_take(
     c: &mut SqliteConnection,
     hash: &str,
     now_ms: u64,
-) -> Result<bool, StoreError> {
-    let r = sqlx::query("DELETE FROM oauth_tokens WHERE hash = $1")
-        .bind(hash)
-        .execute(&mut *c)
-        .await?;
-    sqlx::query("DELETE FROM oauth_tokens WHERE expires_ms <= $1")
-        .bind(ms(now_ms))
-        .execute(&mut *c)
-        .await?;
-    Ok(r.rows_affected() > 0)
+) -> Result<Option<String>, StoreError> {
+    let delete = sqlx::query(
+        "DELETE FROM oauth_tokens WHERE hash = $1 AND kind = 'refresh' AND expires_ms > $2 \
+         RETURNING username, access_hash",
+    )
+    .bind(hash)
+    .bind(ms(now_ms));
+    match oauth_delete_with_access(c, delete).await? {
+        Some(row) => Ok(Some(row.try_get("username")?)),
+        None => Ok(None),
+    }
+}
+
+/// Revokes the token with this hash, whichever kind it is (RFC 7009): an
+/// access token is deleted; a refresh token is deleted with the access
+/// token issued with it. Whether there was one.
+pub async fn oauth_token_revoke(c: &mut SqliteConnection, hash: &str) -> Result<bool, StoreError> {
+    let delete =
+        sqlx::query("DELETE FROM oauth_tokens WHERE hash = $1 RETURNING access_hash").bind(hash);
+    Ok(oauth_delete_with_access(c, delete).await?.is_some())
+}
+
+/// Runs `delete` (a `DELETE … RETURNING access_hash`) and then deletes the
+/// access token the deleted row names, if any: a refresh token goes with
+/// its access token. Never the other way: an access token's revocation
+/// leaves its refresh token usable, as in django-oauth-toolkit.
+async fn oauth_delete_with_access<'q>(
+    c: &mut SqliteConnection,
+    delete: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+) -> Result<Option<SqliteRow>, StoreError> {
+    let Some(row) = delete.fetch_optional(&mut *c).await? else {
+        return Ok(None);
+    };
+    let access: Option<String> = row.try_get("access_hash")?;
+    if let Some(a) = access {
+        sqlx::query("DELETE FROM oauth_tokens WHERE hash = $1 AND kind = 'access'")
+            .bind(a)
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(Some(row))
 }

@@ -12,7 +12,8 @@
 //! # Layout
 //! - [`environment`]: the environment model and its validation.
 //! - [`portal`]: the training portal's request and answer shapes, errors.
-//! - [`oauth`]: `/oauth2/token/`: the password and refresh grants.
+//! - [`oauth`]: `/oauth2/token/` and `/oauth2/revoke-token/`: the password
+//!   and refresh grants (which rotate), revocation.
 //! - [`environments`]: creating, changing, stopping and deleting environments.
 //! - [`allocation`]: requests (a user's session, a reserved one, or a new
 //!   one on a free backend), reserves, the catalog, a user's sessions.

@@ -1,5 +1,6 @@
 //! The training portal's REST API, path for path and
-//! field for field: `/oauth2/token/`, `/workshops/environment/<name>/request/`,
+//! field for field: `/oauth2/token/`, `/oauth2/revoke-token/`,
+//! `/workshops/environment/<name>/request/`,
 //! `/workshops/session/<name>/activate/`, `/workshops/user/<user>/sessions/`
 //! and `/workshops/catalog/environments/`.
 //!
@@ -7,9 +8,9 @@
 //! control plane's own API tokens. The activation endpoint is opened by the
 //! user's browser and needs none: its one-time token is the credential.
 //!
-//! One module per part, so that each grows on its own: `oauth` (tokens),
-//! `request` (requesting and activating sessions) and `catalog` (the
-//! catalog and users' sessions).
+//! One module per part, so that each grows on its own: `oauth` (tokens and
+//! their revocation), `request` (requesting and activating sessions) and
+//! `catalog` (the catalog and users' sessions).
 
 mod catalog;
 mod oauth;
