@@ -256,7 +256,7 @@ pub fn workshop_router() -> Router<ApiState> {
         .route("/oauth2/token/", post(workshop::token))
         .route(
             "/workshops/environment/{name}/request/",
-            get(workshop::request),
+            get(workshop::request).post(workshop::request),
         )
         .route(
             "/workshops/session/{name}/activate/",

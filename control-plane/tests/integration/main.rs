@@ -33,6 +33,8 @@
 //! - `serve`: configuration errors, reload, SIGHUP and SIGTERM.
 //! - `tls`: SNI, h2, certificate reload, re-encryption, redirects.
 //! - `workshop`: the training portal's API.
+//! - `workshop_request`: the request endpoint as the portal's real clients
+//!   use it, and its activation links (issue 16).
 
 mod common;
 
@@ -56,3 +58,4 @@ mod reaper;
 mod serve;
 mod tls;
 mod workshop;
+mod workshop_request;
