@@ -1066,7 +1066,7 @@ async fn openapi_document_covers_every_endpoint() {
         ("/api/v1/environments/{name}", &["get", "patch", "delete"]),
         ("/api/v1/environments/{name}/stop", &["post"]),
         ("/oauth2/token/", &["post"]),
-        ("/workshops/environment/{name}/request/", &["get", "post"]),
+        ("/workshops/environment/{name}/request/", &["get"]),
         ("/workshops/session/{name}/activate/", &["get"]),
         ("/workshops/user/{user}/sessions/", &["get"]),
         ("/workshops/catalog/environments/", &["get"]),

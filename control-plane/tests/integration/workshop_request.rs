@@ -16,6 +16,7 @@ use testkit::{Endpoints, Origin};
 
 use crate::api::Api;
 use crate::common::jar::Browser;
+use crate::common::{wait_log, Sessiongate};
 use crate::workshop::{call, keys, setup};
 
 /// `setup`'s environment: capacity 2, one session in reserve, backends
@@ -184,6 +185,42 @@ async fn unknown_query_parameters_are_ignored() {
     let (sg, token, _backends) = setup("wr-unknown").await;
     let (s, r) = get_session(&sg, &token, "&utm_source=mail&colour=&flag").await;
     assert_eq!(s, 200, "{r}");
+}
+
+#[tokio::test]
+async fn unknown_query_parameters_are_logged_at_debug() {
+    let dir = testkit::temp_dir("wr-debug-log");
+    let sg = Sessiongate::start(
+        &dir,
+        "",
+        &[("RUST_LOG", "info,control_plane::api::workshop=debug")],
+    )
+    .await;
+    let backend = Origin::named("backend");
+    let (s, v) = sg
+        .api(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "lab-w01", "capacity": 1, "targets": [backend.url()]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, r) = request_to(
+        &sg,
+        &sg.token,
+        "lab-w01",
+        "GET",
+        "index_url=https://hub.test/&utm_source=mail",
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let line = wait_log(&sg.log, "unknown query parameter ignored").await;
+    assert!(
+        line.contains("DEBUG") && line.contains("utm_source"),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -842,4 +879,53 @@ async fn after_a_key_rotation_a_repeated_request_gets_a_new_link_and_the_old_one
     assert_ne!(again["url"], first["url"]);
     let user = open(&api, "lab-w01-s001", &token_of(&first), None).await;
     assert_eq!(user.ok().as_deref(), Some("ann-1"));
+}
+
+#[tokio::test]
+async fn the_openapi_document_has_the_request_endpoints_methods_parameters_body_and_errors() {
+    let api = Api::new("wr-openapi").await;
+    let (s, doc) = api.raw("GET", "/api/openapi.json", None, None, "").await;
+    assert_eq!(s, 200);
+    let path = &doc["paths"]["/workshops/environment/{name}/request/"];
+    for method in ["get", "post"] {
+        let op = &path[method];
+        let params: Vec<&str> = op["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method}: no parameters"))
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        for p in [
+            "index_url",
+            "redirect_url",
+            "analytics_url",
+            "session",
+            "firstname",
+        ] {
+            assert!(
+                params.iter().any(|n| n.contains(p)),
+                "{method}: {p} missing from {params:?}"
+            );
+        }
+        assert!(op["requestBody"].is_object(), "{method}: no request body");
+        for status in ["200", "400", "404", "503"] {
+            assert!(op["responses"][status].is_object(), "{method}: no {status}");
+        }
+    }
+    let schemas = &doc["components"]["schemas"];
+    for s in ["RequestErrorBody", "RequestPayload", "RequestParameter"] {
+        assert!(schemas[s].is_object(), "schema {s} missing");
+    }
+    for f in ["parameters", "analytics_url", "parameter_headers"] {
+        assert!(
+            schemas["Session"]["properties"][f].is_object(),
+            "Session.{f}"
+        );
+    }
+    for s in ["Environment", "NewEnvironment", "EnvironmentPatch"] {
+        assert!(
+            schemas[s]["properties"]["parameter_headers"].is_object(),
+            "{s}.parameter_headers"
+        );
+    }
 }
