@@ -55,6 +55,21 @@ async fn request_to(
     .await
 }
 
+/// A GET to `env` with an allowed index_url and `body`, as the lookup
+/// service sends it.
+async fn get_with_body(sg: &Endpoints, token: &str, env: &str, body: &str) -> (u16, Value) {
+    request_to(
+        sg,
+        token,
+        env,
+        "GET",
+        "index_url=https://hub.test/",
+        "Content-Type: application/json\r\n",
+        body,
+    )
+    .await
+}
+
 /// A plain GET with an allowed index_url and `extra` query parameters.
 async fn get_session(sg: &Endpoints, token: &str, extra: &str) -> (u16, Value) {
     request(
@@ -432,12 +447,10 @@ async fn malformed_bodies_are_refused_with_the_portals_messages_and_change_nothi
     }
     assert_eq!(stored(&sg).await, before, "a refusal stored something");
     // Other keys are ignored, and a name given twice keeps its last value.
-    let (s, r) = request(
+    let (s, r) = get_with_body(
         &sg,
         &token,
-        "GET",
-        "index_url=https://hub.test/",
-        "",
+        ENV,
         r#"{"extra": 1, "parameters": [{"name": "A", "value": "1", "x": true}, {"name": "A", "value": "2"}, {"name": "B"}]}"#,
     )
     .await;
@@ -464,16 +477,7 @@ async fn refusals_carry_the_portals_error_string_beside_code_and_notification() 
         Some("session-unavailable"),
     );
     assert_eq!(keys(&full.1), ["code", "error", "message", "notification"]);
-    let unknown = request_to(
-        &sg,
-        &token,
-        "nope-w01",
-        "GET",
-        "index_url=https://hub.test/",
-        "",
-        "",
-    )
-    .await;
+    let unknown = get_with_body(&sg, &token, "nope-w01", "").await;
     assert_refused(
         &unknown,
         404,
@@ -738,28 +742,17 @@ async fn a_parameter_that_cannot_be_a_header_is_refused_where_headers_are_sent()
             "parameters[1].name",
         ),
     ] {
-        let (s, e) = request_to(
-            &sg,
-            &token,
-            "headers-w01",
-            "GET",
-            "index_url=https://hub.test/",
-            "",
-            body,
-        )
-        .await;
+        let (s, e) = get_with_body(&sg, &token, "headers-w01", body).await;
         assert_eq!((s, e["code"].as_str()), (400, Some("bad_request")), "{e}");
         let message = e["message"].as_str().unwrap();
         assert!(message.starts_with(names), "{message}");
     }
     assert_eq!(stored(&sg).await, before, "a refusal stored something");
     // Where they are not sent as headers, the value is kept as given.
-    let (s, r) = request(
+    let (s, r) = get_with_body(
         &sg,
         &token,
-        "GET",
-        "index_url=https://hub.test/",
-        "",
+        ENV,
         r#"{"parameters": [{"name": "city", "value": "Zürich"}]}"#,
     )
     .await;
