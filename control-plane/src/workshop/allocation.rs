@@ -48,7 +48,10 @@ impl Portal {
         let Some(mut env) = store::environment_get(&mut tx, env_name).await? else {
             return Err(WorkshopError::Invalid(env_name.to_string()));
         };
-        // In the portal's order: the environment, then the index URL.
+        // In the portal's order: the environment, then the index URL. The
+        // portal's documentation (seeds/001) calls index_url optional; its
+        // code answers 400 `Need redirect URL for workshop index` without
+        // it (or the legacy redirect_url). We follow the code.
         if req.index_url.is_none() {
             return Err(invalid(
                 "index_url",
@@ -104,8 +107,12 @@ impl Portal {
         }
 
         // The user: the one named if it exists; an unknown id becomes a
-        // portal user with exactly that id (the portal's `create_user`);
-        // none, a new id.
+        // portal user with exactly that id; none, a new id. The portal's
+        // documentation (seeds/001) says an unknown id gets a new one; its
+        // code looks the id up and, if absent, creates a user with exactly
+        // that id (`create_user(username, **user_details)`), so that the
+        // same id gets the same session back. We follow the code. The names
+        // and e-mail go only to a user made here, never onto an existing one.
         let user = match known_user {
             Some(u) => u,
             None => {
