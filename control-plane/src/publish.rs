@@ -9,11 +9,15 @@
 
 use std::sync::Arc;
 
+use gateway::headers::AddedHeaders;
 use gateway::{RouteSpec, RouteTarget, Upstream};
+use http::header::{HeaderName, HeaderValue};
 
 use crate::access::{access_list, GroupCache};
 use crate::session::lifecycle::SessionState;
-use crate::session::model::{SessionKind, SessionRecord};
+use crate::session::model::{
+    parameter_header, SessionKind, SessionRecord, PARAMETER_HEADER_PREFIX,
+};
 
 pub const SESSION_ROUTE_PREFIX: &str = "session:";
 
@@ -36,6 +40,10 @@ pub enum RouteSpecError {
     MissingUrl,
     #[error(transparent)]
     Upstream(#[from] gateway::UpstreamError),
+    #[error("request parameter {0:?} cannot travel in a header")]
+    Parameter(String),
+    #[error(transparent)]
+    AddedHeader(#[from] gateway::headers::AddedHeaderError),
 }
 
 /// The route for `s`, or `None` if the gateway should not route it.
@@ -62,7 +70,35 @@ pub fn route_spec(
         inactive: matches!(s.state, SessionState::Pending | SessionState::Evicted),
         tls_verify: s.tls_verify,
         allow_any_upgrade: s.allow_any_upgrade,
+        request_headers: parameter_headers(s)?,
     }))
+}
+
+/// The headers that carry `s`'s request parameters to its backend, when
+/// its environment says so (`parameter_headers`): one
+/// `X-Workshop-Param-<name>` per parameter, and every client header under
+/// that prefix removed, whether or not the session has parameters, so that
+/// the backend can trust what it reads there. The request endpoint checked
+/// names and values; one that fails here is a corrupt record.
+fn parameter_headers(s: &SessionRecord) -> Result<Option<Arc<AddedHeaders>>, RouteSpecError> {
+    if !s.parameter_headers {
+        return Ok(None);
+    }
+    let headers = s
+        .parameters
+        .iter()
+        .map(|p| {
+            let bad = || RouteSpecError::Parameter(p.name.clone());
+            let name =
+                HeaderName::from_bytes(parameter_header(&p.name).as_bytes()).map_err(|_| bad())?;
+            let value = HeaderValue::from_str(&p.value).map_err(|_| bad())?;
+            Ok((name, value))
+        })
+        .collect::<Result<Vec<_>, RouteSpecError>>()?;
+    Ok(Some(Arc::new(AddedHeaders::new(
+        Some(PARAMETER_HEADER_PREFIX),
+        headers,
+    )?)))
 }
 
 /// Where `s`'s route sends its traffic: its upstream, or its link's URL.

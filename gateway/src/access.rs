@@ -48,6 +48,9 @@ const MAC_LEN: usize = 32;
 /// Longest cookie value considered; anything longer is not ours.
 const MAX_VALUE_LEN: usize = 512;
 
+/// What a derived token's MAC starts with ([`KeyRing::derive_token`]).
+const DERIVED_TOKEN_DOMAIN: &[u8] = b"sessiongate derived token\0";
+
 /// The shortest secret accepted: as long as the HMAC-SHA256 output, so that
 /// the key is not the weak point of the MAC.
 const MIN_SECRET_LEN: usize = 32;
@@ -152,6 +155,21 @@ impl KeyRing {
         value.push('.');
         URL_SAFE_NO_PAD.encode_string(tag.as_ref(), &mut value);
         Ok(value)
+    }
+
+    /// A token derived from the current key and `context`: the same
+    /// context gives the same token while the key is current, and nobody
+    /// without the key can make or predict one. It lets the control plane
+    /// hand out the same access link again while storing only its hash
+    /// (a workshop request repeated for a pending session must answer the
+    /// same URL, as the training portal does). The MAC runs over a domain
+    /// of its own, which no cookie's signed part (`1.<key id>…`) can start
+    /// with, so a derived token is never a cookie's signature.
+    pub fn derive_token(&self, context: &str) -> String {
+        let mut mac = hmac::Context::with_key(&self.current.key);
+        mac.update(DERIVED_TOKEN_DOMAIN);
+        mac.update(context.as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.sign().as_ref())
     }
 
     /// Checks a cookie value at `now` (Unix seconds): format, key, signature
@@ -479,6 +497,11 @@ pub struct ActivationRequest {
     /// The address the link was opened from: guessing tokens counts
     /// against it (the control plane's brute-force limit).
     pub client: std::net::IpAddr,
+    /// The user of a valid cookie for this session that the browser sent
+    /// with the link: a browser the link already let in, opening it again.
+    /// A link that stays valid after its first use (a workshop's) lets in
+    /// again only the browser holding the cookie its first use set.
+    pub holder: Option<Arc<str>>,
 }
 
 /// A consumed access link.
@@ -500,6 +523,8 @@ pub enum ActivationError {
     InvalidToken,
     #[error("this access link belongs to another session")]
     WrongSession,
+    #[error("this access link was already opened in another browser. Ask for a new link")]
+    AlreadyUsed,
     #[error("this access link's user no longer has access to the session")]
     NotAllowed,
     #[error("session {session} is {state} and can no longer be opened")]
@@ -635,6 +660,21 @@ mod tests {
         assert_eq!(unknown.verify(&v, 1000), Err(CookieError::UnknownKey));
         assert!(ring.sign("a.b", "alice", 1).is_err());
         assert!(ring.sign("nb", "al;ce", 1).is_err());
+    }
+
+    #[test]
+    fn derived_tokens_are_stable_per_key_and_context_and_never_a_cookie_mac() {
+        let ring = KeyRing::new(key("k1", 1), None);
+        let t = ring.derive_token("lab-s001|ann|1000");
+        assert_eq!(t, ring.derive_token("lab-s001|ann|1000"));
+        assert_eq!(t.len(), 43, "{t}");
+        assert_ne!(t, ring.derive_token("lab-s001|ann|1001"));
+        let rotated = KeyRing::new(key("k2", 2), Some((key("k1", 1), u64::MAX)));
+        assert_ne!(t, rotated.derive_token("lab-s001|ann|1000"));
+        // Whatever the context, the token is not the MAC of a cookie.
+        let cookie = ring.sign("nb", "ann", 2000).unwrap();
+        let (signed, mac) = cookie.rsplit_once('.').unwrap();
+        assert_ne!(ring.derive_token(signed), mac);
     }
 
     #[test]

@@ -101,6 +101,7 @@ impl ProxyError {
             ProxyError::Activation(e) => match e {
                 ActivationError::InvalidToken
                 | ActivationError::WrongSession
+                | ActivationError::AlreadyUsed
                 | ActivationError::NotAllowed => StatusCode::FORBIDDEN,
                 ActivationError::Gone { .. } => StatusCode::GONE,
                 ActivationError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -137,6 +138,7 @@ impl ProxyError {
             ProxyError::Activation(e) => match e {
                 ActivationError::InvalidToken => "access_link_invalid",
                 ActivationError::WrongSession => "access_link_wrong_session",
+                ActivationError::AlreadyUsed => "access_link_used",
                 ActivationError::NotAllowed => "forbidden",
                 ActivationError::Gone { .. } => "session_gone",
                 ActivationError::Unavailable(_) => "access_unavailable",

@@ -258,7 +258,7 @@ pub fn workshop_router() -> Router<ApiState> {
         .route("/oauth2/revoke-token/", post(workshop::revoke_token))
         .route(
             "/workshops/environment/{name}/request/",
-            get(workshop::request),
+            get(workshop::request).post(workshop::request),
         )
         .route(
             "/workshops/session/{name}/activate/",

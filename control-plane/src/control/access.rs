@@ -1,6 +1,7 @@
 //! Browser access, the control plane's half: the cookie signing keys and
-//! their rotation, one-time access links, and opening a link (the token
-//! spent, the session activated, the cookie signed). The gateway's half —
+//! their rotation, access links (one-time, or a workshop's, valid until its
+//! deadline for the browser it first let in), and opening a link (the
+//! session activated, the cookie signed). The gateway's half —
 //! checking the cookie on every request — is `gateway::access`.
 
 use gateway::access::{Activation, ActivationError, ActivationRequest, KeyRing};
@@ -108,6 +109,8 @@ impl ControlPlane {
                 path: path.to_string(),
                 created_ms: now,
                 expires_ms,
+                reusable: false,
+                used_ms: None,
             },
         )
         .await?;
@@ -145,9 +148,71 @@ impl ControlPlane {
         }
     }
 
-    /// Consumes an access link opened on `req.session`'s host: the token is
-    /// deleted whatever the outcome, a pending or evicted session becomes
-    /// running, and the answer carries the signed cookie.
+    /// A workshop access link for `user` on `session`, valid for `ttl_ms`
+    /// from `now`, in `tx`: the token of the link's URL. As the training
+    /// portal does, the same user asking again gets the same link back
+    /// while it was never opened, its deadline moved to `now + ttl_ms`
+    /// (the window restarts). Only the token's hash is stored, so the
+    /// token is derived from the cookie signing key, the session, the user
+    /// and when the link was made ([`KeyRing::derive_token`]): that is what
+    /// lets the same URL be made again. After a key rotation it cannot be,
+    /// and a new link is made instead (the old one stays valid until its
+    /// deadline).
+    ///
+    /// The link stays valid until its deadline however often it is
+    /// opened, so that a browser that reloads it is not locked out; the
+    /// first use binds it to the browser it let in ([`Self::activate_link`]).
+    pub(crate) async fn workshop_link(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        session: &str,
+        user: &str,
+        now: u64,
+        ttl_ms: u64,
+    ) -> Result<String, ControlError> {
+        // An `Arc`, not a guard: it is held across the store's awaits.
+        let keys = arc_swap::Guard::into_inner(self.keys.load());
+        let derive = |created_ms: u64| {
+            keys.derive_token(&format!("workshop link\0{session}\0{user}\0{created_ms}"))
+        };
+        if let Some(t) = store::access_token_unused(tx, session, user).await? {
+            let token = derive(t.created_ms);
+            if auth::hash_token(&token) == t.hash {
+                store::access_token_set_expiry(tx, &t.hash, now + ttl_ms).await?;
+                return Ok(token);
+            }
+        }
+        let token = derive(now);
+        let hash = auth::hash_token(&token);
+        // Made in this very millisecond by an earlier request: the same link.
+        if store::access_token_get(tx, &hash).await?.is_some() {
+            store::access_token_set_expiry(tx, &hash, now + ttl_ms).await?;
+            return Ok(token);
+        }
+        store::access_token_insert(
+            tx,
+            &AccessTokenRow {
+                hash,
+                session: session.to_string(),
+                user: user.to_string(),
+                path: "/".into(),
+                created_ms: now,
+                expires_ms: now + ttl_ms,
+                reusable: true,
+                used_ms: None,
+            },
+        )
+        .await?;
+        Ok(token)
+    }
+
+    /// Opens an access link on `req.session`'s host: a pending or evicted
+    /// session becomes running, and the answer carries the signed cookie.
+    /// A one-time link (`POST …/access`) is deleted whatever the outcome. A
+    /// workshop link stays valid until its deadline: its first use binds it
+    /// to the browser it let in, which alone may open it again (it comes
+    /// with the cookie that use set: `req.holder`); another browser is
+    /// refused.
     pub async fn activate_link(
         &self,
         req: ActivationRequest,
@@ -179,15 +244,23 @@ impl ControlPlane {
         let now = self.now_ms();
         let hash = auth::hash_token(&req.token);
         let mut tx = self.writes.begin().await?;
-        let Some(t) = store::access_token_take(&mut tx, &hash).await? else {
+        let Some(t) = store::access_token_get(&mut tx, &hash).await? else {
             failures.fail(req.client);
             return Ok(Err(ActivationError::InvalidToken));
         };
-        // From here on the token is spent: refusals still commit its removal.
-        let old = if t.expires_ms <= now {
+        let expired = t.expires_ms <= now;
+        if !t.reusable || expired {
+            // Spent: refusals still commit its removal.
+            store::access_token_delete(&mut tx, &hash).await?;
+        }
+        let opened_elsewhere =
+            t.used_ms.is_some() && req.holder.as_deref() != Some(t.user.as_str());
+        let old = if expired {
             Err(ActivationError::InvalidToken)
         } else if t.session != *req.session {
             Err(ActivationError::WrongSession)
+        } else if opened_elsewhere {
+            Err(ActivationError::AlreadyUsed)
         } else {
             match store::session_get(&mut tx, &t.session).await? {
                 None => Err(ActivationError::InvalidToken),
@@ -209,6 +282,9 @@ impl ControlPlane {
                 return Ok(Err(refused));
             }
         };
+        if t.reusable && t.used_ms.is_none() {
+            store::access_token_set_used(&mut tx, &hash, now).await?;
+        }
         let rec = if matches!(old.state, SessionState::Pending | SessionState::Evicted) {
             let rec = transition(&old, Action::Activate, None, now)?;
             store::session_update_row(&mut tx, &rec).await?;

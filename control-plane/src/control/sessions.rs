@@ -200,6 +200,9 @@ impl ControlPlane {
             environment: input.environment,
             labels: input.labels,
             activate_by_ms: None,
+            analytics_url: None,
+            parameters: Vec::new(),
+            parameter_headers: false,
         })
     }
 

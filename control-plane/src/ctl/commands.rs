@@ -375,8 +375,9 @@ fn new_environment(c: CreateEnvironment) -> NewEnvironment {
         targets: c.targets,
         tls_verify: !c.no_tls_verify,
         slug_prefix: None,
-        // The server's default, which the CLI has no flag to change.
+        // The server's defaults, which the CLI has no flags to change.
         extendable: true,
+        parameter_headers: false,
     }
 }
 

@@ -140,6 +140,34 @@ pub struct SessionRecord {
     /// A pending session not activated by then is deleted; `None`: its
     /// creation plus the configured activation deadline.
     pub activate_by_ms: Option<u64>,
+    /// The analytics webhook a training-portal request named, kept as the
+    /// portal keeps it (sessiongate sends it no events).
+    pub analytics_url: Option<String>,
+    /// The training-portal request's parameters, as given.
+    pub parameters: Vec<RequestParameter>,
+    /// The route sends `parameters` to the backend as headers
+    /// ([`parameter_header`]); from the environment, when a request took
+    /// the session.
+    pub parameter_headers: bool,
+}
+
+/// A training-portal request parameter (`{"parameters": [{"name", "value"}]}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RequestParameter {
+    pub name: String,
+    pub value: String,
+}
+
+/// The header prefix of request parameters sent to the backend. A route
+/// that sends them removes every client header under it, so that the app
+/// can trust what it reads there.
+pub const PARAMETER_HEADER_PREFIX: &str = "X-Workshop-Param-";
+
+/// The header a parameter travels in: `X-Workshop-Param-<name>` (header
+/// names are case-insensitive: `name` travels as it is and reaches the app
+/// in lower case over HTTP/2 or from hyper).
+pub fn parameter_header(name: &str) -> String {
+    format!("{PARAMETER_HEADER_PREFIX}{name}")
 }
 
 #[cfg(test)]
@@ -179,6 +207,9 @@ impl SessionRecord {
             environment: None,
             labels: BTreeMap::new(),
             activate_by_ms: None,
+            analytics_url: None,
+            parameters: Vec::new(),
+            parameter_headers: false,
         }
     }
 }
@@ -224,6 +255,17 @@ pub struct Session {
     pub idle_timeout: Option<u64>,
     pub environment: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The analytics webhook of the training-portal request that allocated
+    /// it; absent when there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analytics_url: Option<String>,
+    /// The training-portal request's parameters; absent when there were none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<RequestParameter>,
+    /// The parameters reach the backend as `X-Workshop-Param-<name>`
+    /// headers (from the environment's `parameter_headers`); absent when not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parameter_headers: bool,
     /// Things the operator should know about the answer to a create or a
     /// change, such as a custom domain no certificate covers. Absent when
     /// there are none.
@@ -280,6 +322,9 @@ impl SessionRecord {
             idle_timeout: self.idle_timeout_secs,
             environment: self.environment.clone(),
             labels: self.labels.clone(),
+            analytics_url: self.analytics_url.clone(),
+            parameters: self.parameters.clone(),
+            parameter_headers: self.parameter_headers,
             warnings: Vec::new(),
         }
     }

@@ -3,7 +3,7 @@
 use super::*;
 
 const ENV_COLS: &str = "name, workshop, duration_secs, capacity, reserved, state, targets, \
-    tls_verify, slug_prefix, extendable, created_ms, next_session";
+    tls_verify, slug_prefix, extendable, created_ms, next_session, parameter_headers";
 
 fn environment_row(r: &SqliteRow) -> Result<EnvironmentRecord, StoreError> {
     let workshop: String = r.try_get("workshop")?;
@@ -34,6 +34,7 @@ fn environment_row(r: &SqliteRow) -> Result<EnvironmentRecord, StoreError> {
         extendable: r.try_get("extendable")?,
         created_ms: get_u64(r, "created_ms")?,
         next_session: get_u64(r, "next_session")?,
+        parameter_headers: r.try_get("parameter_headers")?,
     })
 }
 
@@ -45,7 +46,7 @@ fn environment_json(e: &EnvironmentRecord) -> (String, String) {
     )
 }
 
-/// Binds every column of [`ENV_COLS`], in its order, as `$1`..`$12`.
+/// Binds every column of [`ENV_COLS`], in its order, as `$1`..`$13`.
 fn bind_environment<'q>(
     q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
     e: &'q EnvironmentRecord,
@@ -63,6 +64,7 @@ fn bind_environment<'q>(
         .bind(e.extendable)
         .bind(ms(e.created_ms))
         .bind(ms(e.next_session))
+        .bind(e.parameter_headers)
 }
 
 pub async fn environment_insert(
@@ -70,7 +72,7 @@ pub async fn environment_insert(
     e: &EnvironmentRecord,
 ) -> Result<(), StoreError> {
     let sql = format!(
-        "INSERT INTO environments ({ENV_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        "INSERT INTO environments ({ENV_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
     );
     bind_environment(sqlx::query(&sql), e)
         .execute(&mut *c)
@@ -84,7 +86,8 @@ pub async fn environment_update(
 ) -> Result<(), StoreError> {
     let sql = "UPDATE environments SET workshop = $2, duration_secs = $3, capacity = $4, \
         reserved = $5, state = $6, targets = $7, tls_verify = $8, slug_prefix = $9, \
-        extendable = $10, created_ms = $11, next_session = $12 WHERE name = $1";
+        extendable = $10, created_ms = $11, next_session = $12, parameter_headers = $13 \
+        WHERE name = $1";
     bind_environment(sqlx::query(sql), e)
         .execute(&mut *c)
         .await?;

@@ -26,7 +26,7 @@ const SESSION_COLS: &str = "name, kind, remote_host, remote_port, url, https, tl
     strip_prefix, rewrite_host, custom_domain, workspace_port, owner, public, state, created_ms, \
     activated_ms, expires_ms, last_activity_ms, paused_ms, state_changed_ms, duration_secs, \
     idle_timeout_secs, extendable, environment, labels, activate_by_ms, allow_any_upgrade,
-    shared_origin";
+    shared_origin, analytics_url, parameters, parameter_headers";
 
 fn session_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
     let name: String = row.try_get("name")?;
@@ -38,6 +38,7 @@ fn session_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
     let kind: String = row.try_get("kind")?;
     let state: String = row.try_get("state")?;
     let labels: String = row.try_get("labels")?;
+    let parameters: String = row.try_get("parameters")?;
     Ok(SessionRecord {
         kind: SessionKind::parse(&kind).ok_or_else(|| corrupt(format!("kind {kind:?}")))?,
         remote_host: row.try_get("remote_host")?,
@@ -68,6 +69,10 @@ fn session_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
         labels: serde_json::from_str(&labels).map_err(|e| corrupt(format!("labels: {e}")))?,
         activate_by_ms: get_opt_u64(row, "activate_by_ms")?,
         allow_any_upgrade: row.try_get("allow_any_upgrade")?,
+        analytics_url: row.try_get("analytics_url")?,
+        parameters: serde_json::from_str(&parameters)
+            .map_err(|e| corrupt(format!("parameters: {e}")))?,
+        parameter_headers: row.try_get("parameter_headers")?,
         name,
     })
 }
@@ -229,11 +234,13 @@ pub async fn sessions_shared_with(
         .collect::<Result<_, _>>()?)
 }
 
+/// Binds every column of [`SESSION_COLS`], in its order, as `$1`..`$32`.
 fn bind_session<'q>(
     q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
     s: &'q SessionRecord,
     labels: String,
 ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    let parameters = serde_json::to_string(&s.parameters).unwrap_or_else(|_| "[]".into());
     q.bind(&s.name)
         .bind(s.kind.as_str())
         .bind(&s.remote_host)
@@ -263,6 +270,9 @@ fn bind_session<'q>(
         .bind(opt_ms(s.activate_by_ms))
         .bind(s.allow_any_upgrade)
         .bind(s.shared_origin)
+        .bind(&s.analytics_url)
+        .bind(parameters)
+        .bind(s.parameter_headers)
 }
 
 fn labels_json(s: &SessionRecord) -> String {
@@ -295,7 +305,7 @@ pub async fn session_insert(c: &mut SqliteConnection, s: &SessionRecord) -> Resu
     let sql = format!(
         "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
          $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, \
-         $28, $29)"
+         $28, $29, $30, $31, $32)"
     );
     bind_session(sqlx::query(&sql), s, labels_json(s))
         .execute(&mut *c)
@@ -324,7 +334,8 @@ pub async fn session_update_row(
         created_ms = $16, activated_ms = $17, expires_ms = $18, last_activity_ms = $19, \
         paused_ms = $20, state_changed_ms = $21, duration_secs = $22, idle_timeout_secs = $23, \
         extendable = $24, environment = $25, labels = $26, activate_by_ms = $27, \
-        allow_any_upgrade = $28, shared_origin = $29 WHERE name = $1";
+        allow_any_upgrade = $28, shared_origin = $29, analytics_url = $30, parameters = $31, \
+        parameter_headers = $32 WHERE name = $1";
     bind_session(sqlx::query(sql), s, labels_json(s))
         .execute(&mut *c)
         .await?;

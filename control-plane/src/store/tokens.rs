@@ -58,51 +58,120 @@ pub struct AccessTokenRow {
     pub path: String,
     pub created_ms: u64,
     pub expires_ms: u64,
+    /// Valid until `expires_ms` however often it is opened (a workshop's
+    /// link), rather than once; after its first use only by the browser
+    /// that use let in.
+    pub reusable: bool,
+    /// When a reusable link was first opened.
+    pub used_ms: Option<u64>,
+}
+
+const ACCESS_TOKEN_COLS: &str =
+    "hash, session_name, user_name, path, created_ms, expires_ms, reusable, used_ms";
+
+fn access_token_row(r: &SqliteRow) -> Result<AccessTokenRow, StoreError> {
+    Ok(AccessTokenRow {
+        hash: r.try_get("hash")?,
+        session: r.try_get("session_name")?,
+        user: r.try_get("user_name")?,
+        path: r.try_get("path")?,
+        created_ms: get_u64(r, "created_ms")?,
+        expires_ms: get_u64(r, "expires_ms")?,
+        reusable: r.try_get("reusable")?,
+        used_ms: get_opt_u64(r, "used_ms")?,
+    })
 }
 
 pub async fn access_token_insert(
     c: &mut SqliteConnection,
     t: &AccessTokenRow,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO access_tokens (hash, session_name, user_name, path, created_ms, expires_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
+    sqlx::query(&format!(
+        "INSERT INTO access_tokens ({ACCESS_TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    ))
     .bind(&t.hash)
     .bind(&t.session)
     .bind(&t.user)
     .bind(&t.path)
     .bind(ms(t.created_ms))
     .bind(ms(t.expires_ms))
+    .bind(t.reusable)
+    .bind(opt_ms(t.used_ms))
     .execute(&mut *c)
     .await?;
     Ok(())
 }
 
-/// Deletes the access link with this hash and returns it: a token can be
-/// taken once, whatever happens next.
-pub async fn access_token_take(
+/// The access link with this hash.
+pub async fn access_token_get(
     c: &mut SqliteConnection,
     hash: &str,
 ) -> Result<Option<AccessTokenRow>, StoreError> {
-    let row = sqlx::query(
-        "DELETE FROM access_tokens WHERE hash = $1 \
-         RETURNING hash, session_name, user_name, path, created_ms, expires_ms",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT {ACCESS_TOKEN_COLS} FROM access_tokens WHERE hash = $1"
+    ))
     .bind(hash)
     .fetch_optional(&mut *c)
     .await?;
-    row.map(|r| {
-        Ok(AccessTokenRow {
-            hash: r.try_get("hash")?,
-            session: r.try_get("session_name")?,
-            user: r.try_get("user_name")?,
-            path: r.try_get("path")?,
-            created_ms: get_u64(&r, "created_ms")?,
-            expires_ms: get_u64(&r, "expires_ms")?,
-        })
-    })
-    .transpose()
+    row.as_ref().map(access_token_row).transpose()
+}
+
+/// The newest reusable link of `user` on `session` that was never opened,
+/// expired or not (the reaper has not purged it yet).
+pub async fn access_token_unused(
+    c: &mut SqliteConnection,
+    session: &str,
+    user: &str,
+) -> Result<Option<AccessTokenRow>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {ACCESS_TOKEN_COLS} FROM access_tokens WHERE session_name = $1 \
+         AND user_name = $2 AND reusable AND used_ms IS NULL \
+         ORDER BY created_ms DESC, hash LIMIT 1"
+    ))
+    .bind(session)
+    .bind(user)
+    .fetch_optional(&mut *c)
+    .await?;
+    row.as_ref().map(access_token_row).transpose()
+}
+
+/// Moves a link's deadline (a workshop request repeated while its link
+/// is unused restarts the window).
+pub async fn access_token_set_expiry(
+    c: &mut SqliteConnection,
+    hash: &str,
+    expires_ms: u64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE access_tokens SET expires_ms = $2 WHERE hash = $1")
+        .bind(hash)
+        .bind(ms(expires_ms))
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+/// Records the first use of a reusable link.
+pub async fn access_token_set_used(
+    c: &mut SqliteConnection,
+    hash: &str,
+    used_ms: u64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE access_tokens SET used_ms = $2 WHERE hash = $1 AND used_ms IS NULL")
+        .bind(hash)
+        .bind(ms(used_ms))
+        .execute(&mut *c)
+        .await?;
+    Ok(())
+}
+
+/// Deletes the access link with this hash (a one-time link once opened,
+/// any link once past its deadline).
+pub async fn access_token_delete(c: &mut SqliteConnection, hash: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM access_tokens WHERE hash = $1")
+        .bind(hash)
+        .execute(&mut *c)
+        .await?;
+    Ok(())
 }
 
 /// Removes access links that expired before `now_ms` (the reaper).

@@ -76,6 +76,10 @@ pub struct Environment {
     /// gets a host of its own (`<session>.<base domain>`), the default.
     pub slug_prefix: Option<String>,
     pub extendable: bool,
+    /// A request's parameters reach the session's backend as
+    /// `X-Workshop-Param-<name>` headers (and a browser's own headers under
+    /// that prefix are removed).
+    pub parameter_headers: bool,
     pub created: String,
     /// Sessions made from it that are not finished.
     pub allocated: u64,
@@ -100,6 +104,12 @@ pub struct NewEnvironment {
     pub slug_prefix: Option<String>,
     #[serde(default = "yes")]
     pub extendable: bool,
+    /// Send each request parameter to the session's backend as an
+    /// `X-Workshop-Param-<name>` header (default false). Every header a
+    /// browser sends under that prefix is removed first, so the backend can
+    /// trust them. Applies to sessions requested after it is set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parameter_headers: bool,
 }
 
 fn yes() -> bool {
@@ -120,6 +130,8 @@ pub struct EnvironmentPatch {
     pub targets: Option<Vec<String>>,
     pub tls_verify: Option<bool>,
     pub extendable: Option<bool>,
+    /// Applies to sessions requested after the change.
+    pub parameter_headers: Option<bool>,
 }
 
 impl EnvironmentPatch {
@@ -139,6 +151,7 @@ impl EnvironmentPatch {
         set(&mut e.targets, targets);
         set(&mut e.tls_verify, self.tls_verify);
         set(&mut e.extendable, self.extendable);
+        set(&mut e.parameter_headers, self.parameter_headers);
     }
 }
 
@@ -155,6 +168,8 @@ pub struct EnvironmentRecord {
     pub tls_verify: bool,
     pub slug_prefix: Option<String>,
     pub extendable: bool,
+    /// See [`Environment::parameter_headers`].
+    pub parameter_headers: bool,
     pub created_ms: u64,
     pub next_session: u64,
 }
@@ -247,6 +262,7 @@ pub fn validate_new(input: NewEnvironment, now_ms: u64) -> Result<EnvironmentRec
         tls_verify: input.tls_verify,
         slug_prefix,
         extendable: input.extendable,
+        parameter_headers: input.parameter_headers,
         created_ms: now_ms,
         next_session: 1,
     })
@@ -308,6 +324,7 @@ impl EnvironmentRecord {
             tls_verify: self.tls_verify,
             slug_prefix: self.slug_prefix.clone(),
             extendable: self.extendable,
+            parameter_headers: self.parameter_headers,
             created: crate::time::rfc3339_millis(self.created_ms),
             allocated,
         }
@@ -354,6 +371,7 @@ mod tests {
             tls_verify: true,
             slug_prefix: None,
             extendable: true,
+            parameter_headers: false,
         };
         let rec = validate_new(new("lab-w01"), 5).unwrap();
         assert_eq!(rec.workshop.name, "lab-w01");

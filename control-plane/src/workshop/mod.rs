@@ -12,6 +12,7 @@
 //! # Layout
 //! - [`environment`]: the environment model and its validation.
 //! - [`portal`]: the training portal's request and answer shapes, errors.
+//! - [`input`]: what a request may carry (user id, e-mail, parameters).
 //! - [`oauth`]: `/oauth2/token/` and `/oauth2/revoke-token/`: the password
 //!   and refresh grants (which rotate), revocation.
 //! - [`environments`]: creating, changing, stopping and deleting environments.
@@ -27,6 +28,7 @@ use crate::session::reaper::ReapReport;
 pub mod allocation;
 pub mod environment;
 pub mod environments;
+pub mod input;
 pub mod oauth;
 pub mod portal;
 

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use crate::auth::TokenError;
 use crate::error::ControlError;
-use crate::session::model::Invalid;
+use crate::session::model::{Invalid, RequestParameter};
 use crate::store::StoreError;
 use crate::writes::WriteError;
 
@@ -18,16 +18,28 @@ pub const RESERVE_USER: &str = "sessiongate-reserve";
 /// request takes it.
 pub const RESERVED_DEADLINE_MS: u64 = i64::MAX as u64;
 
-/// `GET /workshops/environment/<name>/request/`'s parameters.
+/// `GET|POST /workshops/environment/<name>/request/`'s parameters, each
+/// absent when empty, as the portal reads them.
 #[derive(Clone, Debug, Default)]
 pub struct WorkshopRequest {
-    /// A portal user id from an earlier answer; unknown ones get a new id.
+    /// Where the user goes back to, as given (`index_url`, else the legacy
+    /// `redirect_url`): required, as the portal requires it. Whether it is
+    /// used is the allow-list's business (the caller's).
+    pub index_url: Option<String>,
+    /// A portal user id: a known one gets their session back, an unknown
+    /// one becomes a new portal user with exactly that id, none a new id.
     pub user: Option<String>,
     pub email: Option<String>,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
     /// Seconds the session waits for its activation (default 60).
     pub timeout: Option<u64>,
+    /// The client's analytics webhook, kept with the session.
+    pub analytics_url: Option<String>,
+    /// Reacquire only: the user's existing session of this name, or none.
+    pub session: Option<String>,
+    /// From the JSON body, kept with the session.
+    pub parameters: Vec<RequestParameter>,
 }
 
 /// What a request allocated.
@@ -35,19 +47,37 @@ pub struct WorkshopRequest {
 pub struct Allocation {
     pub session: String,
     pub user: String,
-    /// One-time activation token (stored hashed).
+    /// The activation token: valid until its deadline, stored hashed; the
+    /// same again while the link is unused.
     pub token: String,
     pub workshop: String,
     pub environment: String,
+    /// The session's request parameters (of the request that allocated it).
+    pub parameters: Vec<RequestParameter>,
 }
 
 /// Why a request got no session; `notification` is the portal's value.
+/// Bad input is [`WorkshopError::Control`] with [`ControlError::Invalid`].
 #[derive(Debug, thiserror::Error)]
 pub enum WorkshopError {
     #[error("no workshop environment {0:?} takes requests")]
     Invalid(String),
+    #[error("environment {0:?} is stopping and takes no requests")]
+    Stopping(String),
     #[error("environment {0:?} is at capacity")]
     Unavailable(String),
+    /// `session` named a session the user does not have in the environment.
+    #[error(
+        "user {user:?} has no session {session:?} in environment {environment:?} to reacquire"
+    )]
+    NotReacquirable {
+        environment: String,
+        user: String,
+        session: String,
+    },
+    /// The user is one sessions may not be requested for.
+    #[error("sessions cannot be requested for user {0:?}")]
+    UserNotPermitted(String),
     #[error(transparent)]
     Control(#[from] ControlError),
 }
@@ -55,25 +85,32 @@ pub enum WorkshopError {
 impl WorkshopError {
     pub fn notification(&self) -> &'static str {
         match self {
-            WorkshopError::Invalid(_) => "workshop-invalid",
-            WorkshopError::Unavailable(_) => "session-unavailable",
-            WorkshopError::Control(_) => "session-unavailable",
+            WorkshopError::Invalid(_) | WorkshopError::Stopping(_) => "workshop-invalid",
+            WorkshopError::Unavailable(_)
+            | WorkshopError::NotReacquirable { .. }
+            | WorkshopError::UserNotPermitted(_)
+            | WorkshopError::Control(_) => "session-unavailable",
         }
     }
 }
 
-/// The request's answer, field for field as the portal gives it.
+/// The request's answer, field for field and in the order the portal's
+/// code gives it (its documentation shows another order).
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct RequestAnswer {
     pub name: String,
+    /// Deprecated: equals `name`.
+    pub session: String,
     pub user: String,
     /// A path on the portal host: `/workshops/session/<name>/activate/?token=…&index_url=…`.
     pub url: String,
+    pub namespace: String,
     pub workshop: String,
     pub environment: String,
-    pub namespace: String,
-    /// Deprecated: equals `name`.
-    pub session: String,
+    /// Not the portal's: the session's request parameters, as stored;
+    /// absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<RequestParameter>,
 }
 
 /// One of a user's sessions.

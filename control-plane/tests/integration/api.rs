@@ -23,18 +23,18 @@ use tower::ServiceExt;
 
 const ADMIN: &str = "api-test-admin-token-0123456789";
 
-struct Api {
+pub(crate) struct Api {
     app: Router,
-    cp: Arc<ControlPlane>,
-    portal: Arc<Portal>,
-    clock: ManualClock,
+    pub(crate) cp: Arc<ControlPlane>,
+    pub(crate) portal: Arc<Portal>,
+    pub(crate) clock: ManualClock,
     routes: RouteHandle,
     /// Declared last: removed once the store is closed.
     _dir: TempDir,
 }
 
 impl Api {
-    async fn new(name: &str) -> Api {
+    pub(crate) async fn new(name: &str) -> Api {
         let dir = TempDir::new(&format!("api-{name}"));
         let store = Store::open(&dir.path().join("sessiongate.db"))
             .await
@@ -61,7 +61,12 @@ impl Api {
     }
 
     /// A request with the admin token and a JSON body.
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         self.raw(
             method,
             path,
@@ -72,7 +77,7 @@ impl Api {
         .await
     }
 
-    async fn raw(
+    pub(crate) async fn raw(
         &self,
         method: &str,
         path: &str,
@@ -103,7 +108,7 @@ impl Api {
         (status, v)
     }
 
-    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (s, v) = self.call(method, path, body).await;
         assert!(s.is_success(), "{method} {path}: {s} {v}");
         v
@@ -130,7 +135,7 @@ impl Api {
     }
 
     /// Everything stored, as the API shows it, to prove bad input changed nothing.
-    async fn snapshot(&self) -> Value {
+    pub(crate) async fn snapshot(&self) -> Value {
         json!({
             "sessions": self.ok("GET", "/api/v1/sessions?state=pending,running,paused,evicted,expired,deleted&per_page=1000", None).await,
             "users": self.ok("GET", "/api/v1/users?per_page=1000", None).await,
@@ -141,7 +146,7 @@ impl Api {
         })
     }
 
-    fn route(&self, name: &str) -> Option<Arc<gateway::Route>> {
+    pub(crate) fn route(&self, name: &str) -> Option<Arc<gateway::Route>> {
         self.routes
             .load()
             .route(&format!("session:{name}"))
@@ -1492,7 +1497,7 @@ async fn workshop_activation_deadline_on_the_manual_clock() {
     let (s, r) = api
         .call(
             "GET",
-            "/workshops/environment/lab-w01/request/?timeout=30",
+            "/workshops/environment/lab-w01/request/?timeout=30&index_url=https://hub.test/",
             None,
         )
         .await;
@@ -1514,7 +1519,11 @@ async fn workshop_activation_deadline_on_the_manual_clock() {
     assert!(api.route("lab-w01-s001").is_none());
     // Its target went back to the pool: the reserve holds both again.
     let (s, r) = api
-        .call("GET", "/workshops/environment/lab-w01/request/", None)
+        .call(
+            "GET",
+            "/workshops/environment/lab-w01/request/?index_url=https://hub.test/",
+            None,
+        )
         .await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["name"], "lab-w01-s002");
@@ -1528,13 +1537,10 @@ async fn workshop_activation_deadline_on_the_manual_clock() {
     let (s, e) = api
         .call(
             "GET",
-            "/workshops/environment/lab-w01/request/?timeout=soon",
+            "/workshops/environment/lab-w01/request/?timeout=soon&index_url=https://hub.test/",
             None,
         )
         .await;
-    assert_eq!(
-        (s.as_u16(), e["error"]["code"].as_str()),
-        (400, Some("bad_request"))
-    );
+    assert_eq!((s.as_u16(), e["code"].as_str()), (400, Some("bad_request")));
     assert_eq!(api.snapshot().await, before);
 }

@@ -35,6 +35,8 @@
 //! - `workshop`: the training portal's API.
 //! - `workshop_oauth`: its tokens (revocation, refresh rotation, the client
 //!   in the form) and its paths without their trailing slash (issue 16).
+//! - `workshop_request`: the request endpoint as the portal's real clients
+//!   use it, and its activation links (issue 16).
 
 mod common;
 
@@ -59,3 +61,4 @@ mod serve;
 mod tls;
 mod workshop;
 mod workshop_oauth;
+mod workshop_request;

@@ -11,12 +11,12 @@ use serde_json::{json, Value};
 use testkit::server::InProcess;
 use testkit::{exchange, temp_dir, Endpoints, Origin};
 
-const CONFIG: &str = "[workshop]\nclient_id = \"portal-client\"\n\
+pub(crate) const CONFIG: &str = "[workshop]\nclient_id = \"portal-client\"\n\
     client_secret = \"portal-secret\"\nrobot_username = \"robot@portal\"\n\
     robot_password = \"robot-pass\"\nindex_urls = [\"https://hub.test\"]\n";
 
 /// A request to the control-plane listener; the status and the JSON (or text).
-async fn call(
+pub(crate) async fn call(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -33,7 +33,7 @@ async fn call(
     (resp.status, v)
 }
 
-async fn token_grant(sg: &Endpoints, client: (&str, &str), form: &str) -> (u16, Value) {
+pub(crate) async fn token_grant(sg: &Endpoints, client: (&str, &str), form: &str) -> (u16, Value) {
     let basic =
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", client.0, client.1));
     call(
@@ -48,14 +48,14 @@ async fn token_grant(sg: &Endpoints, client: (&str, &str), form: &str) -> (u16, 
     .await
 }
 
-async fn get(sg: &Endpoints, token: Option<&str>, path: &str) -> (u16, Value) {
+pub(crate) async fn get(sg: &Endpoints, token: Option<&str>, path: &str) -> (u16, Value) {
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     call(sg.api, "GET", path, &auth, "").await
 }
 
-fn keys(v: &Value) -> Vec<String> {
+pub(crate) fn keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
     k.sort();
     k
@@ -63,7 +63,7 @@ fn keys(v: &Value) -> Vec<String> {
 
 /// A server with the workshop API, a robot's access token, and an
 /// environment of two backends (kept alive by the caller).
-async fn setup(name: &str) -> (InProcess, String, Vec<Origin>) {
+pub(crate) async fn setup(name: &str) -> (InProcess, String, Vec<Origin>) {
     let sg = InProcess::start(&temp_dir(name), CONFIG).await;
     let (s, t) = token_grant(
         &sg,
@@ -209,7 +209,8 @@ async fn request_activate_and_list_as_the_portal_documents_them() {
         "{url}"
     );
 
-    // The same user again: the same session. An unknown user: a new id.
+    // The same user again: the same session. An unknown user id is adopted:
+    // a new portal user with exactly that id, as the portal's create_user.
     let (s, again) = get(
         &sg,
         token,
@@ -229,7 +230,7 @@ async fn request_activate_and_list_as_the_portal_documents_them() {
     )
     .await;
     assert_eq!(s, 200, "{other}");
-    assert_ne!(other["user"], "nobody");
+    assert_eq!(other["user"], "nobody");
     assert_ne!(other["name"], r["name"]);
     assert!(
         !other["url"].as_str().unwrap().contains("index_url"),
@@ -241,17 +242,17 @@ async fn request_activate_and_list_as_the_portal_documents_them() {
     let (s, e) = get(
         &sg,
         token,
-        "/workshops/environment/lab-markdown-sample-w01/request/",
+        "/workshops/environment/lab-markdown-sample-w01/request/?index_url=https://hub.test/",
     )
     .await;
     assert_eq!(
-        (s, e["error"]["notification"].as_str()),
+        (s, e["notification"].as_str()),
         (503, Some("session-unavailable")),
         "{e}"
     );
     let (s, e) = get(&sg, token, "/workshops/environment/nope-w01/request/").await;
     assert_eq!(
-        (s, e["error"]["notification"].as_str()),
+        (s, e["notification"].as_str()),
         (404, Some("workshop-invalid")),
         "{e}"
     );
@@ -277,7 +278,7 @@ async fn request_activate_and_list_as_the_portal_documents_them() {
         page.url.as_str(),
         format!("http://{name}.localhost:{port}/")
     );
-    // The link works once.
+    // Once used, the link lets no other browser in.
     let again = Browser::new(sg.gateway)
         .follow(&format!("http://localhost:{port}{url}"))
         .await;
@@ -407,11 +408,11 @@ async fn request_activate_and_list_as_the_portal_documents_them() {
     let (s, e) = get(
         &sg,
         token,
-        "/workshops/environment/lab-markdown-sample-w01/request/",
+        "/workshops/environment/lab-markdown-sample-w01/request/?index_url=https://hub.test/",
     )
     .await;
     assert_eq!(
-        (s, e["error"]["notification"].as_str()),
+        (s, e["notification"].as_str()),
         (404, Some("workshop-invalid"))
     );
 
@@ -443,7 +444,7 @@ async fn fifty_concurrent_requests_for_the_last_slot_one_wins() {
     let (s, _) = get(
         &sg,
         Some(&access),
-        "/workshops/environment/lab-markdown-sample-w01/request/",
+        "/workshops/environment/lab-markdown-sample-w01/request/?index_url=https://hub.test/",
     )
     .await;
     assert_eq!(s, 200);
@@ -454,7 +455,7 @@ async fn fifty_concurrent_requests_for_the_last_slot_one_wins() {
             call(
                 api,
                 "GET",
-                "/workshops/environment/lab-markdown-sample-w01/request/",
+                "/workshops/environment/lab-markdown-sample-w01/request/?index_url=https://hub.test/",
                 &format!("Authorization: Bearer {token}\r\n"),
                 "",
             )
@@ -467,7 +468,7 @@ async fn fifty_concurrent_requests_for_the_last_slot_one_wins() {
         match t.await.unwrap() {
             (200, v) => won.push(v["name"].as_str().unwrap().to_string()),
             (503, v) => {
-                assert_eq!(v["error"]["notification"], "session-unavailable");
+                assert_eq!(v["notification"], "session-unavailable");
                 unavailable += 1;
             }
             other => panic!("{other:?}"),

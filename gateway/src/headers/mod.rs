@@ -8,8 +8,11 @@
 //! - `upgrade`: what a request asks to switch to, and whether a `101` did;
 //! - `set_cookie`: what an app may set in the browser;
 //! - `rewrite`: the whole rewrite of a request head for the upstream, and of
-//!   a response or a switch for the client, made of the above.
+//!   a response or a switch for the client, made of the above;
+//! - `added`: the headers a route sets for its upstream (a workshop
+//!   session's request parameters), the client's of those names removed.
 
+mod added;
 mod forwarding;
 mod hop;
 mod request_id;
@@ -17,6 +20,7 @@ mod rewrite;
 mod set_cookie;
 mod upgrade;
 
+pub use added::{AddedHeaderError, AddedHeaders};
 pub use forwarding::{set_forwarded, ClientInfo, TrustedProxies, TrustedProxyError};
 pub use hop::{connection_has, remove_hop_by_hop};
 pub use request_id::{new_request_id, request_id, X_REQUEST_ID};

@@ -37,11 +37,15 @@ impl Proxy {
 
     /// Opens an access link: the control plane consumes the token, and the
     /// browser gets its cookie and goes on to the session's entry path.
+    /// The user of a valid cookie for the session that came with the link
+    /// goes with it: a link that stays valid after its first use lets in
+    /// again only the browser its first use gave that cookie to.
     pub(super) async fn activate(
         &self,
         route: &Route,
         slug: Option<&str>,
         query: Option<&str>,
+        headers: &HeaderMap,
         client: IpAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (Some(cfg), Some(list)) = (&self.access, &route.access) else {
@@ -66,11 +70,17 @@ impl Proxy {
             .ok_or(ProxyError::Activation(
                 access::ActivationError::InvalidToken,
             ))?;
+        let holder = match self.check_access(route, headers, slug) {
+            Ok(user) => Some(user),
+            Err(AccessDenied::Forbidden(user)) => Some(user.into()),
+            Err(AccessDenied::SignIn) => None,
+        };
         let a = activator
             .activate(ActivationRequest {
                 token,
                 session: Arc::clone(&list.session),
                 client,
+                holder,
             })
             .await
             .map_err(ProxyError::Activation)?;

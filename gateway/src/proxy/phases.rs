@@ -144,7 +144,13 @@ impl Proxy {
         if target.relative_path(path) == ACTIVATE_PATH && target.route.access.is_some() {
             let query = req.uri().query();
             let answer = self
-                .activate(&target.route, target.slug(path), query, conn.remote.ip())
+                .activate(
+                    &target.route,
+                    target.slug(path),
+                    query,
+                    req.headers(),
+                    conn.remote.ip(),
+                )
                 .await?;
             return Err(Stop::Answer(answer));
         }
@@ -214,8 +220,8 @@ impl Proxy {
 
     /// Phase 5: the request for the upstream: its URI, its head rewritten
     /// by [`headers::rewrite_request`] (in HTTP/1.1, which every upstream
-    /// speaks), and its body watched for progress. Hands back what `respond`
-    /// needs of the client's side.
+    /// speaks) with the route's own headers set, and its body watched for
+    /// progress. Hands back what `respond` needs of the client's side.
     fn upstream_request(
         &self,
         mut req: Request<Incoming>,
@@ -250,6 +256,9 @@ impl Proxy {
                 upgrade: upgrade.clone(),
             },
         );
+        if let Some(added) = &target.route.request_headers {
+            added.apply(&mut parts.headers);
+        }
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let progress = if body.is_end_stream() {

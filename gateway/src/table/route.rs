@@ -9,6 +9,7 @@ use http::uri::{Authority, Scheme};
 
 use super::RouteState;
 use crate::access::AccessList;
+use crate::headers::AddedHeaders;
 
 /// Where a route sends its traffic: `http://host:port` or `https://host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +135,11 @@ pub struct RouteSpec {
     /// custom tunnel), not only to `websocket`: after a switch the gateway
     /// only copies bytes, so another protocol is for an app that needs it.
     pub allow_any_upgrade: bool,
+    /// Request headers set for the upstream, the client's of those names
+    /// (and under their reserved prefix) removed: what the control plane
+    /// vouches for, such as a workshop session's request parameters.
+    /// `None` for nearly every route, which then pays nothing for it.
+    pub request_headers: Option<Arc<AddedHeaders>>,
 }
 
 impl RouteSpec {
@@ -157,6 +163,7 @@ impl RouteSpec {
             inactive: false,
             tls_verify: true,
             allow_any_upgrade: false,
+            request_headers: None,
         }
     }
 
@@ -213,6 +220,12 @@ impl RouteSpec {
 
     pub fn allow_any_upgrade(mut self, on: bool) -> Self {
         self.allow_any_upgrade = on;
+        self
+    }
+
+    /// Sets `headers` on every request for the upstream.
+    pub fn request_headers(mut self, headers: AddedHeaders) -> Self {
+        self.request_headers = Some(Arc::new(headers));
         self
     }
 }

@@ -1,12 +1,13 @@
 //! The training portal's REST API, path for path and
 //! field for field: `/oauth2/token/`, `/oauth2/revoke-token/`,
-//! `/workshops/environment/<name>/request/`,
+//! `/workshops/environment/<name>/request/` (GET and POST),
 //! `/workshops/session/<name>/activate/`, `/workshops/user/<user>/sessions/`
 //! and `/workshops/catalog/environments/`.
 //!
 //! Bearer tokens are the OAuth2 access tokens from `/oauth2/token/`, or the
 //! control plane's own API tokens. The activation endpoint is opened by the
-//! user's browser and needs none: its one-time token is the credential.
+//! user's browser and needs none: its token is the credential (valid until
+//! its deadline, for the browser its first use let in).
 //!
 //! One module per part, so that each grows on its own: `oauth` (tokens and
 //! their revocation), `request` (requesting and activating sessions) and
