@@ -267,6 +267,26 @@ pub fn workshop_router() -> Router<ApiState> {
             get(workshop::user_sessions),
         )
         .route("/workshops/catalog/environments/", get(workshop::catalog))
+        .route(
+            "/workshops/catalog/workshops/",
+            get(workshop::catalog_workshops),
+        )
+        .route(
+            "/workshops/environment/{name}/status/",
+            get(workshop::environment_status),
+        )
+        .route(
+            "/workshops/session/{name}/schedule/",
+            get(workshop::session_schedule),
+        )
+        .route(
+            "/workshops/session/{name}/extend/",
+            get(workshop::session_extend).post(workshop::session_extend),
+        )
+        .route(
+            "/workshops/session/{name}/terminate/",
+            get(workshop::session_terminate).post(workshop::session_terminate),
+        )
 }
 
 pub fn router(state: ApiState) -> Router {

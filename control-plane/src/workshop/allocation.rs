@@ -1,10 +1,9 @@
 //! Allocation, the way the training portal's request endpoint does it: a
 //! user's live session in the environment if they have one, else a reserved
 //! session, else a new one on a free backend; with a one-time activation
-//! token. Also the reserves (pending sessions created ahead of requests),
-//! the catalog and a user's sessions.
+//! token. Also the reserves (pending sessions created ahead of requests).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use sqlx::sqlite::SqliteConnection;
 
@@ -18,7 +17,7 @@ use crate::control::routing::check_unique_keys;
 use crate::error::ControlError;
 use crate::session::lifecycle::SessionState;
 use crate::session::model::{self, invalid, SessionKind, SessionRecord};
-use crate::store::{self, AccessTokenRow, SessionFilter, UserRow, MAX_PER_PAGE};
+use crate::store::{self, AccessTokenRow, UserRow};
 
 impl Portal {
     /// Allocates a session of environment `env_name` to a user, the way the
@@ -62,6 +61,7 @@ impl Portal {
         let has_live = known_user
             .as_ref()
             .is_some_and(|u| sessions.iter().any(|s| &s.owner == u && s.state.is_live()));
+        let mut given_up = Vec::new();
         if !has_live {
             if env.state != EnvironmentState::Running {
                 return Err(WorkshopError::Invalid(env_name.to_string()));
@@ -74,6 +74,10 @@ impl Portal {
             if !in_reserve && live >= env.capacity {
                 return Err(WorkshopError::Unavailable(env_name.to_string()));
             }
+            // The portal-wide caps (workshop.sessions_*; see caps.rs).
+            given_up = self
+                .apply_session_caps(&mut tx, env_name, known_user.as_deref(), in_reserve, now)
+                .await?;
         }
 
         // The user: the one named if it exists, else a new portal user.
@@ -94,7 +98,10 @@ impl Portal {
             }
         };
 
-        let mut published: Vec<(Option<SessionRecord>, SessionRecord)> = Vec::new();
+        let mut published: Vec<(Option<SessionRecord>, SessionRecord)> = given_up
+            .into_iter()
+            .map(|(old, new)| (Some(old), new))
+            .collect();
         let chosen = if let Some(s) = sessions
             .iter()
             .find(|s| s.owner == user && s.state.is_live())
@@ -272,7 +279,7 @@ impl Portal {
                 .iter()
                 .filter(|s| s.owner == portal::RESERVE_USER && s.state == SessionState::Pending)
                 .count() as u64;
-            if in_reserve >= env.reserved {
+            if in_reserve >= env.reserved || !self.reserve_has_room(tx).await? {
                 break;
             }
             match self
@@ -309,19 +316,6 @@ impl Portal {
         Ok(created.len())
     }
 
-    /// Every environment and all their sessions, for the catalog.
-    pub async fn catalog(
-        &self,
-    ) -> Result<(Vec<EnvironmentRecord>, Vec<SessionRecord>), ControlError> {
-        let mut c = self.control.store().conn().await?;
-        let envs = store::environments_list(&mut c).await?;
-        let mut sessions = Vec::new();
-        for e in &envs {
-            sessions.extend(store::sessions_of_environment(&mut c, &e.name).await?);
-        }
-        Ok((envs, sessions))
-    }
-
     /// A stable id for this portal, in the UUID shape the portal uses.
     pub fn portal_uid(&self) -> String {
         let name = self.settings.portal_name.clone();
@@ -334,38 +328,5 @@ impl Portal {
             &h[16..20],
             &h[20..32]
         )
-    }
-
-    /// The live sessions of a portal user, in environments.
-    pub async fn workshop_user_sessions(
-        &self,
-        user: &str,
-    ) -> Result<Vec<(SessionRecord, String)>, ControlError> {
-        let mut c = self.control.store().conn().await?;
-        let envs: HashMap<String, String> = store::environments_list(&mut c)
-            .await?
-            .into_iter()
-            .map(|e| (e.name, e.workshop.name))
-            .collect();
-        let filter = SessionFilter {
-            owner: Some(user.to_string()),
-            states: vec![
-                SessionState::Pending,
-                SessionState::Running,
-                SessionState::Paused,
-                SessionState::Evicted,
-            ],
-            page: 1,
-            per_page: MAX_PER_PAGE,
-            ..SessionFilter::default()
-        };
-        let (sessions, _) = store::sessions_list(&mut c, &filter).await?;
-        Ok(sessions
-            .into_iter()
-            .filter_map(|s| {
-                let w = envs.get(s.environment.as_deref()?)?.clone();
-                Some((s, w))
-            })
-            .collect())
     }
 }

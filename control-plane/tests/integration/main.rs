@@ -33,6 +33,9 @@
 //! - `serve`: configuration errors, reload, SIGHUP and SIGTERM.
 //! - `tls`: SNI, h2, certificate reload, re-encryption, redirects.
 //! - `workshop`: the training portal's API.
+//! - `workshop_catalog`: the portal's catalogs, environment status, session
+//!   schedule, extension and termination, and its session caps (issue 16),
+//!   on a manual clock.
 
 mod common;
 
@@ -56,3 +59,4 @@ mod reaper;
 mod serve;
 mod tls;
 mod workshop;
+mod workshop_catalog;
