@@ -266,7 +266,6 @@ pub fn workshop_router() -> Router<ApiState> {
             "/workshops/user/{user}/sessions/",
             get(workshop::user_sessions),
         )
-        .route("/workshops/catalog/environments/", get(workshop::catalog))
         .route(
             "/workshops/catalog/workshops/",
             get(workshop::catalog_workshops),
@@ -287,6 +286,7 @@ pub fn workshop_router() -> Router<ApiState> {
             "/workshops/session/{name}/terminate/",
             get(workshop::session_terminate).post(workshop::session_terminate),
         )
+        .route("/workshops/catalog/environments/", get(workshop::catalog))
 }
 
 pub fn router(state: ApiState) -> Router {

@@ -61,7 +61,6 @@ impl Portal {
         let has_live = known_user
             .as_ref()
             .is_some_and(|u| sessions.iter().any(|s| &s.owner == u && s.state.is_live()));
-        let mut given_up = Vec::new();
         if !has_live {
             if env.state != EnvironmentState::Running {
                 return Err(WorkshopError::Invalid(env_name.to_string()));
@@ -74,11 +73,11 @@ impl Portal {
             if !in_reserve && live >= env.capacity {
                 return Err(WorkshopError::Unavailable(env_name.to_string()));
             }
-            // The portal-wide caps (workshop.sessions_*; see caps.rs).
-            given_up = self
-                .apply_session_caps(&mut tx, env_name, known_user.as_deref(), in_reserve, now)
-                .await?;
         }
+        // The portal-wide caps (workshop.sessions_*; see caps.rs).
+        let given_up = self
+            .apply_session_caps(&mut tx, env_name, known_user.as_deref(), &sessions, now)
+            .await?;
 
         // The user: the one named if it exists, else a new portal user.
         let user = match known_user {
@@ -98,10 +97,7 @@ impl Portal {
             }
         };
 
-        let mut published: Vec<(Option<SessionRecord>, SessionRecord)> = given_up
-            .into_iter()
-            .map(|(old, new)| (Some(old), new))
-            .collect();
+        let mut published: Vec<(Option<SessionRecord>, SessionRecord)> = Vec::new();
         let chosen = if let Some(s) = sessions
             .iter()
             .find(|s| s.owner == user && s.state.is_live())
@@ -159,6 +155,9 @@ impl Portal {
             published.push((None, rec));
         }
         let _lock = tx.commit().await?;
+        for (old, new) in &given_up {
+            self.control.publish(Some(old), Some(new)).await?;
+        }
         for (old, new) in &published {
             self.control.publish(old.as_ref(), Some(new)).await?;
         }

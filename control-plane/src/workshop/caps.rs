@@ -30,7 +30,7 @@ use super::portal::{self, WorkshopError};
 use super::Portal;
 use crate::control::sessions::transition;
 use crate::error::ControlError;
-use crate::session::lifecycle::Action;
+use crate::session::lifecycle::{Action, SessionState};
 use crate::session::model::SessionRecord;
 use crate::store;
 
@@ -85,27 +85,35 @@ impl SessionCaps {
 }
 
 impl Portal {
-    /// The caps' part of a request for `env_name` by `user` (an existing
-    /// user, or `None` for one the request makes) who holds no live session
-    /// there; `from_reserve`: the environment has a reserved session to
-    /// give. Called in the request's transaction; returns the reserved
-    /// sessions it gave up (deleted, to be published after the commit), or
-    /// `Unavailable`.
+    /// The caps' part of a request for `env_name` (whose sessions are
+    /// `sessions`) by `user` (an existing user, or `None` for one the
+    /// request makes). Called in the request's transaction, once the
+    /// environment has been found to take it. Nothing to do when the user
+    /// holds a live session there (it is theirs again). Returns the
+    /// reserved sessions it gave up (deleted, to be published after the
+    /// commit), or `Unavailable`.
     pub(super) async fn apply_session_caps(
         &self,
         tx: &mut SqliteConnection,
         env_name: &str,
         user: Option<&str>,
-        from_reserve: bool,
+        sessions: &[SessionRecord],
         now: u64,
     ) -> Result<Vec<(SessionRecord, SessionRecord)>, WorkshopError> {
         let caps = self.settings.caps;
+        let holds_one = |u: &str| sessions.iter().any(|s| s.owner == u && s.state.is_live());
+        if user.is_some_and(holds_one) {
+            return Ok(Vec::new());
+        }
         let unavailable = || WorkshopError::Unavailable(env_name.to_string());
         if let Some(u) = user.filter(|_| caps.anonymous > 0) {
             if !caps.admits_user(store::portal_sessions_of_owner(tx, u).await?) {
                 return Err(unavailable());
             }
         }
+        let from_reserve = sessions
+            .iter()
+            .any(|s| s.owner == portal::RESERVE_USER && s.state == SessionState::Pending);
         if from_reserve || caps.maximum == 0 {
             return Ok(Vec::new());
         }

@@ -352,7 +352,11 @@ impl Portal {
             self.control.publish(Some(&old), Some(&rec)).await?;
         }
         tracing::info!(session = %name, "workshop session terminated");
-        self.refill_reserves().await?;
+        // The session has ended whatever the refill does; the reaper's next
+        // pass refills too.
+        if let Err(e) = self.refill_reserves().await {
+            tracing::warn!(error = %e, "reserves not refilled after a termination");
+        }
         Ok((started, stopped))
     }
 }
