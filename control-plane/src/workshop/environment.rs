@@ -62,7 +62,8 @@ pub struct WorkshopInfo {
 }
 
 impl WorkshopInfo {
-    /// Checks what is checked of every label elsewhere.
+    /// Its labels are checked as a session's are: keys a `labels[<key>]`
+    /// filter can name, values of bounded text.
     pub fn validate(&self) -> Result<(), Invalid> {
         validate_labels(&self.labels).map_err(|e| invalid("workshop.labels", e.message))
     }

@@ -455,6 +455,54 @@ async fn catalog_filters_by_workshop_names_and_every_label() {
 }
 
 #[tokio::test]
+async fn a_workshop_label_is_checked_and_a_bad_one_stores_nothing() {
+    let f = Fixture::start("bad-labels", SessionCaps::default()).await;
+    let bad = json!({"name": "lab", "labels": {"no spaces": "x"}});
+    let (s, v) = api_request(
+        f.api,
+        Some(ADMIN),
+        "POST",
+        "/api/v1/environments",
+        Some(&json!({"name": "lab-w01", "workshop": bad, "capacity": 1,
+                     "targets": ["http://127.0.0.1:7001"]})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("workshop.labels"),
+        "{v}"
+    );
+    assert_eq!(names(&f.catalog("").await), Vec::<&str>::new());
+    f.environment(
+        "lab-w01",
+        json!({"name": "lab", "labels": {"level": "beginner"}}),
+        1,
+        json!({}),
+    )
+    .await;
+    let (s, v) = api_request(
+        f.api,
+        Some(ADMIN),
+        "PATCH",
+        "/api/v1/environments/lab-w01",
+        Some(&json!({"workshop": bad})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 422, "{v}");
+    let c = f.catalog("").await;
+    assert_eq!(
+        env(&c, "lab-w01")["workshop"]["labels"],
+        json!({"level": "beginner"}),
+        "unchanged"
+    );
+}
+
+#[tokio::test]
 async fn workshops_catalog_lists_running_environments_as_backstage_reads_them() {
     let f = Fixture::start("workshops", SessionCaps::default()).await;
     f.environment(
