@@ -162,6 +162,16 @@ impl Fixture {
         assert_eq!(s, 200, "{path}: {v}");
     }
 
+    /// A running session of a new environment `lab-w01` (one backend)
+    /// whose sessions last `duration` seconds, activated now.
+    async fn running_session(&self, duration: u64) -> String {
+        self.environment("lab-w01", workshop("lab"), 1, json!({"duration": duration}))
+            .await;
+        let (session, _) = self.allocate("lab-w01", "").await;
+        self.activate(&session).await;
+        session
+    }
+
     async fn catalog(&self, query: &str) -> Value {
         let (s, v) = self
             .get(&format!("/workshops/catalog/environments/?{query}"))
@@ -713,10 +723,7 @@ async fn a_pending_session_counts_down_to_its_activation_deadline_everywhere() {
 #[tokio::test]
 async fn a_running_session_is_extendable_only_in_its_last_quarter() {
     let f = Fixture::start("extend", SessionCaps::default()).await;
-    f.environment("lab-w01", workshop("lab"), 1, json!({"duration": 1800}))
-        .await;
-    let (session, _) = f.allocate("lab-w01", "").await;
-    f.activate(&session).await;
+    let session = f.running_session(1800).await;
     let started = f.clock.now_ms();
     let schedule = format!("/workshops/session/{session}/schedule/");
     let extend = format!("/workshops/session/{session}/extend/");
@@ -781,10 +788,7 @@ async fn a_running_session_is_extendable_only_in_its_last_quarter() {
 #[tokio::test]
 async fn two_extends_at_once_extend_once() {
     let f = Fixture::start("extend-race", SessionCaps::default()).await;
-    f.environment("lab-w01", workshop("lab"), 1, json!({"duration": 1800}))
-        .await;
-    let (session, _) = f.allocate("lab-w01", "").await;
-    f.activate(&session).await;
+    let session = f.running_session(1800).await;
     let started = f.clock.now_ms();
     f.clock.advance(Duration::from_secs(1500));
     let path = format!("/workshops/session/{session}/extend/");
@@ -948,10 +952,7 @@ async fn a_reserved_session_no_one_holds_has_no_times_and_cannot_be_changed() {
 #[tokio::test]
 async fn session_endpoints_need_a_token_and_a_read_only_one_only_reads() {
     let f = Fixture::start("auth", SessionCaps::default()).await;
-    f.environment("lab-w01", workshop("lab"), 1, json!({"duration": 600}))
-        .await;
-    let (session, _) = f.allocate("lab-w01", "").await;
-    f.activate(&session).await;
+    let session = f.running_session(600).await;
     f.clock.advance(Duration::from_secs(500));
     let readonly = f
         .admin(
@@ -1007,10 +1008,7 @@ async fn session_endpoints_need_a_token_and_a_read_only_one_only_reads() {
 #[tokio::test]
 async fn extend_and_terminate_also_take_post() {
     let f = Fixture::start("post", SessionCaps::default()).await;
-    f.environment("lab-w01", workshop("lab"), 1, json!({"duration": 600}))
-        .await;
-    let (session, _) = f.allocate("lab-w01", "").await;
-    f.activate(&session).await;
+    let session = f.running_session(600).await;
     f.clock.advance(Duration::from_secs(500));
     let (s, v) = f
         .call(
