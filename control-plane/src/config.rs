@@ -74,6 +74,18 @@ pub struct WorkshopConfig {
     pub robot_password: String,
     /// How long an access token lives.
     pub token_ttl_secs: u64,
+    /// The most sessions users may hold at once across all environments
+    /// (pending ones included), as the portal's `sessions.maximum`; 0: no
+    /// limit beyond each environment's capacity.
+    pub sessions_maximum: u64,
+    /// The most sessions one registered user may hold at once, as the
+    /// portal's `sessions.registered`. Reported in the catalog; sessiongate
+    /// has no registration of its own, so no user is held to it. 0: no limit.
+    pub sessions_registered: u64,
+    /// The most sessions one user of the request endpoint may hold at once
+    /// across all environments, as the portal's `sessions.anonymous` (the
+    /// portal puts every user its REST API makes in `anonymous`). 0: no limit.
+    pub sessions_anonymous: u64,
 }
 
 impl Default for WorkshopConfig {
@@ -88,6 +100,9 @@ impl Default for WorkshopConfig {
             robot_username: String::new(),
             robot_password: String::new(),
             token_ttl_secs: 36_000,
+            sessions_maximum: 0,
+            sessions_registered: 0,
+            sessions_anonymous: 0,
         }
     }
 }
@@ -649,6 +664,21 @@ impl Config {
                 "must be at least 1 second".into(),
             ));
         }
+        for (key, v) in [
+            ("workshop.sessions_maximum", w.sessions_maximum),
+            ("workshop.sessions_registered", w.sessions_registered),
+            ("workshop.sessions_anonymous", w.sessions_anonymous),
+        ] {
+            if v > crate::workshop::caps::MAX_SESSIONS_CAP {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{v} is more than {} (0 means no limit)",
+                        crate::workshop::caps::MAX_SESSIONS_CAP
+                    ),
+                ));
+            }
+        }
         let creds = [
             &w.client_id,
             &w.client_secret,
@@ -729,6 +759,11 @@ impl Config {
             index_policy: crate::access::RedirectPolicy::new(&w.index_urls).unwrap_or_default(),
             oauth,
             token_ttl_secs: w.token_ttl_secs,
+            caps: crate::workshop::caps::SessionCaps {
+                maximum: w.sessions_maximum,
+                registered: w.sessions_registered,
+                anonymous: w.sessions_anonymous,
+            },
         }
     }
 

@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
         refused_with_400("activate", raw, e.status, &e.message);
     }
     match catalog_query(raw_query) {
-        Ok((_, states)) => assert!(!states.is_empty(), "catalog {raw:?}: no state to list"),
+        Ok(q) => assert!(!q.states.is_empty(), "catalog {raw:?}: no state to list"),
         Err(e) => refused_with_400("catalog", raw, e.status, &e.message),
     }
 });

@@ -268,6 +268,26 @@ pub fn workshop_router() -> Router<ApiState> {
             "/workshops/user/{user}/sessions/",
             get(workshop::user_sessions),
         )
+        .route(
+            "/workshops/catalog/workshops/",
+            get(workshop::catalog_workshops),
+        )
+        .route(
+            "/workshops/environment/{name}/status/",
+            get(workshop::environment_status),
+        )
+        .route(
+            "/workshops/session/{name}/schedule/",
+            get(workshop::session_schedule),
+        )
+        .route(
+            "/workshops/session/{name}/extend/",
+            get(workshop::session_extend).post(workshop::session_extend),
+        )
+        .route(
+            "/workshops/session/{name}/terminate/",
+            get(workshop::session_terminate).post(workshop::session_terminate),
+        )
         .route("/workshops/catalog/environments/", get(workshop::catalog))
         .0
 }

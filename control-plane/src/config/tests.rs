@@ -282,3 +282,48 @@ fn a_static_route_may_allow_any_upgrade() {
     assert!(specs[0].allow_any_upgrade);
     assert!(!specs[1].allow_any_upgrade, "only WebSocket by default");
 }
+
+#[test]
+fn workshop_session_caps_default_to_none_and_take_overrides() {
+    let c = Config::load(None, env(&[])).unwrap();
+    let caps = c.workshop_settings(8080).caps;
+    assert_eq!(
+        (caps.maximum, caps.registered, caps.anonymous),
+        (0, 0, 0),
+        "0: no limit, as in the portal"
+    );
+    let c = Config::from_toml(
+        "[workshop]\nsessions_maximum = 20\nsessions_registered = 3\n",
+        None,
+        env(&[("SESSIONGATE_WORKSHOP_SESSIONS_ANONYMOUS", "1")]),
+    )
+    .unwrap();
+    let caps = c.workshop_settings(8080).caps;
+    assert_eq!((caps.maximum, caps.registered, caps.anonymous), (20, 3, 1));
+    let cases: &[BadCase] = &[
+        (
+            "[workshop]\nsessions_maximum = 1000001\n",
+            &[],
+            "workshop.sessions_maximum: 1000001 is more than 1000000 (0 means no limit)",
+        ),
+        (
+            "",
+            &[("SESSIONGATE_WORKSHOP_SESSIONS_ANONYMOUS", "2000000")],
+            "workshop.sessions_anonymous: 2000000 is more than 1000000 (0 means no limit)",
+        ),
+        (
+            "",
+            &[("SESSIONGATE_WORKSHOP_SESSIONS_REGISTERED", "some")],
+            "SESSIONGATE_WORKSHOP_SESSIONS_REGISTERED",
+        ),
+        (
+            "[workshop]\nsessions_maximum = -1\n",
+            &[],
+            "sessions_maximum",
+        ),
+    ];
+    for (text, vars, want) in cases {
+        let err = Config::from_toml(text, None, env(vars)).unwrap_err();
+        assert!(err.to_string().contains(want), "{err} does not name {want}");
+    }
+}

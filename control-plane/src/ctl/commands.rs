@@ -489,7 +489,8 @@ mod tests {
                        "tls_verify": false, "extendable": true,
                        "workshop": {"name": "", "title": "Lab", "description": "",
                                     "vendor": "", "authors": [], "difficulty": "",
-                                    "duration": "", "tags": [], "logo": "", "url": ""}}),
+                                    "duration": "", "tags": [], "labels": {}, "logo": "",
+                                    "url": ""}}),
             ),
         ];
         for (line, want) in cases {

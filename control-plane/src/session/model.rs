@@ -275,7 +275,7 @@ pub struct Session {
 
 impl SessionRecord {
     /// The time the expiry clock reads: frozen at the pause while paused.
-    fn clock_ms(&self, now_ms: u64) -> u64 {
+    pub fn clock_ms(&self, now_ms: u64) -> u64 {
         match (self.state, self.paused_ms) {
             (SessionState::Paused, Some(p)) => p,
             _ => now_ms,

@@ -25,6 +25,8 @@
 //! - `tokens`: API tokens, access links, cookie signing keys, OAuth2
 //!   tokens.
 //! - `environments`: workshop environments.
+//! - `portal`: the training portal's counts (its session caps, when a
+//!   pending session was requested).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -167,12 +169,14 @@ fn push_page(b: &mut QueryBuilder<Sqlite>, order: &str, page: u64, per_page: u64
 
 mod environments;
 mod groups;
+mod portal;
 mod sessions;
 mod tokens;
 mod users;
 
 pub use environments::*;
 pub use groups::*;
+pub use portal::*;
 pub use sessions::*;
 pub use tokens::*;
 pub use users::*;

@@ -1,10 +1,9 @@
 //! Allocation, the way the training portal's request endpoint does it: a
 //! user's live session in the environment if they have one, else a reserved
 //! session, else a new one on a free backend; with a one-time activation
-//! token. Also the reserves (pending sessions created ahead of requests),
-//! the catalog and a user's sessions.
+//! token. Also the reserves (pending sessions created ahead of requests).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use sqlx::sqlite::SqliteConnection;
 
@@ -18,7 +17,7 @@ use crate::control::routing::check_unique_keys;
 use crate::error::ControlError;
 use crate::session::lifecycle::SessionState;
 use crate::session::model::{self, invalid, SessionKind, SessionRecord};
-use crate::store::{self, SessionFilter, UserRow, MAX_PER_PAGE};
+use crate::store::{self, UserRow};
 
 impl Portal {
     /// Allocates a session of environment `env_name` to a user, the way the
@@ -105,6 +104,10 @@ impl Portal {
                 return Err(WorkshopError::Unavailable(env_name.to_string()));
             }
         }
+        // The portal-wide caps (workshop.sessions_*; see caps.rs).
+        let given_up = self
+            .apply_session_caps(&mut tx, env_name, known_user.as_deref(), &sessions, now)
+            .await?;
 
         // The user: the one named if it exists; an unknown id becomes a
         // portal user with exactly that id; none, a new id. The portal's
@@ -182,6 +185,9 @@ impl Portal {
             published.push((None, rec));
         }
         let _lock = tx.commit().await?;
+        for (old, new) in &given_up {
+            self.control.publish(Some(old), Some(new)).await?;
+        }
         for (old, new) in &published {
             self.control.publish(old.as_ref(), Some(new)).await?;
         }
@@ -306,7 +312,7 @@ impl Portal {
                 .iter()
                 .filter(|s| s.owner == portal::RESERVE_USER && s.state == SessionState::Pending)
                 .count() as u64;
-            if in_reserve >= env.reserved {
+            if in_reserve >= env.reserved || !self.reserve_has_room(tx).await? {
                 break;
             }
             match self
@@ -343,19 +349,6 @@ impl Portal {
         Ok(created.len())
     }
 
-    /// Every environment and all their sessions, for the catalog.
-    pub async fn catalog(
-        &self,
-    ) -> Result<(Vec<EnvironmentRecord>, Vec<SessionRecord>), ControlError> {
-        let mut c = self.control.store().conn().await?;
-        let envs = store::environments_list(&mut c).await?;
-        let mut sessions = Vec::new();
-        for e in &envs {
-            sessions.extend(store::sessions_of_environment(&mut c, &e.name).await?);
-        }
-        Ok((envs, sessions))
-    }
-
     /// A stable id for this portal, in the UUID shape the portal uses.
     pub fn portal_uid(&self) -> String {
         let name = self.settings.portal_name.clone();
@@ -368,38 +361,5 @@ impl Portal {
             &h[16..20],
             &h[20..32]
         )
-    }
-
-    /// The live sessions of a portal user, in environments.
-    pub async fn workshop_user_sessions(
-        &self,
-        user: &str,
-    ) -> Result<Vec<(SessionRecord, String)>, ControlError> {
-        let mut c = self.control.store().conn().await?;
-        let envs: HashMap<String, String> = store::environments_list(&mut c)
-            .await?
-            .into_iter()
-            .map(|e| (e.name, e.workshop.name))
-            .collect();
-        let filter = SessionFilter {
-            owner: Some(user.to_string()),
-            states: vec![
-                SessionState::Pending,
-                SessionState::Running,
-                SessionState::Paused,
-                SessionState::Evicted,
-            ],
-            page: 1,
-            per_page: MAX_PER_PAGE,
-            ..SessionFilter::default()
-        };
-        let (sessions, _) = store::sessions_list(&mut c, &filter).await?;
-        Ok(sessions
-            .into_iter()
-            .filter_map(|s| {
-                let w = envs.get(s.environment.as_deref()?)?.clone();
-                Some((s, w))
-            })
-            .collect())
     }
 }

@@ -1,9 +1,13 @@
 //! The environment model and its validation.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::session::model::{invalid, normalize_slug, validate_name, Invalid, MAX_SECS};
+use crate::session::model::{
+    invalid, normalize_slug, validate_labels, validate_name, Invalid, MAX_SECS,
+};
 
 /// Sessions are named `<environment>-s<NNN>`, which must stay a DNS label.
 pub const MAX_ENVIRONMENT_NAME: usize = 50;
@@ -51,8 +55,18 @@ pub struct WorkshopInfo {
     /// `duration` in seconds is what sessions get.
     pub duration: String,
     pub tags: Vec<String>,
+    /// What the catalog's `labels[<key>]=<value>` filters match.
+    pub labels: BTreeMap<String, String>,
     pub logo: String,
     pub url: String,
+}
+
+impl WorkshopInfo {
+    /// Its labels are checked as a session's are: keys a `labels[<key>]`
+    /// filter can name, values of bounded text.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        validate_labels(&self.labels).map_err(|e| invalid("workshop.labels", e.message))
+    }
 }
 
 /// An environment as the API shows it.
@@ -241,6 +255,7 @@ pub fn validate_new(input: NewEnvironment, now_ms: u64) -> Result<EnvironmentRec
     let targets = validate_targets(&input.targets)?;
     validate_counts(input.capacity, input.reserved, targets.len())?;
     validate_duration(input.duration)?;
+    input.workshop.validate()?;
     let slug_prefix = input
         .slug_prefix
         .as_deref()

@@ -77,6 +77,9 @@ impl Portal {
         if let Some(d) = patch.duration {
             env::validate_duration(d)?;
         }
+        if let Some(w) = &patch.workshop {
+            w.validate()?;
+        }
         let mut tx = self.control.writes().begin().await?;
         let mut e = store::environment_get(&mut tx, name)
             .await?

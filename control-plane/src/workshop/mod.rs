@@ -17,7 +17,11 @@
 //!   and refresh grants (which rotate), revocation.
 //! - [`environments`]: creating, changing, stopping and deleting environments.
 //! - [`allocation`]: requests (a user's session, a reserved one, or a new
-//!   one on a free backend), reserves, the catalog, a user's sessions.
+//!   one on a free backend), reserves.
+//! - [`caps`]: the portal-wide session caps, on allocation.
+//! - [`catalog`]: what the read endpoints report: the catalogs, an
+//!   environment's status, a user's sessions.
+//! - [`schedule`]: a session's schedule, extension and termination.
 
 use std::sync::Arc;
 
@@ -26,11 +30,14 @@ use crate::error::ControlError;
 use crate::session::reaper::ReapReport;
 
 pub mod allocation;
+pub mod caps;
+pub mod catalog;
 pub mod environment;
 pub mod environments;
 pub mod input;
 pub mod oauth;
 pub mod portal;
+pub mod schedule;
 
 pub use portal::WorkshopSettings;
 

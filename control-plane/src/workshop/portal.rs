@@ -113,17 +113,16 @@ pub struct RequestAnswer {
     pub parameters: Vec<RequestParameter>,
 }
 
-/// One of a user's sessions.
+/// One of a user's sessions, as the portal lists them (no `state`, no
+/// `user`).
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct UserSession {
     pub name: String,
+    pub namespace: String,
     pub workshop: String,
     pub environment: String,
-    pub namespace: String,
-    pub started: Option<String>,
-    pub expires: Option<String>,
-    pub countdown: Option<u64>,
-    pub extendable: bool,
+    #[serde(flatten)]
+    pub times: super::schedule::SessionTimes,
 }
 
 /// `GET /workshops/user/<user>/sessions/`.
@@ -157,6 +156,8 @@ pub struct WorkshopSettings {
     /// `None`: the token endpoint is off.
     pub oauth: Option<OAuthClient>,
     pub token_ttl_secs: u64,
+    /// The portal-wide session caps (`workshop.sessions_*`).
+    pub caps: super::caps::SessionCaps,
 }
 
 impl Default for WorkshopSettings {
@@ -170,6 +171,7 @@ impl Default for WorkshopSettings {
             index_policy: Default::default(),
             oauth: None,
             token_ttl_secs: 36_000,
+            caps: Default::default(),
         }
     }
 }

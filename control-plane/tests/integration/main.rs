@@ -33,6 +33,9 @@
 //! - `serve`: configuration errors, reload, SIGHUP and SIGTERM.
 //! - `tls`: SNI, h2, certificate reload, re-encryption, redirects.
 //! - `workshop`: the training portal's API.
+//! - `workshop_catalog`: the portal's catalogs, environment status, session
+//!   schedule, extension and termination, and its session caps (issue 16),
+//!   on a manual clock.
 //! - `workshop_oauth`: its tokens (revocation, refresh rotation, the client
 //!   in the form) and its paths without their trailing slash (issue 16).
 //! - `workshop_request`: the request endpoint as the portal's real clients
@@ -60,5 +63,6 @@ mod reaper;
 mod serve;
 mod tls;
 mod workshop;
+mod workshop_catalog;
 mod workshop_oauth;
 mod workshop_request;

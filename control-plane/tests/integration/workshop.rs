@@ -314,13 +314,14 @@ async fn request_activate_and_list_as_the_portal_documents_them() {
     assert_eq!(keys(&c), ["environments", "portal"]);
     assert_eq!(
         keys(&c["portal"]),
-        ["generation", "name", "sessions", "uid", "url"]
+        ["generation", "labels", "name", "sessions", "uid", "url"]
     );
     assert_eq!(
         keys(&c["portal"]["sessions"]),
         ["allocated", "anonymous", "maximum", "registered"]
     );
-    assert_eq!(c["portal"]["sessions"]["maximum"], 2);
+    // The configured cap (workshop.sessions_maximum), 0: none.
+    assert_eq!(c["portal"]["sessions"]["maximum"], 0);
     assert_eq!(c["portal"]["sessions"]["allocated"], 2);
     let env = &c["environments"][0];
     assert_eq!(
@@ -344,8 +345,10 @@ async fn request_activate_and_list_as_the_portal_documents_them() {
             "description",
             "difficulty",
             "duration",
+            "labels",
             "logo",
             "name",
+            "resource",
             "tags",
             "title",
             "url",

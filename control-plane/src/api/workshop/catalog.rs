@@ -1,10 +1,11 @@
-//! The catalog (`/workshops/catalog/environments/`) and a user's sessions
-//! (`/workshops/user/<user>/sessions/`).
+//! The catalogs (`/workshops/catalog/environments/`,
+//! `/workshops/catalog/workshops/`) and a user's sessions
+//! (`/workshops/user/<user>/sessions/`). What they report is worked out in
+//! [`crate::workshop::catalog`].
 
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use serde_json::{json, Value};
 
 use std::sync::Arc;
 
@@ -12,13 +13,14 @@ use super::{caller, need_auth, Caller};
 use crate::api::server::ClientIp;
 use crate::api::sessions::query_pairs;
 use crate::api::{ApiError, ApiPath, ErrorBody};
-use crate::session::lifecycle::SessionState;
-use crate::time::rfc3339_millis;
-use crate::workshop::environment::EnvironmentState;
-use crate::workshop::portal::{UserSession, UserSessions};
+use crate::workshop::catalog::{
+    CatalogQuery, EnvironmentsCatalog, PortalEnvironmentState, WorkshopsCatalog,
+};
+use crate::workshop::portal::UserSessions;
 use crate::workshop::Portal;
 
-/// `GET /workshops/user/<user>/sessions/`: live sessions only.
+/// `GET /workshops/user/<user>/sessions/`: the user's live sessions,
+/// pending ones included; an unknown user has none.
 #[utoipa::path(
     get, path = "/workshops/user/{user}/sessions/", tag = "workshop",
     params(("user" = String, Path, description = "Portal user id")),
@@ -32,140 +34,115 @@ pub async fn user_sessions(
     headers: HeaderMap,
 ) -> Result<Json<UserSessions>, ApiError> {
     need_auth(caller(&portal, &headers, client).await?)?;
-    let now = portal.control().now_ms();
-    let sessions = portal
-        .workshop_user_sessions(&user)
-        .await?
-        .into_iter()
-        .map(|(s, workshop)| UserSession {
-            workshop,
-            environment: s.environment.clone().unwrap_or_default(),
-            namespace: s.name.clone(),
-            started: s.activated_ms.map(rfc3339_millis),
-            expires: s.expires_ms.map(rfc3339_millis),
-            countdown: s.countdown_secs(now),
-            extendable: s.extendable,
-            name: s.name,
-        })
-        .collect();
+    let sessions = portal.user_sessions(&user).await?;
     Ok(Json(UserSessions { user, sessions }))
 }
 
-/// The catalog's query string: whether sessions are asked for, and the
-/// environment states to list (RUNNING when none is given). A 400 for a
-/// malformed query or an unknown state.
-pub fn catalog_query(raw: Option<String>) -> Result<(bool, Vec<EnvironmentState>), ApiError> {
-    let mut with_sessions = false;
-    let mut states = Vec::new();
-    for (k, v) in query_pairs(raw)? {
-        match k.as_str() {
-            "sessions" => with_sessions = matches!(v.as_str(), "true" | "1" | "yes"),
-            "state" => states.push(EnvironmentState::parse(&v).ok_or_else(|| {
-                ApiError::bad_request(format!("state {v:?}: RUNNING or STOPPING"))
-            })?),
-            _ => {}
-        }
-    }
-    if states.is_empty() {
-        states.push(EnvironmentState::Running);
-    }
-    Ok((with_sessions, states))
+/// `sessions=` as the portal reads it: `true` or `1` in any case (and
+/// `yes`, which sessiongate always took) ask for the sessions; anything
+/// else does not.
+pub(super) fn truthy(v: &str) -> bool {
+    matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes")
 }
 
-/// `GET /workshops/catalog/environments/?sessions=true&state=RUNNING&state=STOPPING`.
+/// The catalog's query string. As the portal: `state` is repeatable and in
+/// any case; `name` (repeatable) keeps the environments of those workshops
+/// (an empty one matches none); `labels[<key>]=<value>` must all match the
+/// workshop's labels (a repeated key: the last wins); other parameters are
+/// ignored. Unlike the portal, an unknown state (`state=STOPED`) is a 400
+/// naming it rather than silently ignored, which would list the RUNNING
+/// environments as if none were stopped; and `labels[]` without a key is a
+/// 400, where the portal ignores it. Apart from the handler so that the
+/// fuzz target `workshop_query` can run it.
+pub fn catalog_query(raw: Option<String>) -> Result<CatalogQuery, ApiError> {
+    let mut q = CatalogQuery {
+        states: Vec::new(),
+        ..CatalogQuery::default()
+    };
+    for (k, v) in query_pairs(raw)? {
+        match k.as_str() {
+            "sessions" => q.sessions = truthy(&v),
+            "state" => {
+                let s = PortalEnvironmentState::parse(&v).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "state {v:?}: expected STARTING, RUNNING, STOPPING or STOPPED"
+                    ))
+                })?;
+                if !q.states.contains(&s) {
+                    q.states.push(s);
+                }
+            }
+            "name" => q.names.get_or_insert_with(Vec::new).push(v),
+            other => {
+                if let Some(key) = other
+                    .strip_prefix("labels[")
+                    .and_then(|r| r.strip_suffix(']'))
+                {
+                    if key.is_empty() {
+                        return Err(ApiError::bad_request(format!(
+                            "{other}: a label filter needs a key, as in labels[level]=beginner"
+                        )));
+                    }
+                    q.labels.insert(key.to_string(), v);
+                }
+            }
+        }
+    }
+    if q.states.is_empty() {
+        q.states.push(PortalEnvironmentState::Running);
+    }
+    Ok(q)
+}
+
+/// `GET /workshops/catalog/environments/?sessions=true&state=RUNNING&state=STOPPING&name=…&labels[k]=v`.
 #[utoipa::path(
     get, path = "/workshops/catalog/environments/", tag = "workshop",
     params(
-        ("sessions" = Option<bool>, Query, description = "List each environment's sessions (needs a token)"),
-        ("state" = Option<Vec<String>>, Query, description = "RUNNING (default) and/or STOPPING; repeat it"),
+        ("sessions" = Option<bool>, Query, description = "List each environment's sessions (true or 1, any case; needs a token)"),
+        ("state" = Option<Vec<String>>, Query, description = "STARTING, RUNNING (default), STOPPING or STOPPED, any case; repeat it. A stopping environment with no session left is STOPPED; none is ever STARTING"),
+        ("name" = Option<Vec<String>>, Query, description = "Only environments of these workshops; repeat it"),
+        ("labels[key]" = Option<String>, Query, description = "Only workshops whose label `key` has this value; every such filter must match"),
     ),
-    responses((status = 200, description = "{portal, environments}")),
+    responses(
+        (status = 200, body = EnvironmentsCatalog),
+        (status = 400, description = "An unknown state, a malformed query", body = ErrorBody),
+    ),
 )]
 pub async fn catalog(
     State(portal): State<Arc<Portal>>,
     ClientIp(client): ClientIp,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EnvironmentsCatalog>, ApiError> {
     let c = caller(&portal, &headers, client).await?;
-    let (with_sessions, states) = catalog_query(raw)?;
+    let mut q = catalog_query(raw)?;
     // Without authentication no sessions are listed.
-    let with_sessions = with_sessions && c != Caller::Anonymous;
-    let now = portal.control().now_ms();
-    let settings = portal.settings();
-    let (envs, sessions) = portal.catalog().await?;
-    let mut maximum = 0;
-    let mut allocated_all = 0;
-    let mut registered = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    for e in envs {
-        let mine: Vec<_> = sessions
-            .iter()
-            .filter(|s| s.environment.as_deref() == Some(&e.name) && s.state.is_live())
-            .collect();
-        let in_reserve = mine
-            .iter()
-            .filter(|s| s.owner == crate::workshop::portal::RESERVE_USER)
-            .count() as u64;
-        let allocated = mine.len() as u64 - in_reserve;
-        maximum += e.capacity;
-        allocated_all += allocated;
-        for s in &mine {
-            if s.owner != crate::workshop::portal::RESERVE_USER {
-                registered.insert(s.owner.clone());
-            }
-        }
-        if !states.contains(&e.state) {
-            continue;
-        }
-        let mut v = json!({
-            "name": e.name,
-            "state": e.state,
-            "workshop": e.workshop,
-            "duration": e.duration_secs,
-            "capacity": e.capacity,
-            "reserved": e.reserved,
-            "allocated": allocated,
-            "available": e.capacity.saturating_sub(allocated),
-        });
-        if with_sessions {
-            v["sessions"] = mine
-                .iter()
-                .filter(|s| s.owner != crate::workshop::portal::RESERVE_USER)
-                .map(|s| {
-                    json!({
-                        "name": s.name,
-                        "state": match s.state {
-                            SessionState::Pending => "WAITING",
-                            SessionState::Running => "RUNNING",
-                            SessionState::Paused => "PAUSED",
-                            _ => "STOPPING",
-                        },
-                        "namespace": s.name,
-                        "user": s.owner,
-                        "started": s.activated_ms.map(rfc3339_millis),
-                        "expires": s.expires_ms.map(rfc3339_millis),
-                        "countdown": s.countdown_secs(now),
-                        "extendable": s.extendable,
-                    })
-                })
-                .collect();
-        }
-        out.push(v);
-    }
-    Ok(Json(json!({
-        "portal": {
-            "name": settings.portal_name,
-            "uid": portal.portal_uid(),
-            "generation": portal.control().routes().load().version(),
-            "url": settings.portal_url,
-            "sessions": {
-                "maximum": maximum,
-                "registered": registered.len(),
-                "anonymous": 0,
-                "allocated": allocated_all,
-            },
-        },
-        "environments": out,
-    })))
+    q.sessions &= c != Caller::Anonymous;
+    let snapshot = portal.snapshot().await?;
+    Ok(Json(EnvironmentsCatalog {
+        portal: portal.portal_info(&snapshot),
+        environments: snapshot.environments(&q),
+    }))
+}
+
+/// `GET /workshops/catalog/workshops/`: the workshops of the running
+/// environments, each with its environment's figures (what Backstage's
+/// Educates plugin reads). No filters, as in the portal.
+#[utoipa::path(
+    get, path = "/workshops/catalog/workshops/", tag = "workshop",
+    responses((status = 200, body = WorkshopsCatalog)),
+)]
+pub async fn catalog_workshops(
+    State(portal): State<Arc<Portal>>,
+    ClientIp(client): ClientIp,
+    headers: HeaderMap,
+) -> Result<Json<WorkshopsCatalog>, ApiError> {
+    // Anyone may read it, as the environments' catalog; a wrong token is
+    // still refused.
+    caller(&portal, &headers, client).await?;
+    let snapshot = portal.snapshot().await?;
+    Ok(Json(WorkshopsCatalog {
+        portal: portal.portal_info(&snapshot),
+        workshops: snapshot.workshops(),
+    }))
 }

@@ -1,8 +1,10 @@
 //! The training portal's REST API, path for path and
 //! field for field: `/oauth2/token/`, `/oauth2/revoke-token/`,
 //! `/workshops/environment/<name>/request/` (GET and POST),
-//! `/workshops/session/<name>/activate/`, `/workshops/user/<user>/sessions/`
-//! and `/workshops/catalog/environments/`.
+//! `/workshops/session/<name>/activate/`, `/workshops/user/<user>/sessions/`,
+//! `/workshops/catalog/environments/` and `workshops/`,
+//! `/workshops/environment/<name>/status/` and
+//! `/workshops/session/<name>/{schedule,extend,terminate}/`.
 //!
 //! Bearer tokens are the OAuth2 access tokens from `/oauth2/token/`, or the
 //! control plane's own API tokens. The activation endpoint is opened by the
@@ -10,16 +12,22 @@
 //! its deadline, for the browser its first use let in).
 //!
 //! One module per part, so that each grows on its own: `oauth` (tokens and
-//! their revocation), `request` (requesting and activating sessions) and
-//! `catalog` (the catalog and users' sessions).
+//! their revocation), `request` (requesting and activating sessions),
+//! `catalog` (the catalogs and users' sessions), `environment` (an
+//! environment's status) and `session` (a session's schedule, extension and
+//! termination).
 
 mod catalog;
+mod environment;
 mod oauth;
 mod request;
+mod session;
 
 pub use catalog::*;
+pub use environment::*;
 pub use oauth::*;
 pub use request::*;
+pub use session::*;
 
 use axum::http::{header, HeaderMap, StatusCode};
 
