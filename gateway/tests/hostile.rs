@@ -5,13 +5,13 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use gateway::access::{
     AccessConfig, AccessList, Activation, ActivationFuture, ActivationRequest, Activator,
-    KeyHandle, KeyRing, SigningKey, ACTIVATE_PATH,
+    KeyHandle, ACTIVATE_PATH,
 };
 use gateway::headers::TrustedProxies;
 use gateway::{RouteSpec, ServerConfig, UpstreamConfig};
@@ -21,18 +21,6 @@ use testkit::routes::route;
 use testkit::{exchange, Origin, RawResponse, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-/// The signing key of every test here: the gateway verifies with it, and
-/// the tests sign their browsers' cookies with it.
-fn keys() -> KeyRing {
-    KeyRing::new(SigningKey::new("k1", &[7; 32]).unwrap(), None)
-}
-
-/// A valid cookie value for `user` on `session`, for an hour.
-fn signed(session: &str, user: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    keys().sign(session, user, now.as_secs() + 3600).unwrap()
-}
 
 /// Browser access with [`keys`], and access links handed to `activator`.
 fn access(activator: Option<Arc<dyn Activator>>) -> AccessConfig {

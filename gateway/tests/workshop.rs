@@ -7,7 +7,6 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
 use gateway::access::{
@@ -18,16 +17,6 @@ use gateway::headers::AddedHeaders;
 use http::header::{HeaderName, HeaderValue};
 use testkit::routes::route;
 use testkit::Origin;
-
-fn keys() -> KeyRing {
-    KeyRing::new(SigningKey::new("k1", &[9; 32]).unwrap(), None)
-}
-
-/// A valid cookie value for `user` on `session`, for an hour.
-fn signed(session: &str, user: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    keys().sign(session, user, now.as_secs() + 3600).unwrap()
-}
 
 /// A workshop session's parameters as the control plane compiles them:
 /// under the reserved prefix `X-Workshop-Param-`.

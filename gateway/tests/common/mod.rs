@@ -190,3 +190,17 @@ pub async fn read_to_close(s: &mut TcpStream, limit: std::time::Duration, what: 
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The signing key of the tests that need browser access: the gateway
+/// verifies with it, and the tests sign their browsers' cookies with it.
+pub fn keys() -> gateway::access::KeyRing {
+    use gateway::access::{KeyRing, SigningKey};
+    KeyRing::new(SigningKey::new("k1", &[7; 32]).unwrap(), None)
+}
+
+/// A valid cookie value for `user` on `session`, for an hour.
+pub fn signed(session: &str, user: &str) -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    keys().sign(session, user, now.as_secs() + 3600).unwrap()
+}
