@@ -1067,10 +1067,15 @@ async fn openapi_document_covers_every_endpoint() {
         ("/api/v1/environments/{name}/stop", &["post"]),
         ("/oauth2/token/", &["post"]),
         ("/oauth2/revoke-token/", &["post"]),
-        ("/workshops/environment/{name}/request/", &["get"]),
+        ("/workshops/environment/{name}/request/", &["get", "post"]),
+        ("/workshops/environment/{name}/status/", &["get"]),
         ("/workshops/session/{name}/activate/", &["get"]),
+        ("/workshops/session/{name}/schedule/", &["get"]),
+        ("/workshops/session/{name}/extend/", &["get", "post"]),
+        ("/workshops/session/{name}/terminate/", &["get", "post"]),
         ("/workshops/user/{user}/sessions/", &["get"]),
         ("/workshops/catalog/environments/", &["get"]),
+        ("/workshops/catalog/workshops/", &["get"]),
     ] {
         for m in methods {
             assert!(
