@@ -22,6 +22,8 @@
 //!   sharing a commit.
 //! - [`store`]: SQLite through sqlx, migrations, one file per table family.
 //! - [`publish`]: a session record → its gateway route.
+//! - [`gateways`]: the gateways this control plane drives, reached only by
+//!   the messages of `docs/gateway-protocol.md`.
 //! - [`access`]: browser access, the control plane's half: links, keys,
 //!   the redirect allow-list, who may open a session.
 //! - [`api`]: the HTTP API handlers (axum), their view types, the
@@ -45,6 +47,7 @@ pub mod control;
 pub mod ctl;
 pub mod datadir;
 pub mod error;
+pub mod gateways;
 pub mod limits;
 pub mod metrics;
 pub mod publish;

@@ -270,7 +270,7 @@ impl Server {
         };
 
         let access = AccessConfig {
-            keys: self.control.keys().clone(),
+            keys: self.control.local_gateway().keys().clone(),
             activator: Some(Arc::new(InProcessActivator(self.control.clone()))),
             login_url: self.config.login_url().map(Arc::from),
         };

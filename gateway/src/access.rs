@@ -249,12 +249,26 @@ impl KeyHandle {
         }
     }
 
+    /// A handle holding a ring that others hold too (the control plane
+    /// signs with the ring its gateways verify with).
+    pub fn shared(ring: Arc<KeyRing>) -> Self {
+        KeyHandle {
+            inner: Arc::new(ArcSwap::new(ring)),
+        }
+    }
+
     pub fn load(&self) -> arc_swap::Guard<Arc<KeyRing>> {
         self.inner.load()
     }
 
     pub fn store(&self, ring: KeyRing) {
         self.inner.store(Arc::new(ring));
+    }
+
+    /// Stores a ring that others hold too: the control plane keeps signing
+    /// with the ring it sends its gateways.
+    pub fn store_shared(&self, ring: Arc<KeyRing>) {
+        self.inner.store(ring);
     }
 }
 

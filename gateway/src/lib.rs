@@ -13,6 +13,8 @@
 //! - [`names`]: the canonical forms of hosts, DNS labels and slugs.
 //! - [`publish`]: `RoutePublisher`, one task that applies queued changes in
 //!   batches, one table version per batch.
+//! - [`sync`]: what the control plane sends a gateway (`Message`) and
+//!   `LocalGateway`, which applies it: keys, revocations.
 //! - [`router`]: the pure lookup from host and path to a route.
 //! - [`proxy`]: the request path as named phases over a per-request context
 //!   (`phases.rs`), and browser access on it (`access.rs`).
@@ -45,6 +47,7 @@ pub mod proxy;
 pub mod publish;
 pub mod router;
 pub mod server;
+pub mod sync;
 pub mod table;
 mod tunnel;
 pub mod upstream;

@@ -4,7 +4,10 @@
 //! session activated, the cookie signed). The gateway's half —
 //! checking the cookie on every request — is `gateway::access`.
 
+use std::sync::Arc;
+
 use gateway::access::{Activation, ActivationError, ActivationRequest, KeyRing};
+use gateway::sync::Message;
 
 use super::sessions::transition;
 use super::{unknown, ControlPlane};
@@ -57,7 +60,9 @@ impl ControlPlane {
         let rows = store::signing_keys(&mut tx).await?;
         let ring = acc::key_ring(&rows, grace)?;
         let _lock = tx.commit().await?;
-        self.keys.store(ring);
+        let ring = Arc::new(ring);
+        self.keys.store_shared(Arc::clone(&ring));
+        self.gateways().send(Message::Keys { ring });
         let previous = rows.iter().find(|r| r.retired_ms.is_some());
         tracing::info!(key = %key.id, previous = ?previous.map(|r| &r.id), "cookie signing key rotated");
         Ok(KeyRotation {

@@ -33,12 +33,14 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use gateway::access::KeyHandle;
 use gateway::metrics::GatewayMetrics;
+use gateway::sync::LocalGateway;
 use gateway::{RouteChange, RouteHandle, RoutePublisher};
 
 use crate::access::{self as acc, AccessSettings, GroupCache};
 use crate::auth::{TokenKind, TokenSet};
 use crate::clock::Clock;
 use crate::error::ControlError;
+use crate::gateways::Gateways;
 use crate::limits::{FailureLimiter, FailureLimiters, FailureLimits, Guessed};
 use crate::metrics::Metrics;
 use crate::publish::route_spec;
@@ -141,8 +143,14 @@ pub struct ControlPlane {
     /// Every group's members, shared by the routes that need them. Swapped
     /// only under the write lock, after the commit.
     groups: ArcSwap<GroupCache>,
-    /// The cookie keys the gateway verifies with; replaced on rotation.
+    /// The cookie keys this control plane signs with; replaced on
+    /// rotation, and sent to the gateways then.
     keys: KeyHandle,
+    /// The in-process gateway: its table (shared with this control plane
+    /// for now) and its own key handle, which only messages change.
+    local_gateway: LocalGateway,
+    /// Where key rotations and revocations go.
+    gateways: Gateways,
     /// Where targets may point; see [`crate::session::targets`].
     targets: TargetPolicy,
     /// Failed authentications per client address, for every kind of
@@ -186,7 +194,10 @@ impl ControlPlane {
             groups.insert(name, acc::members(m));
         }
         drop(c);
-        let keys = KeyHandle::new(access::load_keys(&writes, &*clock, &settings.access).await?);
+        let ring = Arc::new(access::load_keys(&writes, &*clock, &settings.access).await?);
+        let keys = KeyHandle::shared(Arc::clone(&ring));
+        let local_gateway = LocalGateway::new(routes.clone(), KeyHandle::shared(ring));
+        let gateways = Gateways::local(vec![local_gateway.clone()]);
         let cp = ControlPlane {
             store,
             routes,
@@ -202,6 +213,8 @@ impl ControlPlane {
             static_keys: ArcSwap::from_pointee(settings.static_keys),
             groups: ArcSwap::from_pointee(groups),
             keys,
+            local_gateway,
+            gateways,
             targets: settings.targets,
             failures: FailureLimiters::new(settings.failures),
             synced_activity: tokio::sync::Mutex::new(HashMap::new()),
@@ -313,9 +326,20 @@ impl ControlPlane {
         }
     }
 
-    /// The keys the gateway verifies cookies with.
+    /// The keys this control plane signs cookies with.
     pub fn keys(&self) -> &KeyHandle {
         &self.keys
+    }
+
+    /// The gateway of `serve`, in this process: its proxies verify cookies
+    /// with [`LocalGateway::keys`].
+    pub fn local_gateway(&self) -> &LocalGateway {
+        &self.local_gateway
+    }
+
+    /// Every gateway this control plane drives.
+    pub(crate) fn gateways(&self) -> &Gateways {
+        &self.gateways
     }
 
     pub fn access_settings(&self) -> &AccessSettings {

@@ -13,6 +13,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use gateway::sync::{Message, Revocation};
 use gateway::{names, RouteChange, RouteSpec, RouteState};
 use sqlx::sqlite::SqliteConnection;
 
@@ -269,17 +270,15 @@ impl ControlPlane {
         if revoked.is_empty() {
             return;
         }
-        let table = self.routes.load();
-        for (session, users) in revoked {
-            let Some(route) = table
-                .route(&route_id(session))
-                .filter(|_| !users.is_empty())
-            else {
-                continue;
-            };
-            let n = route.state.revoke(Some(&route.spec));
-            tracing::info!(session = %session, users = ?users, connections = n, "access revoked");
-        }
+        let revocations = revoked
+            .into_iter()
+            .filter(|(_, users)| !users.is_empty())
+            .map(|(session, users)| Revocation {
+                route: route_id(session),
+                users: users.into_iter().map(Arc::from).collect(),
+            })
+            .collect();
+        self.gateways().send(Message::Revoke { revocations });
     }
 }
 
