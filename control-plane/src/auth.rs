@@ -33,6 +33,10 @@ pub enum TokenKind {
     Admin,
     /// `GET` only: dashboards and monitoring.
     Readonly,
+    /// A gateway following this control plane: it may open the route
+    /// stream and report activity, and nothing else, so that a gateway's
+    /// credential, which sits on every data-plane host, reads no session.
+    Gateway,
 }
 
 impl TokenKind {
@@ -40,6 +44,7 @@ impl TokenKind {
         match self {
             TokenKind::Admin => "admin",
             TokenKind::Readonly => "readonly",
+            TokenKind::Gateway => "gateway",
         }
     }
 
@@ -47,6 +52,7 @@ impl TokenKind {
         match s {
             "admin" => Some(TokenKind::Admin),
             "readonly" => Some(TokenKind::Readonly),
+            "gateway" => Some(TokenKind::Gateway),
             _ => None,
         }
     }

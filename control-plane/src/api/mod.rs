@@ -447,6 +447,16 @@ async fn require_token(State(cp): State<Control>, req: Request, next: Next) -> R
             )
             .into_response()
         }
+        Some(TokenKind::Gateway) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "a gateway token cannot {} {}: it may only follow the route stream",
+                req.method(),
+                req.uri().path()
+            ),
+        )
+        .into_response(),
         Some(TokenKind::Readonly) if !matches!(*req.method(), Method::GET | Method::HEAD) => {
             ApiError::new(
                 StatusCode::FORBIDDEN,

@@ -337,6 +337,8 @@ pub enum TokensCommand {
 pub enum TokenKindArg {
     Readonly,
     Admin,
+    /// For `sessiongate gateway`: the route stream and activity reports only.
+    Gateway,
 }
 
 /// `--label key=value`: split at the first `=`, so values may hold one; the

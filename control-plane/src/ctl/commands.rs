@@ -321,6 +321,7 @@ fn token_kind(kind: TokenKindArg) -> TokenKind {
     match kind {
         TokenKindArg::Readonly => TokenKind::Readonly,
         TokenKindArg::Admin => TokenKind::Admin,
+        TokenKindArg::Gateway => TokenKind::Gateway,
     }
 }
 

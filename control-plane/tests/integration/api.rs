@@ -258,6 +258,49 @@ async fn tokens_gate_the_api_and_read_only_tokens_cannot_write() {
 }
 
 #[tokio::test]
+async fn gateway_tokens_get_403_on_the_admin_and_workshop_apis() {
+    let api = Api::new("gateway-token").await;
+    let created = api
+        .ok(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "gw-1", "kind": "gateway"})),
+        )
+        .await;
+    assert_eq!(created["kind"], "gateway");
+    let gw = created["token"].as_str().unwrap().to_string();
+    let listed = api.ok("GET", "/api/v1/tokens", None).await;
+    assert_eq!(listed[0]["kind"], "gateway", "{listed}");
+
+    let before = api.snapshot().await;
+    for (method, path, body) in [
+        ("GET", "/api/v1/sessions", None),
+        ("GET", "/api/v1/tokens", None),
+        ("GET", "/api/v1/routes", None),
+        ("POST", "/api/v1/users", Some(json!({"name": "eve"}))),
+        ("POST", "/api/v1/access/keys/rotate", None),
+        ("GET", "/workshops/catalog/environments/", None),
+    ] {
+        let (s, v) = api
+            .raw(
+                method,
+                path,
+                Some(&gw),
+                body.map(|b| b.to_string()),
+                "application/json",
+            )
+            .await;
+        assert_eq!(s, 403, "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], "forbidden", "{method} {path}");
+    }
+    assert_eq!(
+        api.snapshot().await,
+        before,
+        "a gateway token changed state"
+    );
+}
+
+#[tokio::test]
 async fn users_and_groups_crud_with_bad_input_refused() {
     let api = Api::new("users").await;
     let ann = api

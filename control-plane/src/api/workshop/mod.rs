@@ -68,6 +68,13 @@ pub(super) async fn caller(
     match portal.control().check_token(token) {
         Some(TokenKind::Admin) => return Ok(Caller::Writer),
         Some(TokenKind::Readonly) => return Ok(Caller::Reader),
+        Some(TokenKind::Gateway) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a gateway token may only follow the route stream",
+            ))
+        }
         None => {}
     }
     if portal.check_oauth_token(token).await? {
