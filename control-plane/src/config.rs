@@ -237,6 +237,70 @@ pub struct GatewayConfig {
     /// to. From any other peer they are replaced or removed, as a client
     /// could say anything in them. Empty: no one is trusted.
     pub trusted_proxies: Vec<String>,
+    /// `sessiongate gateway`: the control plane to follow, the URL `ctl
+    /// --server` takes (its API listener). Overridden by `--control-plane`.
+    pub control_plane_url: String,
+    /// `sessiongate gateway`: `/metrics`, `/healthz` and `/readyz`.
+    pub admin_listen: SocketAddr,
+    /// `sessiongate gateway`: where its table file lives (relative to the
+    /// working directory).
+    pub data_dir: PathBuf,
+}
+
+/// Keys of `[gateway]` that only `sessiongate gateway` (or `serve`'s
+/// gateway) reads: `sessiongate control-plane` ignores them, with a
+/// warning, rather than refusing a file shared with its gateways.
+pub const GATEWAY_ONLY_KEYS: &[&str] = &[
+    "http_listen",
+    "https_listen",
+    "admin_listen",
+    "control_plane_url",
+    "data_dir",
+    "max_connections",
+    "max_connections_per_ip",
+    "header_read_timeout_secs",
+    "idle_timeout_secs",
+    "max_connection_age_secs",
+    "tunnel_idle_timeout_secs",
+    "max_header_bytes",
+    "upstream_connect_timeout_secs",
+    "upstream_response_timeout_secs",
+    "shutdown_grace_secs",
+    "trusted_proxies",
+];
+
+/// The gateway-only keys set in the file at `path` or by
+/// `SESSIONGATE_GATEWAY_<KEY>` in `env`: what `sessiongate control-plane`
+/// warns it ignores.
+pub fn ignored_gateway_keys(
+    path: Option<&std::path::Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(text) = path.and_then(|p| std::fs::read_to_string(p).ok()) {
+        if let Ok(doc) = text.parse::<toml::Table>() {
+            if let Some(g) = doc.get("gateway").and_then(|g| g.as_table()) {
+                out.extend(
+                    GATEWAY_ONLY_KEYS
+                        .iter()
+                        .filter(|k| g.contains_key(**k))
+                        .map(|k| format!("gateway.{k}")),
+                );
+            }
+        }
+    }
+    for (var, _) in env {
+        if let Some(key) = var
+            .strip_prefix(ENV_PREFIX)
+            .and_then(|r| r.strip_prefix("GATEWAY_"))
+            .map(|k| k.to_ascii_lowercase())
+        {
+            if GATEWAY_ONLY_KEYS.contains(&key.as_str()) {
+                out.push(var);
+            }
+        }
+    }
+    out
 }
 
 /// The control-plane listener and its data. Its limits are the gateway's
@@ -261,6 +325,10 @@ pub struct ControlPlaneConfig {
     pub max_auth_failures: u32,
     /// The window of `max_auth_failures`, from an address's first failure.
     pub auth_failure_window_secs: u64,
+    /// How long an API write waits for every connected remote gateway to
+    /// apply the table version it made, before answering anyway with the
+    /// laggards named in a `Warning` header.
+    pub gateway_ack_timeout_ms: u64,
 }
 
 /// A route from the configuration file: exactly one of `host` and `slug`.
@@ -309,6 +377,9 @@ impl Default for GatewayConfig {
             upstream_response_timeout_secs: upstream.response_timeout.as_secs(),
             shutdown_grace_secs: server.shutdown_grace.as_secs(),
             trusted_proxies: Vec::new(),
+            control_plane_url: String::new(),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            data_dir: PathBuf::from("data"),
         }
     }
 }
@@ -325,6 +396,7 @@ impl Default for ControlPlaneConfig {
             max_body_bytes: limits.max_body_bytes,
             max_auth_failures: failures.max_failures,
             auth_failure_window_secs: failures.window.as_secs(),
+            gateway_ack_timeout_ms: 1000,
         }
     }
 }
@@ -476,6 +548,20 @@ impl Config {
         }
         gateway::headers::TrustedProxies::parse(&g.trusted_proxies)
             .map_err(|e| invalid("gateway.trusted_proxies", e.to_string()))?;
+        let url = g.control_plane_url.trim();
+        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                "gateway.control_plane_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        let ack = self.control_plane.gateway_ack_timeout_ms;
+        if ack > 60_000 {
+            return Err(invalid(
+                "control_plane.gateway_ack_timeout_ms",
+                format!("{ack} is more than 60000 (a minute)"),
+            ));
+        }
         if g.max_connections == 0 {
             return Err(invalid(
                 "gateway.max_connections",
@@ -917,6 +1003,10 @@ fn env_overrides(
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
             continue;
         };
+        // A secret, read by `sessiongate gateway` itself, never a key.
+        if rest == "GATEWAY_TOKEN" {
+            continue;
+        }
         let lower = rest.to_ascii_lowercase();
         for section in ENV_SECTIONS {
             if let Some(key) = lower

@@ -1,33 +1,471 @@
 //! The gateways this control plane drives, and the one way to reach them
-//! (`docs/gateway-protocol.md`): every key rotation and revocation is a
-//! [`Message`] sent through [`Gateways::send`], never a write into a
-//! gateway's memory.
+//! (`docs/gateway-protocol.md`).
 //!
-//! `serve` has one gateway, in this process ([`LocalGateway`]), which
-//! applies each message before `send` returns, so an API answer still comes
-//! after the gateway shows the change. Remote gateways following the route
-//! stream will be reached through the same `send`.
+//! The control plane's own route table is the authoritative one. Every
+//! version stored in it is turned here into a [`Message`] (a delta, or a
+//! snapshot after a rebuild), which is
+//! - applied at once by the gateways in this process (`serve`'s), before the
+//!   writer that made the version gets its answer, so that an API answer
+//!   still comes after the gateway shows the change; and
+//! - kept in a ring of the last [`RING`] messages, from which each route
+//!   stream ([`crate::api::gateway`]) sends remote gateways what they lack:
+//!   the messages after the version they hold, or a snapshot when the ring
+//!   no longer reaches back that far.
+//!
+//! What gateways send back, acks and activity, is recorded here too: the
+//! versions they hold (for the API's wait and `GET /api/v1/gateways`), and
+//! the latest activity per route, merged into the control plane's table,
+//! where the reaper reads it.
 
-use gateway::sync::{Applied, LocalGateway, Message};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use gateway::access::KeyRing;
+use gateway::sync::activity::ActivityCollector;
+use gateway::sync::{wire, Delta, Follower, Message, Snapshot};
+use gateway::{RouteHandle, RouteTable, TableChange, TableObserver};
+use tokio::sync::{watch, Notify};
+use tokio_util::codec::{Encoder, LengthDelimitedCodec};
+
+/// Messages kept for gateways that resume.
+pub const RING: usize = 4096;
+
+/// The largest frame either end accepts (a snapshot of a very large table).
+pub const MAX_FRAME: usize = 256 << 20;
+
+/// The codec both ends frame messages with.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+/// One message and its frame, encoded once for every stream that sends it.
+struct Entry {
+    message: Message,
+    frame: OnceLock<Bytes>,
+}
+
+impl Entry {
+    fn new(message: Message) -> Arc<Entry> {
+        Arc::new(Entry {
+            message,
+            frame: OnceLock::new(),
+        })
+    }
+
+    fn frame(&self) -> Bytes {
+        self.frame.get_or_init(|| frame(&self.message)).clone()
+    }
+}
+
+/// `message` as one length-delimited frame.
+pub fn frame(message: &Message) -> Bytes {
+    let mut buf = BytesMut::new();
+    // Fails only past MAX_FRAME, which a table never reaches; an empty
+    // frame would then be refused by the gateway, which resumes.
+    let _ = codec().encode(Bytes::from(wire::encode(message)), &mut buf);
+    buf.freeze()
+}
+
+/// A remote gateway as the control plane last saw it.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct GatewayView {
+    /// Its token's name.
+    pub name: String,
+    /// Which gateway of those sharing the token: its host name and process
+    /// id, as it says.
+    pub instance: String,
+    /// The address its stream came from.
+    pub address: String,
+    /// The table version it last acknowledged.
+    pub version: u64,
+    /// Versions it is behind the control plane's table.
+    pub lag: u64,
+    /// When it last acknowledged or reported (RFC 3339).
+    pub last_seen: String,
+    /// Whether its route stream is open.
+    pub connected: bool,
+}
+
+#[derive(Debug)]
+struct Remote {
+    address: String,
+    version: u64,
+    last_seen_ms: u64,
+    /// Open streams under this name (a gateway reconnecting may briefly
+    /// hold two).
+    streams: usize,
+}
+
+struct State {
+    ring: VecDeque<Arc<Entry>>,
+    /// The keys gateways verify with, and whether they changed since the
+    /// last message (then the next one carries them).
+    keys: Arc<KeyRing>,
+    keys_dirty: bool,
+}
+
+struct Hub {
+    routes: RouteHandle,
+    state: Mutex<State>,
+    local: Vec<Follower>,
+    /// The version of the newest message in the ring.
+    news: watch::Sender<u64>,
+    remotes: Mutex<HashMap<String, Remote>>,
+    acked: Notify,
+    collectors: Mutex<Vec<ActivityCollector>>,
+    clock: Arc<dyn crate::clock::Clock>,
+    /// Set at shutdown: every stream ends, so that the API can drain.
+    closing: watch::Sender<bool>,
+    /// `control_plane.gateway_ack_timeout_ms`.
+    ack_timeout_ms: std::sync::atomic::AtomicU64,
+}
 
 /// The data planes that follow this control plane.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Gateways {
-    local: Vec<LocalGateway>,
+    hub: Arc<Hub>,
+}
+
+impl std::fmt::Debug for Gateways {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateways")
+            .field("local", &self.hub.local.len())
+            .finish()
+    }
+}
+
+struct Observer(Weak<Hub>);
+
+impl TableObserver for Observer {
+    fn stored(&self, previous: &RouteTable, next: &Arc<RouteTable>, change: TableChange<'_>) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.stored(previous, next, change);
+        }
+    }
 }
 
 impl Gateways {
-    /// The gateways of `serve`: those in this process.
-    pub fn local(gateways: Vec<LocalGateway>) -> Self {
-        Gateways { local: gateways }
+    /// Follows `routes` (the control plane's table, which must not have
+    /// another observer): every version stored from now on reaches `local`
+    /// (the gateways in this process) and the streams. `local` are brought
+    /// to the table as it is now with a snapshot.
+    pub fn follow(
+        routes: RouteHandle,
+        keys: Arc<KeyRing>,
+        local: Vec<Follower>,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Gateways {
+        let version = routes.load().version();
+        let hub = Arc::new(Hub {
+            routes: routes.clone(),
+            state: Mutex::new(State {
+                ring: VecDeque::new(),
+                keys,
+                keys_dirty: false,
+            }),
+            local,
+            news: watch::Sender::new(version),
+            remotes: Mutex::new(HashMap::new()),
+            acked: Notify::new(),
+            collectors: Mutex::new(Vec::new()),
+            clock,
+            closing: watch::Sender::new(false),
+            ack_timeout_ms: std::sync::atomic::AtomicU64::new(1000),
+        });
+        {
+            let state = hub.lock_state();
+            let snapshot = Message::Snapshot(Arc::new(Snapshot::of(
+                &routes.load(),
+                Arc::clone(&state.keys),
+            )));
+            for f in &hub.local {
+                if let Err(e) = f.apply(&snapshot) {
+                    tracing::error!(error = %e, "in-process gateway refused the table");
+                }
+            }
+        }
+        *hub.collectors.lock().unwrap_or_else(|e| e.into_inner()) =
+            hub.local.iter().map(|_| ActivityCollector::new()).collect();
+        if routes.observe(Arc::new(Observer(Arc::downgrade(&hub)))).is_err() {
+            tracing::error!("the route table already has an observer: gateways will not follow it");
+        }
+        Gateways { hub }
     }
 
-    /// Delivers `message` to every gateway and returns once each has applied
-    /// it, with what each did, in the order the gateways were given.
-    pub fn send(&self, message: Message) -> Vec<Applied> {
-        self.local
+    /// How long a write waits for remote gateways' acks.
+    pub fn set_ack_timeout(&self, timeout: Duration) {
+        self.hub.ack_timeout_ms.store(
+            timeout.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.hub
+                .ack_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Ends every route stream (at shutdown): gateways keep serving what
+    /// they hold and reconnect, to this process's successor or a replica.
+    pub fn close_streams(&self) {
+        self.hub.closing.send_replace(true);
+    }
+
+    /// Changes to `true` when the streams must end.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.hub.closing.subscribe()
+    }
+
+    /// The gateways in this process.
+    pub fn local(&self) -> &[Follower] {
+        &self.hub.local
+    }
+
+    /// New cookie keys: the next message carries them. Makes that message
+    /// now, as a table version of its own, and returns once the gateways in
+    /// this process verify with them.
+    pub fn rotate_keys(&self, ring: Arc<KeyRing>) {
+        {
+            let mut state = self.hub.lock_state();
+            state.keys = ring;
+            state.keys_dirty = true;
+        }
+        if let Err(e) = self.hub.routes.apply(None, Vec::new()) {
+            tracing::error!(error = %e, "key rotation: no table version made");
+        }
+    }
+
+    /// The version of the newest message, and a receiver that changes with it.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.hub.news.subscribe()
+    }
+
+    /// What a gateway holding `held` needs next, as frames to send in
+    /// order: the ring's messages after `held`, or a snapshot of the table
+    /// now when the ring does not reach back to it (or a rebuild came
+    /// since). Empty when it is up to date. Never a message at or below
+    /// `held`.
+    pub fn catch_up(&self, held: u64) -> (Vec<Bytes>, u64) {
+        let state = self.hub.lock_state();
+        let newest = state.ring.back().map(|e| e.message.version());
+        let current = self.hub.routes.current();
+        if newest.is_none_or(|v| v <= held) && current.version() <= held {
+            return (Vec::new(), held);
+        }
+        // The first message after `held` must apply on it.
+        let start = state
+            .ring
             .iter()
-            .map(|g| g.apply(message.clone()))
-            .collect()
+            .position(|e| e.message.version() > held);
+        if let Some(i) = start {
+            if let Message::Delta(d) = &state.ring[i].message {
+                if d.base == held {
+                    let frames: Vec<Bytes> = state.ring.iter().skip(i).map(|e| e.frame()).collect();
+                    let to = state.ring.back().map_or(held, |e| e.message.version());
+                    return (frames, to);
+                }
+            }
+        }
+        let snapshot = Message::Snapshot(Arc::new(Snapshot::of(
+            &current,
+            Arc::clone(&state.keys),
+        )));
+        drop(state);
+        (vec![frame(&snapshot)], current.version())
+    }
+
+    /// A gateway's stream opened.
+    pub fn connected(&self, name: &str, address: String, held: u64) {
+        let now = self.hub.clock.now_ms();
+        let mut remotes = self.hub.lock_remotes();
+        let r = remotes.entry(name.to_string()).or_insert(Remote {
+            address: address.clone(),
+            version: held,
+            last_seen_ms: now,
+            streams: 0,
+        });
+        r.address = address;
+        r.version = held;
+        r.last_seen_ms = now;
+        r.streams += 1;
+        tracing::info!(gateway = %name, address = %r.address, version = held, "gateway connected");
+    }
+
+    /// A gateway's stream closed.
+    pub fn disconnected(&self, name: &str) {
+        let mut remotes = self.hub.lock_remotes();
+        if let Some(r) = remotes.get_mut(name) {
+            r.streams = r.streams.saturating_sub(1);
+            if r.streams == 0 {
+                tracing::warn!(gateway = %name, version = r.version, "gateway disconnected");
+            }
+        }
+        drop(remotes);
+        self.hub.acked.notify_waiters();
+    }
+
+    /// A gateway acknowledged `version`.
+    pub fn ack(&self, name: &str, version: u64) {
+        let now = self.hub.clock.now_ms();
+        if let Some(r) = self.hub.lock_remotes().get_mut(name) {
+            r.version = r.version.max(version);
+            r.last_seen_ms = now;
+        }
+        self.hub.acked.notify_waiters();
+    }
+
+    /// A gateway reported activity: the latest time per route wins.
+    pub fn activity(&self, name: &str, routes: &[(String, u64)]) {
+        let now = self.hub.clock.now_ms();
+        if let Some(r) = self.hub.lock_remotes().get_mut(name) {
+            r.last_seen_ms = now;
+        }
+        let table = self.hub.routes.load();
+        for (id, ms) in routes {
+            // Never ahead of this clock: a gateway's fast clock would
+            // keep a session alive forever.
+            if let Some(route) = table.route(id) {
+                route.state.observe_activity((*ms).min(now));
+            }
+        }
+    }
+
+    /// Merges the activity of the gateways in this process (what their
+    /// proxies touched) into the control plane's table: for `serve`, read
+    /// directly, as a remote gateway's report would bring it.
+    pub fn collect_local(&self) {
+        let mut collectors = self.hub.collectors.lock().unwrap_or_else(|e| e.into_inner());
+        let table = self.hub.routes.load();
+        for (f, c) in self.hub.local.iter().zip(collectors.iter_mut()) {
+            for (id, ms) in c.collect(&f.routes().load()) {
+                if let Some(route) = table.route(&id) {
+                    route.state.observe_activity(ms);
+                }
+            }
+        }
+    }
+
+    /// Waits until every connected remote gateway holds `version`, up to
+    /// `timeout`; returns the names of those that still do not.
+    pub async fn wait_for(&self, version: u64, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.hub.acked.notified();
+            let behind: Vec<String> = self
+                .hub
+                .lock_remotes()
+                .iter()
+                .filter(|(_, r)| r.streams > 0 && r.version < version)
+                .map(|(n, _)| n.clone())
+                .collect();
+            if behind.is_empty() {
+                return behind;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                let mut behind: Vec<String> = self
+                    .hub
+                    .lock_remotes()
+                    .iter()
+                    .filter(|(_, r)| r.streams > 0 && r.version < version)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                behind.sort();
+                return behind;
+            }
+        }
+    }
+
+    /// Whether any remote gateway is connected (then writes wait for acks).
+    pub fn any_remote(&self) -> bool {
+        self.hub.lock_remotes().values().any(|r| r.streams > 0)
+    }
+
+    /// Every remote gateway seen since start, by name.
+    pub fn list(&self) -> Vec<GatewayView> {
+        let current = self.hub.routes.load().version();
+        let mut out: Vec<GatewayView> = self
+            .hub
+            .lock_remotes()
+            .iter()
+            .map(|(key, r)| GatewayView {
+                name: key.split_once('/').map_or(key.as_str(), |(n, _)| n).to_string(),
+                instance: key.split_once('/').map_or("", |(_, i)| i).to_string(),
+                address: r.address.clone(),
+                version: r.version,
+                lag: current.saturating_sub(r.version),
+                last_seen: crate::time::rfc3339_millis(r.last_seen_ms),
+                connected: r.streams > 0,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.name, &a.instance).cmp(&(&b.name, &b.instance)));
+        out
+    }
+}
+
+impl Hub {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_remotes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remote>> {
+        self.remotes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A version was stored in the control plane's table (under its write
+    /// lock, so in version order): its message reaches every gateway.
+    fn stored(&self, previous: &RouteTable, next: &Arc<RouteTable>, change: TableChange<'_>) {
+        let mut state = self.lock_state();
+        let message = match change {
+            TableChange::Rebuilt => {
+                state.keys_dirty = false;
+                Message::Snapshot(Arc::new(Snapshot::of(next, Arc::clone(&state.keys))))
+            }
+            TableChange::Changed {
+                upserted,
+                removed,
+                settings,
+            } => {
+                let keys = std::mem::take(&mut state.keys_dirty).then(|| Arc::clone(&state.keys));
+                Message::Delta(Arc::new(Delta {
+                    base: previous.version(),
+                    version: next.version(),
+                    settings: settings.then(|| next.settings().clone()),
+                    upserts: upserted
+                        .iter()
+                        .filter_map(|id| next.route(id).map(|r| r.spec.clone()))
+                        .collect(),
+                    removals: removed.to_vec(),
+                    keys,
+                }))
+            }
+        };
+        for f in &self.local {
+            if let Err(e) = f.apply(&message) {
+                // Cannot happen (it follows nothing else); a snapshot mends it.
+                tracing::error!(error = %e, "in-process gateway refused a change; sending the whole table");
+                let whole = Message::Snapshot(Arc::new(Snapshot::of(next, Arc::clone(&state.keys))));
+                if let Err(e) = f.apply(&whole) {
+                    tracing::error!(error = %e, "in-process gateway refused the table");
+                }
+            }
+        }
+        if matches!(message, Message::Snapshot(_)) {
+            state.ring.clear();
+        }
+        let version = message.version();
+        state.ring.push_back(Entry::new(message));
+        while state.ring.len() > RING {
+            state.ring.pop_front();
+        }
+        drop(state);
+        self.news.send_replace(version);
     }
 }

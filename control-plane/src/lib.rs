@@ -47,6 +47,7 @@ pub mod control;
 pub mod ctl;
 pub mod datadir;
 pub mod error;
+pub mod follow;
 pub mod gateways;
 pub mod limits;
 pub mod metrics;

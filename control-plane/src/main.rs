@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use control_plane::config::{Config, LogFormat};
 use control_plane::ctl;
-use control_plane::serve::Server;
+use control_plane::serve::{Mode, Server};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +42,51 @@ enum Command {
         log_format: Option<LogFormat>,
         /// No access-log line per request. Same as
         /// SESSIONGATE_LOG_ACCESS_LOG=false; overrides log.access_log.
+        #[arg(long)]
+        no_access_log: bool,
+    },
+    /// Run the control plane alone: the API, the store, the reaper and the
+    /// route stream that gateways follow. No gateway listeners.
+    ///
+    /// Same configuration file and environment as `serve`. Keys of
+    /// [gateway] that only a gateway reads (http_listen, https_listen,
+    /// admin_listen, control_plane_url, data_dir, the connection limits and
+    /// timeouts, trusted_proxies) are ignored here, with a warning naming
+    /// each, so that one file can serve both; base_domains and portal_host
+    /// are the control plane's and travel to the gateways. Access links
+    /// carry gateway.http_listen's port (or access.link_port): the port
+    /// browsers reach the gateways on.
+    ControlPlane {
+        /// TOML configuration file.
+        #[arg(long, short = 'c', env = "SESSIONGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Log format: `text` or `json`; overrides log.format.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Run a gateway that follows a control plane over its route stream.
+    ///
+    /// It serves the HTTP and HTTPS listeners as `serve` does, and an admin
+    /// listener (gateway.admin_listen, default 127.0.0.1:9091) with
+    /// /metrics, /healthz and /readyz (503 until it holds a route table).
+    /// It authenticates with a gateway token from SESSIONGATE_GATEWAY_TOKEN
+    /// (`sessiongate ctl tokens create NAME --kind gateway`). It keeps the
+    /// last table in <gateway.data_dir>/gateway-table.json and serves it at
+    /// once on start, and while the control plane is away; it reconnects
+    /// with backoff and resumes from the version it holds.
+    Gateway {
+        /// TOML configuration file.
+        #[arg(long, short = 'c', env = "SESSIONGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The control plane's URL: the one `ctl --server` takes (its API
+        /// listener, control_plane.listen). Also gateway.control_plane_url
+        /// and SESSIONGATE_GATEWAY_CONTROL_PLANE_URL.
+        #[arg(long)]
+        control_plane: Option<String>,
+        /// Log format: `text` or `json`; overrides log.format.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+        /// No access-log line per request; overrides log.access_log.
         #[arg(long)]
         no_access_log: bool,
     },
@@ -106,6 +151,63 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::ControlPlane { config, log_format } => {
+            set_log_env(log_format, false);
+            let cfg = match Config::load(config.as_deref(), std::env::vars()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sessiongate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(cfg.log.format);
+            for key in control_plane::config::ignored_gateway_keys(config.as_deref(), std::env::vars()) {
+                tracing::warn!(key = %key, "ignored by sessiongate control-plane: only a gateway reads it");
+            }
+            let run = |cfg: Config| async move {
+                let server = Server::bind_mode(cfg, config, Mode::ControlPlane).await?;
+                server.run(shutdown_signal()).await?;
+                Ok::<_, anyhow::Error>(())
+            };
+            finish(run_on_runtime(run(cfg)))
+        }
+        Command::Gateway {
+            config,
+            control_plane,
+            log_format,
+            no_access_log,
+        } => {
+            set_log_env(log_format, no_access_log);
+            let cfg = match Config::load(config.as_deref(), std::env::vars()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sessiongate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let url = control_plane
+                .filter(|u| !u.trim().is_empty())
+                .unwrap_or_else(|| cfg.gateway.control_plane_url.trim().to_string());
+            if url.is_empty() {
+                eprintln!("sessiongate gateway: no control plane: pass --control-plane URL (or set gateway.control_plane_url, or SESSIONGATE_GATEWAY_CONTROL_PLANE_URL)");
+                return ExitCode::from(2);
+            }
+            let token = std::env::var(control_plane::follow::GATEWAY_TOKEN_ENV).unwrap_or_default();
+            if token.trim().is_empty() {
+                eprintln!(
+                    "sessiongate gateway: no token: set {} to a gateway token (sessiongate ctl tokens create NAME --kind gateway)",
+                    control_plane::follow::GATEWAY_TOKEN_ENV
+                );
+                return ExitCode::from(2);
+            }
+            init_logging(cfg.log.format);
+            let run = |cfg: Config| async move {
+                control_plane::follow::run(cfg, &url, token.trim().to_string(), shutdown_signal())
+                    .await?;
+                Ok::<_, anyhow::Error>(())
+            };
+            finish(run_on_runtime(run(cfg)))
+        }
         // No logging: ctl's output is its tables and its one-line errors.
         Command::Ctl(args) => run_ctl(args),
         Command::Certs(CertsCommand::Dev { domain, out }) => {
@@ -145,6 +247,39 @@ fn run_ctl(args: ctl::CtlArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("sessiongate ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--log-format` and `--no-access-log` act as their environment
+/// variables (read before any other thread starts).
+fn set_log_env(log_format: Option<LogFormat>, no_access_log: bool) {
+    if let Some(f) = log_format {
+        let name = match f {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        std::env::set_var("SESSIONGATE_LOG_FORMAT", name);
+    }
+    if no_access_log {
+        std::env::set_var("SESSIONGATE_LOG_ACCESS_LOG", "false");
+    }
+}
+
+fn run_on_runtime(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(f)
+}
+
+fn finish(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sessiongate: {e:#}");
             ExitCode::FAILURE
         }
     }

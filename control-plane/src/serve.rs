@@ -13,6 +13,7 @@ use std::time::Duration;
 use gateway::access::{AccessConfig, ActivationFuture, ActivationRequest, Activator};
 use gateway::body::ProxyBody;
 use gateway::upstream::UpstreamTls;
+use gateway::sync::Follower;
 use gateway::{HostCoverage, PortalService, Proxy, RouteHandle, TlsListener, UpstreamClient};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -62,7 +63,7 @@ pub enum ServeError {
 }
 
 /// The HTTPS side, prepared by [`Server::bind`].
-struct TlsParts {
+pub(crate) struct TlsParts {
     listener: TcpListener,
     resolver: Arc<certs::SniResolver>,
     dir: PathBuf,
@@ -93,16 +94,41 @@ pub struct Server {
     routes: RouteHandle,
     control: Arc<ControlPlane>,
     portal: Arc<Portal>,
-    gateway_listener: TcpListener,
     api_listener: TcpListener,
+    /// `serve`'s gateway; `None` for `sessiongate control-plane`.
+    gateway: Option<LocalGatewayParts>,
+}
+
+/// The gateway of `serve`, in this process: it follows the control plane's
+/// table through the same messages a remote gateway reads from its stream.
+struct LocalGatewayParts {
+    follower: Follower,
+    listener: TcpListener,
     tls: Option<TlsParts>,
     upstream_tls: UpstreamTls,
+}
+
+/// What [`Server::bind`] starts: `serve` (both), or `control-plane` (no
+/// gateway listeners; gateways follow it over the route stream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Serve,
+    ControlPlane,
 }
 
 impl Server {
     /// Prepares the data dir and token, publishes the static routes, binds both
     /// listeners. Nothing is served yet.
     pub async fn bind(config: Config, config_path: Option<PathBuf>) -> Result<Server, ServeError> {
+        Self::bind_mode(config, config_path, Mode::Serve).await
+    }
+
+    /// [`bind`](Self::bind) for `mode`.
+    pub async fn bind_mode(
+        config: Config,
+        config_path: Option<PathBuf>,
+        mode: Mode,
+    ) -> Result<Server, ServeError> {
         let data_dir = config.control_plane.data_dir.clone();
         datadir::create_private_dir(&data_dir).map_err(|source| ServeError::DataDir {
             path: data_dir.clone(),
@@ -146,51 +172,57 @@ impl Server {
                 message: e.to_string(),
             })?;
 
-        // Re-encryption to https upstreams: checked now, so that a bad CA
-        // bundle stops start-up with its file named.
-        let ca = config.tls.upstream_ca_file.trim();
-        let ca = (!ca.is_empty()).then(|| PathBuf::from(ca));
-        let upstream_tls = UpstreamTls {
-            verify: Arc::new(certs::client_config(true, ca.as_deref())?),
-            no_verify: Arc::new(certs::client_config(false, None)?),
-        };
-
-        // Bound first, so that the control plane is built with the ports its
-        // links carry; nothing is served before `run`.
-        let gateway_listener = bind("gateway.http_listen", config.gateway.http_listen).await?;
-        let tls = match config.https_listen() {
-            Some(addr) => Some(prepare_tls(&config, addr).await?),
-            None => None,
-        };
         let api_listener = bind("control_plane.listen", config.control_plane.listen).await?;
-        let port = gateway_listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or(config.gateway.http_listen.port());
-        let https_port = tls
-            .as_ref()
-            .and_then(|t| t.listener.local_addr().ok())
-            .map(|a| a.port());
+        let (gateway, port, https_port, own) = match mode {
+            Mode::Serve => {
+                let g = bind_gateway(&config).await?;
+                let port = g
+                    .listener
+                    .local_addr()
+                    .map(|a| a.port())
+                    .unwrap_or(config.gateway.http_listen.port());
+                let https_port = g
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.listener.local_addr().ok())
+                    .map(|a| a.port());
+                let own: Vec<(&'static str, std::io::Result<SocketAddr>)> =
+                    [("gateway.http_listen", g.listener.local_addr())]
+                        .into_iter()
+                        .chain(
+                            g.tls
+                                .as_ref()
+                                .map(|t| ("gateway.https_listen", t.listener.local_addr())),
+                        )
+                        .collect();
+                (Some(g), port, https_port, own)
+            }
+            // Links carry the port the gateways listen on, as configured.
+            Mode::ControlPlane => (
+                None,
+                config.gateway.http_listen.port(),
+                config.https_listen().map(|a| a.port()),
+                Vec::new(),
+            ),
+        };
         // Sessions may not target these: a loop through the gateway, or a
         // way to the API from an app's network position.
-        let own_listeners = [
-            ("gateway.http_listen", gateway_listener.local_addr()),
-            ("control_plane.listen", api_listener.local_addr()),
-        ]
-        .into_iter()
-        .chain(
-            tls.as_ref()
-                .map(|t| ("gateway.https_listen", t.listener.local_addr())),
-        )
-        .filter_map(|(key, addr)| addr.ok().map(|a| (key, a)))
-        .collect();
+        let own_listeners = own
+            .into_iter()
+            .chain([("control_plane.listen", api_listener.local_addr())])
+            .filter_map(|(key, addr)| addr.ok().map(|a| (key, a)))
+            .collect();
 
         // The table is whole — static routes and every routed session — before
         // either listener serves.
         let control = Arc::new(
             ControlPlane::start(
                 Parts {
-                    certificates: tls.as_ref().map(|t| t.resolver.clone()),
+                    certificates: gateway
+                        .as_ref()
+                        .and_then(|g| g.tls.as_ref())
+                        .map(|t| t.resolver.clone()),
+                    followers: gateway.iter().map(|g| g.follower.clone()).collect(),
                     ..Parts::new(store, routes.clone(), Arc::new(SystemClock))
                 },
                 Settings {
@@ -204,6 +236,9 @@ impl Server {
             )
             .await?,
         );
+        control.gateways().set_ack_timeout(Duration::from_millis(
+            config.control_plane.gateway_ack_timeout_ms,
+        ));
         let portal = Arc::new(Portal::new(control.clone(), config.workshop_settings(port)));
         let table = routes.load();
         tracing::info!(
@@ -227,28 +262,42 @@ impl Server {
             routes,
             control,
             portal,
-            gateway_listener,
             api_listener,
-            tls,
-            upstream_tls,
+            gateway,
         })
     }
 
     /// The HTTPS listener's address, when there is one.
     pub fn https_addr(&self) -> Option<SocketAddr> {
-        self.tls.as_ref().and_then(|t| t.listener.local_addr().ok())
+        self.gateway
+            .as_ref()
+            .and_then(|g| g.tls.as_ref())
+            .and_then(|t| t.listener.local_addr().ok())
     }
 
+    /// The gateway's HTTP listener (`serve` only).
     pub fn gateway_addr(&self) -> std::io::Result<SocketAddr> {
-        self.gateway_listener.local_addr()
+        match &self.gateway {
+            Some(g) => g.listener.local_addr(),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "sessiongate control-plane has no gateway listener",
+            )),
+        }
     }
 
     pub fn api_addr(&self) -> std::io::Result<SocketAddr> {
         self.api_listener.local_addr()
     }
 
+    /// The control plane's table (what the API shows).
     pub fn routes(&self) -> &RouteHandle {
         &self.routes
+    }
+
+    /// The in-process gateway's table (what its proxies serve), in `serve`.
+    pub fn gateway_routes(&self) -> Option<&RouteHandle> {
+        self.gateway.as_ref().map(|g| g.follower.routes())
     }
 
     pub fn control(&self) -> &Arc<ControlPlane> {
@@ -262,78 +311,37 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains the gateway (up to
     /// `gateway.shutdown_grace_secs`) and stops the API.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
-        let gateway_addr = self.gateway_addr()?;
         let api_addr = self.api_addr()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
 
-        let access = AccessConfig {
-            keys: self.control.local_gateway().keys().clone(),
-            activator: Some(Arc::new(InProcessActivator(self.control.clone()))),
-            login_url: self.config.login_url().map(Arc::from),
-        };
-        let upstream =
-            UpstreamClient::new(self.config.upstream_config()).with_tls(self.upstream_tls.clone());
-        let https_addr = self.https_addr();
-        let portal: Arc<dyn PortalService> = Arc::new(PortalRoutes(
-            api::workshop_router().with_state(ApiState::new(self.portal.clone())),
-        ));
-        let mut proxy = Proxy::new(self.routes.clone(), upstream.clone(), "http")
-            .with_access(access.clone())
-            .with_portal(portal.clone())
-            .with_metrics(self.control.gateway_metrics().clone())
-            .with_access_log(self.config.log.access_log)
-            .with_trusted_proxies(self.config.trusted_proxies());
-        if let (true, Some(a)) = (self.config.tls.redirect_http, https_addr) {
-            proxy = proxy.with_https_redirect(a.port());
-        }
-        let gateway_task = tokio::spawn(gateway::run(
-            self.gateway_listener,
-            Arc::new(proxy),
-            self.config.server_config(),
-            stopped(stop_rx.clone()),
-        ));
-        let mut reloader_task = None;
-        let mut https_task = None;
-        let server_config = self.config.server_config();
-        if let Some(tls) = self.tls {
-            let interval = Duration::from_secs(self.config.tls.reload_interval_secs);
-            reloader_task = Some(certs::spawn_reloader(
-                tls.dir.clone(),
-                Some(tls.default_name.clone()),
-                tls.resolver.clone(),
-                interval,
+        let mut gateway_tasks = None;
+        if let Some(g) = self.gateway {
+            let portal: Arc<dyn PortalService> = Arc::new(PortalRoutes(
+                api::workshop_router().with_state(ApiState::new(self.portal.clone())),
             ));
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs::server_config(
-                tls.resolver.clone(),
-            )));
-            let coverage = Arc::new(Coverage {
-                resolver: tls.resolver.clone(),
-                metrics: self.control.metrics().clone(),
-            });
-            let https_proxy = Proxy::new(self.routes.clone(), upstream, "https")
-                .with_access(access)
-                .with_tls(coverage)
-                .with_portal(portal)
-                .with_metrics(self.control.gateway_metrics().clone())
-                .with_access_log(self.config.log.access_log)
-                .with_trusted_proxies(self.config.trusted_proxies());
-            let stop = stopped(stop_rx.clone());
-            https_task = Some(tokio::spawn(async move {
-                if let Err(e) = gateway::run_tls(
-                    tls.listener,
-                    Arc::new(https_proxy),
-                    server_config,
-                    TlsListener { acceptor },
-                    stop,
-                )
-                .await
-                {
-                    tracing::error!(error = %e, "HTTPS listener stopped with an error");
-                }
-            }));
+            let parts = ProxyParts {
+                routes: g.follower.routes().clone(),
+                access: AccessConfig {
+                    keys: g.follower.keys().clone(),
+                    activator: Some(Arc::new(InProcessActivator(self.control.clone()))),
+                    login_url: self.config.login_url().map(Arc::from),
+                },
+                portal: Some(portal),
+                metrics: self.control.gateway_metrics().clone(),
+                tls_metrics: self.control.metrics().clone(),
+                ready: None,
+            };
+            gateway_tasks = Some(spawn_gateway(
+                &self.config,
+                g.listener,
+                g.tls,
+                g.upstream_tls,
+                parts,
+                stop_rx.clone(),
+            )?);
         }
 
         let api_done = spawn_control_thread(
@@ -353,16 +361,9 @@ impl Server {
         .on_static_routes(Arc::new(move |specs| cp.static_routes_changed(specs)));
         let reload_task = tokio::spawn(reloader.run(stopped(stop_rx.clone())));
 
-        tracing::info!("gateway listening on http://{gateway_addr}");
-        if let Some(a) = https_addr {
-            tracing::info!("gateway listening on https://{a}");
-        }
         tracing::info!("control plane listening on http://{api_addr}");
-        if let Some(base) = self.config.gateway.base_domains.first() {
-            tracing::info!(
-                "sessions answer at http://<name>.{base}:{}/",
-                gateway_addr.port()
-            );
+        if let (Some(base), Some(t)) = (self.config.gateway.base_domains.first(), &gateway_tasks) {
+            tracing::info!("sessions answer at http://<name>.{base}:{}/", t.http_port);
         }
 
         shutdown.await;
@@ -371,15 +372,10 @@ impl Server {
             "shutting down: no new connections, draining in-flight requests"
         );
         let _ = stop_tx.send(true);
+        self.control.gateways().close_streams();
         let _ = reload_task.await;
-        if let Some(t) = reloader_task {
-            t.abort();
-        }
-        if let Ok(Err(e)) = gateway_task.await {
-            tracing::error!(error = %e, "gateway stopped with an error");
-        }
-        if let Some(t) = https_task {
-            let _ = t.await;
+        if let Some(t) = gateway_tasks {
+            t.finish().await;
         }
         // The API's own connections get a short grace; nothing there is
         // long-lived. After it, the thread is left to end with the process.
@@ -390,6 +386,170 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// What a gateway's proxies are built from: in `serve`, the in-process
+/// follower and the control plane beside it; in `sessiongate gateway`, the
+/// follower of a remote control plane.
+pub(crate) struct ProxyParts {
+    pub routes: RouteHandle,
+    pub access: AccessConfig,
+    pub portal: Option<Arc<dyn PortalService>>,
+    pub metrics: Arc<gateway::metrics::GatewayMetrics>,
+    /// Where TLS handshakes are counted.
+    pub tls_metrics: Metrics,
+    /// A following gateway's readiness (503 until it holds a table).
+    pub ready: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// The gateway's listeners, bound and prepared: what `serve` and
+/// `sessiongate gateway` both run.
+pub(crate) struct GatewayListeners {
+    pub listener: TcpListener,
+    pub tls: Option<TlsParts>,
+    pub upstream_tls: UpstreamTls,
+}
+
+/// Binds the gateway's HTTP (and HTTPS) listeners and prepares the
+/// certificates and upstream TLS, as the configuration says.
+pub(crate) async fn bind_gateway_listeners(config: &Config) -> Result<GatewayListeners, ServeError> {
+    // Re-encryption to https upstreams: checked now, so that a bad CA
+    // bundle stops start-up with its file named.
+    let ca = config.tls.upstream_ca_file.trim();
+    let ca = (!ca.is_empty()).then(|| PathBuf::from(ca));
+    let upstream_tls = UpstreamTls {
+        verify: Arc::new(certs::client_config(true, ca.as_deref())?),
+        no_verify: Arc::new(certs::client_config(false, None)?),
+    };
+    let listener = bind("gateway.http_listen", config.gateway.http_listen).await?;
+    let tls = match config.https_listen() {
+        Some(addr) => Some(prepare_tls(config, addr).await?),
+        None => None,
+    };
+    Ok(GatewayListeners {
+        listener,
+        tls,
+        upstream_tls,
+    })
+}
+
+async fn bind_gateway(config: &Config) -> Result<LocalGatewayParts, ServeError> {
+    let l = bind_gateway_listeners(config).await?;
+    Ok(LocalGatewayParts {
+        follower: Follower::new(gateway::access::KeyRing::throwaway()),
+        listener: l.listener,
+        tls: l.tls,
+        upstream_tls: l.upstream_tls,
+    })
+}
+
+/// The running gateway listeners.
+pub(crate) struct GatewayTasks {
+    pub http_port: u16,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    https: Option<tokio::task::JoinHandle<()>>,
+    reloader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl GatewayTasks {
+    /// Waits for the listeners to drain (after the stop signal).
+    pub async fn finish(self) {
+        if let Some(t) = self.reloader {
+            t.abort();
+        }
+        if let Ok(Err(e)) = self.http.await {
+            tracing::error!(error = %e, "gateway stopped with an error");
+        }
+        if let Some(t) = self.https {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Serves the gateway's listeners with proxies made of `parts`, until
+/// `stop` turns true.
+pub(crate) fn spawn_gateway(
+    config: &Config,
+    listener: TcpListener,
+    tls: Option<TlsParts>,
+    upstream_tls: UpstreamTls,
+    parts: ProxyParts,
+    stop: watch::Receiver<bool>,
+) -> Result<GatewayTasks, ServeError> {
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let gateway_addr = listener.local_addr()?;
+    let https_addr = tls.as_ref().and_then(|t| t.listener.local_addr().ok());
+    let upstream = UpstreamClient::new(config.upstream_config()).with_tls(upstream_tls);
+    let build = |proxy: Proxy| {
+        let mut proxy = proxy
+            .with_access(parts.access.clone())
+            .with_metrics(parts.metrics.clone())
+            .with_access_log(config.log.access_log)
+            .with_trusted_proxies(config.trusted_proxies());
+        if let Some(p) = &parts.portal {
+            proxy = proxy.with_portal(p.clone());
+        }
+        if let Some(r) = &parts.ready {
+            proxy = proxy.with_ready(r.clone());
+        }
+        proxy
+    };
+    let mut proxy = build(Proxy::new(parts.routes.clone(), upstream.clone(), "http"));
+    if let (true, Some(a)) = (config.tls.redirect_http, https_addr) {
+        proxy = proxy.with_https_redirect(a.port());
+    }
+    let http = tokio::spawn(gateway::run(
+        listener,
+        Arc::new(proxy),
+        config.server_config(),
+        stopped(stop.clone()),
+    ));
+    tracing::info!("gateway listening on http://{gateway_addr}");
+    let mut reloader = None;
+    let mut https = None;
+    if let Some(tls) = tls {
+        let interval = Duration::from_secs(config.tls.reload_interval_secs);
+        reloader = Some(certs::spawn_reloader(
+            tls.dir.clone(),
+            Some(tls.default_name.clone()),
+            tls.resolver.clone(),
+            interval,
+        ));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs::server_config(
+            tls.resolver.clone(),
+        )));
+        let coverage = Arc::new(Coverage {
+            resolver: tls.resolver.clone(),
+            metrics: parts.tls_metrics.clone(),
+        });
+        let https_proxy = build(Proxy::new(parts.routes.clone(), upstream, "https").with_tls(coverage));
+        let stop = stopped(stop.clone());
+        let server_config = config.server_config();
+        if let Some(a) = https_addr {
+            tracing::info!("gateway listening on https://{a}");
+        }
+        https = Some(tokio::spawn(async move {
+            if let Err(e) = gateway::run_tls(
+                tls.listener,
+                Arc::new(https_proxy),
+                server_config,
+                TlsListener { acceptor },
+                stop,
+            )
+            .await
+            {
+                tracing::error!(error = %e, "HTTPS listener stopped with an error");
+            }
+        }));
+    }
+    Ok(GatewayTasks {
+        http_port: gateway_addr.port(),
+        http,
+        https,
+        reloader,
+    })
 }
 
 /// Runs the control-plane API and the lifecycle reaper on a thread and

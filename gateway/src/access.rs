@@ -60,6 +60,9 @@ const MIN_SECRET_LEN: usize = 32;
 pub struct SigningKey {
     id: Arc<str>,
     key: hmac::Key,
+    /// Kept so that the control plane can send the key to its gateways
+    /// (`sync::wire`), which sign and verify with it too.
+    secret: Arc<[u8]>,
 }
 
 impl SigningKey {
@@ -77,11 +80,17 @@ impl SigningKey {
         Ok(SigningKey {
             id: id.into(),
             key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            secret: secret.into(),
         })
     }
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The secret, for sending the key to a gateway. Never logged.
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
     }
 }
 
@@ -134,6 +143,34 @@ impl KeyRing {
     /// `previous` is the replaced key and the Unix second until which it verifies.
     pub fn new(current: SigningKey, previous: Option<(SigningKey, u64)>) -> Self {
         KeyRing { current, previous }
+    }
+
+    /// A ring of one random key that nobody else holds: what a gateway
+    /// verifies with before its control plane's keys reach it, so that
+    /// no cookie verifies until then.
+    pub fn throwaway() -> KeyRing {
+        use ring::rand::{SecureRandom, SystemRandom};
+        let mut secret = [0u8; 32];
+        if SystemRandom::new().fill(&mut secret).is_err() {
+            // No randomness: a key that still verifies nothing anyone signed
+            // with the control plane's keys, and a different id.
+            secret = [0x5a; 32];
+        }
+        // A valid id and a secret of the right length: `new` cannot refuse.
+        match SigningKey::new("boot", &secret) {
+            Ok(k) => KeyRing::new(k, None),
+            Err(_) => unreachable!("a 4-letter id and a 32-byte secret are valid"),
+        }
+    }
+
+    /// The key that signs.
+    pub fn current(&self) -> &SigningKey {
+        &self.current
+    }
+
+    /// The replaced key and the Unix second until which it verifies.
+    pub fn previous(&self) -> Option<(&SigningKey, u64)> {
+        self.previous.as_ref().map(|(k, until)| (k, *until))
     }
 
     pub fn current_id(&self) -> &str {
@@ -502,7 +539,7 @@ pub fn clear_cookie(secure: bool, slug: Option<&str>) -> String {
 }
 
 /// An access link presented at the gateway.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ActivationRequest {
     /// The token from the link's query.
     pub token: String,
@@ -519,7 +556,7 @@ pub struct ActivationRequest {
 }
 
 /// A consumed access link.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Activation {
     /// The signed cookie value (see [`KeyRing::sign`]).
     pub cookie: String,
@@ -531,7 +568,8 @@ pub struct Activation {
 }
 
 /// Why an access link was refused. Each is a page for the browser.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
 pub enum ActivationError {
     #[error("this access link is not valid: it was already used, it expired, or it was never issued. Ask for a new link")]
     InvalidToken,

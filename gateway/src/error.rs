@@ -27,6 +27,10 @@ pub enum ProxyError {
     NoRoute { host: String, path: String },
     #[error("session {0} is paused")]
     Paused(String),
+    /// A gateway that follows a control plane and has no route table yet,
+    /// from its file or its stream: it cannot tell a session from a typo.
+    #[error("this gateway has no route table yet: it is waiting for its control plane")]
+    NoTable,
     #[error("{0} needs a sign-in: open it with an access link from the portal that manages it")]
     SignInRequired(String),
     #[error("user {user} may not open {route}")]
@@ -107,7 +111,7 @@ impl ProxyError {
                 ActivationError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 ActivationError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             },
-            ProxyError::Paused(_) | ProxyError::RouteChanged { .. } => {
+            ProxyError::Paused(_) | ProxyError::RouteChanged { .. } | ProxyError::NoTable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::UpstreamUnreachable { .. }
@@ -130,6 +134,7 @@ impl ProxyError {
             ProxyError::InvalidHost(_) => "invalid_host",
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::Paused(_) => "session_paused",
+            ProxyError::NoTable => "no_route_table",
             ProxyError::SignInRequired(_) => "sign_in_required",
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::Misdirected { .. } => "misdirected_request",

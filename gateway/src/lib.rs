@@ -13,8 +13,10 @@
 //! - [`names`]: the canonical forms of hosts, DNS labels and slugs.
 //! - [`publish`]: `RoutePublisher`, one task that applies queued changes in
 //!   batches, one table version per batch.
-//! - [`sync`]: what the control plane sends a gateway (`Message`) and
-//!   `LocalGateway`, which applies it: keys, revocations.
+//! - [`sync`]: what the control plane sends a gateway (`Message`: table
+//!   snapshots and deltas, keys), `Follower`, which applies it and closes
+//!   what a change revokes, their JSON form for the route stream and the
+//!   table file, and the activity reports that go back.
 //! - [`router`]: the pure lookup from host and path to a route.
 //! - [`proxy`]: the request path as named phases over a per-request context
 //!   (`phases.rs`), and browser access on it (`access.rs`).
@@ -57,6 +59,6 @@ pub use publish::{PublishError, Queued, RoutePublisher};
 pub use server::{run, run_tls, ServerConfig, TlsListener};
 pub use table::{
     Route, RouteChange, RouteHandle, RouteSpec, RouteState, RouteTable, RouteTarget, Routes,
-    TableError, TableSettings, Upstream, UpstreamError,
+    TableChange, TableError, TableObserver, TableSettings, Upstream, UpstreamError,
 };
 pub use upstream::{UpstreamClient, UpstreamConfig};

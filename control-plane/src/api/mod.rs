@@ -31,6 +31,7 @@ use crate::workshop::Portal;
 pub mod access;
 pub mod directory;
 pub mod environments;
+pub mod gateway;
 pub mod openapi;
 pub mod routes;
 pub mod server;
@@ -408,7 +409,15 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/tokens/{name}",
             axum::routing::delete(directory::delete_token),
         )
+        .route("/api/v1/gateways", get(gateway::list_gateways))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // The route stream and gateways' reports: gateway tokens only, checked
+    // by each handler (they need the token's name).
+    let gateways = Router::new()
+        .route("/api/v1/gateway/stream", get(gateway::stream))
+        .route("/api/v1/gateway/ack", post(gateway::ack))
+        .route("/api/v1/gateway/activity", post(gateway::activity))
+        .route("/api/v1/gateway/activate", post(gateway::activate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
@@ -416,8 +425,46 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/openapi.json", get(openapi_json))
         .merge(workshop_router())
         .merge(api)
+        .layer(middleware::from_fn_with_state(state.clone(), table_version))
+        .merge(gateways)
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Every answer to a write says which table version it produced
+/// (`Sessiongate-Table-Version`), and comes once every connected remote
+/// gateway has applied that version, or after
+/// `control_plane.gateway_ack_timeout_ms` with those that lag named in a
+/// `Warning`. The gateways in this process applied it before the handler
+/// returned.
+async fn table_version(State(cp): State<Control>, req: Request, next: Next) -> Response {
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let mut resp = next.run(req).await;
+    if !write {
+        return resp;
+    }
+    let version = cp.routes().load().version();
+    if cp.gateways().any_remote() {
+        let behind = cp
+            .gateways()
+            .wait_for(version, cp.gateways().ack_timeout())
+            .await;
+        if !behind.is_empty() {
+            tracing::warn!(version, gateways = ?behind, "gateways did not apply the change in time");
+            let warning = format!(
+                "199 sessiongate \"gateways behind table version {version}: {}\"",
+                behind.join(", ")
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&warning) {
+                resp.headers_mut().insert(header::WARNING, v);
+            }
+        }
+    }
+    resp.headers_mut().insert(
+        header::HeaderName::from_static("sessiongate-table-version"),
+        header::HeaderValue::from(version),
+    );
+    resp
 }
 
 async fn require_token(State(cp): State<Control>, req: Request, next: Next) -> Response {

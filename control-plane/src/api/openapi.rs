@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{access, directory, environments, routes, sessions, workshop};
+use super::{access, directory, environments, gateway, routes, sessions, workshop};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -57,6 +57,11 @@ use super::{access, directory, environments, routes, sessions, workshop};
         directory::create_token,
         directory::delete_token,
         routes::list_routes,
+        gateway::list_gateways,
+        gateway::stream,
+        gateway::ack,
+        gateway::activity,
+        gateway::activate,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -68,6 +73,7 @@ use super::{access, directory, environments, routes, sessions, workshop};
         (name = "access", description = "Browser access: one-time access links, cookie keys"),
         (name = "environments", description = "Workshop environments: a workshop, a pool of backends, capacity"),
         (name = "workshop", description = "The training portal's API, on the portal host and this listener"),
+        (name = "gateways", description = "Gateways that follow this control plane: the route stream, their acks, activity and access links (gateway tokens only), and their status"),
     )
 )]
 pub struct ApiDoc;

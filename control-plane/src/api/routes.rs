@@ -46,7 +46,23 @@ pub struct RouteView {
     security(("bearer" = []))
 )]
 pub async fn list_routes(State(cp): State<Control>) -> Json<RoutesView> {
+    cp.gateways().collect_local();
     let table = cp.routes().current();
+    // Live connections are held by the gateways; those in this process
+    // are counted here.
+    let local: Vec<_> = cp
+        .gateways()
+        .local()
+        .iter()
+        .map(|f| f.routes().current())
+        .collect();
+    let upgraded = |id: &str| -> usize {
+        local
+            .iter()
+            .filter_map(|t| t.route(id))
+            .map(|r| r.state.upgraded_count())
+            .sum()
+    };
     let mut routes: Vec<_> = table.routes().iter().collect();
     // The table's own order is its hash order; a listing reads better by id.
     routes.sort_unstable_by(|a, b| a.id.cmp(&b.id));
@@ -74,7 +90,7 @@ pub async fn list_routes(State(cp): State<Control>) -> Json<RoutesView> {
                 paused: r.paused,
                 public: r.public,
                 last_activity: r.state.last_activity_ms().map(rfc3339_millis),
-                upgraded_connections: r.state.upgraded_count(),
+                upgraded_connections: upgraded(&r.id),
             })
             .collect(),
     })

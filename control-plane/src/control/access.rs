@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use gateway::access::{Activation, ActivationError, ActivationRequest, KeyRing};
-use gateway::sync::Message;
 
 use super::sessions::transition;
 use super::{unknown, ControlPlane};
@@ -62,7 +61,7 @@ impl ControlPlane {
         let _lock = tx.commit().await?;
         let ring = Arc::new(ring);
         self.keys.store_shared(Arc::clone(&ring));
-        self.gateways().send(Message::Keys { ring });
+        self.gateways().rotate_keys(ring);
         let previous = rows.iter().find(|r| r.retired_ms.is_some());
         tracing::info!(key = %key.id, previous = ?previous.map(|r| &r.id), "cookie signing key rotated");
         Ok(KeyRotation {

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use gateway::access::KeyHandle;
 use gateway::metrics::GatewayMetrics;
-use gateway::sync::LocalGateway;
+use gateway::sync::Follower;
 use gateway::{RouteChange, RouteHandle, RoutePublisher};
 
 use crate::access::{self as acc, AccessSettings, GroupCache};
@@ -73,6 +73,9 @@ pub struct Parts {
     /// The certificates the HTTPS listener serves, when TLS terminates here:
     /// for warnings about uncovered custom domains, and expiry metrics.
     pub certificates: Option<Arc<certs::SniResolver>>,
+    /// The gateways in this process (`serve`'s one): they follow the
+    /// control plane's table through the same messages as remote ones.
+    pub followers: Vec<Follower>,
 }
 
 impl Parts {
@@ -85,6 +88,7 @@ impl Parts {
             metrics: Metrics::new(),
             gateway_metrics: Arc::new(GatewayMetrics::new()),
             certificates: None,
+            followers: Vec::new(),
         }
     }
 }
@@ -146,10 +150,9 @@ pub struct ControlPlane {
     /// The cookie keys this control plane signs with; replaced on
     /// rotation, and sent to the gateways then.
     keys: KeyHandle,
-    /// The in-process gateway: its table (shared with this control plane
-    /// for now) and its own key handle, which only messages change.
-    local_gateway: LocalGateway,
-    /// Where key rotations and revocations go.
+    /// The gateways following this control plane's table, in this process
+    /// and remote: every table version, key rotation and revocation
+    /// reaches them through it.
     gateways: Gateways,
     /// Where targets may point; see [`crate::session::targets`].
     targets: TargetPolicy,
@@ -176,6 +179,7 @@ impl ControlPlane {
             metrics,
             gateway_metrics,
             certificates,
+            followers,
         } = parts;
         let publisher = RoutePublisher::spawn(routes.clone());
         let writes = Writes::new(store.clone(), publisher.clone());
@@ -196,8 +200,7 @@ impl ControlPlane {
         drop(c);
         let ring = Arc::new(access::load_keys(&writes, &*clock, &settings.access).await?);
         let keys = KeyHandle::shared(Arc::clone(&ring));
-        let local_gateway = LocalGateway::new(routes.clone(), KeyHandle::shared(ring));
-        let gateways = Gateways::local(vec![local_gateway.clone()]);
+        let gateways = Gateways::follow(routes.clone(), ring, followers, Arc::clone(&clock));
         let cp = ControlPlane {
             store,
             routes,
@@ -213,7 +216,6 @@ impl ControlPlane {
             static_keys: ArcSwap::from_pointee(settings.static_keys),
             groups: ArcSwap::from_pointee(groups),
             keys,
-            local_gateway,
             gateways,
             targets: settings.targets,
             failures: FailureLimiters::new(settings.failures),
@@ -331,14 +333,8 @@ impl ControlPlane {
         &self.keys
     }
 
-    /// The gateway of `serve`, in this process: its proxies verify cookies
-    /// with [`LocalGateway::keys`].
-    pub fn local_gateway(&self) -> &LocalGateway {
-        &self.local_gateway
-    }
-
     /// Every gateway this control plane drives.
-    pub(crate) fn gateways(&self) -> &Gateways {
+    pub fn gateways(&self) -> &Gateways {
         &self.gateways
     }
 

@@ -19,7 +19,10 @@ impl ControlPlane {
         let mut tx = self.writes.begin().await?;
         let mut synced = self.synced_activity.lock().await;
 
-        // The gateway's per-route activity, written when it moved.
+        // The gateways' per-route activity, written when it moved: remote
+        // gateways' reports are merged as they come; the gateway in this
+        // process is read now.
+        self.gateways.collect_local();
         let activity: Vec<(String, u64)> = {
             let table = self.routes.load();
             table

@@ -1,11 +1,11 @@
-//! From stored changes to the gateway's table: the route changes a session
-//! change calls for, publishing them through the one publisher, waiting for
-//! the table to show them, and then revoking what the change ends: the
-//! answers still with the app, the responses still streaming and the
-//! WebSockets that the route as it is now would not let through
-//! ([`RouteState::revoke`]). A change revokes when it leaves `running`,
-//! stops being public, or moves to another target; changes to groups
-//! revoke for the sessions whose users lost access.
+//! From stored changes to the control plane's table: the route changes a
+//! session change calls for, published through the one publisher, and
+//! waited for. Each version reaches the gateways as a message
+//! ([`crate::gateways`]), and a gateway applying a changed route closes
+//! what the route as it is now would not let through: the answers still
+//! with the app, the responses still streaming and the WebSockets of a
+//! session that left `running`, stopped being public, moved to another
+//! target, or of users who lost access through a group.
 //!
 //! Also the keys sessions may not take: slugs and hosts of the configuration
 //! file's static routes, and those of other live sessions.
@@ -13,8 +13,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use gateway::sync::{Message, Revocation};
-use gateway::{names, RouteChange, RouteSpec, RouteState};
+use gateway::{names, RouteChange, RouteSpec};
 use sqlx::sqlite::SqliteConnection;
 
 use super::ControlPlane;
@@ -51,28 +50,17 @@ impl StaticKeys {
     }
 }
 
-/// A route change and the routes to revoke once it is applied: what a
-/// session write publishes.
+/// The route changes a session write publishes.
 #[derive(Default)]
 pub(crate) struct RouteUpdate {
     pub changes: Vec<RouteChange>,
-    pub closing: Vec<Closing>,
-}
-
-/// A route whose change takes something away from what it let in before.
-pub(crate) struct Closing {
-    /// The session, for the log line.
-    session: String,
-    id: Arc<str>,
-    /// The route's state before the change (the route may be gone after it).
-    state: Arc<RouteState>,
 }
 
 /// Whether going from `old` to `new` takes something away from what the
 /// route let in before: leaving `running` (pause included), no longer
 /// being public (whoever came in anonymously), or a new target (the
-/// WebSockets and streams to the old one). Users who lose access through
-/// groups are found where groups change.
+/// WebSockets and streams to the old one). The gateways close what it
+/// ends when they apply the change; this names it in the log.
 fn takes_away(old: &SessionRecord, new: &SessionRecord) -> bool {
     (old.state == SessionState::Running && new.state != SessionState::Running)
         || (old.public && !new.public)
@@ -151,13 +139,7 @@ impl ControlPlane {
         };
         let id = route_id(&new.name);
         if takes_away(old, new) {
-            if let Some(route) = self.routes.load().route(&id) {
-                update.closing.push(Closing {
-                    session: new.name.clone(),
-                    id: Arc::clone(&id),
-                    state: Arc::clone(&route.state),
-                });
-            }
+            tracing::info!(session = %new.name, "closing what the session's change no longer admits");
         }
         match spec {
             Some(spec) => update.changes.push(RouteChange::Upsert(spec)),
@@ -178,8 +160,8 @@ impl ControlPlane {
         self.apply_update(update).await
     }
 
-    /// Queues `update`'s changes to the publisher, waits until the table has
-    /// them, then closes its live connections.
+    /// Queues `update`'s changes to the publisher and waits until the table
+    /// (and every gateway in this process) has them.
     pub(crate) async fn apply_update(&self, update: RouteUpdate) -> Result<(), ControlError> {
         let queued = if update.changes.is_empty() {
             None
@@ -191,35 +173,18 @@ impl ControlPlane {
                     .map_err(table_refused)?,
             )
         };
-        self.await_applied(queued, update.closing).await
+        self.await_applied(queued).await
     }
 
-    /// Waits until `queued` is in the table, then revokes the routes in
-    /// `closing` as the table now holds them.
+    /// Waits until `queued` is in the table.
     pub(crate) async fn await_applied(
         &self,
         queued: Option<gateway::Queued>,
-        closing: Vec<Closing>,
     ) -> Result<(), ControlError> {
         if let Some(queued) = queued {
             let started = std::time::Instant::now();
             queued.applied().await.map_err(table_refused)?;
             self.metrics.observe_table_swap(started.elapsed());
-        }
-        if closing.is_empty() {
-            return Ok(());
-        }
-        let table = self.routes.load();
-        for c in closing {
-            // The route as it is now, unless it was removed (or removed and
-            // made again: that one let nothing in before the change).
-            let now = table
-                .route(&c.id)
-                .filter(|r| Arc::ptr_eq(&r.state, &c.state));
-            let n = c.state.revoke(now.map(|r| &r.spec));
-            if n > 0 {
-                tracing::info!(session = %c.session, connections = n, "closed live connections");
-            }
         }
         Ok(())
     }
@@ -244,41 +209,18 @@ impl ControlPlane {
         let after = Arc::new(after);
         self.groups.store(Arc::clone(&after));
         let mut changes = Vec::new();
-        let mut revoked = Vec::new();
         for s in &sessions {
             if let Some(spec) = route_spec(s, &after)? {
                 changes.push(RouteChange::Upsert(spec));
             }
             let lost = acc::lost_users(s, &before, s, &after);
             if !lost.is_empty() {
-                revoked.push((s.name.as_str(), lost));
+                // The gateways close their connections as they apply the
+                // session's new access list.
+                tracing::info!(session = %s.name, users = ?lost, "access revoked");
             }
         }
-        self.apply_update(RouteUpdate {
-            changes,
-            ..RouteUpdate::default()
-        })
-        .await?;
-        self.close_for_users(revoked);
-        Ok(())
-    }
-
-    /// Revokes these sessions' routes, now that the table no longer lets
-    /// these users in: their answers in flight, responses and WebSockets
-    /// end, everyone else's go on.
-    pub(crate) fn close_for_users(&self, revoked: Vec<(&str, Vec<String>)>) {
-        if revoked.is_empty() {
-            return;
-        }
-        let revocations = revoked
-            .into_iter()
-            .filter(|(_, users)| !users.is_empty())
-            .map(|(session, users)| Revocation {
-                route: route_id(session),
-                users: users.into_iter().map(Arc::from).collect(),
-            })
-            .collect();
-        self.gateways().send(Message::Revoke { revocations });
+        self.apply_update(RouteUpdate { changes }).await
     }
 }
 

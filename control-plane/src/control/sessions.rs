@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 
 use super::origins::check_portal_slug;
-use super::routing::{check_unique_keys, Closing, RouteUpdate};
+use super::routing::{check_unique_keys, RouteUpdate};
 use super::{sorted_unique, unknown, ControlPlane};
 use crate::access as acc;
 use crate::error::ControlError;
@@ -43,14 +43,13 @@ struct Changed {
     old_state: SessionState,
     rec: SessionRecord,
     queued: Option<gateway::Queued>,
-    closing: Vec<Closing>,
 }
 
 impl Changed {
-    /// Waits until the table shows the change, and closes the connections
-    /// it ends.
+    /// Waits until the table (and so every gateway in this process) shows
+    /// the change, which closes the connections it ends.
     async fn finish(self, cp: &ControlPlane) -> Result<SessionRecord, ControlError> {
-        cp.await_applied(self.queued, self.closing).await?;
+        cp.await_applied(self.queued).await?;
         Ok(self.rec)
     }
 }
@@ -93,7 +92,7 @@ impl ControlPlane {
         model::validate_target(&rec)?;
         self.check_session_target(None, &rec)?;
         self.check_static_keys(&rec)?;
-        let ((rec, closing), queued) = self
+        let (rec, queued) = self
             .writes
             .joined(self, move |cp, c| {
                 Box::pin(async move {
@@ -118,11 +117,11 @@ impl ControlPlane {
                     check_portal_slug(c, &rec, None).await?;
                     store::session_insert(c, &rec).await?;
                     let update = cp.route_update(None, Some(&rec))?;
-                    Ok::<_, ControlError>(((rec, update.closing), update.changes))
+                    Ok::<_, ControlError>((rec, update.changes))
                 })
             })
             .await?;
-        self.await_applied(queued, closing).await?;
+        self.await_applied(queued).await?;
         tracing::info!(session = %rec.name, owner = %rec.owner, state = %rec.state, "session created");
         Ok(rec)
     }
@@ -275,7 +274,10 @@ impl ControlPlane {
             let cache = self.group_cache();
             acc::lost_users(&old, &cache, &rec, &cache)
         };
-        self.close_for_users(vec![(name, lost)]);
+        if !lost.is_empty() {
+            // Closed by the gateways as they applied the new access list.
+            tracing::info!(session = %name, users = ?lost, "access revoked");
+        }
         tracing::info!(session = %name, groups = ?rec.groups, "session sharing replaced");
         Ok(rec)
     }
@@ -321,7 +323,7 @@ impl ControlPlane {
             + 'static,
     {
         let name = name.to_string();
-        let ((old_state, rec, closing), queued) = self
+        let ((old_state, rec), queued) = self
             .writes
             .joined(self, move |cp, c| {
                 Box::pin(async move {
@@ -335,7 +337,7 @@ impl ControlPlane {
                     }
                     store::session_update_row(c, &rec).await?;
                     let update = cp.route_update(Some(&old), Some(&rec))?;
-                    Ok::<_, ControlError>(((old.state, rec, update.closing), update.changes))
+                    Ok::<_, ControlError>(((old.state, rec), update.changes))
                 })
             })
             .await?;
@@ -343,7 +345,6 @@ impl ControlPlane {
             old_state,
             rec,
             queued,
-            closing,
         })
     }
 

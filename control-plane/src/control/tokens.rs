@@ -17,6 +17,21 @@ impl ControlPlane {
         self.tokens.load().check(token)
     }
 
+    /// The name of the gateway token `token`, if it is one: what its
+    /// gateway is listed as. Read from the store (a stream opens rarely).
+    pub async fn gateway_token_name(&self, token: &str) -> Result<Option<String>, ControlError> {
+        if self.check_token(token) != Some(TokenKind::Gateway) {
+            return Ok(None);
+        }
+        let hash = auth::hash_token(token);
+        let mut c = self.store.conn().await?;
+        Ok(store::tokens_list(&mut c)
+            .await?
+            .into_iter()
+            .find(|t| t.hash == hash && t.kind == TokenKind::Gateway.as_str())
+            .map(|t| t.name))
+    }
+
     /// Creates a token; the plain token is returned this once.
     pub async fn create_token(
         &self,

@@ -243,7 +243,7 @@ pub(super) fn seg(s: &str) -> String {
 }
 
 /// `--server` as a base URL: `http://host[:port][/prefix]`.
-fn base_url(server: &str) -> Result<String, CtlError> {
+pub(crate) fn base_url(server: &str) -> Result<String, CtlError> {
     let bad = |why: &str| CtlError::Setup(format!("--server {server:?}: {why}"));
     let uri: Uri = server
         .parse()
@@ -273,7 +273,7 @@ fn base_url(server: &str) -> Result<String, CtlError> {
 
 /// The innermost reason of a client error, in lower case: `connection
 /// refused`, not hyper's wrapping of it.
-fn client_error_reason(e: &hyper_util::client::legacy::Error) -> String {
+pub(crate) fn client_error_reason(e: &hyper_util::client::legacy::Error) -> String {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     let mut last = e.to_string();
     while let Some(s) = source {

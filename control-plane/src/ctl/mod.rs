@@ -22,7 +22,7 @@
 //! - `render`: tables and details from the typed answers; the re-indented JSON.
 
 mod args;
-mod client;
+pub(crate) mod client;
 mod commands;
 mod render;
 

@@ -14,6 +14,10 @@
 //! - `access`: browser access: links, cookies, sharing, revocation.
 //! - `api`: the REST API through the router, on a manual clock.
 //! - `ctl`: `sessiongate ctl` as a process.
+//! - `gateways`: a control plane and two gateways as processes (issue
+//!   17): changes, revocations and key rotations on both before the API
+//!   answers, the control plane killed and back, readiness, gateway tokens,
+//!   activity reaching the reaper.
 //! - `group_commit`: concurrent writes sharing commits.
 //! - `hostile_fuzz`: what the fuzz targets (`fuzz/`) found.
 //! - `hostile_http`: hostile browsers, apps and clients at the gateway
@@ -46,6 +50,7 @@ mod common;
 mod access;
 mod api;
 mod ctl;
+mod gateways;
 mod group_commit;
 mod hostile_bruteforce;
 mod hostile_fuzz;

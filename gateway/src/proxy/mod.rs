@@ -103,6 +103,9 @@ pub struct Proxy {
     /// `308` to the same URL over HTTPS on this port.
     https_redirect: Option<u16>,
     portal: Option<Arc<dyn PortalService>>,
+    /// A following gateway's readiness: until it holds a table every
+    /// request answers 503 (`None`: always ready, as in `serve`).
+    ready: Option<Arc<std::sync::atomic::AtomicBool>>,
     metrics: Arc<GatewayMetrics>,
     /// Write an access-log line per request.
     access_log: bool,
@@ -133,6 +136,7 @@ impl Proxy {
             tls: None,
             https_redirect: None,
             portal: None,
+            ready: None,
             metrics: Arc::new(GatewayMetrics::new()),
             access_log: false,
             trusted_proxies: TrustedProxies::default(),
@@ -165,6 +169,13 @@ impl Proxy {
     }
 
     /// Serves `service`'s paths on the portal host.
+    /// Answers 503 ([`ProxyError::NoTable`]) while `ready` is false: a
+    /// gateway that follows a control plane and has no table yet.
+    pub fn with_ready(mut self, ready: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.ready = Some(ready);
+        self
+    }
+
     pub fn with_portal(mut self, service: Arc<dyn PortalService>) -> Self {
         self.portal = Some(service);
         self

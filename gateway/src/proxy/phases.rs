@@ -123,6 +123,11 @@ impl Proxy {
         // Before the table: a revocation after this reaches the request
         // whenever its upstream answers (see `table::revocation`).
         ctx.since = revocation::now();
+        if let Some(ready) = &self.ready {
+            if !ready.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(ProxyError::NoTable.into());
+            }
+        }
         let table = self.routes.load();
         if let Some(portal) = &self.portal {
             if table.portal_host() == Some(&*host.name) && portal.claims(req.uri().path()) {

@@ -1,43 +1,89 @@
 //! What a gateway does with what its control plane sends it
-//! (`docs/gateway-protocol.md`): the messages, and [`LocalGateway`], which
+//! (`docs/gateway-protocol.md`): the [`Message`]s, and [`Follower`], which
 //! applies them to the table, keys and live connections it serves.
 //!
-//! The control plane never reaches into a gateway's memory: it sends a
-//! [`Message`] and gets back the version the gateway holds once it is
-//! applied. `serve` delivers them in memory; a remote gateway will receive
-//! the same messages over the route stream.
+//! The control plane never reaches into a gateway's memory. Every table
+//! version it stores becomes a message: a [`Delta`] (what changed since the
+//! version before) or a [`Snapshot`] (everything). `serve` hands them to
+//! its in-process follower in memory; a remote gateway reads the same
+//! messages, encoded by [`wire`], from the route stream. Either way the
+//! follower applies them with the same code, and acknowledges the version
+//! it then holds.
 //!
-//! Built so far: key rotation ([`Message::Keys`]) and revocation of users
-//! ([`Message::Revoke`]). Route changes still reach the table through
-//! [`crate::RoutePublisher`] on a table the control plane shares with the
-//! in-process gateway.
+//! A revocation travels as the route change that calls for it: applying a
+//! change to a route closes whatever the route let in that its new spec
+//! does not admit (a user who lost access through a group, everyone after
+//! a pause or a new target), and removing a route closes everything it let
+//! in. So two gateways at one version have closed the same connections.
 
+pub mod activity;
+pub mod file;
+pub mod wire;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::access::{KeyHandle, KeyRing};
-use crate::table::RouteHandle;
+use crate::table::{FollowError, RouteChange, RouteHandle, RouteSpec, RouteTable, TableSettings};
 
 /// One thing the control plane tells a gateway.
 #[derive(Clone, Debug)]
 pub enum Message {
-    /// The cookie signing keys after a rotation: the gateway verifies with
-    /// these from now on.
-    Keys { ring: Arc<KeyRing> },
-    /// Live connections to close, after the route changes that call for
-    /// them are in the table.
-    Revoke { revocations: Vec<Revocation> },
+    /// Everything: applies on any version.
+    Snapshot(Arc<Snapshot>),
+    /// What changed from `base` to `version`.
+    Delta(Arc<Delta>),
+    /// The stream is alive; the control plane's version (stream only).
+    Heartbeat { version: u64 },
 }
 
-/// Close what a route let in that it no longer admits: "the live
-/// connections of these users on route R" (they lost access through a
-/// group), or "of route R" (`users` empty: whoever it no longer lets in).
-/// Either way the gateway judges each connection against the route as its
-/// table holds it now, so a revocation never closes what the route still
-/// admits; `users` names who it is for, in the log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Revocation {
-    pub route: Arc<str>,
-    pub users: Vec<Arc<str>>,
+impl Message {
+    /// The version a gateway holds after applying it.
+    pub fn version(&self) -> u64 {
+        match self {
+            Message::Snapshot(s) => s.version,
+            Message::Delta(d) => d.version,
+            Message::Heartbeat { version } => *version,
+        }
+    }
+}
+
+/// A whole table: its version, settings, every route, and the keys.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub settings: TableSettings,
+    pub routes: Vec<RouteSpec>,
+    pub keys: Arc<KeyRing>,
+}
+
+impl Snapshot {
+    /// The snapshot of `table` with `keys`.
+    pub fn of(table: &RouteTable, keys: Arc<KeyRing>) -> Snapshot {
+        let mut routes: Vec<RouteSpec> = table.routes().iter().map(|r| r.spec.clone()).collect();
+        routes.sort_by(|a, b| a.id.cmp(&b.id));
+        Snapshot {
+            version: table.version(),
+            settings: table.settings().clone(),
+            routes,
+            keys,
+        }
+    }
+}
+
+/// One table version's changes: applies only on `base`.
+#[derive(Clone, Debug, Default)]
+pub struct Delta {
+    pub base: u64,
+    pub version: u64,
+    /// The new settings, when they changed.
+    pub settings: Option<TableSettings>,
+    /// Routes added or replaced.
+    pub upserts: Vec<RouteSpec>,
+    /// Ids of routes removed.
+    pub removals: Vec<Arc<str>>,
+    /// The new keys, after a rotation.
+    pub keys: Option<Arc<KeyRing>>,
 }
 
 /// What applying a message did.
@@ -49,17 +95,31 @@ pub struct Applied {
     pub closed: usize,
 }
 
-/// A gateway in this process: the table its proxies read and the keys they
-/// verify cookies with.
+/// A gateway's side of the protocol: the table its proxies read and the
+/// keys they verify cookies with, changed only by [`Follower::apply`].
 #[derive(Clone, Debug)]
-pub struct LocalGateway {
+pub struct Follower {
     routes: RouteHandle,
     keys: KeyHandle,
+    /// Set once a table is loaded, from a file or a message: until then the
+    /// gateway answers 503 (it would answer 404 for every session).
+    ready: Arc<AtomicBool>,
 }
 
-impl LocalGateway {
-    pub fn new(routes: RouteHandle, keys: KeyHandle) -> Self {
-        LocalGateway { routes, keys }
+impl Follower {
+    /// A follower with an empty table, not ready, verifying with `keys`
+    /// until its first snapshot brings the control plane's.
+    pub fn new(keys: KeyRing) -> Self {
+        Follower {
+            routes: RouteHandle::new(),
+            keys: KeyHandle::new(keys),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The table its proxies read.
+    pub fn routes(&self) -> &RouteHandle {
+        &self.routes
     }
 
     /// The keys its proxies verify cookies with.
@@ -67,38 +127,98 @@ impl LocalGateway {
         &self.keys
     }
 
-    /// Applies `message` and answers once its effect is visible to every
-    /// request that starts after this returns.
-    pub fn apply(&self, message: Message) -> Applied {
-        match message {
-            Message::Keys { ring } => {
-                self.keys.store_shared(ring);
-                Applied {
-                    version: self.routes.load().version(),
-                    closed: 0,
-                }
-            }
-            Message::Revoke { revocations } => self.revoke(&revocations),
-        }
+    /// Whether it holds a table (from a file or its control plane).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
-    fn revoke(&self, revocations: &[Revocation]) -> Applied {
-        let table = self.routes.load();
-        let mut applied = Applied {
-            version: table.version(),
-            closed: 0,
+    /// The flag [`is_ready`](Self::is_ready) reads, for the proxy.
+    pub fn ready_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.ready)
+    }
+
+    /// The version it holds (0: none yet).
+    pub fn version(&self) -> u64 {
+        self.routes.load().version()
+    }
+
+    /// Applies `message`, and answers once its effect is visible to every
+    /// request that starts after this returns. A delta that does not apply
+    /// on the version held is refused, and nothing changes: the caller
+    /// resumes from the version it holds.
+    pub fn apply(&self, message: &Message) -> Result<Applied, FollowError> {
+        let applied = match message {
+            Message::Heartbeat { .. } => Applied {
+                version: self.version(),
+                closed: 0,
+            },
+            Message::Snapshot(s) => {
+                let (previous, next) =
+                    self.routes
+                        .replace(s.version, &s.settings, s.routes.clone())?;
+                self.keys.store_shared(Arc::clone(&s.keys));
+                let mut closed = 0;
+                for old in previous.routes().iter() {
+                    closed += match next.route(&old.id) {
+                        Some(now) if Arc::ptr_eq(&now.state, &old.state) => {
+                            now.state.revoke(Some(&now.spec))
+                        }
+                        _ => old.state.revoke(None),
+                    };
+                }
+                Applied {
+                    version: s.version,
+                    closed,
+                }
+            }
+            Message::Delta(d) => {
+                let changes = d
+                    .upserts
+                    .iter()
+                    .cloned()
+                    .map(RouteChange::Upsert)
+                    .chain(d.removals.iter().cloned().map(RouteChange::Remove))
+                    .collect();
+                let (previous, next) =
+                    self.routes
+                        .apply_at(d.base, d.version, d.settings.as_ref(), changes)?;
+                if let Some(keys) = &d.keys {
+                    self.keys.store_shared(Arc::clone(keys));
+                }
+                let mut closed = 0;
+                for spec in &d.upserts {
+                    if previous.route(&spec.id).is_some() {
+                        if let Some(now) = next.route(&spec.id) {
+                            closed += now.state.revoke(Some(&now.spec));
+                        }
+                    }
+                }
+                for id in &d.removals {
+                    if let Some(old) = previous.route(id) {
+                        closed += old.state.revoke(None);
+                    }
+                }
+                if closed > 0 {
+                    tracing::info!(
+                        version = d.version,
+                        connections = closed,
+                        "closed live connections the change no longer admits"
+                    );
+                }
+                Applied {
+                    version: d.version,
+                    closed,
+                }
+            }
         };
-        for r in revocations {
-            // A route that is gone has nothing left to close here: removal
-            // is revoked where the table change is made.
-            let Some(route) = table.route(&r.route) else {
-                continue;
-            };
-            let n = route.state.revoke(Some(&route.spec));
-            applied.closed += n;
-            tracing::info!(route = %r.route, users = ?r.users, connections = n, "access revoked");
-        }
-        applied
+        self.ready.store(true, Ordering::Release);
+        Ok(applied)
+    }
+
+    /// Serves `snapshot` (read from its table file) at once, before the
+    /// control plane is reached.
+    pub fn restore(&self, snapshot: &Snapshot) -> Result<Applied, FollowError> {
+        self.apply(&Message::Snapshot(Arc::new(snapshot.clone())))
     }
 }
 
@@ -106,51 +226,77 @@ impl LocalGateway {
 mod tests {
     use super::*;
     use crate::access::SigningKey;
-    use crate::table::{RouteSpec, RouteTarget, TableSettings, Upstream};
+    use crate::table::{RouteTarget, Upstream};
 
     fn ring(id: &str) -> KeyRing {
         KeyRing::new(SigningKey::new(id, &[7; 32]).unwrap(), None)
     }
 
-    fn gateway() -> LocalGateway {
-        let routes = RouteHandle::new();
-        let upstream = Upstream::parse("http://127.0.0.1:1").unwrap();
-        let settings = TableSettings {
+    fn spec(id: &str, port: u16) -> RouteSpec {
+        let upstream = Upstream::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        RouteSpec::new(id, RouteTarget::Upstream(upstream)).label(id)
+    }
+
+    fn settings() -> TableSettings {
+        TableSettings {
             base_domains: vec!["example.test".into()],
             portal_host: None,
+        }
+    }
+
+    fn snapshot(version: u64, routes: Vec<RouteSpec>) -> Message {
+        Message::Snapshot(Arc::new(Snapshot {
+            version,
+            settings: settings(),
+            routes,
+            keys: Arc::new(ring("k1")),
+        }))
+    }
+
+    #[test]
+    fn a_follower_is_ready_only_after_its_first_table() {
+        let f = Follower::new(ring("boot"));
+        assert!(!f.is_ready());
+        let applied = f.apply(&snapshot(7, vec![spec("a", 1)])).unwrap();
+        assert_eq!(applied.version, 7);
+        assert!(f.is_ready());
+        assert_eq!(f.version(), 7);
+        assert_eq!(f.keys().load().current_id(), "k1");
+    }
+
+    #[test]
+    fn a_delta_applies_only_on_the_version_held() {
+        let f = Follower::new(ring("boot"));
+        f.apply(&snapshot(7, vec![spec("a", 1)])).unwrap();
+        let delta = |base, version| {
+            Message::Delta(Arc::new(Delta {
+                base,
+                version,
+                upserts: vec![spec("b", 2)],
+                removals: vec!["a".into()],
+                keys: Some(Arc::new(ring("k2"))),
+                ..Delta::default()
+            }))
         };
-        let spec = RouteSpec::new("a", RouteTarget::Upstream(upstream)).label("a");
-        routes.publish(&settings, vec![spec]).unwrap();
-        LocalGateway::new(routes, KeyHandle::new(ring("k1")))
+        let err = f.apply(&delta(6, 8)).unwrap_err();
+        assert!(matches!(err, FollowError::OutOfOrder { base: 6, held: 7 }), "{err}");
+        assert!(f.routes().load().route("a").is_some(), "a refused delta changes nothing");
+        assert_eq!(f.apply(&delta(7, 9)).unwrap().version, 9);
+        let table = f.routes().load();
+        assert!(table.route("a").is_none());
+        assert!(table.route("b").is_some());
+        assert_eq!(f.keys().load().current_id(), "k2");
     }
 
     #[test]
-    fn keys_message_replaces_the_ring_and_acknowledges_the_version_held() {
-        let gw = gateway();
-        let held = gw.routes.load().version();
-        let applied = gw.apply(Message::Keys {
-            ring: Arc::new(ring("k2")),
-        });
-        assert_eq!(applied.version, held);
-        assert_eq!(gw.keys.load().current_id(), "k2");
-    }
-
-    #[test]
-    fn revoking_a_route_that_is_gone_closes_nothing() {
-        let gw = gateway();
-        let applied = gw.apply(Message::Revoke {
-            revocations: vec![
-                Revocation {
-                    route: "a".into(),
-                    users: vec!["u1".into()],
-                },
-                Revocation {
-                    route: "missing".into(),
-                    users: vec![],
-                },
-            ],
-        });
-        assert_eq!(applied.closed, 0);
-        assert_eq!(applied.version, gw.routes.load().version());
+    fn a_snapshot_keeps_the_state_of_routes_it_keeps() {
+        let f = Follower::new(ring("boot"));
+        f.apply(&snapshot(1, vec![spec("a", 1), spec("b", 1)])).unwrap();
+        let state = Arc::clone(&f.routes().load().route("a").unwrap().state);
+        f.apply(&snapshot(5, vec![spec("a", 2)])).unwrap();
+        let table = f.routes().load();
+        assert!(Arc::ptr_eq(&table.route("a").unwrap().state, &state));
+        assert!(table.route("b").is_none());
+        assert_eq!(table.version(), 5);
     }
 }

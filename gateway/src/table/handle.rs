@@ -1,11 +1,66 @@
 //! The handle through which every reader loads the current table and every
 //! writer swaps in the next one.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 
 use super::{RouteChange, RouteSpec, RouteTable, TableError, TableSettings};
+
+/// What a new table version changed, as [`TableObserver`] is told it.
+#[derive(Debug)]
+pub enum TableChange<'a> {
+    /// Built whole from specs ([`RouteHandle::publish`]): anything may have
+    /// changed.
+    Rebuilt,
+    /// These route ids were added or replaced (`upserted`) or removed, and
+    /// the settings replaced when `settings` is true; nothing else changed.
+    Changed {
+        upserted: &'a [Arc<str>],
+        removed: &'a [Arc<str>],
+        settings: bool,
+    },
+}
+
+/// Told of every table version a handle stores, in version order, before
+/// the writer that made it gets its answer: the control plane's hook for
+/// sending each change to its gateways (`docs/gateway-protocol.md`).
+pub trait TableObserver: Send + Sync + 'static {
+    /// `next` was stored in place of `previous`. Called with the handle's
+    /// write lock held: keep it short, and never publish from it.
+    fn stored(&self, previous: &RouteTable, next: &Arc<RouteTable>, change: TableChange<'_>);
+}
+
+/// The ids `changes` touch, in order, each with whether it is upserted
+/// (`true`) or removed.
+fn change_ids(changes: &[RouteChange], into: &mut Vec<(Arc<str>, bool)>) {
+    into.extend(changes.iter().map(|c| match c {
+        RouteChange::Upsert(spec) => (Arc::clone(&spec.id), true),
+        RouteChange::Remove(id) => (Arc::clone(id), false),
+    }));
+}
+
+/// The net effect of [`change_ids`]: each id once, by its last change.
+fn net_ids(touched: Vec<(Arc<str>, bool)>) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+    let mut last: std::collections::HashMap<Arc<str>, bool> =
+        std::collections::HashMap::with_capacity(touched.len());
+    let mut order = Vec::with_capacity(touched.len());
+    for (id, up) in touched {
+        if last.insert(Arc::clone(&id), up).is_none() {
+            order.push(id);
+        }
+    }
+    order.into_iter().partition(|id| last[id])
+}
+
+/// A table version held by a follower is not the one a message applies on.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("the change applies on table version {base}, this gateway holds {held}")]
+    OutOfOrder { base: u64, held: u64 },
+    #[error(transparent)]
+    Table(#[from] TableError),
+}
 
 /// The shared handle through which the data plane reads the current table and
 /// the control plane publishes new ones.
@@ -20,6 +75,14 @@ struct HandleInner {
     /// Serialises publishers so that version numbers and carried state are
     /// consistent; readers never take it.
     publish: Mutex<()>,
+    /// Told of every stored version (the control plane's table only).
+    observer: OnceLock<Arc<dyn TableObserver>>,
+}
+
+impl std::fmt::Debug for dyn TableObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TableObserver")
+    }
 }
 
 impl Default for RouteHandle {
@@ -35,6 +98,7 @@ impl RouteHandle {
             inner: Arc::new(HandleInner {
                 table: ArcSwap::from_pointee(RouteTable::default()),
                 publish: Mutex::new(()),
+                observer: OnceLock::new(),
             }),
         }
     }
@@ -65,7 +129,68 @@ impl RouteHandle {
             previous.version + 1,
         )?);
         self.inner.table.store(Arc::clone(&table));
+        self.tell(&previous, &table, TableChange::Rebuilt);
         Ok(table)
+    }
+
+    /// Sets the observer told of every version stored from now on. Once:
+    /// a second observer is refused (handed back).
+    pub fn observe(&self, observer: Arc<dyn TableObserver>) -> Result<(), Arc<dyn TableObserver>> {
+        self.inner.observer.set(observer)
+    }
+
+    fn tell(&self, previous: &RouteTable, next: &Arc<RouteTable>, change: TableChange<'_>) {
+        if let Some(o) = self.inner.observer.get() {
+            o.stored(previous, next, change);
+        }
+    }
+
+    /// A follower's whole table: `specs` and `settings` as version
+    /// `version`, whatever it held before (a snapshot from its control
+    /// plane). Routes keep their runtime state by id. Returns the table it
+    /// replaced too, so that the caller can revoke against both.
+    pub fn replace(
+        &self,
+        version: u64,
+        settings: &TableSettings,
+        specs: Vec<RouteSpec>,
+    ) -> Result<(Arc<RouteTable>, Arc<RouteTable>), TableError> {
+        let _serial = self.inner.publish.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.inner.table.load_full();
+        let table = Arc::new(RouteTable::build(
+            settings,
+            specs,
+            Some(&previous),
+            version,
+        )?);
+        self.inner.table.store(Arc::clone(&table));
+        Ok((previous, table))
+    }
+
+    /// A follower's next version: `changes` (and `settings` when given)
+    /// applied on `base`, which must be the version it holds, as version
+    /// `version`. All or nothing, as [`apply`](Self::apply). Returns the
+    /// table it replaced too.
+    pub fn apply_at(
+        &self,
+        base: u64,
+        version: u64,
+        settings: Option<&TableSettings>,
+        changes: Vec<RouteChange>,
+    ) -> Result<(Arc<RouteTable>, Arc<RouteTable>), FollowError> {
+        let _serial = self.inner.publish.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.inner.table.load_full();
+        if previous.version != base {
+            return Err(FollowError::OutOfOrder {
+                base,
+                held: previous.version,
+            });
+        }
+        let mut next = previous.successor(settings, version);
+        next.apply_changes(changes)?;
+        let next = Arc::new(next);
+        self.inner.table.store(Arc::clone(&next));
+        Ok((previous, next))
     }
 
     /// Applies `changes`, and `settings` when given, as one new table version.
@@ -81,9 +206,23 @@ impl RouteHandle {
         let _serial = self.inner.publish.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.inner.table.load_full();
         let mut next = previous.successor(settings, previous.version + 1);
+        let mut touched = Vec::new();
+        if self.inner.observer.get().is_some() {
+            change_ids(&changes, &mut touched);
+        }
         next.apply_changes(changes)?;
+        let (upserted, removed) = net_ids(touched);
         let next = Arc::new(next);
         self.inner.table.store(Arc::clone(&next));
+        self.tell(
+            &previous,
+            &next,
+            TableChange::Changed {
+                upserted: &upserted,
+                removed: &removed,
+                settings: settings.is_some(),
+            },
+        );
         Ok(next)
     }
 
@@ -97,18 +236,39 @@ impl RouteHandle {
         let previous = self.inner.table.load_full();
         let mut next = previous.successor(None, previous.version + 1);
         let mut changed = false;
+        let observed = self.inner.observer.get().is_some();
+        let mut touched = Vec::new();
         let results: Vec<Result<(), TableError>> = groups
             .into_iter()
             .map(|changes| {
                 let nonempty = !changes.is_empty();
+                let mark = touched.len();
+                if observed {
+                    change_ids(&changes, &mut touched);
+                }
                 let result = next.apply_changes(changes);
-                changed |= nonempty && result.is_ok();
+                if nonempty && result.is_ok() {
+                    changed = true;
+                } else {
+                    touched.truncate(mark);
+                }
                 result
             })
             .collect();
         let version = if changed {
             let version = next.version;
-            self.inner.table.store(Arc::new(next));
+            let next = Arc::new(next);
+            self.inner.table.store(Arc::clone(&next));
+            let (upserted, removed) = net_ids(touched);
+            self.tell(
+                &previous,
+                &next,
+                TableChange::Changed {
+                    upserted: &upserted,
+                    removed: &removed,
+                    settings: false,
+                },
+            );
             version
         } else {
             previous.version

@@ -33,7 +33,7 @@ pub(crate) mod revocation;
 mod route;
 mod state;
 
-pub use handle::RouteHandle;
+pub use handle::{FollowError, RouteHandle, TableChange, TableObserver};
 pub(crate) use map::RouteMap;
 pub use map::{RouteIter, Routes, SHARDS};
 use route::RouteKeys;

@@ -89,6 +89,12 @@ impl RouteState {
             && !self.cookie_warned.swap(true, Ordering::Relaxed)
     }
 
+    /// Merges activity a gateway reported: the later of the two times wins
+    /// (the control plane's copy of the route, fed by every gateway).
+    pub fn observe_activity(&self, ms: u64) {
+        self.last_activity_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
     /// Unix milliseconds of the last activity (to within a second), or `None` if never.
     pub fn last_activity_ms(&self) -> Option<u64> {
         match self.last_activity_ms.load(Ordering::Relaxed) {

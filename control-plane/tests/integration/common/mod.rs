@@ -312,3 +312,163 @@ impl Sessiongate {
         self.log = log;
     }
 }
+
+/// Starts `sessiongate <args>` in `dir` and captures its output, as
+/// [`spawn`] does for `serve`, for the subcommands that run a part of
+/// sessiongate on its own (`control-plane`, `gateway`). The child sees
+/// none of the caller's `SESSIONGATE_*` variables, only `env`.
+fn spawn_sessiongate(args: &[String], dir: &Path, env: &[(String, String)]) -> (Child, Log) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiongate"));
+    cmd.args(args).current_dir(dir).env("RUST_LOG", "info");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SESSIONGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Log::default();
+    for stream in [
+        Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stdout.take().unwrap()),
+    ] {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    (child, log)
+}
+
+/// A `sessiongate` child process of any subcommand, for the tests that run
+/// several of them side by side (a control plane and its gateways): its log,
+/// a restart on the same arguments and environment, and SIGKILL when
+/// dropped. Unlike [`Sessiongate`], which knows `serve`'s two listening
+/// lines, it waits for no particular line: the caller names the address
+/// lines it needs ([`Process::addr`]), since each subcommand has its own.
+pub struct Process {
+    /// What the log dump of a failing test calls it (`gateway gw1`), as
+    /// several logs are dumped one after the other.
+    pub name: String,
+    pub child: Child,
+    pub log: Log,
+    /// The working directory, the arguments after `sessiongate` and the
+    /// whole `SESSIONGATE_*` environment, kept for [`Process::respawn`].
+    dir: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            if let Ok(log) = self.log.lock() {
+                eprintln!("{} log:\n{}", self.name, log.join("\n"));
+            }
+        }
+    }
+}
+
+impl Process {
+    /// Starts `sessiongate <args>` in `dir` with `env` as its whole
+    /// `SESSIONGATE_*` environment; `name` labels its log.
+    pub fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Process {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, log) = spawn_sessiongate(&args, dir, &env);
+        Process {
+            name: name.to_string(),
+            child,
+            log,
+            dir: dir.to_path_buf(),
+            args,
+            env,
+        }
+    }
+
+    /// The address after `marker` in the log so far, if a line has it.
+    pub fn find_addr(&self, marker: &str) -> Option<SocketAddr> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| addr_after(l, marker))
+    }
+
+    /// The address after `marker` (such as `gateway listening on
+    /// http://`), waiting for its log line up to [`DEADLINE`]; fails at
+    /// once, with the log, if the process exits first.
+    pub async fn addr(&mut self, marker: &str) -> SocketAddr {
+        let end = Instant::now() + DEADLINE;
+        let mut exited_at = None;
+        loop {
+            if let Some(addr) = self.find_addr(marker) {
+                return addr;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // As in `wait_listening`: the last lines say why.
+                let exited = *exited_at.get_or_insert_with(Instant::now);
+                if exited.elapsed() > Duration::from_millis(500) {
+                    panic!(
+                        "{} exited with {status} before logging {marker:?}; log: {:#?}",
+                        self.name,
+                        self.log.lock().unwrap()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < end,
+                "{} logged no {marker:?} within {DEADLINE:?}; log: {:#?}",
+                self.name,
+                self.log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Its exit status once it has exited, waiting up to `limit` (zero:
+    /// only a look); `None` if it is still running.
+    pub async fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, as in a crash: no shutdown code runs. Waits for the exit.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts it again (killing it first if it still runs) in the same
+    /// directory, with the same arguments and environment, and a new log:
+    /// the caller reads the new addresses with [`Process::addr`].
+    pub fn respawn(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, log) = spawn_sessiongate(&self.args, &self.dir, &self.env);
+        self.child = child;
+        self.log = log;
+    }
+}
