@@ -259,6 +259,8 @@ async fn follow(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut step = BACKOFF_FIRST;
+    // Warned once per outage, then every 30 s while it lasts.
+    let mut warned: Option<std::time::Instant> = None;
     loop {
         let outcome = tokio::select! {
             r = follow_once(&up, &follower, &applied, &connected) => r,
@@ -274,8 +276,14 @@ async fn follow(
             Followed::Lost { after_frames, reason } => {
                 if after_frames {
                     step = BACKOFF_FIRST;
+                    warned = None;
                 }
-                tracing::warn!(%reason, version = follower.version(), "route stream lost; serving the table held and reconnecting");
+                if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(30)) {
+                    tracing::warn!(%reason, version = follower.version(), "route stream lost; serving the table held and reconnecting");
+                    warned = Some(std::time::Instant::now());
+                } else {
+                    tracing::debug!(%reason, "reconnecting to the control plane");
+                }
                 let w = jitter(step);
                 step = (step * 2).min(BACKOFF_MAX);
                 w
@@ -315,9 +323,10 @@ async fn follow_once(
         after_frames,
         reason,
     };
-    let held = follower.version();
     let path = format!(
-        "/api/v1/gateway/stream?version={held}&instance={}",
+        "/api/v1/gateway/stream?version={}&epoch={}&instance={}",
+        follower.version(),
+        follower.epoch(),
         up.instance
     );
     let resp = match tokio::time::timeout(
@@ -448,6 +457,7 @@ async fn save_table(
         applied.borrow_and_update();
         if follower.is_ready() && follower.version() != written {
             let snapshot = Arc::new(Snapshot::of(
+                follower.epoch(),
                 &follower.routes().load(),
                 Arc::clone(&follower.keys().load()),
             ));

@@ -110,6 +110,10 @@ struct State {
 
 struct Hub {
     routes: RouteHandle,
+    /// This run's epoch: random, so that versions numbered by an earlier
+    /// run (which a restarted control plane numbers afresh) are never
+    /// taken for this run's.
+    epoch: u64,
     state: Mutex<State>,
     local: Vec<Follower>,
     /// The version of the newest message in the ring.
@@ -162,6 +166,7 @@ impl Gateways {
         let version = routes.load().version();
         let hub = Arc::new(Hub {
             routes: routes.clone(),
+            epoch: new_epoch(),
             state: Mutex::new(State {
                 ring: VecDeque::new(),
                 keys,
@@ -179,6 +184,7 @@ impl Gateways {
         {
             let state = hub.lock_state();
             let snapshot = Message::Snapshot(Arc::new(Snapshot::of(
+                hub.epoch,
                 &routes.load(),
                 Arc::clone(&state.keys),
             )));
@@ -247,15 +253,32 @@ impl Gateways {
         self.hub.news.subscribe()
     }
 
-    /// What a gateway holding `held` needs next, as frames to send in
-    /// order: the ring's messages after `held`, or a snapshot of the table
-    /// now when the ring does not reach back to it (or a rebuild came
-    /// since). Empty when it is up to date. Never a message at or below
-    /// `held`.
-    pub fn catch_up(&self, held: u64) -> (Vec<Bytes>, u64) {
+    /// This run's epoch (see [`Snapshot::epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.hub.epoch
+    }
+
+    /// What a gateway holding `held` (`None`: nothing of this epoch) needs
+    /// next, as frames to send in order, and the version they bring it to:
+    /// the ring's messages after `held`, or a snapshot of the table now
+    /// when the ring does not reach back to it (or a rebuild came since).
+    /// Empty when it is up to date. Never a message at or below `held`.
+    pub fn catch_up(&self, held: Option<u64>) -> (Vec<Bytes>, u64) {
         let state = self.hub.lock_state();
-        let newest = state.ring.back().map(|e| e.message.version());
         let current = self.hub.routes.current();
+        let snapshot = |state: std::sync::MutexGuard<'_, State>| {
+            let snapshot = Message::Snapshot(Arc::new(Snapshot::of(
+                self.hub.epoch,
+                &current,
+                Arc::clone(&state.keys),
+            )));
+            drop(state);
+            (vec![frame(&snapshot)], current.version())
+        };
+        let Some(held) = held else {
+            return snapshot(state);
+        };
+        let newest = state.ring.back().map(|e| e.message.version());
         if newest.is_none_or(|v| v <= held) && current.version() <= held {
             return (Vec::new(), held);
         }
@@ -273,12 +296,7 @@ impl Gateways {
                 }
             }
         }
-        let snapshot = Message::Snapshot(Arc::new(Snapshot::of(
-            &current,
-            Arc::clone(&state.keys),
-        )));
-        drop(state);
-        (vec![frame(&snapshot)], current.version())
+        snapshot(state)
     }
 
     /// A gateway's stream opened.
@@ -315,7 +333,10 @@ impl Gateways {
     pub fn ack(&self, name: &str, version: u64) {
         let now = self.hub.clock.now_ms();
         if let Some(r) = self.hub.lock_remotes().get_mut(name) {
-            r.version = r.version.max(version);
+            // In order: one gateway's acks come one after another. Not the
+            // highest ever seen: after a restart of this control plane a
+            // gateway's versions start again lower.
+            r.version = version;
             r.last_seen_ms = now;
         }
         self.hub.acked.notify_waiters();
@@ -410,6 +431,19 @@ impl Gateways {
     }
 }
 
+/// A random epoch, never 0 (what a gateway holding nothing sends).
+fn new_epoch() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    // Without randomness, the start time still differs between runs.
+    let r = u64::from_le_bytes(b)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    r.max(1)
+}
+
 impl Hub {
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -426,7 +460,11 @@ impl Hub {
         let message = match change {
             TableChange::Rebuilt => {
                 state.keys_dirty = false;
-                Message::Snapshot(Arc::new(Snapshot::of(next, Arc::clone(&state.keys))))
+                Message::Snapshot(Arc::new(Snapshot::of(
+                    self.epoch,
+                    next,
+                    Arc::clone(&state.keys),
+                )))
             }
             TableChange::Changed {
                 upserted,
@@ -451,7 +489,11 @@ impl Hub {
             if let Err(e) = f.apply(&message) {
                 // Cannot happen (it follows nothing else); a snapshot mends it.
                 tracing::error!(error = %e, "in-process gateway refused a change; sending the whole table");
-                let whole = Message::Snapshot(Arc::new(Snapshot::of(next, Arc::clone(&state.keys))));
+                let whole = Message::Snapshot(Arc::new(Snapshot::of(
+                    self.epoch,
+                    next,
+                    Arc::clone(&state.keys),
+                )));
                 if let Err(e) = f.apply(&whole) {
                     tracing::error!(error = %e, "in-process gateway refused the table");
                 }

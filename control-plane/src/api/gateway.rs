@@ -97,6 +97,10 @@ pub struct StreamQuery {
     /// The table version the gateway holds (0: none).
     #[serde(default)]
     pub version: u64,
+    /// The epoch of that version (from its last snapshot): a version of
+    /// another epoch, or none, gets a snapshot.
+    #[serde(default)]
+    pub epoch: u64,
     /// Which of the gateways sharing a token this is (its host name).
     #[serde(default)]
     pub instance: String,
@@ -122,7 +126,12 @@ pub async fn stream(
     let caller = gateway_caller(&cp, &headers, peer.ip(), Some(&q.instance)).await?;
     let gateways = cp.gateways().clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    gateways.connected(&caller.name, peer.to_string(), q.version);
+    let same_epoch = q.epoch == gateways.epoch() && q.version > 0;
+    gateways.connected(
+        &caller.name,
+        peer.to_string(),
+        if same_epoch { q.version } else { 0 },
+    );
     let name = caller.name;
     tokio::spawn(async move {
         struct Gone(crate::gateways::Gateways, String);
@@ -134,7 +143,7 @@ pub async fn stream(
         let _gone = Gone(gateways.clone(), name);
         let mut news = gateways.subscribe();
         let mut closing = gateways.closing();
-        let mut held = q.version;
+        let mut held = same_epoch.then_some(q.version);
         if *closing.borrow_and_update() {
             return;
         }
@@ -146,11 +155,12 @@ pub async fn stream(
                     return;
                 }
             }
-            held = to;
+            held = Some(to);
             tokio::select! {
                 changed = news.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(HEARTBEAT) => {
-                    if tx.send(frame(&Message::Heartbeat { version: held })).await.is_err() {
+                    let version = held.unwrap_or_default();
+                    if tx.send(frame(&Message::Heartbeat { version })).await.is_err() {
                         return;
                     }
                 }

@@ -664,6 +664,19 @@ async fn control_plane_killed_under_load_gateways_keep_serving_then_resync() {
         )
         .await;
     assert_eq!(s, 201, "{v}");
+    // Versions the restarted control plane will not reach by itself: it
+    // numbers its table afresh (static routes, then the stored sessions),
+    // so the gateways must not take its versions for the ones they hold.
+    for n in 0..3 {
+        let (s, v) =
+            c.cp.api(
+                "PATCH",
+                "/api/v1/sessions/app",
+                Some(json!({"labels": {"round": n.to_string()}})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
 
     // Clients loop on both gateways, each request on a fresh connection;
     // the control plane is killed halfway through.

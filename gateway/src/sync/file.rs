@@ -97,6 +97,7 @@ mod tests {
         let path = dir.join(TABLE_FILE);
         assert!(load(&path).unwrap().is_none());
         let snapshot = Arc::new(Snapshot {
+            epoch: 3,
             version: 9,
             settings: TableSettings::default(),
             routes: vec![test_spec("a")],

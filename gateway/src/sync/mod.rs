@@ -51,6 +51,11 @@ impl Message {
 /// A whole table: its version, settings, every route, and the keys.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
+    /// Which run of the control plane numbered the versions: a control
+    /// plane that restarts numbers them afresh, so a version means
+    /// something only with its epoch. A gateway resumes with deltas only
+    /// within the epoch it holds; across epochs it gets a snapshot.
+    pub epoch: u64,
     pub version: u64,
     pub settings: TableSettings,
     pub routes: Vec<RouteSpec>,
@@ -58,11 +63,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The snapshot of `table` with `keys`.
-    pub fn of(table: &RouteTable, keys: Arc<KeyRing>) -> Snapshot {
+    /// The snapshot of `table` with `keys`, in `epoch`.
+    pub fn of(epoch: u64, table: &RouteTable, keys: Arc<KeyRing>) -> Snapshot {
         let mut routes: Vec<RouteSpec> = table.routes().iter().map(|r| r.spec.clone()).collect();
         routes.sort_by(|a, b| a.id.cmp(&b.id));
         Snapshot {
+            epoch,
             version: table.version(),
             settings: table.settings().clone(),
             routes,
@@ -104,6 +110,8 @@ pub struct Follower {
     /// Set once a table is loaded, from a file or a message: until then the
     /// gateway answers 503 (it would answer 404 for every session).
     ready: Arc<AtomicBool>,
+    /// The epoch of the last snapshot applied (0: none).
+    epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Follower {
@@ -114,6 +122,7 @@ impl Follower {
             routes: RouteHandle::new(),
             keys: KeyHandle::new(keys),
             ready: Arc::new(AtomicBool::new(false)),
+            epoch: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
     }
 
@@ -137,6 +146,11 @@ impl Follower {
         Arc::clone(&self.ready)
     }
 
+    /// The epoch of the versions it holds (0: none yet).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// The version it holds (0: none yet).
     pub fn version(&self) -> u64 {
         self.routes.load().version()
@@ -157,6 +171,7 @@ impl Follower {
                     self.routes
                         .replace(s.version, &s.settings, s.routes.clone())?;
                 self.keys.store_shared(Arc::clone(&s.keys));
+                self.epoch.store(s.epoch, Ordering::Release);
                 let mut closed = 0;
                 for old in previous.routes().iter() {
                     closed += match next.route(&old.id) {
@@ -246,6 +261,7 @@ mod tests {
 
     fn snapshot(version: u64, routes: Vec<RouteSpec>) -> Message {
         Message::Snapshot(Arc::new(Snapshot {
+            epoch: 1,
             version,
             settings: settings(),
             routes,

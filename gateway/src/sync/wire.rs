@@ -32,6 +32,8 @@ pub enum WireError {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum WireMessage {
     Snapshot {
+        #[serde(default)]
+        epoch: u64,
         version: u64,
         settings: WireSettings,
         /// Member lists, each once: routes name them by index.
@@ -320,6 +322,7 @@ pub fn encode(message: &Message) -> Vec<u8> {
         Message::Snapshot(s) => {
             let routes = s.routes.iter().map(|r| route_out(r, &mut groups)).collect();
             WireMessage::Snapshot {
+                epoch: s.epoch,
                 version: s.version,
                 settings: settings_out(&s.settings),
                 groups: groups.lists,
@@ -349,6 +352,7 @@ pub fn encode(message: &Message) -> Vec<u8> {
 pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
     Ok(match serde_json::from_slice::<WireMessage>(frame)? {
         WireMessage::Snapshot {
+            epoch,
             version,
             settings,
             groups,
@@ -357,6 +361,7 @@ pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
         } => {
             let groups = members_in(groups);
             Message::Snapshot(Arc::new(Snapshot {
+                epoch,
                 version,
                 settings: settings_in(settings),
                 routes: routes
@@ -432,6 +437,7 @@ mod tests {
         let link = RouteSpec::new("l", RouteTarget::Redirect("https://example.org/x".into()))
             .slug("/l");
         let msg = Message::Snapshot(Arc::new(Snapshot {
+            epoch: 7,
             version: 42,
             settings: TableSettings {
                 base_domains: vec!["localhost".into()],
@@ -446,7 +452,7 @@ mod tests {
         let Message::Snapshot(back) = decode(&bytes).unwrap() else {
             panic!("not a snapshot")
         };
-        assert_eq!(back.version, 42);
+        assert_eq!((back.epoch, back.version), (7, 42));
         assert_eq!(back.settings.portal_host.as_deref(), Some("portal.localhost"));
         assert_eq!(back.routes.len(), 3);
         let a = &back.routes[0];
