@@ -79,6 +79,74 @@ fn shipped_example_configs_are_valid() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!c.routes.is_empty(), "{name} shows no route");
     }
+    // The split mode's files: a control plane's, and a gateway's that
+    // names the control plane it follows.
+    for (name, text) in [
+        (
+            "deploy/control-plane.example.toml",
+            include_str!("../../../deploy/control-plane.example.toml"),
+        ),
+        (
+            "deploy/gateway.example.toml",
+            include_str!("../../../deploy/gateway.example.toml"),
+        ),
+    ] {
+        Config::from_toml(text, Some(Path::new(name)), env(&[]))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let gw = Config::from_toml(
+        include_str!("../../../deploy/gateway.example.toml"),
+        None,
+        env(&[]),
+    )
+    .unwrap();
+    assert!(gw.gateway.control_plane_url.starts_with("http://"));
+}
+
+#[test]
+fn the_gateway_token_is_not_a_configuration_key_and_gateway_only_keys_are_named() {
+    let c = Config::from_toml(
+        "",
+        None,
+        env(&[("SESSIONGATE_GATEWAY_TOKEN", "secret-secret-secret")]),
+    )
+    .expect("SESSIONGATE_GATEWAY_TOKEN is the gateway's credential, not gateway.token");
+    assert_eq!(c.control_plane.gateway_ack_timeout_ms, 1000);
+    assert_eq!(c.gateway.admin_listen.port(), 9091);
+    let err = Config::from_toml(
+        "[control_plane]\ngateway_ack_timeout_ms = 600000\n",
+        None,
+        env(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("gateway_ack_timeout_ms"), "{err}");
+    let err = Config::from_toml("[gateway]\ncontrol_plane_url = \"cp:9090\"\n", None, env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gateway.control_plane_url"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("sg-ignored-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cp.toml");
+    std::fs::write(
+        &file,
+        "[gateway]\nhttp_listen = \"127.0.0.1:1\"\nbase_domains = [\"example.test\"]\n",
+    )
+    .unwrap();
+    let keys = super::ignored_gateway_keys(
+        Some(&file),
+        env(&[
+            ("SESSIONGATE_GATEWAY_ADMIN_LISTEN", "127.0.0.1:2"),
+            ("SESSIONGATE_GATEWAY_BASE_DOMAINS", "x.test"),
+        ]),
+    );
+    assert_eq!(
+        keys,
+        vec!["gateway.http_listen", "SESSIONGATE_GATEWAY_ADMIN_LISTEN"],
+        "base_domains is the control plane's too"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
