@@ -549,11 +549,10 @@ impl Config {
         gateway::headers::TrustedProxies::parse(&g.trusted_proxies)
             .map_err(|e| invalid("gateway.trusted_proxies", e.to_string()))?;
         let url = g.control_plane_url.trim();
-        if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(invalid(
-                "gateway.control_plane_url",
-                format!("{url:?} is not an http:// or https:// URL"),
-            ));
+        if !url.is_empty() {
+            // The same URLs `ctl --server` takes.
+            crate::ctl::client::base_url(url)
+                .map_err(|e| invalid("gateway.control_plane_url", e.to_string()))?;
         }
         let ack = self.control_plane.gateway_ack_timeout_ms;
         if ack > 60_000 {

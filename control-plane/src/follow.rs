@@ -83,11 +83,16 @@ impl Upstream {
     }
 
     /// POSTs `body` (JSON) to `path`; the status, or why there is none.
-    async fn post(&self, path: &str, body: &impl serde::Serialize) -> Result<(StatusCode, Bytes), String> {
+    async fn post(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<(StatusCode, Bytes), String> {
         let json = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         let resp = tokio::time::timeout(
             Duration::from_secs(10),
-            self.client.request(self.request(Method::POST, path, Some(json))),
+            self.client
+                .request(self.request(Method::POST, path, Some(json))),
         )
         .await
         .map_err(|_| "no answer within 10 s".to_string())?
@@ -131,10 +136,16 @@ pub async fn run(
                 path = %table_path.display(),
                 "route table loaded from file"
             ),
-            Err(e) => tracing::warn!(path = %table_path.display(), error = %e, "table file not usable; waiting for the control plane"),
+            Err(e) => {
+                tracing::warn!(path = %table_path.display(), error = %e, "table file not usable; waiting for the control plane")
+            }
         },
-        Ok(None) => tracing::info!(path = %table_path.display(), "no table file yet; waiting for the control plane"),
-        Err(e) => tracing::warn!(error = %e, "table file not usable; waiting for the control plane"),
+        Ok(None) => {
+            tracing::info!(path = %table_path.display(), "no table file yet; waiting for the control plane")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "table file not usable; waiting for the control plane")
+        }
     }
 
     let mut connector = HttpConnector::new();
@@ -273,7 +284,10 @@ async fn follow(
                 step = BACKOFF_FIRST;
                 REFUSED_WAIT
             }
-            Followed::Lost { after_frames, reason } => {
+            Followed::Lost {
+                after_frames,
+                reason,
+            } => {
                 if after_frames {
                     step = BACKOFF_FIRST;
                     warned = None;
@@ -341,7 +355,12 @@ async fn follow_once(
     };
     let status = resp.status();
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         return Followed::Refused(status, String::from_utf8_lossy(&body).trim().to_string());
     }
     if !status.is_success() {
@@ -353,10 +372,7 @@ async fn follow_once(
             Err(e) => Some(Err(std::io::Error::other(e))),
         }
     });
-    let mut frames = FramedRead::new(
-        StreamReader::new(Box::pin(bytes)),
-        crate::gateways::codec(),
-    );
+    let mut frames = FramedRead::new(StreamReader::new(Box::pin(bytes)), crate::gateways::codec());
     connected.store(true, std::sync::atomic::Ordering::Release);
     let mut any = false;
     loop {
@@ -391,7 +407,11 @@ async fn follow_once(
 
 /// Acknowledges each applied version (the latest, when several come close
 /// together).
-async fn send_acks(up: Upstream, mut applied: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
+async fn send_acks(
+    up: Upstream,
+    mut applied: watch::Receiver<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             r = applied.changed() => if r.is_err() { return },
@@ -563,8 +583,10 @@ impl Activator for RemoteActivator {
             match status {
                 StatusCode::OK => serde_json::from_slice::<Activation>(&body)
                     .map_err(|e| unavailable(e.to_string())),
-                StatusCode::UNPROCESSABLE_ENTITY => Err(serde_json::from_slice::<ActivationError>(&body)
-                    .unwrap_or_else(|e| unavailable(e.to_string()))),
+                StatusCode::UNPROCESSABLE_ENTITY => {
+                    Err(serde_json::from_slice::<ActivationError>(&body)
+                        .unwrap_or_else(|e| unavailable(e.to_string())))
+                }
                 s => Err(unavailable(format!("the control plane answered {s}"))),
             }
         })

@@ -196,7 +196,10 @@ impl Gateways {
         }
         *hub.collectors.lock().unwrap_or_else(|e| e.into_inner()) =
             hub.local.iter().map(|_| ActivityCollector::new()).collect();
-        if routes.observe(Arc::new(Observer(Arc::downgrade(&hub)))).is_err() {
+        if routes
+            .observe(Arc::new(Observer(Arc::downgrade(&hub))))
+            .is_err()
+        {
             tracing::error!("the route table already has an observer: gateways will not follow it");
         }
         Gateways { hub }
@@ -283,10 +286,7 @@ impl Gateways {
             return (Vec::new(), held);
         }
         // The first message after `held` must apply on it.
-        let start = state
-            .ring
-            .iter()
-            .position(|e| e.message.version() > held);
+        let start = state.ring.iter().position(|e| e.message.version() > held);
         if let Some(i) = start {
             if let Message::Delta(d) = &state.ring[i].message {
                 if d.base == held {
@@ -362,7 +362,11 @@ impl Gateways {
     /// proxies touched) into the control plane's table: for `serve`, read
     /// directly, as a remote gateway's report would bring it.
     pub fn collect_local(&self) {
-        let mut collectors = self.hub.collectors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut collectors = self
+            .hub
+            .collectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let table = self.hub.routes.load();
         for (f, c) in self.hub.local.iter().zip(collectors.iter_mut()) {
             for (id, ms) in c.collect(&f.routes().load()) {
@@ -417,7 +421,10 @@ impl Gateways {
             .lock_remotes()
             .iter()
             .map(|(key, r)| GatewayView {
-                name: key.split_once('/').map_or(key.as_str(), |(n, _)| n).to_string(),
+                name: key
+                    .split_once('/')
+                    .map_or(key.as_str(), |(n, _)| n)
+                    .to_string(),
                 instance: key.split_once('/').map_or("", |(_, i)| i).to_string(),
                 address: r.address.clone(),
                 version: r.version,
@@ -509,5 +516,162 @@ impl Hub {
         }
         drop(state);
         self.news.send_replace(version);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use gateway::access::SigningKey;
+    use gateway::{RouteChange, RouteSpec, RouteTarget, TableSettings, Upstream};
+
+    fn keys() -> Arc<KeyRing> {
+        Arc::new(KeyRing::new(SigningKey::new("k1", &[3; 32]).unwrap(), None))
+    }
+
+    fn spec(id: &str) -> RouteSpec {
+        let upstream = Upstream::parse("http://127.0.0.1:1").unwrap();
+        RouteSpec::new(id, RouteTarget::Upstream(upstream)).label(id)
+    }
+
+    fn hub(local: Vec<Follower>) -> (RouteHandle, Gateways) {
+        let routes = RouteHandle::new();
+        let settings = TableSettings {
+            base_domains: vec!["localhost".into()],
+            portal_host: None,
+        };
+        routes.publish(&settings, vec![spec("static")]).unwrap();
+        let g = Gateways::follow(
+            routes.clone(),
+            keys(),
+            local,
+            Arc::new(crate::clock::SystemClock),
+        );
+        (routes, g)
+    }
+
+    /// The messages in `frames` (each a 4-byte length, then JSON).
+    fn messages(frames: &[Bytes]) -> Vec<Message> {
+        frames
+            .iter()
+            .map(|f| {
+                assert_eq!(
+                    u32::from_be_bytes(f[..4].try_into().unwrap()) as usize,
+                    f.len() - 4
+                );
+                wire::decode(&f[4..]).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gateway_resumes_from_the_ring_or_gets_a_snapshot() {
+        let (routes, g) = hub(Vec::new());
+        let v1 = routes.load().version();
+        for id in ["a", "b", "c"] {
+            routes
+                .apply(None, vec![RouteChange::Upsert(spec(id))])
+                .unwrap();
+        }
+        let now = routes.load().version();
+
+        let (frames, to) = g.catch_up(Some(v1));
+        assert_eq!(to, now);
+        let got = messages(&frames);
+        assert_eq!(got.len(), 3);
+        let mut base = v1;
+        for m in &got {
+            let Message::Delta(d) = m else {
+                panic!("a delta, not {m:?}")
+            };
+            assert_eq!(d.base, base, "each delta applies on the one before");
+            base = d.version;
+        }
+        assert!(g.catch_up(Some(now)).0.is_empty(), "up to date: nothing");
+
+        // No version of this epoch: the whole table.
+        let (frames, to) = g.catch_up(None);
+        let [Message::Snapshot(s)] = &messages(&frames)[..] else {
+            panic!("one snapshot")
+        };
+        assert_eq!((s.version, s.epoch, to), (now, g.epoch(), now));
+        assert_eq!(s.routes.len(), 4);
+
+        // The ring no longer reaches back to v1.
+        for _ in 0..RING {
+            routes.apply(None, Vec::new()).unwrap();
+        }
+        let (frames, _) = g.catch_up(Some(v1));
+        assert!(matches!(&messages(&frames)[..], [Message::Snapshot(_)]));
+    }
+
+    #[test]
+    fn gateways_in_this_process_apply_each_version_before_the_writer_returns() {
+        let f = Follower::new(KeyRing::throwaway());
+        let (routes, g) = hub(vec![f.clone()]);
+        assert!(f.is_ready());
+        assert_eq!(f.keys().load().current_id(), "k1");
+        routes
+            .apply(None, vec![RouteChange::Upsert(spec("a"))])
+            .unwrap();
+        assert_eq!(f.version(), routes.load().version());
+        assert!(f.routes().load().route("a").is_some());
+        routes
+            .apply(None, vec![RouteChange::Remove("a".into())])
+            .unwrap();
+        assert!(f.routes().load().route("a").is_none());
+
+        // A rotation is a version of its own, and carries the keys.
+        let before = routes.load().version();
+        g.rotate_keys(Arc::new(KeyRing::new(
+            SigningKey::new("k2", &[4; 32]).unwrap(),
+            None,
+        )));
+        assert_eq!(routes.load().version(), before + 1);
+        assert_eq!(f.keys().load().current_id(), "k2");
+        assert_eq!(f.version(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_waits_for_connected_gateways_and_names_those_behind() {
+        let (routes, g) = hub(Vec::new());
+        let v = routes.load().version();
+        g.connected("gw1/a", "127.0.0.1:1".into(), 0);
+        g.connected("gw2/b", "127.0.0.1:2".into(), 0);
+        assert!(g.any_remote());
+        g.ack("gw1/a", v);
+        let behind = g.wait_for(v, Duration::from_millis(20)).await;
+        assert_eq!(behind, vec!["gw2/b".to_string()]);
+        // An ack while waiting ends the wait.
+        let waiting = {
+            let g = g.clone();
+            tokio::spawn(async move { g.wait_for(v, Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        g.ack("gw2/b", v);
+        assert!(waiting.await.unwrap().is_empty());
+        // A gateway that is gone is not waited for.
+        g.disconnected("gw2/b");
+        assert!(g.wait_for(v + 5, Duration::from_millis(1)).await == vec!["gw1/a".to_string()]);
+        let listed = g.list();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(
+            (listed[1].name.as_str(), listed[1].instance.as_str()),
+            ("gw2", "b")
+        );
+        assert!(!listed[1].connected);
+    }
+
+    #[test]
+    fn activity_reports_keep_the_latest_time_and_never_a_future_one() {
+        let (routes, g) = hub(Vec::new());
+        let now = crate::clock::SystemClock.now_ms();
+        g.activity("gw1", &[("static".into(), now - 5_000)]);
+        g.activity("gw2", &[("static".into(), now - 9_000), ("nope".into(), 1)]);
+        let state = Arc::clone(&routes.load().route("static").unwrap().state);
+        assert_eq!(state.last_activity_ms(), Some(now - 5_000));
+        g.activity("gw3", &[("static".into(), now + 3_600_000)]);
+        assert!(state.last_activity_ms().unwrap() <= crate::clock::SystemClock.now_ms());
     }
 }

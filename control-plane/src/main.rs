@@ -161,7 +161,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(cfg.log.format);
-            for key in control_plane::config::ignored_gateway_keys(config.as_deref(), std::env::vars()) {
+            for key in
+                control_plane::config::ignored_gateway_keys(config.as_deref(), std::env::vars())
+            {
                 tracing::warn!(key = %key, "ignored by sessiongate control-plane: only a gateway reads it");
             }
             let run = |cfg: Config| async move {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use gateway::access::{AccessConfig, ActivationFuture, ActivationRequest, Activator};
 use gateway::body::ProxyBody;
-use gateway::upstream::UpstreamTls;
 use gateway::sync::Follower;
+use gateway::upstream::UpstreamTls;
 use gateway::{HostCoverage, PortalService, Proxy, RouteHandle, TlsListener, UpstreamClient};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -412,7 +412,9 @@ pub(crate) struct GatewayListeners {
 
 /// Binds the gateway's HTTP (and HTTPS) listeners and prepares the
 /// certificates and upstream TLS, as the configuration says.
-pub(crate) async fn bind_gateway_listeners(config: &Config) -> Result<GatewayListeners, ServeError> {
+pub(crate) async fn bind_gateway_listeners(
+    config: &Config,
+) -> Result<GatewayListeners, ServeError> {
     // Re-encryption to https upstreams: checked now, so that a bad CA
     // bundle stops start-up with its file named.
     let ca = config.tls.upstream_ca_file.trim();
@@ -517,14 +519,14 @@ pub(crate) fn spawn_gateway(
             tls.resolver.clone(),
             interval,
         ));
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(certs::server_config(
-            tls.resolver.clone(),
-        )));
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(Arc::new(certs::server_config(tls.resolver.clone())));
         let coverage = Arc::new(Coverage {
             resolver: tls.resolver.clone(),
             metrics: parts.tls_metrics.clone(),
         });
-        let https_proxy = build(Proxy::new(parts.routes.clone(), upstream, "https").with_tls(coverage));
+        let https_proxy =
+            build(Proxy::new(parts.routes.clone(), upstream, "https").with_tls(coverage));
         let stop = stopped(stop.clone());
         let server_config = config.server_config();
         if let Some(a) = https_addr {

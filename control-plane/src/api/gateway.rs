@@ -250,7 +250,10 @@ pub async fn activity(
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid",
-            format!("routes: {} in one report, at most {MAX_REPORT}", r.routes.len()),
+            format!(
+                "routes: {} in one report, at most {MAX_REPORT}",
+                r.routes.len()
+            ),
         ));
     }
     cp.gateways().activity(&caller.name, &r.routes);

@@ -121,9 +121,13 @@ fn the_gateway_token_is_not_a_configuration_key_and_gateway_only_keys_are_named(
     .unwrap_err()
     .to_string();
     assert!(err.contains("gateway_ack_timeout_ms"), "{err}");
-    let err = Config::from_toml("[gateway]\ncontrol_plane_url = \"cp:9090\"\n", None, env(&[]))
-        .unwrap_err()
-        .to_string();
+    let err = Config::from_toml(
+        "[gateway]\ncontrol_plane_url = \"cp:9090\"\n",
+        None,
+        env(&[]),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("gateway.control_plane_url"), "{err}");
 
     let dir = std::env::temp_dir().join(format!("sg-ignored-keys-{}", std::process::id()));

@@ -295,8 +295,14 @@ mod tests {
             }))
         };
         let err = f.apply(&delta(6, 8)).unwrap_err();
-        assert!(matches!(err, FollowError::OutOfOrder { base: 6, held: 7 }), "{err}");
-        assert!(f.routes().load().route("a").is_some(), "a refused delta changes nothing");
+        assert!(
+            matches!(err, FollowError::OutOfOrder { base: 6, held: 7 }),
+            "{err}"
+        );
+        assert!(
+            f.routes().load().route("a").is_some(),
+            "a refused delta changes nothing"
+        );
         assert_eq!(f.apply(&delta(7, 9)).unwrap().version, 9);
         let table = f.routes().load();
         assert!(table.route("a").is_none());
@@ -307,7 +313,8 @@ mod tests {
     #[test]
     fn a_snapshot_keeps_the_state_of_routes_it_keeps() {
         let f = Follower::new(ring("boot"));
-        f.apply(&snapshot(1, vec![spec("a", 1), spec("b", 1)])).unwrap();
+        f.apply(&snapshot(1, vec![spec("a", 1), spec("b", 1)]))
+            .unwrap();
         let state = Arc::clone(&f.routes().load().route("a").unwrap().state);
         f.apply(&snapshot(5, vec![spec("a", 2)])).unwrap();
         let table = f.routes().load();

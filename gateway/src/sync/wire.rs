@@ -331,7 +331,11 @@ pub fn encode(message: &Message) -> Vec<u8> {
             }
         }
         Message::Delta(d) => {
-            let upserts = d.upserts.iter().map(|r| route_out(r, &mut groups)).collect();
+            let upserts = d
+                .upserts
+                .iter()
+                .map(|r| route_out(r, &mut groups))
+                .collect();
             WireMessage::Delta {
                 base: d.base,
                 version: d.version,
@@ -434,8 +438,8 @@ mod tests {
             ));
             s
         };
-        let link = RouteSpec::new("l", RouteTarget::Redirect("https://example.org/x".into()))
-            .slug("/l");
+        let link =
+            RouteSpec::new("l", RouteTarget::Redirect("https://example.org/x".into())).slug("/l");
         let msg = Message::Snapshot(Arc::new(Snapshot {
             epoch: 7,
             version: 42,
@@ -453,7 +457,10 @@ mod tests {
             panic!("not a snapshot")
         };
         assert_eq!((back.epoch, back.version), (7, 42));
-        assert_eq!(back.settings.portal_host.as_deref(), Some("portal.localhost"));
+        assert_eq!(
+            back.settings.portal_host.as_deref(),
+            Some("portal.localhost")
+        );
         assert_eq!(back.routes.len(), 3);
         let a = &back.routes[0];
         assert_eq!(a.target.to_string(), "http://[::1]:8888");
@@ -463,9 +470,15 @@ mod tests {
             a.request_headers.as_ref().unwrap().headers()[0].0.as_str(),
             "x-workshop-param-a"
         );
-        assert_eq!(back.routes[2].target, RouteTarget::Redirect("https://example.org/x".into()));
+        assert_eq!(
+            back.routes[2].target,
+            RouteTarget::Redirect("https://example.org/x".into())
+        );
         assert_eq!(back.keys.current_id(), "k2");
-        assert_eq!(back.keys.previous().map(|(k, u)| (k.id(), u)), Some(("k1", 1234)));
+        assert_eq!(
+            back.keys.previous().map(|(k, u)| (k.id(), u)),
+            Some(("k1", 1234))
+        );
         assert_eq!(back.keys.current().secret(), &[9; 32]);
     }
 
