@@ -71,7 +71,7 @@ pub fn frame(message: &Message) -> Bytes {
 }
 
 /// A remote gateway as the control plane last saw it.
-#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct GatewayView {
     /// Its token's name.
     pub name: String,

@@ -307,7 +307,7 @@ pub async fn activate(
 }
 
 /// Every gateway that followed this control plane since it started.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GatewaysView {
     /// The control plane's table version.
     pub version: u64,

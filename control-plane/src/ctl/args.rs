@@ -78,6 +78,9 @@ pub enum CtlCommand {
     Environments(EnvironmentsCommand),
     /// Show the route table the gateway holds.
     Routes,
+    /// Show the gateways that follow this control plane: the version each
+    /// holds, how far it lags, when it was last heard from.
+    Gateways,
     /// Rotate the key that signs browser cookies (the previous one keeps
     /// verifying for access.key_grace_secs).
     RotateKeys,

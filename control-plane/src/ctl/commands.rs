@@ -20,6 +20,7 @@ use super::CtlError;
 use crate::access::{AccessLink, AccessRequest, KeyRotation};
 use crate::api::directory::TokenInfo;
 use crate::api::directory::{CreatedToken, MemberBody, MembersBody, NewToken};
+use crate::api::gateway::GatewaysView;
 use crate::api::routes::RoutesView;
 use crate::api::sessions::{BulkAction, BulkRequest, BulkResponse, ExtendBody, GroupsBody, Page};
 use crate::auth::TokenKind;
@@ -46,6 +47,10 @@ pub(super) async fn execute(
         CtlCommand::Tokens(c) => tokens(api, c, output, out).await,
         CtlCommand::Environments(c) => environments(api, c, output, out).await,
         CtlCommand::Routes => routes(api, output, out).await,
+        CtlCommand::Gateways => {
+            let reply = api.get::<GatewaysView>("/api/v1/gateways").await?;
+            emit(out, output, &reply, render::gateways_table)
+        }
         CtlCommand::RotateKeys => rotate_keys(api, output, out).await,
     }
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::access::{AccessLink, KeyRotation};
 use crate::api::directory::CreatedToken;
 use crate::api::directory::TokenInfo;
+use crate::api::gateway::GatewaysView;
 use crate::api::routes::RoutesView;
 use crate::api::sessions::{BulkResponse, Page};
 use crate::session::lifecycle::SessionState;
@@ -404,6 +405,46 @@ pub(super) fn routes_table(v: &RoutesView, out: &mut String) {
             "FLAGS",
             "LAST ACTIVITY",
             "UPGRADED",
+        ],
+        &rows,
+        out,
+    );
+}
+
+pub(super) fn gateways_table(v: &GatewaysView, out: &mut String) {
+    let connected = v.gateways.iter().filter(|g| g.connected).count();
+    let _ = writeln!(
+        out,
+        "route table version {}, {} gateways connected",
+        v.version, connected
+    );
+    if v.gateways.is_empty() {
+        return;
+    }
+    let rows: Vec<Vec<String>> = v
+        .gateways
+        .iter()
+        .map(|g| {
+            vec![
+                g.name.clone(),
+                g.instance.clone(),
+                g.address.clone(),
+                g.version.to_string(),
+                g.lag.to_string(),
+                g.last_seen.clone(),
+                if g.connected { "yes" } else { "no" }.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "INSTANCE",
+            "ADDRESS",
+            "VERSION",
+            "LAG",
+            "LAST SEEN",
+            "CONNECTED",
         ],
         &rows,
         out,
@@ -846,6 +887,43 @@ mod tests {
         ];
         for (got, want) in cases {
             assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn gateways_show_where_each_stands() {
+        let view = GatewaysView {
+            version: 12,
+            gateways: vec![
+                crate::gateways::GatewayView {
+                    name: "gw1".into(),
+                    instance: "edge-a-7".into(),
+                    address: "10.0.0.5:41000".into(),
+                    version: 12,
+                    lag: 0,
+                    last_seen: "2026-12-05T03:00:00.000Z".into(),
+                    connected: true,
+                },
+                crate::gateways::GatewayView {
+                    name: "gw2".into(),
+                    instance: "edge-b-9".into(),
+                    address: "10.0.0.6:41000".into(),
+                    version: 9,
+                    lag: 3,
+                    last_seen: "2026-12-05T02:59:00.000Z".into(),
+                    connected: false,
+                },
+            ],
+        };
+        let mut out = String::new();
+        gateways_table(&view, &mut out);
+        assert!(
+            out.starts_with("route table version 12, 1 gateways connected\n"),
+            "{out}"
+        );
+        let gw2 = out.lines().find(|l| l.starts_with("gw2")).unwrap();
+        for cell in ["edge-b-9", "10.0.0.6:41000", " 9 ", " 3 ", " no"] {
+            assert!(gw2.contains(cell), "{cell:?} in {gw2:?}");
         }
     }
 }
