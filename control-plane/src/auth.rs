@@ -172,32 +172,44 @@ pub fn bearer_token(header: &[u8]) -> Option<&str> {
 /// The tokens the API accepts, as hashes.
 #[derive(Clone, Debug, Default)]
 pub struct TokenSet {
-    entries: Vec<(String, TokenKind)>,
+    /// Hash, kind, and name (the admin token from the configuration has
+    /// none): a gateway is known by its token's name.
+    entries: Vec<(String, TokenKind, Option<std::sync::Arc<str>>)>,
 }
 
 impl TokenSet {
     pub fn new(admin_hash: String) -> Self {
         TokenSet {
-            entries: vec![(admin_hash, TokenKind::Admin)],
+            entries: vec![(admin_hash, TokenKind::Admin, None)],
         }
     }
 
     pub fn add(&mut self, hash: String, kind: TokenKind) {
-        self.entries.push((hash, kind));
+        self.entries.push((hash, kind, None));
+    }
+
+    /// A token made through the API, with its name.
+    pub fn add_named(&mut self, hash: String, kind: TokenKind, name: &str) {
+        self.entries.push((hash, kind, Some(name.into())));
     }
 
     pub fn remove(&mut self, hash: &str) {
-        self.entries.retain(|(h, _)| h != hash);
+        self.entries.retain(|(h, _, _)| h != hash);
     }
 
     /// What the presented token may do, if it is one of ours. Every entry is
     /// compared, so the time does not tell which one matched.
     pub fn check(&self, token: &str) -> Option<TokenKind> {
+        self.check_named(token).map(|(kind, _)| kind)
+    }
+
+    /// [`check`](Self::check), with the token's name.
+    pub fn check_named(&self, token: &str) -> Option<(TokenKind, Option<std::sync::Arc<str>>)> {
         let presented = hash_token(token);
         let mut found = None;
-        for (hash, kind) in &self.entries {
+        for (hash, kind, name) in &self.entries {
             if constant_time_eq(presented.as_bytes(), hash.as_bytes()) {
-                found = Some(*kind);
+                found = Some((*kind, name.clone()));
             }
         }
         found

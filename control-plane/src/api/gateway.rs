@@ -30,9 +30,11 @@ use crate::limits::Guessed;
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// The gateway a request comes from: its token's name and the instance
-/// it says it is (several replicas may share a token).
+/// it says it is (several replicas may share a token), and the token, so
+/// that a stream can end when the token is deleted.
 struct Caller {
     name: String,
+    token: String,
 }
 
 /// Checks a gateway's bearer token.
@@ -59,13 +61,15 @@ async fn gateway_caller(
         Some(TokenKind::Gateway) => {
             let name = cp
                 .gateway_token_name(token)
-                .await?
                 .ok_or_else(|| unauthorized("invalid bearer token"))?;
             let name = match instance.filter(|i| !i.is_empty()) {
                 Some(i) => format!("{name}/{i}"),
-                None => name,
+                None => name.to_string(),
             };
-            Ok(Caller { name })
+            Ok(Caller {
+                name,
+                token: token.to_string(),
+            })
         }
         Some(_) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -132,7 +136,8 @@ pub async fn stream(
         peer.to_string(),
         if same_epoch { q.version } else { 0 },
     );
-    let name = caller.name;
+    let (name, token) = (caller.name, caller.token);
+    let control = cp.clone();
     tokio::spawn(async move {
         struct Gone(crate::gateways::Gateways, String);
         impl Drop for Gone {
@@ -148,6 +153,12 @@ pub async fn stream(
             return;
         }
         loop {
+            // A deleted token ends its streams (at the next change or
+            // heartbeat); the gateway's reconnection is then refused.
+            if control.gateway_token_name(&token).is_none() {
+                tracing::warn!(gateway = %_gone.1, "gateway token deleted: closing its route stream");
+                return;
+            }
             news.borrow_and_update();
             let (frames, to) = gateways.catch_up(held);
             for f in frames {

@@ -187,7 +187,7 @@ impl ControlPlane {
         let mut tokens = TokenSet::new(settings.admin_token_hash);
         for t in store::tokens_list(&mut c).await? {
             if let Some(kind) = TokenKind::parse(&t.kind) {
-                tokens.add(t.hash, kind);
+                tokens.add_named(t.hash, kind, &t.name);
             }
         }
         let mut groups = GroupCache::new();

@@ -17,19 +17,14 @@ impl ControlPlane {
         self.tokens.load().check(token)
     }
 
-    /// The name of the gateway token `token`, if it is one: what its
-    /// gateway is listed as. Read from the store (a stream opens rarely).
-    pub async fn gateway_token_name(&self, token: &str) -> Result<Option<String>, ControlError> {
-        if self.check_token(token) != Some(TokenKind::Gateway) {
-            return Ok(None);
+    /// The name of the gateway token `token`, if it is one (and still
+    /// exists): what its gateway is listed as. No lock, no store: every ack
+    /// and activity report asks.
+    pub fn gateway_token_name(&self, token: &str) -> Option<Arc<str>> {
+        match self.tokens.load().check_named(token) {
+            Some((TokenKind::Gateway, name)) => name,
+            _ => None,
         }
-        let hash = auth::hash_token(token);
-        let mut c = self.store.conn().await?;
-        Ok(store::tokens_list(&mut c)
-            .await?
-            .into_iter()
-            .find(|t| t.hash == hash && t.kind == TokenKind::Gateway.as_str())
-            .map(|t| t.name))
     }
 
     /// Creates a token; the plain token is returned this once.
@@ -58,7 +53,7 @@ impl ControlPlane {
         }
         store::token_insert(&mut tx, &row).await?;
         let _lock = tx.commit().await?;
-        self.change_tokens(|set| set.add(row.hash.clone(), kind));
+        self.change_tokens(|set| set.add_named(row.hash.clone(), kind, name));
         tracing::info!(token = %name, kind = kind.as_str(), "api token created");
         Ok((row, token))
     }

@@ -985,3 +985,109 @@ async fn activity_through_gateway_2_keeps_an_idle_timeout_session_alive() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The stream as a client sees it, against `serve` in this process: a
+/// snapshot first, a delta per change, and the end of the stream once its
+/// gateway token is deleted.
+#[tokio::test]
+async fn the_route_stream_sends_a_snapshot_then_deltas_and_ends_when_its_token_is_deleted() {
+    use tokio::io::AsyncWriteExt;
+
+    let sg = testkit::server::InProcess::start(&temp_dir("gateways-stream"), "").await;
+    let (s, v) = sg
+        .api(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"name": "edge", "kind": "gateway"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+
+    let mut conn = tokio::net::TcpStream::connect(sg.api).await.unwrap();
+    conn.write_all(
+        format!(
+            "GET /api/v1/gateway/stream?version=0 HTTP/1.1\r\nHost: cp\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The raw response: a head, then chunks that carry length-delimited
+    // frames; read until the wanted text shows up (or the stream ends).
+    let mut raw = Vec::new();
+    assert!(read_until(&mut conn, &mut raw, "\"type\":\"snapshot\"").await);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("application/x-sessiongate-stream"), "{text}");
+    assert!(
+        text.contains("\"keys\""),
+        "the snapshot carries the keys: {text}"
+    );
+
+    let origin = Origin::named("app");
+    let (s, v) = sg
+        .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    // This client never acknowledges: the write waits for it, up to the
+    // ack timeout, then names it.
+    let answer = api_raw(
+        sg.api,
+        Some(&sg.token),
+        "POST",
+        "/api/v1/sessions",
+        Some(&testkit::server::public_session("lab", origin.addr.port())),
+    )
+    .await;
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    let version = answer
+        .header("sessiongate-table-version")
+        .unwrap_or_default();
+    let warning = answer.header("warning").unwrap_or_default();
+    assert!(
+        warning.starts_with("199 sessiongate")
+            && warning.contains(&format!("behind table version {version}: edge")),
+        "{warning:?}"
+    );
+    assert!(
+        read_until(&mut conn, &mut raw, "\"id\":\"session:lab\"").await,
+        "the delta of the create"
+    );
+    assert!(String::from_utf8_lossy(&raw).contains("\"type\":\"delta\""));
+
+    let (s, v) = sg.api("DELETE", "/api/v1/tokens/edge", None).await;
+    assert_eq!(s, 204, "{v}");
+    // The next change wakes the stream, which finds its token gone.
+    let (s, v) = sg.api("DELETE", "/api/v1/sessions/lab", None).await;
+    assert_eq!(s, 200, "{v}");
+    // The body's last chunk: the stream ended (the connection may stay).
+    assert!(
+        read_until(&mut conn, &mut raw, "\r\n0\r\n\r\n").await,
+        "the stream of a deleted token ends"
+    );
+    // And a new one is refused.
+    let (s, v) = api_request(sg.api, Some(&token), "GET", "/api/v1/gateway/stream", None)
+        .await
+        .unwrap();
+    assert_eq!(s, 401, "{v}");
+}
+
+/// Reads `conn` into `raw` until `want` shows up in it (false: the stream
+/// ended first); panics past the deadline, naming what it read.
+async fn read_until(conn: &mut tokio::net::TcpStream, raw: &mut Vec<u8>, want: &str) -> bool {
+    use tokio::io::AsyncReadExt;
+    let end = Instant::now() + DEADLINE;
+    while !String::from_utf8_lossy(raw).contains(want) {
+        let mut buf = [0u8; 65536];
+        let n = tokio::time::timeout_at(end.into(), conn.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {want:?} in {}", String::from_utf8_lossy(raw)))
+            .unwrap();
+        if n == 0 {
+            return false;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    true
+}
