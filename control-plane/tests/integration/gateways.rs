@@ -509,6 +509,8 @@ async fn evict_closes_a_websocket_held_through_gateway_2_within_1s() {
         took < WITHIN,
         "the WebSocket closed {took:?} after the evict was sent"
     );
+    // The figure, for the record (`--nocapture`).
+    eprintln!("evict → WebSocket through gateway 2 closed: {took:?}");
     let (s, v) = evict.await.unwrap().expect("the evict's answer");
     assert_eq!(s, 200, "{v}");
 
@@ -729,6 +731,11 @@ async fn control_plane_killed_under_load_gateways_keep_serving_then_resync() {
         failures.len(),
         &failures[..failures.len().min(5)]
     );
+    eprintln!(
+        "control plane killed under load: 0 failed, served after the kill: gateway 1 {}, gateway 2 {}",
+        served_after_kill[0].load(Ordering::Relaxed),
+        served_after_kill[1].load(Ordering::Relaxed)
+    );
     for (g, served) in served_after_kill.iter().enumerate() {
         assert!(
             served.load(Ordering::Relaxed) > 0,
@@ -767,6 +774,7 @@ async fn control_plane_killed_under_load_gateways_keep_serving_then_resync() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let took = listening.elapsed();
+    eprintln!("control plane back → both gateways in step: {took:?}");
     assert!(
         took < RESYNC_WITHIN,
         "the gateways held the control plane's version {took:?} after it was back: {listing}"
