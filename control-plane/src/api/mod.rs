@@ -431,7 +431,7 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Every answer to a write says which table version it produced
+/// Every answer to a successful write says which table version it produced
 /// (`Sessiongate-Table-Version`), and comes once every connected remote
 /// gateway has applied that version, or after
 /// `control_plane.gateway_ack_timeout_ms` with those that lag named in a
@@ -440,7 +440,8 @@ pub fn router(state: ApiState) -> Router {
 async fn table_version(State(cp): State<Control>, req: Request, next: Next) -> Response {
     let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let mut resp = next.run(req).await;
-    if !write {
+    // A refused write changed nothing: nothing to wait for.
+    if !write || !resp.status().is_success() {
         return resp;
     }
     let version = cp.routes().load().version();
