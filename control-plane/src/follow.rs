@@ -170,7 +170,7 @@ pub async fn run(
         })?;
     let admin_addr = admin.local_addr()?;
     let metrics = Arc::new(GatewayMetrics::new());
-    let tls_metrics = Metrics::new();
+    let tls_metrics = Metrics::for_gateway();
     let (stop_tx, stop_rx) = watch::channel(false);
     let parts = ProxyParts {
         routes: follower.routes().clone(),
@@ -198,6 +198,7 @@ pub async fn run(
         follower.clone(),
         metrics,
         tls_metrics,
+        tasks.certificates.clone(),
         connected.clone(),
         stop_rx.clone(),
     ));
@@ -511,6 +512,7 @@ async fn serve_admin(
     follower: Follower,
     metrics: Arc<GatewayMetrics>,
     tls_metrics: Metrics,
+    certificates: Option<Arc<certs::SniResolver>>,
     connected: Arc<std::sync::atomic::AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -543,7 +545,13 @@ async fn serve_admin(
                 let m = metrics.clone();
                 let t = tls_metrics.clone();
                 let c = connected.clone();
+                let certs = certificates.clone();
                 async move {
+                    if let Some(r) = &certs {
+                        t.set_certificates(
+                            r.certificates().into_iter().map(|c| (c.name, c.not_after)),
+                        );
+                    }
                     let table = f.routes().load();
                     let mut text = t.render();
                     m.render(&mut text);

@@ -25,6 +25,16 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// A gateway's own (`sessiongate gateway`): its TLS handshakes and
+    /// certificates, none of the control plane's series.
+    pub fn for_gateway() -> Self {
+        Self::build(true)
+    }
+
+    fn build(gateway_only: bool) -> Self {
         let registry = Registry::new();
         let reaper_actions = IntCounterVec::new(
             Opts::new(
@@ -66,13 +76,18 @@ impl Metrics {
             &["name"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
-        for c in [
-            Box::new(reaper_actions.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(table_swap_seconds.clone()),
-            Box::new(sessions.clone()),
-            Box::new(tls_handshakes.clone()),
+        let mut collectors = vec![
+            Box::new(tls_handshakes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(certificate_expiry.clone()),
-        ] {
+        ];
+        if !gateway_only {
+            collectors.extend([
+                Box::new(reaper_actions.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(table_swap_seconds.clone()),
+                Box::new(sessions.clone()),
+            ]);
+        }
+        for c in collectors {
             let _ = registry.register(c);
         }
         // Every action shows up at 0 before the first one happens.

@@ -448,6 +448,8 @@ async fn bind_gateway(config: &Config) -> Result<LocalGatewayParts, ServeError> 
 /// The running gateway listeners.
 pub(crate) struct GatewayTasks {
     pub http_port: u16,
+    /// The HTTPS listener's certificates, for their expiry metrics.
+    pub certificates: Option<Arc<certs::SniResolver>>,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     https: Option<tokio::task::JoinHandle<()>>,
     reloader: Option<tokio::task::JoinHandle<()>>,
@@ -511,6 +513,7 @@ pub(crate) fn spawn_gateway(
     tracing::info!("gateway listening on http://{gateway_addr}");
     let mut reloader = None;
     let mut https = None;
+    let certificates = tls.as_ref().map(|t| t.resolver.clone());
     if let Some(tls) = tls {
         let interval = Duration::from_secs(config.tls.reload_interval_secs);
         reloader = Some(certs::spawn_reloader(
@@ -548,6 +551,7 @@ pub(crate) fn spawn_gateway(
     }
     Ok(GatewayTasks {
         http_port: gateway_addr.port(),
+        certificates,
         http,
         https,
         reloader,

@@ -472,6 +472,25 @@ async fn a_created_session_answers_on_both_gateways_before_the_api_answers() {
         assert_eq!(g["connected"], true, "{listing}");
         assert_eq!(g["version"].as_u64(), Some(version), "{listing}");
     }
+
+    // Each gateway's admin listener: its own metrics, not the control
+    // plane's (no reaper or session series on a gateway).
+    for gw in [&c.gw1, &c.gw2] {
+        let (status, text) = http(gw.admin, "localhost", "/metrics", "").await;
+        assert_eq!(status, 200, "{text}");
+        for line in [
+            format!("sessiongate_route_table_version {version}\n"),
+            "sessiongate_gateway_stream_connected 1\n".to_string(),
+        ] {
+            assert!(text.contains(&line), "{line:?} not in\n{text}");
+        }
+        assert!(
+            text.contains("sessiongate_http_requests_total{kind=\"upstream\",code=\"2xx\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("sessiongate_reaper_actions_total"), "{text}");
+        assert_eq!(http(gw.admin, "localhost", "/healthz", "").await.0, 200);
+    }
 }
 
 #[tokio::test]
