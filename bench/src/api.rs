@@ -23,6 +23,10 @@ use tokio::runtime::Runtime;
 /// How long one call may take before it counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The header in which sessiongate's control plane names the route-table
+/// version a write produced.
+const TABLE_VERSION: &str = "sessiongate-table-version";
+
 /// One API request.
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -50,6 +54,11 @@ pub struct Reply {
     pub body: String,
     /// From sending the request to the end of the response body.
     pub latency: Duration,
+    /// When the end of the response body came.
+    pub answered: Instant,
+    /// sessiongate's `Sessiongate-Table-Version`: the route-table version
+    /// a write produced.
+    pub table_version: Option<u64>,
 }
 
 /// What a task needs to make calls: cheap to clone (the client shares its
@@ -81,17 +90,25 @@ impl ApiHandle {
         let exchange = async {
             let response = self.client.request(request).await?;
             let status = response.status();
+            let table_version = response
+                .headers()
+                .get(TABLE_VERSION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
             let bytes = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok((status, bytes))
+            anyhow::Ok((status, table_version, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(CALL_TIMEOUT, exchange)
+        let (status, table_version, bytes) = tokio::time::timeout(CALL_TIMEOUT, exchange)
             .await
             .with_context(|| format!("{} {uri}: no answer within {CALL_TIMEOUT:?}", call.method))?
             .with_context(|| format!("{} {uri}", call.method))?;
+        let answered = Instant::now();
         Ok(Reply {
             status,
             body: String::from_utf8_lossy(&bytes).into_owned(),
-            latency: started.elapsed(),
+            latency: answered - started,
+            answered,
+            table_version,
         })
     }
 

@@ -14,6 +14,11 @@
 //! Only sessiongate is measured: nginx and haproxy have no API that changes
 //! routes one at a time while serving (a reload replaces their workers), and
 //! chp's routes scenario already shows how its API-driven table holds up.
+//!
+//! With `--gateways N` the scenario is another one, in
+//! [`crate::propagation`]: the same cycle of updates through a
+//! `sessiongate control-plane` that N `sessiongate gateway` processes
+//! follow, and how long each change takes to reach each gateway.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -27,7 +32,7 @@ use hyper::Method;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::api::{Api, ApiHandle, Call};
+use crate::api::{Api, ApiHandle, Call, Reply};
 use crate::report::{self, Summary};
 use crate::side_by_side::{Bench, Check, CommonArgs, Run, Scenario, Traffic};
 use crate::targets::{self, Routes, TargetKind, ADMIN_TOKEN};
@@ -37,7 +42,7 @@ use crate::targets::{self, Routes, TargetKind, ADMIN_TOKEN};
 const TARGET_RATIO: f64 = 0.95;
 
 /// The owner of every session the scenario makes.
-const OWNER: &str = "bench";
+pub const OWNER: &str = "bench";
 
 /// Failed calls quoted in the report, at most.
 const QUOTED_ERRORS: usize = 3;
@@ -47,7 +52,8 @@ pub struct ChurnArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Sessions under load, made through the API before the rounds
-    /// [default: 10000; 100 with --smoke].
+    /// [default: 10000; 100 with --smoke; with --gateways: 100000; 200 with
+    /// --smoke].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub routes: Option<u64>,
     /// Control-plane updates per second during the churn runs [default:
@@ -58,6 +64,24 @@ pub struct ChurnArgs {
     /// skipped and counted.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub api_concurrency: u64,
+    /// Instead of wrk's load through one `sessiongate serve`: one
+    /// `sessiongate control-plane` and this many `sessiongate gateway`
+    /// processes following it, and how long each change takes from the
+    /// API's answer to being applied on each gateway (p50, p99). 2 is the
+    /// issue's figure. wrk is not needed unless --load is given.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=8))]
+    pub gateways: Option<u64>,
+    /// With --gateways: probe one change in this many (chosen at random,
+    /// the same sequence every run) on every gateway [default: 10; 2 with
+    /// --smoke].
+    #[arg(long, requires = "gateways", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub probe_every: Option<u64>,
+    /// With --gateways: wrk load on the first gateway during the measured
+    /// runs (a random `Host` among the loaded sessions per request,
+    /// --connections connections). Off by default: the propagation figures
+    /// need none.
+    #[arg(long, requires = "gateways")]
+    pub load: bool,
 }
 
 impl ChurnArgs {
@@ -67,6 +91,9 @@ impl ChurnArgs {
             routes: None,
             rate: None,
             api_concurrency: 32,
+            gateways: None,
+            probe_every: None,
+            load: false,
         }
     }
 }
@@ -143,7 +170,7 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
 }
 
 /// What the updates remember between runs.
-struct ChurnState {
+pub struct ChurnState {
     /// The next update in the cycle.
     step: u64,
     /// The next loaded session to move, and each one's current port.
@@ -152,6 +179,50 @@ struct ChurnState {
     /// `churn-<n>` sessions created and not yet deleted, oldest first.
     created: VecDeque<String>,
     next_created: u64,
+    /// Sessions created that the DELETE step leaves alone (it creates
+    /// another instead while fewer are there), so that a created session
+    /// lives a while before it goes.
+    keep_created: usize,
+}
+
+impl ChurnState {
+    /// `loaded` sessions `load-<i>`, all at `port`; DELETE takes the oldest
+    /// created session once more than `keep_created` are there.
+    pub fn new(loaded: usize, port: u16, keep_created: usize) -> Self {
+        Self {
+            step: 0,
+            next_loaded: 0,
+            loaded_ports: vec![port; loaded],
+            created: VecDeque::new(),
+            next_created: 0,
+            keep_created,
+        }
+    }
+}
+
+/// One update of the cycle and what it should do to the route table.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub call: Call,
+    /// The session a POST creates, remembered once it answered.
+    pub created: Option<String>,
+    /// The session the call changes.
+    pub session: String,
+    /// The upstream port the session has after the change; `None` when the
+    /// change removes it.
+    pub port: Option<u16>,
+}
+
+/// What an [`Observer`] wants to hear of one update's answer: the reply,
+/// or `None` when the call failed.
+pub type OnAnswer = Box<dyn FnOnce(Option<&Reply>) + Send>;
+
+/// Hears of every update a [`Driver`] makes, on the API client's runtime:
+/// it must not block.
+pub trait Observer: Send + Sync {
+    /// `change` is about to be sent; what this returns is called as soon
+    /// as its answer is complete.
+    fn sending(&self, change: &Change) -> Option<OnAnswer>;
 }
 
 /// Makes control-plane updates at a fixed rate while started.
@@ -161,6 +232,7 @@ pub struct Driver {
     concurrency: usize,
     ports: (u16, u16),
     state: Arc<Mutex<ChurnState>>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 /// The updates in progress; [`Churning::stop`] ends them.
@@ -183,6 +255,27 @@ impl Churning<'_> {
 }
 
 impl Driver {
+    /// Updates through `api` at `rate` per second, at most `concurrency` in
+    /// flight, moving loaded sessions between the upstream ports `ports`
+    /// and creating sessions at the first; `observer` hears of each answer.
+    pub fn new(
+        api: Api,
+        rate: u64,
+        concurrency: usize,
+        ports: (u16, u16),
+        state: ChurnState,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Self {
+        Self {
+            api,
+            rate,
+            concurrency,
+            ports,
+            state: Arc::new(Mutex::new(state)),
+            observer,
+        }
+    }
+
     /// Starts making updates in the background.
     pub fn start(&self) -> Result<Churning<'_>> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -192,6 +285,7 @@ impl Driver {
             self.rate,
             self.concurrency,
             self.ports,
+            self.observer.clone(),
             Arc::clone(&stop),
         ));
         Ok(Churning {
@@ -203,19 +297,29 @@ impl Driver {
 }
 
 /// One update, chosen by the cycle.
+#[cfg(test)]
 fn next_call(state: &Mutex<ChurnState>, ports: (u16, u16)) -> (Call, Option<String>) {
+    let change = next_change(state, ports);
+    (change.call, change.created)
+}
+
+/// One update, chosen by the cycle, with what it changes.
+fn next_change(state: &Mutex<ChurnState>, ports: (u16, u16)) -> Change {
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
     let step = s.step;
     s.step += 1;
     match step % 4 {
-        1 => create_call(&mut s, ports.0),
-        3 => match s.created.pop_front() {
-            Some(name) => (
-                Call::new(Method::DELETE, format!("/api/v1/sessions/{name}"), None),
-                None,
-            ),
-            None => create_call(&mut s, ports.0),
+        1 => create_change(&mut s, ports.0),
+        3 if s.created.len() > s.keep_created => match s.created.pop_front() {
+            Some(name) => Change {
+                call: Call::new(Method::DELETE, format!("/api/v1/sessions/{name}"), None),
+                created: None,
+                session: name,
+                port: None,
+            },
+            None => create_change(&mut s, ports.0),
         },
+        3 => create_change(&mut s, ports.0),
         _ => {
             let i = s.next_loaded;
             s.next_loaded = (i + 1) % s.loaded_ports.len().max(1);
@@ -226,37 +330,42 @@ fn next_call(state: &Mutex<ChurnState>, ports: (u16, u16)) -> (Call, Option<Stri
                 }
                 None => ports.0,
             };
-            (
-                Call::new(
+            let session = loaded_name(i);
+            Change {
+                call: Call::new(
                     Method::PATCH,
-                    format!("/api/v1/sessions/{}", loaded_name(i)),
+                    format!("/api/v1/sessions/{session}"),
                     Some(format!("{{\"remote_port\": {port}}}")),
                 ),
-                None,
-            )
+                created: None,
+                session,
+                port: Some(port),
+            }
         }
     }
 }
 
-fn create_call(s: &mut ChurnState, port: u16) -> (Call, Option<String>) {
+fn create_change(s: &mut ChurnState, port: u16) -> Change {
     let name = format!("churn-{}", s.next_created);
     s.next_created += 1;
-    (
-        Call::new(
+    Change {
+        call: Call::new(
             Method::POST,
             "/api/v1/sessions",
             Some(session_body(&name, port)),
         ),
-        Some(name),
-    )
+        created: Some(name.clone()),
+        session: name,
+        port: Some(port),
+    }
 }
 
-fn loaded_name(i: usize) -> String {
+pub fn loaded_name(i: usize) -> String {
     format!("load-{i}")
 }
 
 /// A public tunnel session to `127.0.0.1:port`.
-fn session_body(name: &str, port: u16) -> String {
+pub fn session_body(name: &str, port: u16) -> String {
     format!(
         "{{\"name\": \"{name}\", \"owner\": \"{OWNER}\", \"remote_host\": \"127.0.0.1\", \
          \"remote_port\": {port}, \"public\": true}}"
@@ -270,6 +379,7 @@ async fn drive(
     rate: u64,
     concurrency: usize,
     ports: (u16, u16),
+    observer: Option<Arc<dyn Observer>>,
     stop: Arc<AtomicBool>,
 ) -> ApiStats {
     let stats = Arc::new(Mutex::new(ApiStats {
@@ -287,16 +397,20 @@ async fn drive(
             lock(&stats).skipped += 1;
             continue;
         };
-        let (call, created) = next_call(&state, ports);
+        let change = next_change(&state, ports);
+        let on_answer = observer.as_ref().and_then(|o| o.sending(&change));
         let (api, stats, state) = (api.clone(), Arc::clone(&stats), Arc::clone(&state));
         tokio::spawn(async move {
-            let result = api.send_ok(&call).await;
+            let result = api.send_ok(&change.call).await;
+            if let Some(heard) = on_answer {
+                heard(result.as_ref().ok());
+            }
             let mut st = lock(&stats);
             match result {
                 Ok(reply) => {
                     st.ok += 1;
                     st.latencies_us.push(reply.latency.as_secs_f64() * 1e6);
-                    if let Some(name) = created {
+                    if let Some(name) = change.created {
                         lock(&state).created.push_back(name);
                     }
                 }
@@ -324,6 +438,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Runs the scenario. Returns the problems that must fail the run.
 pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
+    if args.gateways.is_some() {
+        return crate::propagation::run(args);
+    }
     let bench = Bench::setup(
         &args.common,
         &[TargetKind::Sessiongate],
@@ -383,19 +500,14 @@ pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
     )?;
 
     let load = bench.random_host_load("churn-hosts", &loaded)?;
-    let driver = Arc::new(Driver {
+    let driver = Arc::new(Driver::new(
         api,
         rate,
-        concurrency: args.api_concurrency as usize,
-        ports: (port, bench.origin.alt_addr.port()),
-        state: Arc::new(Mutex::new(ChurnState {
-            step: 0,
-            next_loaded: 0,
-            loaded_ports: vec![port; routes],
-            created: VecDeque::new(),
-            next_created: 0,
-        })),
-    });
+        args.api_concurrency as usize,
+        (port, bench.origin.alt_addr.port()),
+        ChurnState::new(routes, port, 0),
+        None,
+    ));
     let runs = vec![
         Run {
             case: "no churn".into(),
@@ -487,13 +599,7 @@ mod tests {
     use super::*;
 
     fn state(loaded: usize) -> Mutex<ChurnState> {
-        Mutex::new(ChurnState {
-            step: 0,
-            next_loaded: 0,
-            loaded_ports: vec![1; loaded],
-            created: VecDeque::new(),
-            next_created: 0,
-        })
+        Mutex::new(ChurnState::new(loaded, 1, 0))
     }
 
     #[test]
@@ -522,6 +628,32 @@ mod tests {
         let (delete, _) = next_call(&s, (1, 2));
         assert_eq!(delete.method, Method::DELETE);
         assert_eq!(delete.path, "/api/v1/sessions/churn-0");
+    }
+
+    #[test]
+    fn created_sessions_live_a_while_when_asked() {
+        let s = Mutex::new(ChurnState::new(1, 1, 2));
+        let changes: Vec<Change> = (0..8)
+            .map(|_| {
+                let c = next_change(&s, (1, 2));
+                if let Some(name) = &c.created {
+                    lock(&s).created.push_back(name.clone());
+                }
+                c
+            })
+            .collect();
+        assert_eq!(changes[0].call.method, Method::PATCH);
+        assert_eq!(changes[0].session, "load-0");
+        assert_eq!(changes[0].port, Some(2));
+        assert_eq!(changes[2].port, Some(1));
+        // Only one created so far, two to keep: another create.
+        assert_eq!(changes[3].call.method, Method::POST);
+        assert_eq!(changes[3].session, "churn-1");
+        assert_eq!(changes[3].port, Some(1));
+        // Three now: the oldest goes.
+        assert_eq!(changes[7].call.method, Method::DELETE);
+        assert_eq!(changes[7].session, "churn-0");
+        assert_eq!(changes[7].port, None);
     }
 
     #[test]

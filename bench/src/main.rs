@@ -16,7 +16,9 @@
 //! - `scenarios.rs`: `keepalive`, `new-connection`, `body-1mib`, `routes`,
 //!   `ws-echo`.
 //! - `churn.rs`: `churn`, route updates through the control-plane API
-//!   under load.
+//!   under load; `propagation.rs`: `churn --gateways N`, the same updates
+//!   through a `sessiongate control-plane` and how long each takes to reach
+//!   every `sessiongate gateway` that follows it.
 //! - `ws_load.rs`: the WebSocket load client (`ws-echo`). The origins, HTTP
 //!   and WebSocket echo, are testkit's (`testkit::origin`, `testkit::ws`),
 //!   run in process on a runtime of their own.
@@ -40,6 +42,7 @@ mod floods;
 mod openssl;
 mod peers;
 mod procs;
+mod propagation;
 mod rapid_reset;
 mod report;
 mod scenarios;
@@ -87,7 +90,9 @@ enum Scenario {
     /// WebSocket echo messages/s through every target.
     WsEcho(WrkArgs),
     /// sessiongate under load while the control-plane API makes 1,000 route
-    /// updates/s; the same load without them for the ratio.
+    /// updates/s; the same load without them for the ratio. With
+    /// --gateways N: a control plane and N gateways following it, and how
+    /// long each update takes to reach each gateway.
     Churn(churn::ChurnArgs),
     /// Every side-by-side scenario in turn (keepalive, new-connection,
     /// body-1mib, routes, ws-echo, churn) with the same options, each

@@ -87,6 +87,10 @@ pub async fn serve(
         gateway::server::accept_permitted(&listener, &permits, shutdown.as_mut(), "control plane")
             .await
     {
+        // Answers and the route stream's frames are small: without it each
+        // waits for the peer's delayed ACK (up to 40 ms on Linux), which was
+        // the tail of `bench churn --gateways 2`'s propagation.
+        let _ = stream.set_nodelay(true);
         let router = router.clone();
         let http = Arc::clone(&http);
         let mut drain = drain_rx.clone();
