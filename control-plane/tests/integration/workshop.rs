@@ -340,20 +340,7 @@ async fn request_activate_and_list_as_the_portal_documents_them() {
     );
     assert_eq!(
         keys(&env["workshop"]),
-        [
-            "authors",
-            "description",
-            "difficulty",
-            "duration",
-            "labels",
-            "logo",
-            "name",
-            "resource",
-            "tags",
-            "title",
-            "url",
-            "vendor"
-        ]
+        crate::workshop_catalog::WORKSHOP_KEYS
     );
     assert_eq!(
         (env["state"].as_str(), env["duration"].as_u64()),

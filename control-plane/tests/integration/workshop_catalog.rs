@@ -227,7 +227,7 @@ fn held_and_idle(catalog: &Value, name: &str) -> (u64, u64) {
 
 /// The keys of a workshop in the catalogs (the portal's, with `labels`
 /// and `resource`).
-const WORKSHOP_KEYS: [&str; 12] = [
+pub(crate) const WORKSHOP_KEYS: [&str; 12] = [
     "authors",
     "description",
     "difficulty",
