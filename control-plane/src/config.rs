@@ -238,7 +238,8 @@ pub struct GatewayConfig {
     /// could say anything in them. Empty: no one is trusted.
     pub trusted_proxies: Vec<String>,
     /// `sessiongate gateway`: the control plane to follow, the URL `ctl
-    /// --server` takes (its API listener). Overridden by `--control-plane`.
+    /// --server` takes (its API listener); several, comma-separated, for
+    /// replicas, tried in turn. Overridden by `--control-plane`.
     pub control_plane_url: String,
     /// `sessiongate gateway`: `/metrics`, `/healthz` and `/readyz`.
     pub admin_listen: SocketAddr,
@@ -550,9 +551,9 @@ impl Config {
             .map_err(|e| invalid("gateway.trusted_proxies", e.to_string()))?;
         let url = g.control_plane_url.trim();
         if !url.is_empty() {
-            // The same URLs `ctl --server` takes.
-            crate::ctl::client::base_url(url)
-                .map_err(|e| invalid("gateway.control_plane_url", e.to_string()))?;
+            // The same URLs `ctl --server` takes, comma-separated.
+            crate::follow::control_plane_urls(url)
+                .map_err(|e| invalid("gateway.control_plane_url", e))?;
         }
         let ack = self.control_plane.gateway_ack_timeout_ms;
         if ack > 60_000 {

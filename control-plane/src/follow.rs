@@ -60,20 +60,39 @@ const FILE_EVERY: Duration = Duration::from_millis(200);
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// Where the gateway reaches its control plane, and as whom.
+/// Where the gateway reaches its control plane, and as whom. With several
+/// control-plane URLs (replicas), `current` is the one whose stream it
+/// follows: its acks and reports go there too, as that replica is the one
+/// that knows the gateway is connected and waits for its acks.
 #[derive(Clone)]
 struct Upstream {
     client: HttpClient,
-    base: Arc<str>,
+    bases: Arc<[String]>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     token: Arc<str>,
     instance: Arc<str>,
 }
 
 impl Upstream {
+    fn base(&self) -> &str {
+        let i = self.current.load(std::sync::atomic::Ordering::Acquire);
+        &self.bases[i % self.bases.len()]
+    }
+
+    /// Moves on to the next control-plane URL; true when that starts the
+    /// list again (every one was tried since the last success).
+    fn next_base(&self) -> bool {
+        let i = self
+            .current
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        i % self.bases.len() == 0
+    }
+
     fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Request<Full<Bytes>> {
         let mut b = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base))
+            .uri(format!("{}{path}", self.base()))
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
         if body.is_some() {
             b = b.header(header::CONTENT_TYPE, "application/json");
@@ -115,10 +134,10 @@ pub async fn run(
     token: String,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let base = crate::ctl::client::base_url(control_plane).map_err(|e| {
+    let bases = control_plane_urls(control_plane).map_err(|message| {
         ServeError::Config(crate::config::ConfigError::Invalid {
             key: "gateway.control_plane_url".into(),
-            message: e.to_string(),
+            message,
         })
     })?;
     let data_dir = config.gateway.data_dir.clone();
@@ -155,7 +174,8 @@ pub async fn run(
     let instance = instance_name();
     let up = Upstream {
         client,
-        base: base.as_str().into(),
+        bases: bases.clone().into(),
+        current: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         token: token.into(),
         instance: instance.as_str().into(),
     };
@@ -203,7 +223,7 @@ pub async fn run(
         stop_rx.clone(),
     ));
     tracing::info!("gateway admin listening on http://{admin_addr}");
-    tracing::info!(control_plane = %base, instance = %instance, "following the control plane");
+    tracing::info!(control_plane = %bases.join(","), instance = %instance, "following the control plane");
 
     let (applied_tx, applied_rx) = watch::channel(follower.version());
     let follow_task = tokio::spawn(follow(
@@ -237,6 +257,21 @@ pub async fn run(
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The control-plane URLs in `list` (comma-separated: replicas, tried in
+/// turn), each as `ctl --server` takes it.
+pub fn control_plane_urls(list: &str) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| crate::ctl::client::base_url(u).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    if urls.is_empty() {
+        return Err("no control-plane URL".into());
+    }
+    Ok(urls)
 }
 
 /// What this gateway calls itself beside its token's name: its host name
@@ -293,15 +328,23 @@ async fn follow(
                     step = BACKOFF_FIRST;
                     warned = None;
                 }
+                let from = up.base().to_string();
                 if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(30)) {
-                    tracing::warn!(%reason, version = follower.version(), "route stream lost; serving the table held and reconnecting");
+                    tracing::warn!(%reason, control_plane = %from, version = follower.version(), "route stream lost; serving the table held and reconnecting");
                     warned = Some(std::time::Instant::now());
                 } else {
-                    tracing::debug!(%reason, "reconnecting to the control plane");
+                    tracing::debug!(%reason, control_plane = %from, "reconnecting to the control plane");
                 }
-                let w = jitter(step);
-                step = (step * 2).min(BACKOFF_MAX);
-                w
+                // Another replica at once; the backoff once each was tried.
+                if !up.next_base() && !after_frames {
+                    Duration::ZERO
+                } else if after_frames && up.bases.len() > 1 {
+                    Duration::ZERO
+                } else {
+                    let w = jitter(step);
+                    step = (step * 2).min(BACKOFF_MAX);
+                    w
+                }
             }
         };
         tokio::select! {

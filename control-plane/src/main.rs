@@ -79,8 +79,10 @@ enum Command {
         #[arg(long, short = 'c', env = "SESSIONGATE_CONFIG")]
         config: Option<PathBuf>,
         /// The control plane's URL: the one `ctl --server` takes (its API
-        /// listener, control_plane.listen). Also gateway.control_plane_url
-        /// and SESSIONGATE_GATEWAY_CONTROL_PLANE_URL.
+        /// listener, control_plane.listen). Several, comma-separated, for
+        /// control-plane replicas: it follows one and moves to the next when
+        /// that one fails. Also gateway.control_plane_url and
+        /// SESSIONGATE_GATEWAY_CONTROL_PLANE_URL.
         #[arg(long)]
         control_plane: Option<String>,
         /// Log format: `text` or `json`; overrides log.format.

@@ -847,6 +847,42 @@ async fn a_gateway_with_no_file_and_no_control_plane_is_not_ready() {
     .await;
 }
 
+/// Several control-plane URLs (replicas): a gateway whose first URL does
+/// not answer follows the next one, and is back with the first when the
+/// one it follows goes away.
+#[tokio::test]
+async fn a_gateway_follows_the_next_control_plane_url_when_one_does_not_answer() {
+    let dir = temp_dir("gateways-urls");
+    let mut cp = ControlPlane::start(&dir.join("control-plane"), "").await;
+    let token = cp.gateway_token("gw1").await;
+    let dead = format!("http://{}", free_addr());
+    let urls = format!("{dead},{}", cp.url());
+    let gw = Gateway::start(&dir.join("gw1"), "gw1", &urls, &token).await;
+    gw.wait_ready(RECONNECT_BOUND).await;
+    cp.wait_in_step(&["gw1"], DEADLINE).await;
+    let origin = Origin::named("app");
+    let (s, v) = cp
+        .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = cp
+        .api(
+            "POST",
+            "/api/v1/sessions",
+            Some(public_session("app", origin.addr.port())),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(gw.open("app").await, (200, "app".to_string()));
+
+    // Its control plane goes; the gateway tries the dead one, then this one
+    // again, and follows it once it is back.
+    cp.kill9();
+    cp.restart().await;
+    cp.wait_in_step(&["gw1"], DEADLINE).await;
+    assert_eq!(gw.open("app").await, (200, "app".to_string()));
+}
+
 #[tokio::test]
 async fn gateway_tokens_are_refused_by_the_admin_api_and_wrong_tokens_by_the_stream() {
     let dir = temp_dir("gateways-tokens");
