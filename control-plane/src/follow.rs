@@ -86,7 +86,7 @@ impl Upstream {
             .current
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
             + 1;
-        i % self.bases.len() == 0
+        i.is_multiple_of(self.bases.len())
     }
 
     fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Request<Full<Bytes>> {
