@@ -336,9 +336,10 @@ async fn follow(
                     tracing::debug!(%reason, control_plane = %from, "reconnecting to the control plane");
                 }
                 // Another replica at once; the backoff once each was tried.
-                if !up.next_base() && !after_frames {
-                    Duration::ZERO
-                } else if after_frames && up.bases.len() > 1 {
+                // (After a stream that worked, straight to the next one
+                // when there is another.)
+                let round_done = up.next_base();
+                if (!round_done && !after_frames) || (after_frames && up.bases.len() > 1) {
                     Duration::ZERO
                 } else {
                     let w = jitter(step);
