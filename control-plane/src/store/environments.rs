@@ -141,3 +141,13 @@ pub async fn environment_allocations(c: &mut Conn) -> Result<HashMap<String, u64
         .map(|r| Ok((r.try_get("environment")?, get_u64(r, "n")?)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_select_list_casts_exactly_the_boolean_columns() {
+        assert_eq!(ENV_SELECT, select_list(ENV_COLS, ENV_BOOLEANS));
+    }
+}

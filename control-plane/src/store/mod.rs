@@ -239,7 +239,7 @@ fn engine_of(c: &Conn) -> Engine {
 /// A statement built piece by piece, binding as it goes, with `$n`
 /// placeholders: what both engines read (sqlx's `QueryBuilder` writes `?`
 /// for `Any`).
-pub struct Sql<'a> {
+struct Sql<'a> {
     text: String,
     args: AnyArguments<'a>,
 }
@@ -372,36 +372,29 @@ pub use tokens::*;
 pub use users::*;
 
 #[cfg(test)]
+mod suite;
+
+#[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn the_file_is_in_wal_mode_with_synchronous_commits() {
-        let dir = std::env::temp_dir().join(format!("sg-store-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::open(&dir.join("t.db")).await.unwrap();
-        let mut c = store.conn().await.unwrap();
-        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&mut *c)
-            .await
-            .unwrap();
-        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&mut *c)
-            .await
-            .unwrap();
-        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-            .fetch_one(&mut *c)
-            .await
-            .unwrap();
-        assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1), "2 = FULL");
-        drop(c);
-        store.close().await;
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn like_patterns_escape_wildcards() {
         assert_eq!(like_pattern("Ab"), "%ab%");
         assert_eq!(like_pattern("50%_x\\"), "%50\\%\\_x\\\\%");
+    }
+
+    #[test]
+    fn built_statements_number_their_parameters() {
+        let mut b = Sql::new("SELECT 1 WHERE a = ");
+        b.bind("x")
+            .push(" AND b IN (")
+            .bind_list([1i64, 2, 3])
+            .push(")");
+        b.page("name", 3, 10);
+        assert_eq!(
+            b.text,
+            "SELECT 1 WHERE a = $1 AND b IN ($2, $3, $4) ORDER BY name LIMIT $5 OFFSET $6"
+        );
     }
 }

@@ -385,7 +385,7 @@ pub async fn sessions_purge_finished(
 /// Sessions `sessions_touch` sends in one statement: one bound JSON array,
 /// so no limit on bound parameters applies; chunks keep each statement
 /// short for the readers waiting on the connection.
-const TOUCH_CHUNK: usize = 1000;
+pub(super) const TOUCH_CHUNK: usize = 1000;
 
 /// Records traffic seen by the gateway, `(name, at_ms)` per session; never
 /// moves `last_activity` back. One `UPDATE … FROM` a JSON array per chunk,
@@ -522,48 +522,10 @@ pub async fn sessions_of_environment(
 mod tests {
     use super::*;
 
-    /// Touches span several chunks, and an older time never replaces a
-    /// newer one.
-    #[tokio::test]
-    async fn touches_are_written_in_chunks_and_never_move_back() {
-        let dir = std::env::temp_dir().join(format!("sg-touch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::open(&dir.join("t.db")).await.unwrap();
-        let mut c = store.conn().await.unwrap();
-        sqlx::query("INSERT INTO users (id, name, created_ms) VALUES ('u1', 'ann', 0)")
-            .execute(&mut *c)
-            .await
-            .unwrap();
-        let n = TOUCH_CHUNK * 2 + 7;
-        for i in 0..n {
-            sqlx::query(
-                "INSERT INTO sessions (name, kind, https, tls_verify, strip_prefix, \
-                 rewrite_host, owner, public, state, created_ms, state_changed_ms, extendable, \
-                 labels, last_activity_ms) \
-                 VALUES ($1, 'tunnel', 0, 1, 0, 0, 'ann', 0, 'running', 0, 0, 1, '{}', $2)",
-            )
-            .bind(format!("s{i}"))
-            // Every third session already has activity at 5,000.
-            .bind(i.is_multiple_of(3).then_some(5_000i64))
-            .execute(&mut *c)
-            .await
-            .unwrap();
-        }
-        let touches: Vec<(String, u64)> = (0..n).map(|i| (format!("s{i}"), 4_000)).collect();
-        sessions_touch(&mut c, &touches).await.unwrap();
-        let rows: Vec<(String, Option<i64>)> =
-            sqlx::query_as("SELECT name, last_activity_ms FROM sessions")
-                .fetch_all(&mut *c)
-                .await
-                .unwrap();
-        assert_eq!(rows.len(), n);
-        for (name, at) in rows {
-            let i: usize = name[1..].parse().unwrap();
-            let want = if i.is_multiple_of(3) { 5_000 } else { 4_000 };
-            assert_eq!(at, Some(want), "{name}");
-        }
-        drop(c);
-        store.close().await;
-        std::fs::remove_dir_all(&dir).unwrap();
+    /// The SELECT list names the INSERT list's columns, in its order, each
+    /// BOOLEAN one cast.
+    #[test]
+    fn the_select_list_casts_exactly_the_boolean_columns() {
+        assert_eq!(SESSION_SELECT, select_list(SESSION_COLS, SESSION_BOOLEANS));
     }
 }

@@ -341,3 +341,16 @@ async fn oauth_delete_with_access<'q>(
     }
     Ok(Some(row))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_select_list_casts_exactly_the_boolean_columns() {
+        assert_eq!(
+            ACCESS_TOKEN_SELECT,
+            select_list(ACCESS_TOKEN_COLS, &["reusable"])
+        );
+    }
+}
