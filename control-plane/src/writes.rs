@@ -1,7 +1,8 @@
 //! The control plane's write lock, with group commit for session writes.
 //!
-//! Every write to the store holds this lock, so writes are serial (SQLite has
-//! one writer anyway; on PostgreSQL, this control plane's writes are). Most take it with [`Writes::begin`] and run a
+//! Every write to the store holds this lock, so writes are serial: SQLite
+//! has one writer anyway, and on PostgreSQL a control plane's writes queue
+//! here rather than on the database's row locks. Most take it with [`Writes::begin`] and run a
 //! transaction of their own. The frequent session writes (create, patch,
 //! lifecycle action) instead [`join`](Writes::joined) a transaction shared with
 //! the writers queued behind them: each runs inside a savepoint (so it stays

@@ -131,14 +131,16 @@ impl Store {
             .test_before_acquire(false)
             .after_connect(|c, _| {
                 Box::pin(async move {
+                    // What SqliteConnectOptions set before (the `Any`
+                    // driver takes only a URL): waits up to 10 s for a lock;
                     // WAL; FULL: the WAL is synced at every commit, so an
                     // acknowledged write survives a crash of the process or
-                    // of the machine. (Foreign keys are on by sqlx's default.)
+                    // of the machine; foreign keys enforced.
                     for pragma in [
+                        "PRAGMA busy_timeout = 10000",
                         "PRAGMA journal_mode = WAL",
                         "PRAGMA synchronous = FULL",
                         "PRAGMA foreign_keys = ON",
-                        "PRAGMA busy_timeout = 10000",
                     ] {
                         sqlx::query(pragma).execute(&mut *c).await?;
                     }
