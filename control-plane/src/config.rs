@@ -312,6 +312,12 @@ pub fn ignored_gateway_keys(
 pub struct ControlPlaneConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Where the store lives (also `--database`): empty for SQLite at
+    /// `<data_dir>/sessiongate.db`; `sqlite://PATH` for another file;
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE?OPTIONS` (or
+    /// `postgresql://`) for PostgreSQL. Migrations run at start. Logs and
+    /// errors show the URL with its password as `***`.
+    pub database: String,
     /// Time a client has to send a request head, and the longest a
     /// keep-alive connection waits for its next one.
     pub header_read_timeout_secs: u64,
@@ -392,6 +398,7 @@ impl Default for ControlPlaneConfig {
         ControlPlaneConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             data_dir: PathBuf::from("data"),
+            database: String::new(),
             header_read_timeout_secs: limits.header_read_timeout.as_secs(),
             max_connections: limits.max_connections,
             max_body_bytes: limits.max_body_bytes,
@@ -647,6 +654,7 @@ impl Config {
                 "must not be empty".into(),
             ));
         }
+        self.database()?;
         for (key, v) in [
             (
                 "control_plane.header_read_timeout_secs",
@@ -788,6 +796,17 @@ impl Config {
         gateway::RouteTable::build(&self.table_settings(), self.route_specs()?, None, 0)
             .map_err(|e| invalid("routes", e.to_string()))?;
         Ok(())
+    }
+
+    /// `control_plane.database`, read (validated at load).
+    pub fn database(&self) -> Result<crate::store::DatabaseUrl, ConfigError> {
+        let cp = &self.control_plane;
+        crate::store::DatabaseUrl::parse(&cp.database, &cp.data_dir).map_err(|message| {
+            ConfigError::Invalid {
+                key: "control_plane.database".into(),
+                message,
+            }
+        })
     }
 
     pub fn lifecycle_settings(&self) -> crate::session::lifecycle::LifecycleSettings {

@@ -20,7 +20,8 @@
 //! - [`error`]: [`error::ControlError`], with the status and code of each kind.
 //! - [`writes`]: the write lock: [`writes::WriteGuard`] and joined writes
 //!   sharing a commit.
-//! - [`store`]: SQLite through sqlx, migrations, one file per table family.
+//! - [`store`]: SQLite or PostgreSQL through sqlx (`Any`), migrations per
+//!   engine, one file per table family.
 //! - [`publish`]: a session record → its gateway route.
 //! - [`gateways`]: the gateways this control plane drives, reached only by
 //!   the messages of `docs/gateway-protocol.md`.

@@ -44,6 +44,16 @@ enum Command {
         /// SESSIONGATE_LOG_ACCESS_LOG=false; overrides log.access_log.
         #[arg(long)]
         no_access_log: bool,
+        /// The store: empty for SQLite at <data_dir>/sessiongate.db (the
+        /// default), sqlite://PATH for another file, or
+        /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (also postgresql://,
+        /// with libpq options such as ?sslmode=require) for PostgreSQL.
+        /// Migrations run at start. Same as control_plane.database and
+        /// SESSIONGATE_CONTROL_PLANE_DATABASE, which it overrides. Other
+        /// users can read a command line (ps): put a password in the file
+        /// or the environment instead.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
     },
     /// Run the control plane alone: the API, the store, the reaper and the
     /// route stream that gateways follow. No gateway listeners.
@@ -63,6 +73,16 @@ enum Command {
         /// Log format: `text` or `json`; overrides log.format.
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
+        /// The store: empty for SQLite at <data_dir>/sessiongate.db (the
+        /// default), sqlite://PATH for another file, or
+        /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (also postgresql://,
+        /// with libpq options such as ?sslmode=require) for PostgreSQL.
+        /// Migrations run at start. Same as control_plane.database and
+        /// SESSIONGATE_CONTROL_PLANE_DATABASE, which it overrides. Other
+        /// users can read a command line (ps): put a password in the file
+        /// or the environment instead.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
     },
     /// Run a gateway that follows a control plane over its route stream.
     ///
@@ -122,7 +142,9 @@ fn main() -> ExitCode {
             config,
             log_format,
             no_access_log,
+            database,
         } => {
+            set_database_env(database);
             // The flags act as their environment variables, so that the
             // configuration reloader, which re-reads the environment, sees
             // them too. Still one thread here: nothing else reads the
@@ -153,8 +175,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::ControlPlane { config, log_format } => {
+        Command::ControlPlane {
+            config,
+            log_format,
+            database,
+        } => {
             set_log_env(log_format, false);
+            set_database_env(database);
             let cfg = match Config::load(config.as_deref(), std::env::vars()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -268,6 +295,14 @@ fn set_log_env(log_format: Option<LogFormat>, no_access_log: bool) {
     }
     if no_access_log {
         std::env::set_var("SESSIONGATE_LOG_ACCESS_LOG", "false");
+    }
+}
+
+/// `--database` acts as SESSIONGATE_CONTROL_PLANE_DATABASE (set before
+/// any other thread starts), as the log flags act as theirs.
+fn set_database_env(database: Option<String>) {
+    if let Some(url) = database {
+        std::env::set_var("SESSIONGATE_CONTROL_PLANE_DATABASE", url);
     }
 }
 

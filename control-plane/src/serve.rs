@@ -29,11 +29,12 @@ use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::session::reaper::spawn_reaper;
 use crate::session::targets::TargetPolicy;
-use crate::store::{Store, StoreError};
+use crate::store::{DatabaseUrl, Store, StoreError};
 use crate::workshop::Portal;
 
-/// The database file in the data dir.
-pub const DB_FILE: &str = "sessiongate.db";
+/// The database file in the data dir, when `control_plane.database` names
+/// none.
+pub use crate::store::DB_FILE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -46,8 +47,12 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Token(#[from] auth::TokenError),
-    #[error("store {path}: {source}")]
-    Store { path: PathBuf, source: StoreError },
+    /// `database` shows no password ([`DatabaseUrl`]'s `Display`).
+    #[error("store {database}: {source}")]
+    Store {
+        database: DatabaseUrl,
+        source: StoreError,
+    },
     #[error("restoring sessions from the store: {0}")]
     Restore(#[from] ControlError),
     #[error("{key} = {addr}: cannot listen: {source}")]
@@ -151,15 +156,17 @@ impl Server {
             }
         }
 
-        let db_path = data_dir.join(DB_FILE);
-        datadir::create_private_file(&db_path).map_err(|source| ServeError::DataDir {
-            path: db_path.clone(),
-            source,
-        })?;
-        let store = Store::open(&db_path)
+        let database = config.database()?;
+        if let Some(db_path) = database.sqlite_path() {
+            datadir::create_private_file(db_path).map_err(|source| ServeError::DataDir {
+                path: db_path.to_path_buf(),
+                source,
+            })?;
+        }
+        let store = Store::connect(&database)
             .await
             .map_err(|source| ServeError::Store {
-                path: db_path.clone(),
+                database: database.clone(),
                 source,
             })?;
 
@@ -244,11 +251,11 @@ impl Server {
         tracing::info!(
             version = table.version(),
             routes = table.routes().len(),
-            db = %db_path.display(),
+            db = %database,
             "route table loaded"
         );
         drop(table);
-        warn_exposed_key_material(&config, &db_path);
+        warn_exposed_key_material(&config, database.sqlite_path());
         let login = config.access.login_url.trim();
         if !login.is_empty() && config.login_url().is_none() {
             tracing::warn!(
@@ -560,7 +567,8 @@ pub(crate) fn spawn_gateway(
 
 /// Runs the control-plane API and the lifecycle reaper on a thread and
 /// runtime of their own, apart from the gateway's workers. Every write makes
-/// several round trips to sqlx's SQLite thread while holding the write lock;
+/// several round trips to the database (sqlx's SQLite thread, or the
+/// PostgreSQL server) while holding the write lock;
 /// on the gateway's runtime each wake-up waited behind the proxied
 /// connections' tasks (a saturated worker looks at its injection queue only
 /// every few dozen tasks), so under proxy load writes slowed several-fold
@@ -615,10 +623,12 @@ fn spawn_control_thread(
 /// Logs a warning naming each file of key material (and the data dir)
 /// that other users can read: sessiongate makes what it creates private,
 /// but does not change the modes of what it finds.
-fn warn_exposed_key_material(config: &Config, db_path: &std::path::Path) {
+fn warn_exposed_key_material(config: &Config, db_path: Option<&std::path::Path>) {
     let data_dir = &config.control_plane.data_dir;
     let mut paths = vec![data_dir.clone(), data_dir.join(auth::TOKEN_FILE)];
-    paths.extend(datadir::database_files(db_path));
+    if let Some(db) = db_path {
+        paths.extend(datadir::database_files(db));
+    }
     if config.https_listen().is_some() {
         paths.extend(datadir::key_files(&config.certs_dir()));
     }

@@ -1,7 +1,8 @@
 //! The control plane's write lock, with group commit for session writes.
 //!
-//! Every write to the store holds this lock, so writes are serial (SQLite has
-//! one writer anyway). Most take it with [`Writes::begin`] and run a
+//! Every write to the store holds this lock, so writes are serial: SQLite
+//! has one writer anyway, and on PostgreSQL a control plane's writes queue
+//! here rather than on the database's row locks. Most take it with [`Writes::begin`] and run a
 //! transaction of their own. The frequent session writes (create, patch,
 //! lifecycle action) instead [`join`](Writes::joined) a transaction shared with
 //! the writers queued behind them: each runs inside a savepoint (so it stays
@@ -41,11 +42,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::{Queued, RouteChange, RoutePublisher};
-use sqlx::sqlite::{Sqlite, SqliteConnection};
-use sqlx::Transaction;
 use tokio::sync::{oneshot, Mutex, OwnedMutexGuard};
 
-use crate::store::{Store, StoreError};
+use crate::store::{Conn, Store, StoreError, Transaction};
 
 /// Writers one commit covers at most: bounds how long the first of them
 /// waits for the last.
@@ -59,7 +58,7 @@ const COMMIT_FALLBACK: Duration = Duration::from_millis(20);
 /// burst, and the writers waiting for its commit.
 #[derive(Default)]
 struct Batch {
-    tx: Option<Transaction<'static, Sqlite>>,
+    tx: Option<Transaction>,
     pending: Vec<Pending>,
     /// The savepoint of the writer inside the transaction now, or of one
     /// that went away inside it (to roll back before anything else). Each
@@ -104,7 +103,7 @@ pub struct WriteLock {
 /// is free again.
 pub struct WriteGuard {
     // Field order: the transaction ends before the lock is let go.
-    tx: Transaction<'static, Sqlite>,
+    tx: Transaction,
     lock: WriteLock,
 }
 
@@ -118,15 +117,15 @@ impl WriteGuard {
 }
 
 impl Deref for WriteGuard {
-    type Target = SqliteConnection;
+    type Target = Conn;
 
-    fn deref(&self) -> &SqliteConnection {
+    fn deref(&self) -> &Conn {
         &self.tx
     }
 }
 
 impl DerefMut for WriteGuard {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
+    fn deref_mut(&mut self) -> &mut Conn {
         &mut self.tx
     }
 }
@@ -219,10 +218,7 @@ impl Writes {
     where
         C: ?Sized + Sync,
         E: From<WriteError>,
-        F: for<'c> FnOnce(
-            &'c C,
-            &'c mut SqliteConnection,
-        ) -> WriteFuture<'c, Result<(T, Vec<RouteChange>), E>>,
+        F: for<'c> FnOnce(&'c C, &'c mut Conn) -> WriteFuture<'c, Result<(T, Vec<RouteChange>), E>>,
     {
         let mut joined = self.join().await?;
         let result = match joined.conn() {
@@ -256,6 +252,7 @@ impl Writes {
             guard.savepoint = Some(name.clone());
             let tx = guard.tx.as_mut().ok_or_else(no_tx)?;
             sqlx::query(&format!("SAVEPOINT {name}"))
+                .persistent(false)
                 .execute(&mut **tx)
                 .await?;
             Ok::<_, WriteError>(guard)
@@ -350,8 +347,8 @@ fn no_tx() -> WriteError {
 }
 
 /// Undoes the savepoint of a writer that went away inside it (or failed).
-/// If SQLite does not have it (it was never made, or an error ended the
-/// whole transaction), the whole transaction is dropped and its waiting
+/// If the database does not have it (it was never made, or an error ended
+/// the whole transaction), the whole transaction is dropped and its waiting
 /// writers are told: nothing of theirs was committed or published.
 async fn rollback_abandoned(guard: &mut BatchGuard) {
     let Some(name) = guard.savepoint.clone() else {
@@ -362,10 +359,12 @@ async fn rollback_abandoned(guard: &mut BatchGuard) {
         return;
     };
     let mut undone = sqlx::query(&format!("ROLLBACK TO {name}"))
+        .persistent(false)
         .execute(&mut **tx)
         .await;
     if undone.is_ok() {
         undone = sqlx::query(&format!("RELEASE {name}"))
+            .persistent(false)
             .execute(&mut **tx)
             .await;
     }
@@ -392,7 +391,7 @@ struct Joined {
 
 impl Joined {
     /// The connection of the shared transaction.
-    fn conn(&mut self) -> Result<&mut SqliteConnection, WriteError> {
+    fn conn(&mut self) -> Result<&mut Conn, WriteError> {
         let tx = self
             .guard
             .as_mut()
@@ -424,6 +423,7 @@ impl Joined {
             };
             let released = match guard.tx.as_mut() {
                 Some(tx) => sqlx::query(&format!("RELEASE {name}"))
+                    .persistent(false)
                     .execute(&mut **tx)
                     .await
                     .map(|_| ()),

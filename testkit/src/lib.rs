@@ -24,12 +24,17 @@
 //! - `server` (feature `control-plane`): `sessiongate serve` in process on
 //!   port 0, `server::InProcess`, and the test configuration both
 //!   harnesses start from.
+//! - `postgres` (feature `postgres`): a real PostgreSQL cluster per test
+//!   process, started on first use, and a fresh database per test
+//!   (`postgres::database`).
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod fs;
 mod listen;
 pub mod origin;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod rng;
 pub mod routes;
 #[cfg(feature = "control-plane")]

@@ -18,6 +18,11 @@ fn embedded_defaults_match_the_design() {
     assert_eq!(c.gateway.base_domains, vec!["localhost"]);
     assert_eq!(c.gateway.portal_host, "localhost");
     assert_eq!(c.control_plane.data_dir, PathBuf::from("data"));
+    assert_eq!(
+        c.database().unwrap(),
+        crate::store::DatabaseUrl::Sqlite(PathBuf::from("data/sessiongate.db")),
+        "SQLite in the data dir, as before control_plane.database"
+    );
     let server = c.server_config();
     assert_eq!(server.max_connections_per_ip, 256);
     assert_eq!(server.max_connection_age, Duration::from_secs(3600));
@@ -172,6 +177,76 @@ fn env_overrides_every_kind_of_key() {
     assert_eq!(c.gateway.base_domains, vec!["a.test", "b.test"]);
     assert_eq!(c.gateway.max_connections, 77);
     assert_eq!(c.control_plane.data_dir, PathBuf::from("/tmp/x"));
+}
+
+#[test]
+fn the_database_comes_from_the_file_or_the_environment() {
+    use crate::store::{DatabaseUrl, Engine};
+    let c = Config::from_toml(
+        "[control_plane]\ndata_dir = \"/srv/sg\"\ndatabase = \"\"\n",
+        None,
+        env(&[]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.database().unwrap(),
+        DatabaseUrl::Sqlite(PathBuf::from("/srv/sg/sessiongate.db"))
+    );
+    let c = Config::from_toml(
+        "[control_plane]\ndatabase = \"sqlite:///var/lib/sg/x.db\"\n",
+        None,
+        env(&[]),
+    )
+    .unwrap();
+    assert_eq!(
+        c.database().unwrap(),
+        DatabaseUrl::Sqlite(PathBuf::from("/var/lib/sg/x.db"))
+    );
+    let c = Config::from_toml(
+        "[control_plane]\ndatabase = \"sqlite://file.db\"\n",
+        None,
+        env(&[(
+            "SESSIONGATE_CONTROL_PLANE_DATABASE",
+            "postgresql://sg:pw@db.internal:5433/sessiongate?sslmode=require",
+        )]),
+    )
+    .unwrap();
+    let db = c.database().unwrap();
+    assert_eq!(db.engine(), Engine::Postgres);
+    assert_eq!(
+        db.to_string(),
+        "postgresql://sg:***@db.internal:5433/sessiongate?sslmode=require"
+    );
+}
+
+#[test]
+fn a_bad_database_names_the_key_and_never_the_password() {
+    for (text, vars) in [
+        (
+            "[control_plane]\ndatabase = \"mysql://sg:hunter2@db/x\"\n",
+            &[][..],
+        ),
+        (
+            "[control_plane]\ndatabase = \"postgres://sg:hunter2@db:port/x\"\n",
+            &[],
+        ),
+        (
+            "[control_plane]\ndatabase = \"postgres://sg:hunter2@/x\"\n",
+            &[],
+        ),
+        ("[control_plane]\ndatabase = \"sqlite://\"\n", &[]),
+        (
+            "",
+            &[("SESSIONGATE_CONTROL_PLANE_DATABASE", "sg:hunter2@db/x")],
+        ),
+    ] {
+        let err = Config::from_toml(text, None, env(vars))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("control_plane.database: "), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
 }
 
 /// A configuration text, environment variables, and what the error must name.

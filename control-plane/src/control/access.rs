@@ -168,7 +168,7 @@ impl ControlPlane {
     /// first use binds it to the browser it let in ([`Self::activate_link`]).
     pub(crate) async fn workshop_link(
         &self,
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut crate::store::Conn,
         session: &str,
         user: &str,
         now: u64,

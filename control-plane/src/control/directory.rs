@@ -5,7 +5,7 @@
 //! member lists, and the live connections of whoever lost access are closed
 //! (see [`routing`](super::routing)).
 
-use sqlx::sqlite::SqliteConnection;
+use crate::store::Conn;
 
 use super::{sorted_unique, unknown, ControlPlane};
 use crate::auth;
@@ -310,7 +310,7 @@ pub(crate) fn new_user_id() -> Result<String, ControlError> {
 
 /// The member lists of `groups` as stored now (`None`: no such group).
 async fn member_lists(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     groups: &[String],
 ) -> Result<Vec<(String, Option<Vec<String>>)>, ControlError> {
     let mut out = Vec::with_capacity(groups.len());
@@ -327,7 +327,7 @@ async fn member_lists(
 
 /// Live sessions shared with any of `groups`, as stored now.
 async fn sessions_shared(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     groups: &[String],
 ) -> Result<Vec<SessionRecord>, ControlError> {
     let mut names = std::collections::BTreeSet::new();
@@ -343,7 +343,7 @@ async fn sessions_shared(
     Ok(out)
 }
 
-async fn group_view(c: &mut SqliteConnection, name: &str) -> Result<Group, ControlError> {
+async fn group_view(c: &mut Conn, name: &str) -> Result<Group, ControlError> {
     let created = store::group_created(c, name)
         .await?
         .ok_or_else(|| ControlError::not_found("group", name))?;

@@ -15,7 +15,7 @@
 //!
 //! Checked in the write's transaction, when a slug is set or changed.
 
-use sqlx::sqlite::SqliteConnection;
+use crate::store::Conn;
 
 use crate::error::ControlError;
 use crate::session::model::{invalid, SessionRecord};
@@ -25,7 +25,7 @@ use crate::store;
 /// another user's slug or an environment's prefix, or if it would share
 /// the origin with another user's slug session without `shared_origin`.
 pub(crate) async fn check_portal_slug(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     rec: &SessionRecord,
     old_slug: Option<&str>,
 ) -> Result<(), ControlError> {
@@ -81,7 +81,7 @@ pub(crate) async fn check_portal_slug(
 /// (`<prefix>/<session>`) would nest with a live session's slug or another
 /// environment's sessions.
 pub(crate) async fn check_slug_prefix(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     environment: &str,
     prefix: &str,
 ) -> Result<(), ControlError> {

@@ -13,8 +13,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::store::Conn;
 use gateway::{names, RouteChange, RouteSpec};
-use sqlx::sqlite::SqliteConnection;
 
 use super::ControlPlane;
 use crate::access::{self as acc, GroupCache};
@@ -226,7 +226,7 @@ impl ControlPlane {
 
 /// Refuses a session whose slug or custom domain another live session has.
 pub(crate) async fn check_unique_keys(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     rec: &SessionRecord,
 ) -> Result<(), ControlError> {
     if let Some(slug) = &rec.slug {

@@ -5,7 +5,18 @@ use super::*;
 const ENV_COLS: &str = "name, workshop, duration_secs, capacity, reserved, state, targets, \
     tls_verify, slug_prefix, extendable, created_ms, next_session, parameter_headers";
 
-fn environment_row(r: &SqliteRow) -> Result<EnvironmentRecord, StoreError> {
+/// [`ENV_COLS`] for a SELECT: the BOOLEAN columns as integers (see the
+/// module doc of [`super`]).
+const ENV_SELECT: &str = "name, workshop, duration_secs, capacity, reserved, state, targets, \
+    CAST(tls_verify AS INTEGER) AS tls_verify, slug_prefix, \
+    CAST(extendable AS INTEGER) AS extendable, created_ms, next_session, \
+    CAST(parameter_headers AS INTEGER) AS parameter_headers";
+
+/// The BOOLEAN columns of `environments`.
+#[cfg(test)]
+const ENV_BOOLEANS: &[&str] = &["tls_verify", "extendable", "parameter_headers"];
+
+fn environment_row(r: &AnyRow) -> Result<EnvironmentRecord, StoreError> {
     let workshop: String = r.try_get("workshop")?;
     let targets: String = r.try_get("targets")?;
     let state: String = r.try_get("state")?;
@@ -29,12 +40,12 @@ fn environment_row(r: &SqliteRow) -> Result<EnvironmentRecord, StoreError> {
             .map(|t| Target::parse(t))
             .collect::<Result<_, _>>()
             .map_err(|e| bad("targets", e))?,
-        tls_verify: r.try_get("tls_verify")?,
+        tls_verify: get_bool(r, "tls_verify")?,
         slug_prefix: r.try_get("slug_prefix")?,
-        extendable: r.try_get("extendable")?,
+        extendable: get_bool(r, "extendable")?,
         created_ms: get_u64(r, "created_ms")?,
         next_session: get_u64(r, "next_session")?,
-        parameter_headers: r.try_get("parameter_headers")?,
+        parameter_headers: get_bool(r, "parameter_headers")?,
     })
 }
 
@@ -48,9 +59,9 @@ fn environment_json(e: &EnvironmentRecord) -> (String, String) {
 
 /// Binds every column of [`ENV_COLS`], in its order, as `$1`..`$13`.
 fn bind_environment<'q>(
-    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    q: sqlx::query::Query<'q, Any, AnyArguments<'q>>,
     e: &'q EnvironmentRecord,
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+) -> sqlx::query::Query<'q, Any, AnyArguments<'q>> {
     let (workshop, targets) = environment_json(e);
     q.bind(&e.name)
         .bind(workshop)
@@ -67,10 +78,7 @@ fn bind_environment<'q>(
         .bind(e.parameter_headers)
 }
 
-pub async fn environment_insert(
-    c: &mut SqliteConnection,
-    e: &EnvironmentRecord,
-) -> Result<(), StoreError> {
+pub async fn environment_insert(c: &mut Conn, e: &EnvironmentRecord) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO environments ({ENV_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
     );
@@ -80,10 +88,7 @@ pub async fn environment_insert(
     Ok(())
 }
 
-pub async fn environment_update(
-    c: &mut SqliteConnection,
-    e: &EnvironmentRecord,
-) -> Result<(), StoreError> {
+pub async fn environment_update(c: &mut Conn, e: &EnvironmentRecord) -> Result<(), StoreError> {
     let sql = "UPDATE environments SET workshop = $2, duration_secs = $3, capacity = $4, \
         reserved = $5, state = $6, targets = $7, tls_verify = $8, slug_prefix = $9, \
         extendable = $10, created_ms = $11, next_session = $12, parameter_headers = $13 \
@@ -95,11 +100,11 @@ pub async fn environment_update(
 }
 
 pub async fn environment_get(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     name: &str,
 ) -> Result<Option<EnvironmentRecord>, StoreError> {
     let row = sqlx::query(&format!(
-        "SELECT {ENV_COLS} FROM environments WHERE name = $1"
+        "SELECT {ENV_SELECT} FROM environments WHERE name = $1"
     ))
     .bind(name)
     .fetch_optional(&mut *c)
@@ -107,18 +112,16 @@ pub async fn environment_get(
     row.as_ref().map(environment_row).transpose()
 }
 
-pub async fn environments_list(
-    c: &mut SqliteConnection,
-) -> Result<Vec<EnvironmentRecord>, StoreError> {
+pub async fn environments_list(c: &mut Conn) -> Result<Vec<EnvironmentRecord>, StoreError> {
     let rows = sqlx::query(&format!(
-        "SELECT {ENV_COLS} FROM environments ORDER BY name"
+        "SELECT {ENV_SELECT} FROM environments ORDER BY name"
     ))
     .fetch_all(&mut *c)
     .await?;
     rows.iter().map(environment_row).collect()
 }
 
-pub async fn environment_delete(c: &mut SqliteConnection, name: &str) -> Result<bool, StoreError> {
+pub async fn environment_delete(c: &mut Conn, name: &str) -> Result<bool, StoreError> {
     let r = sqlx::query("DELETE FROM environments WHERE name = $1")
         .bind(name)
         .execute(&mut *c)
@@ -127,9 +130,7 @@ pub async fn environment_delete(c: &mut SqliteConnection, name: &str) -> Result<
 }
 
 /// Sessions of each environment that are not finished, by environment.
-pub async fn environment_allocations(
-    c: &mut SqliteConnection,
-) -> Result<HashMap<String, u64>, StoreError> {
+pub async fn environment_allocations(c: &mut Conn) -> Result<HashMap<String, u64>, StoreError> {
     let rows = sqlx::query(
         "SELECT environment, COUNT(*) AS n FROM sessions \
          WHERE environment IS NOT NULL AND state NOT IN ('expired', 'deleted') GROUP BY environment",
@@ -139,4 +140,14 @@ pub async fn environment_allocations(
     rows.iter()
         .map(|r| Ok((r.try_get("environment")?, get_u64(r, "n")?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_select_list_casts_exactly_the_boolean_columns() {
+        assert_eq!(ENV_SELECT, select_list(ENV_COLS, ENV_BOOLEANS));
+    }
 }

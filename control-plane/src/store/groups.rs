@@ -2,10 +2,7 @@
 
 use super::*;
 
-pub async fn group_created(
-    c: &mut SqliteConnection,
-    name: &str,
-) -> Result<Option<u64>, StoreError> {
+pub async fn group_created(c: &mut Conn, name: &str) -> Result<Option<u64>, StoreError> {
     let row = sqlx::query("SELECT created_ms FROM user_groups WHERE name = $1")
         .bind(name)
         .fetch_optional(&mut *c)
@@ -14,7 +11,7 @@ pub async fn group_created(
 }
 
 /// Every group with its creation time, by name.
-pub async fn groups_list(c: &mut SqliteConnection) -> Result<Vec<(String, u64)>, StoreError> {
+pub async fn groups_list(c: &mut Conn) -> Result<Vec<(String, u64)>, StoreError> {
     let rows = sqlx::query("SELECT name, created_ms FROM user_groups ORDER BY name")
         .fetch_all(&mut *c)
         .await?;
@@ -23,11 +20,7 @@ pub async fn groups_list(c: &mut SqliteConnection) -> Result<Vec<(String, u64)>,
         .collect()
 }
 
-pub async fn group_insert(
-    c: &mut SqliteConnection,
-    name: &str,
-    created_ms: u64,
-) -> Result<(), StoreError> {
+pub async fn group_insert(c: &mut Conn, name: &str, created_ms: u64) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO user_groups (name, created_ms) VALUES ($1, $2)")
         .bind(name)
         .bind(ms(created_ms))
@@ -36,7 +29,7 @@ pub async fn group_insert(
     Ok(())
 }
 
-pub async fn group_delete(c: &mut SqliteConnection, name: &str) -> Result<bool, StoreError> {
+pub async fn group_delete(c: &mut Conn, name: &str) -> Result<bool, StoreError> {
     let r = sqlx::query("DELETE FROM user_groups WHERE name = $1")
         .bind(name)
         .execute(&mut *c)
@@ -46,7 +39,7 @@ pub async fn group_delete(c: &mut SqliteConnection, name: &str) -> Result<bool, 
 
 /// Members of every group (or of one), by group.
 pub async fn group_members(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     group: Option<&str>,
 ) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
     let rows = match group {
@@ -71,11 +64,7 @@ pub async fn group_members(
     Ok(out)
 }
 
-pub async fn member_add(
-    c: &mut SqliteConnection,
-    group: &str,
-    user: &str,
-) -> Result<bool, StoreError> {
+pub async fn member_add(c: &mut Conn, group: &str, user: &str) -> Result<bool, StoreError> {
     let r = sqlx::query(
         "INSERT INTO group_members (group_name, user_name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     )
@@ -86,11 +75,7 @@ pub async fn member_add(
     Ok(r.rows_affected() > 0)
 }
 
-pub async fn member_remove(
-    c: &mut SqliteConnection,
-    group: &str,
-    user: &str,
-) -> Result<bool, StoreError> {
+pub async fn member_remove(c: &mut Conn, group: &str, user: &str) -> Result<bool, StoreError> {
     let r = sqlx::query("DELETE FROM group_members WHERE group_name = $1 AND user_name = $2")
         .bind(group)
         .bind(user)
@@ -100,10 +85,7 @@ pub async fn member_remove(
 }
 
 /// Names among `names` that are not users, in the order given.
-pub async fn missing_users(
-    c: &mut SqliteConnection,
-    names: &[String],
-) -> Result<Vec<String>, StoreError> {
+pub async fn missing_users(c: &mut Conn, names: &[String]) -> Result<Vec<String>, StoreError> {
     let mut missing = Vec::new();
     for n in names {
         if !user_exists(c, n).await? {
@@ -114,10 +96,7 @@ pub async fn missing_users(
 }
 
 /// Names among `names` that are not groups, in the order given.
-pub async fn missing_groups(
-    c: &mut SqliteConnection,
-    names: &[String],
-) -> Result<Vec<String>, StoreError> {
+pub async fn missing_groups(c: &mut Conn, names: &[String]) -> Result<Vec<String>, StoreError> {
     let mut missing = Vec::new();
     for n in names {
         if group_created(c, n).await?.is_none() {

@@ -1,24 +1,43 @@
-//! The durable store: SQLite through sqlx, in the data dir.
+//! The durable store: SQLite (a file in the data dir, the default) or
+//! PostgreSQL (a server several control planes can share), through sqlx's
+//! `Any` driver: one set of functions, one set of statements.
 //!
-//! A write is acknowledged only after its transaction commits, and commits
-//! are synchronous in WAL mode (`synchronous = FULL`), so an acknowledged
-//! write survives a `kill -9` at any moment.
+//! A write is acknowledged only after its transaction commits. On SQLite,
+//! commits are synchronous in WAL mode (`synchronous = FULL`), so an
+//! acknowledged write survives a `kill -9` at any moment; on PostgreSQL,
+//! every connection sets `synchronous_commit = on`, so an acknowledged
+//! write is on the server's disk (and on its synchronous standbys, if it
+//! has any).
 //!
-//! The schema and most statements are plain SQL that PostgreSQL also runs:
-//! numbered `$n` parameters, BIGINT milliseconds, `ON CONFLICT DO NOTHING`,
-//! `LIKE … ESCAPE`, partial unique indexes. Two statements use SQLite's JSON
-//! functions and must be written anew for another engine: a session's
-//! groups come back with it through `json_group_array` ([`session_get`]),
-//! and the reaper's activity update reads its batch with `json_each` and
-//! `json_extract` ([`sessions_touch`]).
+//! The statements are SQL both engines run: numbered `$n` parameters (also
+//! in what [`Sql`] builds: sqlx's `QueryBuilder` writes `?` for `Any`,
+//! which PostgreSQL refuses), BIGINT milliseconds, `ON CONFLICT DO
+//! NOTHING`, `RETURNING`, `LIKE … ESCAPE` on `LOWER(…)` of both sides,
+//! partial unique indexes. Two differences remain, each in one place:
 //!
-//! Functions take a `&mut SqliteConnection`, so callers choose the
-//! transaction: the service runs a check-then-write as one transaction,
-//! under the write lock ([`crate::writes`]), the only holder of `begin`.
+//! - Booleans. The columns are BOOLEAN on both; SQLite stores 0 and 1, and
+//!   sqlx's `Any` refuses to read a column SQLite declares BOOLEAN. So a
+//!   query reads each as `CAST(col AS INTEGER)` (the `*_SELECT` column
+//!   lists) and [`get_bool`] turns it back; binding a `bool` works on both.
+//! - JSON functions, in two statements: a session's groups come back with
+//!   it as a JSON array ([`session_get`]), and the reaper's activity update
+//!   reads its batch from one JSON parameter ([`sessions_touch`]). Each has
+//!   a text per [`Engine`], chosen by the connection's backend.
+//!
+//! Migrations are kept per engine, in step: `migrations/NNNN_*.sql` for
+//! SQLite and `migrations/postgres/NNNN_*.sql` for PostgreSQL, with the
+//! same numbers, names, tables and columns (a test compares the migrated
+//! schemas). They run at every start, before anything is served.
+//!
+//! Functions take a `&mut Conn`, so callers choose the transaction: the
+//! service runs a check-then-write as one transaction, under the write
+//! lock ([`crate::writes`]), the only holder of `begin`.
 //!
 //! # Layout
-//! - this file: [`Store`] (the pool, migrations), [`StoreError`], and the
-//!   helpers every table uses.
+//! - this file: [`Store`] (the pool, migrations), [`StoreError`], [`Sql`],
+//!   and the helpers every table uses.
+//! - `database`: [`DatabaseUrl`] (`control_plane.database`), [`Engine`],
+//!   and [`redact`], which keeps passwords out of messages.
 //! - `users`, `groups`: the directory.
 //! - `sessions`: sessions, the listing's filter and pages, the reaper's
 //!   queries.
@@ -30,26 +49,37 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Any, AnyPool, Arguments, ConnectOptions, Encode, Row, Type};
 
 use crate::session::lifecycle::SessionState;
 use crate::session::model::{SessionKind, SessionRecord};
 use crate::workshop::environment::{EnvironmentRecord, EnvironmentState, Target};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+mod database;
+
+pub use database::{redact, DatabaseUrl, Engine, DB_FILE};
+
+/// A connection to either engine: what every store function takes.
+pub type Conn = sqlx::AnyConnection;
+
+/// A transaction of its own (see [`crate::writes`]).
+pub type Transaction = sqlx::Transaction<'static, Any>;
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Connections in a pool. SQLite has one writer anyway; PostgreSQL's
+/// default `max_connections` (100) leaves room for several control planes.
+const POOL_SIZE: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
+    #[error("database: {}", redact(&.0.to_string()))]
     Db(#[from] sqlx::Error),
-    #[error("database migration: {0}")]
+    #[error("database migration: {}", redact(&.0.to_string()))]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database row {what} {key:?}: {message}")]
     Corrupt {
@@ -69,57 +99,203 @@ impl StoreError {
 /// The connection pool. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    engine: Engine,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database file and runs the migrations.
+    /// Connects to `database` (creating a SQLite file if needed) and runs
+    /// its engine's migrations.
+    pub async fn connect(database: &DatabaseUrl) -> Result<Store, StoreError> {
+        match database {
+            DatabaseUrl::Sqlite(path) => Store::open(path).await,
+            DatabaseUrl::Postgres(url) => Store::open_postgres(url).await,
+        }
+    }
+
+    /// Opens (creating if needed) the SQLite file and runs the migrations.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
+        sqlx::any::install_default_drivers();
+        // Absolute, so that the URL has no host part to misread.
+        let path = std::path::absolute(path).map_err(sqlx::Error::Io)?;
+        let url = SqliteConnectOptions::new()
+            .filename(&path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: the WAL is synced at every commit, so an acknowledged
-            // write survives a crash of the process or of the machine.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .to_url_lossy();
+        let options = AnyConnectOptions::from_url(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(POOL_SIZE)
             // A file on this machine does not go away the way a network peer
             // does; the default ping on every checkout was one more round trip
             // to the connection's thread for every read and write.
             .test_before_acquire(false)
+            .after_connect(|c, _| {
+                Box::pin(async move {
+                    // What SqliteConnectOptions set before (the `Any`
+                    // driver takes only a URL): waits up to 10 s for a lock;
+                    // WAL; FULL: the WAL is synced at every commit, so an
+                    // acknowledged write survives a crash of the process or
+                    // of the machine; foreign keys enforced.
+                    for pragma in [
+                        "PRAGMA busy_timeout = 10000",
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = FULL",
+                        "PRAGMA foreign_keys = ON",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *c).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Store { pool })
+        SQLITE_MIGRATOR.run(&pool).await?;
+        Ok(Store {
+            pool,
+            engine: Engine::Sqlite,
+        })
     }
 
-    /// An in-memory database, for tests that do not need the file.
-    pub async fn open_in_memory() -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
-        // One connection: every connection to `:memory:` is its own database.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
+    /// Connects to the PostgreSQL database at `url` and runs the
+    /// migrations (under PostgreSQL's advisory lock, so control planes
+    /// starting together migrate once).
+    pub async fn open_postgres(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let options = url.parse::<AnyConnectOptions>()?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .after_connect(|c, _| {
+                Box::pin(async move {
+                    // The server's default, set here whatever the server or
+                    // the role says: a commit returns only once it is
+                    // durable, so nothing acknowledged is lost.
+                    for setting in [
+                        "SET synchronous_commit = on",
+                        // `LIKE … ESCAPE '\'` means one backslash.
+                        "SET standard_conforming_strings = on",
+                    ] {
+                        sqlx::query(setting).execute(&mut *c).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Store { pool })
+        POSTGRES_MIGRATOR.run(&pool).await?;
+        Ok(Store {
+            pool,
+            engine: Engine::Postgres,
+        })
+    }
+
+    /// An in-memory SQLite database, for tests that do not need the file.
+    pub async fn open_in_memory() -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let options = "sqlite::memory:".parse::<AnyConnectOptions>()?;
+        // One connection: every connection to `:memory:` is its own database.
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .after_connect(|c, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA foreign_keys = ON").execute(c).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        SQLITE_MIGRATOR.run(&pool).await?;
+        Ok(Store {
+            pool,
+            engine: Engine::Sqlite,
+        })
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// A transaction of its own. Only the write lock ([`crate::writes`])
     /// calls this: every write holds the lock, so none goes around it.
-    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+    pub(crate) async fn begin(&self) -> Result<Transaction, StoreError> {
         Ok(self.pool.begin().await?)
     }
 
-    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>, StoreError> {
+    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<Any>, StoreError> {
         Ok(self.pool.acquire().await?)
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The engine behind a connection.
+fn engine_of(c: &Conn) -> Engine {
+    if c.backend_name() == <sqlx::Postgres as sqlx::Database>::NAME {
+        Engine::Postgres
+    } else {
+        Engine::Sqlite
+    }
+}
+
+/// A statement built piece by piece, binding as it goes, with `$n`
+/// placeholders: what both engines read (sqlx's `QueryBuilder` writes `?`
+/// for `Any`).
+struct Sql<'a> {
+    text: String,
+    args: AnyArguments<'a>,
+}
+
+impl<'a> Sql<'a> {
+    pub fn new(text: impl Into<String>) -> Sql<'a> {
+        Sql {
+            text: text.into(),
+            args: AnyArguments::default(),
+        }
+    }
+
+    pub fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Binds `value` and writes its placeholder.
+    pub fn bind<T: 'a + Encode<'a, Any> + Type<Any>>(&mut self, value: T) -> &mut Self {
+        // Encoding into `Any` only records the value: it cannot fail.
+        let _ = self.args.add(value);
+        self.text.push('$');
+        self.text.push_str(&self.args.len().to_string());
+        self
+    }
+
+    /// Binds each of `values`, separated by commas (an `IN (…)` list).
+    pub fn bind_list<T: 'a + Encode<'a, Any> + Type<Any>>(
+        &mut self,
+        values: impl IntoIterator<Item = T>,
+    ) -> &mut Self {
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.text.push_str(", ");
+            }
+            self.bind(v);
+        }
+        self
+    }
+
+    /// `ORDER BY order LIMIT … OFFSET …` for 1-based `page`.
+    pub fn page(&mut self, order: &str, page: u64, per_page: u64) -> &mut Self {
+        self.push(&format!(" ORDER BY {order} LIMIT "))
+            .bind(ms(per_page))
+            .push(" OFFSET ")
+            .bind(ms(page.saturating_sub(1).saturating_mul(per_page)))
+    }
+
+    pub async fn fetch_all(self, c: &mut Conn) -> Result<Vec<AnyRow>, sqlx::Error> {
+        sqlx::query_with(&self.text, self.args).fetch_all(c).await
+    }
+
+    pub async fn fetch_one(self, c: &mut Conn) -> Result<AnyRow, sqlx::Error> {
+        sqlx::query_with(&self.text, self.args).fetch_one(c).await
     }
 }
 
@@ -131,19 +307,42 @@ fn opt_ms(v: Option<u64>) -> Option<i64> {
     v.map(ms)
 }
 
-fn get_u64(row: &SqliteRow, col: &str) -> Result<u64, sqlx::Error> {
+fn get_u64(row: &AnyRow, col: &str) -> Result<u64, sqlx::Error> {
     let v: i64 = row.try_get(col)?;
     Ok(v.max(0) as u64)
 }
 
-fn get_opt_u64(row: &SqliteRow, col: &str) -> Result<Option<u64>, sqlx::Error> {
+fn get_opt_u64(row: &AnyRow, col: &str) -> Result<Option<u64>, sqlx::Error> {
     let v: Option<i64> = row.try_get(col)?;
     Ok(v.map(|v| v.max(0) as u64))
 }
 
-fn get_opt_port(row: &SqliteRow, col: &str) -> Result<Option<u16>, sqlx::Error> {
+fn get_opt_port(row: &AnyRow, col: &str) -> Result<Option<u16>, sqlx::Error> {
     let v: Option<i64> = row.try_get(col)?;
     Ok(v.and_then(|v| u16::try_from(v).ok()))
+}
+
+/// A BOOLEAN column, read as `CAST(col AS INTEGER)` (see the module doc).
+fn get_bool(row: &AnyRow, col: &str) -> Result<bool, sqlx::Error> {
+    let v: i64 = row.try_get(col)?;
+    Ok(v != 0)
+}
+
+/// `cols` (a column list) with each of `booleans` read as
+/// `CAST(col AS INTEGER) AS col`, for a SELECT.
+#[cfg(test)]
+fn select_list(cols: &str, booleans: &[&str]) -> String {
+    cols.split(',')
+        .map(str::trim)
+        .map(|c| {
+            if booleans.contains(&c) {
+                format!("CAST({c} AS INTEGER) AS {c}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `%q%` with the LIKE wildcards in `q` escaped, lower-cased.
@@ -158,13 +357,6 @@ fn like_pattern(q: &str) -> String {
     }
     p.push('%');
     p
-}
-
-fn push_page(b: &mut QueryBuilder<Sqlite>, order: &str, page: u64, per_page: u64) {
-    b.push(format!(" ORDER BY {order} LIMIT "))
-        .push_bind(ms(per_page))
-        .push(" OFFSET ")
-        .push_bind(ms(page.saturating_sub(1).saturating_mul(per_page)));
 }
 
 mod environments;
@@ -182,36 +374,29 @@ pub use tokens::*;
 pub use users::*;
 
 #[cfg(test)]
+mod suite;
+
+#[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn the_file_is_in_wal_mode_with_synchronous_commits() {
-        let dir = std::env::temp_dir().join(format!("sg-store-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::open(&dir.join("t.db")).await.unwrap();
-        let mut c = store.conn().await.unwrap();
-        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&mut *c)
-            .await
-            .unwrap();
-        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&mut *c)
-            .await
-            .unwrap();
-        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-            .fetch_one(&mut *c)
-            .await
-            .unwrap();
-        assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1), "2 = FULL");
-        drop(c);
-        store.close().await;
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn like_patterns_escape_wildcards() {
         assert_eq!(like_pattern("Ab"), "%ab%");
         assert_eq!(like_pattern("50%_x\\"), "%50\\%\\_x\\\\%");
+    }
+
+    #[test]
+    fn built_statements_number_their_parameters() {
+        let mut b = Sql::new("SELECT 1 WHERE a = ");
+        b.bind("x")
+            .push(" AND b IN (")
+            .bind_list([1i64, 2, 3])
+            .push(")");
+        b.page("name", 3, 10);
+        assert_eq!(
+            b.text,
+            "SELECT 1 WHERE a = $1 AND b IN ($2, $3, $4) ORDER BY name LIMIT $5 OFFSET $6"
+        );
     }
 }

@@ -9,7 +9,7 @@ use super::*;
 /// ones included) and all of them (the reserves too). The portal's
 /// `allocated_sessions_count` and `active_sessions_count`.
 pub async fn portal_session_counts(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     reserve_user: &str,
 ) -> Result<(u64, u64), StoreError> {
     let row = sqlx::query(
@@ -25,10 +25,7 @@ pub async fn portal_session_counts(
 
 /// Live sessions of environments that `owner` holds, portal-wide: what the
 /// per-user cap counts.
-pub async fn portal_sessions_of_owner(
-    c: &mut SqliteConnection,
-    owner: &str,
-) -> Result<u64, StoreError> {
+pub async fn portal_sessions_of_owner(c: &mut Conn, owner: &str) -> Result<u64, StoreError> {
     let row = sqlx::query(
         "SELECT COUNT(*) AS n FROM sessions WHERE environment IS NOT NULL \
          AND owner = $1 AND state NOT IN ('expired', 'deleted')",
@@ -43,7 +40,7 @@ pub async fn portal_sessions_of_owner(
 /// the one the portal gives up when its maximum is reached and a request
 /// needs a new session.
 pub async fn oldest_reserved_session(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     reserve_user: &str,
 ) -> Result<Option<String>, StoreError> {
     let row = sqlx::query(
@@ -61,7 +58,7 @@ pub async fn oldest_reserved_session(
 /// it, since every request issues one (the portal's `started` before
 /// activation). Links are deleted when taken or past their expiry.
 pub async fn newest_access_links(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     session: Option<&str>,
 ) -> Result<HashMap<String, u64>, StoreError> {
     let rows = sqlx::query(

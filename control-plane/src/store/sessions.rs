@@ -25,10 +25,37 @@ pub struct SessionFilter {
 const SESSION_COLS: &str = "name, kind, remote_host, remote_port, url, https, tls_verify, slug, \
     strip_prefix, rewrite_host, custom_domain, workspace_port, owner, public, state, created_ms, \
     activated_ms, expires_ms, last_activity_ms, paused_ms, state_changed_ms, duration_secs, \
-    idle_timeout_secs, extendable, environment, labels, activate_by_ms, allow_any_upgrade,
+    idle_timeout_secs, extendable, environment, labels, activate_by_ms, allow_any_upgrade, \
     shared_origin, analytics_url, parameters, parameter_headers";
 
-fn session_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
+/// [`SESSION_COLS`] for a SELECT: the BOOLEAN columns as integers (see the
+/// module doc of [`super`]).
+const SESSION_SELECT: &str = "name, kind, remote_host, remote_port, url, \
+    CAST(https AS INTEGER) AS https, CAST(tls_verify AS INTEGER) AS tls_verify, slug, \
+    CAST(strip_prefix AS INTEGER) AS strip_prefix, \
+    CAST(rewrite_host AS INTEGER) AS rewrite_host, custom_domain, workspace_port, owner, \
+    CAST(public AS INTEGER) AS public, state, created_ms, activated_ms, expires_ms, \
+    last_activity_ms, paused_ms, state_changed_ms, duration_secs, idle_timeout_secs, \
+    CAST(extendable AS INTEGER) AS extendable, environment, labels, activate_by_ms, \
+    CAST(allow_any_upgrade AS INTEGER) AS allow_any_upgrade, \
+    CAST(shared_origin AS INTEGER) AS shared_origin, analytics_url, parameters, \
+    CAST(parameter_headers AS INTEGER) AS parameter_headers";
+
+/// The BOOLEAN columns of `sessions`.
+#[cfg(test)]
+const SESSION_BOOLEANS: &[&str] = &[
+    "https",
+    "tls_verify",
+    "strip_prefix",
+    "rewrite_host",
+    "public",
+    "extendable",
+    "allow_any_upgrade",
+    "shared_origin",
+    "parameter_headers",
+];
+
+fn session_row(row: &AnyRow) -> Result<SessionRecord, StoreError> {
     let name: String = row.try_get("name")?;
     let corrupt = |message: String| StoreError::Corrupt {
         what: "session",
@@ -44,17 +71,17 @@ fn session_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
         remote_host: row.try_get("remote_host")?,
         remote_port: get_opt_port(row, "remote_port")?,
         url: row.try_get("url")?,
-        https: row.try_get("https")?,
-        tls_verify: row.try_get("tls_verify")?,
+        https: get_bool(row, "https")?,
+        tls_verify: get_bool(row, "tls_verify")?,
         slug: row.try_get("slug")?,
-        shared_origin: row.try_get("shared_origin")?,
-        strip_prefix: row.try_get("strip_prefix")?,
-        rewrite_host: row.try_get("rewrite_host")?,
+        shared_origin: get_bool(row, "shared_origin")?,
+        strip_prefix: get_bool(row, "strip_prefix")?,
+        rewrite_host: get_bool(row, "rewrite_host")?,
         custom_domain: row.try_get("custom_domain")?,
         workspace_port: get_opt_port(row, "workspace_port")?,
         owner: row.try_get("owner")?,
         groups: Vec::new(),
-        public: row.try_get("public")?,
+        public: get_bool(row, "public")?,
         state: state.parse().map_err(corrupt)?,
         created_ms: get_u64(row, "created_ms")?,
         activated_ms: get_opt_u64(row, "activated_ms")?,
@@ -64,23 +91,23 @@ fn session_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
         state_changed_ms: get_u64(row, "state_changed_ms")?,
         duration_secs: get_opt_u64(row, "duration_secs")?,
         idle_timeout_secs: get_opt_u64(row, "idle_timeout_secs")?,
-        extendable: row.try_get("extendable")?,
+        extendable: get_bool(row, "extendable")?,
         environment: row.try_get("environment")?,
         labels: serde_json::from_str(&labels).map_err(|e| corrupt(format!("labels: {e}")))?,
         activate_by_ms: get_opt_u64(row, "activate_by_ms")?,
-        allow_any_upgrade: row.try_get("allow_any_upgrade")?,
+        allow_any_upgrade: get_bool(row, "allow_any_upgrade")?,
         analytics_url: row.try_get("analytics_url")?,
         parameters: serde_json::from_str(&parameters)
             .map_err(|e| corrupt(format!("parameters: {e}")))?,
-        parameter_headers: row.try_get("parameter_headers")?,
+        parameter_headers: get_bool(row, "parameter_headers")?,
         name,
     })
 }
 
 /// The session records of `rows`, with their groups.
 async fn records_with_groups(
-    c: &mut SqliteConnection,
-    rows: &[SqliteRow],
+    c: &mut Conn,
+    rows: &[AnyRow],
 ) -> Result<Vec<SessionRecord>, StoreError> {
     let mut recs = rows
         .iter()
@@ -91,25 +118,18 @@ async fn records_with_groups(
 }
 
 /// Fills in `groups` for each record, with one query.
-async fn attach_groups(
-    c: &mut SqliteConnection,
-    records: &mut [SessionRecord],
-) -> Result<(), StoreError> {
+async fn attach_groups(c: &mut Conn, records: &mut [SessionRecord]) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
     }
     let mut by_name: HashMap<String, Vec<String>> = HashMap::new();
     // SQLite allows 32766 parameters; chunk to stay far below.
     for chunk in records.chunks(500) {
-        let mut b = QueryBuilder::new(
-            "SELECT session_name, group_name FROM session_groups WHERE session_name IN (",
-        );
-        let mut sep = b.separated(", ");
-        for r in chunk {
-            sep.push_bind(&r.name);
-        }
-        b.push(") ORDER BY group_name");
-        for row in b.build().fetch_all(&mut *c).await? {
+        let mut b =
+            Sql::new("SELECT session_name, group_name FROM session_groups WHERE session_name IN (");
+        b.bind_list(chunk.iter().map(|r| r.name.as_str()))
+            .push(") ORDER BY group_name");
+        for row in b.fetch_all(&mut *c).await? {
             by_name
                 .entry(row.try_get("session_name")?)
                 .or_default()
@@ -124,14 +144,19 @@ async fn attach_groups(
 
 /// One session with its groups, in one query (the groups as a JSON array):
 /// every session write starts with this read while holding the write lock.
-pub async fn session_get(
-    c: &mut SqliteConnection,
-    name: &str,
-) -> Result<Option<SessionRecord>, StoreError> {
+pub async fn session_get(c: &mut Conn, name: &str) -> Result<Option<SessionRecord>, StoreError> {
+    let groups = match engine_of(c) {
+        Engine::Sqlite => {
+            "(SELECT json_group_array(group_name) FROM \
+             (SELECT group_name FROM session_groups WHERE session_name = $1 ORDER BY group_name))"
+        }
+        Engine::Postgres => {
+            "(SELECT COALESCE(json_agg(group_name ORDER BY group_name), '[]')::text \
+             FROM session_groups WHERE session_name = $1)"
+        }
+    };
     let row = sqlx::query(&format!(
-        "SELECT {SESSION_COLS}, (SELECT json_group_array(group_name) FROM \
-         (SELECT group_name FROM session_groups WHERE session_name = $1 ORDER BY group_name)) \
-         AS group_names FROM sessions WHERE name = $1"
+        "SELECT {SESSION_SELECT}, {groups} AS group_names FROM sessions WHERE name = $1"
     ))
     .bind(name)
     .fetch_optional(&mut *c)
@@ -147,50 +172,47 @@ pub async fn session_get(
     Ok(Some(rec))
 }
 
-fn push_session_filter(b: &mut QueryBuilder<Sqlite>, f: &SessionFilter) {
+fn push_session_filter<'a>(b: &mut Sql<'a>, f: &'a SessionFilter) {
     b.push(" WHERE 1 = 1");
     if let Some(q) = &f.q {
         let pat = like_pattern(q);
         b.push(" AND (LOWER(name) LIKE ")
-            .push_bind(pat.clone())
+            .bind(pat.clone())
             .push(" ESCAPE '\\' OR LOWER(owner) LIKE ")
-            .push_bind(pat.clone())
+            .bind(pat.clone())
             .push(" ESCAPE '\\' OR LOWER(labels) LIKE ")
-            .push_bind(pat)
+            .bind(pat)
             .push(" ESCAPE '\\')");
     }
     if f.states.is_empty() {
         b.push(" AND state <> 'deleted'");
     } else {
-        b.push(" AND state IN (");
-        let mut sep = b.separated(", ");
-        for s in &f.states {
-            sep.push_bind(s.as_str());
-        }
-        b.push(")");
+        b.push(" AND state IN (")
+            .bind_list(f.states.iter().map(|s| s.as_str()))
+            .push(")");
     }
     if let Some(o) = &f.owner {
-        b.push(" AND owner = ").push_bind(o.clone());
+        b.push(" AND owner = ").bind(o.as_str());
     }
     if let Some(g) = &f.group {
         b.push(" AND name IN (SELECT session_name FROM session_groups WHERE group_name = ")
-            .push_bind(g.clone())
+            .bind(g.as_str())
             .push(")");
     }
 }
 
 /// A page of sessions matching `f`, by name, and how many match in all.
 pub async fn sessions_list(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     f: &SessionFilter,
 ) -> Result<(Vec<SessionRecord>, u64), StoreError> {
-    let mut count = QueryBuilder::new("SELECT COUNT(*) AS n FROM sessions");
+    let mut count = Sql::new("SELECT COUNT(*) AS n FROM sessions");
     push_session_filter(&mut count, f);
-    let total = get_u64(&count.build().fetch_one(&mut *c).await?, "n")?;
-    let mut b = QueryBuilder::new(format!("SELECT {SESSION_COLS} FROM sessions"));
+    let total = get_u64(&count.fetch_one(&mut *c).await?, "n")?;
+    let mut b = Sql::new(format!("SELECT {SESSION_SELECT} FROM sessions"));
     push_session_filter(&mut b, f);
-    push_page(&mut b, "name", f.page, f.per_page);
-    let rows = b.build().fetch_all(&mut *c).await?;
+    b.page("name", f.page, f.per_page);
+    let rows = b.fetch_all(&mut *c).await?;
     let mut recs = rows
         .iter()
         .map(session_row)
@@ -201,26 +223,20 @@ pub async fn sessions_list(
 
 /// Sessions in any of `states`, all of them (start-up, reaper).
 pub async fn sessions_in_states(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     states: &[SessionState],
 ) -> Result<Vec<SessionRecord>, StoreError> {
-    let mut b = QueryBuilder::new(format!(
-        "SELECT {SESSION_COLS} FROM sessions WHERE state IN ("
+    let mut b = Sql::new(format!(
+        "SELECT {SESSION_SELECT} FROM sessions WHERE state IN ("
     ));
-    let mut sep = b.separated(", ");
-    for s in states {
-        sep.push_bind(s.as_str());
-    }
-    b.push(") ORDER BY name");
-    let rows = b.build().fetch_all(&mut *c).await?;
+    b.bind_list(states.iter().map(|s| s.as_str()))
+        .push(") ORDER BY name");
+    let rows = b.fetch_all(&mut *c).await?;
     records_with_groups(c, &rows).await
 }
 
 /// Names of sessions shared with `group` that can still be used.
-pub async fn sessions_shared_with(
-    c: &mut SqliteConnection,
-    group: &str,
-) -> Result<Vec<String>, StoreError> {
+pub async fn sessions_shared_with(c: &mut Conn, group: &str) -> Result<Vec<String>, StoreError> {
     let rows = sqlx::query(
         "SELECT s.name AS name FROM sessions s JOIN session_groups g ON g.session_name = s.name \
          WHERE g.group_name = $1 AND s.state NOT IN ('expired', 'deleted') ORDER BY s.name",
@@ -236,10 +252,10 @@ pub async fn sessions_shared_with(
 
 /// Binds every column of [`SESSION_COLS`], in its order, as `$1`..`$32`.
 fn bind_session<'q>(
-    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    q: sqlx::query::Query<'q, Any, AnyArguments<'q>>,
     s: &'q SessionRecord,
     labels: String,
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+) -> sqlx::query::Query<'q, Any, AnyArguments<'q>> {
     let parameters = serde_json::to_string(&s.parameters).unwrap_or_else(|_| "[]".into());
     q.bind(&s.name)
         .bind(s.kind.as_str())
@@ -279,7 +295,7 @@ fn labels_json(s: &SessionRecord) -> String {
     serde_json::to_string(&s.labels).unwrap_or_else(|_| "{}".into())
 }
 
-async fn set_session_groups(c: &mut SqliteConnection, s: &SessionRecord) -> Result<(), StoreError> {
+async fn set_session_groups(c: &mut Conn, s: &SessionRecord) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM session_groups WHERE session_name = $1")
         .bind(&s.name)
         .execute(&mut *c)
@@ -287,10 +303,7 @@ async fn set_session_groups(c: &mut SqliteConnection, s: &SessionRecord) -> Resu
     insert_session_groups(c, s).await
 }
 
-async fn insert_session_groups(
-    c: &mut SqliteConnection,
-    s: &SessionRecord,
-) -> Result<(), StoreError> {
+async fn insert_session_groups(c: &mut Conn, s: &SessionRecord) -> Result<(), StoreError> {
     for g in &s.groups {
         sqlx::query("INSERT INTO session_groups (session_name, group_name) VALUES ($1, $2)")
             .bind(&s.name)
@@ -301,7 +314,7 @@ async fn insert_session_groups(
     Ok(())
 }
 
-pub async fn session_insert(c: &mut SqliteConnection, s: &SessionRecord) -> Result<(), StoreError> {
+pub async fn session_insert(c: &mut Conn, s: &SessionRecord) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
          $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, \
@@ -316,7 +329,7 @@ pub async fn session_insert(c: &mut SqliteConnection, s: &SessionRecord) -> Resu
 }
 
 /// Overwrites the stored record (and its groups) with `s`.
-pub async fn session_update(c: &mut SqliteConnection, s: &SessionRecord) -> Result<(), StoreError> {
+pub async fn session_update(c: &mut Conn, s: &SessionRecord) -> Result<(), StoreError> {
     session_update_row(c, s).await?;
     set_session_groups(c, s).await
 }
@@ -324,10 +337,7 @@ pub async fn session_update(c: &mut SqliteConnection, s: &SessionRecord) -> Resu
 /// Overwrites the stored record with `s` but leaves its groups as stored:
 /// for changes that cannot touch them (lifecycle actions, patches), which
 /// saves a delete and an insert per group on every write.
-pub async fn session_update_row(
-    c: &mut SqliteConnection,
-    s: &SessionRecord,
-) -> Result<(), StoreError> {
+pub async fn session_update_row(c: &mut Conn, s: &SessionRecord) -> Result<(), StoreError> {
     let sql = "UPDATE sessions SET kind = $2, remote_host = $3, remote_port = $4, url = $5, \
         https = $6, tls_verify = $7, slug = $8, strip_prefix = $9, rewrite_host = $10, \
         custom_domain = $11, workspace_port = $12, owner = $13, public = $14, state = $15, \
@@ -343,7 +353,7 @@ pub async fn session_update_row(
 }
 
 /// Removes the record for good (retention purge, or replacing a finished one).
-pub async fn session_purge(c: &mut SqliteConnection, name: &str) -> Result<bool, StoreError> {
+pub async fn session_purge(c: &mut Conn, name: &str) -> Result<bool, StoreError> {
     let r = sqlx::query("DELETE FROM sessions WHERE name = $1")
         .bind(name)
         .execute(&mut *c)
@@ -353,7 +363,7 @@ pub async fn session_purge(c: &mut SqliteConnection, name: &str) -> Result<bool,
 
 /// Purges expired and deleted records whose state is older than `cutoff_ms`.
 pub async fn sessions_purge_finished(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     cutoff_ms: u64,
 ) -> Result<Vec<String>, StoreError> {
     let rows = sqlx::query(
@@ -372,19 +382,31 @@ pub async fn sessions_purge_finished(
     Ok(names)
 }
 
-/// Sessions `sessions_touch` sends to SQLite in one statement: one bound JSON
-/// array, so no limit on bound variables applies; chunks keep each statement
+/// Sessions `sessions_touch` sends in one statement: one bound JSON array,
+/// so no limit on bound parameters applies; chunks keep each statement
 /// short for the readers waiting on the connection.
-const TOUCH_CHUNK: usize = 1000;
+pub(super) const TOUCH_CHUNK: usize = 1000;
 
 /// Records traffic seen by the gateway, `(name, at_ms)` per session; never
-/// moves `last_activity` back. One `UPDATE … FROM json_each` per chunk, not a
-/// statement per session: the reaper syncs every session that saw traffic,
-/// which under load is all of them, while it holds the write lock.
-pub async fn sessions_touch(
-    c: &mut SqliteConnection,
-    touches: &[(String, u64)],
-) -> Result<(), StoreError> {
+/// moves `last_activity` back. One `UPDATE … FROM` a JSON array per chunk,
+/// not a statement per session: the reaper syncs every session that saw
+/// traffic, which under load is all of them, while it holds the write lock.
+pub async fn sessions_touch(c: &mut Conn, touches: &[(String, u64)]) -> Result<(), StoreError> {
+    let batch = match engine_of(c) {
+        Engine::Sqlite => {
+            "SELECT json_extract(value, '$[0]') AS name, \
+                    json_extract(value, '$[1]') AS at FROM json_each($1)"
+        }
+        Engine::Postgres => {
+            "SELECT value->>0 AS name, (value->>1)::bigint AS at \
+             FROM json_array_elements($1::json)"
+        }
+    };
+    let sql = format!(
+        "UPDATE sessions SET last_activity_ms = t.at FROM ({batch}) AS t \
+         WHERE sessions.name = t.name \
+         AND (sessions.last_activity_ms IS NULL OR sessions.last_activity_ms < t.at)"
+    );
     for chunk in touches.chunks(TOUCH_CHUNK) {
         let json = serde_json::Value::Array(
             chunk
@@ -393,16 +415,7 @@ pub async fn sessions_touch(
                 .collect(),
         )
         .to_string();
-        sqlx::query(
-            "UPDATE sessions SET last_activity_ms = t.at \
-             FROM (SELECT json_extract(value, '$[0]') AS name, \
-                          json_extract(value, '$[1]') AS at FROM json_each($1)) AS t \
-             WHERE sessions.name = t.name \
-             AND (sessions.last_activity_ms IS NULL OR sessions.last_activity_ms < t.at)",
-        )
-        .bind(json)
-        .execute(&mut *c)
-        .await?;
+        sqlx::query(&sql).bind(json).execute(&mut *c).await?;
     }
     Ok(())
 }
@@ -411,9 +424,9 @@ pub async fn sessions_touch(
 /// running ones with an expiry or an idle timeout. A running session with
 /// neither never expires, so the reaper does not load it (with 10k sessions
 /// that is most of them, every pass).
-pub async fn reap_candidates(c: &mut SqliteConnection) -> Result<Vec<SessionRecord>, StoreError> {
+pub async fn reap_candidates(c: &mut Conn) -> Result<Vec<SessionRecord>, StoreError> {
     let rows = sqlx::query(&format!(
-        "SELECT {SESSION_COLS} FROM sessions WHERE state IN ($1, $2) \
+        "SELECT {SESSION_SELECT} FROM sessions WHERE state IN ($1, $2) \
          OR (state = $3 AND (expires_ms IS NOT NULL OR idle_timeout_secs IS NOT NULL)) \
          ORDER BY name"
     ))
@@ -427,7 +440,7 @@ pub async fn reap_candidates(c: &mut SqliteConnection) -> Result<Vec<SessionReco
 
 /// Whether a session that can still be used holds this slug or custom domain.
 pub async fn live_session_with(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     column: &'static str,
     value: &str,
     except: &str,
@@ -449,26 +462,25 @@ pub async fn live_session_with(
 /// owner, slug)`, by slug. The range `slug/` to `slug0` (`0` follows `/`)
 /// is what lies under it, and keeps to the live-slug index.
 pub async fn live_slug_neighbours(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     slug: &str,
     except: &str,
 ) -> Result<Vec<(String, String, String)>, StoreError> {
-    let mut b = QueryBuilder::<Sqlite>::new(
+    let mut b = Sql::new(
         "SELECT name, owner, slug FROM sessions \
          WHERE state NOT IN ('expired', 'deleted') AND name <> ",
     );
-    b.push_bind(except);
-    b.push(" AND ((slug >= ");
-    b.push_bind(format!("{slug}/"));
-    b.push(" AND slug < ");
-    b.push_bind(format!("{slug}0"));
-    b.push(")");
+    b.bind(except)
+        .push(" AND ((slug >= ")
+        .bind(format!("{slug}/"))
+        .push(" AND slug < ")
+        .bind(format!("{slug}0"))
+        .push(")");
     for (i, _) in slug.match_indices('/').filter(|(i, _)| *i > 0) {
-        b.push(" OR slug = ");
-        b.push_bind(slug[..i].to_string());
+        b.push(" OR slug = ").bind(&slug[..i]);
     }
     b.push(") ORDER BY slug");
-    let rows = b.build().fetch_all(&mut *c).await?;
+    let rows = b.fetch_all(&mut *c).await?;
     rows.iter()
         .map(|r| Ok((r.try_get("name")?, r.try_get("owner")?, r.try_get("slug")?)))
         .collect()
@@ -477,7 +489,7 @@ pub async fn live_slug_neighbours(
 /// A live session other than `except`, of an owner other than `owner`,
 /// that has a slug: one that would share the portal host's origin.
 pub async fn live_slug_session_of_another(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     owner: &str,
     except: &str,
 ) -> Result<Option<String>, StoreError> {
@@ -494,11 +506,11 @@ pub async fn live_slug_session_of_another(
 
 /// Every session of an environment (any state), with groups.
 pub async fn sessions_of_environment(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     environment: &str,
 ) -> Result<Vec<SessionRecord>, StoreError> {
     let rows = sqlx::query(&format!(
-        "SELECT {SESSION_COLS} FROM sessions WHERE environment = $1 ORDER BY name"
+        "SELECT {SESSION_SELECT} FROM sessions WHERE environment = $1 ORDER BY name"
     ))
     .bind(environment)
     .fetch_all(&mut *c)
@@ -510,48 +522,10 @@ pub async fn sessions_of_environment(
 mod tests {
     use super::*;
 
-    /// Touches span several chunks, and an older time never replaces a
-    /// newer one.
-    #[tokio::test]
-    async fn touches_are_written_in_chunks_and_never_move_back() {
-        let dir = std::env::temp_dir().join(format!("sg-touch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::open(&dir.join("t.db")).await.unwrap();
-        let mut c = store.conn().await.unwrap();
-        sqlx::query("INSERT INTO users (id, name, created_ms) VALUES ('u1', 'ann', 0)")
-            .execute(&mut *c)
-            .await
-            .unwrap();
-        let n = TOUCH_CHUNK * 2 + 7;
-        for i in 0..n {
-            sqlx::query(
-                "INSERT INTO sessions (name, kind, https, tls_verify, strip_prefix, \
-                 rewrite_host, owner, public, state, created_ms, state_changed_ms, extendable, \
-                 labels, last_activity_ms) \
-                 VALUES ($1, 'tunnel', 0, 1, 0, 0, 'ann', 0, 'running', 0, 0, 1, '{}', $2)",
-            )
-            .bind(format!("s{i}"))
-            // Every third session already has activity at 5,000.
-            .bind(i.is_multiple_of(3).then_some(5_000i64))
-            .execute(&mut *c)
-            .await
-            .unwrap();
-        }
-        let touches: Vec<(String, u64)> = (0..n).map(|i| (format!("s{i}"), 4_000)).collect();
-        sessions_touch(&mut c, &touches).await.unwrap();
-        let rows: Vec<(String, Option<i64>)> =
-            sqlx::query_as("SELECT name, last_activity_ms FROM sessions")
-                .fetch_all(&mut *c)
-                .await
-                .unwrap();
-        assert_eq!(rows.len(), n);
-        for (name, at) in rows {
-            let i: usize = name[1..].parse().unwrap();
-            let want = if i.is_multiple_of(3) { 5_000 } else { 4_000 };
-            assert_eq!(at, Some(want), "{name}");
-        }
-        drop(c);
-        store.close().await;
-        std::fs::remove_dir_all(&dir).unwrap();
+    /// The SELECT list names the INSERT list's columns, in its order, each
+    /// BOOLEAN one cast.
+    #[test]
+    fn the_select_list_casts_exactly_the_boolean_columns() {
+        assert_eq!(SESSION_SELECT, select_list(SESSION_COLS, SESSION_BOOLEANS));
     }
 }

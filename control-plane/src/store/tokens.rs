@@ -12,7 +12,7 @@ pub struct TokenRow {
     pub created_ms: u64,
 }
 
-pub async fn tokens_list(c: &mut SqliteConnection) -> Result<Vec<TokenRow>, StoreError> {
+pub async fn tokens_list(c: &mut Conn) -> Result<Vec<TokenRow>, StoreError> {
     let rows = sqlx::query("SELECT name, kind, hash, created_ms FROM api_tokens ORDER BY name")
         .fetch_all(&mut *c)
         .await?;
@@ -28,7 +28,7 @@ pub async fn tokens_list(c: &mut SqliteConnection) -> Result<Vec<TokenRow>, Stor
         .collect()
 }
 
-pub async fn token_insert(c: &mut SqliteConnection, t: &TokenRow) -> Result<(), StoreError> {
+pub async fn token_insert(c: &mut Conn, t: &TokenRow) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO api_tokens (name, kind, hash, created_ms) VALUES ($1, $2, $3, $4)")
         .bind(&t.name)
         .bind(&t.kind)
@@ -39,7 +39,7 @@ pub async fn token_insert(c: &mut SqliteConnection, t: &TokenRow) -> Result<(), 
     Ok(())
 }
 
-pub async fn token_delete(c: &mut SqliteConnection, name: &str) -> Result<bool, StoreError> {
+pub async fn token_delete(c: &mut Conn, name: &str) -> Result<bool, StoreError> {
     let r = sqlx::query("DELETE FROM api_tokens WHERE name = $1")
         .bind(name)
         .execute(&mut *c)
@@ -69,7 +69,12 @@ pub struct AccessTokenRow {
 const ACCESS_TOKEN_COLS: &str =
     "hash, session_name, user_name, path, created_ms, expires_ms, reusable, used_ms";
 
-fn access_token_row(r: &SqliteRow) -> Result<AccessTokenRow, StoreError> {
+/// [`ACCESS_TOKEN_COLS`] for a SELECT: `reusable` (BOOLEAN) as an integer
+/// (see the module doc of [`super`]).
+const ACCESS_TOKEN_SELECT: &str = "hash, session_name, user_name, path, created_ms, expires_ms, \
+    CAST(reusable AS INTEGER) AS reusable, used_ms";
+
+fn access_token_row(r: &AnyRow) -> Result<AccessTokenRow, StoreError> {
     Ok(AccessTokenRow {
         hash: r.try_get("hash")?,
         session: r.try_get("session_name")?,
@@ -77,15 +82,12 @@ fn access_token_row(r: &SqliteRow) -> Result<AccessTokenRow, StoreError> {
         path: r.try_get("path")?,
         created_ms: get_u64(r, "created_ms")?,
         expires_ms: get_u64(r, "expires_ms")?,
-        reusable: r.try_get("reusable")?,
+        reusable: get_bool(r, "reusable")?,
         used_ms: get_opt_u64(r, "used_ms")?,
     })
 }
 
-pub async fn access_token_insert(
-    c: &mut SqliteConnection,
-    t: &AccessTokenRow,
-) -> Result<(), StoreError> {
+pub async fn access_token_insert(c: &mut Conn, t: &AccessTokenRow) -> Result<(), StoreError> {
     sqlx::query(&format!(
         "INSERT INTO access_tokens ({ACCESS_TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     ))
@@ -104,11 +106,11 @@ pub async fn access_token_insert(
 
 /// The access link with this hash.
 pub async fn access_token_get(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     hash: &str,
 ) -> Result<Option<AccessTokenRow>, StoreError> {
     let row = sqlx::query(&format!(
-        "SELECT {ACCESS_TOKEN_COLS} FROM access_tokens WHERE hash = $1"
+        "SELECT {ACCESS_TOKEN_SELECT} FROM access_tokens WHERE hash = $1"
     ))
     .bind(hash)
     .fetch_optional(&mut *c)
@@ -119,12 +121,12 @@ pub async fn access_token_get(
 /// The newest reusable link of `user` on `session` that was never opened,
 /// expired or not (the reaper has not purged it yet).
 pub async fn access_token_unused(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     session: &str,
     user: &str,
 ) -> Result<Option<AccessTokenRow>, StoreError> {
     let row = sqlx::query(&format!(
-        "SELECT {ACCESS_TOKEN_COLS} FROM access_tokens WHERE session_name = $1 \
+        "SELECT {ACCESS_TOKEN_SELECT} FROM access_tokens WHERE session_name = $1 \
          AND user_name = $2 AND reusable AND used_ms IS NULL \
          ORDER BY created_ms DESC, hash LIMIT 1"
     ))
@@ -138,7 +140,7 @@ pub async fn access_token_unused(
 /// Moves a link's deadline (a workshop request repeated while its link
 /// is unused restarts the window).
 pub async fn access_token_set_expiry(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     hash: &str,
     expires_ms: u64,
 ) -> Result<(), StoreError> {
@@ -152,7 +154,7 @@ pub async fn access_token_set_expiry(
 
 /// Records the first use of a reusable link.
 pub async fn access_token_set_used(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     hash: &str,
     used_ms: u64,
 ) -> Result<(), StoreError> {
@@ -166,7 +168,7 @@ pub async fn access_token_set_used(
 
 /// Deletes the access link with this hash (a one-time link once opened,
 /// any link once past its deadline).
-pub async fn access_token_delete(c: &mut SqliteConnection, hash: &str) -> Result<(), StoreError> {
+pub async fn access_token_delete(c: &mut Conn, hash: &str) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM access_tokens WHERE hash = $1")
         .bind(hash)
         .execute(&mut *c)
@@ -175,7 +177,7 @@ pub async fn access_token_delete(c: &mut SqliteConnection, hash: &str) -> Result
 }
 
 /// Removes access links that expired before `now_ms` (the reaper).
-pub async fn access_tokens_purge(c: &mut SqliteConnection, now_ms: u64) -> Result<u64, StoreError> {
+pub async fn access_tokens_purge(c: &mut Conn, now_ms: u64) -> Result<u64, StoreError> {
     let r = sqlx::query("DELETE FROM access_tokens WHERE expires_ms <= $1")
         .bind(ms(now_ms))
         .execute(&mut *c)
@@ -194,7 +196,7 @@ pub struct SigningKeyRow {
 }
 
 /// The current key and the most recently retired one, newest first.
-pub async fn signing_keys(c: &mut SqliteConnection) -> Result<Vec<SigningKeyRow>, StoreError> {
+pub async fn signing_keys(c: &mut Conn) -> Result<Vec<SigningKeyRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT id, secret, created_ms, retired_ms FROM signing_keys \
          ORDER BY created_ms DESC, id DESC LIMIT 2",
@@ -217,7 +219,7 @@ pub async fn signing_keys(c: &mut SqliteConnection) -> Result<Vec<SigningKeyRow>
 /// Stores `new` as the current key: the current one is retired at `now_ms`,
 /// and keys retired before it are deleted (they verify nothing any more).
 pub async fn signing_key_rotate(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     new: &SigningKeyRow,
     now_ms: u64,
 ) -> Result<(), StoreError> {
@@ -243,7 +245,7 @@ pub async fn signing_key_rotate(
 /// names it (`access_hash`): using or revoking the refresh token ends the
 /// access token too.
 pub async fn oauth_pair_insert(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     username: &str,
     access: (&str, u64),
     refresh: (&str, u64),
@@ -264,7 +266,7 @@ pub async fn oauth_pair_insert(
 
 /// The user of a token of `kind` with this hash, if it is unexpired at `now_ms`.
 pub async fn oauth_token_user(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     hash: &str,
     kind: &str,
     now_ms: u64,
@@ -281,7 +283,7 @@ pub async fn oauth_token_user(
 }
 
 /// Deletes expired OAuth2 tokens (the reaper).
-pub async fn oauth_tokens_purge(c: &mut SqliteConnection, now_ms: u64) -> Result<u64, StoreError> {
+pub async fn oauth_tokens_purge(c: &mut Conn, now_ms: u64) -> Result<u64, StoreError> {
     let r = sqlx::query("DELETE FROM oauth_tokens WHERE expires_ms <= $1")
         .bind(ms(now_ms))
         .execute(&mut *c)
@@ -294,7 +296,7 @@ pub async fn oauth_tokens_purge(c: &mut SqliteConnection, now_ms: u64) -> Result
 /// `None` (nothing deleted) for an unknown, used or expired one. A token
 /// is taken once: of two grants racing with it, the second finds nothing.
 pub async fn oauth_refresh_take(
-    c: &mut SqliteConnection,
+    c: &mut Conn,
     hash: &str,
     now_ms: u64,
 ) -> Result<Option<String>, StoreError> {
@@ -313,7 +315,7 @@ pub async fn oauth_refresh_take(
 /// Revokes the token with this hash, whichever kind it is (RFC 7009): an
 /// access token is deleted; a refresh token is deleted with the access
 /// token issued with it. Whether there was one.
-pub async fn oauth_token_revoke(c: &mut SqliteConnection, hash: &str) -> Result<bool, StoreError> {
+pub async fn oauth_token_revoke(c: &mut Conn, hash: &str) -> Result<bool, StoreError> {
     let delete =
         sqlx::query("DELETE FROM oauth_tokens WHERE hash = $1 RETURNING access_hash").bind(hash);
     Ok(oauth_delete_with_access(c, delete).await?.is_some())
@@ -324,9 +326,9 @@ pub async fn oauth_token_revoke(c: &mut SqliteConnection, hash: &str) -> Result<
 /// its access token. Never the other way: an access token's revocation
 /// leaves its refresh token usable, as in django-oauth-toolkit.
 async fn oauth_delete_with_access<'q>(
-    c: &mut SqliteConnection,
-    delete: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-) -> Result<Option<SqliteRow>, StoreError> {
+    c: &mut Conn,
+    delete: sqlx::query::Query<'q, Any, AnyArguments<'q>>,
+) -> Result<Option<AnyRow>, StoreError> {
     let Some(row) = delete.fetch_optional(&mut *c).await? else {
         return Ok(None);
     };
@@ -338,4 +340,17 @@ async fn oauth_delete_with_access<'q>(
             .await?;
     }
     Ok(Some(row))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_select_list_casts_exactly_the_boolean_columns() {
+        assert_eq!(
+            ACCESS_TOKEN_SELECT,
+            select_list(ACCESS_TOKEN_COLS, &["reusable"])
+        );
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::sqlite::SqliteConnection;
+use crate::store::Conn;
 
 use super::environment::{self as env, EnvironmentRecord, EnvironmentState};
 use super::portal::{self, Allocation, WorkshopError, WorkshopRequest};
@@ -206,7 +206,7 @@ impl Portal {
     /// no live session holds, if capacity and targets allow.
     async fn new_environment_session(
         &self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         env: &mut EnvironmentRecord,
         sessions: &[SessionRecord],
         owner: &str,
@@ -283,7 +283,7 @@ impl Portal {
     /// within capacity and free targets. Returns the sessions created.
     async fn refill_reserve(
         &self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         env: &mut EnvironmentRecord,
         sessions: &[SessionRecord],
         now: u64,

@@ -24,7 +24,7 @@
 //! A refusal is [`WorkshopError::Unavailable`], which the request endpoint
 //! answers as the portal does: 503 `No session available`.
 
-use sqlx::sqlite::SqliteConnection;
+use crate::store::Conn;
 
 use super::portal::{self, WorkshopError};
 use super::Portal;
@@ -94,7 +94,7 @@ impl Portal {
     /// commit), or `Unavailable`.
     pub(super) async fn apply_session_caps(
         &self,
-        tx: &mut SqliteConnection,
+        tx: &mut Conn,
         env_name: &str,
         user: Option<&str>,
         sessions: &[SessionRecord],
@@ -140,10 +140,7 @@ impl Portal {
     }
 
     /// Whether a reserve may grow by one under `workshop.sessions_maximum`.
-    pub(super) async fn reserve_has_room(
-        &self,
-        tx: &mut SqliteConnection,
-    ) -> Result<bool, ControlError> {
+    pub(super) async fn reserve_has_room(&self, tx: &mut Conn) -> Result<bool, ControlError> {
         let caps = self.settings.caps;
         if caps.maximum == 0 {
             return Ok(true);

@@ -103,7 +103,7 @@ impl Portal {
     /// them (the caller commits).
     async fn issue_tokens(
         &self,
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut crate::store::Conn,
         username: &str,
     ) -> Result<TokenAnswer, OAuthError> {
         let now = self.control.now_ms();

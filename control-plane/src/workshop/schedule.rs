@@ -253,7 +253,7 @@ impl Portal {
     /// The context `s`'s schedule is read in, from `c`.
     async fn schedule_context(
         &self,
-        c: &mut sqlx::sqlite::SqliteConnection,
+        c: &mut crate::store::Conn,
         s: &SessionRecord,
     ) -> Result<ScheduleContext, StoreError> {
         let environment_extendable = match s.environment.as_deref() {
@@ -283,7 +283,7 @@ impl Portal {
     /// A live session of an environment, from `c`; anything else (unknown,
     /// finished, or no environment's) is not the portal's: not found.
     async fn portal_session(
-        c: &mut sqlx::sqlite::SqliteConnection,
+        c: &mut crate::store::Conn,
         name: &str,
     ) -> Result<SessionRecord, ControlError> {
         store::session_get(c, name)

@@ -1,6 +1,7 @@
 //! The REST API through the axum router (no socket), on a real SQLite file
-//! and a real route table, with a manual clock: every endpoint, good and bad
-//! input, and what the gateway's table holds after each change.
+//! and a real PostgreSQL database (each test on both) and a real route
+//! table, with a manual clock: every endpoint, good and bad input, and what
+//! the gateway's table holds after each change.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use control_plane::api;
 use control_plane::auth::hash_token;
 use control_plane::clock::ManualClock;
 use control_plane::control::{ControlPlane, Parts, Settings};
-use control_plane::store::Store;
+use control_plane::store::Engine;
 use control_plane::workshop::{Portal, WorkshopSettings};
 use gateway::{RouteHandle, RouteTarget};
 use http_body_util::BodyExt;
@@ -34,11 +35,14 @@ pub(crate) struct Api {
 }
 
 impl Api {
+    /// On SQLite.
     pub(crate) async fn new(name: &str) -> Api {
+        Api::on(Engine::Sqlite, name).await
+    }
+
+    pub(crate) async fn on(engine: Engine, name: &str) -> Api {
         let dir = TempDir::new(&format!("api-{name}"));
-        let store = Store::open(&dir.path().join("sessiongate.db"))
-            .await
-            .unwrap();
+        let (store, _) = crate::common::store(engine, dir.path(), &format!("api-{name}")).await;
         let routes = empty_table(&settings_with(&["localhost"], Some("portal.test")));
         let clock = ManualClock::starting_now();
         let cp = Arc::new(
@@ -163,9 +167,8 @@ fn tunnel(name: &str, owner: &str, port: u16) -> Value {
     json!({"name": name, "owner": owner, "remote_port": port})
 }
 
-#[tokio::test]
-async fn tokens_gate_the_api_and_read_only_tokens_cannot_write() {
-    let api = Api::new("tokens").await;
+async fn tokens_gate_the_api_and_read_only_tokens_cannot_write(engine: Engine) {
+    let api = Api::on(engine, "tokens").await;
     let (s, v) = api.raw("GET", "/api/v1/sessions", None, None, "").await;
     assert_eq!(s, 401, "{v}");
     assert_eq!(v["error"]["code"], "unauthorized");
@@ -257,9 +260,8 @@ async fn tokens_gate_the_api_and_read_only_tokens_cannot_write() {
     .await;
 }
 
-#[tokio::test]
-async fn gateway_tokens_get_403_on_the_admin_and_workshop_apis() {
-    let api = Api::new("gateway-token").await;
+async fn gateway_tokens_get_403_on_the_admin_and_workshop_apis(engine: Engine) {
+    let api = Api::on(engine, "gateway-token").await;
     let created = api
         .ok(
             "POST",
@@ -300,9 +302,8 @@ async fn gateway_tokens_get_403_on_the_admin_and_workshop_apis() {
     );
 }
 
-#[tokio::test]
-async fn users_and_groups_crud_with_bad_input_refused() {
-    let api = Api::new("users").await;
+async fn users_and_groups_crud_with_bad_input_refused(engine: Engine) {
+    let api = Api::on(engine, "users").await;
     let ann = api
         .ok(
             "POST",
@@ -501,9 +502,8 @@ async fn users_and_groups_crud_with_bad_input_refused() {
     .await;
 }
 
-#[tokio::test]
-async fn create_session_validates_and_publishes_its_route() {
-    let api = Api::new("create").await;
+async fn create_session_validates_and_publishes_its_route(engine: Engine) {
+    let api = Api::on(engine, "create").await;
     api.user("ann").await;
     api.ok("POST", "/api/v1/groups", Some(json!({"name": "team"})))
         .await;
@@ -674,9 +674,8 @@ async fn create_session_validates_and_publishes_its_route() {
     assert!(!api.route("lab").unwrap().public);
 }
 
-#[tokio::test]
-async fn lifecycle_actions_follow_the_state_machine_and_the_table() {
-    let api = Api::new("actions").await;
+async fn lifecycle_actions_follow_the_state_machine_and_the_table(engine: Engine) {
+    let api = Api::on(engine, "actions").await;
     api.user("ann").await;
     api.ok(
         "POST",
@@ -845,9 +844,8 @@ async fn lifecycle_actions_follow_the_state_machine_and_the_table() {
     .await;
 }
 
-#[tokio::test]
-async fn patch_and_share_are_hot_swapped_and_bad_patches_change_nothing() {
-    let api = Api::new("patch").await;
+async fn patch_and_share_are_hot_swapped_and_bad_patches_change_nothing(engine: Engine) {
+    let api = Api::on(engine, "patch").await;
     api.user("ann").await;
     api.ok("POST", "/api/v1/groups", Some(json!({"name": "team"})))
         .await;
@@ -924,9 +922,8 @@ async fn patch_and_share_are_hot_swapped_and_bad_patches_change_nothing() {
     assert_eq!(v["groups"], json!([]));
 }
 
-#[tokio::test]
-async fn listing_filters_and_pages() {
-    let api = Api::new("list").await;
+async fn listing_filters_and_pages(engine: Engine) {
+    let api = Api::on(engine, "list").await;
     for u in ["ann", "bob"] {
         api.user(u).await;
     }
@@ -1020,9 +1017,8 @@ async fn listing_filters_and_pages() {
     }
 }
 
-#[tokio::test]
-async fn bulk_applies_where_applicable_and_reports_each_name() {
-    let api = Api::new("bulk").await;
+async fn bulk_applies_where_applicable_and_reports_each_name(engine: Engine) {
+    let api = Api::on(engine, "bulk").await;
     api.user("ann").await;
     for n in ["a", "b", "c"] {
         api.ok("POST", "/api/v1/sessions", Some(tunnel(n, "ann", 9)))
@@ -1081,9 +1077,8 @@ async fn bulk_applies_where_applicable_and_reports_each_name() {
     .await;
 }
 
-#[tokio::test]
-async fn openapi_document_covers_every_endpoint() {
-    let api = Api::new("openapi").await;
+async fn openapi_document_covers_every_endpoint(engine: Engine) {
+    let api = Api::on(engine, "openapi").await;
     let (s, doc) = api.raw("GET", "/api/openapi.json", None, None, "").await;
     assert_eq!(s, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -1174,9 +1169,8 @@ async fn openapi_document_covers_every_endpoint() {
     assert_eq!(api.cp.metrics().reaper_count("expire"), 0);
 }
 
-#[tokio::test]
-async fn access_links_and_key_rotation_through_the_router() {
-    let api = Api::new("access").await;
+async fn access_links_and_key_rotation_through_the_router(engine: Engine) {
+    let api = Api::on(engine, "access").await;
     for u in ["ann", "bob", "eve"] {
         api.ok("POST", "/api/v1/users", Some(json!({ "name": u })))
             .await;
@@ -1372,9 +1366,8 @@ async fn access_links_and_key_rotation_through_the_router() {
     assert_eq!(api.cp.keys().load().current_id(), second["current"]);
 }
 
-#[tokio::test]
-async fn environments_crud_with_bad_input_refused() {
-    let api = Api::new("environments").await;
+async fn environments_crud_with_bad_input_refused(engine: Engine) {
+    let api = Api::on(engine, "environments").await;
     let good = json!({
         "name": "lab-w01",
         "workshop": {"title": "Lab", "description": "A lab", "authors": ["ann"], "tags": ["rust"],
@@ -1530,9 +1523,8 @@ async fn environments_crud_with_bad_input_refused() {
     .await;
 }
 
-#[tokio::test]
-async fn workshop_activation_deadline_on_the_manual_clock() {
-    let api = Api::new("workshop-deadline").await;
+async fn workshop_activation_deadline_on_the_manual_clock(engine: Engine) {
+    let api = Api::on(engine, "workshop-deadline").await;
     api.ok(
         "POST",
         "/api/v1/environments",
@@ -1596,4 +1588,20 @@ async fn workshop_activation_deadline_on_the_manual_clock() {
         .await;
     assert_eq!((s.as_u16(), e["code"].as_str()), (400, Some("bad_request")));
     assert_eq!(api.snapshot().await, before);
+}
+
+crate::common::on_both_engines! {
+    #[tokio::test]
+    tokens_gate_the_api_and_read_only_tokens_cannot_write,
+    gateway_tokens_get_403_on_the_admin_and_workshop_apis,
+    users_and_groups_crud_with_bad_input_refused,
+    create_session_validates_and_publishes_its_route,
+    lifecycle_actions_follow_the_state_machine_and_the_table,
+    patch_and_share_are_hot_swapped_and_bad_patches_change_nothing,
+    listing_filters_and_pages,
+    bulk_applies_where_applicable_and_reports_each_name,
+    openapi_document_covers_every_endpoint,
+    access_links_and_key_rotation_through_the_router,
+    environments_crud_with_bad_input_refused,
+    workshop_activation_deadline_on_the_manual_clock;
 }

@@ -1,8 +1,8 @@
-//! Group commit of session writes, over a real SQLite file: concurrent
-//! writes share commits, each is durable (visible to another connection to
-//! the file) and routed by the time it is acknowledged, and a write that
-//! fails inside a shared transaction leaves nothing behind while the others
-//! commit.
+//! Group commit of session writes, over a real SQLite file and a real
+//! PostgreSQL database: concurrent writes share commits, each is durable
+//! (visible to another connection to the database) and routed by the time
+//! it is acknowledged, and a write that fails inside a shared transaction
+//! leaves nothing behind while the others commit.
 
 use std::sync::Arc;
 
@@ -12,9 +12,9 @@ use control_plane::control::{ControlPlane, Parts, Settings};
 use control_plane::error::ControlError;
 use control_plane::session::model::{NewSession, SessionPatch};
 use control_plane::session::{Action, SessionState};
-use control_plane::store::Store;
+use control_plane::store::Engine;
 use gateway::RouteHandle;
-use sqlx::{Connection, SqliteConnection};
+use sqlx::{AnyConnection, Connection};
 use testkit::routes::{empty_table, settings_with};
 use testkit::TempDir;
 use tokio::sync::Mutex;
@@ -22,17 +22,16 @@ use tokio::sync::Mutex;
 struct Fixture {
     cp: Arc<ControlPlane>,
     routes: RouteHandle,
-    /// A connection of its own to the database file: it sees committed data
+    /// A connection of its own to the database: it sees committed data
     /// only.
-    reader: Arc<Mutex<SqliteConnection>>,
+    reader: Arc<Mutex<AnyConnection>>,
     /// Declared last: removed once the store is closed.
     _dir: TempDir,
 }
 
-async fn fixture(name: &str) -> Fixture {
+async fn fixture(engine: Engine, name: &str) -> Fixture {
     let dir = TempDir::new(&format!("group-{name}"));
-    let db = dir.path().join("sessiongate.db");
-    let store = Store::open(&db).await.unwrap();
+    let (store, url) = crate::common::store(engine, dir.path(), &format!("group-{name}")).await;
     let routes = empty_table(&settings_with(&["localhost"], None));
     let cp = Arc::new(
         ControlPlane::start(
@@ -43,9 +42,7 @@ async fn fixture(name: &str) -> Fixture {
         .unwrap(),
     );
     crate::common::add_user(&cp, "ann").await;
-    let reader = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
+    let reader = AnyConnection::connect(&url).await.unwrap();
     Fixture {
         cp,
         routes,
@@ -65,7 +62,7 @@ fn session(name: &str, owner: &str) -> NewSession {
 }
 
 /// The state stored for `name`, as another connection sees it.
-async fn committed_state(reader: &Mutex<SqliteConnection>, name: &str) -> Option<String> {
+async fn committed_state(reader: &Mutex<AnyConnection>, name: &str) -> Option<String> {
     sqlx::query_scalar("SELECT state FROM sessions WHERE name = $1")
         .bind(name)
         .fetch_optional(&mut *reader.lock().await)
@@ -77,9 +74,8 @@ fn routed(routes: &RouteHandle, name: &str) -> bool {
     routes.load().route(&format!("session:{name}")).is_some()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writes_share_commits_and_are_durable_when_acknowledged() {
-    let f = fixture("durable").await;
+async fn concurrent_writes_share_commits_and_are_durable_when_acknowledged(engine: Engine) {
+    let f = fixture(engine, "durable").await;
     let n = 64;
     let mut tasks = Vec::new();
     for i in 0..n {
@@ -138,9 +134,8 @@ async fn concurrent_writes_share_commits_and_are_durable_when_acknowledged() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_write_in_a_shared_transaction_leaves_nothing_and_others_commit() {
-    let f = fixture("isolated").await;
+async fn a_failed_write_in_a_shared_transaction_leaves_nothing_and_others_commit(engine: Engine) {
+    let f = fixture(engine, "isolated").await;
     // A finished record named "old": creating "old" again first purges it,
     // so a create that fails after that must bring it back.
     f.cp.create_session(session("old", "ann")).await.unwrap();
@@ -202,9 +197,8 @@ async fn a_failed_write_in_a_shared_transaction_leaves_nothing_and_others_commit
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_cancelled_at_any_point_leave_the_store_and_the_table_consistent() {
-    let f = fixture("cancelled").await;
+async fn writes_cancelled_at_any_point_leave_the_store_and_the_table_consistent(engine: Engine) {
+    let f = fixture(engine, "cancelled").await;
     let n = 200;
     let mut tasks = Vec::new();
     for i in 0..n {
@@ -245,4 +239,11 @@ async fn writes_cancelled_at_any_point_leave_the_store_and_the_table_consistent(
     let (_, writes) = f.cp.commit_counts();
     // Every stored create and "last", each counted by the commit that took it.
     assert_eq!(writes, stored as u64 + 1);
+}
+
+crate::common::on_both_engines! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    concurrent_writes_share_commits_and_are_durable_when_acknowledged,
+    a_failed_write_in_a_shared_transaction_leaves_nothing_and_others_commit,
+    writes_cancelled_at_any_point_leave_the_store_and_the_table_consistent;
 }

@@ -3,13 +3,14 @@
 //! (404) — each visible at the gateway as soon as the API has answered. And
 //! the crash test, on the binary as a child process: `kill -9` during a
 //! stream of creates, after which every acknowledged create is there on
-//! restart and serves again.
+//! restart and serves again, on SQLite and on PostgreSQL (`--database`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::Sessiongate;
+use control_plane::store::Engine;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use testkit::server::{public_session, InProcess};
@@ -67,12 +68,19 @@ async fn public_session_is_reached_paused_resumed_and_deleted_through_the_gatewa
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test]
-async fn every_acknowledged_create_survives_kill_9_and_serves_after_restart() {
+async fn every_acknowledged_create_survives_kill_9_and_serves_after_restart(engine: Engine) {
     let backend = Origin::named("backend");
     let backend_port = backend.addr.port();
     let dir = temp_dir("crash");
-    let mut sg = Sessiongate::start(&dir, "", &[]).await;
+    let database = match engine {
+        Engine::Sqlite => None,
+        Engine::Postgres => Some(testkit::postgres::database("crash").await),
+    };
+    let args: Vec<&str> = match &database {
+        Some(url) => vec!["--database", url],
+        None => Vec::new(),
+    };
+    let mut sg = Sessiongate::start_with_args(&dir, "", &[], &args).await;
     let (s, _) = sg
         .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
         .await;
@@ -140,8 +148,24 @@ async fn every_acknowledged_create_survives_kill_9_and_serves_after_restart() {
             "{name} (log: {restored})"
         );
     }
+    if database.is_some() {
+        // The store is the server's, not a file in the data dir; its log
+        // names it without the password.
+        assert!(!dir.join("data/sessiongate.db").exists());
+        assert!(
+            restored.contains("db=postgres://postgres:***@127.0.0.1:"),
+            "{restored}"
+        );
+        let log = sg.log.lock().unwrap().join("\n");
+        assert!(!log.contains(testkit::postgres::PASSWORD), "{log}");
+    }
     drop(sg);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+crate::common::on_both_engines! {
+    #[tokio::test]
+    every_acknowledged_create_survives_kill_9_and_serves_after_restart;
 }
 
 #[tokio::test]

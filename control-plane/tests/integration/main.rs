@@ -33,6 +33,9 @@
 //! - `lifecycle`: sessions end to end, and `kill -9` durability.
 //! - `logging`: the binary's access log and request spans.
 //! - `metrics`: `/metrics`, parsed.
+//! - `postgres`: `serve` on PostgreSQL (`control_plane.database`): kept
+//!   and routed across a restart; a refusing database named without its
+//!   password. Tests marked `sqlite::`/`postgres::` elsewhere run on both.
 //! - `reaper`: the lifecycle reaper on a manual clock.
 //! - `serve`: configuration errors, reload, SIGHUP and SIGTERM.
 //! - `tls`: SNI, h2, certificate reload, re-encryption, redirects.
@@ -64,6 +67,7 @@ mod jar;
 mod lifecycle;
 mod logging;
 mod metrics;
+mod postgres;
 mod reaper;
 mod serve;
 mod tls;

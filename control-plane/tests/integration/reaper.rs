@@ -1,5 +1,5 @@
-//! The lifecycle reaper on a manual clock, over a real SQLite file and a real
-//! route table: activation deadlines, expiry, idle timeouts (from the
+//! The lifecycle reaper on a manual clock, over a real SQLite file (and a
+//! real PostgreSQL database) and a real route table: activation deadlines, expiry, idle timeouts (from the
 //! gateway's per-route activity), evicted sessions, retention, the stopped
 //! clock of a paused session, and the counters.
 
@@ -13,7 +13,7 @@ use control_plane::session::lifecycle::LifecycleSettings;
 use control_plane::session::model::NewSession;
 use control_plane::session::reaper::ReapReport;
 use control_plane::session::{Action, SessionState};
-use control_plane::store::Store;
+use control_plane::store::Engine;
 use gateway::RouteHandle;
 use testkit::routes::{empty_table, settings_with};
 use testkit::TempDir;
@@ -28,11 +28,9 @@ struct Fixture {
 
 const MIN: Duration = Duration::from_secs(60);
 
-async fn fixture(name: &str) -> Fixture {
+async fn fixture(engine: Engine, name: &str) -> Fixture {
     let dir = TempDir::new(&format!("reaper-{name}"));
-    let store = Store::open(&dir.path().join("sessiongate.db"))
-        .await
-        .unwrap();
+    let (store, _) = crate::common::store(engine, dir.path(), &format!("reaper-{name}")).await;
     let routes = empty_table(&settings_with(&["localhost"], None));
     let clock = ManualClock::starting_now();
     let cp = Arc::new(
@@ -87,9 +85,8 @@ impl Fixture {
     }
 }
 
-#[tokio::test]
-async fn pending_sessions_past_the_activation_deadline_are_deleted_then_purged() {
-    let f = fixture("pending").await;
+async fn pending_sessions_past_the_activation_deadline_are_deleted_then_purged(engine: Engine) {
+    let f = fixture(engine, "pending").await;
     f.cp.create_session(NewSession {
         pending: true,
         ..session("p")
@@ -115,9 +112,8 @@ async fn pending_sessions_past_the_activation_deadline_are_deleted_then_purged()
     assert_eq!(f.cp.metrics().reaper_count("purge"), 1);
 }
 
-#[tokio::test]
-async fn running_sessions_expire_at_expires_and_keepalive_postpones_it() {
-    let f = fixture("expires").await;
+async fn running_sessions_expire_at_expires_and_keepalive_postpones_it(engine: Engine) {
+    let f = fixture(engine, "expires").await;
     f.cp.create_session(NewSession {
         duration: Some(600),
         ..session("e")
@@ -146,9 +142,8 @@ async fn running_sessions_expire_at_expires_and_keepalive_postpones_it() {
     assert_eq!(f.cp.metrics().reaper_count("expire"), 1);
 }
 
-#[tokio::test]
-async fn a_paused_sessions_expiry_clock_stops() {
-    let f = fixture("paused").await;
+async fn a_paused_sessions_expiry_clock_stops(engine: Engine) {
+    let f = fixture(engine, "paused").await;
     f.cp.create_session(NewSession {
         duration: Some(100),
         ..session("p")
@@ -171,9 +166,8 @@ async fn a_paused_sessions_expiry_clock_stops() {
     assert_eq!(f.reap().await.expired, ["p"]);
 }
 
-#[tokio::test]
-async fn idle_sessions_expire_by_the_gateways_activity() {
-    let f = fixture("idle").await;
+async fn idle_sessions_expire_by_the_gateways_activity(engine: Engine) {
+    let f = fixture(engine, "idle").await;
     // The proxy's activity clock is the wall clock. Create the sessions an
     // hour "ago" on the manual clock, so that traffic recorded now is
     // unambiguously an hour after their creation.
@@ -218,9 +212,8 @@ async fn idle_sessions_expire_by_the_gateways_activity() {
     assert_eq!(f.cp.metrics().reaper_count("expire_idle"), 2);
 }
 
-#[tokio::test]
-async fn evicted_sessions_expire_after_thirty_days_without_activity() {
-    let f = fixture("evicted").await;
+async fn evicted_sessions_expire_after_thirty_days_without_activity(engine: Engine) {
+    let f = fixture(engine, "evicted").await;
     for n in ["old", "reopened"] {
         f.cp.create_session(session(n)).await.unwrap();
         f.cp.session_action(n, Action::Evict, None).await.unwrap();
@@ -242,4 +235,13 @@ async fn evicted_sessions_expire_after_thirty_days_without_activity() {
         .metrics()
         .render()
         .contains("sessiongate_reaper_actions_total{action=\"expire_evicted\"} 1"));
+}
+
+crate::common::on_both_engines! {
+    #[tokio::test]
+    pending_sessions_past_the_activation_deadline_are_deleted_then_purged,
+    running_sessions_expire_at_expires_and_keepalive_postpones_it,
+    a_paused_sessions_expiry_clock_stops,
+    idle_sessions_expire_by_the_gateways_activity,
+    evicted_sessions_expire_after_thirty_days_without_activity;
 }

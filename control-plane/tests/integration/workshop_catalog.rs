@@ -1,6 +1,7 @@
 //! The training portal's read endpoints and per-session endpoints (issue
 //! 16), against the real API server on `127.0.0.1:0` over a real SQLite
-//! file, with a manual clock: the catalogs of environments and workshops,
+//! file and a real PostgreSQL database (each test on both), with a manual
+//! clock: the catalogs of environments and workshops,
 //! an environment's status, a session's schedule, extension and
 //! termination, and the portal-wide session caps. Each checks what the real
 //! portal's clients read, typed as they decode it (EP = educates/
@@ -23,7 +24,7 @@ use control_plane::api::{router, ApiState};
 use control_plane::auth::hash_token;
 use control_plane::clock::{Clock, ManualClock};
 use control_plane::control::{ControlPlane, Parts, Settings};
-use control_plane::store::Store;
+use control_plane::store::Engine;
 use control_plane::time::rfc3339_millis;
 use control_plane::workshop::caps::SessionCaps;
 use control_plane::workshop::portal::OAuthClient;
@@ -52,11 +53,9 @@ struct Fixture {
 }
 
 impl Fixture {
-    async fn start(name: &str, caps: SessionCaps) -> Fixture {
+    async fn start(engine: Engine, name: &str, caps: SessionCaps) -> Fixture {
         let dir = TempDir::new(&format!("catalog-{name}"));
-        let store = Store::open(&dir.path().join("sessiongate.db"))
-            .await
-            .unwrap();
+        let (store, _) = crate::common::store(engine, dir.path(), &format!("catalog-{name}")).await;
         let routes = empty_table(&settings_with(&["localhost"], Some("portal.test")));
         let clock = ManualClock::starting_now();
         let cp = Arc::new(
@@ -259,14 +258,13 @@ fn workshop(name: &str) -> Value {
     json!({"name": name, "title": format!("{name} title")})
 }
 
-#[tokio::test]
-async fn catalog_reports_the_types_the_go_cli_decodes() {
+async fn catalog_reports_the_types_the_go_cli_decodes(engine: Engine) {
     let caps = SessionCaps {
         maximum: 10,
         registered: 3,
         anonymous: 2,
     };
-    let f = Fixture::start("types", caps).await;
+    let f = Fixture::start(engine, "types", caps).await;
     f.environment(
         "lab-w01",
         json!({"name": "lab", "title": "Lab", "description": "A lab", "vendor": "acme",
@@ -327,9 +325,8 @@ async fn catalog_reports_the_types_the_go_cli_decodes() {
     assert_eq!(env(&c, "open-w01")["workshop"]["authors"], json!([]));
 }
 
-#[tokio::test]
-async fn available_counts_idle_reserved_sessions_never_more_than_reserved() {
-    let f = Fixture::start("available", SessionCaps::default()).await;
+async fn available_counts_idle_reserved_sessions_never_more_than_reserved(engine: Engine) {
+    let f = Fixture::start(engine, "available", SessionCaps::default()).await;
     f.environment("lab-w01", workshop("lab"), 4, json!({"reserved": 2}))
         .await;
     let c = f.catalog("").await;
@@ -349,9 +346,8 @@ async fn available_counts_idle_reserved_sessions_never_more_than_reserved() {
     assert_eq!(held_and_idle(&c, "lab-w01"), (1, 1));
 }
 
-#[tokio::test]
-async fn catalog_state_filter_takes_any_case_and_every_portal_state() {
-    let f = Fixture::start("states", SessionCaps::default()).await;
+async fn catalog_state_filter_takes_any_case_and_every_portal_state(engine: Engine) {
+    let f = Fixture::start(engine, "states", SessionCaps::default()).await;
     for (name, w) in [
         ("run-w01", "run"),
         ("drain-w01", "drain"),
@@ -408,9 +404,8 @@ async fn catalog_state_filter_takes_any_case_and_every_portal_state() {
     );
 }
 
-#[tokio::test]
-async fn catalog_refuses_an_unknown_state_or_a_label_without_key_naming_it() {
-    let f = Fixture::start("bad-query", SessionCaps::default()).await;
+async fn catalog_refuses_an_unknown_state_or_a_label_without_key_naming_it(engine: Engine) {
+    let f = Fixture::start(engine, "bad-query", SessionCaps::default()).await;
     f.environment("lab-w01", workshop("lab"), 1, json!({}))
         .await;
     for (query, fragment) in [
@@ -430,9 +425,8 @@ async fn catalog_refuses_an_unknown_state_or_a_label_without_key_naming_it() {
     assert_eq!(names(&f.catalog("colour=red").await), ["lab-w01"]);
 }
 
-#[tokio::test]
-async fn catalog_filters_by_workshop_names_and_every_label() {
-    let f = Fixture::start("filters", SessionCaps::default()).await;
+async fn catalog_filters_by_workshop_names_and_every_label(engine: Engine) {
+    let f = Fixture::start(engine, "filters", SessionCaps::default()).await;
     for (env_name, w, labels) in [
         (
             "a-w01",
@@ -464,9 +458,8 @@ async fn catalog_filters_by_workshop_names_and_every_label() {
     }
 }
 
-#[tokio::test]
-async fn a_workshop_label_is_checked_and_a_bad_one_stores_nothing() {
-    let f = Fixture::start("bad-labels", SessionCaps::default()).await;
+async fn a_workshop_label_is_checked_and_a_bad_one_stores_nothing(engine: Engine) {
+    let f = Fixture::start(engine, "bad-labels", SessionCaps::default()).await;
     let bad = json!({"name": "lab", "labels": {"no spaces": "x"}});
     let (s, v) = api_request(
         f.api,
@@ -512,9 +505,8 @@ async fn a_workshop_label_is_checked_and_a_bad_one_stores_nothing() {
     );
 }
 
-#[tokio::test]
-async fn workshops_catalog_lists_running_environments_as_backstage_reads_them() {
-    let f = Fixture::start("workshops", SessionCaps::default()).await;
+async fn workshops_catalog_lists_running_environments_as_backstage_reads_them(engine: Engine) {
+    let f = Fixture::start(engine, "workshops", SessionCaps::default()).await;
     f.environment(
         "lab-w01",
         json!({"name": "lab", "title": "Lab", "tags": ["k8s"], "duration": "1h"}),
@@ -569,9 +561,8 @@ async fn workshops_catalog_lists_running_environments_as_backstage_reads_them() 
     assert_eq!(s, 401, "a wrong token is refused");
 }
 
-#[tokio::test]
-async fn environment_status_reports_any_state_and_lists_sessions_on_request() {
-    let f = Fixture::start("status", SessionCaps::default()).await;
+async fn environment_status_reports_any_state_and_lists_sessions_on_request(engine: Engine) {
+    let f = Fixture::start(engine, "status", SessionCaps::default()).await;
     f.environment("lab-w01", workshop("lab"), 2, json!({"duration": 1800}))
         .await;
     let (session, user) = f.allocate("lab-w01", "").await;
@@ -630,9 +621,8 @@ async fn environment_status_reports_any_state_and_lists_sessions_on_request() {
     assert_eq!(s, 401);
 }
 
-#[tokio::test]
-async fn a_pending_session_counts_down_to_its_activation_deadline_everywhere() {
-    let f = Fixture::start("pending", SessionCaps::default()).await;
+async fn a_pending_session_counts_down_to_its_activation_deadline_everywhere(engine: Engine) {
+    let f = Fixture::start(engine, "pending", SessionCaps::default()).await;
     f.environment(
         "lab-w01",
         workshop("lab"),
@@ -720,9 +710,8 @@ async fn a_pending_session_counts_down_to_its_activation_deadline_everywhere() {
     );
 }
 
-#[tokio::test]
-async fn a_running_session_is_extendable_only_in_its_last_quarter() {
-    let f = Fixture::start("extend", SessionCaps::default()).await;
+async fn a_running_session_is_extendable_only_in_its_last_quarter(engine: Engine) {
+    let f = Fixture::start(engine, "extend", SessionCaps::default()).await;
     let session = f.running_session(1800).await;
     let started = f.clock.now_ms();
     let schedule = format!("/workshops/session/{session}/schedule/");
@@ -785,9 +774,8 @@ async fn a_running_session_is_extendable_only_in_its_last_quarter() {
     assert_eq!(rec["expires"], json!(rfc3339_millis(started + 2_250_000)));
 }
 
-#[tokio::test]
-async fn two_extends_at_once_extend_once() {
-    let f = Fixture::start("extend-race", SessionCaps::default()).await;
+async fn two_extends_at_once_extend_once(engine: Engine) {
+    let f = Fixture::start(engine, "extend-race", SessionCaps::default()).await;
     let session = f.running_session(1800).await;
     let started = f.clock.now_ms();
     f.clock.advance(Duration::from_secs(1500));
@@ -807,9 +795,8 @@ async fn two_extends_at_once_extend_once() {
     assert_eq!(v["expires"], json!(rfc3339_millis(started + 2_250_000)));
 }
 
-#[tokio::test]
-async fn extend_respects_the_sessions_and_the_environments_extendable_flags() {
-    let f = Fixture::start("fixed", SessionCaps::default()).await;
+async fn extend_respects_the_sessions_and_the_environments_extendable_flags(engine: Engine) {
+    let f = Fixture::start(engine, "fixed", SessionCaps::default()).await;
     f.environment(
         "fixed-w01",
         workshop("fixed"),
@@ -847,9 +834,8 @@ async fn extend_respects_the_sessions_and_the_environments_extendable_flags() {
     }
 }
 
-#[tokio::test]
-async fn terminate_ends_the_session_now_and_answers_started_and_expires() {
-    let f = Fixture::start("terminate", SessionCaps::default()).await;
+async fn terminate_ends_the_session_now_and_answers_started_and_expires(engine: Engine) {
+    let f = Fixture::start(engine, "terminate", SessionCaps::default()).await;
     f.environment(
         "lab-w01",
         workshop("lab"),
@@ -892,9 +878,8 @@ async fn terminate_ends_the_session_now_and_answers_started_and_expires() {
     assert_eq!(held_and_idle(&c, "lab-w01"), (0, 1));
 }
 
-#[tokio::test]
-async fn session_endpoints_answer_404_for_sessions_that_are_not_the_portals() {
-    let f = Fixture::start("not-found", SessionCaps::default()).await;
+async fn session_endpoints_answer_404_for_sessions_that_are_not_the_portals(engine: Engine) {
+    let f = Fixture::start(engine, "not-found", SessionCaps::default()).await;
     f.admin("POST", "/api/v1/users", json!({"name": "ann"}))
         .await;
     f.admin(
@@ -913,9 +898,8 @@ async fn session_endpoints_answer_404_for_sessions_that_are_not_the_portals() {
     assert_eq!(rec["state"], "running", "untouched");
 }
 
-#[tokio::test]
-async fn a_reserved_session_no_one_holds_has_no_times_and_cannot_be_changed() {
-    let f = Fixture::start("reserve", SessionCaps::default()).await;
+async fn a_reserved_session_no_one_holds_has_no_times_and_cannot_be_changed(engine: Engine) {
+    let f = Fixture::start(engine, "reserve", SessionCaps::default()).await;
     f.environment(
         "lab-w01",
         workshop("lab"),
@@ -949,9 +933,8 @@ async fn a_reserved_session_no_one_holds_has_no_times_and_cannot_be_changed() {
     assert_eq!(env(&c, "lab-w01")["available"], json!(1), "still there");
 }
 
-#[tokio::test]
-async fn session_endpoints_need_a_token_and_a_read_only_one_only_reads() {
-    let f = Fixture::start("auth", SessionCaps::default()).await;
+async fn session_endpoints_need_a_token_and_a_read_only_one_only_reads(engine: Engine) {
+    let f = Fixture::start(engine, "auth", SessionCaps::default()).await;
     let session = f.running_session(600).await;
     f.clock.advance(Duration::from_secs(500));
     let readonly = f
@@ -1005,9 +988,8 @@ async fn session_endpoints_need_a_token_and_a_read_only_one_only_reads() {
     assert_eq!((s, &v["extended"]), (200, &json!(true)), "{v}");
 }
 
-#[tokio::test]
-async fn extend_and_terminate_also_take_post() {
-    let f = Fixture::start("post", SessionCaps::default()).await;
+async fn extend_and_terminate_also_take_post(engine: Engine) {
+    let f = Fixture::start(engine, "post", SessionCaps::default()).await;
     let session = f.running_session(600).await;
     f.clock.advance(Duration::from_secs(500));
     let (s, v) = f
@@ -1037,13 +1019,12 @@ async fn extend_and_terminate_also_take_post() {
     assert_eq!(keys(&v), ["expires", "started"]);
 }
 
-#[tokio::test]
-async fn maximum_caps_the_sessions_users_hold_portal_wide() {
+async fn maximum_caps_the_sessions_users_hold_portal_wide(engine: Engine) {
     let caps = SessionCaps {
         maximum: 2,
         ..SessionCaps::default()
     };
-    let f = Fixture::start("maximum", caps).await;
+    let f = Fixture::start(engine, "maximum", caps).await;
     f.environment("a-w01", workshop("alpha"), 3, json!({}))
         .await;
     f.environment("b-w01", workshop("beta"), 3, json!({})).await;
@@ -1062,13 +1043,12 @@ async fn maximum_caps_the_sessions_users_hold_portal_wide() {
     f.allocate("a-w01", "").await;
 }
 
-#[tokio::test]
-async fn maximum_limits_reserves_and_gives_up_the_oldest_for_a_new_session() {
+async fn maximum_limits_reserves_and_gives_up_the_oldest_for_a_new_session(engine: Engine) {
     let caps = SessionCaps {
         maximum: 2,
         ..SessionCaps::default()
     };
-    let f = Fixture::start("reserves", caps).await;
+    let f = Fixture::start(engine, "reserves", caps).await;
     f.environment("a-w01", workshop("alpha"), 2, json!({"reserved": 1}))
         .await;
     f.clock.advance(MIN);
@@ -1098,13 +1078,12 @@ async fn maximum_limits_reserves_and_gives_up_the_oldest_for_a_new_session() {
     assert_eq!(s, 503, "{v}");
 }
 
-#[tokio::test]
-async fn anonymous_caps_the_sessions_each_user_holds() {
+async fn anonymous_caps_the_sessions_each_user_holds(engine: Engine) {
     let caps = SessionCaps {
         anonymous: 1,
         ..SessionCaps::default()
     };
-    let f = Fixture::start("anonymous", caps).await;
+    let f = Fixture::start(engine, "anonymous", caps).await;
     f.environment("a-w01", workshop("alpha"), 2, json!({}))
         .await;
     f.environment("b-w01", workshop("beta"), 2, json!({"reserved": 1}))
@@ -1140,9 +1119,8 @@ async fn session_caps_from_the_configuration_reach_the_catalog() {
     );
 }
 
-#[tokio::test]
-async fn openapi_documents_the_new_endpoints_and_parameters() {
-    let f = Fixture::start("openapi", SessionCaps::default()).await;
+async fn openapi_documents_the_new_endpoints_and_parameters(engine: Engine) {
+    let f = Fixture::start(engine, "openapi", SessionCaps::default()).await;
     let (s, doc) = f.call(None, "GET", "/api/openapi.json").await;
     assert_eq!(s, 200);
     let paths = &doc["paths"];
@@ -1193,4 +1171,29 @@ async fn openapi_documents_the_new_endpoints_and_parameters() {
     ] {
         assert!(schemas[s].is_object(), "schema {s} missing");
     }
+}
+
+crate::common::on_both_engines! {
+    #[tokio::test]
+    catalog_reports_the_types_the_go_cli_decodes,
+    available_counts_idle_reserved_sessions_never_more_than_reserved,
+    catalog_state_filter_takes_any_case_and_every_portal_state,
+    catalog_refuses_an_unknown_state_or_a_label_without_key_naming_it,
+    catalog_filters_by_workshop_names_and_every_label,
+    a_workshop_label_is_checked_and_a_bad_one_stores_nothing,
+    workshops_catalog_lists_running_environments_as_backstage_reads_them,
+    environment_status_reports_any_state_and_lists_sessions_on_request,
+    a_pending_session_counts_down_to_its_activation_deadline_everywhere,
+    a_running_session_is_extendable_only_in_its_last_quarter,
+    two_extends_at_once_extend_once,
+    extend_respects_the_sessions_and_the_environments_extendable_flags,
+    terminate_ends_the_session_now_and_answers_started_and_expires,
+    session_endpoints_answer_404_for_sessions_that_are_not_the_portals,
+    a_reserved_session_no_one_holds_has_no_times_and_cannot_be_changed,
+    session_endpoints_need_a_token_and_a_read_only_one_only_reads,
+    extend_and_terminate_also_take_post,
+    maximum_caps_the_sessions_users_hold_portal_wide,
+    maximum_limits_reserves_and_gives_up_the_oldest_for_a_new_session,
+    anonymous_caps_the_sessions_each_user_holds,
+    openapi_documents_the_new_endpoints_and_parameters;
 }

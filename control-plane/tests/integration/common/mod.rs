@@ -2,9 +2,11 @@
 //! `sessiongate serve` as a real child process on `127.0.0.1:0` with its log
 //! captured line by line, for the tests that need a process of their own (a
 //! crash and restart, the log, signals, flags, the environment, exit codes);
-//! the browser with a cookie jar ([`jar`]); and [`add_user`] for tests that
-//! drive a `ControlPlane` directly. Origins, the raw HTTP/1.1 client and the
-//! in-process server are testkit's.
+//! the browser with a cookie jar ([`jar`]); [`add_user`] for tests that
+//! drive a `ControlPlane` directly; and [`store`] and [`on_both_engines`],
+//! for tests that run on SQLite and on PostgreSQL. Origins, the raw
+//! HTTP/1.1 client, the in-process server and the PostgreSQL cluster are
+//! testkit's.
 //!
 //! Every wait polls with a deadline; nothing sleeps to synchronise. Ports
 //! are never fixed: the addresses come from the server's own log lines.
@@ -37,6 +39,57 @@ pub async fn add_user(cp: &control_plane::control::ControlPlane, name: &str) {
     .await
     .unwrap();
 }
+
+/// A fresh, migrated store on `engine` (SQLite: `dir/sessiongate.db`;
+/// PostgreSQL: a new database named after `name` on the test process's
+/// cluster), and the URL another connection reaches it at.
+pub async fn store(
+    engine: control_plane::store::Engine,
+    dir: &Path,
+    name: &str,
+) -> (control_plane::store::Store, String) {
+    use control_plane::store::{Engine, Store};
+    match engine {
+        Engine::Sqlite => {
+            let db = dir.join("sessiongate.db");
+            let store = Store::open(&db).await.unwrap();
+            (store, format!("sqlite://{}", db.display()))
+        }
+        Engine::Postgres => {
+            let url = testkit::postgres::database(name).await;
+            (Store::open_postgres(&url).await.unwrap(), url)
+        }
+    }
+}
+
+/// Makes `sqlite::<test>` and `postgres::<test>` of each `async fn
+/// <test>(engine: Engine)` named, each group of names after the test
+/// attribute they run under:
+/// `on_both_engines! { #[tokio::test] a, b; #[tokio::test(flavor = "multi_thread")] c }`.
+// `workshop_clients` shares this module and runs on SQLite only.
+#[allow(unused_macros)]
+macro_rules! on_both_engines {
+    ($(#[$test:meta] $($name:ident),+ $(,)?);+ $(;)?) => {
+        mod sqlite {
+            $($(
+                #[$test]
+                async fn $name() {
+                    super::$name(control_plane::store::Engine::Sqlite).await
+                }
+            )+)+
+        }
+        mod postgres {
+            $($(
+                #[$test]
+                async fn $name() {
+                    super::$name(control_plane::store::Engine::Postgres).await
+                }
+            )+)+
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_engines;
 
 /// Starts `sessiongate serve --config <config> <args>` in `dir` and
 /// captures its output. The child sees none of the caller's `SESSIONGATE_*`
