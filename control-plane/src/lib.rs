@@ -54,6 +54,7 @@ pub mod limits;
 pub mod metrics;
 pub mod publish;
 pub mod reload;
+pub mod replicas;
 pub mod serve;
 pub mod session;
 pub mod store;

@@ -102,6 +102,8 @@ pub struct Server {
     api_listener: TcpListener,
     /// `serve`'s gateway; `None` for `sessiongate control-plane`.
     gateway: Option<LocalGatewayParts>,
+    /// Where the store is: on PostgreSQL, other replicas may share it.
+    database: crate::store::DatabaseUrl,
 }
 
 /// The gateway of `serve`, in this process: it follows the control plane's
@@ -271,6 +273,7 @@ impl Server {
             portal,
             api_listener,
             gateway,
+            database,
         })
     }
 
@@ -351,6 +354,11 @@ impl Server {
             )?);
         }
 
+        // Other replicas on the same database: their changes, and which of
+        // us runs the reaper (nothing on SQLite).
+        let replica_tasks =
+            crate::replicas::spawn(self.control.clone(), &self.database, stop_rx.clone());
+
         let api_done = spawn_control_thread(
             self.api_listener.into_std()?,
             self.portal.clone(),
@@ -381,6 +389,9 @@ impl Server {
         let _ = stop_tx.send(true);
         self.control.gateways().close_streams();
         let _ = reload_task.await;
+        for t in replica_tasks {
+            let _ = t.await;
+        }
         if let Some(t) = gateway_tasks {
             t.finish().await;
         }

@@ -326,7 +326,7 @@ async fn member_lists(
 }
 
 /// Live sessions shared with any of `groups`, as stored now.
-async fn sessions_shared(
+pub(super) async fn sessions_shared(
     c: &mut Conn,
     groups: &[String],
 ) -> Result<Vec<SessionRecord>, ControlError> {

@@ -54,6 +54,7 @@ pub mod access;
 pub mod directory;
 pub mod origins;
 pub mod reap;
+pub mod replicas;
 pub mod routing;
 pub mod sessions;
 pub mod tokens;
@@ -163,6 +164,14 @@ pub struct ControlPlane {
     /// the reaper writes only what changed. Only the reaper's pass, which
     /// holds the write lock, touches it.
     synced_activity: tokio::sync::Mutex<HashMap<String, u64>>,
+    /// The admin token's hash, for rebuilding the token set when another
+    /// replica changed the tokens.
+    admin_token_hash: String,
+    /// The last change-log row applied (see [`replicas`]).
+    applied_change: std::sync::atomic::AtomicI64,
+    /// Whether this replica runs the reaper (see [`replicas`]); always,
+    /// alone on SQLite.
+    leader: std::sync::atomic::AtomicBool,
 }
 
 impl ControlPlane {
@@ -184,6 +193,10 @@ impl ControlPlane {
         let publisher = RoutePublisher::spawn(routes.clone());
         let writes = Writes::new(store.clone(), publisher.clone());
         let mut c = store.conn().await?;
+        // Rows logged from here on are applied by the change follower; what
+        // is read below is at least as new.
+        let applied_change = store::last_change(&mut c).await?;
+        let admin_token_hash = settings.admin_token_hash.clone();
         let mut tokens = TokenSet::new(settings.admin_token_hash);
         for t in store::tokens_list(&mut c).await? {
             if let Some(kind) = TokenKind::parse(&t.kind) {
@@ -220,6 +233,9 @@ impl ControlPlane {
             targets: settings.targets,
             failures: FailureLimiters::new(settings.failures),
             synced_activity: tokio::sync::Mutex::new(HashMap::new()),
+            admin_token_hash,
+            applied_change: std::sync::atomic::AtomicI64::new(applied_change),
+            leader: std::sync::atomic::AtomicBool::new(true),
         };
         let n = cp.publish_stored_sessions().await?;
         tracing::info!(sessions = n, "sessions restored from the store");

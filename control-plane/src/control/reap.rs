@@ -11,7 +11,50 @@ use crate::error::ControlError;
 use crate::session::reaper::{self, ReapReport};
 use crate::store;
 
+/// How long change-log rows are kept: a replica that has not read the log
+/// for this long reloads everything (see `replicas`).
+pub(crate) const CHANGES_KEPT_MS: u64 = 24 * 3600 * 1000;
+
 impl ControlPlane {
+    /// What a replica that does not run the reaper does at each interval:
+    /// writes its gateways' per-route activity to the store (the latest
+    /// time wins there), where the reaper's replica reads it.
+    pub async fn sync_activity(&self) -> Result<(), ControlError> {
+        let mut tx = self.writes.begin().await?;
+        let mut synced = self.synced_activity.lock().await;
+        self.gateways.collect_local();
+        let activity: Vec<(String, u64)> = {
+            let table = self.routes.load();
+            table
+                .routes()
+                .iter()
+                .filter_map(|r| {
+                    let name = crate::publish::session_name(&r.id)?;
+                    let at = r.state.last_activity_ms()?;
+                    (synced.get(name) != Some(&at)).then(|| (name.to_string(), at))
+                })
+                .collect()
+        };
+        if activity.is_empty() {
+            return Ok(());
+        }
+        store::sessions_touch(&mut tx, &activity).await?;
+        let _lock = tx.commit().await?;
+        for (name, at) in activity {
+            synced.insert(name, at);
+        }
+        Ok(())
+    }
+
+    /// Whether this replica runs the reaper (see `replicas`).
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_leader(&self, on: bool) {
+        self.leader.store(on, std::sync::atomic::Ordering::Release);
+    }
+
     /// One pass of the lifecycle reaper (see the module docs).
     pub async fn reap(&self) -> Result<ReapReport, ControlError> {
         let now = self.now_ms();
@@ -57,6 +100,8 @@ impl ControlPlane {
         // Unused access links and expired API tokens: nothing can use them.
         store::access_tokens_purge(&mut tx, now).await?;
         store::oauth_tokens_purge(&mut tx, now).await?;
+        // Change-log rows every replica has long read (see `replicas`).
+        store::changes_purge(&mut tx, now.saturating_sub(CHANGES_KEPT_MS)).await?;
         let _lock = tx.commit().await?;
 
         for (name, at) in activity {

@@ -26,7 +26,7 @@ pub async fn group_insert(c: &mut Conn, name: &str, created_ms: u64) -> Result<(
         .bind(ms(created_ms))
         .execute(&mut *c)
         .await?;
-    Ok(())
+    log_change(c, ChangeKind::Group, name).await
 }
 
 pub async fn group_delete(c: &mut Conn, name: &str) -> Result<bool, StoreError> {
@@ -34,6 +34,7 @@ pub async fn group_delete(c: &mut Conn, name: &str) -> Result<bool, StoreError> 
         .bind(name)
         .execute(&mut *c)
         .await?;
+    log_change(c, ChangeKind::Group, name).await?;
     Ok(r.rows_affected() > 0)
 }
 
@@ -72,6 +73,9 @@ pub async fn member_add(c: &mut Conn, group: &str, user: &str) -> Result<bool, S
     .bind(user)
     .execute(&mut *c)
     .await?;
+    if r.rows_affected() > 0 {
+        log_change(c, ChangeKind::Group, group).await?;
+    }
     Ok(r.rows_affected() > 0)
 }
 
@@ -81,6 +85,9 @@ pub async fn member_remove(c: &mut Conn, group: &str, user: &str) -> Result<bool
         .bind(user)
         .execute(&mut *c)
         .await?;
+    if r.rows_affected() > 0 {
+        log_change(c, ChangeKind::Group, group).await?;
+    }
     Ok(r.rows_affected() > 0)
 }
 

@@ -359,6 +359,7 @@ fn like_pattern(q: &str) -> String {
     p
 }
 
+mod changes;
 mod environments;
 mod groups;
 mod portal;
@@ -366,6 +367,7 @@ mod sessions;
 mod tokens;
 mod users;
 
+pub use changes::*;
 pub use environments::*;
 pub use groups::*;
 pub use portal::*;

@@ -325,13 +325,15 @@ pub async fn session_insert(c: &mut Conn, s: &SessionRecord) -> Result<(), Store
         .await?;
     // A new row has no groups yet: those of an earlier record of the same
     // name went with it (ON DELETE CASCADE).
-    insert_session_groups(c, s).await
+    insert_session_groups(c, s).await?;
+    log_change(c, ChangeKind::Session, &s.name).await
 }
 
 /// Overwrites the stored record (and its groups) with `s`.
 pub async fn session_update(c: &mut Conn, s: &SessionRecord) -> Result<(), StoreError> {
     session_update_row(c, s).await?;
     set_session_groups(c, s).await
+    // (session_update_row logged it.)
 }
 
 /// Overwrites the stored record with `s` but leaves its groups as stored:
@@ -349,7 +351,7 @@ pub async fn session_update_row(c: &mut Conn, s: &SessionRecord) -> Result<(), S
     bind_session(sqlx::query(sql), s, labels_json(s))
         .execute(&mut *c)
         .await?;
-    Ok(())
+    log_change(c, ChangeKind::Session, &s.name).await
 }
 
 /// Removes the record for good (retention purge, or replacing a finished one).

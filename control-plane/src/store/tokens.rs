@@ -36,7 +36,7 @@ pub async fn token_insert(c: &mut Conn, t: &TokenRow) -> Result<(), StoreError> 
         .bind(ms(t.created_ms))
         .execute(&mut *c)
         .await?;
-    Ok(())
+    log_change(c, ChangeKind::Tokens, &t.name).await
 }
 
 pub async fn token_delete(c: &mut Conn, name: &str) -> Result<bool, StoreError> {
@@ -44,6 +44,9 @@ pub async fn token_delete(c: &mut Conn, name: &str) -> Result<bool, StoreError> 
         .bind(name)
         .execute(&mut *c)
         .await?;
+    if r.rows_affected() > 0 {
+        log_change(c, ChangeKind::Tokens, name).await?;
+    }
     Ok(r.rows_affected() > 0)
 }
 
@@ -236,7 +239,7 @@ pub async fn signing_key_rotate(
         .bind(ms(new.created_ms))
         .execute(&mut *c)
         .await?;
-    Ok(())
+    log_change(c, ChangeKind::Keys, &new.id).await
 }
 
 // ---- oauth tokens ----

@@ -106,6 +106,10 @@ pub async fn user_delete(c: &mut Conn, name: &str) -> Result<bool, StoreError> {
         .bind(name)
         .execute(&mut *c)
         .await?;
+    if r.rows_affected() > 0 {
+        // Their group memberships went with them (ON DELETE CASCADE).
+        log_change(c, ChangeKind::User, name).await?;
+    }
     Ok(r.rows_affected() > 0)
 }
 

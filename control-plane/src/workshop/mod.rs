@@ -64,6 +64,12 @@ impl Portal {
     /// One pass of the lifecycle reaper, then the reserves refilled on the
     /// backends that the deleted and expired sessions freed.
     pub async fn reap(&self) -> Result<ReapReport, ControlError> {
+        // Another replica runs the reaper and the refill: this one only
+        // hands its gateways' activity to the store for it.
+        if !self.control.is_leader() {
+            self.control.sync_activity().await?;
+            return Ok(ReapReport::default());
+        }
         let report = self.control.reap().await?;
         self.refill_reserves().await?;
         Ok(report)

@@ -1154,3 +1154,135 @@ async fn read_until(conn: &mut tokio::net::TcpStream, raw: &mut Vec<u8>, want: &
     }
     true
 }
+
+/// Two control-plane replicas on one PostgreSQL database, each followed by
+/// one gateway (issue 18): what one replica is told reaches the gateway of
+/// the other, the API of either shows every write, and when a replica dies
+/// the other runs the reaper.
+#[tokio::test]
+async fn two_replicas_on_one_postgresql_database_share_every_change() {
+    let url = testkit::postgres::database("replicas").await;
+    let dir = temp_dir("gateways-replicas");
+    let extra = format!("[control_plane]\ndatabase = \"{url}\"\n");
+    let mut r1 = ControlPlane::start(&dir.join("r1"), &extra).await;
+    let r2 = ControlPlane::start(&dir.join("r2"), &extra).await;
+    // One of the two runs the reaper.
+    let leader_line = "runs the reaper and the workshop refill";
+    let first = tokio::time::timeout(DEADLINE, async {
+        loop {
+            for (i, r) in [&r1, &r2].into_iter().enumerate() {
+                if r.process
+                    .log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l.contains(leader_line))
+                {
+                    return i;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a replica takes the reaper's lock");
+
+    // Tokens made through replica 1 are good on replica 2 (shared through
+    // the database and its change log).
+    let t1 = r1.gateway_token("gw1").await;
+    let t2 = r1.gateway_token("gw2").await;
+    let gw1 = Gateway::start(
+        &dir.join("gw1"),
+        "gw1",
+        &format!("{},{}", r1.url(), r2.url()),
+        &t1,
+    )
+    .await;
+    let gw2 = Gateway::start(&dir.join("gw2"), "gw2", &r2.url(), &t2).await;
+    gw1.wait_ready(RECONNECT_BOUND).await;
+    gw2.wait_ready(RECONNECT_BOUND).await;
+    r2.wait_in_step(&["gw2"], DEADLINE).await;
+
+    let (s, v) = r1
+        .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let origin = Origin::named("app");
+    let other = Origin::named("other");
+    // Created through replica 1; gateway 2 follows replica 2.
+    let sent = Instant::now();
+    let (s, v) = r1
+        .api(
+            "POST",
+            "/api/v1/sessions",
+            Some(public_session("lab", origin.addr.port())),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let end = sent + DEADLINE;
+    while gw2.open("lab").await != (200, "app".to_string()) {
+        assert!(Instant::now() < end, "the session never reached gateway 2");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = sent.elapsed();
+    eprintln!("created through replica 1 → answering on replica 2's gateway: {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // A patch through replica 2 is in replica 1's API at once.
+    let (s, v) = r2
+        .api(
+            "PATCH",
+            "/api/v1/sessions/lab",
+            Some(json!({"remote_port": other.addr.port()})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = r1.api("GET", "/api/v1/sessions/lab", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["remote_port"].as_u64(),
+        Some(u64::from(other.addr.port())),
+        "{v}"
+    );
+    // And it reaches gateway 1 (following replica 1) too.
+    let end = Instant::now() + DEADLINE;
+    while gw1.open("lab").await != (200, "other".to_string()) {
+        assert!(Instant::now() < end, "the patch never reached gateway 1");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Replica 1 dies. Gateway 1 moves to replica 2 and keeps serving;
+    // writes to replica 2 reach both gateways; if replica 1 ran the
+    // reaper, replica 2 takes over within 5 s.
+    let killed = Instant::now();
+    r1.kill9();
+    assert_eq!(gw1.open("lab").await, (200, "other".to_string()));
+    r2.wait_in_step(&["gw1", "gw2"], DEADLINE).await;
+    let (s, v) = r2
+        .api(
+            "POST",
+            "/api/v1/sessions",
+            Some(public_session("lab2", origin.addr.port())),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(gw1.open("lab2").await, (200, "app".to_string()));
+    assert_eq!(gw2.open("lab2").await, (200, "app".to_string()));
+    if first == 0 {
+        let end = killed + DEADLINE;
+        while !r2
+            .process
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(leader_line))
+        {
+            assert!(Instant::now() < end, "replica 2 never took the reaper");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = killed.elapsed();
+        eprintln!("replica 1 killed → replica 2 runs the reaper: {took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+}

@@ -1,0 +1,170 @@
+//! Several control-plane replicas on one database (issue 18): what one
+//! replica learns of the others' writes, and which of them runs the reaper.
+//!
+//! Every write logs what it changed in the `changes` table, in the same
+//! transaction ([`store::log_change`]). Each replica reads the rows after
+//! the last one it applied (woken by PostgreSQL's `NOTIFY` at once, and
+//! every second in any case, so a missed notification only delays), skips
+//! its own (applied when they were made), and re-reads what the others'
+//! name: a session's record becomes its route as it is stored now, a
+//! group's members its cache entry (and the routes of the sessions shared
+//! with it), the tokens and keys their sets. Re-reading makes a row applied
+//! twice harmless, and sequence order is commit order (the writers' advisory
+//! lock), so none is skipped. It runs under the write lock, so a local
+//! write and an applied one never publish out of order.
+//!
+//! The reaper (and the workshop pools' refill, which runs in its pass) runs
+//! on one replica at a time: the one holding a session-level advisory lock
+//! on a connection of its own. If that replica dies, its connection closes,
+//! the lock is free, and the next replica to try (every second) takes it.
+//! The others write their gateways' activity to the store instead, where
+//! the leader's pass reads it (the latest time wins).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use gateway::RouteChange;
+
+use super::routing::RouteUpdate;
+use super::ControlPlane;
+use crate::access as acc;
+use crate::auth::{TokenKind, TokenSet};
+use crate::error::ControlError;
+use crate::publish::{route_id, route_spec};
+use crate::store::{self, ChangeKind};
+
+/// Rows read in one go.
+const BATCH: i64 = 10_000;
+
+impl ControlPlane {
+    /// The last change-log row this replica has applied.
+    pub fn applied_change(&self) -> i64 {
+        self.applied_change.load(Ordering::Acquire)
+    }
+
+    /// Applies what other replicas logged since the last row applied;
+    /// returns how many of their rows it applied.
+    pub async fn apply_changes(&self) -> Result<usize, ControlError> {
+        let from = self.applied_change();
+        let rows = {
+            let mut c = self.store.conn().await?;
+            store::changes_after(&mut c, from, BATCH).await?
+        };
+        let Some(last) = rows.last().map(|r| r.seq) else {
+            return Ok(0);
+        };
+        let me = store::replica_id();
+        let mut sessions = BTreeSet::new();
+        let mut groups = BTreeSet::new();
+        let (mut all_groups, mut tokens, mut keys) = (false, false, false);
+        let mut applied = 0;
+        for r in rows.iter().filter(|r| r.origin != me) {
+            applied += 1;
+            match ChangeKind::parse(&r.kind) {
+                Some(ChangeKind::Session) => {
+                    sessions.insert(r.name.clone());
+                }
+                Some(ChangeKind::Group) => {
+                    groups.insert(r.name.clone());
+                }
+                Some(ChangeKind::User) => all_groups = true,
+                Some(ChangeKind::Tokens) => tokens = true,
+                Some(ChangeKind::Keys) => keys = true,
+                None => {
+                    tracing::warn!(kind = %r.kind, seq = r.seq, "change of an unknown kind (a newer replica?)")
+                }
+            }
+        }
+        if applied == 0 {
+            self.applied_change.store(last, Ordering::Release);
+            return Ok(0);
+        }
+
+        // Read and publish under the write lock: a local write either came
+        // before (and its newer state is what this reads) or comes after.
+        let mut tx = self.writes.begin().await?;
+        if tokens {
+            let mut set = TokenSet::new(self.admin_token_hash.clone());
+            for t in store::tokens_list(&mut tx).await? {
+                if let Some(kind) = TokenKind::parse(&t.kind) {
+                    set.add_named(t.hash, kind, &t.name);
+                }
+            }
+            self.tokens.store(Arc::new(set));
+        }
+        let ring = if keys {
+            let rows = store::signing_keys(&mut tx).await?;
+            Some(Arc::new(acc::key_ring(&rows, self.access.key_grace)?))
+        } else {
+            None
+        };
+        let mut group_updates = Vec::new();
+        if all_groups {
+            let now = store::group_members(&mut tx, None).await?;
+            let known: Vec<String> = store::groups_list(&mut tx)
+                .await?
+                .into_iter()
+                .map(|(g, _)| g)
+                .collect();
+            for g in &known {
+                group_updates.push((g.clone(), Some(now.get(g).cloned().unwrap_or_default())));
+            }
+            for g in self.group_cache().keys() {
+                if !known.contains(g) {
+                    group_updates.push((g.clone(), None));
+                }
+            }
+        } else {
+            for g in &groups {
+                let exists = store::group_created(&mut tx, g).await?.is_some();
+                let members = store::group_members(&mut tx, Some(g))
+                    .await?
+                    .remove(g)
+                    .unwrap_or_default();
+                group_updates.push((g.clone(), exists.then_some(members)));
+            }
+        }
+        let changed_groups: Vec<String> = group_updates.iter().map(|(g, _)| g.clone()).collect();
+        let shared = super::directory::sessions_shared(&mut tx, &changed_groups).await?;
+        let mut records = Vec::with_capacity(sessions.len());
+        for name in &sessions {
+            records.push((name.clone(), store::session_get(&mut tx, name).await?));
+        }
+        let _lock = tx.commit().await?;
+
+        if let Some(ring) = ring {
+            self.keys.store_shared(Arc::clone(&ring));
+            self.gateways().rotate_keys(ring);
+        }
+        if !group_updates.is_empty() {
+            self.groups_changed(group_updates, shared).await?;
+        }
+        let table = self.routes.current();
+        let cache = self.group_cache();
+        let mut changes = Vec::new();
+        for (name, rec) in &records {
+            match rec.as_ref().map(|r| route_spec(r, &cache)).transpose()? {
+                Some(Some(spec)) => changes.push(RouteChange::Upsert(spec)),
+                _ => {
+                    let id = route_id(name);
+                    if table.route(&id).is_some() {
+                        changes.push(RouteChange::Remove(id));
+                    }
+                }
+            }
+        }
+        drop(table);
+        if !changes.is_empty() {
+            self.apply_update(RouteUpdate { changes }).await?;
+        }
+        self.applied_change.store(last, Ordering::Release);
+        tracing::debug!(
+            from,
+            to = last,
+            applied,
+            "changes of other replicas applied"
+        );
+        Ok(applied)
+    }
+}
