@@ -50,6 +50,7 @@ impl ControlError {
             | ControlError::Finished { .. } => StatusCode::CONFLICT,
             ControlError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ControlError::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Store(_)
             | ControlError::Publish(_)
             | ControlError::Unroutable(_)
@@ -69,6 +70,7 @@ impl ControlError {
             ControlError::NotExtendable(_) => "not_extendable",
             ControlError::Forbidden(_) => "forbidden",
             ControlError::Finished { .. } => "session_finished",
+            ControlError::Store(e) if e.is_unavailable() => "database_unavailable",
             ControlError::Store(_)
             | ControlError::Publish(_)
             | ControlError::Unroutable(_)
@@ -91,7 +93,10 @@ impl ControlError {
     /// Whether this is the server's own failure rather than a refusal of
     /// the request (logged as an error where it is answered).
     pub fn is_internal(&self) -> bool {
-        self.status() == StatusCode::INTERNAL_SERVER_ERROR
+        matches!(
+            self.status(),
+            StatusCode::INTERNAL_SERVER_ERROR | StatusCode::SERVICE_UNAVAILABLE
+        )
     }
 
     pub(crate) fn not_found(what: &'static str, name: &str) -> ControlError {

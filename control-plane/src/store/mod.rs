@@ -77,7 +77,7 @@ const POOL_SIZE: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {}", redact(&.0.to_string()))]
+    #[error("{}", db_message(.0))]
     Db(#[from] sqlx::Error),
     #[error("database migration: {}", redact(&.0.to_string()))]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -89,7 +89,42 @@ pub enum StoreError {
     },
 }
 
+/// A database error as the API and the log say it: an unreachable
+/// database says so, and that nothing was changed.
+fn db_message(e: &sqlx::Error) -> String {
+    let text = redact(&e.to_string());
+    if unavailable(e) {
+        format!("the database is unavailable ({text}); nothing was changed, try again")
+    } else {
+        format!("database: {text}")
+    }
+}
+
+/// Whether `e` means the database could not be reached or is going away:
+/// down, restarting, refusing connections, or no connection free in time.
+fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // Connection exceptions (08…), and the server shutting down or
+        // starting (57P01-57P03).
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
 impl StoreError {
+    /// Whether the database could not be reached: the API answers 503, as
+    /// the same request may succeed once it is back.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Db(e) if unavailable(e))
+    }
+
     /// Whether the database refused the write as a duplicate key.
     pub fn is_unique_violation(&self) -> bool {
         matches!(self, StoreError::Db(sqlx::Error::Database(e)) if e.is_unique_violation())
@@ -164,6 +199,9 @@ impl Store {
         let options = url.parse::<AnyConnectOptions>()?;
         let pool = AnyPoolOptions::new()
             .max_connections(POOL_SIZE)
+            // With the server down, a request waits this long for a
+            // connection, then answers 503 (not sqlx's 30 s).
+            .acquire_timeout(std::time::Duration::from_secs(3))
             .after_connect(|c, _| {
                 Box::pin(async move {
                     // The server's default, set here whatever the server or

@@ -103,3 +103,148 @@ async fn a_database_that_refuses_the_server_stops_the_start_without_showing_the_
     assert!(!e.contains(testkit::postgres::PASSWORD), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TCP forwarder on loopback between sessiongate and PostgreSQL that can
+/// be cut (every connection closed, new ones refused) and restored on the
+/// same port: PostgreSQL going away and coming back, as the server sees it.
+struct Cuttable {
+    addr: std::net::SocketAddr,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Cuttable {
+    async fn start(to: std::net::SocketAddr) -> Cuttable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let generation = std::sync::Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let (on2, gen2) = (on.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !on2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection is closed at once
+                }
+                let mut cut = gen2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Cuttable {
+            addr,
+            on,
+            generation,
+        }
+    }
+
+    fn cut(&self) {
+        self.on.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.on.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// PostgreSQL away under load: the gateway keeps serving, writes answer
+/// 503 with a message that says the database is unavailable and nothing
+/// was changed, and once it is back writes succeed and every acknowledged
+/// one is there.
+#[tokio::test]
+async fn with_postgresql_away_the_gateway_serves_and_writes_answer_503_until_it_is_back() {
+    let backend = Origin::named("kept");
+    let url = testkit::postgres::database("away").await;
+    let parsed = url::Url::parse(&url).unwrap();
+    let pg: std::net::SocketAddr =
+        format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap())
+            .parse()
+            .unwrap();
+    let proxy = Cuttable::start(pg).await;
+    let mut via = parsed.clone();
+    via.set_port(Some(proxy.addr.port())).unwrap();
+    let dir = temp_dir("pg-away");
+    let extra = format!("[control_plane]\ndatabase = \"{via}\"\n");
+    let sg = InProcess::start(&dir, &extra).await;
+    let (s, v) = sg
+        .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let name = format!("kept-{i}");
+        let (s, v) = sg
+            .api(
+                "POST",
+                "/api/v1/sessions",
+                Some(public_session(&name, backend.addr.port())),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        acknowledged.push(name);
+    }
+
+    proxy.cut();
+    // The gateway serves what it holds.
+    for name in &acknowledged {
+        assert_eq!(sg.open(name).await, (200, "kept".to_string()));
+    }
+    // A write is refused, saying why, and changes nothing.
+    let (s, v) = sg
+        .api(
+            "POST",
+            "/api/v1/sessions",
+            Some(public_session("lost", backend.addr.port())),
+        )
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "database_unavailable", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("database is unavailable") && message.contains("nothing was changed"),
+        "{message}"
+    );
+    assert!(!message.contains(testkit::postgres::PASSWORD), "{message}");
+    assert_eq!(sg.open("kept-0").await, (200, "kept".to_string()));
+
+    proxy.restore();
+    // Writes succeed again (the pool reconnects), and nothing acknowledged
+    // is missing; the refused one is not there.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (s, v) = sg
+            .api(
+                "POST",
+                "/api/v1/sessions",
+                Some(public_session("after", backend.addr.port())),
+            )
+            .await;
+        if s == 201 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "writes still fail: {s} {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    acknowledged.push("after".to_string());
+    for name in &acknowledged {
+        let (s, v) = sg
+            .api("GET", &format!("/api/v1/sessions/{name}"), None)
+            .await;
+        assert_eq!(s, 200, "{name}: {v}");
+    }
+    let (s, _) = sg.api("GET", "/api/v1/sessions/lost", None).await;
+    assert_eq!(s, 404, "a refused write changed nothing");
+}
