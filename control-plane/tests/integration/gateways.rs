@@ -1286,3 +1286,171 @@ async fn two_replicas_on_one_postgresql_database_share_every_change() {
         assert!(took < Duration::from_secs(5), "{took:?}");
     }
 }
+
+/// Replica 1 SIGKILLed while 32 clients load both gateways and writes go
+/// to both replicas (issue 18): no proxied request fails, gateway 1 moves
+/// to replica 2, every write either replica acknowledged is there
+/// afterwards, and the reaper runs on replica 2 within 5 s.
+#[tokio::test]
+async fn a_replica_killed_under_load_loses_no_request_and_no_acknowledged_write() {
+    const CLIENTS_PER_GATEWAY: usize = 16;
+    let url = testkit::postgres::database("replica-killed").await;
+    let dir = temp_dir("gateways-replica-killed");
+    let extra = format!("[control_plane]\ndatabase = \"{url}\"\n");
+    // Replica 1 starts first and takes the reaper's lock.
+    let mut r1 = ControlPlane::start(&dir.join("r1"), &extra).await;
+    let leader_line = "runs the reaper and the workshop refill";
+    wait_log(&r1.process.log, leader_line).await;
+    let r2 = ControlPlane::start(&dir.join("r2"), &extra).await;
+    let t1 = r1.gateway_token("gw1").await;
+    let t2 = r2.gateway_token("gw2").await;
+    let gw1 = Gateway::start(
+        &dir.join("gw1"),
+        "gw1",
+        &format!("{},{}", r1.url(), r2.url()),
+        &t1,
+    )
+    .await;
+    let gw2 = Gateway::start(
+        &dir.join("gw2"),
+        "gw2",
+        &format!("{},{}", r2.url(), r1.url()),
+        &t2,
+    )
+    .await;
+    gw1.wait_ready(RECONNECT_BOUND).await;
+    gw2.wait_ready(RECONNECT_BOUND).await;
+    let (s, v) = r1
+        .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let origin = Origin::named("app");
+    let (s, v) = r1
+        .api(
+            "POST",
+            "/api/v1/sessions",
+            Some(public_session("app", origin.addr.port())),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    for gw in [&gw1, &gw2] {
+        let end = Instant::now() + DEADLINE;
+        while gw.open("app").await != (200, "app".to_string()) {
+            assert!(Instant::now() < end, "the session never reached a gateway");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let served = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (g, addr) in [gw1.http, gw2.http].into_iter().enumerate() {
+        for _ in 0..CLIENTS_PER_GATEWAY {
+            let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+            tasks.push(tokio::spawn(async move {
+                let request = b"GET / HTTP/1.1\r\nHost: app.localhost\r\nConnection: close\r\n\r\n";
+                while !stop.load(Ordering::SeqCst) {
+                    match exchange(addr, request).await {
+                        Ok(r) if r.status == 200 && r.body == b"app" => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => failures.lock().unwrap().push(format!(
+                            "gateway {}: {} {}",
+                            g + 1,
+                            r.status,
+                            r.text()
+                        )),
+                        Err(e) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("gateway {}: {e}", g + 1)),
+                    }
+                }
+            }));
+        }
+    }
+    // Writers, one per replica: what each acknowledged is counted.
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut writers = Vec::new();
+    for (w, api) in [r1.api, r2.api].into_iter().enumerate() {
+        let (stop, acknowledged) = (stop.clone(), acknowledged.clone());
+        let port = origin.addr.port();
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let name = format!("w{w}-{n}");
+                n += 1;
+                if let Ok((201, _)) = api_request(
+                    api,
+                    Some(TOKEN),
+                    "POST",
+                    "/api/v1/sessions",
+                    Some(&public_session(&name, port)),
+                )
+                .await
+                {
+                    acknowledged.lock().unwrap().push(name);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed = Instant::now();
+    r1.kill9();
+    let end = killed + DEADLINE;
+    while !r2
+        .process
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains(leader_line))
+    {
+        assert!(Instant::now() < end, "replica 2 never took the reaper");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = killed.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks.into_iter().chain(writers) {
+        t.await.unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    eprintln!(
+        "replica 1 killed under load: {} proxied requests, {} failed; {} writes acknowledged; reaper on replica 2 after {took:?}",
+        served.load(Ordering::Relaxed),
+        failures.len(),
+        acknowledged.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, the first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        acknowledged.iter().any(|n| n.starts_with("w0-")),
+        "replica 1 acknowledged nothing"
+    );
+    assert!(
+        acknowledged.iter().any(|n| n.starts_with("w1-")),
+        "replica 2 acknowledged nothing"
+    );
+    // Every acknowledged write is there, through the replica that is left.
+    for name in &acknowledged {
+        let (s, v) = r2
+            .api("GET", &format!("/api/v1/sessions/{name}"), None)
+            .await;
+        assert_eq!(s, 200, "acknowledged {name} is missing: {v}");
+    }
+    // Both gateways follow replica 2 now, and serve what it was told.
+    r2.wait_in_step(&["gw1", "gw2"], DEADLINE).await;
+    let last = acknowledged.last().unwrap();
+    assert_eq!(gw1.open(last).await, (200, "app".to_string()));
+    assert_eq!(gw2.open(last).await, (200, "app".to_string()));
+}
