@@ -82,6 +82,19 @@ pub struct ChurnArgs {
     /// need none.
     #[arg(long, requires = "gateways")]
     pub load: bool,
+    /// With --gateways: the control plane's store, and the engines compared
+    /// side by side in one report: `sqlite` (one control plane), `postgres`
+    /// (a throwaway PostgreSQL cluster started here, --replicas control-plane
+    /// replicas on its one database, gateway i following replica i, every
+    /// API change made through replica 1), or `both` (SQLite, then
+    /// PostgreSQL). Without it, the one-control-plane SQLite run of issue
+    /// 17. With it, --routes defaults to 10000 (200 with --smoke).
+    #[arg(long, requires = "gateways", value_enum)]
+    pub database: Option<crate::propagation::Databases>,
+    /// With --database postgres or both: control-plane replicas on the
+    /// PostgreSQL database [default: 2].
+    #[arg(long, requires = "database", value_parser = clap::value_parser!(u64).range(1..=8))]
+    pub replicas: Option<u64>,
 }
 
 impl ChurnArgs {
@@ -94,6 +107,8 @@ impl ChurnArgs {
             gateways: None,
             probe_every: None,
             load: false,
+            database: None,
+            replicas: None,
         }
     }
 }

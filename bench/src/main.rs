@@ -41,6 +41,7 @@ mod churn;
 mod floods;
 mod openssl;
 mod peers;
+mod postgres;
 mod procs;
 mod propagation;
 mod rapid_reset;

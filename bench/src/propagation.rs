@@ -66,6 +66,35 @@ use crate::wrk::{self, Load, Script, WrkResult};
 /// The upstreams' names: what each answers, on every path.
 const UPSTREAMS: [&str; 2] = ["upstream-a", "upstream-b"];
 
+/// The control-plane replicas' process names, with --database postgres.
+const REPLICA_NAMES: [&str; 8] = [
+    "replica1", "replica2", "replica3", "replica4", "replica5", "replica6", "replica7", "replica8",
+];
+
+/// `--database`: the stores compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Databases {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+/// One control-plane store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Sqlite => "SQLite",
+            Self::Postgres => "PostgreSQL",
+        }
+    }
+}
+
 /// The gateways' token names, and their processes' names.
 const GATEWAY_NAMES: [&str; 8] = ["gw1", "gw2", "gw3", "gw4", "gw5", "gw6", "gw7", "gw8"];
 
@@ -95,6 +124,30 @@ const BEGIN: &str = "<!-- churn-gateways:begin (written by `bench churn --gatewa
 const END: &str = "<!-- churn-gateways:end -->";
 
 const TITLE: &str = "Route churn across gateways: propagation";
+
+/// The same with `--database`: the engines side by side.
+const BEGIN_DB: &str = "<!-- churn-gateways-databases:begin (written by `bench churn --gateways N --database both --write`; replaced on every run) -->";
+const END_DB: &str = "<!-- churn-gateways-databases:end -->";
+
+const TITLE_DB: &str = "Route churn across gateways: SQLite and PostgreSQL replicas";
+
+/// What `--database` adds to [`TEXT`].
+const TEXT_DB: &str = "\
+With `--database`: on SQLite, one control plane (its store in its data dir,
+as above); on PostgreSQL, a throwaway cluster started by the harness in the
+temp dir (`initdb`, `pg_ctl`, one database, the server's defaults but for
+`max_connections = 200`: `fsync`, `full_page_writes` and
+`synchronous_commit` on, as SQLite's `synchronous = FULL` commits are
+synced) and `--replicas` control-plane replicas on that one database, each
+in a directory of its own, each applying the others' changes (the change
+log, `LISTEN`/`NOTIFY`). Gateway i follows replica i (round robin; its
+`--control-plane` names that replica only), and every API change goes to
+replica 1: the gateways on replica 1 measure the same path as on SQLite,
+the others the path through the database to another replica (its
+commit, the notification, the other replica's read of the change log and
+its table update, then its stream to its gateways). The gateway tokens are
+made through replica 1. The engines run one after the other, each with its
+own processes, sessions and runs, on the same machine.";
 
 /// What the written section's figures are.
 const TEXT: &str = "\
@@ -141,6 +194,11 @@ struct Plan {
     /// wrk and its connections, with `--load`.
     load: Option<(PathBuf, u32)>,
     smoke: bool,
+    /// With --database: the engines, in order; `None` for the one SQLite
+    /// control plane of issue 17 (its own section).
+    engines: Option<Vec<Engine>>,
+    /// Control-plane replicas on PostgreSQL.
+    replicas: usize,
 }
 
 impl Plan {
@@ -165,9 +223,19 @@ impl Plan {
             None
         };
         let gateways = usize::try_from(args.gateways.unwrap_or(2))?;
+        let engines = args.database.map(|d| match d {
+            Databases::Sqlite => vec![Engine::Sqlite],
+            Databases::Postgres => vec![Engine::Postgres],
+            Databases::Both => vec![Engine::Sqlite, Engine::Postgres],
+        });
+        let default_routes = match (smoke, engines.is_some()) {
+            (true, _) => 200,
+            (false, true) => 10_000,
+            (false, false) => 100_000,
+        };
         Ok(Self {
             gateways: gateways.clamp(1, GATEWAY_NAMES.len()),
-            routes: usize::try_from(args.routes.unwrap_or(if smoke { 200 } else { 100_000 }))?,
+            routes: usize::try_from(args.routes.unwrap_or(default_routes))?,
             rate: args.rate.unwrap_or(if smoke { 200 } else { 1000 }),
             rounds: if smoke { 1 } else { c.rounds },
             duration: if smoke { 1 } else { c.duration },
@@ -181,6 +249,8 @@ impl Plan {
             },
             load,
             smoke,
+            engines,
+            replicas: usize::try_from(args.replicas.unwrap_or(2))?.clamp(1, REPLICA_NAMES.len()),
         })
     }
 }
@@ -207,6 +277,9 @@ struct CpGateway {
 struct CpSection {
     listen: String,
     data_dir: String,
+    /// Empty: SQLite in `data_dir`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    database: String,
     gateway_ack_timeout_ms: u64,
 }
 
@@ -233,6 +306,7 @@ struct GwGateway {
 }
 
 struct ControlPlane {
+    name: &'static str,
     proc: Proc,
     api: SocketAddr,
     config: String,
@@ -240,6 +314,9 @@ struct ControlPlane {
 
 struct Gateway {
     name: &'static str,
+    /// The control plane (replica) it follows: an index into the control
+    /// planes.
+    follows: usize,
     proc: Proc,
     http: SocketAddr,
     admin: SocketAddr,
@@ -265,8 +342,14 @@ fn write_toml(path: &Path, config: &impl Serialize) -> Result<String> {
     Ok(text)
 }
 
-/// Starts `sessiongate control-plane` in `dir` and waits for its `/readyz`.
-fn start_control_plane(binary: &Path, dir: &Path) -> Result<ControlPlane> {
+/// Starts `sessiongate control-plane` named `name` in `dir`, on `database`
+/// (empty: SQLite in its data dir), and waits for its `/readyz`.
+fn start_control_plane(
+    binary: &Path,
+    dir: &Path,
+    name: &'static str,
+    database: &str,
+) -> Result<ControlPlane> {
     std::fs::create_dir_all(dir.join("data"))
         .with_context(|| format!("creating {}/data", dir.display()))?;
     let api = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -278,6 +361,7 @@ fn start_control_plane(binary: &Path, dir: &Path) -> Result<ControlPlane> {
         control_plane: CpSection {
             listen: api.to_string(),
             data_dir: dir.join("data").to_string_lossy().into_owned(),
+            database: database.to_owned(),
             gateway_ack_timeout_ms: 0,
         },
         log: LogSection { access_log: false },
@@ -292,24 +376,26 @@ fn start_control_plane(binary: &Path, dir: &Path) -> Result<ControlPlane> {
         .arg("--config")
         .arg(&path)
         .env("SESSIONGATE_ADMIN_TOKEN", ADMIN_TOKEN);
-    let mut proc = Proc::spawn("control-plane", cmd, dir.join("control-plane.log"), None)?;
-    targets::wait_until_ready("control-plane", api, Some(&mut proc), |addr| {
+    let mut proc = Proc::spawn(name, cmd, dir.join("control-plane.log"), None)?;
+    targets::wait_until_ready(name, api, Some(&mut proc), |addr| {
         ok_200(addr, "localhost", "/readyz")
     })?;
     Ok(ControlPlane {
+        name,
         proc,
         api,
         config: text,
     })
 }
 
-/// Starts `sessiongate gateway` number `i` in `dir`, following `cp` with
-/// `token`, and waits until its `/readyz` says it holds a table.
+/// Starts `sessiongate gateway` number `i` in `dir`, following control
+/// plane number `follows` at `cp` with `token`, and waits until its
+/// `/readyz` says it holds a table.
 fn start_gateway(
     binary: &Path,
     dir: &Path,
     i: usize,
-    cp: SocketAddr,
+    (follows, cp): (usize, SocketAddr),
     token: &str,
 ) -> Result<Gateway> {
     let name = GATEWAY_NAMES[i];
@@ -342,6 +428,7 @@ fn start_gateway(
     })?;
     Ok(Gateway {
         name,
+        follows,
         proc,
         http,
         admin,
@@ -416,22 +503,47 @@ fn json_string(body: &str, key: &str) -> Option<String> {
     Some(rest[..rest.find('"')?].to_owned())
 }
 
-/// Waits until every gateway is connected and holds at least the control
-/// plane's version (read once, at the start); returns that version and how
-/// long it took.
+/// Waits until every replica holds as many routes as the first (with one
+/// control plane, at once), then until every gateway is connected and
+/// holds at least the version of the control plane it follows (read once
+/// they agree); returns the first control plane's version and how long it
+/// took. Called when no change is being made.
 fn wait_in_step(
-    cp: &mut ControlPlane,
+    cps: &mut [ControlPlane],
     gateways: &mut [Gateway],
     within: Duration,
 ) -> Result<(u64, Duration)> {
     let started = Instant::now();
-    let (target, _, _) = table_metrics(cp.api)?;
+    let mut targets: Option<Vec<u64>> = None;
     loop {
         check_interrupted()?;
-        cp.proc.ensure_running()?;
         let mut behind = Vec::new();
+        for cp in cps.iter_mut() {
+            cp.proc.ensure_running()?;
+        }
+        if targets.is_none() {
+            let mut tables = Vec::new();
+            for cp in cps.iter() {
+                tables.push(table_metrics(cp.api)?);
+            }
+            let first_routes = tables[0].1;
+            for (cp, t) in cps.iter().zip(&tables).skip(1) {
+                if t.1 != first_routes {
+                    behind.push(format!(
+                        "{} at {} routes, {} at {first_routes}",
+                        cp.name, t.1, cps[0].name
+                    ));
+                }
+            }
+            if behind.is_empty() {
+                targets = Some(tables.iter().map(|t| t.0).collect());
+            }
+        }
         for g in gateways.iter_mut() {
             g.proc.ensure_running()?;
+            let Some(target) = targets.as_ref().map(|t| t[g.follows]) else {
+                continue;
+            };
             match table_metrics(g.admin) {
                 Ok((v, _, true)) if v >= target => {}
                 Ok((v, _, connected)) => behind.push(format!(
@@ -442,12 +554,13 @@ fn wait_in_step(
                 Err(e) => behind.push(format!("{}: {e:#}", g.name)),
             }
         }
-        if behind.is_empty() {
-            return Ok((target, started.elapsed()));
+        if let (true, Some(t)) = (behind.is_empty(), &targets) {
+            return Ok((t[0], started.elapsed()));
         }
         if started.elapsed() > within {
             bail!(
-                "gateways not at the control plane's table version {target} within {within:?}: {}",
+                "gateways not at their control plane's table version ({}) within {within:?}: {}",
+                targets.map_or("replicas apart".into(), |t| format!("{t:?}")),
                 behind.join("; ")
             );
         }
@@ -800,21 +913,27 @@ struct RoundStats {
     round: u32,
     api: ApiStats,
     wrk: Option<WrkResult>,
-    /// CPU ticks during the run: the control plane, then each gateway.
+    /// CPU ticks during the run: each control plane, then each gateway.
     cpu_ticks: Vec<u64>,
 }
 
 /// Everything measured, for the report.
 struct Outcome {
+    /// With --database: the engine.
+    engine: Option<Engine>,
+    /// The control planes' names (one, or the replicas).
+    cp_names: Vec<String>,
+    /// Per gateway: the control plane it follows.
+    follows: Vec<usize>,
     setup_line: String,
     catch_up_line: String,
     rounds: Vec<RoundStats>,
     probes: Vec<Probed>,
     versions: Versions,
     /// After the runs: (name, version, routes, connected, RSS KiB) per
-    /// gateway, and the control plane's version and RSS.
+    /// gateway, and each control plane's version and RSS.
     final_gateways: Vec<(String, u64, u64, bool, u64)>,
-    final_cp: (u64, u64),
+    final_cp: Vec<(u64, u64)>,
     in_step: Result<Duration, String>,
     clk_tck: u64,
     configs: Vec<(String, String)>,
@@ -866,19 +985,88 @@ pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
         origins[1].addr,
         dir.path().display()
     );
-    let outcome = measure(&plan, &binary, dir.path(), &origins, clk_tck, load_before);
+    let Some(engines) = plan.engines.clone() else {
+        let outcome = measure(
+            &plan,
+            &binary,
+            dir.path(),
+            &origins,
+            clk_tck,
+            load_before,
+            None,
+        );
+        drop(origins);
+        drop(origins_rt);
+        let outcome = outcome?;
+        let (text, problems) = report_text(&plan, &outcome);
+        print!("{text}");
+        if let Some(path) = &args.common.write {
+            write_section(path, BEGIN, END, &section(&plan, &binary, &outcome, &text))?;
+            eprintln!("wrote the {TITLE} section of {}", path.display());
+        }
+        return Ok(problems);
+    };
+    let mut outcomes = Vec::new();
+    let mut pg_version = None;
+    let measured: Result<()> = engines.iter().try_for_each(|&engine| {
+        let cluster = match engine {
+            Engine::Sqlite => None,
+            Engine::Postgres => {
+                let c = crate::postgres::Cluster::start()?;
+                eprintln!("{} at {}", c.version, c.url());
+                pg_version = Some(c.version.clone());
+                Some(c)
+            }
+        };
+        let outcome = measure(
+            &plan,
+            &binary,
+            &dir.path().join(engine.label().to_ascii_lowercase()),
+            &origins,
+            clk_tck,
+            load_average(),
+            Some((engine, cluster.as_ref().map(|c| c.url()))),
+        )?;
+        // The replicas stopped in measure; the cluster goes now.
+        drop(cluster);
+        outcomes.push(outcome);
+        Ok(())
+    });
     drop(origins);
     drop(origins_rt);
-    let outcome = outcome?;
-    let (text, problems) = report_text(&plan, &outcome);
-    print!("{text}");
+    measured?;
+    let mut problems = Vec::new();
+    let mut texts = Vec::new();
+    for o in &outcomes {
+        let (text, p) = report_text(&plan, o);
+        let label = o.engine.map_or("", Engine::label);
+        problems.extend(p.into_iter().map(|p| format!("{label}: {p}")));
+        texts.push(text);
+    }
+    let table = comparison(&plan, &outcomes);
+    for text in &texts {
+        print!("{text}");
+    }
+    print!("\n{table}");
     if let Some(path) = &args.common.write {
-        write_section(path, BEGIN, END, &section(&plan, &binary, &outcome, &text))?;
-        eprintln!("wrote the {TITLE} section of {}", path.display());
+        let text = section_db(
+            &plan,
+            &binary,
+            &outcomes,
+            &texts,
+            &table,
+            pg_version.as_deref(),
+            &load_before,
+        );
+        write_section(path, BEGIN_DB, END_DB, &text)?;
+        eprintln!("wrote the {TITLE_DB} section of {}", path.display());
     }
     Ok(problems)
 }
 
+/// One engine's processes, set-up and runs. `engine`: with --database, the
+/// engine and, for PostgreSQL, its database's URL (then
+/// [`Plan::replicas`] replicas).
 fn measure(
     plan: &Plan,
     binary: &Path,
@@ -886,10 +1074,29 @@ fn measure(
     origins: &[Origin],
     clk_tck: u64,
     load_before: String,
+    engine: Option<(Engine, Option<String>)>,
 ) -> Result<Outcome> {
-    let mut cp = start_control_plane(binary, &dir.join("control-plane"))?;
-    eprintln!("control plane ready at {} (pid {})", cp.api, cp.proc.pid());
-    let api = Api::new(cp.api, &format!("Bearer {ADMIN_TOKEN}"))?;
+    let mut cps = Vec::new();
+    match &engine {
+        Some((_, Some(url))) => {
+            for &name in REPLICA_NAMES.iter().take(plan.replicas) {
+                let cp = start_control_plane(binary, &dir.join(name), name, url)?;
+                eprintln!(
+                    "control-plane {name} ready at {} (pid {})",
+                    cp.api,
+                    cp.proc.pid()
+                );
+                cps.push(cp);
+            }
+        }
+        _ => {
+            let cp = start_control_plane(binary, &dir.join("control-plane"), "control-plane", "")?;
+            eprintln!("control plane ready at {} (pid {})", cp.api, cp.proc.pid());
+            cps.push(cp);
+        }
+    }
+    // Every change goes to the first.
+    let api = Api::new(cps[0].api, &format!("Bearer {ADMIN_TOKEN}"))?;
     let mut gateways = Vec::new();
     for (i, &name) in GATEWAY_NAMES.iter().enumerate().take(plan.gateways) {
         let reply = api
@@ -901,16 +1108,24 @@ fn measure(
             .with_context(|| format!("making the gateway token {name}"))?;
         let token = json_string(&reply.body, "token")
             .with_context(|| format!("no token in the answer: {}", reply.body))?;
-        let g = start_gateway(binary, &dir.join(name), i, cp.api, &token)?;
+        let follows = i % cps.len();
+        let g = start_gateway(
+            binary,
+            &dir.join(name),
+            i,
+            (follows, cps[follows].api),
+            &token,
+        )?;
         eprintln!(
-            "gateway {name} ready at {} (admin {}, pid {})",
+            "gateway {name} following {} ready at {} (admin {}, pid {})",
+            cps[follows].name,
             g.http,
             g.admin,
             g.proc.pid()
         );
         gateways.push(g);
     }
-    wait_in_step(&mut cp, &mut gateways, Duration::from_secs(20))?;
+    wait_in_step(&mut cps, &mut gateways, Duration::from_secs(20))?;
 
     // The loaded sessions, through the API.
     api.call_ok(Call::new(
@@ -940,7 +1155,7 @@ fn measure(
     );
     eprintln!("{setup_line}");
     let within = Duration::from_secs(60) + Duration::from_millis(plan.routes as u64);
-    let (version, caught_up) = wait_in_step(&mut cp, &mut gateways, within)?;
+    let (version, caught_up) = wait_in_step(&mut cps, &mut gateways, within)?;
     let mut routes_held = Vec::new();
     for g in &gateways {
         let (_, routes, _) = table_metrics(g.admin)?;
@@ -1028,7 +1243,10 @@ fn measure(
             );
         }
         prober.set_round(round);
-        let mut ticks_before = vec![cp.proc.cpu_ticks()?];
+        let mut ticks_before = Vec::new();
+        for cp in &mut cps {
+            ticks_before.push(cp.proc.cpu_ticks()?);
+        }
         for g in &mut gateways {
             ticks_before.push(g.proc.cpu_ticks()?);
         }
@@ -1060,8 +1278,11 @@ fn measure(
         prober.set_round(0);
         let wrk_result = wrk_result.transpose()?;
         prober.settle()?;
-        let mut ticks = vec![cp.proc.cpu_ticks()?.saturating_sub(ticks_before[0])];
-        for (g, before) in gateways.iter_mut().zip(&ticks_before[1..]) {
+        let mut ticks = Vec::new();
+        for (cp, before) in cps.iter_mut().zip(&ticks_before) {
+            ticks.push(cp.proc.cpu_ticks()?.saturating_sub(*before));
+        }
+        for (g, before) in gateways.iter_mut().zip(&ticks_before[cps.len()..]) {
             ticks.push(g.proc.cpu_ticks()?.saturating_sub(*before));
         }
         if round == 0 {
@@ -1069,7 +1290,10 @@ fn measure(
         }
         let probes = prober.results();
         let mut line = format!(
-            "round {round}/{}  API {}",
+            "{}round {round}/{}  API {}",
+            engine
+                .as_ref()
+                .map_or(String::new(), |(e, _)| format!("{}: ", e.label())),
             plan.rounds,
             api_stats.describe()
         );
@@ -1108,21 +1332,35 @@ fn measure(
     drop(driver);
 
     // Every gateway back at the control plane's version, and what each holds.
-    let in_step = wait_in_step(&mut cp, &mut gateways, Duration::from_secs(10))
+    let in_step = wait_in_step(&mut cps, &mut gateways, Duration::from_secs(10))
         .map(|(_, d)| d)
         .map_err(|e| format!("{e:#}"));
-    let (cp_version, _, _) = table_metrics(cp.api)?;
-    let final_cp = (cp_version, cp.proc.rss_kib()?);
+    let mut final_cp = Vec::new();
+    for cp in &mut cps {
+        let (cp_version, _, _) = table_metrics(cp.api)?;
+        final_cp.push((cp_version, cp.proc.rss_kib()?));
+    }
     let mut final_gateways = Vec::new();
     for g in &mut gateways {
         let (v, routes, connected) = table_metrics(g.admin)?;
         final_gateways.push((g.name.to_owned(), v, routes, connected, g.proc.rss_kib()?));
     }
-    let mut configs = vec![("control-plane.toml".to_owned(), cp.config.clone())];
+    let mut configs = Vec::new();
+    for cp in cps.iter().take(1) {
+        let name = if cps.len() > 1 {
+            format!("{}/control-plane.toml", cp.name)
+        } else {
+            "control-plane.toml".to_owned()
+        };
+        configs.push((name, cp.config.clone()));
+    }
     if let Some(g) = gateways.first() {
         configs.push((format!("{}/gateway.toml", g.name), g.config.clone()));
     }
     let outcome = Outcome {
+        engine: engine.map(|(e, _)| e),
+        cp_names: cps.iter().map(|c| c.name.to_owned()).collect(),
+        follows: gateways.iter().map(|g| g.follows).collect(),
         setup_line,
         catch_up_line,
         rounds,
@@ -1135,9 +1373,9 @@ fn measure(
         configs,
         load_before,
     };
-    // The gateways stop before the control plane: no reconnecting noise.
+    // The gateways stop before the control planes: no reconnecting noise.
     drop(gateways);
-    drop(cp);
+    drop(cps);
     Ok(outcome)
 }
 
@@ -1154,12 +1392,19 @@ fn delays_us<'a>(probes: impl Iterator<Item = &'a Probed>) -> Vec<f64> {
 fn report_text(plan: &Plan, o: &Outcome) -> (String, Vec<String>) {
     let mut problems = Vec::new();
     let mut errors = Vec::new();
-    let names: Vec<&str> = o.final_gateways.iter().map(|g| g.0.as_str()).collect();
+    let labels = gateway_labels(o);
+    let names: Vec<&str> = labels.iter().map(String::as_str).collect();
     let mut r = String::new();
     let _ = writeln!(
         r,
-        "\nchurn --gateways {}: {} routes, {} changes/s asked, {} round(s) of {} s, one change in {} probed on every gateway\n",
-        plan.gateways, plan.routes, plan.rate, plan.rounds, plan.duration, plan.probe_every
+        "\nchurn --gateways {}{}: {} routes, {} changes/s asked, {} round(s) of {} s, one change in {} probed on every gateway\n",
+        plan.gateways,
+        engine_title(o).map_or(String::new(), |t| format!(" on {t}")),
+        plan.routes,
+        plan.rate,
+        plan.rounds,
+        plan.duration,
+        plan.probe_every
     );
     let _ = writeln!(
         r,
@@ -1283,6 +1528,20 @@ fn report_text(plan: &Plan, o: &Outcome) -> (String, Vec<String>) {
         o.probes.len(),
         probe_requests as f64 / o.probes.len().max(1) as f64
     ));
+    if o.cp_names.len() > 1 {
+        for (label, other) in [
+            ("the replica that took the writes", false),
+            ("another replica", true),
+        ] {
+            let delays = delays_us(o.probes.iter().filter(|p| o.on_other(p.gateway) == other));
+            lines.push(format!(
+                "propagation to the gateways on {label}: p50 {}, p99 {} ({} probed)",
+                lat(percentile(&delays, 0.50)),
+                lat(percentile(&delays, 0.99)),
+                delays.len()
+            ));
+        }
+    }
     lines.extend(errors);
     lines.push(o.setup_line.clone());
     lines.push(o.catch_up_line.clone());
@@ -1299,19 +1558,32 @@ fn report_text(plan: &Plan, o: &Outcome) -> (String, Vec<String>) {
             ticks as f64 * 1e6 / o.clk_tck as f64 / ok as f64
         }
     };
-    let mut cpu = vec![format!("control plane {:.0} µs", per_change(0))];
-    for (i, name) in names.iter().enumerate() {
-        cpu.push(format!("{name} {:.0} µs", per_change(i + 1)));
+    let n_cps = o.cp_names.len();
+    let mut cpu: Vec<String> = o
+        .cp_names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| format!("{} {:.0} µs", cp_label(name), per_change(i)))
+        .collect();
+    for (i, g) in o.final_gateways.iter().enumerate() {
+        cpu.push(format!("{} {:.0} µs", g.0, per_change(i + n_cps)));
     }
     lines.push(format!(
         "CPU per change (utime + stime over the measured runs, all load included): {}",
         cpu.join(", ")
     ));
-    let mut state = vec![format!(
-        "control plane version {}, RSS {}",
-        o.final_cp.0,
-        report::fmt_mib(o.final_cp.1)
-    )];
+    let mut state: Vec<String> = o
+        .cp_names
+        .iter()
+        .zip(&o.final_cp)
+        .map(|(name, (version, rss))| {
+            format!(
+                "{} version {version}, RSS {}",
+                cp_label(name),
+                report::fmt_mib(*rss)
+            )
+        })
+        .collect();
     for (name, version, routes, connected, rss) in &o.final_gateways {
         state.push(format!(
             "{name} version {version}, {routes} routes, {}, RSS {}",
@@ -1326,7 +1598,12 @@ fn report_text(plan: &Plan, o: &Outcome) -> (String, Vec<String>) {
     lines.push(format!("after the runs: {}", state.join("; ")));
     match &o.in_step {
         Ok(d) => lines.push(format!(
-            "every gateway at the control plane's version {:.2} s after the last run",
+            "every gateway at {} version {:.2} s after the last run",
+            if n_cps > 1 {
+                "its replica's (every replica holding the same routes)"
+            } else {
+                "the control plane's"
+            },
             d.as_secs_f64()
         )),
         Err(e) => {
@@ -1366,6 +1643,236 @@ fn report_text(plan: &Plan, o: &Outcome) -> (String, Vec<String>) {
     (r, problems)
 }
 
+impl Outcome {
+    /// Whether gateway `gi` follows another replica than the one the API
+    /// changes go to.
+    fn on_other(&self, gi: usize) -> bool {
+        self.follows.get(gi).is_some_and(|&f| f != 0)
+    }
+}
+
+/// `control-plane` as the report says it; a replica's name as it is.
+fn cp_label(name: &str) -> &str {
+    if name == "control-plane" {
+        "control plane"
+    } else {
+        name
+    }
+}
+
+/// The gateways' names, with the replica each follows when there are
+/// several.
+fn gateway_labels(o: &Outcome) -> Vec<String> {
+    o.final_gateways
+        .iter()
+        .enumerate()
+        .map(|(gi, g)| match o.follows.get(gi) {
+            Some(&f) if o.cp_names.len() > 1 => format!("{} ({})", g.0, o.cp_names[f]),
+            _ => g.0.clone(),
+        })
+        .collect()
+}
+
+/// "SQLite, one control plane" or "PostgreSQL, 2 replicas"; `None`
+/// without --database.
+fn engine_title(o: &Outcome) -> Option<String> {
+    let engine = o.engine?;
+    Some(match o.cp_names.len() {
+        1 => format!("{}, one control plane", engine.label()),
+        n => format!("{}, {n} replicas", engine.label()),
+    })
+}
+
+/// The engines side by side: a row per figure, a column per engine.
+fn comparison(plan: &Plan, outcomes: &[Outcome]) -> String {
+    let mut r = String::from("| |");
+    let mut rule = String::from("|---|");
+    for o in outcomes {
+        let _ = write!(r, " {} |", engine_title(o).unwrap_or_default());
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(r, "\n{rule}");
+    let mut row = |label: &str, cell: &dyn Fn(&Outcome) -> String| {
+        let _ = write!(r, "| {label} |");
+        for o in outcomes {
+            let _ = write!(r, " {} |", cell(o));
+        }
+        r.push('\n');
+    };
+    let pooled = |o: &Outcome| -> Vec<f64> {
+        o.rounds
+            .iter()
+            .flat_map(|s| s.api.latencies_us.iter().copied())
+            .collect()
+    };
+    row(
+        &format!(
+            "updates/s achieved of {} asked (median over runs)",
+            plan.rate
+        ),
+        &|o| {
+            format!(
+                "{:.0}",
+                report::median(
+                    &o.rounds
+                        .iter()
+                        .map(|s| s.api.achieved_per_sec())
+                        .collect::<Vec<_>>()
+                )
+            )
+        },
+    );
+    row("API p50", &|o| lat(percentile(&pooled(o), 0.50)));
+    row("API p99", &|o| lat(percentile(&pooled(o), 0.99)));
+    row("failed API calls", &|o| {
+        flag(o.rounds.iter().map(|s| s.api.failed).sum())
+    });
+    let gateways = outcomes
+        .iter()
+        .map(|o| o.final_gateways.len())
+        .max()
+        .unwrap_or(0);
+    for gi in 0..gateways {
+        row(
+            &format!("propagation p50 / p99, {}", GATEWAY_NAMES[gi]),
+            &|o| {
+                if gi >= o.final_gateways.len() {
+                    return "-".into();
+                }
+                let d = delays_us(o.probes.iter().filter(|p| p.gateway == gi));
+                format!(
+                    "{} / {}{}",
+                    lat(percentile(&d, 0.50)),
+                    lat(percentile(&d, 0.99)),
+                    match o.follows.get(gi) {
+                        Some(&f) if o.cp_names.len() > 1 => format!(" ({})", o.cp_names[f]),
+                        _ => String::new(),
+                    }
+                )
+            },
+        );
+    }
+    for (label, other) in [
+        (
+            "propagation p50 / p99, gateways on the replica that took the write",
+            false,
+        ),
+        ("propagation p50 / p99, gateways on another replica", true),
+    ] {
+        row(label, &|o| {
+            let d = delays_us(o.probes.iter().filter(|p| o.on_other(p.gateway) == other));
+            if d.is_empty() {
+                "- (one control plane)".into()
+            } else {
+                format!(
+                    "{} / {} ({} probed)",
+                    lat(percentile(&d, 0.50)),
+                    lat(percentile(&d, 0.99)),
+                    d.len()
+                )
+            }
+        });
+    }
+    row("probed changes not seen in 5 s", &|o| {
+        flag(o.probes.iter().filter(|p| p.delay_us.is_none()).count() as u64)
+    });
+    row("CPU per change, control plane(s)", &|o| {
+        let ok: u64 = o.rounds.iter().map(|s| s.api.ok).sum();
+        (0..o.cp_names.len())
+            .map(|i| {
+                let ticks: u64 = o
+                    .rounds
+                    .iter()
+                    .map(|s| s.cpu_ticks.get(i).copied().unwrap_or(0))
+                    .sum();
+                format!(
+                    "{:.0} µs",
+                    ticks as f64 * 1e6 / o.clk_tck as f64 / ok.max(1) as f64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" + ")
+    });
+    r
+}
+
+/// The section `--write --database` puts into the results file.
+fn section_db(
+    plan: &Plan,
+    binary: &Path,
+    outcomes: &[Outcome],
+    texts: &[String],
+    table: &str,
+    pg_version: Option<&str>,
+    load_before: &str,
+) -> String {
+    let command: Vec<String> = std::env::args().map(|a| report::shell_quote(&a)).collect();
+    let mut r = report::section_head(TITLE_DB, load_before, &load_average());
+    let version = report::version_line(&binary.to_string_lossy(), &["--version"])
+        .unwrap_or_else(|| "unknown".into());
+    let _ = writeln!(r, "- sessiongate: `{}` ({version})", binary.display());
+    if let Some(v) = pg_version {
+        let _ = writeln!(r, "- PostgreSQL: {v}");
+    }
+    if let Some(commit) =
+        report::source_commit(&["bench/src", "bench/Cargo.toml", "gateway", "control-plane"])
+    {
+        let _ = writeln!(r, "- Source: commit {commit}");
+    }
+    let _ = writeln!(r, "- Command: `{}`", command.join(" "));
+    let _ = writeln!(
+        r,
+        "- Runs, per engine: {} gateway(s), {} routes, {} changes/s asked, {} run(s) of {} s after \
+         {} s of unrecorded changes, one change in {} probed on every gateway, at most {} API calls \
+         in flight; PostgreSQL with {} replica(s)",
+        plan.gateways,
+        plan.routes,
+        plan.rate,
+        plan.rounds,
+        plan.duration,
+        plan.warmup,
+        plan.probe_every,
+        plan.concurrency,
+        plan.replicas
+    );
+    let _ = writeln!(r, "\n{TEXT}\n\n{TEXT_DB}");
+    let _ = writeln!(r, "\n### Side by side\n\n{}", table.trim_end());
+    let _ = writeln!(
+        r,
+        "\nAPI latency is pooled over the runs; propagation as below, pooled over the runs and \
+         the gateways named."
+    );
+    for (o, text) in outcomes.iter().zip(texts) {
+        let _ = writeln!(r, "\n### {}", engine_title(o).unwrap_or_else(|| "?".into()));
+        let body = text
+            .trim_start()
+            .split_once('\n')
+            .map_or(text.as_str(), |(_, rest)| rest);
+        let _ = writeln!(r, "{}", body.trim_end());
+        let _ = writeln!(r, "\nPer run:\n\n{}", rounds_table(o).trim_end());
+    }
+    let _ = writeln!(
+        r,
+        "\nPropagation: when the gateway applied the change, counted from the end of the API's \
+         answer (negative: before it), as the middle of the window in which it did (from the \
+         sending of the last probe that saw the old state to the end of the first that saw the \
+         new one; window p50 is its median width). \"Applied before the answer\" counts the \
+         changes whose whole window ended before the API's answer did."
+    );
+    let _ = writeln!(r, "\n### Configurations\n");
+    for o in outcomes {
+        let label = o.engine.map_or("", Engine::label);
+        for (name, text) in &o.configs {
+            let _ = writeln!(
+                r,
+                "{}",
+                report::config_details(TargetKind::Sessiongate, &format!("{label}: {name}"), text)
+            );
+        }
+    }
+    r
+}
+
 /// A latency in µs, signed, or `n/a` for none (NaN: no sample).
 fn lat(us: f64) -> String {
     if us.is_nan() {
@@ -1387,7 +1894,8 @@ fn flag(n: u64) -> String {
 
 /// The per-run table.
 fn rounds_table(o: &Outcome) -> String {
-    let names: Vec<&str> = o.final_gateways.iter().map(|g| g.0.as_str()).collect();
+    let labels = gateway_labels(o);
+    let names: Vec<&str> = labels.iter().map(String::as_str).collect();
     let mut r = String::from("| run | changes/s | API p50 | API p99 | failed |");
     let mut rule = String::from("|---:|---:|---:|---:|---:|");
     for name in &names {
@@ -1539,6 +2047,7 @@ mod tests {
             control_plane: CpSection {
                 listen: "127.0.0.1:1".into(),
                 data_dir: "/tmp/x/data".into(),
+                database: String::new(),
                 gateway_ack_timeout_ms: 0,
             },
             log: LogSection { access_log: false },
@@ -1557,6 +2066,25 @@ mod tests {
         })?;
         assert!(gw.contains("https_listen = \"\""));
         assert!(gw.contains("admin_listen = \"127.0.0.1:3\""));
+        Ok(())
+    }
+
+    #[test]
+    fn database_mode_defaults() -> Result<()> {
+        let mut args = ChurnArgs::with(crate::side_by_side::CommonArgs::default());
+        args.gateways = Some(2);
+        let plan = Plan::resolve(&args)?;
+        assert_eq!(plan.routes, 100_000);
+        assert!(plan.engines.is_none());
+        args.database = Some(Databases::Both);
+        let plan = Plan::resolve(&args)?;
+        assert_eq!(plan.routes, 10_000);
+        assert_eq!(plan.engines, Some(vec![Engine::Sqlite, Engine::Postgres]));
+        assert_eq!(plan.replicas, 2);
+        args.replicas = Some(3);
+        args.routes = Some(500);
+        let plan = Plan::resolve(&args)?;
+        assert_eq!((plan.routes, plan.replicas), (500, 3));
         Ok(())
     }
 

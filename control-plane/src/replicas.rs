@@ -49,6 +49,10 @@ pub fn spawn(
 
 async fn follow_changes(cp: Arc<ControlPlane>, url: String, mut stop: watch::Receiver<bool>) {
     let mut listener: Option<PgListener> = None;
+    // The last time the log was read: after half of its retention without
+    // a read, rows this replica needs may be gone, so it reloads everything.
+    let mut read_at = std::time::Instant::now();
+    let stale = Duration::from_millis(crate::control::reap::CHANGES_KEPT_MS / 2);
     loop {
         if listener.is_none() {
             listener = match PgListener::connect(&url).await {
@@ -67,8 +71,17 @@ async fn follow_changes(cp: Arc<ControlPlane>, url: String, mut stop: watch::Rec
         }
         // Applied first, then waited: a change committed between the read
         // and the LISTEN is read at the next wake-up.
-        if let Err(e) = cp.apply_changes().await {
-            tracing::warn!(error = %e, "change log: other replicas' changes not applied yet; retrying");
+        let result = if read_at.elapsed() > stale {
+            tracing::warn!("change log not read for half its retention: reloading everything");
+            cp.resync_all().await.map(|()| 0)
+        } else {
+            cp.apply_changes().await
+        };
+        match result {
+            Ok(_) => read_at = std::time::Instant::now(),
+            Err(e) => {
+                tracing::warn!(error = %e, "change log: other replicas' changes not applied yet; retrying")
+            }
         }
         let notified = async {
             match listener.as_mut() {

@@ -12,8 +12,8 @@ use crate::session::reaper::{self, ReapReport};
 use crate::store;
 
 /// How long change-log rows are kept: a replica that has not read the log
-/// for this long reloads everything (see `replicas`).
-pub(crate) const CHANGES_KEPT_MS: u64 = 24 * 3600 * 1000;
+/// for half of it reloads everything (see `replicas`).
+pub const CHANGES_KEPT_MS: u64 = 3600 * 1000;
 
 impl ControlPlane {
     /// What a replica that does not run the reaper does at each interval:

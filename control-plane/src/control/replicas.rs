@@ -32,10 +32,27 @@ use crate::access as acc;
 use crate::auth::{TokenKind, TokenSet};
 use crate::error::ControlError;
 use crate::publish::{route_id, route_spec};
+use crate::session::lifecycle::SessionState;
 use crate::store::{self, ChangeKind};
 
 /// Rows read in one go.
 const BATCH: i64 = 10_000;
+
+/// The states that have a route.
+const LIVE: [SessionState; 4] = [
+    SessionState::Pending,
+    SessionState::Running,
+    SessionState::Paused,
+    SessionState::Evicted,
+];
+
+/// What [`ControlPlane::reload`] re-reads: `None` is everything of a kind.
+struct Reload {
+    sessions: Option<BTreeSet<String>>,
+    groups: Option<BTreeSet<String>>,
+    tokens: bool,
+    keys: bool,
+}
 
 impl ControlPlane {
     /// The last change-log row this replica has applied.
@@ -80,7 +97,54 @@ impl ControlPlane {
             self.applied_change.store(last, Ordering::Release);
             return Ok(0);
         }
+        self.reload(Reload {
+            sessions: Some(sessions),
+            groups: if all_groups { None } else { Some(groups) },
+            tokens,
+            keys,
+        })
+        .await?;
+        self.applied_change.store(last, Ordering::Release);
+        tracing::debug!(
+            from,
+            to = last,
+            applied,
+            "changes of other replicas applied"
+        );
+        Ok(applied)
+    }
 
+    /// Everything again, from the store: what a replica that could not read
+    /// the change log for longer than it is kept does (rows it missed may
+    /// have been purged). Every session's route, every group, the tokens
+    /// and the keys.
+    pub async fn resync_all(&self) -> Result<(), ControlError> {
+        let last = {
+            let mut c = self.store.conn().await?;
+            store::last_change(&mut c).await?
+        };
+        self.reload(Reload {
+            sessions: None,
+            groups: None,
+            tokens: true,
+            keys: true,
+        })
+        .await?;
+        self.applied_change.store(last, Ordering::Release);
+        tracing::info!(to = last, "reloaded everything from the store");
+        Ok(())
+    }
+
+    /// Re-reads what `what` names and applies it.
+    async fn reload(&self, what: Reload) -> Result<(), ControlError> {
+        let Reload {
+            sessions,
+            groups,
+            tokens,
+            keys,
+        } = what;
+        let all_groups = groups.is_none();
+        let groups = groups.unwrap_or_default();
         // Read and publish under the write lock: a local write either came
         // before (and its newer state is what this reads) or comes after.
         let mut tx = self.writes.begin().await?;
@@ -127,10 +191,32 @@ impl ControlPlane {
         }
         let changed_groups: Vec<String> = group_updates.iter().map(|(g, _)| g.clone()).collect();
         let shared = super::directory::sessions_shared(&mut tx, &changed_groups).await?;
-        let mut records = Vec::with_capacity(sessions.len());
-        for name in &sessions {
-            records.push((name.clone(), store::session_get(&mut tx, name).await?));
-        }
+        let records: Vec<(String, Option<crate::session::model::SessionRecord>)> = match &sessions {
+            Some(names) => {
+                let mut out = Vec::with_capacity(names.len());
+                for name in names {
+                    out.push((name.clone(), store::session_get(&mut tx, name).await?));
+                }
+                out
+            }
+            None => {
+                let live = store::sessions_in_states(&mut tx, &LIVE).await?;
+                let mut out: Vec<_> = live
+                    .into_iter()
+                    .map(|r| (r.name.clone(), Some(r)))
+                    .collect();
+                let known: BTreeSet<String> = out.iter().map(|(n, _)| n.clone()).collect();
+                // Routes of sessions no longer live, to remove.
+                for r in self.routes.current().routes().iter() {
+                    if let Some(name) = crate::publish::session_name(&r.id) {
+                        if !known.contains(name) {
+                            out.push((name.to_string(), None));
+                        }
+                    }
+                }
+                out
+            }
+        };
         let _lock = tx.commit().await?;
 
         if let Some(ring) = ring {
@@ -158,13 +244,6 @@ impl ControlPlane {
         if !changes.is_empty() {
             self.apply_update(RouteUpdate { changes }).await?;
         }
-        self.applied_change.store(last, Ordering::Release);
-        tracing::debug!(
-            from,
-            to = last,
-            applied,
-            "changes of other replicas applied"
-        );
-        Ok(applied)
+        Ok(())
     }
 }
