@@ -1,13 +1,14 @@
 //! The change log (`changes`): what other control-plane replicas on the
 //! same database must learn of, in commit order (see migration 0010).
 //!
-//! Every store function that changes what a replica holds in memory (a
-//! session's route, a group's members, the API tokens, the signing keys)
-//! logs a row in the same transaction, so a change is logged exactly when
-//! it commits. On PostgreSQL the writer first takes a transaction-level
+//! On PostgreSQL, every store function that changes what a replica holds
+//! in memory (a session's route, a group's members, the API tokens, the
+//! signing keys) logs a row in the same transaction, so a change is logged
+//! exactly when it commits. The writer first takes a transaction-level
 //! advisory lock, so rows get their sequence numbers in commit order, and
 //! notifies [`CHANNEL`] (delivered at commit) so that the other replicas
-//! read the log at once.
+//! read the log at once. On SQLite nothing is logged: one control plane
+//! owns the file.
 
 use std::sync::OnceLock;
 
