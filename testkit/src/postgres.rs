@@ -126,7 +126,7 @@ trap '' INT TERM HUP
 bin=$1 port=$2
 dir=$(mktemp -d "${TMPDIR:-/tmp}/sg-postgres-XXXXXX") || exit 1
 cleanup() { "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1; rm -rf "$dir"; }
-if ! "$bin/initdb" -D "$dir/data" -A trust -U postgres --no-sync -E UTF8 --locale=C.UTF-8 \
+if ! "$bin/initdb" -D "$dir/data" -A trust -U postgres --no-sync -E UTF8 --no-locale \
      >"$dir/initdb.log" 2>&1; then
   cat "$dir/initdb.log" >&2; rm -rf "$dir"; exit 1
 fi
@@ -136,6 +136,9 @@ if ! "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
   cat "$dir/server.log" >&2; cleanup; exit 1
 fi
 echo ready
+# From here on the test process may be gone, and the pipes' read ends with
+# it: nothing more to say on them.
+exec >/dev/null 2>&1
 cat >/dev/null
 cleanup
 "#;
