@@ -1732,25 +1732,22 @@ fn comparison(plan: &Plan, outcomes: &[Outcome]) -> String {
         .map(|o| o.final_gateways.len())
         .max()
         .unwrap_or(0);
-    for gi in 0..gateways {
-        row(
-            &format!("propagation p50 / p99, {}", GATEWAY_NAMES[gi]),
-            &|o| {
-                if gi >= o.final_gateways.len() {
-                    return "-".into();
+    for (gi, name) in GATEWAY_NAMES.iter().enumerate().take(gateways) {
+        row(&format!("propagation p50 / p99, {name}"), &|o| {
+            if gi >= o.final_gateways.len() {
+                return "-".into();
+            }
+            let d = delays_us(o.probes.iter().filter(|p| p.gateway == gi));
+            format!(
+                "{} / {}{}",
+                lat(percentile(&d, 0.50)),
+                lat(percentile(&d, 0.99)),
+                match o.follows.get(gi) {
+                    Some(&f) if o.cp_names.len() > 1 => format!(" ({})", o.cp_names[f]),
+                    _ => String::new(),
                 }
-                let d = delays_us(o.probes.iter().filter(|p| p.gateway == gi));
-                format!(
-                    "{} / {}{}",
-                    lat(percentile(&d, 0.50)),
-                    lat(percentile(&d, 0.99)),
-                    match o.follows.get(gi) {
-                        Some(&f) if o.cp_names.len() > 1 => format!(" ({})", o.cp_names[f]),
-                        _ => String::new(),
-                    }
-                )
-            },
-        );
+            )
+        });
     }
     for (label, other) in [
         (

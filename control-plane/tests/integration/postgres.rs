@@ -105,11 +105,13 @@ async fn a_database_that_refuses_the_server_stops_the_start_without_showing_the_
 }
 
 /// A TCP forwarder on loopback between sessiongate and PostgreSQL that can
-/// be cut (every connection closed, new ones refused) and restored on the
-/// same port: PostgreSQL going away and coming back, as the server sees it.
+/// be cut (every connection closed, and the port closed: new connections
+/// are refused, as with the server down) and restored on the same port:
+/// PostgreSQL going away and coming back, as the server sees it.
 struct Cuttable {
     addr: std::net::SocketAddr,
-    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    to: std::net::SocketAddr,
+    accept: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
@@ -117,18 +119,25 @@ impl Cuttable {
     async fn start(to: std::net::SocketAddr) -> Cuttable {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let generation = std::sync::Arc::new(tokio::sync::watch::Sender::new(0u64));
-        let (on2, gen2) = (on.clone(), generation.clone());
-        tokio::spawn(async move {
+        let c = Cuttable {
+            addr,
+            to,
+            accept: std::sync::Mutex::new(None),
+            generation,
+        };
+        c.serve(listener);
+        c
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let (to, generation) = (self.to, self.generation.clone());
+        let task = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
-                if !on2.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue; // dropped: the connection is closed at once
-                }
-                let mut cut = gen2.subscribe();
+                let mut cut = generation.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut server) = tokio::net::TcpStream::connect(to).await else {
                         return;
@@ -140,20 +149,32 @@ impl Cuttable {
                 });
             }
         });
-        Cuttable {
-            addr,
-            on,
-            generation,
-        }
+        *self.accept.lock().unwrap() = Some(task);
     }
 
     fn cut(&self) {
-        self.on.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.accept.lock().unwrap().take() {
+            t.abort(); // drops the listener: the port refuses connections
+        }
         self.generation.send_modify(|g| *g += 1);
     }
 
-    fn restore(&self) {
-        self.on.store(true, std::sync::atomic::Ordering::SeqCst);
+    async fn restore(&self) {
+        // The listener is dropped once its task has ended.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => return self.serve(l),
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < end,
+                        "rebinding {}: {e}",
+                        self.addr
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
     }
 }
 
@@ -217,7 +238,7 @@ async fn with_postgresql_away_the_gateway_serves_and_writes_answer_503_until_it_
     assert!(!message.contains(testkit::postgres::PASSWORD), "{message}");
     assert_eq!(sg.open("kept-0").await, (200, "kept".to_string()));
 
-    proxy.restore();
+    proxy.restore().await;
     // Writes succeed again (the pool reconnects), and nothing acknowledged
     // is missing; the refused one is not there.
     let end = std::time::Instant::now() + std::time::Duration::from_secs(15);
