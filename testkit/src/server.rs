@@ -144,7 +144,7 @@ async fn signalled(stop: oneshot::Receiver<()>) {
 /// when the environment gives none (`<data_dir>/admin-token`, the format a
 /// restart of the binary reads), so that no process-wide variable has to
 /// be set.
-fn write_token_hash(data_dir: &Path, token: &str) {
+pub fn write_token_hash(data_dir: &Path, token: &str) {
     std::fs::create_dir_all(data_dir).unwrap_or_else(|e| panic!("{}: {e}", data_dir.display()));
     let path = data_dir.join("admin-token");
     let line = format!("sha256:{}\n", auth::hash_token(token));

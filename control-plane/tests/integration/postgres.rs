@@ -269,3 +269,66 @@ async fn with_postgresql_away_the_gateway_serves_and_writes_answer_503_until_it_
     let (s, _) = sg.api("GET", "/api/v1/sessions/lost", None).await;
     assert_eq!(s, 404, "a refused write changed nothing");
 }
+
+/// A replica that could not read the change log for longer than it is kept
+/// reloads everything from the store (`resync_all`): here a session paused
+/// behind the log's back (no row logged, so nothing told the replica) is
+/// paused at its gateway once the replica reloads.
+#[tokio::test]
+async fn a_replica_that_missed_the_log_reloads_everything_from_the_store() {
+    use sqlx::Connection;
+    let backend = Origin::named("reloaded");
+    let url = testkit::postgres::database("resync").await;
+    let dir = temp_dir("pg-resync");
+    let text = config_text(&dir, &format!("[control_plane]\ndatabase = \"{url}\"\n"));
+    let config = Config::from_toml(&text, None, std::iter::empty()).unwrap();
+    testkit::server::write_token_hash(&config.control_plane.data_dir, testkit::server::TOKEN);
+    let server = Server::bind(config, None).await.unwrap();
+    let cp = server.control().clone();
+    let (api, gateway) = (server.api_addr().unwrap(), server.gateway_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let token = Some(testkit::server::TOKEN);
+    let (s, v) = testkit::api_request(
+        api,
+        token,
+        "POST",
+        "/api/v1/users",
+        Some(&json!({"name": "ann"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 201, "{v}");
+    let body = public_session("lab", backend.addr.port());
+    let (s, v) = testkit::api_request(api, token, "POST", "/api/v1/sessions", Some(&body))
+        .await
+        .unwrap();
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        testkit::http(gateway, "lab.localhost", "/", "").await.0,
+        200
+    );
+
+    let mut db = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE sessions SET state = 'paused' WHERE name = 'lab'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    // Nothing was logged: the replica still routes it as running.
+    assert_eq!(cp.apply_changes().await.unwrap(), 0);
+    assert_eq!(
+        testkit::http(gateway, "lab.localhost", "/", "").await.0,
+        200
+    );
+
+    cp.resync_all().await.unwrap();
+    assert_eq!(
+        testkit::http(gateway, "lab.localhost", "/", "").await.0,
+        503
+    );
+
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}
