@@ -53,6 +53,11 @@ pub const PASSWORD: &str = "sg-test-secret";
 /// The running cluster of this process.
 struct Cluster {
     port: u16,
+    /// Its directory (the data in `data/`), the binaries and the user it
+    /// runs as: for [`restart`].
+    dir: PathBuf,
+    bin: PathBuf,
+    user: Option<String>,
     /// Until a database could not be made with ICU: databases get an en-US
     /// collation.
     icu: AtomicBool,
@@ -114,6 +119,64 @@ pub async fn database(name: &str) -> String {
     url(cluster.port, &db)
 }
 
+/// Stops this process's cluster (fast: open connections are ended), keeps
+/// it down for `down`, and starts it again on the same port and data:
+/// PostgreSQL restarting, for the tests of what a server does meanwhile.
+/// Blocking; call it from `spawn_blocking`. Panics if the cluster cannot
+/// be stopped or started (with its log).
+pub fn restart(down: std::time::Duration) {
+    let cluster = match CLUSTER.get() {
+        Some(Ok(c)) => c,
+        _ => panic!("no PostgreSQL cluster in this process to restart"),
+    };
+    let pg_ctl = |args: &[String]| {
+        let mut cmd = match &cluster.user {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(cluster.bin.join("pg_ctl"));
+                c
+            }
+            None => Command::new(cluster.bin.join("pg_ctl")),
+        };
+        let out = cmd
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("pg_ctl: {e}"));
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let data = cluster.dir.join("data").display().to_string();
+    pg_ctl(&[
+        "-D".into(),
+        data.clone(),
+        "-m".into(),
+        "fast".into(),
+        "-w".into(),
+        "stop".into(),
+    ]);
+    std::thread::sleep(down);
+    pg_ctl(&[
+        "-D".into(),
+        data,
+        "-l".into(),
+        cluster.dir.join("server.log").display().to_string(),
+        "-w".into(),
+        "-t".into(),
+        "60".into(),
+        "-o".into(),
+        format!(
+            "-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            cluster.dir.display(),
+            cluster.port
+        ),
+        "start".into(),
+    ]);
+}
+
 fn url(port: u16, db: &str) -> String {
     format!("postgres://{SUPERUSER}:{PASSWORD}@127.0.0.1:{port}/{db}")
 }
@@ -135,7 +198,7 @@ if ! "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
      start >/dev/null 2>&1; then
   cat "$dir/server.log" >&2; cleanup; exit 1
 fi
-echo ready
+echo "ready $dir"
 # From here on the test process may be gone, and the pipes' read ends with
 # it: nothing more to say on them.
 exec >/dev/null 2>&1
@@ -183,7 +246,7 @@ fn start_on(bin: &Path, port: u16) -> Result<Cluster, String> {
     let stdout = shell.stdout.take().ok_or("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let ready = lines.next().and_then(Result::ok);
-    if ready.as_deref() != Some("ready") {
+    let Some(dir) = ready.as_deref().and_then(|r| r.strip_prefix("ready ")) else {
         drop(stdin);
         let out = shell
             .wait_with_output()
@@ -193,9 +256,12 @@ fn start_on(bin: &Path, port: u16) -> Result<Cluster, String> {
             bin.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         ));
-    }
+    };
     Ok(Cluster {
         port,
+        dir: PathBuf::from(dir),
+        bin: bin.to_path_buf(),
+        user: run_as()?,
         icu: AtomicBool::new(true),
         _stdin: Mutex::new(stdin),
         _shell: Mutex::new(shell),
