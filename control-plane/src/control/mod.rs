@@ -245,16 +245,7 @@ impl ControlPlane {
     /// Publishes every live session in the store, in one table version.
     async fn publish_stored_sessions(&self) -> Result<usize, ControlError> {
         let mut c = self.store.conn().await?;
-        let sessions = store::sessions_in_states(
-            &mut c,
-            &[
-                SessionState::Pending,
-                SessionState::Running,
-                SessionState::Paused,
-                SessionState::Evicted,
-            ],
-        )
-        .await?;
+        let sessions = store::sessions_in_states(&mut c, &SessionState::LIVE).await?;
         let groups = self.group_cache();
         let mut changes = Vec::with_capacity(sessions.len());
         for s in &sessions {

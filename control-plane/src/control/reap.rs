@@ -4,6 +4,8 @@
 //! purged after the retention, and spent tokens dropped — in one
 //! transaction and one table update.
 
+use std::collections::HashMap;
+
 use super::routing::RouteUpdate;
 use super::sessions::transition;
 use super::ControlPlane;
@@ -22,19 +24,7 @@ impl ControlPlane {
     pub async fn sync_activity(&self) -> Result<(), ControlError> {
         let mut tx = self.writes.begin().await?;
         let mut synced = self.synced_activity.lock().await;
-        self.gateways.collect_local();
-        let activity: Vec<(String, u64)> = {
-            let table = self.routes.load();
-            table
-                .routes()
-                .iter()
-                .filter_map(|r| {
-                    let name = crate::publish::session_name(&r.id)?;
-                    let at = r.state.last_activity_ms()?;
-                    (synced.get(name) != Some(&at)).then(|| (name.to_string(), at))
-                })
-                .collect()
-        };
+        let activity = self.moved_activity(&synced);
         if activity.is_empty() {
             return Ok(());
         }
@@ -44,6 +34,23 @@ impl ControlPlane {
             synced.insert(name, at);
         }
         Ok(())
+    }
+
+    /// Per session route, the last activity the gateways reported (those
+    /// in this process read now, remote ones merged as their reports
+    /// came), where it moved since it was last written to the store.
+    fn moved_activity(&self, synced: &HashMap<String, u64>) -> Vec<(String, u64)> {
+        self.gateways.collect_local();
+        let table = self.routes.load();
+        table
+            .routes()
+            .iter()
+            .filter_map(|r| {
+                let name = crate::publish::session_name(&r.id)?;
+                let at = r.state.last_activity_ms()?;
+                (synced.get(name) != Some(&at)).then(|| (name.to_string(), at))
+            })
+            .collect()
     }
 
     /// Whether this replica runs the reaper (see `replicas`).
@@ -65,19 +72,7 @@ impl ControlPlane {
         // The gateways' per-route activity, written when it moved: remote
         // gateways' reports are merged as they come; the gateway in this
         // process is read now.
-        self.gateways.collect_local();
-        let activity: Vec<(String, u64)> = {
-            let table = self.routes.load();
-            table
-                .routes()
-                .iter()
-                .filter_map(|r| {
-                    let name = crate::publish::session_name(&r.id)?;
-                    let at = r.state.last_activity_ms()?;
-                    (synced.get(name) != Some(&at)).then(|| (name.to_string(), at))
-                })
-                .collect()
-        };
+        let activity = self.moved_activity(&synced);
         store::sessions_touch(&mut tx, &activity).await?;
 
         let mut changed = Vec::new();

@@ -38,14 +38,6 @@ use crate::store::{self, ChangeKind};
 /// Rows read in one go.
 const BATCH: i64 = 10_000;
 
-/// The states that have a route.
-const LIVE: [SessionState; 4] = [
-    SessionState::Pending,
-    SessionState::Running,
-    SessionState::Paused,
-    SessionState::Evicted,
-];
-
 /// What [`ControlPlane::reload`] re-reads: `None` is everything of a kind.
 struct Reload {
     sessions: Option<BTreeSet<String>>,
@@ -200,7 +192,7 @@ impl ControlPlane {
                 out
             }
             None => {
-                let live = store::sessions_in_states(&mut tx, &LIVE).await?;
+                let live = store::sessions_in_states(&mut tx, &SessionState::LIVE).await?;
                 let mut out: Vec<_> = live
                     .into_iter()
                     .map(|r| (r.name.clone(), Some(r)))

@@ -181,6 +181,14 @@ impl SessionState {
         SessionState::Deleted,
     ];
 
+    /// The states [`is_live`](Self::is_live) holds for: those with a route.
+    pub const LIVE: [SessionState; 4] = [
+        SessionState::Pending,
+        SessionState::Running,
+        SessionState::Paused,
+        SessionState::Evicted,
+    ];
+
     /// The state after `action`, or why it is not allowed.
     pub fn apply(self, action: Action) -> Result<SessionState, TransitionError> {
         use Action as A;
@@ -519,5 +527,6 @@ mod tests {
     fn live_states() {
         let live: Vec<_> = S::ALL.into_iter().filter(|s| s.is_live()).collect();
         assert_eq!(live, vec![S::Pending, S::Running, S::Paused, S::Evicted]);
+        assert_eq!(live, S::LIVE.to_vec());
     }
 }

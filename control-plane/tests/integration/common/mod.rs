@@ -117,8 +117,18 @@ fn spawn(
         .arg("--config")
         .arg(config)
         .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "info");
+        .current_dir(dir);
+    run_logged(cmd, env.iter().map(|(k, v)| (*k, *v)))
+}
+
+/// Starts `cmd` with `RUST_LOG=info`, none of the caller's `SESSIONGATE_*`
+/// variables but `env`, and its stdout and stderr read line by line into
+/// the returned log.
+fn run_logged<'a>(
+    mut cmd: Command,
+    env: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> (Child, Log) {
+    cmd.env("RUST_LOG", "info");
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("SESSIONGATE_") {
             cmd.env_remove(k);
@@ -372,34 +382,8 @@ impl Sessiongate {
 /// none of the caller's `SESSIONGATE_*` variables, only `env`.
 fn spawn_sessiongate(args: &[String], dir: &Path, env: &[(String, String)]) -> (Child, Log) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiongate"));
-    cmd.args(args).current_dir(dir).env("RUST_LOG", "info");
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SESSIONGATE_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Log::default();
-    for stream in [
-        Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stdout.take().unwrap()),
-    ] {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                log.lock().unwrap().push(line);
-            }
-        });
-    }
-    (child, log)
+    cmd.args(args).current_dir(dir);
+    run_logged(cmd, env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
 /// A `sessiongate` child process of any subcommand, for the tests that run
