@@ -212,7 +212,7 @@ pub async fn run(
         parts,
         stop_rx.clone(),
     )?;
-    let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connected = Arc::new(StreamState::default());
     let admin_task = tokio::spawn(serve_admin(
         admin,
         follower.clone(),
@@ -233,7 +233,12 @@ pub async fn run(
         connected,
         stop_rx.clone(),
     ));
-    let ack_task = tokio::spawn(send_acks(up.clone(), applied_rx.clone(), stop_rx.clone()));
+    let ack_task = tokio::spawn(send_acks(
+        up.clone(),
+        follower.clone(),
+        applied_rx.clone(),
+        stop_rx.clone(),
+    ));
     let file_task = tokio::spawn(save_table(
         table_path,
         follower.clone(),
@@ -302,7 +307,7 @@ async fn follow(
     up: Upstream,
     follower: Follower,
     applied: watch::Sender<u64>,
-    connected: Arc<std::sync::atomic::AtomicBool>,
+    connected: Arc<StreamState>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut step = BACKOFF_FIRST;
@@ -313,7 +318,9 @@ async fn follow(
             r = follow_once(&up, &follower, &applied, &connected) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
-        connected.store(false, std::sync::atomic::Ordering::Release);
+        connected
+            .connected
+            .store(false, std::sync::atomic::Ordering::Release);
         let wait = match outcome {
             Followed::Refused(status, message) => {
                 tracing::error!(status = status.as_u16(), %message, "the control plane refused this gateway's token ({GATEWAY_TOKEN_ENV}); retrying in 10 s");
@@ -376,18 +383,27 @@ async fn follow_once(
     up: &Upstream,
     follower: &Follower,
     applied: &watch::Sender<u64>,
-    connected: &std::sync::atomic::AtomicBool,
+    connected: &StreamState,
 ) -> Followed {
     let lost = |after_frames, reason: String| Followed::Lost {
         after_frames,
         reason,
     };
-    let path = format!(
-        "/api/v1/gateway/stream?version={}&epoch={}&instance={}",
-        follower.version(),
-        follower.epoch(),
-        up.instance
-    );
+    // After a message was refused, nothing held is trusted: a snapshot.
+    let fresh = connected
+        .want_snapshot
+        .swap(false, std::sync::atomic::Ordering::AcqRel);
+    let path = if fresh {
+        format!("/api/v1/gateway/stream?instance={}", up.instance)
+    } else {
+        format!(
+            "/api/v1/gateway/stream?version={}&epoch={}&watermark={}&instance={}",
+            follower.version(),
+            follower.epoch(),
+            follower.watermark(),
+            up.instance
+        )
+    };
     let resp = match tokio::time::timeout(
         Duration::from_secs(10),
         up.client.request(up.request(Method::GET, &path, None)),
@@ -418,7 +434,9 @@ async fn follow_once(
         }
     });
     let mut frames = FramedRead::new(StreamReader::new(Box::pin(bytes)), crate::gateways::codec());
-    connected.store(true, std::sync::atomic::Ordering::Release);
+    connected
+        .connected
+        .store(true, std::sync::atomic::Ordering::Release);
     let mut any = false;
     loop {
         let next = match tokio::time::timeout(STREAM_SILENCE, frames.next()).await {
@@ -438,14 +456,25 @@ async fn follow_once(
         let first = !follower.is_ready();
         match follower.apply(&message) {
             Ok(a) => {
+                connected.count(&message);
                 if first || matches!(message, Message::Snapshot(_)) {
                     tracing::info!(version = a.version, "route table received");
                 }
+                if let Message::Delta(d) = &message {
+                    if d.epoch.is_some() {
+                        tracing::info!(version = a.version, watermark = d.watermark, control_plane = %up.base(), "resumed on another control-plane replica from the change log, without a snapshot");
+                    }
+                }
                 applied.send_replace(a.version);
             }
-            // Out of order, or a change the table refuses: reconnect from
-            // the version held, which brings a snapshot if need be.
-            Err(e) => return lost(true, e.to_string()),
+            // Out of order, or a change the table refuses: reconnect for a
+            // snapshot (asking again for the same messages could loop).
+            Err(e) => {
+                connected
+                    .want_snapshot
+                    .store(true, std::sync::atomic::Ordering::Release);
+                return lost(true, e.to_string());
+            }
         }
     }
 }
@@ -454,6 +483,7 @@ async fn follow_once(
 /// together).
 async fn send_acks(
     up: Upstream,
+    follower: Follower,
     mut applied: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -463,7 +493,7 @@ async fn send_acks(
             _ = stop.wait_for(|s| *s) => return,
         }
         let version = *applied.borrow_and_update();
-        let body = serde_json::json!({"version": version, "instance": &*up.instance});
+        let body = serde_json::json!({"version": version, "epoch": follower.epoch(), "instance": &*up.instance});
         if let Err(e) = up.post("/api/v1/gateway/ack", &body).await {
             tracing::debug!(error = %e, version, "ack not delivered");
         }
@@ -514,7 +544,8 @@ async fn save_table(
     mut applied: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut written = 0;
+    // (epoch, version): another replica's versions may repeat a number.
+    let mut written = (0, 0);
     let mut pause = FILE_EVERY;
     loop {
         let stopping = tokio::select! {
@@ -528,14 +559,19 @@ async fn save_table(
             }
         }
         applied.borrow_and_update();
-        if follower.is_ready() && follower.version() != written {
+        if follower.is_ready() && (follower.epoch(), follower.version()) != written {
             let started = std::time::Instant::now();
-            let snapshot = Arc::new(Snapshot::of(
-                follower.epoch(),
-                &follower.routes().load(),
-                Arc::clone(&follower.keys().load()),
-            ));
-            let version = snapshot.version;
+            // The watermark first: the table read after it is at least at it.
+            let watermark = follower.watermark();
+            let snapshot = Arc::new(Snapshot {
+                watermark,
+                ..Snapshot::of(
+                    follower.epoch(),
+                    &follower.routes().load(),
+                    Arc::clone(&follower.keys().load()),
+                )
+            });
+            let version = (snapshot.epoch, snapshot.version);
             let p = path.clone();
             match tokio::task::spawn_blocking(move || file::save(&p, &snapshot)).await {
                 Ok(Ok(())) => written = version,
@@ -557,7 +593,7 @@ async fn serve_admin(
     metrics: Arc<GatewayMetrics>,
     tls_metrics: Metrics,
     certificates: Option<Arc<certs::SniResolver>>,
-    connected: Arc<std::sync::atomic::AtomicBool>,
+    connected: Arc<StreamState>,
     mut stop: watch::Receiver<bool>,
 ) {
     use axum::routing::get;
@@ -611,8 +647,9 @@ async fn serve_admin(
                          sessiongate_gateway_stream_connected {}\n",
                         table.version(),
                         table.routes().len(),
-                        u8::from(c.load(std::sync::atomic::Ordering::Acquire)),
+                        u8::from(c.connected.load(std::sync::atomic::Ordering::Acquire)),
                     ));
+                    c.render(&mut text);
                     (
                         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
                         text,
@@ -625,6 +662,50 @@ async fn serve_admin(
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;
+}
+
+/// The route stream as the admin listener reports it.
+#[derive(Debug, Default)]
+struct StreamState {
+    /// Whether the stream is open.
+    connected: std::sync::atomic::AtomicBool,
+    /// Set when a message was refused: the next connection asks for a
+    /// snapshot.
+    want_snapshot: std::sync::atomic::AtomicBool,
+    snapshots: std::sync::atomic::AtomicU64,
+    deltas: std::sync::atomic::AtomicU64,
+    /// Deltas that moved the gateway to another replica's epoch.
+    moves: std::sync::atomic::AtomicU64,
+}
+
+impl StreamState {
+    fn count(&self, message: &Message) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match message {
+            Message::Snapshot(_) => self.snapshots.fetch_add(1, Relaxed),
+            Message::Delta(d) if d.epoch.is_some() => self.moves.fetch_add(1, Relaxed),
+            Message::Delta(_) => self.deltas.fetch_add(1, Relaxed),
+            Message::Heartbeat { .. } => 0,
+        };
+    }
+
+    fn render(&self, text: &mut String) {
+        use std::sync::atomic::Ordering::Relaxed;
+        text.push_str(
+            "# HELP sessiongate_gateway_stream_messages_total Messages applied from the route stream: whole tables (snapshot), changes (delta), and deltas that moved this gateway to another control-plane replica without a snapshot (move).\n\
+             # TYPE sessiongate_gateway_stream_messages_total counter\n",
+        );
+        for (kind, n) in [
+            ("snapshot", &self.snapshots),
+            ("delta", &self.deltas),
+            ("move", &self.moves),
+        ] {
+            text.push_str(&format!(
+                "sessiongate_gateway_stream_messages_total{{type=\"{kind}\"}} {}\n",
+                n.load(Relaxed)
+            ));
+        }
+    }
 }
 
 /// Access links opened at this gateway, redeemed by the control plane.

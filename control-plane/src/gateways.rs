@@ -126,6 +126,11 @@ struct Hub {
     closing: watch::Sender<bool>,
     /// `control_plane.gateway_ack_timeout_ms`.
     ack_timeout_ms: std::sync::atomic::AtomicU64,
+    /// The change-log sequence number up to which every row is in the
+    /// table (replicas on PostgreSQL; 0 otherwise): raised only once the
+    /// table holds those rows, so a message made at any time carries a
+    /// watermark its table is at least at.
+    watermark: std::sync::atomic::AtomicU64,
 }
 
 /// The data planes that follow this control plane.
@@ -180,6 +185,7 @@ impl Gateways {
             clock,
             closing: watch::Sender::new(false),
             ack_timeout_ms: std::sync::atomic::AtomicU64::new(1000),
+            watermark: std::sync::atomic::AtomicU64::new(0),
         });
         {
             let state = hub.lock_state();
@@ -261,6 +267,67 @@ impl Gateways {
         self.hub.epoch
     }
 
+    /// The table holds every change-log row up to `seq` (see
+    /// [`Snapshot::watermark`]); never lowers it.
+    pub fn set_watermark(&self, seq: u64) {
+        self.hub
+            .watermark
+            .fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The change-log watermark of the table as it is now.
+    pub fn watermark(&self) -> u64 {
+        self.hub.watermark()
+    }
+
+    /// The message that moves a gateway which followed another replica to
+    /// this one without a snapshot: a delta from the version it held
+    /// (`held`, of its previous epoch) to this table as it is now, in this
+    /// epoch, upserting or removing the routes `ids` (those the change log
+    /// names after the gateway's watermark), every route with groups when
+    /// `with_groups` (a group's members changed after it), and every route
+    /// that is not a session's (the configuration file's, which replicas
+    /// share). The caller has checked that this table's watermark is at
+    /// least the gateway's. Returns the frame and the version it brings
+    /// the gateway to; the ring's messages after that version follow.
+    pub fn switch(&self, held: u64, ids: &[Arc<str>], with_groups: bool) -> (Bytes, u64) {
+        let state = self.hub.lock_state();
+        // Read before the table: the table is at least at it.
+        let watermark = self.hub.watermark();
+        let current = self.hub.routes.current();
+        let mut upserts = Vec::new();
+        let mut removals = Vec::new();
+        let mut named = std::collections::HashSet::new();
+        for id in ids {
+            if !named.insert(Arc::clone(id)) {
+                continue;
+            }
+            match current.route(id) {
+                Some(r) => upserts.push(r.spec.clone()),
+                None => removals.push(Arc::clone(id)),
+            }
+        }
+        for r in current.routes().iter() {
+            let grouped = r.spec.access.as_ref().is_some_and(|a| !a.groups.is_empty());
+            let static_route = crate::publish::session_name(&r.id).is_none();
+            if (static_route || (with_groups && grouped)) && named.insert(Arc::clone(&r.id)) {
+                upserts.push(r.spec.clone());
+            }
+        }
+        let delta = Message::Delta(Arc::new(Delta {
+            base: held,
+            version: current.version(),
+            epoch: Some(self.hub.epoch),
+            watermark,
+            settings: Some(current.settings().clone()),
+            upserts,
+            removals,
+            keys: Some(Arc::clone(&state.keys)),
+        }));
+        drop(state);
+        (frame(&delta), current.version())
+    }
+
     /// What a gateway holding `held` (`None`: nothing of this epoch) needs
     /// next, as frames to send in order, and the version they bring it to:
     /// the ring's messages after `held`, or a snapshot of the table now
@@ -268,13 +335,13 @@ impl Gateways {
     /// Empty when it is up to date. Never a message at or below `held`.
     pub fn catch_up(&self, held: Option<u64>) -> (Vec<Bytes>, u64) {
         let state = self.hub.lock_state();
+        let watermark = self.hub.watermark();
         let current = self.hub.routes.current();
         let snapshot = |state: std::sync::MutexGuard<'_, State>| {
-            let snapshot = Message::Snapshot(Arc::new(Snapshot::of(
-                self.hub.epoch,
-                &current,
-                Arc::clone(&state.keys),
-            )));
+            let snapshot = Message::Snapshot(Arc::new(Snapshot {
+                watermark,
+                ..Snapshot::of(self.hub.epoch, &current, Arc::clone(&state.keys))
+            }));
             drop(state);
             (vec![frame(&snapshot)], current.version())
         };
@@ -460,18 +527,22 @@ impl Hub {
         self.remotes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn watermark(&self) -> u64 {
+        self.watermark.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// A version was stored in the control plane's table (under its write
     /// lock, so in version order): its message reaches every gateway.
     fn stored(&self, previous: &RouteTable, next: &Arc<RouteTable>, change: TableChange<'_>) {
         let mut state = self.lock_state();
+        let watermark = self.watermark();
         let message = match change {
             TableChange::Rebuilt => {
                 state.keys_dirty = false;
-                Message::Snapshot(Arc::new(Snapshot::of(
-                    self.epoch,
-                    next,
-                    Arc::clone(&state.keys),
-                )))
+                Message::Snapshot(Arc::new(Snapshot {
+                    watermark,
+                    ..Snapshot::of(self.epoch, next, Arc::clone(&state.keys))
+                }))
             }
             TableChange::Changed {
                 upserted,
@@ -489,6 +560,8 @@ impl Hub {
                         .collect(),
                     removals: removed.to_vec(),
                     keys,
+                    epoch: None,
+                    watermark,
                 }))
             }
         };

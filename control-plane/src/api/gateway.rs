@@ -105,6 +105,11 @@ pub struct StreamQuery {
     /// another epoch, or none, gets a snapshot.
     #[serde(default)]
     pub epoch: u64,
+    /// The change-log watermark of that version (replicas on PostgreSQL;
+    /// 0: none). A gateway that held another replica's epoch resumes from
+    /// it with one delta instead of a snapshot.
+    #[serde(default)]
+    pub watermark: u64,
     /// Which of the gateways sharing a token this is (its host name).
     #[serde(default)]
     pub instance: String,
@@ -152,6 +157,16 @@ pub async fn stream(
         if *closing.borrow_and_update() {
             return;
         }
+        if !same_epoch && q.version > 0 {
+            // Moving from another replica (or from before a restart).
+            if let Some((first, to)) = control.switch_delta(q.version, q.watermark).await {
+                tracing::info!(gateway = %_gone.1, from_version = q.version, watermark = q.watermark, to_version = to, "gateway moved here: resumed from its watermark");
+                if tx.send(first).await.is_err() {
+                    return;
+                }
+                held = Some(to);
+            }
+        }
         loop {
             // A deleted token ends its streams (at the next change or
             // heartbeat); the gateway's reconnection is then refused.
@@ -198,6 +213,10 @@ pub async fn stream(
 #[serde(deny_unknown_fields)]
 pub struct Ack {
     pub version: u64,
+    /// The epoch of that version: an ack of another epoch (meant for
+    /// another replica) is not recorded. 0: not said (older gateways).
+    #[serde(default)]
+    pub epoch: u64,
     #[serde(default)]
     pub instance: String,
 }
@@ -220,7 +239,9 @@ pub async fn ack(
 ) -> Result<StatusCode, ApiError> {
     check_instance(&a.instance)?;
     let caller = gateway_caller(&cp, &headers, peer.ip(), Some(&a.instance)).await?;
-    cp.gateways().ack(&caller.name, a.version);
+    if a.epoch == 0 || a.epoch == cp.gateways().epoch() {
+        cp.gateways().ack(&caller.name, a.version);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

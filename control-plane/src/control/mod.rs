@@ -169,6 +169,10 @@ pub struct ControlPlane {
     admin_token_hash: String,
     /// The last change-log row applied (see [`replicas`]).
     applied_change: std::sync::atomic::AtomicI64,
+    /// Serialises reading the change log (the follower's task, and a
+    /// gateway moving here that needs this replica caught up), with what
+    /// the gateways' watermark waits for (see [`replicas`]).
+    change_reader: tokio::sync::Mutex<replicas::Watermark>,
     /// Whether this replica runs the reaper (see [`replicas`]); always,
     /// alone on SQLite.
     leader: std::sync::atomic::AtomicBool,
@@ -235,10 +239,13 @@ impl ControlPlane {
             synced_activity: tokio::sync::Mutex::new(HashMap::new()),
             admin_token_hash,
             applied_change: std::sync::atomic::AtomicI64::new(applied_change),
+            change_reader: tokio::sync::Mutex::new(replicas::Watermark::default()),
             leader: std::sync::atomic::AtomicBool::new(true),
         };
         let n = cp.publish_stored_sessions().await?;
         tracing::info!(sessions = n, "sessions restored from the store");
+        // Everything logged up to `applied_change` was read above.
+        cp.gateways.set_watermark(applied_change.max(0) as u64);
         Ok(cp)
     }
 

@@ -19,6 +19,19 @@
 //! the lock is free, and the next replica to try (every second) takes it.
 //! The others write their gateways' activity to the store instead, where
 //! the leader's pass reads it (the latest time wins).
+//!
+//! Gateways moving between replicas: each replica numbers its table's
+//! versions its own way, but every message it sends carries the change
+//! log's *watermark*, the sequence number up to which every row is in that
+//! table. A gateway that moves to another replica sends the version and
+//! watermark it holds; the replica answers with one delta made for it
+//! ([`ControlPlane::switch_delta`]): the routes the log names after that
+//! watermark, as they are in its own table, instead of a snapshot of
+//! everything. The watermark is raised only after a barrier (the write
+//! lock taken once, then an empty submission through the publisher's
+//! queue) shows that this replica's own rows up to it are in the table
+//! too; at most every [`WATERMARK_EVERY`] when only own rows came, so
+//! that a busy writer does not pay a barrier per commit.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -38,6 +51,25 @@ use crate::store::{self, ChangeKind};
 /// Rows read in one go.
 const BATCH: i64 = 10_000;
 
+/// How often the watermark is raised when only this replica's own rows came
+/// (each raise costs a barrier on the write lock).
+const WATERMARK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The most rows a gateway moving here may have missed and still get a
+/// delta rather than a snapshot.
+const SWITCH_ROWS: i64 = 50_000;
+
+/// Where the gateways' watermark stands (under [`ControlPlane`]'s
+/// `change_reader` lock).
+#[derive(Debug, Default)]
+pub struct Watermark {
+    /// Rows up to here are applied (others') or committed (own), not yet
+    /// known to be in the table.
+    pending: i64,
+    /// When the last barrier ran.
+    raised_at: Option<std::time::Instant>,
+}
+
 /// What [`ControlPlane::reload`] re-reads: `None` is everything of a kind.
 struct Reload {
     sessions: Option<BTreeSet<String>>,
@@ -55,6 +87,43 @@ impl ControlPlane {
     /// Applies what other replicas logged since the last row applied;
     /// returns how many of their rows it applied.
     pub async fn apply_changes(&self) -> Result<usize, ControlError> {
+        let mut mark = self.change_reader.lock().await;
+        let applied = self.apply_changes_locked().await?;
+        self.raise_watermark(&mut mark, applied > 0).await?;
+        Ok(applied)
+    }
+
+    /// Raises the gateways' watermark to every row read so far, once a
+    /// barrier shows the table holds them: at once when `now`, else at
+    /// most every [`WATERMARK_EVERY`].
+    async fn raise_watermark(&self, mark: &mut Watermark, now: bool) -> Result<(), ControlError> {
+        mark.pending = mark.pending.max(self.applied_change());
+        let target = mark.pending.max(0) as u64;
+        if target <= self.gateways.watermark() {
+            return Ok(());
+        }
+        if !now
+            && mark
+                .raised_at
+                .is_some_and(|t| t.elapsed() < WATERMARK_EVERY)
+        {
+            return Ok(());
+        }
+        // Own rows up to `pending` are committed; their commits queued
+        // their changes to the publisher under the write lock, so once the
+        // lock has been taken after them, an empty submission answers after
+        // those changes are in the table.
+        self.writes.flush().await;
+        self.publisher
+            .submit(Vec::new())
+            .await
+            .map_err(|e| ControlError::Publish(e.to_string()))?;
+        self.gateways.set_watermark(target);
+        mark.raised_at = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    async fn apply_changes_locked(&self) -> Result<usize, ControlError> {
         let from = self.applied_change();
         let rows = {
             let mut c = self.store.conn().await?;
@@ -111,6 +180,7 @@ impl ControlPlane {
     /// have been purged). Every session's route, every group, the tokens
     /// and the keys.
     pub async fn resync_all(&self) -> Result<(), ControlError> {
+        let mut mark = self.change_reader.lock().await;
         let last = {
             let mut c = self.store.conn().await?;
             store::last_change(&mut c).await?
@@ -123,8 +193,66 @@ impl ControlPlane {
         })
         .await?;
         self.applied_change.store(last, Ordering::Release);
+        self.raise_watermark(&mut mark, true).await?;
         tracing::info!(to = last, "reloaded everything from the store");
         Ok(())
+    }
+
+    /// The delta that moves a gateway which followed another replica here
+    /// (see the module's notes), or `None` when it needs a snapshot: it
+    /// holds no watermark, this is not a replica on PostgreSQL, this
+    /// replica cannot catch up to its watermark, the log no longer holds
+    /// every row after it, or it missed too many. Returns the frame and the
+    /// version it brings the gateway to.
+    pub async fn switch_delta(&self, held: u64, watermark: u64) -> Option<(bytes::Bytes, u64)> {
+        if watermark == 0 || self.store.engine() != store::Engine::Postgres {
+            return None;
+        }
+        let seq = i64::try_from(watermark).ok()?;
+        // Caught up first: the gateway may have seen rows (through the
+        // replica it left) that this one has not read yet, and would
+        // otherwise be sent, for a moment, an older state of their routes.
+        {
+            let mut mark = self.change_reader.lock().await;
+            let caught_up = async {
+                self.apply_changes_locked().await?;
+                self.raise_watermark(&mut mark, true).await
+            };
+            if let Err(e) = caught_up.await {
+                tracing::warn!(error = %e, "a gateway moving here gets a snapshot: this replica could not catch up");
+                return None;
+            }
+        }
+        if self.gateways.watermark() < watermark {
+            return None;
+        }
+        let rows = async {
+            let mut c = self.store.conn().await?;
+            if !store::changes_hold(&mut c, seq).await? {
+                return Ok::<_, ControlError>(None);
+            }
+            Ok(Some(store::changes_after(&mut c, seq, SWITCH_ROWS).await?))
+        };
+        let rows = match rows.await {
+            Ok(Some(rows)) if (rows.len() as i64) < SWITCH_ROWS => rows,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "a gateway moving here gets a snapshot: the change log could not be read");
+                return None;
+            }
+        };
+        let mut ids = Vec::new();
+        let mut with_groups = false;
+        for r in &rows {
+            match ChangeKind::parse(&r.kind) {
+                Some(ChangeKind::Session) => ids.push(route_id(&r.name)),
+                Some(ChangeKind::Group | ChangeKind::User) => with_groups = true,
+                // Not in the route table (tokens), or always sent (keys).
+                Some(ChangeKind::Tokens | ChangeKind::Keys) => {}
+                None => return None,
+            }
+        }
+        Some(self.gateways.switch(held, &ids, with_groups))
     }
 
     /// Re-reads what `what` names and applies it.

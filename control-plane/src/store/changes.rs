@@ -139,12 +139,27 @@ pub async fn last_change(c: &mut Conn) -> Result<i64, StoreError> {
 
 /// Drops rows older than `before_ms`: every replica has read them (a
 /// replica that was away longer reloads everything when it starts).
+/// Always a prefix of the sequence, keeping the newest row it would drop
+/// (writers' clocks differ, so `at_ms` is not quite in sequence order):
+/// then a row at or below a sequence number still being in the log
+/// means that nothing after it was dropped ([`changes_hold`]).
 pub async fn changes_purge(c: &mut Conn, before_ms: u64) -> Result<u64, StoreError> {
-    let r = sqlx::query("DELETE FROM changes WHERE at_ms < $1")
-        .bind(ms(before_ms))
-        .execute(&mut *c)
-        .await?;
+    let r = sqlx::query(
+        "DELETE FROM changes WHERE seq < (SELECT COALESCE(MAX(seq), 0) FROM changes WHERE at_ms < $1)",
+    )
+    .bind(ms(before_ms))
+    .execute(&mut *c)
+    .await?;
     Ok(r.rows_affected())
+}
+
+/// Whether the log still holds every row after `seq`: some row at or
+/// below it is still there ([`changes_purge`] drops prefixes only).
+pub async fn changes_hold(c: &mut Conn, seq: i64) -> Result<bool, StoreError> {
+    let v: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM changes")
+        .fetch_one(&mut *c)
+        .await?;
+    Ok(v.is_some_and(|min| min <= seq))
 }
 
 fn now_ms() -> u64 {

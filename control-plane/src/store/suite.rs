@@ -78,6 +78,7 @@ on_both_engines!(
     oauth_tokens_are_taken_once_and_revoked_with_their_access_token,
     environments_and_portal_counts,
     a_failed_statement_rolled_back_to_its_savepoint_leaves_the_transaction_usable,
+    the_change_log_is_purged_by_prefix_so_a_held_row_proves_nothing_after_it_is_gone,
 );
 
 fn user(name: &str) -> UserRow {
@@ -606,6 +607,60 @@ async fn reap_candidates_and_purges(engine: Engine) {
     assert!(session_get(&mut c, "gone-new").await.unwrap().is_some());
     assert!(session_purge(&mut c, "gone-new").await.unwrap());
     assert!(!session_purge(&mut c, "gone-new").await.unwrap());
+}
+
+async fn the_change_log_is_purged_by_prefix_so_a_held_row_proves_nothing_after_it_is_gone(
+    engine: Engine,
+) {
+    let f = Fixture::new(engine, "changes").await;
+    let mut c = f.conn().await;
+    // Logged only where other replicas read it.
+    let mut tx = f.store.begin().await.unwrap();
+    log_change(&mut tx, ChangeKind::Session, "s").await.unwrap();
+    tx.commit().await.unwrap();
+    let logged = changes_after(&mut c, 0, 10).await.unwrap();
+    match engine {
+        Engine::Sqlite => assert!(logged.is_empty(), "{logged:?}"),
+        Engine::Postgres => assert_eq!(
+            logged
+                .iter()
+                .map(|r| (&*r.kind, &*r.name))
+                .collect::<Vec<_>>(),
+            [("session", "s")]
+        ),
+    }
+    sqlx::query("DELETE FROM changes")
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    assert!(
+        !changes_hold(&mut c, 1_000).await.unwrap(),
+        "an empty log holds nothing"
+    );
+    // Writers' clocks differ: the third row was stamped before the second.
+    for at in [100, 300, 200, 400] {
+        sqlx::query(
+            "INSERT INTO changes (kind, name, origin, at_ms) VALUES ('session', 'x', 'o', $1)",
+        )
+        .bind(at as i64)
+        .execute(&mut *c)
+        .await
+        .unwrap();
+    }
+    async fn logged(c: &mut Conn) -> Vec<i64> {
+        let rows = changes_after(c, 0, 10).await.unwrap();
+        rows.iter().map(|r| r.seq).collect()
+    }
+    let seqs = logged(&mut c).await;
+    assert_eq!(seqs.len(), 4);
+    // Older than 350 are the first three; the newest of them stays, and
+    // nothing after it goes, whatever its time.
+    assert_eq!(changes_purge(&mut c, 350).await.unwrap(), 2);
+    assert_eq!(logged(&mut c).await, seqs[2..]);
+    assert!(!changes_hold(&mut c, seqs[1]).await.unwrap());
+    assert!(changes_hold(&mut c, seqs[2]).await.unwrap());
+    assert!(changes_hold(&mut c, seqs[3]).await.unwrap());
+    assert_eq!(last_change(&mut c).await.unwrap(), seqs[3]);
 }
 
 async fn api_tokens_access_links_and_signing_keys(engine: Engine) {

@@ -160,6 +160,16 @@ impl ControlPlane {
         self.process.kill9();
     }
 
+    /// Sends it `SIG<name>` (`STOP`: frozen, its connections left open).
+    fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.process.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
     /// Starts it again on the same data, configuration and port; the
     /// moment its listening line was seen.
     async fn restart(&mut self) -> Instant {
@@ -1155,6 +1165,19 @@ async fn read_until(conn: &mut tokio::net::TcpStream, raw: &mut Vec<u8>, want: &
     true
 }
 
+/// A gateway's `sessiongate_gateway_stream_messages_total`, by type.
+async fn stream_messages(gw: &Gateway) -> std::collections::BTreeMap<String, u64> {
+    let (status, text) = http(gw.admin, "localhost", "/metrics", "").await;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("sessiongate_gateway_stream_messages_total{type=\""))
+        .filter_map(|l| {
+            let (kind, n) = l.split_once("\"} ")?;
+            Some((kind.to_string(), n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// Two control-plane replicas on one PostgreSQL database, each followed by
 /// one gateway (issue 18): what one replica is told reaches the gateway of
 /// the other, the API of either shows every write, and when a replica dies
@@ -1251,13 +1274,62 @@ async fn two_replicas_on_one_postgresql_database_share_every_change() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    // Replica 1 dies. Gateway 1 moves to replica 2 and keeps serving;
-    // writes to replica 2 reach both gateways; if replica 1 ran the
-    // reaper, replica 2 takes over within 5 s.
+    // A session gateway 1 has, to be deleted behind its back.
+    let (s, v) = r2
+        .api(
+            "POST",
+            "/api/v1/sessions",
+            Some(public_session("gone", origin.addr.port())),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let end = Instant::now() + DEADLINE;
+    while gw1.open("gone").await != (200, "app".to_string()) {
+        assert!(Instant::now() < end, "the session never reached gateway 1");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(stream_messages(&gw1).await["snapshot"], 1);
+
+    // Replica 1 stops relaying (SIGSTOP) while replica 2 deletes one
+    // session and creates another: gateway 1 holds neither change. Then
+    // replica 1 dies. Gateway 1 moves to replica 2 with one delta from
+    // the change log after its watermark, not a snapshot, and keeps
+    // serving; writes to replica 2 reach both gateways; if replica 1 ran
+    // the reaper, replica 2 takes over within 5 s.
+    r1.signal("STOP");
+    let (s, v) = r2.api("DELETE", "/api/v1/sessions/gone", None).await;
+    assert!(s == 200 || s == 204, "{s} {v}");
+    let (s, v) = r2
+        .api(
+            "POST",
+            "/api/v1/sessions",
+            Some(public_session("while-away", origin.addr.port())),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(gw1.open("gone").await, (200, "app".to_string()));
+    assert_eq!(gw1.open("while-away").await.0, 404);
     let killed = Instant::now();
     r1.kill9();
     assert_eq!(gw1.open("lab").await, (200, "other".to_string()));
     r2.wait_in_step(&["gw1", "gw2"], DEADLINE).await;
+    assert_eq!(gw1.open("while-away").await, (200, "app".to_string()));
+    assert_eq!(gw1.open("gone").await.0, 404);
+    let counts = stream_messages(&gw1).await;
+    assert_eq!(
+        (counts["snapshot"], counts["move"]),
+        (1, 1),
+        "one snapshot (the first), one move: {counts:?}"
+    );
+    assert!(
+        gw1.process
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("resumed on another control-plane replica")),
+        "gateway 1 says it resumed"
+    );
     let (s, v) = r2
         .api(
             "POST",
@@ -1449,7 +1521,12 @@ async fn a_replica_killed_under_load_loses_no_request_and_no_acknowledged_write(
         assert_eq!(s, 200, "acknowledged {name} is missing: {v}");
     }
     // Both gateways follow replica 2 now, and serve what it was told.
+    // Gateway 1 moved there with one delta from the change log, never a
+    // second snapshot.
     r2.wait_in_step(&["gw1", "gw2"], DEADLINE).await;
+    let counts = stream_messages(&gw1).await;
+    eprintln!("gateway 1's stream after the move: {counts:?}");
+    assert_eq!((counts["snapshot"], counts["move"]), (1, 1), "{counts:?}");
     let last = acknowledged.last().unwrap();
     assert_eq!(gw1.open(last).await, (200, "app".to_string()));
     assert_eq!(gw2.open(last).await, (200, "app".to_string()));

@@ -99,13 +99,14 @@ mod tests {
         let snapshot = Arc::new(Snapshot {
             epoch: 3,
             version: 9,
+            watermark: 5,
             settings: TableSettings::default(),
             routes: vec![test_spec("a")],
             keys: Arc::new(KeyRing::new(SigningKey::new("k", &[1; 32]).unwrap(), None)),
         });
         save(&path, &snapshot).unwrap();
         let back = load(&path).unwrap().unwrap();
-        assert_eq!(back.version, 9);
+        assert_eq!((back.epoch, back.version, back.watermark), (3, 9, 5));
         assert_eq!(&*back.routes[0].id, "a");
         #[cfg(unix)]
         {

@@ -57,6 +57,11 @@ pub struct Snapshot {
     /// within the epoch it holds; across epochs it gets a snapshot.
     pub epoch: u64,
     pub version: u64,
+    /// With control-plane replicas on PostgreSQL: the change-log sequence
+    /// number up to which every row is in this table (0: none, or SQLite).
+    /// Unlike a version it means the same on every replica, so a gateway
+    /// that moves to another replica resumes from it ([`Delta::epoch`]).
+    pub watermark: u64,
     pub settings: TableSettings,
     pub routes: Vec<RouteSpec>,
     pub keys: Arc<KeyRing>,
@@ -70,6 +75,7 @@ impl Snapshot {
         Snapshot {
             epoch,
             version: table.version(),
+            watermark: 0,
             settings: table.settings().clone(),
             routes,
             keys,
@@ -90,6 +96,14 @@ pub struct Delta {
     pub removals: Vec<Arc<str>>,
     /// The new keys, after a rotation.
     pub keys: Option<Arc<KeyRing>>,
+    /// Set on the first message another replica sends a gateway that moved
+    /// to it: its epoch, which the gateway holds from then on. That delta is
+    /// made for the gateway (its `base` is the version the gateway held in
+    /// its previous epoch) from the change log after the gateway's
+    /// watermark, instead of a whole snapshot.
+    pub epoch: Option<u64>,
+    /// The change-log watermark of `version` ([`Snapshot::watermark`]).
+    pub watermark: u64,
 }
 
 /// What applying a message did.
@@ -112,6 +126,8 @@ pub struct Follower {
     ready: Arc<AtomicBool>,
     /// The epoch of the last snapshot applied (0: none).
     epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// The change-log watermark of the version held (0: none).
+    watermark: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Follower {
@@ -123,6 +139,7 @@ impl Follower {
             keys: KeyHandle::new(keys),
             ready: Arc::new(AtomicBool::new(false)),
             epoch: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            watermark: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
     }
 
@@ -151,6 +168,11 @@ impl Follower {
         self.epoch.load(Ordering::Acquire)
     }
 
+    /// The change-log watermark of the version it holds (0: none).
+    pub fn watermark(&self) -> u64 {
+        self.watermark.load(Ordering::Acquire)
+    }
+
     /// The version it holds (0: none yet).
     pub fn version(&self) -> u64 {
         self.routes.load().version()
@@ -172,6 +194,7 @@ impl Follower {
                         .replace(s.version, &s.settings, s.routes.clone())?;
                 self.keys.store_shared(Arc::clone(&s.keys));
                 self.epoch.store(s.epoch, Ordering::Release);
+                self.watermark.store(s.watermark, Ordering::Release);
                 let mut closed = 0;
                 for old in previous.routes().iter() {
                     closed += match next.route(&old.id) {
@@ -200,6 +223,10 @@ impl Follower {
                 if let Some(keys) = &d.keys {
                     self.keys.store_shared(Arc::clone(keys));
                 }
+                if let Some(epoch) = d.epoch {
+                    self.epoch.store(epoch, Ordering::Release);
+                }
+                self.watermark.store(d.watermark, Ordering::Release);
                 let mut closed = 0;
                 for spec in &d.upserts {
                     if previous.route(&spec.id).is_some() {
@@ -263,6 +290,7 @@ mod tests {
         Message::Snapshot(Arc::new(Snapshot {
             epoch: 1,
             version,
+            watermark: 0,
             settings: settings(),
             routes,
             keys: Arc::new(ring("k1")),
@@ -308,6 +336,34 @@ mod tests {
         assert!(table.route("a").is_none());
         assert!(table.route("b").is_some());
         assert_eq!(f.keys().load().current_id(), "k2");
+    }
+
+    #[test]
+    fn a_delta_from_another_replica_moves_the_follower_to_its_epoch() {
+        let f = Follower::new(ring("boot"));
+        f.apply(&snapshot(40, vec![spec("a", 1), spec("gone", 1)]))
+            .unwrap();
+        assert_eq!((f.epoch(), f.watermark()), (1, 0));
+        // Another replica numbers versions its own way (here lower), and
+        // names a route this follower never had among its removals.
+        let moved = Message::Delta(Arc::new(Delta {
+            base: 40,
+            version: 12,
+            epoch: Some(9),
+            watermark: 77,
+            upserts: vec![spec("a", 2), spec("new", 3)],
+            removals: vec!["gone".into(), "never-had".into()],
+            ..Delta::default()
+        }));
+        assert_eq!(f.apply(&moved).unwrap().version, 12);
+        assert_eq!((f.epoch(), f.version(), f.watermark()), (9, 12, 77));
+        let table = f.routes().load();
+        assert!(table.route("gone").is_none());
+        assert!(table.route("new").is_some());
+        assert_eq!(
+            table.route("a").unwrap().spec.target.to_string(),
+            "http://127.0.0.1:2"
+        );
     }
 
     #[test]

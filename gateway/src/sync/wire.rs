@@ -35,6 +35,8 @@ enum WireMessage {
         #[serde(default)]
         epoch: u64,
         version: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        watermark: u64,
         settings: WireSettings,
         /// Member lists, each once: routes name them by index.
         #[serde(default)]
@@ -45,6 +47,10 @@ enum WireMessage {
     Delta {
         base: u64,
         version: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        watermark: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         settings: Option<WireSettings>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -105,6 +111,10 @@ struct WireRoute {
 
 fn yes() -> bool {
     true
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -324,6 +334,7 @@ pub fn encode(message: &Message) -> Vec<u8> {
             WireMessage::Snapshot {
                 epoch: s.epoch,
                 version: s.version,
+                watermark: s.watermark,
                 settings: settings_out(&s.settings),
                 groups: groups.lists,
                 routes,
@@ -339,6 +350,8 @@ pub fn encode(message: &Message) -> Vec<u8> {
             WireMessage::Delta {
                 base: d.base,
                 version: d.version,
+                epoch: d.epoch,
+                watermark: d.watermark,
                 settings: d.settings.as_ref().map(settings_out),
                 groups: groups.lists,
                 upserts,
@@ -358,6 +371,7 @@ pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
         WireMessage::Snapshot {
             epoch,
             version,
+            watermark,
             settings,
             groups,
             routes,
@@ -367,6 +381,7 @@ pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
             Message::Snapshot(Arc::new(Snapshot {
                 epoch,
                 version,
+                watermark,
                 settings: settings_in(settings),
                 routes: routes
                     .into_iter()
@@ -378,6 +393,8 @@ pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
         WireMessage::Delta {
             base,
             version,
+            epoch,
+            watermark,
             settings,
             groups,
             upserts,
@@ -388,6 +405,8 @@ pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
             Message::Delta(Arc::new(Delta {
                 base,
                 version,
+                epoch,
+                watermark,
                 settings: settings.map(settings_in),
                 upserts: upserts
                     .into_iter()
@@ -443,6 +462,7 @@ mod tests {
         let msg = Message::Snapshot(Arc::new(Snapshot {
             epoch: 7,
             version: 42,
+            watermark: 0,
             settings: TableSettings {
                 base_domains: vec!["localhost".into()],
                 portal_host: Some("portal.localhost".into()),
