@@ -647,16 +647,16 @@ async fn the_change_log_is_purged_by_prefix_so_a_held_row_proves_nothing_after_i
         .await
         .unwrap();
     }
-    async fn logged(c: &mut Conn) -> Vec<i64> {
+    async fn seqs_logged(c: &mut Conn) -> Vec<i64> {
         let rows = changes_after(c, 0, 10).await.unwrap();
         rows.iter().map(|r| r.seq).collect()
     }
-    let seqs = logged(&mut c).await;
+    let seqs = seqs_logged(&mut c).await;
     assert_eq!(seqs.len(), 4);
     // Older than 350 are the first three; the newest of them stays, and
     // nothing after it goes, whatever its time.
     assert_eq!(changes_purge(&mut c, 350).await.unwrap(), 2);
-    assert_eq!(logged(&mut c).await, seqs[2..]);
+    assert_eq!(seqs_logged(&mut c).await, seqs[2..]);
     assert!(!changes_hold(&mut c, seqs[1]).await.unwrap());
     assert!(changes_hold(&mut c, seqs[2]).await.unwrap());
     assert!(changes_hold(&mut c, seqs[3]).await.unwrap());
