@@ -203,6 +203,16 @@ impl TokenSet {
         self.check_named(token).map(|(kind, _)| kind)
     }
 
+    /// The kind of the token named `name` (`None`: the configuration's admin
+    /// token), if it still exists: a console signed in with a token ends
+    /// when the token is deleted.
+    pub fn kind_of(&self, name: Option<&str>) -> Option<TokenKind> {
+        self.entries
+            .iter()
+            .find(|(_, _, n)| n.as_deref() == name)
+            .map(|(_, kind, _)| *kind)
+    }
+
     /// [`check`](Self::check), with the token's name.
     pub fn check_named(&self, token: &str) -> Option<(TokenKind, Option<std::sync::Arc<str>>)> {
         let presented = hash_token(token);

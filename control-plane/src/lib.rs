@@ -27,9 +27,15 @@
 //!   the messages of `docs/gateway-protocol.md`.
 //! - [`access`]: browser access, the control plane's half: links, keys,
 //!   the redirect allow-list, who may open a session.
+//! - [`console`]: the web console under `/ui/`: server-rendered pages,
+//!   sign-in, CSRF.
 //! - [`api`]: the HTTP API handlers (axum), their view types, the
 //!   OpenAPI document, and the listener that serves them with its limits.
 //! - [`auth`]: API tokens, hashed at rest, checked in constant time.
+//! - [`permissions`]: who may do what: the one set of rules the API and the
+//!   console both apply.
+//! - [`audit`]: each session's history (who did what, when), written with
+//!   the change it records.
 //! - [`limits`]: the brute-force limit: failed authentications per client
 //!   address.
 //! - [`ctl`]: `sessiongate ctl`, the operator CLI over the API.
@@ -41,9 +47,11 @@
 
 pub mod access;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod ctl;
 pub mod datadir;
@@ -52,6 +60,7 @@ pub mod follow;
 pub mod gateways;
 pub mod limits;
 pub mod metrics;
+pub mod permissions;
 pub mod publish;
 pub mod reload;
 pub mod replicas;

@@ -21,9 +21,22 @@ use crate::access::{AccessLink, AccessRequest, KeyRotation};
 )]
 pub async fn create_access(
     State(cp): State<Control>,
+    axum::Extension(caller): axum::Extension<crate::permissions::Caller>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<AccessRequest>,
 ) -> Result<Json<AccessLink>, ApiError> {
+    if let Some(user) = caller.user() {
+        // A user opens sessions as themselves only.
+        if body.user != user {
+            return Err(crate::error::ControlError::Forbidden(format!(
+                "user {user:?} may make access links for themselves only, not {:?}",
+                body.user
+            ))
+            .into());
+        }
+        let rec = cp.get_session(&name).await?;
+        caller.check(&rec, crate::permissions::SessionOp::Open, &cp.group_cache())?;
+    }
     let link = cp
         .create_access_link(&name, &body.user, body.path.as_deref())
         .await?;

@@ -145,6 +145,33 @@ pub async fn update_user(
 }
 
 #[utoipa::path(
+    post, path = "/api/v1/users/{name}/console-link", tag = "users",
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, description = "A one-time link that signs the user in to the web console (`/ui/`), valid 5 minutes; the URL is on the host this request was sent to", body = crate::access::AccessLink),
+        (status = 404, description = "No such user", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn console_link(
+    State(cp): State<Control>,
+    headers: axum::http::HeaderMap,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<crate::access::AccessLink>, ApiError> {
+    let (token, expires_ms) = cp.create_console_link(&name).await?;
+    // The console is on this listener: the host the portal reached it at.
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    Ok(Json(crate::access::AccessLink {
+        url: format!("http://{host}/ui/link/{token}"),
+        expires: crate::time::rfc3339_millis(expires_ms),
+    }))
+}
+
+#[utoipa::path(
     delete, path = "/api/v1/users/{name}", tag = "users",
     params(("name" = String, Path)),
     responses(

@@ -21,10 +21,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
+use crate::audit::{self, Who};
 use crate::auth::{bearer_token, TokenKind};
 use crate::control::ControlPlane;
 use crate::error::ControlError;
 use crate::limits::{Guessed, TooManyFailures};
+use crate::permissions::Caller;
 use crate::session::lifecycle::SessionState;
 use crate::workshop::Portal;
 
@@ -384,6 +386,10 @@ pub fn router(state: ApiState) -> Router {
                 .delete(directory::delete_user),
         )
         .route(
+            "/api/v1/users/{name}/console-link",
+            post(directory::console_link),
+        )
+        .route(
             "/api/v1/groups",
             get(directory::list_groups).post(directory::create_group),
         )
@@ -424,6 +430,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/openapi.json", get(openapi_json))
         .merge(workshop_router())
+        .merge(crate::console::router(state.clone()))
         .merge(api)
         .layer(middleware::from_fn_with_state(state.clone(), table_version))
         .merge(gateways)
@@ -468,56 +475,145 @@ async fn table_version(State(cp): State<Control>, req: Request, next: Next) -> R
     resp
 }
 
-async fn require_token(State(cp): State<Control>, req: Request, next: Next) -> Response {
-    let Some(header) = req.headers().get(header::AUTHORIZATION) else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing Authorization: Bearer token",
-        )
-        .into_response();
-    };
-    // A client past the brute-force limit is not told whether its token
-    // is right.
-    let client = server::client_addr(req.extensions());
-    let failures = cp.failures(Guessed::ApiToken);
-    if let Err(t) = failures.check(client) {
-        return ApiError::from(t).into_response();
-    }
-    let kind = bearer_token(header.as_bytes()).and_then(|t| cp.check_token(t));
-    match kind {
-        None => {
-            failures.fail(client);
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "invalid bearer token",
-            )
-            .into_response()
+async fn require_token(State(cp): State<Control>, mut req: Request, next: Next) -> Response {
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let caller = match req.headers().get(header::AUTHORIZATION) {
+        Some(header) => {
+            // A client past the brute-force limit is not told whether its
+            // token is right.
+            let client = server::client_addr(req.extensions());
+            let failures = cp.failures(Guessed::ApiToken);
+            if let Err(t) = failures.check(client) {
+                return ApiError::from(t).into_response();
+            }
+            match bearer_token(header.as_bytes()).and_then(|t| cp.check_token_named(t)) {
+                None => {
+                    failures.fail(client);
+                    return ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "invalid bearer token",
+                    )
+                    .into_response();
+                }
+                Some((TokenKind::Gateway, _)) => {
+                    return ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        format!(
+                            "a gateway token cannot {} {}: it may only follow the route stream",
+                            req.method(),
+                            req.uri().path()
+                        ),
+                    )
+                    .into_response()
+                }
+                Some((kind, name)) => Caller::Operator { kind, name },
+            }
         }
-        Some(TokenKind::Gateway) => ApiError::new(
+        None => match console_caller(&cp, req.headers(), write).await {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        },
+    };
+    if write && !caller.may_write() {
+        return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
-                "a gateway token cannot {} {}: it may only follow the route stream",
+                "a read-only token cannot {} {}",
                 req.method(),
                 req.uri().path()
             ),
         )
-        .into_response(),
-        Some(TokenKind::Readonly) if !matches!(*req.method(), Method::GET | Method::HEAD) => {
-            ApiError::new(
+        .into_response();
+    }
+    if caller.user().is_some() && !user_may_call(req.method(), req.uri().path()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "a user signed in to the console cannot {} {}: only their sessions' endpoints",
+                req.method(),
+                req.uri().path()
+            ),
+        )
+        .into_response();
+    }
+    let who = Who::new(caller.actor(), action_of(req.method(), req.uri().path()));
+    req.extensions_mut().insert(caller);
+    audit::scope(who, next.run(req)).await
+}
+
+/// The caller a console cookie signs in (the console's pages call the API
+/// with it, and so may a user's own script in that browser): a write needs
+/// the console's CSRF token in `X-CSRF-Token` as well, since a forged
+/// cross-site request would carry the cookie too (were it not
+/// `SameSite=Strict`).
+async fn console_caller(
+    cp: &Control,
+    headers: &axum::http::HeaderMap,
+    write: bool,
+) -> Result<Caller, ApiError> {
+    let unauthorized = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing Authorization: Bearer token",
+        )
+    };
+    let now = cp.now_ms() / 1000;
+    let Some((caller, cookie)) = crate::console::signin::signed_in(cp, headers, now).await else {
+        return Err(unauthorized());
+    };
+    if write {
+        let presented = headers
+            .get(crate::console::signin::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !crate::console::signin::csrf_ok(cp, &cookie, presented) {
+            return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!(
-                    "a read-only token cannot {} {}",
-                    req.method(),
-                    req.uri().path()
-                ),
-            )
-            .into_response()
+                "a write with the console's cookie needs its CSRF token in X-CSRF-Token",
+            ));
         }
-        Some(_) => next.run(req).await,
+    }
+    Ok(caller)
+}
+
+/// The endpoints a user signed in to the console may call (each then checks
+/// the session itself): their sessions, and the actions an owner may take.
+fn user_may_call(method: &Method, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/api/v1/sessions") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    matches!(
+        (method.as_str(), parts.as_slice()),
+        ("GET" | "HEAD" | "POST", [])
+            | ("POST", ["bulk"])
+            | ("GET" | "HEAD" | "DELETE", [_])
+            | ("PUT", [_, "groups"])
+            | ("POST", [_, "access" | "keepalive" | "extend"])
+    )
+}
+
+/// What the audit log calls a request to `path`.
+fn action_of(method: &Method, path: &str) -> String {
+    let Some(rest) = path.strip_prefix("/api/v1/sessions") else {
+        return String::new();
+    };
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    match (method.as_str(), parts.as_slice()) {
+        ("POST", []) => "create".into(),
+        ("POST", ["bulk"]) => "bulk".into(),
+        ("PATCH", [_]) => "change".into(),
+        ("DELETE", [_]) => "delete".into(),
+        ("PUT", [_, "groups"]) => "share".into(),
+        ("POST", [_, "access"]) => "open".into(),
+        ("POST", [_, action]) => (*action).to_string(),
+        _ => String::new(),
     }
 }
 

@@ -43,6 +43,7 @@ use super::{access, directory, environments, gateway, routes, sessions, workshop
         directory::list_users,
         directory::create_user,
         directory::get_user,
+        directory::console_link,
         directory::update_user,
         directory::delete_user,
         directory::list_groups,

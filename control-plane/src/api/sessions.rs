@@ -8,8 +8,12 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use axum::Extension;
+
 use super::{ApiError, ApiJson, ApiPath, Control, ErrorBody};
 use crate::control::{BulkOutcome, BulkRefusal};
+use crate::error::ControlError;
+use crate::permissions::{user_groups, Caller, SessionOp};
 use crate::session::lifecycle::{Action, SessionState};
 use crate::session::model::{NewSession, Session, SessionPatch};
 use crate::store::{SessionFilter, DEFAULT_PER_PAGE, MAX_PER_PAGE};
@@ -118,9 +122,12 @@ fn session_filter(pairs: Vec<(String, String)>) -> Result<SessionFilter, ApiErro
 )]
 pub async fn list_sessions(
     State(cp): State<Control>,
+    Extension(caller): Extension<Caller>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Page<Session>>, ApiError> {
-    let f = session_filter(query_pairs(raw)?)?;
+    let mut f = session_filter(query_pairs(raw)?)?;
+    // A user sees their own sessions and those shared with their groups.
+    f.visible_to = caller.user().map(str::to_string);
     let (records, total) = cp.list_sessions(&f).await?;
     let now = cp.now_ms();
     Ok(Json(Page {
@@ -144,8 +151,33 @@ pub async fn list_sessions(
 )]
 pub async fn create_session(
     State(cp): State<Control>,
+    Extension(caller): Extension<Caller>,
     ApiJson(input): ApiJson<NewSession>,
 ) -> Result<Response, ApiError> {
+    if let Some(user) = caller.user() {
+        // A user's sessions are their own, shared only with their groups.
+        if input.owner != user {
+            return Err(ControlError::Forbidden(format!(
+                "user {user:?} may create sessions owned by {user:?} only, not {:?}",
+                input.owner
+            ))
+            .into());
+        }
+        let mine = user_groups(user, &cp.group_cache());
+        let foreign: Vec<&str> = input
+            .groups
+            .iter()
+            .filter(|g| !mine.contains(*g))
+            .map(String::as_str)
+            .collect();
+        if !foreign.is_empty() {
+            return Err(ControlError::Forbidden(format!(
+                "user {user:?} may share only with groups they are in, not {}",
+                foreign.join(", ")
+            ))
+            .into());
+        }
+    }
     let rec = cp.create_session(input).await?;
     let location = format!("/api/v1/sessions/{}", rec.name);
     let mut view = rec.view(cp.now_ms());
@@ -169,9 +201,11 @@ pub async fn create_session(
 )]
 pub async fn get_session(
     State(cp): State<Control>,
+    Extension(caller): Extension<Caller>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Session>, ApiError> {
     let rec = cp.get_session(&name).await?;
+    caller.check(&rec, SessionOp::View, &cp.group_cache())?;
     Ok(Json(rec.view(cp.now_ms())))
 }
 
@@ -190,9 +224,11 @@ pub async fn get_session(
 )]
 pub async fn patch_session(
     State(cp): State<Control>,
+    Extension(caller): Extension<Caller>,
     ApiPath(name): ApiPath<String>,
     ApiJson(patch): ApiJson<SessionPatch>,
 ) -> Result<Json<Session>, ApiError> {
+    authorize(&cp, &caller, &name, SessionOp::Operate("change")).await?;
     let rec = cp.patch_session(&name, patch).await?;
     let mut view = rec.view(cp.now_ms());
     view.warnings = cp.warnings(&rec);
@@ -211,8 +247,10 @@ pub async fn patch_session(
 )]
 pub async fn delete_session(
     State(cp): State<Control>,
+    Extension(caller): Extension<Caller>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Session>, ApiError> {
+    authorize(&cp, &caller, &name, SessionOp::Delete).await?;
     let rec = cp.session_action(&name, Action::Delete, None).await?;
     Ok(Json(rec.view(cp.now_ms())))
 }
@@ -254,9 +292,11 @@ pub struct ExtendBody {
 )]
 pub async fn session_action(
     State(cp): State<Control>,
+    Extension(caller): Extension<Caller>,
     ApiPath((name, action)): ApiPath<(String, String)>,
     body: Bytes,
 ) -> Result<Json<Session>, ApiError> {
+    let verb = action.clone();
     let action = parse_action(&action).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -275,8 +315,34 @@ pub async fn session_action(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
         seconds = b.seconds;
     }
+    authorize(&cp, &caller, &name, op_of(action, &verb)).await?;
     let rec = cp.session_action(&name, action, seconds).await?;
     Ok(Json(rec.view(cp.now_ms())))
+}
+
+/// What a lifecycle action asks of a session, for [`Caller::check`].
+pub fn op_of(action: Action, verb: &str) -> SessionOp<'_> {
+    match action {
+        Action::Delete => SessionOp::Delete,
+        Action::Extend => SessionOp::Extend,
+        Action::Keepalive => SessionOp::Keepalive,
+        _ => SessionOp::Operate(verb),
+    }
+}
+
+/// Checks that `caller` may do `op` to session `name` (operators always:
+/// the middleware already kept read-only tokens to reading).
+async fn authorize(
+    cp: &Control,
+    caller: &Caller,
+    name: &str,
+    op: SessionOp<'_>,
+) -> Result<(), ControlError> {
+    if caller.user().is_none() {
+        return Ok(());
+    }
+    let rec = cp.get_session(name).await?;
+    caller.check(&rec, op, &cp.group_cache())
 }
 
 fn parse_action(s: &str) -> Option<Action> {
@@ -311,9 +377,11 @@ pub struct GroupsBody {
 )]
 pub async fn set_groups(
     State(cp): State<Control>,
+    Extension(caller): Extension<Caller>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<GroupsBody>,
 ) -> Result<Json<Session>, ApiError> {
+    authorize(&cp, &caller, &name, SessionOp::Share(&body.groups)).await?;
     let rec = cp.set_session_groups(&name, body.groups).await?;
     Ok(Json(rec.view(cp.now_ms())))
 }
@@ -400,6 +468,7 @@ pub struct BulkResponse {
 )]
 pub async fn bulk_action(
     State(cp): State<Control>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<BulkRequest>,
 ) -> Result<Json<BulkResponse>, ApiError> {
     let action = match req.action {
@@ -412,12 +481,55 @@ pub async fn bulk_action(
         BulkAction::Extend => Action::Extend,
         BulkAction::Activate => Action::Activate,
     };
-    let results: Vec<BulkResult> = cp
-        .bulk_action(action, req.names)
-        .await?
+    // A user's names that they may not act on are refused one by one, as
+    // the action itself refuses a name it does not apply to.
+    let mut refused = Vec::new();
+    let mut names = req.names;
+    let asked = names.clone();
+    if caller.user().is_some() {
+        let verb = format!("{:?}", req.action).to_lowercase();
+        let mut allowed = Vec::with_capacity(names.len());
+        for name in names {
+            match authorize(&cp, &caller, &name, op_of(action, &verb)).await {
+                Ok(()) => allowed.push(name),
+                Err(e) => refused.push(BulkOutcome {
+                    name,
+                    state: None,
+                    refused: Some(BulkRefusal::Refused(e)),
+                }),
+            }
+        }
+        names = allowed;
+    }
+    let results: Vec<BulkResult> = if names.is_empty() {
+        Vec::new()
+    } else {
+        cp.bulk_action(action, names).await?
+    }
+    .into_iter()
+    .chain(refused)
+    .map(BulkResult::from)
+    .collect();
+    // In the order asked (a stable sort: duplicates keep theirs).
+    // (The k-th result for a name takes the k-th place that name was asked
+    // at, so that a duplicate stays where it was.)
+    let mut places: std::collections::HashMap<&str, std::collections::VecDeque<usize>> =
+        std::collections::HashMap::with_capacity(asked.len());
+    for (i, n) in asked.iter().enumerate() {
+        places.entry(n.as_str()).or_default().push_back(i);
+    }
+    let mut placed: Vec<(usize, BulkResult)> = results
         .into_iter()
-        .map(BulkResult::from)
+        .map(|r| {
+            let at = places
+                .get_mut(r.name.as_str())
+                .and_then(|q| q.pop_front())
+                .unwrap_or(usize::MAX);
+            (at, r)
+        })
         .collect();
+    placed.sort_by_key(|(at, _)| *at);
+    let results: Vec<BulkResult> = placed.into_iter().map(|(_, r)| r).collect();
     Ok(Json(BulkResponse {
         action: req.action,
         applied: results.iter().filter(|r| r.ok).count(),

@@ -51,6 +51,12 @@ impl ControlPlane {
         })
     }
 
+    /// Whether user `name` exists (a console sign-in ends with its user).
+    pub async fn user_exists(&self, name: &str) -> Result<bool, ControlError> {
+        let mut c = self.store.conn().await?;
+        Ok(store::user_exists(&mut c, name).await?)
+    }
+
     pub async fn get_user(&self, name: &str) -> Result<UserRecord, ControlError> {
         let mut c = self.store.conn().await?;
         let row = store::user_get(&mut c, name)

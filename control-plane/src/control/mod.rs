@@ -51,6 +51,7 @@ use crate::store::{self, SessionFilter, Store};
 use crate::writes::Writes;
 
 pub mod access;
+pub mod console;
 pub mod directory;
 pub mod origins;
 pub mod reap;
@@ -345,6 +346,11 @@ impl ControlPlane {
     /// The keys this control plane signs cookies with.
     pub fn keys(&self) -> &KeyHandle {
         &self.keys
+    }
+
+    /// The cookie keys as they are now.
+    pub fn key_ring(&self) -> Arc<gateway::access::KeyRing> {
+        Arc::clone(&self.keys.load())
     }
 
     /// Every gateway this control plane drives.

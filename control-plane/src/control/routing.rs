@@ -102,7 +102,7 @@ impl ControlPlane {
     }
 
     /// Base domains of the table the gateway holds now.
-    pub(crate) fn base_domains(&self) -> Vec<String> {
+    pub fn base_domains(&self) -> Vec<String> {
         self.routes
             .load()
             .base_domains()

@@ -17,6 +17,12 @@ impl ControlPlane {
         self.tokens.load().check(token)
     }
 
+    /// The kind of the token named `name` (`None`: the configuration's
+    /// admin token), if it still exists.
+    pub fn token_kind_of(&self, name: Option<&str>) -> Option<TokenKind> {
+        self.tokens.load().kind_of(name)
+    }
+
     /// The name of the gateway token `token`, if it is one (and still
     /// exists): what its gateway is listed as. No lock, no store: every ack
     /// and activity report asks.

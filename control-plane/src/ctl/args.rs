@@ -255,6 +255,9 @@ pub enum UsersCommand {
     },
     /// Delete a user (refused while they own sessions).
     Delete { name: String },
+    /// A one-time link that signs the user in to the web console (valid 5
+    /// minutes): what a portal hands its user, as it hands access links.
+    ConsoleLink { name: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -259,6 +259,11 @@ async fn users(
             let path = named(USERS, &name);
             delete(api, &path, output, out, format!("user {name} deleted")).await
         }
+        UsersCommand::ConsoleLink { name } => {
+            let path = format!("{}/console-link", named(USERS, &name));
+            let reply = api.post_empty::<AccessLink>(&path).await?;
+            emit(out, output, &reply, render::access_link)
+        }
     }
 }
 

@@ -145,7 +145,9 @@ where
             tokio::select! {
                 _ = &mut stop => return,
                 _ = tick.tick() => {
-                    match pass().await {
+                    // What it changes is the reaper's doing in the sessions' history.
+                    let who = crate::audit::Who::new("reaper", "reap");
+                    match crate::audit::scope(who, pass()).await {
                         Ok(r) if !r.is_empty() => tracing::debug!(?r, "reaper pass"),
                         Ok(_) => {}
                         Err(e) => tracing::error!(error = %e, "reaper pass failed; retrying next interval"),

@@ -398,6 +398,7 @@ fn like_pattern(q: &str) -> String {
 }
 
 mod changes;
+mod console;
 mod environments;
 mod groups;
 mod portal;
@@ -406,6 +407,7 @@ mod tokens;
 mod users;
 
 pub use changes::*;
+pub use console::*;
 pub use environments::*;
 pub use groups::*;
 pub use portal::*;

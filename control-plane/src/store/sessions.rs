@@ -17,6 +17,9 @@ pub struct SessionFilter {
     pub owner: Option<String>,
     /// Only sessions shared with this group.
     pub group: Option<String>,
+    /// Only sessions this user may see: their own, and those shared with a
+    /// group they are in (a user signed in to the console).
+    pub visible_to: Option<String>,
     /// 1-based.
     pub page: u64,
     pub per_page: u64,
@@ -199,6 +202,16 @@ fn push_session_filter<'a>(b: &mut Sql<'a>, f: &'a SessionFilter) {
             .bind(g.as_str())
             .push(")");
     }
+    if let Some(u) = &f.visible_to {
+        b.push(" AND (owner = ")
+            .bind(u.as_str())
+            .push(
+                " OR name IN (SELECT sg.session_name FROM session_groups sg \
+                 JOIN group_members gm ON gm.group_name = sg.group_name WHERE gm.user_name = ",
+            )
+            .bind(u.as_str())
+            .push("))");
+    }
 }
 
 /// A page of sessions matching `f`, by name, and how many match in all.
@@ -326,6 +339,7 @@ pub async fn session_insert(c: &mut Conn, s: &SessionRecord) -> Result<(), Store
     // A new row has no groups yet: those of an earlier record of the same
     // name went with it (ON DELETE CASCADE).
     insert_session_groups(c, s).await?;
+    crate::audit::record(c, s, true).await?;
     log_change(c, ChangeKind::Session, &s.name).await
 }
 
@@ -351,6 +365,7 @@ pub async fn session_update_row(c: &mut Conn, s: &SessionRecord) -> Result<(), S
     bind_session(sqlx::query(sql), s, labels_json(s))
         .execute(&mut *c)
         .await?;
+    crate::audit::record(c, s, false).await?;
     log_change(c, ChangeKind::Session, &s.name).await
 }
 

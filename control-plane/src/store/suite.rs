@@ -449,6 +449,27 @@ async fn session_listing_filters_and_pages(engine: Engine) {
         sessions_shared_with(&mut c, "labs").await.unwrap(),
         ["a1", "a2"]
     );
+    // What a user signed in to the console sees: their own, then also
+    // those shared with a group they join.
+    let visible = |user: &str| {
+        list(SessionFilter {
+            visible_to: Some(user.into()),
+            ..SessionFilter::default()
+        })
+    };
+    assert_eq!(
+        names(sessions_list(&mut c, &visible("bob")).await.unwrap()),
+        (vec!["B3".into(), "b1".into()], 2)
+    );
+    member_add(&mut c, "labs", "bob").await.unwrap();
+    assert_eq!(
+        names(sessions_list(&mut c, &visible("bob")).await.unwrap()),
+        (vec!["B3".into(), "a1".into(), "a2".into(), "b1".into()], 4)
+    );
+    assert_eq!(
+        names(sessions_list(&mut c, &visible("ann")).await.unwrap()),
+        (vec!["a1".into(), "a2".into()], 2)
+    );
     assert_eq!(user_live_sessions(&mut c, "bob").await.unwrap(), 1);
     user_purge_finished_sessions(&mut c, "bob").await.unwrap();
     assert_eq!(session_get(&mut c, "B3").await.unwrap(), None);

@@ -13,6 +13,8 @@
 //!
 //! - `access`: browser access: links, cookies, sharing, revocation.
 //! - `api`: the REST API through the router, on a manual clock.
+//! - `console`: the web console over HTTP, and users' permissions in the
+//!   API (issue 19).
 //! - `ctl`: `sessiongate ctl` as a process.
 //! - `gateways`: a control plane and two gateways as processes (issue
 //!   17): changes, revocations and key rotations on both before the API
@@ -52,6 +54,7 @@ mod common;
 
 mod access;
 mod api;
+mod console;
 mod ctl;
 mod gateways;
 mod group_commit;
