@@ -6,7 +6,7 @@
 //! (checked and compiled with the binary, escaped by default), plus htmx
 //! (vendored, 0BSD, `assets/console/`) for the live parts: the search that
 //! narrows the table as one types, paging, the mass actions' confirm and
-//! results, and a poll every 2 s that updates each row's status in place
+//! results, and a poll every second that updates each row's status in place
 //! (out-of-band swaps, so selections and keyboard focus stay). No Node
 //! toolchain, no CDN, no inline script: the Content-Security-Policy allows
 //! scripts and styles from this origin only.

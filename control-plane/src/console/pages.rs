@@ -780,6 +780,9 @@ struct Outcome {
     name: String,
     ok: bool,
     message: String,
+    /// The state it is in now, when the action changed it (the table's
+    /// badge is updated in place).
+    state: Option<String>,
 }
 
 #[derive(Template)]
@@ -825,12 +828,14 @@ pub async fn bulk_apply(State(cp): State<Control>, headers: HeaderMap, body: Byt
                     name: n.clone(),
                     ok: false,
                     message: format!("skipped: {e}"),
+                    state: None,
                 }),
             },
             Err(e) => results.push(Outcome {
                 name: n.clone(),
                 ok: false,
                 message: format!("skipped: {e}"),
+                state: None,
             }),
         }
     }
@@ -843,6 +848,7 @@ pub async fn bulk_apply(State(cp): State<Control>, headers: HeaderMap, body: Byt
                         None => Outcome {
                             ok: true,
                             message: past.to_string(),
+                            state: o.state.map(|s| s.to_string()),
                             name: o.name,
                         },
                         Some(r) => Outcome {
@@ -856,6 +862,7 @@ pub async fn bulk_apply(State(cp): State<Control>, headers: HeaderMap, body: Byt
                                         e.to_string(),
                                 }
                             ),
+                            state: None,
                             name: o.name,
                         },
                     });
