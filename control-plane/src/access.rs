@@ -31,6 +31,9 @@ pub struct AccessSettings {
     pub link_scheme: String,
     /// The port of access links; `None` leaves it out (the scheme's default).
     pub link_port: Option<u16>,
+    /// With `console.portal`: the portal host, where console links point
+    /// (with the scheme and port of access links).
+    pub console_portal_host: Option<String>,
 }
 
 impl Default for AccessSettings {
@@ -41,6 +44,7 @@ impl Default for AccessSettings {
             key_grace: Duration::from_secs(12 * 3600),
             link_scheme: "http".into(),
             link_port: None,
+            console_portal_host: None,
         }
     }
 }

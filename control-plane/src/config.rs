@@ -22,7 +22,24 @@ pub struct Config {
     pub tls: TlsConfig,
     pub workshop: WorkshopConfig,
     pub log: LogConfig,
+    pub console: ConsoleConfig,
     pub routes: Vec<StaticRoute>,
+}
+
+/// The web console (`/ui/`). It is always on the control-plane listener;
+/// these put it on the portal host too, for users whose browsers reach the
+/// gateway but not the control plane.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Also serve `/ui/` on `gateway.portal_host`: a static route (slug
+    /// `/ui`) from the gateways to the control plane, and console links on
+    /// the portal host.
+    pub portal: bool,
+    /// Where the gateways reach the control plane for it; empty:
+    /// `http://<control_plane.listen>` (right for `serve`; a remote gateway
+    /// needs the address it reaches the control plane at).
+    pub upstream: String,
 }
 
 /// Logging: the format of every line, and the access log. Levels and
@@ -441,6 +458,7 @@ const ENV_SECTIONS: &[&str] = &[
     "tls",
     "workshop",
     "log",
+    "console",
 ];
 const ENV_PREFIX: &str = "SESSIONGATE_";
 
@@ -837,6 +855,10 @@ impl Config {
                 (0, _, _) => gateway_port,
                 (p, _, _) => p,
             }),
+            console_portal_host: self
+                .console
+                .portal
+                .then(|| self.gateway.portal_host.clone()),
         }
     }
 
@@ -918,8 +940,29 @@ impl Config {
         }
     }
 
-    /// The static routes as specs. Ids are `static:host:<host>` and `static:slug:<slug>`.
+    /// The static routes as specs. Ids are `static:host:<host>` and
+    /// `static:slug:<slug>`; with `console.portal`, also `static:console`
+    /// (slug `/ui` on the portal host, to the control plane).
     pub fn route_specs(&self) -> Result<Vec<RouteSpec>, ConfigError> {
+        let mut specs = self.file_route_specs()?;
+        if self.console.portal {
+            let upstream = if self.console.upstream.trim().is_empty() {
+                format!("http://{}", self.control_plane.listen)
+            } else {
+                self.console.upstream.trim().to_string()
+            };
+            let upstream = Upstream::parse(&upstream).map_err(|e| ConfigError::Invalid {
+                key: "console.upstream".into(),
+                message: e.to_string(),
+            })?;
+            specs.push(
+                RouteSpec::new("static:console", RouteTarget::Upstream(upstream)).slug("/ui"),
+            );
+        }
+        Ok(specs)
+    }
+
+    fn file_route_specs(&self) -> Result<Vec<RouteSpec>, ConfigError> {
         self.routes
             .iter()
             .enumerate()

@@ -111,7 +111,11 @@ impl Reloader {
     }
 
     fn apply(&mut self, text: &str, path: &std::path::Path) -> Result<Option<u64>, ConfigError> {
-        let next = Config::from_toml(text, Some(path), std::env::vars())?;
+        let mut next = Config::from_toml(text, Some(path), std::env::vars())?;
+        if next.console.upstream.trim().is_empty() {
+            // Resolved at start to the control-plane listener as bound.
+            next.console.upstream = self.current.console.upstream.clone();
+        }
         if next == self.current {
             return Ok(None);
         }

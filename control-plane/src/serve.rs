@@ -132,7 +132,7 @@ impl Server {
 
     /// [`bind`](Self::bind) for `mode`.
     pub async fn bind_mode(
-        config: Config,
+        mut config: Config,
         config_path: Option<PathBuf>,
         mode: Mode,
     ) -> Result<Server, ServeError> {
@@ -172,6 +172,14 @@ impl Server {
                 source,
             })?;
 
+        let api_listener = bind("control_plane.listen", config.control_plane.listen).await?;
+        if config.console.portal && config.console.upstream.trim().is_empty() {
+            // The console's route on the portal host goes to this listener
+            // as bound (its port may have been 0); kept across reloads.
+            if let Ok(addr) = api_listener.local_addr() {
+                config.console.upstream = format!("http://{addr}");
+            }
+        }
         let routes = RouteHandle::new();
         let static_specs = config.route_specs()?;
         routes
@@ -181,7 +189,6 @@ impl Server {
                 message: e.to_string(),
             })?;
 
-        let api_listener = bind("control_plane.listen", config.control_plane.listen).await?;
         let (gateway, port, https_port, own) = match mode {
             Mode::Serve => {
                 let g = bind_gateway(&config).await?;

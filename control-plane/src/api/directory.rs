@@ -159,14 +159,13 @@ pub async fn console_link(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<crate::access::AccessLink>, ApiError> {
     let (token, expires_ms) = cp.create_console_link(&name).await?;
-    // The console is on this listener: the host the portal reached it at.
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
         .unwrap_or("localhost");
     Ok(Json(crate::access::AccessLink {
-        url: format!("http://{host}/ui/link/{token}"),
+        url: cp.console_link_url(host, &token),
         expires: crate::time::rfc3339_millis(expires_ms),
     }))
 }

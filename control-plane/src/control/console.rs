@@ -38,6 +38,20 @@ impl ControlPlane {
         Ok(user)
     }
 
+    /// The URL of the console link `token`: on the portal host with
+    /// `console.portal`, else on `host` (the host the request for it was
+    /// sent to: this listener, where the console always is).
+    pub fn console_link_url(&self, host: &str, token: &str) -> String {
+        let a = &self.access;
+        match &a.console_portal_host {
+            Some(portal) => {
+                let port = a.link_port.map(|p| format!(":{p}")).unwrap_or_default();
+                format!("{}://{portal}{port}/ui/link/{token}", a.link_scheme)
+            }
+            None => format!("http://{host}/ui/link/{token}"),
+        }
+    }
+
     /// What `token` may do, and its name (`None`: the configuration's admin
     /// token), if it is one of ours.
     pub fn check_token_named(

@@ -92,6 +92,9 @@ impl ControlPlane {
         for name in &report.purged {
             tracing::info!(session = %name, action = "purge", reason = "retention passed", "reaper");
         }
+        // The history of sessions purged: kept as long as they would be.
+        store::audit_purge(&mut tx, cutoff).await?;
+        store::console_links_purge(&mut tx, now).await?;
         // Unused access links and expired API tokens: nothing can use them.
         store::access_tokens_purge(&mut tx, now).await?;
         store::oauth_tokens_purge(&mut tx, now).await?;

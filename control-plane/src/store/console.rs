@@ -107,11 +107,14 @@ pub async fn audit_list(
     Ok(out)
 }
 
-/// Drops history older than `before_ms`.
+/// Drops the history, older than `before_ms`, of sessions whose records are
+/// gone (purged after their retention): a live session keeps all of its.
 pub async fn audit_purge(c: &mut Conn, before_ms: u64) -> Result<u64, StoreError> {
-    let r = sqlx::query("DELETE FROM audit WHERE at_ms < $1")
-        .bind(ms(before_ms))
-        .execute(&mut *c)
-        .await?;
+    let r = sqlx::query(
+        "DELETE FROM audit WHERE at_ms < $1 AND session NOT IN (SELECT name FROM sessions)",
+    )
+    .bind(ms(before_ms))
+    .execute(&mut *c)
+    .await?;
     Ok(r.rows_affected())
 }

@@ -681,3 +681,43 @@ async fn a_tunnel_and_a_link_are_added_through_the_form_and_errors_show_by_their
     let (_, v) = sg.api("GET", "/api/v1/sessions/nb", None).await;
     assert_eq!(v["groups"], json!([]));
 }
+
+#[tokio::test]
+async fn with_console_portal_the_console_is_on_the_portal_host_through_the_gateway() {
+    let sg = InProcess::start(&temp_dir("console-portal"), "[console]\nportal = true\n").await;
+    let (s, v) = sg
+        .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    session(&sg, "lab", "ann", &[]).await;
+    // The console link points at the portal host, on the gateway's port.
+    let (s, v) = sg.api("POST", "/api/v1/users/ann/console-link", None).await;
+    assert_eq!(s, 200, "{v}");
+    let url = v["url"].as_str().unwrap();
+    let want = format!("http://localhost:{}/ui/link/", sg.gateway.port());
+    assert!(url.starts_with(&want), "{url} should start with {want}");
+    // Through the gateway, with the portal host: signed in, and the pages.
+    let mut b = Browser::new(sg.gateway);
+    let path = &url[url.find("/ui/link/").unwrap()..];
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let r = exchange(sg.gateway, req.as_bytes()).await.unwrap();
+    assert_eq!(r.status, 303, "{}", r.text());
+    b.take_cookies(&r);
+    assert!(
+        b.cookies.iter().any(|(k, _)| k == "sessiongate_console"),
+        "the console cookie came through the gateway: {:?}",
+        r.headers
+    );
+    let req = format!(
+        "GET /ui/sessions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{}\r\n",
+        b.cookie_header()
+    );
+    let page = exchange(sg.gateway, req.as_bytes()).await.unwrap();
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("row-lab"), "{}", page.text());
+    // A session may not take the console's slug.
+    let mut clash = public_session("clash", 9);
+    clash["slug"] = json!("/ui");
+    let (s, v) = sg.api("POST", "/api/v1/sessions", Some(clash)).await;
+    assert_eq!(s, 409, "{v}");
+}
