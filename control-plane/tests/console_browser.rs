@@ -80,19 +80,29 @@ async fn start_driver() -> Driver {
 /// A fresh browser session (its own profile: no cookies shared with
 /// another).
 async fn browser(driver: &Driver) -> Client {
+    browser_with(driver, &[]).await
+}
+
+/// [`browser`] with more Chromium arguments.
+async fn browser_with(driver: &Driver, extra: &[&str]) -> Client {
     let chromium = which("chromium")
         .or_else(|| which("chromium-browser"))
         .unwrap_or_else(|| panic!("chromium not found: install Debian's chromium (.ci/run does)"));
     let mut caps = serde_json::Map::new();
     caps.insert("browserName".into(), json!("chrome"));
+    let mut args = vec![
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1440,900",
+        "--force-color-profile=srgb",
+        "--hide-scrollbars",
+    ];
+    args.extend_from_slice(extra);
     caps.insert(
         "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=1440,900",
-                     "--force-color-profile=srgb", "--hide-scrollbars"],
-        }),
+        json!({"binary": chromium, "args": args}),
     );
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
@@ -220,6 +230,37 @@ async fn shots(c: &Client, name: &str) {
         }
     }
     c.set_window_size(1440, 900).await.unwrap();
+}
+
+/// Presses `key` (a WebDriver key code, or text) where the focus is.
+async fn press(c: &Client, key: &str) {
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(key)
+        .await
+        .unwrap_or_else(|e| panic!("key {key:?}: {e}"));
+}
+
+const TAB: &str = "\u{e004}";
+const ENTER: &str = "\u{e007}";
+
+/// Tabs forward until the element with `id` has the focus (at most 60).
+async fn tab_to(c: &Client, id: &str) {
+    for _ in 0..60 {
+        press(c, TAB).await;
+        let at = c
+            .execute(
+                "return document.activeElement && document.activeElement.id;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if at == json!(id) {
+            return;
+        }
+    }
+    panic!("#{id} never reached with Tab");
 }
 
 /// Signs `c` in with `token` through the sign-in page.
@@ -509,6 +550,50 @@ async fn the_console_in_chromium() {
     assert_eq!(rows(&ann).await, ["lab"]);
     accessible(&ann, &axe, "a user's sessions").await;
     shots(&ann, "user-sessions").await;
+
+    // By keyboard alone: the skip link first, then the search, then a row.
+    admin
+        .goto(&format!("{base}/ui/sessions?size=50"))
+        .await
+        .unwrap();
+    press(&admin, TAB).await;
+    let first = admin
+        .execute("return document.activeElement.className;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(first, json!("skip"), "the first Tab reaches the skip link");
+    press(&admin, ENTER).await;
+    until(
+        &admin,
+        "skipped to the content",
+        "return location.hash === '#main';",
+    )
+    .await;
+    tab_to(&admin, "q").await;
+    press(&admin, "s05").await;
+    until(&admin, "search by keyboard", "return [...document.querySelectorAll('#sessions-table tbody tr[id^=row-]')].map(r => r.id).join() === 'row-s05';").await;
+    tab_to(&admin, "sel-s05").await;
+    press(&admin, " ").await;
+    assert_eq!(text_of(&admin, "#selected-count").await, "1 selected");
+
+    // Dark mode, from the browser's preference.
+    let dark = browser_with(&driver, &["--blink-settings=preferredColorScheme=0"]).await;
+    sign_in(&dark, &base, &sg.token).await;
+    until(
+        &dark,
+        "signed in (dark)",
+        "return location.pathname === '/ui/sessions';",
+    )
+    .await;
+    until(
+        &dark,
+        "dark colours",
+        "return getComputedStyle(document.body).backgroundColor === 'rgb(18, 19, 23)';",
+    )
+    .await;
+    accessible(&dark, &axe, "sessions, dark").await;
+    shots(&dark, "sessions-dark").await;
+    let _ = dark.close().await;
 
     // The session's page, and the operators' pages.
     admin

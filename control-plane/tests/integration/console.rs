@@ -721,3 +721,68 @@ async fn with_console_portal_the_console_is_on_the_portal_host_through_the_gatew
     let (s, v) = sg.api("POST", "/api/v1/sessions", Some(clash)).await;
     assert_eq!(s, 409, "{v}");
 }
+
+#[tokio::test]
+async fn operators_create_users_and_groups_and_change_members_from_the_console() {
+    let sg = setup("console-directory").await;
+    let mut b = Browser::new(sg.api);
+    assert_eq!(b.sign_in(&sg.token).await.status, 303);
+    let csrf = b.csrf("/ui/users").await;
+    let r = b
+        .post_form(
+            "/ui/users",
+            &[
+                ("csrf", &csrf),
+                ("name", "dan"),
+                ("email", "dan@example.org"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("User dan created."), "{}", r.text());
+    let r = b
+        .post_form("/ui/users", &[("csrf", &csrf), ("name", "dan")])
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("id=\"form-error\""), "{}", r.text());
+    let r = b
+        .post_form("/ui/groups", &[("csrf", &csrf), ("name", "lab-staff")])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = b
+        .post_form(
+            "/ui/groups/lab-staff/add",
+            &[("csrf", &csrf), ("user", "dan")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("dan added to lab-staff."), "{}", r.text());
+    let (s, v) = sg.api("GET", "/api/v1/groups/lab-staff", None).await;
+    assert_eq!((s, &v["members"]), (200, &json!(["dan"])), "{v}");
+    let r = b
+        .post_form(
+            "/ui/groups/lab-staff/add",
+            &[("csrf", &csrf), ("user", "nobody")],
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let r = b
+        .post_form(
+            "/ui/groups/lab-staff/remove",
+            &[("csrf", &csrf), ("user", "dan")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (_, v) = sg.api("GET", "/api/v1/groups/lab-staff", None).await;
+    assert_eq!(v["members"], json!([]), "{v}");
+    // A forged form changes nothing.
+    let r = b
+        .post_form(
+            "/ui/groups/team/remove",
+            &[("csrf", "forged"), ("user", "bob")],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let (_, v) = sg.api("GET", "/api/v1/groups/team", None).await;
+    assert_eq!(v["members"], json!(["ann", "bob"]), "{v}");
+}
