@@ -39,6 +39,8 @@
 //! - [`limits`]: the brute-force limit: failed authentications per client
 //!   address.
 //! - [`ctl`]: `sessiongate ctl`, the operator CLI over the API.
+//! - [`chp`]: `sessiongate chp`, configurable-http-proxy's command line and
+//!   REST API on the gateway's table and proxy, for JupyterHub.
 //! - [`reload`]: static-route reload on SIGHUP and on file change.
 //! - [`metrics`]: the control plane's Prometheus metrics.
 //! - [`clock`]: wall and manual clocks, so the lifecycle can be tested.
@@ -49,6 +51,7 @@ pub mod access;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod chp;
 pub mod clock;
 pub mod config;
 pub mod console;

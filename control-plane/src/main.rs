@@ -117,6 +117,17 @@ enum Command {
     /// TLS certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// configurable-http-proxy's command line and REST API, for JupyterHub
+    /// (`sessiongate chp --help` lists CHP's flags). The binary does the
+    /// same when it is invoked as `configurable-http-proxy` (a symlink):
+    /// `c.ConfigurableHTTPProxy.command = ["sessiongate", "chp"]` in
+    /// jupyterhub_config.py, or the symlink first on JupyterHub's PATH.
+    #[command(disable_help_flag = true)]
+    Chp {
+        /// configurable-http-proxy's flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -136,6 +147,16 @@ enum CertsCommand {
 }
 
 fn main() -> ExitCode {
+    // JupyterHub (and its tests) start `configurable-http-proxy` by name.
+    let mut argv = std::env::args();
+    let program = argv.next().unwrap_or_default();
+    let invoked_as = std::path::Path::new(&program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if invoked_as == "configurable-http-proxy" {
+        return run_chp(argv.collect());
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Serve {
@@ -253,6 +274,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Chp { args } => run_chp(args),
     }
 }
 
@@ -295,6 +317,54 @@ fn set_log_env(log_format: Option<LogFormat>, no_access_log: bool) {
     }
     if no_access_log {
         std::env::set_var("SESSIONGATE_LOG_ACCESS_LOG", "false");
+    }
+}
+
+/// `sessiongate chp` (or the binary as `configurable-http-proxy`): CHP's
+/// exit codes: 1 for a usage error or a listener that cannot bind.
+fn run_chp(args: Vec<String>) -> ExitCode {
+    let parsed = match control_plane::chp::args::parse(args) {
+        Ok(a) => a,
+        Err(control_plane::chp::Exit::Help(h)) => {
+            print!("{h}");
+            return ExitCode::SUCCESS;
+        }
+        Err(control_plane::chp::Exit::Version(v)) => {
+            println!("{v}");
+            return ExitCode::SUCCESS;
+        }
+        Err(control_plane::chp::Exit::Usage(m)) => {
+            eprintln!("{m}");
+            return ExitCode::from(1);
+        }
+    };
+    let level = match parsed.log_level.as_str() {
+        "debug" => "debug",
+        "warn" => "warn",
+        "error" => "error",
+        _ => "info",
+    };
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", level);
+    }
+    init_logging(LogFormat::Text);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sessiongate chp: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(control_plane::chp::run(parsed)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("sessiongate chp: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

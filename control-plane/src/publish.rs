@@ -71,6 +71,7 @@ pub fn route_spec(
         tls_verify: s.tls_verify,
         allow_any_upgrade: s.allow_any_upgrade,
         request_headers: parameter_headers(s)?,
+        target_path: None,
     }))
 }
 

@@ -161,11 +161,23 @@ impl Body for ProxyBody {
 pub struct UpstreamRequestBody {
     inner: Incoming,
     progress: Option<Arc<AtomicU64>>,
+    activity: Option<Arc<crate::table::RouteState>>,
 }
 
 impl UpstreamRequestBody {
     pub fn new(inner: Incoming, progress: Option<Arc<AtomicU64>>) -> Self {
-        UpstreamRequestBody { inner, progress }
+        UpstreamRequestBody {
+            inner,
+            progress,
+            activity: None,
+        }
+    }
+
+    /// Counts each chunk read as activity of `route` (CHP's rule: a request
+    /// body moving is activity, whatever the answer).
+    pub fn with_activity(mut self, route: Arc<crate::table::RouteState>) -> Self {
+        self.activity = Some(route);
+        self
     }
 }
 
@@ -181,6 +193,9 @@ impl Body for UpstreamRequestBody {
         let poll = Pin::new(&mut this.inner).poll_frame(cx);
         if let (Poll::Ready(Some(Ok(_))), Some(p)) = (&poll, &this.progress) {
             p.store(unix_millis(), Ordering::Relaxed);
+        }
+        if let (Poll::Ready(Some(Ok(_))), Some(a)) = (&poll, &this.activity) {
+            a.touch();
         }
         poll
     }

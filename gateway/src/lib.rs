@@ -18,6 +18,8 @@
 //!   what a change revokes, their JSON form for the route stream and the
 //!   table file, and the activity reports that go back.
 //! - [`router`]: the pure lookup from host and path to a route.
+//! - [`chp`]: configurable-http-proxy's routing rules (decoded paths as
+//!   canonical slugs, target paths joined) for `sessiongate chp`.
 //! - [`proxy`]: the request path as named phases over a per-request context
 //!   (`phases.rs`), and browser access on it (`access.rs`).
 //! - [`headers`]: header operations, one concern per file: hop-by-hop,
@@ -39,6 +41,7 @@
 pub mod access;
 pub mod access_log;
 pub mod body;
+pub mod chp;
 mod clock;
 pub mod error;
 pub mod headers;

@@ -88,7 +88,7 @@ pub fn lookup<'t>(table: &'t RouteTable, host: &str, path: &str) -> Option<Route
     None
 }
 
-fn lookup_slug<'t>(table: &'t RouteTable, path: &str) -> Option<RouteMatch<'t>> {
+pub fn lookup_slug<'t>(table: &'t RouteTable, path: &str) -> Option<RouteMatch<'t>> {
     // Candidate prefix ends: each '/' after the first byte, then the end of the
     // path. A slug with n segments ends at the n-th of them.
     let mut ends = [0usize; MAX_SLUG_SEGMENTS];

@@ -37,6 +37,7 @@ pub(crate) fn spawn(
     client: OnUpgrade,
     upstream: OnUpgrade,
     upstream_name: String,
+    upstream_is_activity: bool,
 ) -> Result<(), Refusal> {
     // Registered before the 101 reaches the client, then checked: a
     // revocation either finds it registered or has already moved the clock.
@@ -62,11 +63,13 @@ pub(crate) fn spawn(
             io: TokioIo::new(client),
             state: &state,
             moved: &moved,
+            counts: true,
         };
         let mut upstream = Activity {
             io: TokioIo::new(upstream),
             state: &state,
             moved: &moved,
+            counts: upstream_is_activity,
         };
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
         tokio::pin!(copy);
@@ -129,6 +132,9 @@ struct Activity<'a> {
     io: TokioIo<Upgraded>,
     state: &'a RouteState,
     moved: &'a AtomicBool,
+    /// Whether what this side sends is route activity (CHP counts only the
+    /// client's side).
+    counts: bool,
 }
 
 impl AsyncRead for Activity<'_> {
@@ -140,7 +146,9 @@ impl AsyncRead for Activity<'_> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.state.touch();
+            if self.counts {
+                self.state.touch();
+            }
             self.moved.store(true, Ordering::Relaxed);
         }
         poll

@@ -112,6 +112,9 @@ pub struct Proxy {
     /// Peers whose forwarding headers are kept and appended to; from any
     /// other they are replaced.
     trusted_proxies: TrustedProxies,
+    /// `sessiongate chp`: configurable-http-proxy's routing, upstream URLs,
+    /// errors and activity rules on this proxy ([`crate::chp`]).
+    chp: Option<Arc<crate::chp::ChpFlavor>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -140,7 +143,16 @@ impl Proxy {
             metrics: Arc::new(GatewayMetrics::new()),
             access_log: false,
             trusted_proxies: TrustedProxies::default(),
+            chp: None,
         }
+    }
+
+    /// Makes this proxy configurable-http-proxy's (`sessiongate chp`):
+    /// routes by decoded path prefix on any host, CHP's upstream URLs,
+    /// forwarding headers, error pages and activity rules.
+    pub fn with_chp(mut self, flavor: Arc<crate::chp::ChpFlavor>) -> Self {
+        self.chp = Some(flavor);
+        self
     }
 
     /// Keeps the forwarding headers (`X-Forwarded-For`, `Forwarded`,

@@ -51,6 +51,14 @@ impl Proxy {
         conn: &ConnInfo,
     ) -> Response<ProxyBody> {
         let mut ctx = RequestCtx::new(&req, self.access_log);
+        // CHP's error pages name the URL the client asked for.
+        let chp_url = self.chp.as_ref().map(|_| {
+            let url = req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+            (url, req.headers().contains_key(header::UPGRADE))
+        });
         // Every event of the request carries its id through this span.
         let span = tracing::info_span!("request", id = %ctx.id_str());
         let ended = async {
@@ -68,6 +76,20 @@ impl Proxy {
         }
         .instrument(span.clone())
         .await;
+        let ended = match (ended, &self.chp, chp_url) {
+            (Err(Stop::Fail(err)), Some(chp), Some((url, upgrade))) => {
+                let code = crate::chp::status_of(&err);
+                // Logged and counted as any failure, answered as CHP does:
+                // a WebSocket's failure is a bare status line.
+                let _ = self.render(&err, false, &ctx.id, &span);
+                Err(Stop::Answer(if upgrade {
+                    crate::chp::bare_status(code)
+                } else {
+                    crate::chp::error_page(chp, code, &url).await
+                }))
+            }
+            (ended, _, _) => ended,
+        };
         self.finish(ended, conn, ctx, &span)
     }
 
@@ -128,6 +150,9 @@ impl Proxy {
                 return Err(ProxyError::NoTable.into());
             }
         }
+        if let Some(chp) = &self.chp {
+            return self.select_chp_route(req, host, chp, ctx);
+        }
         let table = self.routes.load();
         if let Some(portal) = &self.portal {
             if table.portal_host() == Some(&*host.name) && portal.claims(req.uri().path()) {
@@ -159,6 +184,50 @@ impl Proxy {
                 .await?;
             return Err(Stop::Answer(answer));
         }
+        Ok((req, target))
+    }
+
+    /// Phase 2 for `sessiongate chp`: `/_chp_healthz` first, then the
+    /// longest whole-segment prefix of the decoded path (after `/<host>` in
+    /// host-routing mode) among the routes' keys, on any host.
+    fn select_chp_route(
+        &self,
+        req: Request<Incoming>,
+        host: &Host<'_>,
+        chp: &crate::chp::ChpFlavor,
+        ctx: &mut RequestCtx,
+    ) -> Result<(Request<Incoming>, Target), Stop> {
+        if req.uri().path_and_query().map(|p| p.as_str()) == Some(crate::chp::HEALTHZ) {
+            ctx.kind = RequestKind::Portal;
+            return Err(Stop::Answer(crate::chp::healthz()));
+        }
+        let path = req.uri().path();
+        // CHP keys hosts as sent, up to the first `:` (`host.split(":")[0]`).
+        let bare = host.sent_str.split(':').next().unwrap_or("");
+        let key =
+            crate::chp::request_slug(chp.host_routing.then_some(bare), path).ok_or_else(|| {
+                ProxyError::UpstreamUri {
+                    path: path.to_string(),
+                    reason: "the path does not percent-decode".into(),
+                }
+            })?;
+        let table = self.routes.load();
+        let m = crate::router::lookup_slug(&table, &key).ok_or_else(|| ProxyError::NoRoute {
+            host: host.name.to_string(),
+            path: path.to_string(),
+        })?;
+        // What CHP cuts off with --no-include-prefix: as many bytes of the
+        // raw URL as its matched key has.
+        let key_len = m
+            .route
+            .id
+            .strip_prefix(crate::chp::ROUTE_ID_PREFIX)
+            .map_or(0, |k| if k == "/" { 0 } else { k.len() });
+        let target = Target {
+            route: Arc::clone(m.route),
+            prefix_len: key_len,
+        };
+        drop(table);
         Ok((req, target))
     }
 
@@ -207,7 +276,10 @@ impl Proxy {
         if route.paused {
             return Err(ProxyError::Paused(route.id.to_string()).into());
         }
-        route.state.touch();
+        // CHP counts activity only once data moves or an answer succeeds.
+        if self.chp.is_none() {
+            route.state.touch();
+        }
         let upstream = match &route.target {
             RouteTarget::Upstream(u) => u,
             RouteTarget::Redirect(url) => {
@@ -236,12 +308,26 @@ impl Proxy {
         conn: &ConnInfo,
         ctx: &RequestCtx,
     ) -> Result<(Outbound, ClientSide), Stop> {
-        let uri = upstream_uri(req.uri(), target, upstream)?;
+        let uri = match &self.chp {
+            Some(chp) => chp_upstream_uri(req.uri(), target, upstream, chp)?,
+            None => upstream_uri(req.uri(), target, upstream)?,
+        };
         let version = req.version();
         let upgrade =
             headers::requested_upgrade(version, req.headers(), target.route.allow_any_upgrade);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        // CHP without --no-x-forward passes the client's own forwarding
+        // headers on untouched, adding none.
+        let kept_forwarding: Vec<(http::HeaderName, HeaderValue)> = match &self.chp {
+            Some(_) => parts
+                .headers
+                .iter()
+                .filter(|(n, _)| crate::chp::is_forwarding(n.as_str()))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+            None => Vec::new(),
+        };
         let host_header = if target.route.rewrite_host {
             HeaderValue::from_str(upstream.authority.as_str()).unwrap_or_else(|_| host.sent.clone())
         } else {
@@ -254,7 +340,8 @@ impl Proxy {
                     ip: conn.remote.ip(),
                     proto: self.proto,
                     host: host.sent_str,
-                    trusted: self.trusted_proxies.contains(conn.remote.ip()),
+                    // CHP appends to every client's forwarding headers.
+                    trusted: self.chp.is_some() || self.trusted_proxies.contains(conn.remote.ip()),
                 },
                 host: host_header,
                 request_id: ctx.id.clone(),
@@ -264,6 +351,38 @@ impl Proxy {
         if let Some(added) = &target.route.request_headers {
             added.apply(&mut parts.headers);
         }
+        if let Some(chp) = &self.chp {
+            // CHP's forwarding headers, not the gateway's: the client's own
+            // kept, and (unless --no-x-forward) http-proxy's appended.
+            let added: Vec<http::HeaderName> = parts
+                .headers
+                .keys()
+                .filter(|n| crate::chp::is_forwarding(n.as_str()))
+                .cloned()
+                .collect();
+            for n in added {
+                parts.headers.remove(n);
+            }
+            for (n, v) in kept_forwarding {
+                parts.headers.append(n, v);
+            }
+            if chp.x_forward {
+                let proto = match (self.proto, upgrade.is_some()) {
+                    ("https", true) => "wss",
+                    (_, true) => "ws",
+                    (p, false) => p,
+                };
+                crate::chp::append_forwarding(
+                    &mut parts.headers,
+                    conn.remote.ip(),
+                    host.sent_str,
+                    proto,
+                );
+            }
+            for (name, value) in &chp.headers {
+                parts.headers.insert(name.clone(), value.clone());
+            }
+        }
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let progress = if body.is_end_stream() {
@@ -271,7 +390,11 @@ impl Proxy {
         } else {
             Some(Arc::new(AtomicU64::new(unix_millis())))
         };
-        let req = Request::from_parts(parts, UpstreamRequestBody::new(body, progress.clone()));
+        let mut body = UpstreamRequestBody::new(body, progress.clone());
+        if self.chp.is_some() {
+            body = body.with_activity(Arc::clone(&target.route.state));
+        }
+        let req = Request::from_parts(parts, body);
         Ok((
             Outbound { req, progress },
             ClientSide {
@@ -326,6 +449,10 @@ impl Proxy {
             .map_err(|r| refused(r, &admitted.route))?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return self.switch(resp, client, admitted, conn);
+        }
+        // CHP: a successful answer is activity; redirects and errors are not.
+        if self.chp.is_some() && resp.status().as_u16() < 300 {
+            admitted.route.state.touch();
         }
         let (mut parts, body) = resp.into_parts();
         // The upstream's HTTP version describes its hop, not ours.
@@ -394,6 +521,8 @@ impl Proxy {
             client_upgrade,
             upstream_upgrade,
             upstream,
+            // CHP counts only what the client sends.
+            self.chp.is_none(),
         )
         .map_err(|r| refused(r, &route))?;
         Ok(Response::from_parts(parts, ProxyBody::empty()))
@@ -635,6 +764,38 @@ fn sent_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
 /// The upstream's URI for a request: the upstream's scheme and authority,
 /// the request's path and query, the slug taken off the path when the route
 /// strips it.
+/// CHP's upstream URL: the target's path (unless `--no-prepend-path`)
+/// joined to the raw request path and query, less the matched prefix's
+/// bytes with `--no-include-prefix`.
+fn chp_upstream_uri(
+    uri: &Uri,
+    target: &Target,
+    upstream: &Upstream,
+    chp: &crate::chp::ChpFlavor,
+) -> Result<Uri, ProxyError> {
+    let cannot_build = |reason: &dyn std::fmt::Display| ProxyError::UpstreamUri {
+        path: uri.path().to_string(),
+        reason: reason.to_string(),
+    };
+    let raw = uri.path_and_query().map_or("/", |p| p.as_str());
+    let rest = if chp.include_prefix {
+        raw
+    } else {
+        raw.get(target.prefix_len..).unwrap_or("")
+    };
+    let base = match (&target.route.target_path, chp.prepend_path) {
+        (Some(p), true) => p.as_ref(),
+        _ => "",
+    };
+    let pq = crate::chp::upstream_path(base, rest);
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(PathAndQuery::try_from(pq).map_err(|e| cannot_build(&e))?)
+        .build()
+        .map_err(|e| cannot_build(&e))
+}
+
 fn upstream_uri(uri: &Uri, target: &Target, upstream: &Upstream) -> Result<Uri, ProxyError> {
     let cannot_build = |reason: &dyn std::fmt::Display| ProxyError::UpstreamUri {
         path: uri.path().to_string(),

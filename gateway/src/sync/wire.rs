@@ -289,6 +289,8 @@ fn route_in(r: WireRoute, groups: &[Arc<Members>]) -> Result<RouteSpec, WireErro
         tls_verify: r.tls_verify,
         allow_any_upgrade: r.allow_any_upgrade,
         request_headers,
+        // CHP routes (`sessiongate chp`) never travel on the route stream.
+        target_path: None,
     })
 }
 

@@ -140,6 +140,9 @@ pub struct RouteSpec {
     /// vouches for, such as a workshop session's request parameters.
     /// `None` for nearly every route, which then pays nothing for it.
     pub request_headers: Option<Arc<AddedHeaders>>,
+    /// A path (and query) the upstream request's path is joined to: a CHP
+    /// target's own path (`http://host:port/base`). `None` elsewhere.
+    pub target_path: Option<Arc<str>>,
 }
 
 impl RouteSpec {
@@ -164,7 +167,15 @@ impl RouteSpec {
             tls_verify: true,
             allow_any_upgrade: false,
             request_headers: None,
+            target_path: None,
         }
+    }
+
+    /// Joins the upstream request's path to `path` (see
+    /// [`RouteSpec::target_path`]).
+    pub fn target_path(mut self, path: impl Into<Arc<str>>) -> Self {
+        self.target_path = Some(path.into());
+        self
     }
 
     /// Also matches this exact hostname.
