@@ -130,16 +130,46 @@ pub fn chp_args(port: u16, api_port: u16) -> Vec<String> {
 /// its REST API (`POST /api/routes/<host>`), and waits until the first and
 /// last hosts reach the origin through it.
 pub fn chp(binary: &Path, dir: &Path, origin: SocketAddr, routes: &Routes) -> Result<Target> {
+    chp_like(TargetKind::Chp, binary, &[], dir, origin, routes)
+}
+
+/// [`chp`], but `sessiongate chp`: the same command line and API calls.
+pub fn sessiongate_chp(
+    binary: &Path,
+    dir: &Path,
+    origin: SocketAddr,
+    routes: &Routes,
+) -> Result<Target> {
+    chp_like(
+        TargetKind::SessiongateChp,
+        binary,
+        &["chp"],
+        dir,
+        origin,
+        routes,
+    )
+}
+
+fn chp_like(
+    kind: TargetKind,
+    binary: &Path,
+    first: &[&str],
+    dir: &Path,
+    origin: SocketAddr,
+    routes: &Routes,
+) -> Result<Target> {
+    let name = kind.name();
     let (port, api_port) = (free_port()?, free_port()?);
-    let args = chp_args(port, api_port);
+    let mut args: Vec<String> = first.iter().map(|s| s.to_string()).collect();
+    args.extend(chp_args(port, api_port));
     let mut cmd = Command::new(binary);
     cmd.args(&args)
         .current_dir(dir)
         .env("CONFIGPROXY_AUTH_TOKEN", CHP_TOKEN);
-    let mut proc = Proc::spawn("chp", cmd, dir.join("chp.log"), None)?;
+    let mut proc = Proc::spawn(name, cmd, dir.join(format!("{name}.log")), None)?;
     let api_addr = SocketAddr::from(([127, 0, 0, 1], api_port));
     let api = Api::new(api_addr, &format!("token {CHP_TOKEN}"))?;
-    wait_until_ready("chp API", api_addr, Some(&mut proc), |_| {
+    wait_until_ready(&format!("{name} API"), api_addr, Some(&mut proc), |_| {
         api.call_ok(Call::new(Method::GET, "/api/routes", None))
             .map(drop)
     })?;
@@ -157,16 +187,17 @@ pub fn chp(binary: &Path, dir: &Path, origin: SocketAddr, routes: &Routes) -> Re
         .collect();
     let took = api
         .all_ok(calls, CHP_API_CONCURRENCY)
-        .context("adding chp's routes")?;
+        .with_context(|| format!("adding {name}'s routes"))?;
     if routes.hosts.len() > 1 {
         eprintln!(
-            "chp: {} routes added through its API in {:.1} s",
+            "{name}: {} routes added through its API in {:.1} s ({:.0} routes/s, {CHP_API_CONCURRENCY} in flight)",
             routes.hosts.len(),
-            took.as_secs_f64()
+            took.as_secs_f64(),
+            routes.hosts.len() as f64 / took.as_secs_f64().max(1e-9)
         );
     }
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_until_ready("chp", addr, Some(&mut proc), |addr| {
+    wait_until_ready(name, addr, Some(&mut proc), |addr| {
         routes_ready(addr, routes)
     })?;
     let description = format!(
@@ -177,7 +208,7 @@ pub fn chp(binary: &Path, dir: &Path, origin: SocketAddr, routes: &Routes) -> Re
         routes.hosts.len()
     );
     Ok(Target {
-        kind: TargetKind::Chp,
+        kind,
         addr,
         proc: Some(proc),
         config: Some(("command line".into(), description)),

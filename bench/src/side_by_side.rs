@@ -76,12 +76,13 @@ pub struct CommonArgs {
 }
 
 /// All the targets, in the order they run within a round.
-pub const ALL_TARGETS: [TargetKind; 5] = [
+pub const ALL_TARGETS: [TargetKind; 6] = [
     TargetKind::Direct,
     TargetKind::Sessiongate,
     TargetKind::Nginx,
     TargetKind::Haproxy,
     TargetKind::Chp,
+    TargetKind::SessiongateChp,
 ];
 
 /// The resolved run parameters (after `--smoke`).
@@ -146,7 +147,9 @@ impl Tools {
                 )
             })
             .transpose()?;
-        let sessiongate = if plan.wants(TargetKind::Sessiongate) {
+        let sessiongate = if plan.wants(TargetKind::Sessiongate)
+            || plan.wants(TargetKind::SessiongateChp)
+        {
             let path = args
                 .sessiongate
                 .clone()
@@ -411,6 +414,7 @@ impl Bench {
             TargetKind::Nginx => (&self.tools.nginx, targets::nginx),
             TargetKind::Haproxy => (&self.tools.haproxy, peers::haproxy),
             TargetKind::Chp => (&self.tools.chp, peers::chp),
+            TargetKind::SessiongateChp => (&self.tools.sessiongate, peers::sessiongate_chp),
         };
         let mut target = match kind {
             TargetKind::Direct => targets::direct(origin)?,

@@ -34,6 +34,8 @@ pub enum TargetKind {
     Haproxy,
     /// configurable-http-proxy (JupyterHub's proxy).
     Chp,
+    /// `sessiongate chp`: sessiongate behind chp's command line and API.
+    SessiongateChp,
 }
 
 impl TargetKind {
@@ -44,6 +46,7 @@ impl TargetKind {
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
             Self::Chp => "chp",
+            Self::SessiongateChp => "sessiongate-chp",
         }
     }
 }

@@ -2678,3 +2678,34 @@ async fn busy_public_port_makes_the_proxy_exit_nonzero() {
         "expected a non-zero exit when --port {port} is taken; output:\n{output}"
     );
 }
+
+/// JupyterHub starts `configurable-http-proxy` by name: the binary, through
+/// a symlink of that name, is `sessiongate chp`.
+#[tokio::test]
+async fn the_binary_invoked_as_configurable_http_proxy_is_chp_mode() {
+    if std::env::var_os("CHP_COMMAND").is_some() {
+        eprintln!("skipped: CHP_COMMAND names another proxy");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("chp-argv0-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let link = dir.join("configurable-http-proxy");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sessiongate"), &link).expect("symlink");
+    let out = Command::new(&link)
+        .arg("--version")
+        .output()
+        .expect("running the symlink");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5.3.0");
+    let out = Command::new(&link)
+        .arg("--no-such-flag")
+        .output()
+        .expect("running the symlink");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unknown flag exits 1: {out:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
