@@ -19,8 +19,9 @@ use crate::targets::{free_port, routes_ready, wait_until_ready, Routes, Target, 
 /// The token chp's REST API is started with (`CONFIGPROXY_AUTH_TOKEN`).
 const CHP_TOKEN: &str = "bench-chp-token-not-a-secret";
 
-/// Route additions in flight at once when loading chp's routes.
-const CHP_API_CONCURRENCY: usize = 8;
+/// Route additions in flight at once when loading chp's routes: what
+/// JupyterHub uses (its proxy client allows 10 concurrent requests).
+const CHP_API_CONCURRENCY: usize = 10;
 
 /// The haproxy configuration: `nbthread 1` (nginx runs one worker), no
 /// `log` line (so no logging), keep-alive on both sides with
