@@ -2121,7 +2121,6 @@ async fn redirect_location_is_untouched_without_rewrite_flags() {
 
 // "Redirect location with rewriting".
 #[tokio::test]
-#[ignore = "sessiongate chp has no --auto-rewrite/--protocol-rewrite yet (issue 20); passes against the real CHP with --include-ignored"]
 async fn redirect_location_is_rewritten_with_auto_rewrite_and_protocol_rewrite() {
     let upstream = Upstream::start(
         "redirect",

@@ -174,6 +174,37 @@ mod tests {
     }
 
     #[test]
+    fn only_a_redirect_to_the_target_itself_is_rewritten() {
+        let flavor = ChpFlavor {
+            auto_rewrite: true,
+            protocol_rewrite: Some("https".into()),
+            ..ChpFlavor::default()
+        };
+        let host = HeaderValue::from_static("hub.example:8000");
+        for (status, location, want) in [
+            (
+                302,
+                "http://10.0.0.5:8888/x?y=1",
+                "https://hub.example:8000/x?y=1",
+            ),
+            (301, "http://other.example/x", "http://other.example/x"),
+            (200, "http://10.0.0.5:8888/x", "http://10.0.0.5:8888/x"),
+            (307, "/relative", "/relative"),
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::LOCATION, HeaderValue::from_static(location));
+            rewrite_location(
+                &flavor,
+                StatusCode::from_u16(status).unwrap(),
+                &mut headers,
+                "10.0.0.5:8888",
+                &host,
+            );
+            assert_eq!(headers[http::header::LOCATION], want, "{status} {location}");
+        }
+    }
+
+    #[test]
     fn target_and_request_paths_join_with_one_slash() {
         for (base, rest, want) in [
             ("", "/user/ann/x%20y?q=1", "/user/ann/x%20y?q=1"),
@@ -227,6 +258,11 @@ pub struct ChpFlavor {
     /// `--custom-header`s, set on every proxied request.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub errors: ErrorPages,
+    /// `--auto-rewrite`: a redirect to the target's own host points at the
+    /// `Host` the client used instead.
+    pub auto_rewrite: bool,
+    /// `--protocol-rewrite`: such a redirect's scheme becomes this one.
+    pub protocol_rewrite: Option<String>,
 }
 
 impl Default for ChpFlavor {
@@ -238,7 +274,55 @@ impl Default for ChpFlavor {
             x_forward: true,
             headers: Vec::new(),
             errors: ErrorPages::Builtin,
+            auto_rewrite: false,
+            protocol_rewrite: None,
         }
+    }
+}
+
+/// http-proxy's `setRedirectHostRewrite`: on a 201, 301, 302, 307 or 308
+/// whose absolute `Location` names the target's own host and port, the
+/// host becomes the client's `Host` (`--auto-rewrite`) and the scheme
+/// `--protocol-rewrite`'s. Any other `Location` is left alone.
+pub fn rewrite_location(
+    flavor: &ChpFlavor,
+    status: StatusCode,
+    headers: &mut http::HeaderMap,
+    target_authority: &str,
+    client_host: &HeaderValue,
+) {
+    if !flavor.auto_rewrite && flavor.protocol_rewrite.is_none() {
+        return;
+    }
+    if !matches!(status.as_u16(), 201 | 301 | 302 | 307 | 308) {
+        return;
+    }
+    let Some(location) = headers
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    let Ok(uri) = location.parse::<http::Uri>() else {
+        return;
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return;
+    };
+    if !authority.as_str().eq_ignore_ascii_case(target_authority) {
+        return;
+    }
+    let host = match (flavor.auto_rewrite, client_host.to_str()) {
+        (true, Ok(h)) => h,
+        _ => authority.as_str(),
+    };
+    let scheme = flavor
+        .protocol_rewrite
+        .as_deref()
+        .map_or(scheme, |p| p.trim_end_matches(':'));
+    let rest = uri.path_and_query().map_or("", |p| p.as_str());
+    if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{rest}")) {
+        headers.insert(http::header::LOCATION, v);
     }
 }
 

@@ -111,15 +111,18 @@ impl ChpState {
             let host = key.split('/').nth(1).unwrap_or("").to_string();
             data.insert("host".into(), Value::String(host));
         }
-        // A target this proxy cannot reach is kept as posted (JupyterHub
-        // compares it), and its requests answer 503, as CHP's do.
-        let change = match self.spec(&key, &target) {
-            Ok(spec) => RouteChange::Upsert(spec),
+        // A target this proxy cannot reach (`http+unix://`, for now) is kept
+        // as posted (JupyterHub compares it) and its route answers 503, as
+        // CHP's does for a target that does not answer: the route is there,
+        // inactive, so that no shorter prefix takes its requests.
+        let spec = match self.spec(&key, &target) {
+            Ok(spec) => spec,
             Err(e) => {
-                tracing::warn!(route = %key, error = %e, "route kept, but its target cannot be proxied to");
-                RouteChange::Remove(format!("{ROUTE_ID_PREFIX}{key}").into())
+                tracing::warn!(route = %key, error = %e, "route kept, but its target cannot be proxied to: it answers 503");
+                self.spec(&key, "http://127.0.0.1:9")?.inactive(true)
             }
         };
+        let change = RouteChange::Upsert(spec);
         self.publisher
             .submit(vec![change])
             .await

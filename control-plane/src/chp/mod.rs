@@ -108,8 +108,6 @@ fn check_supported(a: &ChpArgs) -> Result<(), ChpError> {
         ("client-ssl-key", a.client_ssl_key.is_some()),
         ("client-ssl-cert", a.client_ssl_cert.is_some()),
         ("redirect-port", a.redirect_port.is_some()),
-        ("auto-rewrite", a.auto_rewrite),
-        ("protocol-rewrite", a.protocol_rewrite.is_some()),
     ];
     let named: Vec<&str> = unsupported
         .iter()
@@ -161,6 +159,8 @@ pub async fn run(a: ChpArgs) -> Result<(), ChpError> {
             (None, Some(d)) => ErrorPages::Dir(d.clone()),
             (None, None) => ErrorPages::Builtin,
         },
+        auto_rewrite: a.auto_rewrite,
+        protocol_rewrite: a.protocol_rewrite.clone(),
     });
 
     // Bound before anything is served: a port in use is an exit, not a

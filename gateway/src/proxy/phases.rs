@@ -400,6 +400,7 @@ impl Proxy {
             ClientSide {
                 version,
                 upgrade: upgrade.zip(client_upgrade),
+                host: host.sent.clone(),
             },
         ))
     }
@@ -455,6 +456,15 @@ impl Proxy {
             admitted.route.state.touch();
         }
         let (mut parts, body) = resp.into_parts();
+        if let (Some(chp), RouteTarget::Upstream(u)) = (&self.chp, &admitted.route.target) {
+            crate::chp::rewrite_location(
+                chp,
+                parts.status,
+                &mut parts.headers,
+                u.authority.as_str(),
+                &client.host,
+            );
+        }
         // The upstream's HTTP version describes its hop, not ours.
         parts.version = client.version;
         note_set_cookies(
@@ -743,6 +753,9 @@ struct ClientSide {
     /// The protocols the client asked to switch to, and its half of the
     /// switch.
     upgrade: Option<(HeaderValue, OnUpgrade)>,
+    /// The `Host` the client sent (CHP's `--auto-rewrite` puts it in a
+    /// redirect's `Location`).
+    host: HeaderValue,
 }
 
 /// The host as the client sent it: the URI's authority (HTTP/2, or an
