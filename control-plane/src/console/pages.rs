@@ -215,7 +215,18 @@ struct SignIn {
     nonce: String,
 }
 
-fn sign_in_page(status: StatusCode, error: Option<String>) -> Response {
+/// Whether the browser reached the console over HTTPS: through a gateway
+/// that terminates TLS on the portal host (`console.portal`), which says so
+/// in `X-Forwarded-Proto`. Then the console's cookies are `Secure`. (A
+/// forged header could only make a cookie stricter.)
+fn over_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.split(',').next_back().map(str::trim) == Some("https"))
+}
+
+fn sign_in_page(status: StatusCode, error: Option<String>, secure: bool) -> Response {
     let nonce = signin::login_nonce();
     let mut resp = render(
         status,
@@ -225,7 +236,7 @@ fn sign_in_page(status: StatusCode, error: Option<String>) -> Response {
         },
     );
     resp.headers_mut()
-        .append(header::SET_COOKIE, signin::login_cookie(&nonce, false));
+        .append(header::SET_COOKIE, signin::login_cookie(&nonce, secure));
     resp
 }
 
@@ -233,13 +244,14 @@ pub async fn home(State(cp): State<Control>, headers: HeaderMap) -> Response {
     if signed(&cp, &headers).await.is_ok() {
         return see_other("/ui/sessions");
     }
-    sign_in_page(StatusCode::OK, None)
+    sign_in_page(StatusCode::OK, None, over_https(&headers))
 }
 
 /// `POST /ui/login`: an API token for a console cookie.
 pub async fn login(State(cp): State<Control>, req: Request) -> Response {
     let client = crate::api::server::client_addr(req.extensions());
     let headers = req.headers().clone();
+    let secure = over_https(&headers);
     let Ok(body) = axum::body::to_bytes(req.into_body(), FORM_LIMIT).await else {
         return message(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -256,11 +268,12 @@ pub async fn login(State(cp): State<Control>, req: Request) -> Response {
         return sign_in_page(
             StatusCode::FORBIDDEN,
             Some("The sign-in form was out of date. Try again.".into()),
+            secure,
         );
     }
     let failures = cp.failures(Guessed::ApiToken);
     if let Err(t) = failures.check(client) {
-        return sign_in_page(StatusCode::TOO_MANY_REQUESTS, Some(t.to_string()));
+        return sign_in_page(StatusCode::TOO_MANY_REQUESTS, Some(t.to_string()), secure);
     }
     let caller = match cp.check_token_named(fields.get("token").trim()) {
         Some((kind @ (TokenKind::Admin | TokenKind::Readonly), name)) => {
@@ -270,6 +283,7 @@ pub async fn login(State(cp): State<Control>, req: Request) -> Response {
             return sign_in_page(
                 StatusCode::FORBIDDEN,
                 Some("A gateway token cannot sign in to the console.".into()),
+                secure,
             )
         }
         None => {
@@ -277,15 +291,16 @@ pub async fn login(State(cp): State<Control>, req: Request) -> Response {
             return sign_in_page(
                 StatusCode::UNAUTHORIZED,
                 Some("That token is not valid.".into()),
+                secure,
             );
         }
     };
-    signed_in_answer(&cp, &caller)
+    signed_in_answer(&cp, &caller, secure)
 }
 
 /// The redirect to the sessions page that sets the console cookie.
-fn signed_in_answer(cp: &Control, caller: &Caller) -> Response {
-    let Some(cookie) = signin::sign_in_cookie(cp, caller, now_secs(cp), false) else {
+fn signed_in_answer(cp: &Control, caller: &Caller, secure: bool) -> Response {
+    let Some(cookie) = signin::sign_in_cookie(cp, caller, now_secs(cp), secure) else {
         return message(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Error",
@@ -317,16 +332,20 @@ pub async fn logout(State(cp): State<Control>, headers: HeaderMap, body: Bytes) 
         }
     }
     let mut resp = see_other("/ui/");
-    if let Ok(v) = HeaderValue::from_str(&signin::sign_out_cookie(false)) {
+    if let Ok(v) = HeaderValue::from_str(&signin::sign_out_cookie(over_https(&headers))) {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     resp
 }
 
 /// `GET /ui/link/{token}`: a one-time console link.
-pub async fn redeem_link(State(cp): State<Control>, Path(token): Path<String>) -> Response {
+pub async fn redeem_link(
+    State(cp): State<Control>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
     match cp.take_console_link(&token).await {
-        Ok(Some(user)) => signed_in_answer(&cp, &Caller::User { name: user }),
+        Ok(Some(user)) => signed_in_answer(&cp, &Caller::User { name: user }, over_https(&headers)),
         Ok(None) => message(
             StatusCode::NOT_FOUND,
             "Link not valid",

@@ -786,3 +786,34 @@ async fn operators_create_users_and_groups_and_change_members_from_the_console()
     let (_, v) = sg.api("GET", "/api/v1/groups/team", None).await;
     assert_eq!(v["members"], json!(["ann", "bob"]), "{v}");
 }
+
+#[tokio::test]
+async fn over_https_through_a_gateway_the_console_cookie_is_secure() {
+    let sg = setup("console-secure").await;
+    let (s, v) = sg.api("POST", "/api/v1/users/ann/console-link", None).await;
+    assert_eq!(s, 200, "{v}");
+    let url = v["url"].as_str().unwrap();
+    let path = &url[url.find("/ui/link/").unwrap()..];
+    let mut b = Browser::new(sg.api);
+    let r = b
+        .send("GET", path, "X-Forwarded-Proto: https\r\n", "")
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let cookie = r
+        .all("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("sessiongate_console="))
+        .expect("the console cookie");
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    // Over plain HTTP it cannot be (the browser would drop it).
+    let (_, v) = sg.api("POST", "/api/v1/users/ann/console-link", None).await;
+    let url = v["url"].as_str().unwrap();
+    let r = Browser::new(sg.api)
+        .get(&url[url.find("/ui/link/").unwrap()..])
+        .await;
+    assert!(
+        r.all("set-cookie").iter().all(|c| !c.contains("Secure")),
+        "{:?}",
+        r.headers
+    );
+}
