@@ -51,6 +51,20 @@ pub enum SessionOp<'a> {
     Operate(&'a str),
 }
 
+impl SessionOp<'_> {
+    /// What lifecycle `action` (named `verb` in a refusal) asks of a
+    /// session: the owner's own actions, or an operator's.
+    pub fn of_action(action: crate::session::lifecycle::Action, verb: &str) -> SessionOp<'_> {
+        use crate::session::lifecycle::Action;
+        match action {
+            Action::Delete => SessionOp::Delete,
+            Action::Extend => SessionOp::Extend,
+            Action::Keepalive => SessionOp::Keepalive,
+            _ => SessionOp::Operate(verb),
+        }
+    }
+}
+
 impl Caller {
     /// How the audit log names it: `token:<name>` or `user:<name>`.
     pub fn actor(&self) -> String {

@@ -315,19 +315,9 @@ pub async fn session_action(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
         seconds = b.seconds;
     }
-    authorize(&cp, &caller, &name, op_of(action, &verb)).await?;
+    authorize(&cp, &caller, &name, SessionOp::of_action(action, &verb)).await?;
     let rec = cp.session_action(&name, action, seconds).await?;
     Ok(Json(rec.view(cp.now_ms())))
-}
-
-/// What a lifecycle action asks of a session, for [`Caller::check`].
-pub fn op_of(action: Action, verb: &str) -> SessionOp<'_> {
-    match action {
-        Action::Delete => SessionOp::Delete,
-        Action::Extend => SessionOp::Extend,
-        Action::Keepalive => SessionOp::Keepalive,
-        _ => SessionOp::Operate(verb),
-    }
 }
 
 /// Checks that `caller` may do `op` to session `name` (operators always:
@@ -490,7 +480,7 @@ pub async fn bulk_action(
         let verb = format!("{:?}", req.action).to_lowercase();
         let mut allowed = Vec::with_capacity(names.len());
         for name in names {
-            match authorize(&cp, &caller, &name, op_of(action, &verb)).await {
+            match authorize(&cp, &caller, &name, SessionOp::of_action(action, &verb)).await {
                 Ok(()) => allowed.push(name),
                 Err(e) => refused.push(BulkOutcome {
                     name,

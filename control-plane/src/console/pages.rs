@@ -698,15 +698,6 @@ fn bulk_action(name: &str) -> Option<(Action, &'static str, &'static str)> {
     })
 }
 
-fn op_of(action: Action, name: &str) -> SessionOp<'_> {
-    match action {
-        Action::Delete => SessionOp::Delete,
-        Action::Extend => SessionOp::Extend,
-        Action::Keepalive => SessionOp::Keepalive,
-        _ => SessionOp::Operate(name),
-    }
-}
-
 /// Of `names`, which `action` applies to (for this caller), and why the
 /// others are skipped.
 async fn applicable(
@@ -722,7 +713,7 @@ async fn applicable(
     for n in names {
         let why = match cp.get_session(n).await {
             Err(e) => Some(e.to_string()),
-            Ok(rec) => match caller.check(&rec, op_of(action, verb), &groups) {
+            Ok(rec) => match caller.check(&rec, SessionOp::of_action(action, verb), &groups) {
                 Err(e) => Some(e.to_string()),
                 Ok(()) => crate::control::sessions::transition(&rec, action, None, now)
                     .err()
@@ -841,7 +832,10 @@ pub async fn bulk_apply(State(cp): State<Control>, headers: HeaderMap, body: Byt
     let mut results = Vec::new();
     for n in &names {
         match cp.get_session(n).await {
-            Ok(rec) => match ctx.caller.check(&rec, op_of(action, &verb), &groups) {
+            Ok(rec) => match ctx
+                .caller
+                .check(&rec, SessionOp::of_action(action, &verb), &groups)
+            {
                 Ok(()) => allowed.push(n.clone()),
                 Err(e) => results.push(Outcome {
                     name: n.clone(),
