@@ -52,4 +52,7 @@ pub use error::CertError;
 pub use load::{load_pair, LoadedCert};
 pub use reload::{reload_now, spawn_reloader, CertDir, MIN_POLL_INTERVAL};
 pub use resolver::{name_covers, CertInfo, CertStore, SniResolver};
-pub use tls::{client_config, server_config, AcceptAnyServerCert};
+pub use tls::{
+    client_config, client_config_with_identity, server_config, server_config_with_client_certs,
+    AcceptAnyServerCert, ClientCerts,
+};

@@ -64,13 +64,66 @@ fn provider() -> Arc<CryptoProvider> {
 /// cache) and stateless (tickets from a rotating *ring* ticketer), so that a
 /// returning browser skips the full handshake.
 pub fn server_config(resolver: Arc<SniResolver>) -> ServerConfig {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(VERSIONS)
-        // Not reachable by input: the versions and suites are constants that
-        // the tests build a configuration from.
-        .expect("the ring provider supports TLS 1.2 and 1.3 with these suites")
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    finish_server(
+        ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(VERSIONS)
+            // Not reachable by input: the versions and suites are constants
+            // that the tests build a configuration from.
+            .expect("the ring provider supports TLS 1.2 and 1.3 with these suites")
+            .with_no_client_auth()
+            .with_cert_resolver(resolver),
+    )
+}
+
+/// Whether a TLS listener asks its clients for a certificate, as Node's
+/// `requestCert` and `rejectUnauthorized` say (the CHP mode's
+/// `--api-ssl-request-cert` and `--api-ssl-reject-unauthorized`).
+#[derive(Clone, Copy, Debug)]
+pub enum ClientCerts<'a> {
+    /// None asked for.
+    None,
+    /// Asked for; a client without one is served, one with a certificate
+    /// that does not chain to the CA (the PEM bundle, else Mozilla's roots)
+    /// is refused.
+    Optional(Option<&'a Path>),
+    /// Required, chaining to the CA (the PEM bundle, else Mozilla's roots).
+    Required(Option<&'a Path>),
+}
+
+/// As [`server_config`], verifying client certificates as `clients` says.
+pub fn server_config_with_client_certs(
+    resolver: Arc<SniResolver>,
+    clients: ClientCerts<'_>,
+) -> Result<ServerConfig, CertError> {
+    let (ca, optional) = match clients {
+        ClientCerts::None => return Ok(server_config(resolver)),
+        ClientCerts::Optional(ca) => (ca, true),
+        ClientCerts::Required(ca) => (ca, false),
+    };
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(path) => add_bundle(&mut roots, path)?,
+        None => roots.roots = webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+    let mut verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build().map_err(|e| CertError::CaBundle {
+        path: ca.map(Path::to_path_buf).unwrap_or_default(),
+        reason: e.to_string(),
+    })?;
+    Ok(finish_server(
+        ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(VERSIONS)
+            .expect("the ring provider supports TLS 1.2 and 1.3 with these suites")
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(resolver),
+    ))
+}
+
+fn finish_server(mut config: ServerConfig) -> ServerConfig {
     config.alpn_protocols = alpn();
     config.session_storage = ServerSessionMemoryCache::new(SERVER_SESSION_CACHE);
     match ring::Ticketer::new() {
@@ -95,22 +148,39 @@ pub fn server_config(resolver: Arc<SniResolver>) -> ServerConfig {
 /// ALPN itself from `enable_http1`/`enable_http2`; clear `alpn_protocols`
 /// before handing this configuration there.
 pub fn client_config(verify: bool, extra_ca: Option<&Path>) -> Result<ClientConfig, CertError> {
+    client_config_with_identity(verify, extra_ca, None)
+}
+
+/// As [`client_config`], presenting the certificate chain and key in the PEM
+/// files `identity` (certificate, key) to upstreams that ask for one (the
+/// CHP mode's `--client-ssl-cert` and `--client-ssl-key`).
+pub fn client_config_with_identity(
+    verify: bool,
+    extra_ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, CertError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .expect("the ring provider supports TLS 1.2 and 1.3 with these suites");
-    let mut config = if verify {
+    let builder = if verify {
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
         if let Some(path) = extra_ca {
             add_bundle(&mut roots, path)?;
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        builder.with_root_certificates(roots)
     } else {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert::new()))
-            .with_no_client_auth()
+    };
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let pair = crate::load_pair(cert, key)?;
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(pair)))
+        }
     };
     config.alpn_protocols = alpn();
     Ok(config)

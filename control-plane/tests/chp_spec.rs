@@ -2515,7 +2515,6 @@ async fn websocket_errors_are_bare_status_lines_and_not_activity() {
 // ===========================================================================
 
 #[tokio::test]
-#[ignore = "sessiongate chp has no unix sockets yet (issue 20); passes against the real CHP: CHP_COMMAND=configurable-http-proxy cargo test -p control-plane --test chp_spec -- --include-ignored"]
 async fn http_unix_target_is_proxied() {
     let sockets = Scratch::new("unix-target");
     let upstream =
@@ -2537,7 +2536,6 @@ async fn http_unix_target_is_proxied() {
 }
 
 #[tokio::test]
-#[ignore = "sessiongate chp has no unix sockets yet (issue 20); passes against the real CHP: CHP_COMMAND=configurable-http-proxy cargo test -p control-plane --test chp_spec -- --include-ignored"]
 async fn error_target_over_unix_socket_gets_the_original_url() {
     let sockets = Scratch::new("unix-errors");
     let errors =
@@ -2562,7 +2560,6 @@ async fn error_target_over_unix_socket_gets_the_original_url() {
 }
 
 #[tokio::test]
-#[ignore = "sessiongate chp has no unix sockets yet (issue 20); passes against the real CHP: CHP_COMMAND=configurable-http-proxy cargo test -p control-plane --test chp_spec -- --include-ignored"]
 async fn proxy_serves_http_and_websocket_on_unix_sockets() {
     let http = Upstream::start("root", Behaviour::Echo(200)).await;
     let ws_upstream = WsUpstream::start("ws").await;

@@ -159,7 +159,8 @@ impl Body for ProxyBody {
 /// from the last byte uploaded rather than from the start of a slow upload.
 #[derive(Debug)]
 pub struct UpstreamRequestBody {
-    inner: Incoming,
+    /// `None`: no body (a request the gateway makes itself).
+    inner: Option<Incoming>,
     progress: Option<Arc<AtomicU64>>,
     activity: Option<Arc<crate::table::RouteState>>,
 }
@@ -167,8 +168,18 @@ pub struct UpstreamRequestBody {
 impl UpstreamRequestBody {
     pub fn new(inner: Incoming, progress: Option<Arc<AtomicU64>>) -> Self {
         UpstreamRequestBody {
-            inner,
+            inner: Some(inner),
             progress,
+            activity: None,
+        }
+    }
+
+    /// No body: for a request the gateway makes itself (the CHP mode's
+    /// error pages).
+    pub fn empty() -> Self {
+        UpstreamRequestBody {
+            inner: None,
+            progress: None,
             activity: None,
         }
     }
@@ -190,7 +201,10 @@ impl Body for UpstreamRequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
+        let poll = Pin::new(inner).poll_frame(cx);
         if let (Poll::Ready(Some(Ok(_))), Some(p)) = (&poll, &this.progress) {
             p.store(unix_millis(), Ordering::Relaxed);
         }
@@ -201,10 +215,12 @@ impl Body for UpstreamRequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Body::size_hint)
     }
 }

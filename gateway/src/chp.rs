@@ -20,6 +20,46 @@ fn keeps(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
 }
 
+/// `encodeURIComponent`: every byte but `A-Z a-z 0-9 - _ . ! ~ * ' ( )`
+/// as `%XX`.
+pub fn encode_component(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// A CHP target split into its upstream and its path and query (`""`
+/// when it has none). `http+unix://` (or `unix+http://`) targets name a
+/// socket by its percent-encoded path, which `http::Uri` does not parse.
+pub fn split_target(target: &str) -> Result<(crate::table::Upstream, String), String> {
+    use crate::table::Upstream;
+    let unix = ["http+unix://", "unix+http://"]
+        .iter()
+        .find_map(|p| target.strip_prefix(p));
+    if let Some(rest) = unix {
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let upstream =
+            Upstream::unix_socket(&rest[..end]).map_err(|e| format!("target {target:?}: {e}"))?;
+        return Ok((upstream, rest[end..].to_string()));
+    }
+    let uri: http::Uri = target
+        .parse()
+        .map_err(|e| format!("target {target:?}: {e}"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(format!("target {target:?}: not an absolute URL"));
+    };
+    let upstream = Upstream::parse(&format!("{scheme}://{authority}"))
+        .map_err(|e| format!("target {target:?}: {e}"))?;
+    let path = uri.path_and_query().map_or("", |p| p.as_str()).to_string();
+    Ok((upstream, path))
+}
+
 /// CHP's `trimPrefix`: a leading `/`, and one trailing `/` dropped (but
 /// `/` stays).
 pub fn clean_key(key: &str) -> String {
@@ -128,6 +168,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unix_targets_keep_their_socket_path_and_show_as_given() {
+        let (u, path) =
+            split_target("http+unix://%2Ftmp%2Fa%20b.sock/base?x=1").expect("a unix target");
+        assert_eq!(
+            u.unix_path(),
+            Some(std::path::PathBuf::from("/tmp/a b.sock"))
+        );
+        assert_eq!(path, "/base?x=1");
+        assert_eq!(u.to_string(), "http+unix://%2Ftmp%2Fa%20b.sock");
+        let (same, _) =
+            split_target("unix+http://%2Ftmp%2Fa%20b.sock").expect("the other spelling");
+        assert_eq!(same, u, "one pool per socket, whichever spelling");
+        assert!(split_target("http+unix:///x").is_err(), "no socket path");
+        let (tcp, path) = split_target("http://127.0.0.1:8888/p").expect("a TCP target");
+        assert_eq!((tcp.unix_path(), path.as_str()), (None, "/p"));
+    }
+
+    #[test]
     fn keys_are_cleaned_as_chps_trim_prefix_cleans_them() {
         for (key, want) in [
             ("/", "/"),
@@ -226,7 +284,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 
 use crate::body::ProxyBody;
 
@@ -369,7 +427,12 @@ fn builtin(code: StatusCode) -> Response<ProxyBody> {
 /// The page for `code`, for the request to `url` (its path and query):
 /// from the error target, else the error directory, else built in; if the
 /// error target fails, the plain status text, as CHP answers.
-pub async fn error_page(flavor: &ChpFlavor, code: StatusCode, url: &str) -> Response<ProxyBody> {
+pub async fn error_page(
+    flavor: &ChpFlavor,
+    client: &crate::UpstreamClient,
+    code: StatusCode,
+    url: &str,
+) -> Response<ProxyBody> {
     match &flavor.errors {
         ErrorPages::Builtin => builtin(code),
         ErrorPages::Dir(dir) => {
@@ -384,7 +447,7 @@ pub async fn error_page(flavor: &ChpFlavor, code: StatusCode, url: &str) -> Resp
             }
             builtin(code)
         }
-        ErrorPages::Target(base) => match fetch_error_page(base, code, url).await {
+        ErrorPages::Target(base) => match fetch_error_page(client, base, code, url).await {
             Some(resp) => resp,
             None => {
                 let text = code.canonical_reason().unwrap_or("Error");
@@ -396,7 +459,12 @@ pub async fn error_page(flavor: &ChpFlavor, code: StatusCode, url: &str) -> Resp
     }
 }
 
-async fn fetch_error_page(base: &str, code: StatusCode, url: &str) -> Option<Response<ProxyBody>> {
+async fn fetch_error_page(
+    client: &crate::UpstreamClient,
+    base: &str,
+    code: StatusCode,
+    url: &str,
+) -> Option<Response<ProxyBody>> {
     use http_body_util::BodyExt as _;
     let base = if base.ends_with('/') {
         base.to_string()
@@ -404,13 +472,26 @@ async fn fetch_error_page(base: &str, code: StatusCode, url: &str) -> Option<Res
         format!("{base}/")
     };
     let target = format!("{base}{}?url={}", code.as_u16(), form_escape(url));
-    let uri: http::Uri = target.parse().ok()?;
-    // A client of its own: error targets are the hub's own plain-HTTP URL,
-    // asked once per failure.
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    // Through the proxy's own client: an error target may be `https://`
+    // with client certificates (JupyterHub's internal_ssl) or `http+unix://`.
+    let (upstream, path) = split_target(&target).ok()?;
+    let uri = http::Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path)
+        .build()
+        .ok()?;
+    let host = if upstream.unix_path().is_some() {
+        HeaderValue::from_static("localhost")
+    } else {
+        HeaderValue::from_str(upstream.authority.as_str()).ok()?
+    };
+    let req = Request::get(uri)
+        .header(http::header::HOST, host)
+        .body(crate::body::UpstreamRequestBody::empty())
+        .ok()?;
     let fetch = async {
-        let resp = client.get(uri).await.ok()?;
+        let resp = client.send(&upstream, true, false, req, None).await.ok()?;
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.ok()?.to_bytes();
         Some((parts, bytes))
@@ -492,6 +573,10 @@ pub fn append_forwarding(
         ("x-forwarded-port", port),
         ("x-forwarded-proto", proto),
     ] {
+        // A unix-socket client has no address (CHP appends `undefined`).
+        if name == "x-forwarded-for" && client.is_unspecified() {
+            continue;
+        }
         let value = match headers.get(name).and_then(|v| v.to_str().ok()) {
             Some(old) if !old.is_empty() => format!("{old},{ours}"),
             _ => ours.to_string(),

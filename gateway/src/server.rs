@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 
 use crate::body::{BodyError, ProxyBody};
@@ -37,6 +37,46 @@ pub struct TlsListener {
 impl std::fmt::Debug for TlsListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsListener").finish_non_exhaustive()
+    }
+}
+
+/// Where connections come from: a TCP listener, or a unix socket (the
+/// configurable-http-proxy mode's `--socket`). A unix client has no address;
+/// it is reported as `0.0.0.0:0`, which the proxy does not forward as
+/// `X-Forwarded-For`.
+pub trait Listener: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    fn accept(
+        &self,
+    ) -> impl Future<Output = io::Result<(Self::Stream, std::net::SocketAddr)>> + Send;
+
+    /// Called on each accepted stream before it is served.
+    fn prepare(_stream: &Self::Stream) {}
+}
+
+impl Listener for TcpListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept(&self) -> io::Result<(Self::Stream, std::net::SocketAddr)> {
+        TcpListener::accept(self).await
+    }
+
+    fn prepare(stream: &Self::Stream) {
+        let _ = stream.set_nodelay(true);
+    }
+}
+
+/// The address a unix-socket client is reported as.
+pub const UNIX_CLIENT: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+impl Listener for UnixListener {
+    type Stream = tokio::net::UnixStream;
+
+    async fn accept(&self) -> io::Result<(Self::Stream, std::net::SocketAddr)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        Ok((stream, UNIX_CLIENT))
     }
 }
 
@@ -99,8 +139,8 @@ pub const MIN_HEADER_BYTES: usize = 8192;
 /// accepting, lets in-flight requests finish for up to `shutdown_grace`, and
 /// returns. Upgraded connections (WebSockets) are closed when the drain
 /// begins: they would not end on their own within the grace.
-pub async fn run(
-    listener: TcpListener,
+pub async fn run<L: Listener>(
+    listener: L,
     proxy: Arc<Proxy>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
@@ -110,8 +150,8 @@ pub async fn run(
 
 /// As [`run`], terminating TLS on every connection first. A handshake that
 /// does not finish within `header_read_timeout` is dropped.
-pub async fn run_tls(
-    listener: TcpListener,
+pub async fn run_tls<L: Listener>(
+    listener: L,
     proxy: Arc<Proxy>,
     config: ServerConfig,
     tls: TlsListener,
@@ -120,8 +160,8 @@ pub async fn run_tls(
     run_with(listener, proxy, config, Some(tls), shutdown).await
 }
 
-async fn run_with(
-    listener: TcpListener,
+async fn run_with<L: Listener>(
+    listener: L,
     proxy: Arc<Proxy>,
     config: ServerConfig,
     tls: Option<TlsListener>,
@@ -162,7 +202,7 @@ async fn run_with(
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
+        L::prepare(&stream);
         let proxy = Arc::clone(&proxy);
         let builder = Arc::clone(&builder);
         let drain = drain_rx.clone();
@@ -319,14 +359,14 @@ impl Body for ServedBody {
 /// off rather than spins, logged with `listener` naming it, and the
 /// connections already open are served on. The control plane's API
 /// listener accepts the same way.
-pub async fn accept_permitted<F: Future<Output = ()>>(
-    listener: &TcpListener,
+pub async fn accept_permitted<L: Listener, F: Future<Output = ()>>(
+    listener: &L,
     permits: &Arc<Semaphore>,
     mut shutdown: Pin<&mut F>,
     listener_name: &str,
 ) -> Option<(
     tokio::sync::OwnedSemaphorePermit,
-    tokio::net::TcpStream,
+    L::Stream,
     std::net::SocketAddr,
 )> {
     let permit = tokio::select! {

@@ -8,11 +8,18 @@
 //! that offer only `http/1.1`, where `Upgrade` exists. Verification is per
 //! route: on (system roots plus an optional CA bundle) unless the route says
 //! `tls_verify = false`. Each combination has its own pool.
+//!
+//! `http+unix://` upstreams (the CHP mode's targets on a unix socket) have a
+//! pool of their own, with a connector that decodes the socket's path from
+//! the URL's host.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -20,7 +27,7 @@ use hyper::{Request, Response};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use crate::body::UpstreamRequestBody;
@@ -72,10 +79,48 @@ struct TlsClients {
     no_verify_h1: HttpsClient,
 }
 
+/// Connects `http+unix://` upstreams: the URL's host is the socket's path,
+/// percent-encoded.
+#[derive(Clone, Debug)]
+struct UnixConnector {
+    connect_timeout: Duration,
+}
+
+impl tower::Service<http::Uri> for UnixConnector {
+    type Response = TokioIo<tokio::net::UnixStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let timeout = self.connect_timeout;
+        Box::pin(async move {
+            let host = uri.authority().map_or("", |a| a.as_str());
+            let path = crate::table::unix_path_of(host).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{host:?} does not name a unix socket"),
+                )
+            })?;
+            match tokio::time::timeout(timeout, tokio::net::UnixStream::connect(&path)).await {
+                Ok(stream) => stream.map(TokioIo::new),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {} timed out", path.display()),
+                )),
+            }
+        })
+    }
+}
+
 /// A keep-alive pool per upstream authority, shared by all routes.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
     client: Client<HttpConnector, UpstreamRequestBody>,
+    unix: Client<UnixConnector, UpstreamRequestBody>,
     tls: Option<TlsClients>,
     config: UpstreamConfig,
 }
@@ -83,8 +128,12 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     pub fn new(config: UpstreamConfig) -> Self {
         let client = Self::builder(&config).build(Self::connector(&config));
+        let unix = Self::builder(&config).build(UnixConnector {
+            connect_timeout: config.connect_timeout,
+        });
         UpstreamClient {
             client,
+            unix,
             tls: None,
             config,
         }
@@ -161,6 +210,8 @@ impl UpstreamClient {
                 (false, false) => tls.no_verify.request(req),
                 (false, true) => tls.no_verify_h1.request(req),
             }
+        } else if upstream.scheme.as_str() == Upstream::UNIX_SCHEME {
+            self.unix.request(req)
         } else {
             self.client.request(req)
         };

@@ -3,7 +3,6 @@
 //! gateway's table.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -13,9 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use gateway::chp::{clean_key, decode, key_slug, ROUTE_ID_PREFIX};
 use gateway::proxy::Proxy;
-use gateway::{RouteChange, RouteHandle, RoutePublisher, RouteSpec, RouteTarget, Upstream};
+use gateway::{RouteChange, RouteHandle, RoutePublisher, RouteSpec, RouteTarget};
 use serde_json::{Map, Value};
-use tokio::net::TcpListener;
 
 /// The largest route body accepted.
 const BODY_LIMIT: usize = 1 << 20;
@@ -72,21 +70,13 @@ impl ChpState {
     /// The route's spec for the table: its target's scheme and authority,
     /// and its path (and query) to join requests' paths to.
     fn spec(&self, key: &str, target: &str) -> Result<RouteSpec, String> {
-        let uri: http::Uri = target
-            .parse()
-            .map_err(|e| format!("target {target:?}: {e}"))?;
-        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-            return Err(format!("target {target:?}: not an absolute URL"));
-        };
-        let upstream = Upstream::parse(&format!("{scheme}://{authority}"))
-            .map_err(|e| format!("target {target:?}: {e}"))?;
+        let (upstream, path) = gateway::chp::split_target(target)?;
         let mut spec = RouteSpec::new(
             format!("{ROUTE_ID_PREFIX}{key}"),
             RouteTarget::Upstream(upstream),
         )
         .slug(key_slug(key))
         .rewrite_host(self.change_origin);
-        let path = uri.path_and_query().map_or("", |p| p.as_str());
         if !path.is_empty() && path != "/" {
             spec = spec.target_path(path);
         }
@@ -111,7 +101,7 @@ impl ChpState {
             let host = key.split('/').nth(1).unwrap_or("").to_string();
             data.insert("host".into(), Value::String(host));
         }
-        // A target this proxy cannot reach (`http+unix://`, for now) is kept
+        // A target this proxy cannot reach (`ftp://`, say) is kept
         // as posted (JupyterHub compares it) and its route answers 503, as
         // CHP's does for a target that does not answer: the route is there,
         // inactive, so that no shorter prefix takes its requests.
@@ -199,18 +189,9 @@ impl ChpState {
 }
 
 /// Serves the API on `listener` until `stop`.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<ChpState>,
-    stop: impl Future<Output = ()> + Send + 'static,
-) {
-    let app = Router::new().fallback(handle).with_state(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "API listener failed");
-    }
+/// The REST API's routes.
+pub fn router(state: Arc<ChpState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
 }
 
 fn empty(status: StatusCode) -> Response {
@@ -413,13 +394,8 @@ pub fn parse_date_ms(s: &str) -> Option<u64> {
 }
 
 /// `/metrics` on the metrics listener: the gateway's series and the API's.
-pub async fn serve_metrics(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    state: Arc<ChpState>,
-    stop: impl Future<Output = ()> + Send + 'static,
-) {
-    let app = Router::new().fallback(move |req: Request| {
+pub fn metrics_router(proxy: Arc<Proxy>, state: Arc<ChpState>) -> Router {
+    Router::new().fallback(move |req: Request| {
         let proxy = Arc::clone(&proxy);
         let state = Arc::clone(&state);
         async move {
@@ -456,13 +432,7 @@ pub async fn serve_metrics(
             )
                 .into_response()
         }
-    });
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "metrics listener failed");
-    }
+    })
 }
 
 #[cfg(test)]

@@ -28,10 +28,18 @@ pub struct ChpArgs {
     pub ssl_key: Option<PathBuf>,
     pub ssl_cert: Option<PathBuf>,
     pub ssl_ca: Option<PathBuf>,
+    /// `--ssl-request-cert`: clients of the public port must present a
+    /// certificate chaining to `--ssl-ca` (Node's `requestCert`, whose
+    /// `rejectUnauthorized` is on unless set to false, which the command
+    /// line cannot do).
+    pub ssl_request_cert: bool,
     pub api_ssl_key: Option<PathBuf>,
     pub api_ssl_cert: Option<PathBuf>,
     pub api_ssl_ca: Option<PathBuf>,
+    /// `--api-ssl-request-cert`: as `ssl_request_cert`, for the API.
     pub api_ssl_request_cert: bool,
+    /// `--api-ssl-reject-unauthorized`: what Node does anyway once a
+    /// certificate is requested; kept to say it was given.
     pub api_ssl_reject_unauthorized: bool,
     pub client_ssl_key: Option<PathBuf>,
     pub client_ssl_cert: Option<PathBuf>,
@@ -84,6 +92,7 @@ impl Default for ChpArgs {
             api_ssl_key: None,
             api_ssl_cert: None,
             api_ssl_ca: None,
+            ssl_request_cert: false,
             api_ssl_request_cert: false,
             api_ssl_reject_unauthorized: false,
             client_ssl_key: None,
@@ -186,8 +195,8 @@ fn ignored_because(flag: &str) -> Option<&'static str> {
         "ssl-protocol" | "ssl-ciphers" | "ssl-allow-rc4" | "ssl-dhparam" => {
             "TLS 1.2 and 1.3 with rustls's safe defaults only"
         }
-        "ssl-request-cert" | "ssl-reject-unauthorized" => {
-            "no client certificates on the public port"
+        "ssl-reject-unauthorized" => {
+            "without --ssl-request-cert it has no effect, with it certificates are required anyway"
         }
         "client-ssl-request-cert" | "client-ssl-reject-unauthorized" => "no effect in CHP either",
         _ => return None,
@@ -214,12 +223,14 @@ Options:
   --host-routing                  Use host routing (host as first level of path)
   --ssl-key <keyfile>             TLS key for the public port
   --ssl-cert <certfile>           TLS certificate for the public port
-  --ssl-ca <ca-file>              TLS certificate authority chain
+  --ssl-ca <ca-file>              CA of the public port's client certificates
+  --ssl-request-cert              Require client certificates on the public port
   --api-ssl-key <keyfile>         TLS key for the API
   --api-ssl-cert <certfile>       TLS certificate for the API
   --api-ssl-ca <ca-file>          CA of API clients' certificates
-  --api-ssl-request-cert          Ask API clients for certificates
-  --api-ssl-reject-unauthorized   Refuse API clients without a valid certificate
+  --api-ssl-request-cert          Require API clients' certificates (chaining to --api-ssl-ca)
+  --api-ssl-reject-unauthorized   Refuse API clients without a valid certificate (the
+                                  default once one is requested, as in Node)
   --client-ssl-key <keyfile>      Client key for https:// targets
   --client-ssl-cert <certfile>    Client certificate for https:// targets
   --client-ssl-ca <ca-file>       CA that https:// targets' certificates chain to
@@ -245,8 +256,8 @@ Options:
   -h, --help                      display help for command
 
 Accepted and ignored, as CHP ignores them too: --storage-backend, --ssl-protocol,
---ssl-ciphers, --ssl-allow-rc4, --ssl-dhparam, --ssl-request-cert,
---ssl-reject-unauthorized, --client-ssl-request-cert, --client-ssl-reject-unauthorized.
+--ssl-ciphers, --ssl-allow-rc4, --ssl-dhparam, --ssl-reject-unauthorized,
+--client-ssl-request-cert, --client-ssl-reject-unauthorized.
 
 Environment: CONFIGPROXY_AUTH_TOKEN (the REST API's token; unset: the API is
 not authenticated, with a warning).
@@ -308,6 +319,7 @@ where
 fn set_switch(out: &mut ChpArgs, name: &str) {
     match name {
         "host-routing" => out.host_routing = true,
+        "ssl-request-cert" => out.ssl_request_cert = true,
         "api-ssl-request-cert" => out.api_ssl_request_cert = true,
         "api-ssl-reject-unauthorized" => out.api_ssl_reject_unauthorized = true,
         "no-x-forward" => out.x_forward = false,

@@ -16,15 +16,17 @@
 
 pub mod api;
 pub mod args;
+pub mod listen;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::chp::{ChpFlavor, ErrorPages};
 use gateway::proxy::Proxy;
-use gateway::{RouteHandle, RoutePublisher, ServerConfig, TableSettings, UpstreamConfig};
-use tokio::net::TcpListener;
+use gateway::{
+    RouteHandle, RoutePublisher, ServerConfig, TableSettings, TlsListener, UpstreamConfig,
+};
+use listen::Bound;
 
 pub use args::{ChpArgs, Exit};
 
@@ -47,86 +49,45 @@ pub enum ChpError {
     Invalid { flag: &'static str, message: String },
 }
 
-/// The address for `ip` (`''` and `*` are every interface; a name is
-/// resolved) and `port`.
-async fn listen_addr(ip: Option<&str>, port: u16) -> Result<SocketAddr, String> {
-    match ip.unwrap_or("") {
-        "" | "*" => Ok(SocketAddr::new(IpAddr::from([0u8; 16]), port)),
-        ip => {
-            if let Ok(a) = ip.trim_matches(['[', ']']).parse::<IpAddr>() {
-                return Ok(SocketAddr::new(a, port));
-            }
-            tokio::net::lookup_host((ip, port))
-                .await
-                .map_err(|e| e.to_string())?
-                .next()
-                .ok_or_else(|| format!("{ip:?} resolves to no address"))
+/// Refuses what rustls cannot do, naming it: encrypted private keys
+/// (CHP decrypts them with these environment variables' passphrases).
+fn check_supported() -> Result<(), ChpError> {
+    for var in [
+        "CONFIGPROXY_SSL_KEY_PASSPHRASE",
+        "CONFIGPROXY_API_SSL_KEY_PASSPHRASE",
+    ] {
+        if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+            return Err(ChpError::Unsupported(format!(
+                "{var} is set, but encrypted private keys are not supported: decrypt the key (openssl pkey -in KEY -out KEY.plain) and keep it readable only by this user"
+            )));
         }
     }
+    Ok(())
 }
 
-async fn bind(what: &'static str, ip: Option<&str>, port: u16) -> Result<TcpListener, ChpError> {
-    let shown = format!("{}:{port}", ip.unwrap_or(""));
-    let addr = listen_addr(ip, port).await.map_err(|e| ChpError::Bind {
-        what,
-        addr: shown.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    let socket = if addr.is_ipv6() {
-        tokio::net::TcpSocket::new_v6()
-    } else {
-        tokio::net::TcpSocket::new_v4()
-    }
-    .and_then(|s| {
-        s.set_reuseaddr(true)?;
-        s.bind(addr)?;
-        Ok(s)
-    })
-    .map_err(|source| ChpError::Bind {
-        what,
-        addr: shown.clone(),
-        source,
-    })?;
-    socket.listen(1024).map_err(|source| ChpError::Bind {
-        what,
-        addr: shown,
-        source,
-    })
-}
-
-/// Refuses what this mode does not do yet, naming it, rather than running
-/// without it.
-fn check_supported(a: &ChpArgs) -> Result<(), ChpError> {
-    let unsupported = [
-        ("socket", a.socket.is_some()),
-        ("api-socket", a.api_socket.is_some()),
-        ("metrics-socket", a.metrics_socket.is_some()),
-        ("ssl-key", a.ssl_key.is_some()),
-        ("ssl-cert", a.ssl_cert.is_some()),
-        ("api-ssl-key", a.api_ssl_key.is_some()),
-        ("api-ssl-cert", a.api_ssl_cert.is_some()),
-        ("client-ssl-key", a.client_ssl_key.is_some()),
-        ("client-ssl-cert", a.client_ssl_cert.is_some()),
-        ("redirect-port", a.redirect_port.is_some()),
-    ];
-    let named: Vec<&str> = unsupported
-        .iter()
-        .filter(|(_, on)| *on)
-        .map(|(f, _)| *f)
-        .collect();
-    if named.is_empty() {
-        Ok(())
-    } else {
-        Err(ChpError::Unsupported(format!(
-            "not supported yet by sessiongate chp: --{}",
-            named.join(", --")
-        )))
+/// A certificate and its key: both, or neither.
+fn pair<'a>(
+    flags: (&'static str, &'static str),
+    cert: Option<&'a std::path::Path>,
+    key: Option<&'a std::path::Path>,
+) -> Result<Option<(&'a std::path::Path, &'a std::path::Path)>, ChpError> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ChpError::Invalid {
+            flag: flags.0,
+            message: format!("needs --{} too", flags.1),
+        }),
+        (None, Some(_)) => Err(ChpError::Invalid {
+            flag: flags.1,
+            message: format!("needs --{} too", flags.0),
+        }),
     }
 }
 
 /// Runs the proxy until SIGTERM or SIGINT.
 pub async fn run(a: ChpArgs) -> Result<(), ChpError> {
-    check_supported(&a)?;
+    check_supported()?;
     for flag in &a.ignored {
         tracing::warn!(flag = %flag, reason = args::ignored_reason(flag), "option accepted and ignored, as configurable-http-proxy ignores it");
     }
@@ -163,13 +124,66 @@ pub async fn run(a: ChpArgs) -> Result<(), ChpError> {
         protocol_rewrite: a.protocol_rewrite.clone(),
     });
 
-    // Bound before anything is served: a port in use is an exit, not a
-    // proxy that keeps running without it (CHP 5.3.0 keeps running).
-    let public = bind("--ip/--port", a.ip.as_deref(), a.port).await?;
-    let api_listener = bind("--api-ip/--api-port", Some(&a.api_ip), a.api_port).await?;
-    let metrics_listener = match a.metrics_port {
-        Some(p) => Some(bind("--metrics-ip/--metrics-port", Some(&a.metrics_ip), p).await?),
+    // TLS material is read, and the listeners bound, before anything is
+    // served: a bad file or a port in use is an exit, not a proxy that keeps
+    // running without it (CHP 5.3.0 keeps running when it cannot bind).
+    let public_tls = match pair(
+        ("ssl-cert", "ssl-key"),
+        a.ssl_cert.as_deref(),
+        a.ssl_key.as_deref(),
+    )? {
+        Some((cert, key)) => Some(listen::tls_acceptor(
+            "ssl-cert",
+            cert,
+            key,
+            a.ssl_ca.as_deref(),
+            a.ssl_request_cert,
+        )?),
         None => None,
+    };
+    let api_tls = match pair(
+        ("api-ssl-cert", "api-ssl-key"),
+        a.api_ssl_cert.as_deref(),
+        a.api_ssl_key.as_deref(),
+    )? {
+        Some((cert, key)) => Some(listen::tls_acceptor(
+            "api-ssl-cert",
+            cert,
+            key,
+            a.api_ssl_ca.as_deref(),
+            a.api_ssl_request_cert,
+        )?),
+        None => None,
+    };
+    let client_identity = pair(
+        ("client-ssl-cert", "client-ssl-key"),
+        a.client_ssl_cert.as_deref(),
+        a.client_ssl_key.as_deref(),
+    )?;
+
+    let public = match &a.socket {
+        Some(path) => listen::unix("--socket", path).await?,
+        None => listen::tcp("--ip/--port", a.ip.as_deref(), a.port).await?,
+    };
+    let api_listener = match &a.api_socket {
+        Some(path) => listen::unix("--api-socket", path).await?,
+        None => listen::tcp("--api-ip/--api-port", Some(&a.api_ip), a.api_port).await?,
+    };
+    let metrics_listener = match (&a.metrics_socket, a.metrics_port) {
+        (Some(path), _) => Some(listen::unix("--metrics-socket", path).await?),
+        (None, Some(p)) => {
+            Some(listen::tcp("--metrics-ip/--metrics-port", Some(&a.metrics_ip), p).await?)
+        }
+        (None, None) => None,
+    };
+    // HTTP to HTTPS, on every interface as CHP listens, unless the proxy
+    // itself is on port 80 or on a unix socket.
+    let redirect = match (a.redirect_port, public.port()) {
+        (Some(from), Some(port)) if port != 80 => Some((
+            listen::tcp("--redirect-port", None, from).await?,
+            a.redirect_to.unwrap_or(port),
+        )),
+        _ => None,
     };
 
     let routes = RouteHandle::new();
@@ -200,11 +214,16 @@ pub async fn run(a: ChpArgs) -> Result<(), ChpError> {
     }
     // https:// targets: verified against the system's roots and
     // --client-ssl-ca, or not at all with --insecure.
+    // --client-ssl-cert and -key are presented to targets that ask.
     let tls_config = |verify: bool, ca: Option<&std::path::Path>| {
-        certs::client_config(verify, ca)
+        certs::client_config_with_identity(verify, ca, client_identity)
             .map(Arc::new)
             .map_err(|e| ChpError::Invalid {
-                flag: "client-ssl-ca",
+                flag: if client_identity.is_some() {
+                    "client-ssl-cert"
+                } else {
+                    "client-ssl-ca"
+                },
                 message: e.to_string(),
             })
     };
@@ -213,9 +232,17 @@ pub async fn run(a: ChpArgs) -> Result<(), ChpError> {
         no_verify: tls_config(false, None)?,
     });
     let proxy = Arc::new(
-        Proxy::new(routes.clone(), client, "http")
-            .with_chp(Arc::clone(&flavor))
-            .with_access_log(matches!(a.log_level.as_str(), "debug")),
+        Proxy::new(
+            routes.clone(),
+            client,
+            if public_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+        )
+        .with_chp(Arc::clone(&flavor))
+        .with_access_log(matches!(a.log_level.as_str(), "debug")),
     );
     let mut server = ServerConfig::default();
     if let Some(ms) = a.timeout_ms.filter(|ms| *ms > 0) {
@@ -223,55 +250,78 @@ pub async fn run(a: ChpArgs) -> Result<(), ChpError> {
     }
     server.header_read_timeout = Duration::from_millis(a.keep_alive_timeout_ms.max(1000));
     server.shutdown_grace = Duration::from_secs(1);
+    // CHP has no per-client cap, and a hub behind a load balancer sees few
+    // client addresses (one, for every unix-socket client).
+    server.max_connections_per_ip = server.max_connections;
 
     if let Some(p) = &a.pid_file {
         if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
             tracing::warn!(path = %p.display(), error = %e, "pid file not written");
         }
     }
-    let public_addr = public.local_addr().ok();
-    let api_addr = api_listener.local_addr().ok();
+    let scheme = |tls: bool| if tls { "https" } else { "http" };
     tracing::info!(
-        "Proxying http://{} to {}",
-        public_addr.map(|a| a.to_string()).unwrap_or_default(),
+        "Proxying {}://{} to {}",
+        scheme(public_tls.is_some()),
+        public.shown(),
         a.default_target.as_deref().unwrap_or("(no default)")
     );
     tracing::info!(
-        "Proxy API at http://{}/api/routes",
-        api_addr.map(|a| a.to_string()).unwrap_or_default()
+        "Proxy API at {}://{}/api/routes",
+        scheme(api_tls.is_some()),
+        api_listener.shown()
     );
+    if let Some(m) = &metrics_listener {
+        tracing::info!("Serve metrics at http://{}/metrics", m.shown());
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let proxy_task = tokio::spawn(gateway::server::run(
+    let proxy_task = tokio::spawn(serve_proxy(
         public,
+        public_tls.map(|acceptor| TlsListener { acceptor }),
         Arc::clone(&proxy),
         server,
         stopped(stop_rx.clone()),
     ));
-    let api_task = tokio::spawn(api::serve(
+    let mut tasks = vec![tokio::spawn(listen::serve_app(
         api_listener,
-        Arc::clone(&state),
+        api_tls,
+        api::router(Arc::clone(&state)),
         stopped(stop_rx.clone()),
-    ));
-    let metrics_task = metrics_listener.map(|l| {
-        tokio::spawn(api::serve_metrics(
+        "api",
+    ))];
+    if let Some(l) = metrics_listener {
+        tasks.push(tokio::spawn(listen::serve_app(
             l,
-            Arc::clone(&proxy),
-            Arc::clone(&state),
+            None,
+            api::metrics_router(Arc::clone(&proxy), Arc::clone(&state)),
             stopped(stop_rx.clone()),
-        ))
-    });
+            "metrics",
+        )));
+    }
+    if let Some((l, to)) = redirect {
+        tracing::info!(
+            "Added HTTP to HTTPS redirection from {} to {to}",
+            l.port().unwrap_or_default()
+        );
+        tasks.push(tokio::spawn(listen::serve_app(
+            l,
+            None,
+            listen::redirect_app(to),
+            stopped(stop_rx.clone()),
+            "redirect",
+        )));
+    }
 
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = proxy_task.await;
-        let _ = api_task.await;
-        if let Some(t) = metrics_task {
+        for t in tasks {
             let _ = t.await;
         }
     })
@@ -280,6 +330,28 @@ pub async fn run(a: ChpArgs) -> Result<(), ChpError> {
         let _ = std::fs::remove_file(p);
     }
     Ok(())
+}
+
+/// The public port: the gateway's accept loop on TCP or a unix socket,
+/// through TLS when asked.
+async fn serve_proxy(
+    bound: Bound,
+    tls: Option<TlsListener>,
+    proxy: Arc<Proxy>,
+    server: ServerConfig,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let served = match (bound, tls) {
+        (Bound::Tcp(l), None) => gateway::server::run(l, proxy, server, stop).await,
+        (Bound::Tcp(l), Some(t)) => gateway::server::run_tls(l, proxy, server, t, stop).await,
+        (Bound::Unix(l, _file), None) => gateway::server::run(l, proxy, server, stop).await,
+        (Bound::Unix(l, _file), Some(t)) => {
+            gateway::server::run_tls(l, proxy, server, t, stop).await
+        }
+    };
+    if let Err(e) = served {
+        tracing::error!(error = %e, "proxy listener failed");
+    }
 }
 
 async fn shutdown_signal() {

@@ -85,7 +85,7 @@ impl Proxy {
                 Err(Stop::Answer(if upgrade {
                     crate::chp::bare_status(code)
                 } else {
-                    crate::chp::error_page(chp, code, &url).await
+                    crate::chp::error_page(chp, &self.client, code, &url).await
                 }))
             }
             (ended, _, _) => ended,

@@ -37,7 +37,9 @@ pub use handle::{FollowError, RouteHandle, TableChange, TableObserver};
 pub(crate) use map::RouteMap;
 pub use map::{RouteIter, Routes, SHARDS};
 use route::RouteKeys;
-pub use route::{is_redirect_url, Route, RouteSpec, RouteTarget, Upstream, UpstreamError};
+pub use route::{
+    is_redirect_url, unix_path_of, Route, RouteSpec, RouteTarget, Upstream, UpstreamError,
+};
 pub use state::RouteState;
 
 /// Kept here for the callers that found it with the table's validation.

@@ -54,6 +54,66 @@ impl Upstream {
         }
         Ok(Upstream { scheme, authority })
     }
+
+    /// The scheme of an upstream on a unix socket: configurable-http-proxy's
+    /// `http+unix://<percent-encoded socket path>` targets.
+    pub const UNIX_SCHEME: &'static str = "http+unix";
+
+    /// An upstream on the unix socket whose path is `encoded`, percent-encoded
+    /// as one URL host (`%2Fvar%2Frun%2Fapp.sock`). Only the CHP mode makes
+    /// these; a route file's `http+unix://` is refused by [`Upstream::parse`].
+    ///
+    /// A URL authority cannot hold `%`, so the path is kept hex-encoded as
+    /// the authority: one pool per socket, and [`fmt::Display`] shows it as
+    /// it was given.
+    pub fn unix_socket(encoded: &str) -> Result<Self, UpstreamError> {
+        let input = format!("{}://{encoded}", Self::UNIX_SCHEME);
+        let path = match crate::chp::decode(encoded) {
+            Some(p) if !p.is_empty() => p,
+            _ => return Err(UpstreamError::MissingHost(input)),
+        };
+        let mut hex = String::with_capacity(path.len() * 2);
+        for b in path.bytes() {
+            hex.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            hex.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+        }
+        let authority: Authority = hex.parse().map_err(|reason| UpstreamError::NotAUrl {
+            input: input.clone(),
+            reason,
+        })?;
+        let scheme =
+            Scheme::try_from(Self::UNIX_SCHEME).map_err(|reason| UpstreamError::NotAUrl {
+                input: input.clone(),
+                reason,
+            })?;
+        Ok(Upstream { scheme, authority })
+    }
+
+    /// The socket's path, for an `http+unix://` upstream (`None` for
+    /// another scheme).
+    pub fn unix_path(&self) -> Option<std::path::PathBuf> {
+        if self.scheme.as_str() != Self::UNIX_SCHEME {
+            return None;
+        }
+        unix_path_of(self.authority.as_str())
+    }
+}
+
+/// The socket path an `http+unix://` upstream's authority holds, hex-encoded
+/// by [`Upstream::unix_socket`].
+pub fn unix_path_of(authority: &str) -> Option<std::path::PathBuf> {
+    let hex = authority.as_bytes();
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let bytes = hex
+        .chunks(2)
+        .map(|p| Some(digit(p[0])? * 16 + digit(p[1])?))
+        .collect::<Option<Vec<u8>>>()?;
+    Some(std::path::PathBuf::from(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&bytes),
+    ))
 }
 
 /// Why a string is not an upstream. Each names the string as it was given.
@@ -78,6 +138,10 @@ pub enum UpstreamError {
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(path) = self.unix_path() {
+            let encoded = crate::chp::encode_component(&path.to_string_lossy());
+            return write!(f, "{}://{encoded}", Self::UNIX_SCHEME);
+        }
         write!(f, "{}://{}", self.scheme, self.authority)
     }
 }
