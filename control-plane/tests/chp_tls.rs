@@ -17,7 +17,10 @@
 //! certificate without its key (CHP starts, or exits without naming the
 //! flag). JupyterHub's own `test_internal_ssl_connections` runs in CI too.
 
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+mod chp_common;
+
+use chp_common::free_ports;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,10 +50,8 @@ fn proxy_command() -> Vec<String> {
 }
 
 fn free_port() -> u16 {
-    StdTcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    let [port] = free_ports::<1>();
+    port
 }
 
 /// A directory of its own, removed unless the test failed.
@@ -281,8 +282,7 @@ impl Proxy {
     /// Starts the proxy with `flags` on free ports and waits until both
     /// ports accept TCP connections.
     async fn start(scratch: &Scratch, flags: &[&str]) -> Proxy {
-        let port = free_port();
-        let api_port = free_port();
+        let [port, api_port] = free_ports::<2>();
         let log = scratch.path("proxy.log");
         let argv: Vec<String> = proxy_command()
             .into_iter()

@@ -168,6 +168,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn request_targets_are_read_as_node_s_url_parser_reads_them() {
+        for (raw, node) in [
+            ("/user/ann/x?y=1", "/user/ann/x?y=1"),
+            ("/user/ann/../annie/x", "/user/annie/x"),
+            ("/user/ann/%2e%2E/annie/x", "/user/annie/x"),
+            ("/user/ann/.%2e/annie/x", "/user/annie/x"),
+            ("/user/./ann/x", "/user/ann/x"),
+            ("/user\\ann/x", "/user/ann/x"),
+            ("/a/..", "/"),
+            ("/..", "/"),
+            ("/a/.", "/a/"),
+            ("/a/b/", "/a/b/"),
+            ("/a//b", "/a//b"),
+            ("/a/{b}\"c`", "/a/%7Bb%7D%22c%60"),
+            ("/a/x%20y", "/a/x%20y"),
+            ("/a/caf\u{e9}", "/a/caf%C3%A9"),
+            ("/q?x='y'&z={}", "/q?x=%27y%27&z={}"),
+            ("/q/../r?a/../b", "/r?a/../b"),
+            ("/file.js", "/file.js"),
+            ("/.well-known/x", "/.well-known/x"),
+        ] {
+            assert_eq!(url_path_and_query(raw), node, "{raw:?}");
+        }
+    }
+
+    #[test]
     fn unix_targets_keep_their_socket_path_and_show_as_given() {
         let (u, path) =
             split_target("http+unix://%2Ftmp%2Fa%20b.sock/base?x=1").expect("a unix target");
@@ -401,8 +427,14 @@ pub fn healthz() -> Response<ProxyBody> {
 }
 
 /// CHP's status for a failure: no route 404, an upstream that failed in
-/// any way 503 (where this gateway says 502 or 504), the rest as they are.
+/// any way 503 (where this gateway says 502 or 504), a route whose target
+/// cannot be proxied to (not a URL, or a scheme other than `http`, `https`
+/// and `http+unix`: the only inactive routes of this mode) 500, as CHP's
+/// handler throws on it; the rest as they are.
 pub fn status_of(err: &crate::error::ProxyError) -> StatusCode {
+    if matches!(err, crate::error::ProxyError::Inactive(_)) {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
     let s = err.status();
     match s {
         StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => StatusCode::SERVICE_UNAVAILABLE,
@@ -590,6 +622,95 @@ pub fn append_forwarding(
             headers.insert(HeaderName::from_static("x-forwarded-host"), v);
         }
     }
+}
+
+/// A byte the WHATWG URL parser percent-encodes in a path: C0 controls,
+/// space, `"`, `#`, `<`, `>`, `?`, `` ` ``, `{`, `}`, DEL and non-ASCII.
+fn path_escaped(b: u8) -> bool {
+    b <= 0x20 || b >= 0x7f || b"\"#<>?`{}".contains(&b)
+}
+
+/// As [`path_escaped`], for a query of a special URL: C0 controls, space,
+/// `"`, `#`, `<`, `>`, `'`, DEL and non-ASCII.
+fn query_escaped(b: u8) -> bool {
+    b <= 0x20 || b >= 0x7f || b"\"#<>'".contains(&b)
+}
+
+fn single_dot(seg: &str) -> bool {
+    seg == "." || seg.eq_ignore_ascii_case("%2e")
+}
+
+fn double_dot(seg: &str) -> bool {
+    matches!(seg.len(), 2 | 4 | 6)
+        && (seg == ".."
+            || seg.eq_ignore_ascii_case(".%2e")
+            || seg.eq_ignore_ascii_case("%2e.")
+            || seg.eq_ignore_ascii_case("%2e%2e"))
+}
+
+/// What Node's `new URL(target, base)` makes of a request target's path
+/// and query (`pathname + search`), which CHP routes by and http-proxy-3
+/// forwards: `\` is a `/`, `.` and `..` segments (`%2e` too) are resolved,
+/// and the bytes the WHATWG URL standard escapes are percent-encoded (`%`
+/// sequences already there are kept). Borrowed when nothing changes, which
+/// is every ordinary request.
+pub fn url_path_and_query(raw: &str) -> std::borrow::Cow<'_, str> {
+    let (path, query) = match raw.find('?') {
+        Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+        None => (raw, None),
+    };
+    let plain_path = path.starts_with('/')
+        && !path.bytes().any(|b| b == b'\\' || path_escaped(b))
+        && !path.split('/').any(|s| single_dot(s) || double_dot(s));
+    let plain_query = query.is_none_or(|q| !q.bytes().any(query_escaped));
+    if plain_path && plain_query {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let mut segments: Vec<String> = Vec::new();
+    let body = path.strip_prefix(['/', '\\']).unwrap_or(path);
+    let parts: Vec<&str> = body.split(['/', '\\']).collect();
+    let last = parts.len() - 1;
+    for (i, seg) in parts.iter().enumerate() {
+        if double_dot(seg) {
+            segments.pop();
+            if i == last {
+                segments.push(String::new());
+            }
+        } else if single_dot(seg) {
+            if i == last {
+                segments.push(String::new());
+            }
+        } else {
+            let mut out = String::with_capacity(seg.len());
+            for &b in seg.as_bytes() {
+                if path_escaped(b) {
+                    let _ = write!(out, "%{b:02X}");
+                } else {
+                    out.push(b as char);
+                }
+            }
+            segments.push(out);
+        }
+    }
+    let mut out = String::with_capacity(raw.len() + 8);
+    for seg in &segments {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if segments.is_empty() {
+        out.push('/');
+    }
+    if let Some(q) = query {
+        out.push('?');
+        for &b in q.as_bytes() {
+            if query_escaped(b) {
+                let _ = write!(out, "%{b:02X}");
+            } else {
+                out.push(b as char);
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The upstream request's path and query: the target's path joined to the

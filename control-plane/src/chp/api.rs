@@ -101,14 +101,14 @@ impl ChpState {
             let host = key.split('/').nth(1).unwrap_or("").to_string();
             data.insert("host".into(), Value::String(host));
         }
-        // A target this proxy cannot reach (`ftp://`, say) is kept
-        // as posted (JupyterHub compares it) and its route answers 503, as
-        // CHP's does for a target that does not answer: the route is there,
-        // inactive, so that no shorter prefix takes its requests.
+        // A target this proxy cannot reach (not a URL, `ftp://`) is kept
+        // as posted (JupyterHub compares it) and its route answers 500, as
+        // CHP's handler throws on it: the route is there, inactive, so that
+        // no shorter prefix takes its requests.
         let spec = match self.spec(&key, &target) {
             Ok(spec) => spec,
             Err(e) => {
-                tracing::warn!(route = %key, error = %e, "route kept, but its target cannot be proxied to: it answers 503");
+                tracing::warn!(route = %key, error = %e, "route kept, but its target cannot be proxied to: it answers 500");
                 self.spec(&key, "http://127.0.0.1:9")?.inactive(true)
             }
         };
@@ -317,15 +317,17 @@ async fn route_request(state: &ChpState, req: Request) -> Response {
     }
 }
 
-/// CHP's `/token\s+(\S+)/` on the `Authorization` header.
+/// CHP's `/token\s+(\S+)/` on the `Authorization` header: the first
+/// `token` followed by whitespace and a word (`tokens token abc` is `abc`).
 fn token_of(header: &str) -> Option<&str> {
-    let at = header.find("token")?;
-    let rest = &header[at + "token".len()..];
-    let trimmed = rest.trim_start();
-    if trimmed.len() == rest.len() {
-        return None;
-    }
-    trimmed.split_whitespace().next()
+    header.match_indices("token").find_map(|(at, _)| {
+        let rest = &header[at + "token".len()..];
+        let trimmed = rest.trim_start();
+        if trimmed.len() == rest.len() {
+            return None;
+        }
+        trimmed.split_whitespace().next()
+    })
 }
 
 /// An ISO 8601 date or date-time (what `Date.parse` reads of it): Unix ms.
@@ -447,6 +449,8 @@ mod tests {
             ("Bearer abc", None),
             ("tokenabc", None),
             ("x token abc", Some("abc")),
+            ("tokens token abc", Some("abc")),
+            ("tokenabc token", None),
         ] {
             assert_eq!(token_of(h), want, "{h:?}");
         }

@@ -201,7 +201,10 @@ impl Proxy {
             ctx.kind = RequestKind::Portal;
             return Err(Stop::Answer(crate::chp::healthz()));
         }
-        let path = req.uri().path();
+        // Routed by the path as Node's URL parser reads it (dot segments
+        // resolved, `\\` as `/`), which is also the path forwarded.
+        let parsed = crate::chp::url_path_and_query(req.uri().path());
+        let path = parsed.as_ref();
         // CHP keys hosts as sent, up to the first `:` (`host.split(":")[0]`).
         let bare = host.sent_str.split(':').next().unwrap_or("");
         let key =
@@ -800,7 +803,14 @@ fn chp_upstream_uri(
         (Some(p), true) => p.as_ref(),
         _ => "",
     };
-    let pq = crate::chp::upstream_path(base, rest);
+    // http-proxy-3's getPath: what is left of the raw URL, read by Node's
+    // URL parser (an empty rest, or a query alone, as it is).
+    let rest = if rest.is_empty() || rest.starts_with('?') {
+        std::borrow::Cow::Borrowed(rest)
+    } else {
+        crate::chp::url_path_and_query(rest)
+    };
+    let pq = crate::chp::upstream_path(base, &rest);
     Uri::builder()
         .scheme(upstream.scheme.clone())
         .authority(upstream.authority.clone())
