@@ -9,6 +9,9 @@
 //! route: on (system roots plus an optional CA bundle) unless the route says
 //! `tls_verify = false`. Each combination has its own pool.
 //!
+//! Plain `http://` upstreams go through [`crate::pool`]: per-thread
+//! keep-alive connections on hyper's own HTTP/1.1 client.
+//!
 //! `http+unix://` upstreams (the CHP mode's targets on a unix socket) have a
 //! pool of their own, with a connector that decodes the socket's path from
 //! the URL's host.
@@ -119,7 +122,7 @@ impl tower::Service<http::Uri> for UnixConnector {
 /// A keep-alive pool per upstream authority, shared by all routes.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, UpstreamRequestBody>,
+    http1: crate::pool::Http1Pool,
     unix: Client<UnixConnector, UpstreamRequestBody>,
     tls: Option<TlsClients>,
     config: UpstreamConfig,
@@ -127,12 +130,16 @@ pub struct UpstreamClient {
 
 impl UpstreamClient {
     pub fn new(config: UpstreamConfig) -> Self {
-        let client = Self::builder(&config).build(Self::connector(&config));
+        let http1 = crate::pool::Http1Pool::new(
+            config.connect_timeout,
+            config.pool_idle_timeout,
+            config.pool_max_idle_per_host,
+        );
         let unix = Self::builder(&config).build(UnixConnector {
             connect_timeout: config.connect_timeout,
         });
         UpstreamClient {
-            client,
+            http1,
             unix,
             tls: None,
             config,
@@ -200,26 +207,48 @@ impl UpstreamClient {
         progress: Option<Arc<AtomicU64>>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let timeout = self.config.response_timeout;
-        let fut = if upstream.scheme == http::uri::Scheme::HTTPS {
-            let Some(tls) = &self.tls else {
+        let fut = async {
+            if upstream.scheme == http::uri::Scheme::HTTP {
+                let mut req = req;
+                // hyper's connection writes the URI as given: origin-form.
+                if let Some(pq) = req.uri().path_and_query().cloned() {
+                    *req.uri_mut() = http::Uri::from(pq);
+                }
+                return self
+                    .http1
+                    .send(&upstream.authority, req, upgrade)
+                    .await
+                    .map_err(|e| match e {
+                        crate::pool::SendError::Connect(io) => {
+                            self.classify_error(upstream, &io, true)
+                        }
+                        crate::pool::SendError::Http(h) => self.classify_error(upstream, &h, false),
+                    });
+            }
+            let legacy = if upstream.scheme == http::uri::Scheme::HTTPS {
+                let Some(tls) = &self.tls else {
+                    return Err(ProxyError::UpstreamSchemeUnsupported(upstream.to_string()));
+                };
+                match (tls_verify, upgrade) {
+                    (true, false) => tls.verify.request(req),
+                    (true, true) => tls.verify_h1.request(req),
+                    (false, false) => tls.no_verify.request(req),
+                    (false, true) => tls.no_verify_h1.request(req),
+                }
+            } else if upstream.scheme.as_str() == Upstream::UNIX_SCHEME {
+                self.unix.request(req)
+            } else {
                 return Err(ProxyError::UpstreamSchemeUnsupported(upstream.to_string()));
             };
-            match (tls_verify, upgrade) {
-                (true, false) => tls.verify.request(req),
-                (true, true) => tls.verify_h1.request(req),
-                (false, false) => tls.no_verify.request(req),
-                (false, true) => tls.no_verify_h1.request(req),
-            }
-        } else if upstream.scheme.as_str() == Upstream::UNIX_SCHEME {
-            self.unix.request(req)
-        } else {
-            self.client.request(req)
+            legacy
+                .await
+                .map_err(|e| self.classify_error(upstream, &e, e.is_connect()))
         };
         tokio::pin!(fut);
         let mut deadline = Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, &mut fut).await {
-                Ok(result) => return result.map_err(|e| self.classify(upstream, &e)),
+                Ok(result) => return result,
                 Err(_) => {
                     // Still uploading? Count the timeout from the last byte sent.
                     let last = progress.as_ref().map(|p| p.load(Ordering::Relaxed));
@@ -239,7 +268,14 @@ impl UpstreamClient {
         }
     }
 
-    fn classify(&self, upstream: &Upstream, err: &hyper_util::client::legacy::Error) -> ProxyError {
+    /// The gateway's words for `err`; `connect`: it happened while
+    /// connecting (nothing was sent).
+    fn classify_error(
+        &self,
+        upstream: &Upstream,
+        err: &(dyn StdError + 'static),
+        connect: bool,
+    ) -> ProxyError {
         let io_err = find_source::<io::Error>(err);
         // rustls reports through an io::Error whose inner error is the
         // rustls::Error (io::Error::source skips the inner error itself).
@@ -252,7 +288,7 @@ impl UpstreamClient {
                 reason,
             };
         }
-        if err.is_connect() {
+        if connect {
             if let Some(e) = io_err {
                 if e.kind() == io::ErrorKind::TimedOut {
                     return ProxyError::UpstreamConnectTimeout {
