@@ -5,8 +5,10 @@
 //! `routes`, `ws-echo`, and `churn` for sessiongate alone); `tls-handshakes`, new TLS
 //! connections against sessiongate's HTTPS listener and nginx's;
 //! `table-updates`, the route table under a stream of single-route changes;
-//! and the attacks, `slowloris` and `h2-flood`: a normal client's latency
-//! and the server's memory while sessiongate and nginx are attacked.
+//! the attacks, `slowloris` and `h2-flood`: a normal client's latency
+//! and the server's memory while sessiongate and nginx are attacked; and
+//! `instructions`, instructions per proxied request under callgrind for
+//! sessiongate and nginx.
 //!
 //! # Layout
 //!
@@ -34,11 +36,13 @@
 //! - `floods.rs`: `slowloris` and `h2-flood`; `attackers.rs`: slowhttptest
 //!   and h2load, and the connection count from /proc; `rapid_reset.rs`: the
 //!   HTTP/2 rapid-reset client.
+//! - `instructions.rs`: `instructions`, the proxies under callgrind.
 
 mod api;
 mod attackers;
 mod churn;
 mod floods;
+mod instructions;
 mod openssl;
 mod peers;
 mod postgres;
@@ -113,6 +117,10 @@ enum Scenario {
     /// sessiongate and nginx; RSS before and after.
     #[command(name = "h2-flood")]
     H2Flood(floods::H2FloodArgs),
+    /// Instructions per proxied request under callgrind, sessiongate and
+    /// nginx (one process) under the same light load; sessiongate's
+    /// profile printed.
+    Instructions(instructions::InstructionsArgs),
 }
 
 /// How a scenario ended, for the exit status.
@@ -148,6 +156,7 @@ fn main() -> ExitCode {
         Scenario::TlsHandshakes(args) => tls_handshakes::run(args).into(),
         Scenario::Slowloris(args) => floods::slowloris(args).into(),
         Scenario::H2Flood(args) => floods::h2_flood(args).into(),
+        Scenario::Instructions(args) => instructions::run(args).into(),
     };
     match outcome {
         Outcome::Clean => ExitCode::SUCCESS,

@@ -370,10 +370,20 @@ fn start_sessiongate(
     })
 }
 
+/// How nginx runs: a master process and one worker (every scenario but
+/// one), or a single process that serves requests itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NginxProcesses {
+    MasterAndWorker,
+    /// `master_process off`: no master, no fork, so the process started is
+    /// the one that serves, as `bench instructions` needs under callgrind.
+    Single,
+}
+
 /// The start of every nginx configuration here: one worker, everything
 /// (pid, logs, temp paths) inside `dir` so that no system state is touched,
 /// no access log; it leaves the `http` block open.
-fn nginx_preamble(dir: &Path, as_root: bool) -> String {
+fn nginx_preamble(dir: &Path, as_root: bool, processes: NginxProcesses) -> String {
     let d = dir.display();
     // As root, the compiled-in worker user is nobody:nobody, and Debian has
     // no group "nobody".
@@ -382,9 +392,13 @@ fn nginx_preamble(dir: &Path, as_root: bool) -> String {
     } else {
         ""
     };
+    let master = match processes {
+        NginxProcesses::MasterAndWorker => "",
+        NginxProcesses::Single => "master_process off;\n",
+    };
     format!(
         r#"{user}worker_processes 1;
-daemon off;
+{master}daemon off;
 pid "{d}/nginx.pid";
 error_log "{d}/error.log" warn;
 
@@ -412,6 +426,7 @@ http {{
 /// looked up in a `map` and unknown hosts answer 404. With `h2c_port`, the
 /// same server also listens there for HTTP/2 with prior knowledge (nginx
 /// speaks only HTTP/2 on a `listen ... http2` port without TLS).
+/// `processes` says whether a master runs.
 pub fn nginx_config(
     dir: &Path,
     port: u16,
@@ -419,8 +434,9 @@ pub fn nginx_config(
     map_file: Option<(&Path, usize)>,
     h2c_port: Option<u16>,
     as_root: bool,
+    processes: NginxProcesses,
 ) -> String {
-    let preamble = nginx_preamble(dir, as_root);
+    let preamble = nginx_preamble(dir, as_root, processes);
     let (route_map, check, pass) = match map_file {
         Some((file, count)) => (
             format!(
@@ -488,7 +504,7 @@ DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305";
 /// settings (the groups sessiongate offers, in its order), a shared session
 /// cache and session tickets, and `return 200` for every request.
 pub fn nginx_tls_config(dir: &Path, port: u16, certs: &CertPair, as_root: bool) -> String {
-    let preamble = nginx_preamble(dir, as_root);
+    let preamble = nginx_preamble(dir, as_root, NginxProcesses::MasterAndWorker);
     let (cert, key, name) = (certs.cert(), certs.key(), &certs.name);
     let (cert, key) = (cert.display(), key.display());
     format!(
@@ -518,13 +534,42 @@ pub fn nginx_tls_config(dir: &Path, port: u16, certs: &CertPair, as_root: bool) 
 
 /// Starts nginx (master + one worker) in the foreground with `routes`.
 pub fn nginx(binary: &Path, dir: &Path, origin: SocketAddr, routes: &Routes) -> Result<Target> {
+    nginx_with(binary, dir, origin, routes, NginxProcesses::MasterAndWorker)
+}
+
+/// [`nginx`] as a single process (`master_process off`): the pid started
+/// is the one that serves.
+pub fn nginx_single_process(
+    binary: &Path,
+    dir: &Path,
+    origin: SocketAddr,
+    routes: &Routes,
+) -> Result<Target> {
+    nginx_with(binary, dir, origin, routes, NginxProcesses::Single)
+}
+
+fn nginx_with(
+    binary: &Path,
+    dir: &Path,
+    origin: SocketAddr,
+    routes: &Routes,
+    processes: NginxProcesses,
+) -> Result<Target> {
     let port = free_port()?;
     let map = dir.join("routes.map");
     if routes.lookup {
         routes.write_lines(&map, "origin", ";")?;
     }
     let map_file = routes.lookup.then_some((map.as_path(), routes.hosts.len()));
-    let text = nginx_config(dir, port, origin, map_file, None, running_as_root());
+    let text = nginx_config(
+        dir,
+        port,
+        origin,
+        map_file,
+        None,
+        running_as_root(),
+        processes,
+    );
     start_nginx(binary, dir, text, port, |addr| routes_ready(addr, routes))
 }
 
@@ -534,7 +579,15 @@ pub fn nginx(binary: &Path, dir: &Path, origin: SocketAddr, routes: &Routes) -> 
 pub fn nginx_h2c(binary: &Path, dir: &Path, origin: SocketAddr) -> Result<(Target, SocketAddr)> {
     let (port, h2c) = (free_port()?, free_port()?);
     let routes = Routes::one();
-    let text = nginx_config(dir, port, origin, None, Some(h2c), running_as_root());
+    let text = nginx_config(
+        dir,
+        port,
+        origin,
+        None,
+        Some(h2c),
+        running_as_root(),
+        NginxProcesses::MasterAndWorker,
+    );
     let target = start_nginx(binary, dir, text, port, |addr| routes_ready(addr, &routes))?;
     Ok((target, SocketAddr::from(([127, 0, 0, 1], h2c))))
 }
@@ -699,7 +752,8 @@ mod tests {
     #[test]
     fn nginx_config_keeps_everything_in_dir() {
         let origin = SocketAddr::from(([127, 0, 0, 1], 9));
-        let text = nginx_config(Path::new("/tmp/x y"), 8080, origin, None, None, true);
+        let m = NginxProcesses::MasterAndWorker;
+        let text = nginx_config(Path::new("/tmp/x y"), 8080, origin, None, None, true, m);
         assert!(text.starts_with("user nobody nogroup;"));
         assert!(text.contains("pid \"/tmp/x y/nginx.pid\";"));
         assert!(text.contains("keepalive 64;"));
@@ -708,10 +762,28 @@ mod tests {
         assert!(text.contains("proxy_pass http://origin;"));
         assert!(text.contains("proxy_set_header Connection $connection_upgrade;"));
         assert!(!text.contains("map $host"));
-        assert!(!nginx_config(Path::new("/t"), 1, origin, None, None, false).contains("user "));
+        assert!(!nginx_config(Path::new("/t"), 1, origin, None, None, false, m).contains("user "));
+        assert!(!text.contains("master_process"));
         assert!(!text.contains("http2"));
-        let h2 = nginx_config(Path::new("/t"), 1, origin, None, Some(2), false);
+        let h2 = nginx_config(Path::new("/t"), 1, origin, None, Some(2), false, m);
         assert!(h2.contains("listen 127.0.0.1:1;\n        listen 127.0.0.1:2 http2;"));
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
+
+    #[test]
+    fn nginx_config_as_a_single_process() {
+        let origin = SocketAddr::from(([127, 0, 0, 1], 9));
+        let text = nginx_config(
+            Path::new("/t"),
+            1,
+            origin,
+            None,
+            None,
+            false,
+            NginxProcesses::Single,
+        );
+        assert!(text.starts_with("worker_processes 1;\nmaster_process off;\ndaemon off;\n"));
+        assert!(text.contains("proxy_pass http://origin;"));
         assert_eq!(text.matches('{').count(), text.matches('}').count());
     }
 
@@ -726,6 +798,7 @@ mod tests {
             Some((map, 100_000)),
             None,
             false,
+            NginxProcesses::MasterAndWorker,
         );
         assert!(text.contains("map_hash_max_size 200000;"));
         assert!(text.contains("include \"/tmp/w/routes.map\";"));
