@@ -38,6 +38,10 @@ pub struct UpstreamBody {
     admitted: Admitted,
     /// No length, or a long one: a new target ends it too.
     live: bool,
+    /// The pooled upstream connection it came on, put back once the body
+    /// has been read to its end (dropped with the body otherwise, which
+    /// closes it).
+    reuse: Option<Box<crate::pool::PoolReturn>>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -47,12 +51,29 @@ impl std::fmt::Debug for UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, admitted: Admitted, live: bool) -> Self {
-        UpstreamBody {
+    pub(crate) fn new(
+        inner: Incoming,
+        admitted: Admitted,
+        live: bool,
+        reuse: Option<Box<crate::pool::PoolReturn>>,
+    ) -> Self {
+        let mut body = UpstreamBody {
             inner,
             waiting: Waiting::default(),
             admitted,
             live,
+            reuse,
+        };
+        body.put_back_if_ended();
+        body
+    }
+
+    /// Once the upstream's body has ended, its connection serves others.
+    fn put_back_if_ended(&mut self) {
+        if self.inner.is_end_stream() {
+            if let Some(r) = self.reuse.take() {
+                r.put_back();
+            }
         }
     }
 
@@ -72,6 +93,15 @@ impl UpstreamBody {
             if let Err(refusal) = self.admitted.check(self.live) {
                 return Poll::Ready(Some(Err(Revoked(refusal).into())));
             }
+        }
+        match &poll {
+            Poll::Ready(None) => {
+                if let Some(r) = self.reuse.take() {
+                    r.put_back();
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => self.put_back_if_ended(),
+            _ => {}
         }
         poll.map_err(BodyError::from)
     }

@@ -523,9 +523,12 @@ async fn fetch_error_page(
         .body(crate::body::UpstreamRequestBody::empty())
         .ok()?;
     let fetch = async {
-        let resp = client.send(&upstream, true, false, req, None).await.ok()?;
-        let (parts, body) = resp.into_parts();
+        let sent = client.send(&upstream, true, false, req, None).await.ok()?;
+        let (parts, body) = sent.response.into_parts();
         let bytes = body.collect().await.ok()?.to_bytes();
+        if let Some(r) = sent.reuse {
+            r.put_back();
+        }
         Some((parts, bytes))
     };
     let (parts, bytes) = tokio::time::timeout(std::time::Duration::from_secs(10), fetch)

@@ -48,7 +48,7 @@ pub mod headers;
 mod limits;
 pub mod metrics;
 pub mod names;
-mod pool;
+pub mod pool;
 pub mod proxy;
 pub mod publish;
 pub mod router;

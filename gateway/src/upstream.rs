@@ -82,6 +82,14 @@ struct TlsClients {
     no_verify_h1: HttpsClient,
 }
 
+/// An upstream's response head, and the pooled connection it came on, to
+/// be put back once the body has been read to its end.
+#[derive(Debug)]
+pub struct Upstreamed {
+    pub response: Response<Incoming>,
+    pub reuse: Option<Box<crate::pool::PoolReturn>>,
+}
+
 /// Connects `http+unix://` upstreams: the URL's host is the socket's path,
 /// percent-encoded.
 #[derive(Clone, Debug)]
@@ -205,7 +213,7 @@ impl UpstreamClient {
         upgrade: bool,
         req: Request<UpstreamRequestBody>,
         progress: Option<Arc<AtomicU64>>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Upstreamed, ProxyError> {
         let timeout = self.config.response_timeout;
         let fut = async {
             if upstream.scheme == http::uri::Scheme::HTTP {
@@ -218,6 +226,7 @@ impl UpstreamClient {
                     .http1
                     .send(&upstream.authority, req, upgrade)
                     .await
+                    .map(|(response, reuse)| Upstreamed { response, reuse })
                     .map_err(|e| match e {
                         crate::pool::SendError::Connect(io) => {
                             self.classify_error(upstream, &io, true)
@@ -242,6 +251,10 @@ impl UpstreamClient {
             };
             legacy
                 .await
+                .map(|response| Upstreamed {
+                    response,
+                    reuse: None,
+                })
                 .map_err(|e| self.classify_error(upstream, &e, e.is_connect()))
         };
         tokio::pin!(fut);

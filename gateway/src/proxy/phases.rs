@@ -416,7 +416,7 @@ impl Proxy {
         route: &Route,
         outbound: Outbound,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, Stop> {
+    ) -> Result<crate::upstream::Upstreamed, Stop> {
         let resp = self
             .client
             .send(
@@ -441,12 +441,16 @@ impl Proxy {
     /// live, and a new target ends it too.
     fn respond(
         &self,
-        resp: Response<Incoming>,
+        upstreamed: crate::upstream::Upstreamed,
         client: ClientSide,
         target: Target,
         conn: &ConnInfo,
         ctx: &mut RequestCtx,
     ) -> Result<Response<ProxyBody>, Stop> {
+        let crate::upstream::Upstreamed {
+            response: resp,
+            reuse,
+        } = upstreamed;
         let mut admitted = Admitted::new(target.route, ctx.user.take(), ctx.since);
         admitted
             .check(false)
@@ -476,7 +480,7 @@ impl Proxy {
         );
         let live =
             !body.is_end_stream() && body.size_hint().exact().is_none_or(|n| n > STREAMING_BYTES);
-        let body = ProxyBody::Upstream(UpstreamBody::new(body, admitted, live));
+        let body = ProxyBody::Upstream(UpstreamBody::new(body, admitted, live, reuse));
         Ok(Response::from_parts(parts, body))
     }
 
