@@ -199,6 +199,18 @@ pub struct H2loadResult {
     pub status_other: u64,
     /// The run's own duration, from "finished in".
     pub seconds: f64,
+    /// Requests completed, with or without success.
+    pub done: u64,
+    pub errored: u64,
+    pub timeout: u64,
+    /// "finished in …, N req/s".
+    pub req_per_sec: f64,
+    /// "Application protocol: h2"; `None` when none was negotiated.
+    pub protocol: Option<String>,
+    /// "time for request:" mean and max, in µs (h2load reports no
+    /// percentiles).
+    pub mean_us: Option<f64>,
+    pub max_us: Option<f64>,
 }
 
 impl H2loadResult {
@@ -209,6 +221,9 @@ impl H2loadResult {
         self.status_2xx += other.status_2xx;
         self.status_other += other.status_other;
         self.seconds += other.seconds;
+        self.done += other.done;
+        self.errored += other.errored;
+        self.timeout += other.timeout;
     }
 }
 
@@ -219,9 +234,15 @@ pub fn parse_h2load(report: &str) -> Result<H2loadResult> {
     for line in report.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("finished in ") {
             // "62.51ms, 63985.67 req/s, 5.25MB/s"
-            let first = rest.split(',').next().unwrap_or("");
+            let mut parts = rest.split(',');
+            let first = parts.next().unwrap_or("");
             out.seconds = parse_seconds(first.trim())
                 .with_context(|| format!("h2load's duration in {line:?}"))?;
+            if let Some(rps) = parts.next().and_then(|p| p.trim().strip_suffix(" req/s")) {
+                out.req_per_sec = rps
+                    .parse()
+                    .with_context(|| format!("h2load's req/s in {line:?}"))?;
+            }
             seen.0 = true;
         } else if let Some(rest) = line.strip_prefix("requests: ") {
             // "20000 total, 4396 started, 4144 done, 4000 succeeded, 16000 failed, ..."
@@ -230,6 +251,9 @@ pub fn parse_h2load(report: &str) -> Result<H2loadResult> {
                     "total" => out.requests = n,
                     "succeeded" => out.succeeded = n,
                     "failed" => out.failed = n,
+                    "done" => out.done = n,
+                    "errored" => out.errored = n,
+                    "timeout" => out.timeout = n,
                     _ => {}
                 }
             }
@@ -244,6 +268,19 @@ pub fn parse_h2load(report: &str) -> Result<H2loadResult> {
                 }
             }
             seen.2 = true;
+        } else if let Some(rest) = line.strip_prefix("Application protocol:") {
+            out.protocol = Some(rest.trim().to_owned());
+        } else if let Some(rest) = line.strip_prefix("time for request:") {
+            // min, max, mean, sd, +/- sd
+            let times: Vec<&str> = rest.split_whitespace().collect();
+            let us = |i: usize| {
+                times
+                    .get(i)
+                    .and_then(|t| parse_seconds(t).ok())
+                    .map(|s| s * 1e6)
+            };
+            out.max_us = us(1);
+            out.mean_us = us(2);
         }
     }
     if seen != (true, true, true) {
@@ -416,7 +453,25 @@ status codes: 4000 2xx, 0 3xx, 3 4xx, 1 5xx
         assert_eq!(r.status_2xx, 4000);
         assert_eq!(r.status_other, 4);
         assert!((r.seconds - 0.06251).abs() < 1e-9);
+        assert!((r.req_per_sec - 63985.67).abs() < 1e-6);
+        assert_eq!((r.done, r.errored, r.timeout), (4144, 16000, 0));
+        assert_eq!(r.protocol, None);
         assert!(parse_h2load("nothing").is_err());
+        let timed = "\
+finished in 5.00s, 41203.20 req/s, 9.12MB/s
+requests: 206016 total, 206024 started, 206016 done, 206016 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 206016 2xx, 0 3xx, 0 4xx, 0 5xx
+                     min         max         mean         sd        +/- sd
+time for request:      112us     14.34ms       761us       402us    87.21%
+time for connect:     1.21ms      1.43ms      1.33ms        98us    75.00%
+Application protocol: h2
+";
+        let t = parse_h2load(timed)?;
+        assert_eq!(t.protocol.as_deref(), Some("h2"));
+        assert_eq!(t.status_2xx, 206016);
+        assert!((t.req_per_sec - 41203.2).abs() < 1e-6);
+        assert_eq!(t.mean_us.map(f64::round), Some(761.0));
+        assert_eq!(t.max_us.map(f64::round), Some(14340.0));
         assert!((parse_seconds("2.00s")? - 2.0).abs() < 1e-9);
         assert!((parse_seconds("950us")? - 0.00095).abs() < 1e-12);
         Ok(())

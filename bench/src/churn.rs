@@ -15,6 +15,12 @@
 //! routes one at a time while serving (a reload replaces their workers), and
 //! chp's routes scenario already shows how its API-driven table holds up.
 //!
+//! With `--bulk N` every update is instead one `PATCH /api/v1/sessions`
+//! (the batched route API) moving N loaded sessions' upstreams at once, in
+//! one transaction and one table version, and `--rate` counts changes
+//! (sessions moved) per second: the data-plane issue's route churn of at
+//! least 5,000 changes/s at 100k routes while wrk loads the gateway.
+//!
 //! With `--gateways N` the scenario is another one, in
 //! [`crate::propagation`]: the same cycle of updates through a
 //! `sessiongate control-plane` that N `sessiongate gateway` processes
@@ -34,15 +40,26 @@ use tokio::task::JoinHandle;
 
 use crate::api::{Api, ApiHandle, Call, Reply};
 use crate::report::{self, Summary};
-use crate::side_by_side::{Bench, Check, CommonArgs, Run, Scenario, Traffic};
+use crate::results::{self, Row};
+use crate::side_by_side::{Bench, Check, CommonArgs, Judged, Run, Scenario, Traffic};
 use crate::targets::{self, Routes, TargetKind, ADMIN_TOKEN};
 
 /// What the issue asks: no errors, and at least this share of the
 /// throughput without churn.
 const TARGET_RATIO: f64 = 0.95;
 
+/// The data-plane issue's churn target: at least this many changes/s at
+/// [`ISSUE_ROUTES`] routes under wrk load, the loaded throughput at least
+/// [`ISSUE_RATIO`] of the unloaded, no errors.
+const ISSUE_RATE: f64 = 5_000.0;
+const ISSUE_ROUTES: usize = 100_000;
+const ISSUE_RATIO: f64 = 0.9;
+
 /// The owner of every session the scenario makes.
 pub const OWNER: &str = "bench";
+
+/// How often the driver looks for its stop between ticks.
+const STOP_POLL: Duration = Duration::from_millis(20);
 
 /// Failed calls quoted in the report, at most.
 const QUOTED_ERRORS: usize = 3;
@@ -95,6 +112,13 @@ pub struct ChurnArgs {
     /// PostgreSQL database [default: 2].
     #[arg(long, requires = "database", value_parser = clap::value_parser!(u64).range(1..=8))]
     pub replicas: Option<u64>,
+    /// Batched route changes: every update is one `PATCH /api/v1/sessions`
+    /// moving this many loaded sessions' upstreams (at most --routes), and
+    /// --rate counts changes per second, made in --rate/N calls per second.
+    /// With it --routes defaults to 100000 and --rate to 5000 (100 and 200
+    /// with --smoke).
+    #[arg(long, conflicts_with = "gateways", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub bulk: Option<u64>,
 }
 
 impl ChurnArgs {
@@ -109,6 +133,7 @@ impl ChurnArgs {
             load: false,
             database: None,
             replicas: None,
+            bulk: None,
         }
     }
 }
@@ -134,12 +159,39 @@ reloading their configuration (new workers), and chp's API-driven table is
 measured by the `routes` scenario.",
 };
 
+/// `churn --bulk N`: the same load, the updates batched.
+pub const SCENARIO_BULK: Scenario = Scenario {
+    name: "churn-bulk",
+    unit: "req/s",
+    title: "Batched route churn under load",
+    text: "\
+sessiongate only: wrk picks a random `Host` per request among the loaded
+sessions (`load-<i>.localhost`, public, made through the control-plane API
+before the rounds). In the `churn` case the harness moves loaded sessions'
+upstreams between the origin's two ports (the same in-process server, so
+every request must still succeed) through the batched route API while wrk
+runs: each call is one `PATCH /api/v1/sessions` of N sessions in turn (one
+transaction, one table version), at the rate of changes given (rate / N
+calls per second). The `no churn` case is the same load without updates;
+the two alternate within every round. Changes/s is the sessions moved by
+successful calls over the churn run's duration; API latency is per call,
+from sending it to the end of its answer, pooled over rounds. A failed call
+(any status but 2xx, or no answer in 10 s) flags the run like a wrk error.",
+};
+
 /// The control-plane calls of one churn run.
 #[derive(Debug, Clone, Default)]
 pub struct ApiStats {
     pub requested_per_sec: f64,
     /// Calls that answered 2xx.
     pub ok: u64,
+    /// Route changes made by the calls answered before the stop: one per
+    /// call, N per batched call.
+    pub changes: u64,
+    /// When each successful call was answered, and the changes it made.
+    pub answered: Vec<(Instant, u64)>,
+    /// Changes per call: more than 1 for batched calls.
+    pub batch: u64,
     pub failed: u64,
     /// Ticks that found every permitted call still in flight.
     pub skipped: u64,
@@ -160,7 +212,30 @@ impl ApiStats {
         }
     }
 
+    /// Route changes per second: [`Self::achieved_per_sec`] times the
+    /// changes per call.
+    pub fn changes_per_sec(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.changes as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
     pub fn describe(&self) -> String {
+        if self.batch > 1 {
+            return format!(
+                "{:.0} changes/s of {:.0} in {:.1} calls/s, p50 {}, p99 {}, {} failed, {} skipped",
+                self.changes_per_sec(),
+                self.requested_per_sec,
+                self.achieved_per_sec(),
+                report::fmt_latency(percentile(&self.latencies_us, 0.50)),
+                report::fmt_latency(percentile(&self.latencies_us, 0.99)),
+                self.failed,
+                self.skipped
+            );
+        }
         format!(
             "{:.0}/s of {:.0}, p50 {}, p99 {}, {} failed, {} skipped",
             self.achieved_per_sec(),
@@ -248,6 +323,9 @@ pub struct Driver {
     ports: (u16, u16),
     state: Arc<Mutex<ChurnState>>,
     observer: Option<Arc<dyn Observer>>,
+    /// Sessions per batched `PATCH /api/v1/sessions`; `None`: the cycle of
+    /// single updates.
+    bulk: Option<usize>,
 }
 
 /// The updates in progress; [`Churning::stop`] ends them.
@@ -288,17 +366,29 @@ impl Driver {
             ports,
             state: Arc::new(Mutex::new(state)),
             observer,
+            bulk: None,
         }
+    }
+
+    /// Each update one `PATCH /api/v1/sessions` of `n` loaded sessions
+    /// instead, and the rate in changes per second.
+    pub fn with_bulk(mut self, n: usize) -> Self {
+        self.bulk = Some(n.max(1));
+        self
     }
 
     /// Starts making updates in the background.
     pub fn start(&self) -> Result<Churning<'_>> {
         let stop = Arc::new(AtomicBool::new(false));
+        let pace = Pace {
+            rate: self.rate,
+            concurrency: self.concurrency,
+            bulk: self.bulk,
+        };
         let task = self.api.runtime().spawn(drive(
             self.api.handle(),
             Arc::clone(&self.state),
-            self.rate,
-            self.concurrency,
+            pace,
             self.ports,
             self.observer.clone(),
             Arc::clone(&stop),
@@ -360,6 +450,41 @@ fn next_change(state: &Mutex<ChurnState>, ports: (u16, u16)) -> Change {
     }
 }
 
+/// One batched update: the next `n` loaded sessions in turn, each moved to
+/// the other port, in one `PATCH /api/v1/sessions`.
+fn bulk_change(state: &Mutex<ChurnState>, ports: (u16, u16), n: usize) -> Change {
+    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    s.step += 1;
+    let loaded = s.loaded_ports.len().max(1);
+    let first = loaded_name(s.next_loaded);
+    let mut items = Vec::with_capacity(n.min(loaded));
+    for _ in 0..n.min(loaded) {
+        let i = s.next_loaded;
+        s.next_loaded = (i + 1) % loaded;
+        let port = match s.loaded_ports.get_mut(i) {
+            Some(p) => {
+                *p = if *p == ports.0 { ports.1 } else { ports.0 };
+                *p
+            }
+            None => ports.0,
+        };
+        items.push(format!(
+            "{{\"name\": \"{}\", \"remote_port\": {port}}}",
+            loaded_name(i)
+        ));
+    }
+    Change {
+        call: Call::new(
+            Method::PATCH,
+            "/api/v1/sessions",
+            Some(format!("{{\"sessions\": [{}]}}", items.join(", "))),
+        ),
+        created: None,
+        session: first,
+        port: None,
+    }
+}
+
 fn create_change(s: &mut ChurnState, port: u16) -> Change {
     let name = format!("churn-{}", s.next_created);
     s.next_created += 1;
@@ -387,32 +512,70 @@ pub fn session_body(name: &str, port: u16) -> String {
     )
 }
 
+/// How fast a [`Driver`] goes: `rate` changes per second, at most
+/// `concurrency` calls in flight, `bulk` changes per batched call.
+#[derive(Clone, Copy)]
+struct Pace {
+    rate: u64,
+    concurrency: usize,
+    bulk: Option<usize>,
+}
+
 /// The ticker: one update per tick, at most `concurrency` in flight.
 async fn drive(
     api: ApiHandle,
     state: Arc<Mutex<ChurnState>>,
-    rate: u64,
-    concurrency: usize,
+    pace: Pace,
     ports: (u16, u16),
     observer: Option<Arc<dyn Observer>>,
     stop: Arc<AtomicBool>,
 ) -> ApiStats {
+    let Pace {
+        rate,
+        concurrency,
+        bulk,
+    } = pace;
+    // `rate` counts changes: a batched call makes `bulk` of them.
+    let per_call = bulk.unwrap_or(1);
     let stats = Arc::new(Mutex::new(ApiStats {
         requested_per_sec: rate as f64,
+        batch: per_call as u64,
         ..ApiStats::default()
     }));
     let permits = Arc::new(Semaphore::new(concurrency));
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let period = Duration::from_secs_f64(per_call as f64 / rate as f64);
+    // The first tick half a period in: a run of D seconds then makes about
+    // D / period calls, not one more (which at one batched call a second
+    // would be a fifth more changes than asked).
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval_at((started + period / 2).into(), period);
     // Missed ticks fire at once, so the average rate holds.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let started = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        ticker.tick().await;
+    let mut ticks = 0u32;
+    loop {
+        // The next tick, looking at `stop` meanwhile: a batched call's
+        // period can be seconds, and nothing is sent once it is set.
+        let ticked = loop {
+            if stop.load(Ordering::Relaxed) {
+                break false;
+            }
+            // (`tick` is cancel-safe.)
+            if tokio::time::timeout(STOP_POLL, ticker.tick()).await.is_ok() {
+                break !stop.load(Ordering::Relaxed);
+            }
+        };
+        if !ticked {
+            break;
+        }
+        ticks += 1;
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             lock(&stats).skipped += 1;
             continue;
         };
-        let change = next_change(&state, ports);
+        let change = match bulk {
+            Some(n) => bulk_change(&state, ports, n),
+            None => next_change(&state, ports),
+        };
         let on_answer = observer.as_ref().and_then(|o| o.sending(&change));
         let (api, stats, state) = (api.clone(), Arc::clone(&stats), Arc::clone(&state));
         tokio::spawn(async move {
@@ -424,6 +587,7 @@ async fn drive(
             match result {
                 Ok(reply) => {
                     st.ok += 1;
+                    st.answered.push((reply.answered, per_call as u64));
                     st.latencies_us.push(reply.latency.as_secs_f64() * 1e6);
                     if let Some(name) = change.created {
                         lock(&state).created.push_back(name);
@@ -439,11 +603,27 @@ async fn drive(
             drop(permit);
         });
     }
-    let elapsed = started.elapsed();
-    // Wait for the calls still in flight.
+    let stopped = Instant::now();
+    // Wait for the calls still in flight. They count as calls (a failure
+    // among them flags the run), but changes count only when answered
+    // before the stop: those answered after it were not taken under the
+    // load, and would make a control plane that falls behind look as if
+    // it kept up.
     let _ = permits.acquire_many(concurrency as u32).await;
     let mut out = lock(&stats).clone();
-    out.elapsed = elapsed;
+    out.elapsed = stopped - started;
+    if per_call > 1 && ticks > 0 {
+        // Batched calls are seconds apart: the time their ticks stand for
+        // (a period each), not the run's, which is up to a period longer
+        // or shorter than the calls made in it.
+        out.elapsed = period * ticks;
+    }
+    out.changes = out
+        .answered
+        .iter()
+        .filter(|(at, _)| *at <= stopped)
+        .map(|(_, n)| n)
+        .sum();
     out
 }
 
@@ -465,9 +645,30 @@ pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
         bail!("--targets: churn measures sessiongate only");
     }
     let smoke = bench.plan.smoke;
-    let routes = args.routes.unwrap_or(if smoke { 100 } else { 10_000 });
-    let rate = args.rate.unwrap_or(if smoke { 200 } else { 1000 });
+    let bulk = args
+        .bulk
+        .map(usize::try_from)
+        .transpose()
+        .context("--bulk")?;
+    let (routes, rate) = match (bulk, smoke) {
+        (None, true) => (100, 200),
+        (None, false) => (10_000, 1000),
+        (Some(_), true) => (100, 200),
+        (Some(_), false) => (ISSUE_ROUTES as u64, ISSUE_RATE as u64),
+    };
+    let routes = args.routes.unwrap_or(routes);
+    let rate = args.rate.unwrap_or(rate);
     let routes = usize::try_from(routes).context("--routes")?;
+    let scenario = if bulk.is_some() {
+        &SCENARIO_BULK
+    } else {
+        &SCENARIO
+    };
+    if let Some(n) = bulk {
+        if n > routes {
+            bail!("--bulk {n} is more than --routes {routes}: a batch lists each session once");
+        }
+    }
 
     let mut running = vec![bench.start(TargetKind::Sessiongate, &Routes::one(), "churn")?];
     let api_addr: SocketAddr = running[0]
@@ -515,14 +716,18 @@ pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
     )?;
 
     let load = bench.random_host_load("churn-hosts", &loaded)?;
-    let driver = Arc::new(Driver::new(
+    let mut driver = Driver::new(
         api,
         rate,
         args.api_concurrency as usize,
         (port, bench.origin.alt_addr.port()),
         ChurnState::new(routes, port, 0),
         None,
-    ));
+    );
+    if let Some(n) = bulk {
+        driver = driver.with_bulk(n);
+    }
+    let driver = Arc::new(driver);
     let runs = vec![
         Run {
             case: "no churn".into(),
@@ -544,17 +749,29 @@ pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
         .iter()
         .flat_map(|a| a.latencies_us.iter().copied())
         .collect();
+    // Changes per second: calls per second, but for batched calls.
     let achieved = report::median(
         &api_samples
             .iter()
-            .map(|a| a.achieved_per_sec())
+            .map(|a| a.changes_per_sec())
             .collect::<Vec<_>>(),
     );
     let failed: u64 = api_samples.iter().map(|a| a.failed).sum();
     let skipped: u64 = api_samples.iter().map(|a| a.skipped).sum();
-    let mut notes = vec![
-        setup_line,
-        format!(
+    let mut notes = vec![setup_line];
+    notes.push(match bulk {
+        Some(n) => format!(
+            "batched route changes during the churn runs: {achieved:.0} changes/s achieved \
+             (median over rounds) of {rate}/s asked, in PATCH /api/v1/sessions calls of {n} \
+             sessions ({:.1} calls/s asked), latency per call p50 {}, p99 {} ({} calls pooled), \
+             {failed} failed, {skipped} ticks skipped with {} calls already in flight",
+            rate as f64 / n as f64,
+            report::fmt_latency(percentile(&pooled, 0.50)),
+            report::fmt_latency(percentile(&pooled, 0.99)),
+            pooled.len(),
+            args.api_concurrency
+        ),
+        None => format!(
             "control-plane updates during the churn runs: {achieved:.0}/s achieved (median over \
              rounds) of {rate}/s asked, API latency p50 {}, p99 {} ({} calls pooled), {failed} \
              failed, {skipped} ticks skipped with {} calls already in flight",
@@ -563,7 +780,7 @@ pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
             pooled.len(),
             args.api_concurrency
         ),
-    ];
+    });
     for a in &api_samples {
         for e in &a.first_errors {
             notes.push(format!("failed API call: {e}"));
@@ -572,10 +789,7 @@ pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
     notes.push("nginx, haproxy and chp are not run in this scenario (see the text above)".into());
     let rate_f = rate as f64;
     let checks = |summaries: &[Summary]| -> Vec<String> {
-        let find = |case: &str| summaries.iter().find(|s| s.case == case);
-        let (quiet, churn) = (find("no churn"), find("churn"));
-        let ratio = report::ratio(churn.map(|s| s.rps), quiet.map(|s| s.rps));
-        let errors = churn.map(|s| s.errors).unwrap_or(0) + quiet.map(|s| s.errors).unwrap_or(0);
+        let (quiet, churn, ratio, errors) = churn_figures(summaries);
         [
             Check {
                 what: "churn: 0 errors".into(),
@@ -597,16 +811,104 @@ pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
                 met: Some(achieved >= rate_f * TARGET_RATIO),
                 detail: format!("{achieved:.0}/s achieved"),
             },
+            issue_check(summaries, achieved, routes),
         ]
-        .iter()
-        .map(Check::line)
+        .into_iter()
+        .chain(
+            bulk.map(|n| bulk_checks(summaries, achieved, routes, n))
+                .into_iter()
+                .flatten(),
+        )
+        .map(|c| c.line())
         .collect()
     };
-    let problems = bench.finish(&SCENARIO, &mut running, &runs, &samples, checks, &notes)?;
+    let row = |summaries: &[Summary]| {
+        let (quiet, _, ratio, errors) = churn_figures(summaries);
+        let mut row = Row::new(scenario.name, "");
+        row.sessiongate = format!(
+            "{} changes/s ({rate}/s asked) at {} routes; req/s under churn {} of without; \
+             {errors} errors",
+            results::count(achieved),
+            results::count(routes as f64),
+            results::times(ratio),
+        );
+        row.peer = format!(
+            "without churn: {} req/s",
+            report::fmt_opt(quiet.map(|s| s.rps), results::count)
+        );
+        row.ratio = results::times(ratio);
+        row.met = issue_check(summaries, achieved, routes).met;
+        vec![row]
+    };
+    let judge = |s: &[Summary]| Judged {
+        lines: checks(s),
+        rows: row(s),
+    };
+    let problems = bench.finish(scenario, &mut running, &runs, &samples, judge, &notes)?;
     drop(runs);
     drop(driver);
     drop(running);
     Ok(problems)
+}
+
+/// `--bulk`'s own lines for the data-plane issue's target, one figure
+/// each: `achieved` changes/s at `routes` routes in calls of `n`, under
+/// wrk's load; wrk's req/s with the changes over without; no errors.
+fn bulk_checks(summaries: &[Summary], achieved: f64, routes: usize, n: usize) -> Vec<Check> {
+    let (quiet, churn, ratio, errors) = churn_figures(summaries);
+    vec![
+        Check {
+            what: format!(
+                "churn --bulk: >= {ISSUE_RATE:.0} changes/s at >= {ISSUE_ROUTES} routes under wrk load"
+            ),
+            met: Some(achieved >= ISSUE_RATE && routes >= ISSUE_ROUTES),
+            detail: format!("{achieved:.0} changes/s at {routes} routes, {n} per PATCH call"),
+        },
+        Check {
+            what: format!("churn --bulk: req/s under the changes >= {ISSUE_RATIO}x without"),
+            met: ratio.map(|r| r >= ISSUE_RATIO),
+            detail: format!(
+                "{} ({} vs {} req/s)",
+                report::fmt_opt(ratio, |r| format!("{r:.3}x")),
+                report::fmt_opt(churn.map(|s| s.rps), |r| format!("{r:.0}")),
+                report::fmt_opt(quiet.map(|s| s.rps), |r| format!("{r:.0}"))
+            ),
+        },
+        Check {
+            what: "churn --bulk: 0 errors".into(),
+            met: Some(errors == 0),
+            detail: format!("{errors} (wrk errors and failed API calls, both cases)"),
+        },
+    ]
+}
+
+/// The runs without and with churn, req/s with over without, and the
+/// errors of both (wrk's and failed API calls).
+fn churn_figures(summaries: &[Summary]) -> (Option<&Summary>, Option<&Summary>, Option<f64>, u64) {
+    let find = |case: &str| summaries.iter().find(|s| s.case == case);
+    let (quiet, churn) = (find("no churn"), find("churn"));
+    let ratio = report::ratio(churn.map(|s| s.rps), quiet.map(|s| s.rps));
+    let errors = churn.map(|s| s.errors).unwrap_or(0) + quiet.map(|s| s.errors).unwrap_or(0);
+    (quiet, churn, ratio, errors)
+}
+
+/// The data-plane issue's target, judged on this run: `achieved` changes/s
+/// at `routes` routes.
+fn issue_check(summaries: &[Summary], achieved: f64, routes: usize) -> Check {
+    let (_, _, ratio, errors) = churn_figures(summaries);
+    Check {
+        what: format!(
+            "churn: >= {ISSUE_RATE:.0} changes/s at >= {ISSUE_ROUTES} routes, req/s >= \
+             {ISSUE_RATIO}x without churn, 0 errors"
+        ),
+        met: ratio.map(|r| {
+            achieved >= ISSUE_RATE && routes >= ISSUE_ROUTES && r >= ISSUE_RATIO && errors == 0
+        }),
+        detail: format!(
+            "{achieved:.0}/s at {routes} routes, {}, {errors} errors",
+            results::times(ratio)
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -669,6 +971,35 @@ mod tests {
         assert_eq!(changes[7].call.method, Method::DELETE);
         assert_eq!(changes[7].session, "churn-0");
         assert_eq!(changes[7].port, None);
+    }
+
+    #[test]
+    fn a_batch_moves_the_next_sessions_in_turn() {
+        let s = state(3);
+        let first = bulk_change(&s, (1, 2), 2);
+        assert_eq!(first.call.method, Method::PATCH);
+        assert_eq!(first.call.path, "/api/v1/sessions");
+        assert_eq!(first.session, "load-0");
+        assert_eq!(
+            first.call.body.as_deref(),
+            Some(
+                "{\"sessions\": [{\"name\": \"load-0\", \"remote_port\": 2}, \
+                 {\"name\": \"load-1\", \"remote_port\": 2}]}"
+            )
+        );
+        // On from load-2, round the loaded sessions, each back and forth.
+        let next = bulk_change(&s, (1, 2), 2);
+        assert_eq!(
+            next.call.body.as_deref(),
+            Some(
+                "{\"sessions\": [{\"name\": \"load-2\", \"remote_port\": 2}, \
+                 {\"name\": \"load-0\", \"remote_port\": 1}]}"
+            )
+        );
+        // Never more items than sessions: each is listed once.
+        let all = bulk_change(&s, (1, 2), 10);
+        let body = all.call.body.unwrap_or_default();
+        assert_eq!(body.matches("\"name\"").count(), 3, "{body}");
     }
 
     #[test]

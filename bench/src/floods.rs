@@ -22,7 +22,7 @@ use clap::Args;
 
 mod summary;
 
-use summary::{goal_lines, section, summarise, summary_table, Summary};
+use summary::{goal_lines, section, summarise, summary_rows, summary_table, Summary};
 
 use crate::attackers::{
     established_on, flood_until, poll_until, slow_status, H2loadResult, SlowStatus, Slowloris,
@@ -344,7 +344,7 @@ fn settle(given: Option<u64>, bench: &Bench) -> Duration {
     Duration::from_secs(given.unwrap_or(if bench.plan.smoke { 2 } else { 10 }))
 }
 
-fn tool(given: &Option<PathBuf>, name: &str, install: &str) -> Result<PathBuf> {
+pub(crate) fn tool(given: &Option<PathBuf>, name: &str, install: &str) -> Result<PathBuf> {
     match given {
         Some(p) if p.is_file() => Ok(crate::side_by_side::absolute(p)),
         Some(p) => bail!("{name} not found at {}", p.display()),
@@ -470,7 +470,8 @@ fn run(
     if let Some(path) = bench.write_path() {
         let section = section(bench, texts, cases, &started, &samples, &table, &lines);
         let (begin, end) = markers(texts.name);
-        write_section(path, &begin, &end, &section)?;
+        let rows = summary_rows(texts.name, cases, &summaries);
+        write_section(path, &begin, &end, &section, &rows)?;
         eprintln!("wrote the {} section of {}", texts.title, path.display());
     }
     drop(started);

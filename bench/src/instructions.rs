@@ -697,7 +697,13 @@ pub fn run(args: InstructionsArgs) -> Result<Vec<String>> {
     if let Some(path) = bench.write_path() {
         let section = written_section(&bench, &callgrind, &plan, &measured, &table, &lines);
         let (begin, end) = markers(NAME);
-        write_section(path, &begin, &end, &section)?;
+        write_section(
+            path,
+            &begin,
+            &end,
+            &section,
+            &[summary_row(&measured, nginx_ir)],
+        )?;
         eprintln!("wrote the {TITLE} section of {}", path.display());
     }
 
@@ -947,6 +953,28 @@ fn summary_lines(measured: &[Measured], nginx_ir: Option<f64>) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// The summary row: instructions per request of both, the ratio, the
+/// target; a flagged sessiongate run does not meet it.
+fn summary_row(measured: &[Measured], nginx_ir: Option<f64>) -> crate::results::Row {
+    let sg = measured.iter().find(|m| m.kind == TargetKind::Sessiongate);
+    let sg_ir = sg.and_then(Measured::ir_per_request);
+    let figure = |ir: Option<f64>| {
+        report::fmt_opt(ir, |i| {
+            format!("{} instructions/request", thousands(i.round() as u64))
+        })
+    };
+    let mut row = crate::results::Row::new(NAME, "");
+    row.sessiongate = figure(sg_ir);
+    row.peer = format!("nginx: {}", figure(nginx_ir));
+    row.ratio = crate::results::times(report::ratio(sg_ir, nginx_ir));
+    row.met = sg_ir.map(|s| s <= TARGET_IR_PER_REQUEST);
+    if let Some(m) = sg.filter(|m| !m.problems().is_empty()) {
+        row.met = Some(false);
+        row.note = format!("FLAGGED: {}", m.problems().join(", "));
+    }
+    row
 }
 
 /// A profile's functions: own and inclusive instructions per request,

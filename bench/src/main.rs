@@ -2,8 +2,10 @@
 //! configurable-http-proxy and a direct connection, in one run, so that the
 //! figures that matter are same-run ratios rather than absolute numbers from
 //! a shared, noisy machine (`keepalive`, `new-connection`, `body-1mib`,
-//! `routes`, `ws-echo`, and `churn` for sessiongate alone); `tls-handshakes`, new TLS
-//! connections against sessiongate's HTTPS listener and nginx's;
+//! `routes`, `ws-echo`, and `churn` for sessiongate alone); `https`,
+//! keep-alive over HTTPS/1.1 and h2 through sessiongate and nginx;
+//! `tls-handshakes`, new TLS connections against sessiongate's HTTPS
+//! listener and nginx's;
 //! `table-updates`, the route table under a stream of single-route changes;
 //! the attacks, `slowloris` and `h2-flood`: a normal client's latency
 //! and the server's memory while sessiongate and nginx are attacked; and
@@ -31,8 +33,12 @@
 //!   the interruption flag.
 //! - `wrk.rs`, `openssl.rs`: the load generators (wrk and its Lua scripts;
 //!   `openssl s_time` and `s_client`) and their output.
-//! - `report.rs`: summary tables and the written reports.
+//! - `report.rs`: summary tables and the written reports; `results.rs`: the
+//!   results file's summary table, made from the summary line every written
+//!   section carries.
 //! - `tls_handshakes.rs`, `table_updates.rs`: those scenarios.
+//! - `https.rs`: `https`, keep-alive over TLS through sessiongate and nginx,
+//!   HTTP/1.1 (wrk) and h2 (`h2load.rs`).
 //! - `floods.rs`: `slowloris` and `h2-flood`; `attackers.rs`: slowhttptest
 //!   and h2load, and the connection count from /proc; `rapid_reset.rs`: the
 //!   HTTP/2 rapid-reset client.
@@ -42,6 +48,8 @@ mod api;
 mod attackers;
 mod churn;
 mod floods;
+mod h2load;
+mod https;
 mod instructions;
 mod openssl;
 mod peers;
@@ -50,6 +58,7 @@ mod procs;
 mod propagation;
 mod rapid_reset;
 mod report;
+mod results;
 mod scenarios;
 mod side_by_side;
 mod table_updates;
@@ -94,13 +103,16 @@ enum Scenario {
     Routes(RoutesArgs),
     /// WebSocket echo messages/s through every target.
     WsEcho(WrkArgs),
+    /// 128-byte responses over keep-alive HTTPS, HTTP/1.1 (wrk) and h2
+    /// (h2load), through sessiongate and nginx with the same certificate.
+    Https(https::HttpsArgs),
     /// sessiongate under load while the control-plane API makes 1,000 route
     /// updates/s; the same load without them for the ratio. With
     /// --gateways N: a control plane and N gateways following it, and how
     /// long each update takes to reach each gateway.
     Churn(churn::ChurnArgs),
     /// Every side-by-side scenario in turn (keepalive, new-connection,
-    /// body-1mib, routes, ws-echo, churn) with the same options, each
+    /// https, body-1mib, routes, ws-echo, churn) with the same options, each
     /// writing its section.
     All(CommonArgs),
     /// Single-route updates published into a large route table while a
@@ -121,6 +133,13 @@ enum Scenario {
     /// nginx (one process) under the same light load; sessiongate's
     /// profile printed.
     Instructions(instructions::InstructionsArgs),
+    /// Makes the summary table of a results file again from the summary
+    /// lines of its sections, as every `--write` does; runs nothing.
+    Summary {
+        /// The results file [default: bench/RESULTS.md].
+        #[arg(default_value = "bench/RESULTS.md")]
+        path: PathBuf,
+    },
 }
 
 /// How a scenario ended, for the exit status.
@@ -150,6 +169,7 @@ fn main() -> ExitCode {
         Scenario::Body1Mib(args) => scenarios::body_1mib(args).into(),
         Scenario::Routes(args) => scenarios::routes(args).into(),
         Scenario::WsEcho(args) => scenarios::ws_echo(args).into(),
+        Scenario::Https(args) => https::run(args).into(),
         Scenario::Churn(args) => churn::run(args).into(),
         Scenario::All(common) => all(common),
         Scenario::TableUpdates(args) => table_updates::run(args).into(),
@@ -157,6 +177,7 @@ fn main() -> ExitCode {
         Scenario::Slowloris(args) => floods::slowloris(args).into(),
         Scenario::H2Flood(args) => floods::h2_flood(args).into(),
         Scenario::Instructions(args) => instructions::run(args).into(),
+        Scenario::Summary { path } => summary(&path).into(),
     };
     match outcome {
         Outcome::Clean => ExitCode::SUCCESS,
@@ -175,6 +196,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// `bench summary PATH`: the summary table of an existing results file made
+/// again from its sections.
+fn summary(path: &std::path::Path) -> Result<Vec<String>> {
+    if !path.is_file() {
+        bail!("{} is not a file", path.display());
+    }
+    side_by_side::update_file(path, |text| Ok(text.to_owned()))?;
+    eprintln!("made the summary of {} again", path.display());
+    Ok(Vec::new())
+}
+
 /// Runs every wrk scenario with `common`, one after the other, each in its
 /// own temp dir with its own origin; a scenario that fails to set up does
 /// not stop the others. The worst outcome decides the exit status.
@@ -188,6 +220,14 @@ fn all(common: CommonArgs) -> Outcome {
         (
             "new-connection",
             Box::new(|c| scenarios::new_connection(WrkArgs { common: c })),
+        ),
+        (
+            "https",
+            Box::new(|mut c: CommonArgs| {
+                // sessiongate and nginx only, whatever the others measure.
+                c.targets = None;
+                https::run(https::HttpsArgs::with(c))
+            }),
         ),
         (
             "body-1mib",

@@ -325,6 +325,67 @@ pub fn probe(
     parse_s_client(&stdout).with_context(|| format!("reading s_client's report:\n{stdout}"))
 }
 
+/// One `GET path` for `host` over HTTP/1.1 and TLS through `openssl
+/// s_client` (SNI `host`, the chain verified against `ca` for `host`),
+/// read until the server closes (`Connection: close`): the raw response.
+pub fn https_get(
+    openssl: &Path,
+    addr: SocketAddr,
+    ca: &Path,
+    host: &str,
+    path: &str,
+) -> Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut child = Command::new(openssl)
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .arg("-servername")
+        .arg(host)
+        .arg("-CAfile")
+        .arg(ca)
+        .arg("-verify_return_error")
+        .arg("-verify_hostname")
+        .arg(host)
+        .args(["-alpn", "http/1.1", "-quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {} s_client", openssl.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // -quiet implies -ign_eof: s_client reads on after stdin ends,
+        // until the server closes.
+        write!(
+            stdin,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: sessiongate-bench\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .context("writing the request to s_client")?;
+    }
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    while child.try_wait().context("waiting for s_client")?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("s_client took more than {PROBE_TIMEOUT:?}");
+        }
+        sleep(Duration::from_millis(10));
+    }
+    let output = child
+        .wait_with_output()
+        .context("reading s_client's output")?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reason = stderr
+            .lines()
+            .find(|l| l.contains("error") || l.contains("refused"))
+            .unwrap_or("no error line");
+        bail!("s_client failed ({}): {}", output.status, reason.trim());
+    }
+    Ok(output.stdout)
+}
+
 /// Reads what [`probe`] needs from `s_client`'s report; fails unless the
 /// chain was verified.
 pub fn parse_s_client(stdout: &str) -> Result<Negotiated> {

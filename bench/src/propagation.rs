@@ -1001,7 +1001,13 @@ pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
         let (text, problems) = report_text(&plan, &outcome);
         print!("{text}");
         if let Some(path) = &args.common.write {
-            write_section(path, BEGIN, END, &section(&plan, &binary, &outcome, &text))?;
+            write_section(
+                path,
+                BEGIN,
+                END,
+                &section(&plan, &binary, &outcome, &text),
+                &[summary_row("churn-gateways", &plan, &outcome, &problems)],
+            )?;
             eprintln!("wrote the {TITLE} section of {}", path.display());
         }
         return Ok(problems);
@@ -1058,7 +1064,19 @@ pub fn run(args: ChurnArgs) -> Result<Vec<String>> {
             pg_version.as_deref(),
             &load_before,
         );
-        write_section(path, BEGIN_DB, END_DB, &text)?;
+        let rows: Vec<crate::results::Row> = outcomes
+            .iter()
+            .map(|o| {
+                let label = o.engine.map_or("", Engine::label);
+                let mine: Vec<String> = problems
+                    .iter()
+                    .filter(|p| p.starts_with(&format!("{label}: ")))
+                    .cloned()
+                    .collect();
+                summary_row("churn-gateways-databases", &plan, o, &mine)
+            })
+            .collect();
+        write_section(path, BEGIN_DB, END_DB, &text, &rows)?;
         eprintln!("wrote the {TITLE_DB} section of {}", path.display());
     }
     Ok(problems)
@@ -1377,6 +1395,49 @@ fn measure(
     drop(gateways);
     drop(cps);
     Ok(outcome)
+}
+
+/// The summary row of one outcome: the changes/s achieved of those asked
+/// and the propagation to all gateways (p50, p99), judged as the report's
+/// rate check; a run with problems does not meet it.
+fn summary_row(name: &str, plan: &Plan, o: &Outcome, problems: &[String]) -> crate::results::Row {
+    let achieved = report::median(
+        &o.rounds
+            .iter()
+            .map(|s| s.api.achieved_per_sec())
+            .collect::<Vec<_>>(),
+    );
+    let delays = delays_us(o.probes.iter());
+    let mut row = crate::results::Row::new(name, o.engine.map_or("", Engine::label));
+    row.sessiongate = format!(
+        "{} changes/s ({}/s asked) at {} routes, {} gateways{}; propagation p50 {}, p99 {}",
+        crate::results::count(achieved),
+        plan.rate,
+        crate::results::count(plan.routes as f64),
+        plan.gateways,
+        if plan.load.is_some() {
+            ", under wrk load"
+        } else {
+            ""
+        },
+        lat(percentile(&delays, 0.50)),
+        lat(percentile(&delays, 0.99)),
+    );
+    row.peer = "–".into();
+    row.ratio = format!(
+        "{:.0}% of the rate asked",
+        100.0 * achieved / plan.rate.max(1) as f64
+    );
+    row.target = format!(
+        "{} changes/s sustained (≥ {:.0}%)",
+        plan.rate,
+        RATE_SHARE * 100.0
+    );
+    row.met = Some(achieved >= plan.rate as f64 * RATE_SHARE && problems.is_empty());
+    if !problems.is_empty() {
+        row.note = format!("FLAGGED: {}", problems.join("; "));
+    }
+    row
 }
 
 /// The delays of `probes` that were seen, in µs.

@@ -225,8 +225,12 @@ pub fn summarise(
     out
 }
 
+/// A latency in µs, ms or s; `–` when there is none (h2load reports no
+/// percentiles).
 pub fn fmt_latency(us: f64) -> String {
-    if us < 1e3 {
+    if !us.is_finite() {
+        "–".into()
+    } else if us < 1e3 {
         format!("{us:.0} µs")
     } else if us < 1e6 {
         format!("{:.2} ms", us / 1e3)
@@ -648,6 +652,7 @@ mod tests {
         assert_eq!(fmt_latency(812.0), "812 µs");
         assert_eq!(fmt_latency(1234.0), "1.23 ms");
         assert_eq!(fmt_latency(2.5e6), "2.50 s");
+        assert_eq!(fmt_latency(f64::NAN), "–");
     }
 
     #[test]

@@ -7,7 +7,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::report::{self, Summary};
-use crate::side_by_side::{Bench, Check, CommonArgs, Run, Running, Scenario, Traffic, ALL_TARGETS};
+use crate::results::{self, Row};
+use crate::side_by_side::{
+    vs_nginx_check, vs_nginx_row, Bench, Check, CommonArgs, Judged, Run, Running, Scenario,
+    Traffic, ALL_TARGETS,
+};
 use crate::targets::{Routes, TargetKind};
 use crate::wrk::{Load, Script};
 use testkit::origin;
@@ -16,10 +20,19 @@ use testkit::origin;
 /// times nginx's (with a p99 no worse) and chp's.
 const KEEPALIVE_VS_NGINX: f64 = 1.2;
 const KEEPALIVE_VS_CHP: f64 = 10.0;
+/// The data-plane issue's keep-alive target: sessiongate's CPU per request
+/// at most this many times nginx's.
+const KEEPALIVE_CPU_VS_NGINX: f64 = 0.9;
+/// new-connection, body-1mib and ws-echo: at least nginx's throughput.
+const VS_NGINX: f64 = 1.0;
 /// sessiongate's RSS after start with one route, before load: 15 MB.
 const IDLE_RSS_BYTES: u64 = 15_000_000;
 /// The routes target: throughput at the largest table over one route.
 const ROUTES_RATIO: f64 = 0.95;
+/// The routes target's memory: sessiongate's idle RSS per route, in bytes.
+const ROUTES_BYTES_PER_ROUTE: f64 = 300.0;
+/// The table size the routes target is stated at.
+const ROUTES_TARGET_SIZE: usize = 1_000_000;
 
 /// Options of the scenarios with nothing of their own.
 #[derive(Args, Clone, Debug)]
@@ -121,7 +134,7 @@ fn single(
     let traffic = traffic(&bench)?;
     let upstream = match traffic {
         Traffic::WsEcho => bench.start_ws_origin()?,
-        Traffic::Http(_) => bench.origin.addr,
+        Traffic::Http(_) | Traffic::H2(_) => bench.origin.addr,
     };
     let routes = Routes::one();
     let mut running: Vec<Running> = Vec::new();
@@ -145,9 +158,15 @@ fn single(
         &samples,
         |s| {
             if keepalive {
-                keepalive_checks(s).iter().map(Check::line).collect()
+                Judged {
+                    lines: keepalive_checks(s).iter().map(Check::line).collect(),
+                    rows: vec![keepalive_row(s)],
+                }
             } else {
-                Vec::new()
+                Judged {
+                    lines: vec![vs_nginx_check(scenario, "", s, VS_NGINX).line()],
+                    rows: vec![vs_nginx_row(scenario, "", s, VS_NGINX)],
+                }
             }
         },
         &[],
@@ -209,6 +228,7 @@ fn keepalive_checks(summaries: &[Summary]) -> Vec<Check> {
     let chp = find(summaries, "", TargetKind::Chp);
     let vs_nginx = sg.and_then(|s| s.vs_nginx.rps.zip(s.vs_nginx.p99));
     let vs_chp = report::ratio(sg.map(|s| s.rps), chp.map(|s| s.rps));
+    let cpu = sg.and_then(|s| s.vs_nginx.cpu);
     let idle = sg.and_then(|s| s.rss).map(|r| r.idle_kib * 1024);
     vec![
         Check {
@@ -219,6 +239,16 @@ fn keepalive_checks(summaries: &[Summary]) -> Vec<Check> {
             detail: match vs_nginx {
                 Some((rps, p99)) => format!("req/s {rps:.2}x, p99 {p99:.2}x"),
                 None => "needs sessiongate and nginx".into(),
+            },
+        },
+        Check {
+            what: format!(
+                "keepalive: sessiongate CPU per request <= {KEEPALIVE_CPU_VS_NGINX}x nginx's"
+            ),
+            met: cpu.map(|c| c <= KEEPALIVE_CPU_VS_NGINX),
+            detail: match cpu {
+                Some(c) => format!("{c:.2}x"),
+                None => "needs sessiongate and nginx, with CPU figures".into(),
             },
         },
         Check {
@@ -237,10 +267,109 @@ fn keepalive_checks(summaries: &[Summary]) -> Vec<Check> {
     ]
 }
 
+/// The keep-alive row of the summary: req/s, p99 and CPU per request of
+/// sessiongate and nginx, judged on the first two checks of
+/// [`keepalive_checks`] (req/s with p99, CPU per request).
+fn keepalive_row(summaries: &[Summary]) -> Row {
+    let checks = keepalive_checks(summaries);
+    let figures = |s: &Summary| {
+        format!(
+            "{} req/s, p99 {}, CPU {} µs/req",
+            results::count(s.rps),
+            report::fmt_latency(s.p99_us),
+            report::fmt_opt(s.cpu_us_per_req, |c| format!("{c:.1}"))
+        )
+    };
+    let sg = find(summaries, "", TargetKind::Sessiongate);
+    let mut row = Row::new(KEEPALIVE.name, "");
+    row.sessiongate = sg.map_or("not measured".into(), figures);
+    row.peer = format!(
+        "nginx: {}",
+        find(summaries, "", TargetKind::Nginx).map_or("not measured".into(), figures)
+    );
+    let vs = sg.map(|s| s.vs_nginx).unwrap_or_default();
+    row.ratio = format!(
+        "req/s {}, p99 {}, CPU {}",
+        results::times(vs.rps),
+        results::times(vs.p99),
+        results::times(vs.cpu)
+    );
+    row.met = results::all_met(&[checks[0].met, checks[1].met]);
+    if let Some(problem) = sg.and_then(Summary::problem) {
+        row.met = Some(false);
+        row.note = format!("FLAGGED: {problem}");
+    }
+    row
+}
+
+/// The routes row of the summary: sessiongate's req/s at the largest table
+/// over one route's, and its idle RSS per route (what the largest table
+/// adds over the smallest, per route added; `serve` holds the routes of its
+/// control plane and of its gateway). Judged only when the largest table
+/// has the target's million routes.
+fn routes_row(summaries: &[Summary], sizes: &[usize]) -> Row {
+    let mut row = Row::new(ROUTES.name, "");
+    let (Some(&small), Some(&large)) = (sizes.first(), sizes.last()) else {
+        row.sessiongate = "no sizes".into();
+        return row;
+    };
+    let (sc, lc) = (size_case(small), size_case(large));
+    let ratio = |kind| {
+        report::ratio(
+            find(summaries, &lc, kind).map(|s| s.rps),
+            find(summaries, &sc, kind).map(|s| s.rps),
+        )
+    };
+    let sg_ratio = ratio(TargetKind::Sessiongate).filter(|_| large > small);
+    let idle = |case: &str| {
+        find(summaries, case, TargetKind::Sessiongate)
+            .and_then(|s| s.rss)
+            .map(|r| r.idle_kib as f64 * 1024.0)
+    };
+    let per_route = match (idle(&lc), idle(&sc)) {
+        (Some(l), Some(s)) if large > small => Some((l - s) / (large - small) as f64),
+        _ => None,
+    };
+    row.sessiongate = format!(
+        "{} req/s at {lc}, {} of {sc}; idle RSS {} bytes per route",
+        find(summaries, &lc, TargetKind::Sessiongate)
+            .map_or("–".into(), |s| results::count(s.rps)),
+        results::times(sg_ratio),
+        report::fmt_opt(per_route, results::count)
+    );
+    row.peer = format!(
+        "nginx: {} of {sc}",
+        results::times(ratio(TargetKind::Nginx).filter(|_| large > small))
+    );
+    row.ratio = format!("{} of {sc}", results::times(sg_ratio));
+    let met = results::all_met(&[
+        sg_ratio.map(|r| r >= ROUTES_RATIO),
+        per_route.map(|b| b <= ROUTES_BYTES_PER_ROUTE),
+    ]);
+    if large >= ROUTES_TARGET_SIZE {
+        row.met = met;
+    } else {
+        row.note = format!(
+            "not judged: the target is at 1M routes, this run's largest table {lc} \
+             (`--sizes 1,1000000`)"
+        );
+    }
+    if let Some(problem) = summaries
+        .iter()
+        .filter(|s| s.target == TargetKind::Sessiongate)
+        .find_map(Summary::problem)
+    {
+        row.met = Some(false);
+        row.note = format!("FLAGGED: {problem}");
+    }
+    row
+}
+
 /// The case name of a route-table size.
 fn size_case(n: usize) -> String {
     match n {
         1 => "1 route".into(),
+        n if n % 1_000_000 == 0 => format!("{}M routes", n / 1_000_000),
         n if n % 1000 == 0 => format!("{}k routes", n / 1000),
         n => format!("{n} routes"),
     }
@@ -307,7 +436,11 @@ pub fn routes(args: RoutesArgs) -> Result<Vec<String>> {
             })
             .collect()
     };
-    let problems = bench.finish(&ROUTES, &mut running, &runs, &samples, checks, &[])?;
+    let judge = |s: &[Summary]| Judged {
+        lines: checks(s),
+        rows: vec![routes_row(s, &sizes)],
+    };
+    let problems = bench.finish(&ROUTES, &mut running, &runs, &samples, judge, &[])?;
     drop(running);
     Ok(problems)
 }
@@ -321,5 +454,6 @@ mod tests {
         assert_eq!(size_case(1), "1 route");
         assert_eq!(size_case(10_000), "10k routes");
         assert_eq!(size_case(1500), "1500 routes");
+        assert_eq!(size_case(1_000_000), "1M routes");
     }
 }

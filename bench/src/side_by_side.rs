@@ -15,9 +15,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::churn::Driver;
+use crate::h2load::H2Load;
 use crate::peers;
 use crate::procs::{check_interrupted, TempDir};
 use crate::report::{self, Rss, Sample, Summary};
+use crate::results;
 use crate::targets::{self, Routes, Target, TargetKind};
 use crate::wrk::{self, Load, Script, WrkResult};
 use crate::ws_load::{self, WsLoadConfig};
@@ -220,6 +222,8 @@ pub enum Traffic {
     /// WebSocket echo messages from [`ws_load`] (128-byte binary messages,
     /// one in flight per connection) through to the [`WsEcho`] origin.
     WsEcho,
+    /// h2 requests over TLS from h2load (`https`).
+    H2(H2Load),
 }
 
 impl Traffic {
@@ -232,6 +236,7 @@ impl Traffic {
                 plan.duration,
                 load.describe()
             ),
+            Self::H2(h2) => format!("`{}`", h2.describe(plan.duration)),
             Self::WsEcho => format!(
                 "the harness's WebSocket client (`ws_load`, one thread): {} connections to \
                  `ws://ADDR/` with `Host: {}`, {}-byte binary messages, one in flight per \
@@ -273,6 +278,73 @@ impl Check {
         };
         format!("target {}: {verdict} ({})", self.what, self.detail)
     }
+}
+
+/// A scenario's judgement of its summaries: the target lines printed under
+/// the table (and written), and the rows of the results file's summary.
+pub struct Judged {
+    pub lines: Vec<String>,
+    pub rows: Vec<results::Row>,
+}
+
+/// sessiongate's throughput at least `min` times nginx's in `case`: the
+/// check, judged on the medians of the run.
+pub fn vs_nginx_check(scenario: &Scenario, case: &str, summaries: &[Summary], min: f64) -> Check {
+    let sg = summaries
+        .iter()
+        .find(|s| s.case == case && s.target == TargetKind::Sessiongate);
+    let ratio = sg.and_then(|s| s.vs_nginx.rps);
+    let label = if case.is_empty() {
+        scenario.name.to_owned()
+    } else {
+        format!("{} {case}", scenario.name)
+    };
+    Check {
+        what: format!("{label}: sessiongate {} >= {min:.1}x nginx", scenario.unit),
+        met: ratio.map(|r| r >= min),
+        detail: match ratio {
+            Some(r) => format!("{r:.2}x"),
+            None => "needs sessiongate and nginx".into(),
+        },
+    }
+}
+
+/// The summary row of [`vs_nginx_check`]: sessiongate's and nginx's
+/// throughput (and p99, where there is one) in `case`, the ratio, the
+/// verdict; a run in which sessiongate was flagged does not meet it.
+pub fn vs_nginx_row(
+    scenario: &Scenario,
+    case: &str,
+    summaries: &[Summary],
+    min: f64,
+) -> results::Row {
+    let find = |kind| {
+        summaries
+            .iter()
+            .find(|s| s.case == case && s.target == kind)
+    };
+    let figures = |s: &Summary| {
+        let mut f = format!("{} {}", results::count(s.rps), scenario.unit);
+        if s.p99_us.is_finite() {
+            f.push_str(&format!(", p99 {}", report::fmt_latency(s.p99_us)));
+        }
+        f
+    };
+    let check = vs_nginx_check(scenario, case, summaries, min);
+    let sg = find(TargetKind::Sessiongate);
+    let mut row = results::Row::new(scenario.name, case);
+    row.sessiongate = sg.map_or("not measured".into(), figures);
+    row.peer = format!(
+        "nginx: {}",
+        find(TargetKind::Nginx).map_or("not measured".into(), figures)
+    );
+    row.ratio = results::times(sg.and_then(|s| s.vs_nginx.rps));
+    row.met = check.met;
+    if let Some(problem) = sg.and_then(Summary::problem) {
+        row.met = Some(false);
+        row.note = format!("FLAGGED: {problem}");
+    }
+    row
 }
 
 /// A scenario's fixed texts.
@@ -502,12 +574,13 @@ impl Bench {
                 match &run.load {
                     Traffic::Http(load) => wrk::run(
                         &self.tools.wrk,
-                        &target.base_url(),
+                        &load.base(target.addr),
                         load,
                         plan.connections,
                         plan.warmup,
                     )
                     .map(drop),
+                    Traffic::H2(h2) => h2.run(target.addr, plan.warmup).map(drop),
                     Traffic::WsEcho => {
                         ws_load::run(&self.ws_config(target.addr, plan.warmup)).map(drop)
                     }
@@ -536,7 +609,7 @@ impl Bench {
                     target.kind,
                     sample.wrk.req_per_sec,
                     match run.load {
-                        Traffic::Http(_) => "req/s",
+                        Traffic::Http(_) | Traffic::H2(_) => "req/s",
                         Traffic::WsEcho => "msg/s",
                     },
                     report::fmt_latency(sample.wrk.p50_us),
@@ -571,7 +644,7 @@ impl Bench {
                 let churn = run.churn.as_ref().map(|d| d.start()).transpose()?;
                 let result = wrk::run(
                     &self.tools.wrk,
-                    &target.base_url(),
+                    &load.base(target.addr),
                     load,
                     self.plan.connections,
                     self.plan.duration,
@@ -586,6 +659,31 @@ impl Bench {
                 };
                 let extra = load_problems(load, target.kind, &result, &origin);
                 (result, origin, extra, api)
+            }
+            Traffic::H2(h2) => {
+                let before = self.origin.counts();
+                let r = h2.run(target.addr, self.plan.duration)?;
+                let after = self.origin.counts();
+                // Responses count as requests, as wrk counts them; h2load
+                // has no percentiles (NaN: shown as "–").
+                let result = WrkResult {
+                    requests: r.status_2xx + r.status_other,
+                    req_per_sec: r.req_per_sec,
+                    p50_us: f64::NAN,
+                    p99_us: f64::NAN,
+                    non_2xx: r.status_other,
+                    ..WrkResult::default()
+                };
+                let origin = origin::OriginCounts {
+                    requests: after.requests - before.requests,
+                    connections: after.connections - before.connections,
+                };
+                let not_h2 = u64::from(r.protocol.as_deref() != Some("h2"));
+                let extra = vec![
+                    ("h2load failed requests".into(), r.failed),
+                    ("h2load runs not on h2".into(), not_h2),
+                ];
+                (result, origin, extra, None)
             }
             Traffic::WsEcho => {
                 let ws = self
@@ -660,7 +758,7 @@ impl Bench {
         running: &mut [Running],
         runs: &[Run],
         samples: &[Sample],
-        checks: impl FnOnce(&[Summary]) -> Vec<String>,
+        judge: impl FnOnce(&[Summary]) -> Judged,
         notes: &[String],
     ) -> Result<Vec<String>> {
         let mut rss: Vec<(String, TargetKind, Rss)> = Vec::new();
@@ -684,7 +782,10 @@ impl Bench {
         let summaries = report::summarise(&keys, samples, &rss, self.clk_tck);
         let table = report::summary_table(&summaries, scenario.unit);
         let headlines = report::headlines(&summaries, scenario.unit);
-        let checks: Vec<String> = checks(&summaries);
+        let Judged {
+            lines: checks,
+            rows,
+        } = judge(&summaries);
         println!();
         print!("{table}");
         println!();
@@ -701,7 +802,7 @@ impl Bench {
                 lines: &[headlines, checks, notes.to_vec()].concat(),
             });
             let (begin, end) = markers(scenario.name);
-            write_section(path, &begin, &end, &section)?;
+            write_section(path, &begin, &end, &section, &rows)?;
             eprintln!("wrote the {} section of {}", scenario.title, path.display());
         }
         Ok(summaries.iter().filter_map(Summary::problem).collect())
@@ -763,7 +864,7 @@ fn load_problems(
 mod written;
 
 use written::Written;
-pub use written::{load_average, markers, write_section};
+pub use written::{load_average, markers, update_file, write_section};
 
 #[cfg(test)]
 mod tests {

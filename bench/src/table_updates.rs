@@ -705,11 +705,6 @@ const TABLE_HEAD: &str = "| date (UTC) | commit | machine | routes, updates, sub
 /// (such as a hand-written reading of the figures). Creates the section, or
 /// the file, when missing.
 fn write_section(path: &Path, plan: &Plan, o: &Outcome) -> Result<()> {
-    let existing = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
     let machine = report::Machine::collect();
     let row = format!(
         "| {} | {} | {} CPUs, {} | {}, {}, {}, {} | {:.0} | {} | {} | {} | {} ({:.1}) | {} / {} | {} | {} / {} | {:.2} M ({:.2} M) | {} |",
@@ -742,12 +737,39 @@ fn write_section(path: &Path, plan: &Plan, o: &Outcome) -> Result<()> {
         },
     );
     let command: Vec<String> = std::env::args().map(|a| report::shell_quote(&a)).collect();
-    let text = update_section(&existing, &row, &command.join(" "));
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    let summary = crate::results::lines(&[summary_row(plan, o)])?;
+    crate::side_by_side::update_file(path, |existing| {
+        Ok(update_section(existing, &row, &command.join(" "), &summary))
+    })
 }
 
-/// `existing` with this run's row added to its section (see [`write_section`]).
-fn update_section(existing: &str, row: &str, command: &str) -> String {
+/// The summary row of this run: updates/s and p99 submit to visible,
+/// judged as [`Outcome::target_met`]; a run with problems does not meet it.
+fn summary_row(plan: &Plan, o: &Outcome) -> crate::results::Row {
+    let mut row = crate::results::Row::new("table-updates", "");
+    row.sessiongate = format!(
+        "{} updates/s, p99 {} (max {}) at {} routes, {} submitters",
+        crate::results::count(o.updates_per_sec()),
+        ms(o.percentile(0.99)),
+        ms(o.latencies.last().copied().unwrap_or_default()),
+        crate::results::count(plan.routes as f64),
+        plan.submitters
+    );
+    row.peer = "–".into();
+    row.ratio = format!(
+        "{:.1}x the updates/s asked",
+        o.updates_per_sec() / TARGET_UPDATES_PER_SEC
+    );
+    row.met = Some(o.target_met() && o.problems.is_empty());
+    if !o.problems.is_empty() {
+        row.note = format!("FLAGGED: {}", o.problems.join("; "));
+    }
+    row
+}
+
+/// `existing` with this run's row added to its section (see
+/// [`write_section`]), and `summary` (this run's summary lines) at its end.
+fn update_section(existing: &str, row: &str, command: &str, summary: &str) -> String {
     let (before, rows, after) = match (existing.find(BEGIN), existing.find(END)) {
         (Some(b), Some(e)) if b < e => {
             let inside = &existing[b + BEGIN.len()..e];
@@ -767,12 +789,18 @@ fn update_section(existing: &str, row: &str, command: &str) -> String {
             } else {
                 "\n\n"
             };
-            return format!("{existing}{sep}{}\n", section(&[row], command).trim_end());
+            return format!(
+                "{existing}{sep}{}\n",
+                section(&[row], command, summary).trim_end()
+            );
         }
     };
     let mut all = rows;
     all.push(row);
-    format!("{before}{}{after}", section(&all, command).trim_end())
+    format!(
+        "{before}{}{after}",
+        section(&all, command, summary).trim_end()
+    )
 }
 
 /// What the section's figures are; see also bench/README.md.
@@ -795,7 +823,7 @@ updates/s with p99 < 5 ms. In-process, no sockets; the machine is shared and
 noisy.
 ";
 
-fn section(rows: &[&str], command: &str) -> String {
+fn section(rows: &[&str], command: &str, summary: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{BEGIN}");
     let _ = writeln!(s, "## Route table updates\n");
@@ -804,6 +832,9 @@ fn section(rows: &[&str], command: &str) -> String {
     let _ = writeln!(s, "{TABLE_HEAD}");
     for row in rows {
         let _ = writeln!(s, "{row}");
+    }
+    if !summary.is_empty() {
+        let _ = write!(s, "\n{summary}");
     }
     let _ = writeln!(s, "{END}");
     s
@@ -825,16 +856,23 @@ mod tests {
     #[test]
     fn section_is_appended_then_grows_by_rows() {
         let doc = "# results\n\nkeep-alive figures\n";
-        let once = update_section(doc, "| run 1 |", "bench table-updates");
+        let once = update_section(doc, "| run 1 |", "bench table-updates", "");
         assert!(once.starts_with(doc));
         assert!(once.contains("## Route table updates"));
-        let mut twice = update_section(&once, "| run 2 |", "bench table-updates --smoke");
-        assert!(twice.contains("| run 1 |\n| run 2 |\n<!-- table-updates:end -->"));
+        let mut twice = update_section(
+            &once,
+            "| run 2 |",
+            "bench table-updates --smoke",
+            "<!-- summary: run 2 -->\n",
+        );
+        assert!(twice.contains(
+            "| run 1 |\n| run 2 |\n\n<!-- summary: run 2 -->\n<!-- table-updates:end -->"
+        ));
         assert!(twice.contains("Last command: `bench table-updates --smoke`"));
         assert_eq!(twice.matches("## Route table updates").count(), 1);
         // Text after the section (a hand-written reading) is kept.
         twice.push_str("\nReading: fine.\n");
-        let thrice = update_section(&twice, "| run 3 |", "x");
+        let thrice = update_section(&twice, "| run 3 |", "x", "");
         assert!(thrice.ends_with("<!-- table-updates:end -->\n\nReading: fine.\n"));
         assert!(thrice.contains("| run 2 |\n| run 3 |"));
         assert!(thrice.starts_with(doc));

@@ -331,6 +331,48 @@ pub fn sessiongate_tls(
     start_sessiongate(binary, dir, &config, addr, ready)
 }
 
+/// Starts `sessiongate serve` with an HTTPS listener that serves `certs` as
+/// its default certificate and one route, `host` to `origin` (the `https`
+/// scenario); `ready` is asked until it succeeds (a request over TLS that
+/// reaches the origin, say).
+pub fn sessiongate_https(
+    binary: &Path,
+    dir: &Path,
+    origin: SocketAddr,
+    certs: &CertPair,
+    host: &str,
+    ready: impl FnMut(SocketAddr) -> Result<()>,
+) -> Result<Target> {
+    let data_dir = dir.join("data");
+    fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let port = free_port()?;
+    let config = SgConfig {
+        gateway: SgGateway {
+            http_listen: format!("127.0.0.1:{}", free_port()?),
+            https_listen: Some(format!("127.0.0.1:{port}")),
+            base_domains: vec![certs.name.clone()],
+            portal_host: None,
+            max_connections_per_ip: PER_IP,
+        },
+        control_plane: SgControlPlane {
+            listen: format!("127.0.0.1:{}", free_port()?),
+            data_dir: data_dir.to_string_lossy().into_owned(),
+        },
+        tls: Some(SgTls {
+            certs_dir: certs.dir.to_string_lossy().into_owned(),
+            default_certificate: certs.name.clone(),
+            generate_dev_certificate: false,
+        }),
+        log: NO_ACCESS_LOG,
+        routes: vec![SgRoute {
+            host: host.to_owned(),
+            upstream: format!("http://{origin}"),
+        }],
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    start_sessiongate(binary, dir, &config, addr, ready)
+}
+
 /// Writes `config` to `dir/sessiongate.toml`, starts `sessiongate serve` on
 /// it and waits until `ready(addr)` succeeds.
 fn start_sessiongate(
@@ -499,21 +541,14 @@ ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-S
 ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:\
 DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305";
 
-/// The nginx configuration of the TLS scenario: one worker, an HTTPS
-/// listener with `certs`, TLS 1.2 and 1.3 with Mozilla's intermediate
-/// settings (the groups sessiongate offers, in its order), a shared session
-/// cache and session tickets, and `return 200` for every request.
-pub fn nginx_tls_config(dir: &Path, port: u16, certs: &CertPair, as_root: bool) -> String {
-    let preamble = nginx_preamble(dir, as_root, NginxProcesses::MasterAndWorker);
-    let (cert, key, name) = (certs.cert(), certs.key(), &certs.name);
+/// The TLS lines of both nginx HTTPS configurations: `certs`, TLS 1.2 and
+/// 1.3 with Mozilla's intermediate settings (the groups sessiongate offers,
+/// in its order), a shared session cache and session tickets.
+fn nginx_tls_lines(certs: &CertPair) -> String {
+    let (cert, key) = (certs.cert(), certs.key());
     let (cert, key) = (cert.display(), key.display());
     format!(
-        r#"{preamble}
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        server_name {name};
-
-        ssl_certificate "{cert}";
+        r#"        ssl_certificate "{cert}";
         ssl_certificate_key "{key}";
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_ciphers {MOZILLA_INTERMEDIATE_CIPHERS};
@@ -522,7 +557,76 @@ pub fn nginx_tls_config(dir: &Path, port: u16, certs: &CertPair, as_root: bool) 
         ssl_session_cache shared:SSL:10m;
         ssl_session_tickets on;
         ssl_session_timeout 1d;
+"#
+    )
+}
 
+/// The nginx configuration of the `https` scenario: [`nginx_config`]'s
+/// proxy (one worker, upstream keep-alive, streamed responses, the same
+/// forwarding headers, plus `X-Forwarded-Proto`) behind an HTTPS listener
+/// with `certs` that speaks HTTP/1.1 and h2 (ALPN), as sessiongate's does.
+/// `keepalive_requests` is raised from 1000: h2load does not reconnect when
+/// nginx closes a connection after that many requests, and wrk's reconnects
+/// would add TLS handshakes to a keep-alive figure.
+pub fn nginx_https_config(
+    dir: &Path,
+    port: u16,
+    origin: SocketAddr,
+    certs: &CertPair,
+    as_root: bool,
+) -> String {
+    let preamble = nginx_preamble(dir, as_root, NginxProcesses::MasterAndWorker);
+    let tls = nginx_tls_lines(certs);
+    let name = &certs.name;
+    format!(
+        r#"{preamble}
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      '';
+    }}
+
+    upstream origin {{
+        server {origin};
+        keepalive 64;
+    }}
+
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        server_name {name} *.{name};
+        keepalive_requests 1000000;
+
+{tls}
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_buffering off;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// The nginx configuration of the TLS scenario: one worker, an HTTPS
+/// listener with `certs`, TLS 1.2 and 1.3 with Mozilla's intermediate
+/// settings (the groups sessiongate offers, in its order), a shared session
+/// cache and session tickets, and `return 200` for every request.
+pub fn nginx_tls_config(dir: &Path, port: u16, certs: &CertPair, as_root: bool) -> String {
+    let preamble = nginx_preamble(dir, as_root, NginxProcesses::MasterAndWorker);
+    let tls = nginx_tls_lines(certs);
+    let name = &certs.name;
+    format!(
+        r#"{preamble}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name {name};
+
+{tls}
         location / {{
             return 200 "ok\n";
         }}
@@ -602,6 +706,21 @@ pub fn nginx_tls(
 ) -> Result<Target> {
     let port = free_port()?;
     let text = nginx_tls_config(dir, port, certs, running_as_root());
+    start_nginx(binary, dir, text, port, ready)
+}
+
+/// Starts nginx (master + one worker) with an HTTPS listener serving
+/// `certs` that proxies to `origin` (the `https` scenario); `ready` is asked
+/// until it succeeds.
+pub fn nginx_https(
+    binary: &Path,
+    dir: &Path,
+    origin: SocketAddr,
+    certs: &CertPair,
+    ready: impl FnMut(SocketAddr) -> Result<()>,
+) -> Result<Target> {
+    let port = free_port()?;
+    let text = nginx_https_config(dir, port, origin, certs, running_as_root());
     start_nginx(binary, dir, text, port, ready)
 }
 
@@ -848,6 +967,26 @@ mod tests {
         assert!(text.contains(&format!("ssl_ciphers {MOZILLA_INTERMEDIATE_CIPHERS};")));
         assert!(!MOZILLA_INTERMEDIATE_CIPHERS.contains(char::is_whitespace));
         // Balanced braces: the preamble leaves `http {` open for the caller.
+        assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
+
+    #[test]
+    fn nginx_https_config_proxies_over_tls() {
+        let certs = CertPair {
+            dir: PathBuf::from("/tmp/w/certs"),
+            name: "bench.test".into(),
+        };
+        let origin = SocketAddr::from(([127, 0, 0, 1], 9));
+        let text = nginx_https_config(Path::new("/tmp/w/nginx"), 8443, origin, &certs, false);
+        assert!(text.contains("listen 127.0.0.1:8443 ssl http2;"));
+        assert!(text.contains("server_name bench.test *.bench.test;"));
+        assert!(text.contains("ssl_certificate \"/tmp/w/certs/bench.test.crt\";"));
+        assert!(text.contains(&format!("ssl_ciphers {MOZILLA_INTERMEDIATE_CIPHERS};")));
+        assert!(text.contains("keepalive_requests 1000000;"));
+        assert!(text.contains("server 127.0.0.1:9;\n        keepalive 64;"));
+        assert!(text.contains("proxy_pass http://origin;"));
+        assert!(text.contains("proxy_set_header X-Forwarded-Proto $scheme;"));
+        assert!(!text.contains("return 200"));
         assert_eq!(text.matches('{').count(), text.matches('}').count());
     }
 

@@ -25,7 +25,9 @@ use crate::openssl::{self, Negotiated};
 use crate::procs::{check_interrupted, TempDir};
 use crate::report;
 use crate::targets::{self, CertPair, Target, TargetKind};
-use summary::{headlines, rss_line, summarise, summary_table, written_section, Sample, Written};
+use summary::{
+    headlines, rss_line, summarise, summary_rows, summary_table, written_section, Sample, Written,
+};
 
 /// The name the certificate is made for. Nothing resolves it: clients
 /// connect to 127.0.0.1 and `s_time` sends no SNI, so both servers answer
@@ -447,13 +449,8 @@ pub fn run(args: TlsHandshakesArgs) -> Result<Vec<String>> {
             sessiongate: &sessiongate,
             load: (&load_before, &load_after),
         });
-        let existing = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        let text = report::replace_section(&existing, BEGIN, END, &section);
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        let rows = summary_rows(&summaries);
+        crate::side_by_side::write_section(path, BEGIN, END, &section, &rows)?;
         eprintln!("wrote the TLS handshakes section of {}", path.display());
     }
 
@@ -469,7 +466,7 @@ pub fn run(args: TlsHandshakesArgs) -> Result<Vec<String>> {
 
 /// `sessiongate certs dev --domain DOMAIN --out DIR/certs`: a development CA
 /// and an ECDSA P-256 certificate for DOMAIN signed by it.
-fn make_certificate(sessiongate: &Path, dir: &Path) -> Result<CertPair> {
+pub(crate) fn make_certificate(sessiongate: &Path, dir: &Path) -> Result<CertPair> {
     let out = dir.join("certs");
     let result = Command::new(sessiongate)
         .args(["certs", "dev", "--domain", DOMAIN, "--out"])

@@ -83,6 +83,10 @@ pub struct Load {
     /// Every request should travel on a new connection (`Connection:
     /// close`); checked directly against the origin's connection count.
     pub new_connections: bool,
+    /// The `Host` of every request when not random [default: [`HOST`]].
+    pub host: Option<String>,
+    /// Over TLS (`https://`).
+    pub https: bool,
 }
 
 impl Load {
@@ -91,7 +95,7 @@ impl Load {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         if !self.random_host {
-            let _ = write!(out, "-H 'Host: {HOST}' ");
+            let _ = write!(out, "-H 'Host: {}' ", self.host());
         }
         for h in &self.headers {
             let _ = write!(out, "-H '{h}' ");
@@ -100,8 +104,27 @@ impl Load {
             let name = script.file_name().map(|n| n.to_string_lossy().into_owned());
             let _ = write!(out, "-s {} ", name.unwrap_or_default());
         }
-        let _ = write!(out, "http://ADDR{}", self.path_or_root());
+        let _ = write!(out, "{}://ADDR{}", self.scheme(), self.path_or_root());
         out
+    }
+
+    /// The `Host` of every request, when not random.
+    pub fn host(&self) -> &str {
+        self.host.as_deref().unwrap_or(HOST)
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.https {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `scheme://addr`: what [`run`] takes as its base.
+    pub fn base(&self, addr: std::net::SocketAddr) -> String {
+        format!("{}://{addr}", self.scheme())
     }
 
     fn path_or_root(&self) -> &str {
@@ -199,7 +222,7 @@ pub fn run(wrk: &Path, base: &str, load: &Load, connections: u32, secs: u64) -> 
         .arg(format!("-d{secs}s"))
         .arg("--latency");
     if !load.random_host {
-        cmd.arg("-H").arg(format!("Host: {HOST}"));
+        cmd.arg("-H").arg(format!("Host: {}", load.host()));
     }
     for h in &load.headers {
         cmd.arg("-H").arg(h);
@@ -459,6 +482,15 @@ Transfer/sec:      2.00KB
             Load::default().describe(),
             format!("-H 'Host: {HOST}' http://ADDR/")
         );
+        let https = Load {
+            host: Some("app.bench.test".into()),
+            https: true,
+            ..Load::default()
+        };
+        assert_eq!(https.describe(), "-H 'Host: app.bench.test' https://ADDR/");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 8443));
+        assert_eq!(https.base(addr), "https://127.0.0.1:8443");
+        assert_eq!(Load::default().base(addr), "http://127.0.0.1:8443");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use super::{normal_load, Attack, Case, FloodSample, Started, Texts, P99_GOAL, RSS_GOAL};
 use crate::report::{self, fmt_latency, fmt_mib, median};
+use crate::results::Row;
 use crate::side_by_side::{load_average, Bench};
 use crate::targets::TargetKind;
 use crate::wrk::HOST;
@@ -161,6 +162,42 @@ pub(super) fn goal_lines(cases: &[Case], summaries: &[Summary]) -> Vec<String> {
             sg.rss_growth * 100.0,
             beside(&|n| format!("{:+.1}%", n.rss_growth * 100.0))
         ));
+    }
+    out
+}
+
+/// One summary row per case: the normal client's p99 under attack over
+/// alone and the RSS growth after it, sessiongate's judged on both goals,
+/// nginx's beside; a flagged sessiongate run does not meet them.
+pub(super) fn summary_rows(name: &str, cases: &[Case], summaries: &[Summary]) -> Vec<Row> {
+    let mut out = Vec::new();
+    for case in cases {
+        let find = |kind| {
+            summaries
+                .iter()
+                .find(|s| s.case == case.name && s.target == kind)
+        };
+        let figures = |s: &Summary| {
+            format!(
+                "p99 under attack {:.2}x alone, RSS {:+.1}% after",
+                s.p99_ratio,
+                s.rss_growth * 100.0
+            )
+        };
+        let sg = find(TargetKind::Sessiongate);
+        let mut row = Row::new(name, if cases.len() > 1 { case.name } else { "" });
+        row.sessiongate = sg.map_or("not measured".into(), figures);
+        row.peer = format!(
+            "nginx: {}",
+            find(TargetKind::Nginx).map_or("not measured".into(), figures)
+        );
+        row.ratio = sg.map_or("–".into(), |s| format!("p99 {:.2}x alone", s.p99_ratio));
+        row.met = sg.map(|s| s.p99_ratio < P99_GOAL && s.rss_growth <= RSS_GOAL);
+        if let Some(problem) = sg.and_then(Summary::problem) {
+            row.met = Some(false);
+            row.note = format!("FLAGGED: {problem}");
+        }
+        out.push(row);
     }
     out
 }

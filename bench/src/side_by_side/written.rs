@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use super::{Bench, Run, Running, Scenario};
 use crate::report::{self, Sample};
+use crate::results;
 use crate::targets::TargetKind;
 
 impl Bench {
@@ -103,14 +104,37 @@ pub fn markers(name: &str) -> (String, String) {
 }
 
 /// Replaces (or appends) the section between `begin` and `end` in `path`,
-/// keeping the rest of the file.
-pub fn write_section(path: &Path, begin: &str, end: &str, section: &str) -> Result<()> {
+/// keeping the rest of the file, with the summary lines of `rows` at its
+/// end; then makes the file's summary table again ([`results::regenerate`]).
+pub fn write_section(
+    path: &Path,
+    begin: &str,
+    end: &str,
+    section: &str,
+    rows: &[results::Row],
+) -> Result<()> {
+    update_file(path, |existing| {
+        let body = format!(
+            "{}
+
+{}",
+            section.trim_end(),
+            results::lines(rows)?
+        );
+        Ok(report::replace_section(existing, begin, end, &body))
+    })
+}
+
+/// Reads `path` (empty when missing), changes it with `change`, makes its
+/// summary table again and writes it back.
+pub fn update_file(path: &Path, change: impl FnOnce(&str) -> Result<String>) -> Result<()> {
     let existing = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let text = report::replace_section(&existing, begin, end, section);
+    let text = results::regenerate(&change(&existing)?)
+        .with_context(|| format!("making the summary of {}", path.display()))?;
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 

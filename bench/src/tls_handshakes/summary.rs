@@ -170,6 +170,47 @@ pub(super) fn summarise(plan: &Plan, samples: &[Sample], clk_tck: u64) -> Vec<Su
     out
 }
 
+/// One summary row per mode: handshakes/s and CPU per handshake of both
+/// servers, the ratio, judged against [`TARGET_RATIO`]; a flagged
+/// sessiongate run does not meet it.
+pub(super) fn summary_rows(summaries: &[Summary]) -> Vec<crate::results::Row> {
+    let mut modes: Vec<Mode> = summaries.iter().map(|s| s.mode).collect();
+    modes.dedup();
+    modes
+        .into_iter()
+        .map(|mode| {
+            let find = |kind| {
+                summaries
+                    .iter()
+                    .find(|s| s.mode == mode && s.target == kind)
+            };
+            let figures = |s: &Summary| {
+                format!(
+                    "{} handshakes/s, {} µs CPU each",
+                    crate::results::count(s.per_sec),
+                    report::fmt_opt(s.cpu_us, |c| format!("{c:.0}"))
+                )
+            };
+            let sg = find(TargetKind::Sessiongate);
+            let ratio = sg.and_then(|s| s.vs_nginx);
+            let mut row = crate::results::Row::new("tls-handshakes", mode.label());
+            row.sessiongate = sg.map_or("not measured".into(), figures);
+            row.peer = format!(
+                "nginx: {}",
+                find(TargetKind::Nginx).map_or("not measured".into(), figures)
+            );
+            row.ratio = crate::results::times(ratio);
+            row.target = format!("handshakes/s ≥ {TARGET_RATIO:.1}x nginx");
+            row.met = ratio.map(|r| r >= TARGET_RATIO);
+            if let Some(s) = sg.filter(|s| !s.problems.is_empty()) {
+                row.met = Some(false);
+                row.note = format!("FLAGGED: {}", s.problems.join("; "));
+            }
+            row
+        })
+        .collect()
+}
+
 pub(super) fn summary_table(summaries: &[Summary]) -> String {
     let mut t = String::from(
         "| mode | target | handshakes/s (median) | vs nginx | server CPU µs/handshake | server CPU (cores) | resumed | errors |\n\
