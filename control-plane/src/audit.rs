@@ -74,6 +74,29 @@ pub async fn record(c: &mut Conn, rec: &SessionRecord, created: bool) -> Result<
     .await
 }
 
+/// [`record`] for each of `recs` (none created), in a few statements.
+pub async fn record_many(c: &mut Conn, recs: &[&SessionRecord]) -> Result<(), StoreError> {
+    let (actor, action) = WHO
+        .try_with(|w| (Arc::clone(&w.actor), Arc::clone(&w.action)))
+        .unwrap_or_else(|_| (Arc::from("system"), Arc::from("")));
+    let action = match &*action {
+        "" => "update",
+        a => a,
+    };
+    let at_ms = now_ms();
+    let rows: Vec<AuditRow> = recs
+        .iter()
+        .map(|rec| AuditRow {
+            at_ms,
+            session: rec.name.clone(),
+            action: action.to_string(),
+            actor: actor.to_string(),
+            detail: format!("state {}", rec.state),
+        })
+        .collect();
+    store::audit_insert_many(c, &rows).await
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -114,6 +114,17 @@ impl WriteGuard {
         tx.commit().await?;
         Ok(lock)
     }
+
+    /// Rolls back, and only then lets the lock go. (A transaction that
+    /// wrote and is only dropped rolls back when its connection is next
+    /// used: on SQLite the next writer, on another connection, could find
+    /// the database's write lock still held.)
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        let WriteGuard { tx, lock } = self;
+        let rolled_back = tx.rollback().await;
+        drop(lock);
+        Ok(rolled_back?)
+    }
 }
 
 impl Deref for WriteGuard {

@@ -342,7 +342,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/routes", get(routes::list_routes))
         .route(
             "/api/v1/sessions",
-            get(sessions::list_sessions).post(sessions::create_session),
+            get(sessions::list_sessions)
+                .post(sessions::create_session)
+                .patch(sessions::patch_sessions),
         )
         .route("/api/v1/sessions/bulk", post(sessions::bulk_action))
         .route(
@@ -608,7 +610,7 @@ fn action_of(method: &Method, path: &str) -> String {
     match (method.as_str(), parts.as_slice()) {
         ("POST", []) => "create".into(),
         ("POST", ["bulk"]) => "bulk".into(),
-        ("PATCH", [_]) => "change".into(),
+        ("PATCH", [] | [_]) => "change".into(),
         ("DELETE", [_]) => "delete".into(),
         ("PUT", [_, "groups"]) => "share".into(),
         ("POST", [_, "access"]) => "open".into(),

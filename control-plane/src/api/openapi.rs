@@ -17,6 +17,7 @@ use super::{access, directory, environments, gateway, routes, sessions, workshop
         sessions::create_session,
         sessions::get_session,
         sessions::patch_session,
+        sessions::patch_sessions,
         sessions::delete_session,
         sessions::session_action,
         sessions::set_groups,

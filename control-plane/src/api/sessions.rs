@@ -1,4 +1,5 @@
-//! `/api/v1/sessions`: create, list, read, change, share, act, bulk.
+//! `/api/v1/sessions`: create, list, read, change (one or many), share,
+//! act, bulk.
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -11,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use axum::Extension;
 
 use super::{ApiError, ApiJson, ApiPath, Control, ErrorBody};
-use crate::control::{BulkOutcome, BulkRefusal};
+use crate::control::{BulkOutcome, BulkRefusal, PatchBatchError, MAX_PATCH_BATCH};
 use crate::error::ControlError;
 use crate::permissions::{user_groups, Caller, SessionOp};
 use crate::session::lifecycle::{Action, SessionState};
@@ -233,6 +234,198 @@ pub async fn patch_session(
     let mut view = rec.view(cp.now_ms());
     view.warnings = cp.warnings(&rec);
     Ok(Json(view))
+}
+
+/// One item of `PATCH /api/v1/sessions`: the session's name and the same
+/// fields `PATCH /api/v1/sessions/{name}` takes.
+#[derive(Deserialize, ToSchema)]
+pub struct SessionPatchItem {
+    /// The session to change.
+    pub name: String,
+    #[serde(flatten)]
+    pub patch: SessionPatch,
+}
+
+/// `PATCH /api/v1/sessions`: many sessions' targets and routing, changed
+/// together or not at all.
+#[derive(Deserialize, ToSchema)]
+pub struct PatchBatchRequest {
+    /// At most 10,000 items, each session at most once.
+    pub sessions: Vec<SessionPatchItem>,
+}
+
+/// The body as it is read: each item is then read on its own, so that a
+/// refusal names it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchBatchBody {
+    sessions: Vec<serde_json::Value>,
+}
+
+/// One session changed by a batched patch.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PatchBatchResult {
+    pub name: String,
+    /// The session's state (a patch does not change it).
+    pub state: SessionState,
+    /// As in a single patch's answer (a custom domain no certificate covers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PatchBatchResponse {
+    /// How many sessions were changed: every item.
+    pub applied: usize,
+    /// One per item, in the order given.
+    pub results: Vec<PatchBatchResult>,
+}
+
+/// Missing sessions quoted in a 404, at most.
+const QUOTED_MISSING: usize = 20;
+
+/// Item `index` of a batched patch: its name and its patch, read as
+/// `PATCH /api/v1/sessions/{name}` reads its body.
+fn patch_item(index: usize, item: serde_json::Value) -> Result<(String, SessionPatch), ApiError> {
+    let invalid_json = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", m);
+    let serde_json::Value::Object(mut fields) = item else {
+        return Err(invalid_json(format!(
+            "sessions[{index}]: expected an object with the session's name and the fields to change"
+        )));
+    };
+    let name = match fields.remove("name") {
+        Some(serde_json::Value::String(name)) => name,
+        Some(other) => {
+            return Err(invalid_json(format!(
+                "sessions[{index}]: name must be a string, not {other}"
+            )))
+        }
+        None => {
+            return Err(invalid_json(format!(
+                "sessions[{index}]: missing field `name` (the session to change)"
+            )))
+        }
+    };
+    let fields = serde_json::Value::Object(fields);
+    match SessionPatch::deserialize(&fields) {
+        Ok(patch) => Ok((name, patch)),
+        Err(e) => {
+            let field = field_refused(&fields)
+                .map(|f| format!("{f}: "))
+                .unwrap_or_default();
+            Err(invalid_json(format!(
+                "sessions[{index}] ({name:?}): {field}{e}"
+            )))
+        }
+    }
+}
+
+/// The field of `fields` (a JSON object) that a patch refuses on its own,
+/// to name it where serde's message does not (a value of the wrong type).
+fn field_refused(fields: &serde_json::Value) -> Option<&str> {
+    let serde_json::Value::Object(map) = fields else {
+        return None;
+    };
+    map.iter().find_map(|(k, v)| {
+        let alone = serde_json::Value::Object([(k.clone(), v.clone())].into_iter().collect());
+        SessionPatch::deserialize(&alone)
+            .is_err()
+            .then_some(k.as_str())
+    })
+}
+
+impl From<PatchBatchError> for ApiError {
+    fn from(e: PatchBatchError) -> Self {
+        match e {
+            PatchBatchError::TooMany(n) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "{n} sessions in one batch; at most {MAX_PATCH_BATCH}: split it into several"
+                ),
+            ),
+            PatchBatchError::Duplicate { name, first, again } => ApiError::bad_request(format!(
+                "sessions[{again}] ({name:?}): session {name:?} is already at sessions[{first}]; \
+                 list each session once"
+            )),
+            PatchBatchError::Missing(missing) => {
+                let mut quoted: Vec<String> = missing
+                    .iter()
+                    .take(QUOTED_MISSING)
+                    .map(|(i, name)| format!("sessions[{i}] {name:?}"))
+                    .collect();
+                if missing.len() > QUOTED_MISSING {
+                    quoted.push(format!("and {} more", missing.len() - QUOTED_MISSING));
+                }
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!(
+                        "{} of the sessions not found, nothing changed: {}",
+                        missing.len(),
+                        quoted.join(", ")
+                    ),
+                )
+            }
+            PatchBatchError::Item { index, name, error } => {
+                let mut api = ApiError::from(error);
+                api.message = format!("sessions[{index}] ({name:?}): {}", api.message);
+                api
+            }
+            PatchBatchError::Failed(e) => e.into(),
+        }
+    }
+}
+
+#[utoipa::path(
+    patch, path = "/api/v1/sessions", tag = "sessions",
+    request_body = PatchBatchRequest,
+    responses(
+        (status = 200, description = "Every session changed, in one transaction and one route-table update (its version in `Sessiongate-Table-Version`)", body = PatchBatchResponse),
+        (status = 400, description = "Malformed JSON, an unknown field, or a session listed twice; the message names the item (`sessions[i]`) and the field. Nothing changed", body = ErrorBody),
+        (status = 404, description = "Sessions that do not exist, each named; nothing changed", body = ErrorBody),
+        (status = 409, description = "An item's session is finished, or its slug or custom domain is taken (the item named); nothing changed", body = ErrorBody),
+        (status = 413, description = "More than 10,000 items, or a body over the API's body limit", body = ErrorBody),
+        (status = 422, description = "An invalid value (the item and the field named); nothing changed", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn patch_sessions(
+    State(cp): State<Control>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<PatchBatchBody>,
+) -> Result<Json<PatchBatchResponse>, ApiError> {
+    if body.sessions.len() > MAX_PATCH_BATCH {
+        return Err(PatchBatchError::TooMany(body.sessions.len()).into());
+    }
+    let mut items = Vec::with_capacity(body.sessions.len());
+    for (index, item) in body.sessions.into_iter().enumerate() {
+        items.push(patch_item(index, item)?);
+    }
+    // The same permission as each single patch.
+    if caller.user().is_some() {
+        for (index, (name, _)) in items.iter().enumerate() {
+            authorize(&cp, &caller, name, SessionOp::Operate("change"))
+                .await
+                .map_err(|error| PatchBatchError::Item {
+                    index,
+                    name: name.clone(),
+                    error,
+                })?;
+        }
+    }
+    let recs = cp.patch_sessions(items).await?;
+    Ok(Json(PatchBatchResponse {
+        applied: recs.len(),
+        results: recs
+            .iter()
+            .map(|rec| PatchBatchResult {
+                name: rec.name.clone(),
+                state: rec.state,
+                warnings: cp.warnings(rec),
+            })
+            .collect(),
+    }))
 }
 
 #[utoipa::path(

@@ -61,7 +61,7 @@ pub mod sessions;
 pub mod tokens;
 
 pub use routing::StaticKeys;
-pub use sessions::{BulkOutcome, BulkRefusal};
+pub use sessions::{BulkOutcome, BulkRefusal, PatchBatchError, MAX_PATCH_BATCH};
 
 /// What a control plane is made of: the store it keeps its records in, the
 /// route table it publishes to, and the clock its lifecycle reads.

@@ -132,21 +132,56 @@ impl ControlPlane {
         new: &SessionRecord,
         update: &mut RouteUpdate,
     ) -> Result<(), ControlError> {
-        let spec = route_spec(new, &self.group_cache())?;
-        let Some(old) = old else {
-            update.changes.extend(spec.map(RouteChange::Upsert));
-            return Ok(());
-        };
-        let id = route_id(&new.name);
-        if takes_away(old, new) {
+        if self.push_route_change(old, new, &self.group_cache(), update)? {
             tracing::info!(session = %new.name, "closing what the session's change no longer admits");
         }
+        Ok(())
+    }
+
+    /// [`Self::add_route_change`] for each `(old, new)` of a batch, with
+    /// one log line for them all rather than one per session.
+    pub(crate) fn add_route_changes<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (&'a SessionRecord, &'a SessionRecord)>,
+        update: &mut RouteUpdate,
+    ) -> Result<(), ControlError> {
+        let groups = self.group_cache();
+        let mut closing = 0usize;
+        for (old, new) in changes {
+            if self.push_route_change(Some(old), new, &groups, update)? {
+                closing += 1;
+            }
+        }
+        if closing > 0 {
+            tracing::info!(
+                sessions = closing,
+                "closing what the sessions' changes no longer admit"
+            );
+        }
+        Ok(())
+    }
+
+    /// Adds the change from `old` to `new` to `update`; whether it takes
+    /// something away from what the route let in (see [`takes_away`]).
+    fn push_route_change(
+        &self,
+        old: Option<&SessionRecord>,
+        new: &SessionRecord,
+        groups: &GroupCache,
+        update: &mut RouteUpdate,
+    ) -> Result<bool, ControlError> {
+        let spec = route_spec(new, groups)?;
+        let Some(old) = old else {
+            update.changes.extend(spec.map(RouteChange::Upsert));
+            return Ok(false);
+        };
+        let id = route_id(&new.name);
         match spec {
             Some(spec) => update.changes.push(RouteChange::Upsert(spec)),
             None if old.state.is_live() => update.changes.push(RouteChange::Remove(id)),
             None => {}
         }
-        Ok(())
+        Ok(takes_away(old, new))
     }
 
     /// Publishes the route change from `old` to `new` and waits for the

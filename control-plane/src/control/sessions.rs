@@ -7,7 +7,7 @@
 //! the record it saw, and is answered once the commit covers it and the
 //! table shows it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::origins::check_portal_slug;
 use super::routing::{check_unique_keys, RouteUpdate};
@@ -35,6 +35,38 @@ pub enum BulkRefusal {
     Duplicate,
     /// Refused as the single action would have been.
     Refused(ControlError),
+}
+
+/// The most items one [`ControlPlane::patch_sessions`] takes.
+pub const MAX_PATCH_BATCH: usize = 10_000;
+
+/// Why a batch of patches changed nothing.
+#[derive(Debug)]
+pub enum PatchBatchError {
+    /// More items than [`MAX_PATCH_BATCH`].
+    TooMany(usize),
+    /// The same session twice, at these places.
+    Duplicate {
+        name: String,
+        first: usize,
+        again: usize,
+    },
+    /// These sessions (place, name) do not exist.
+    Missing(Vec<(usize, String)>),
+    /// The item at `index` was refused, as a single patch would have been.
+    Item {
+        index: usize,
+        name: String,
+        error: ControlError,
+    },
+    /// The server's own failure (the store, the route table).
+    Failed(ControlError),
+}
+
+impl From<ControlError> for PatchBatchError {
+    fn from(e: ControlError) -> Self {
+        PatchBatchError::Failed(e)
+    }
 }
 
 /// A session write that is committed, waiting for the table.
@@ -212,33 +244,177 @@ impl ControlPlane {
         name: &str,
         patch: SessionPatch,
     ) -> Result<SessionRecord, ControlError> {
-        let mut patch = patch;
-        if let Some(Some(s)) = &patch.slug {
-            patch.slug = Some(Some(model::normalize_slug(s)?));
-        }
-        if let Some(Some(d)) = &patch.custom_domain {
-            let d = model::normalize_custom_domain(d, &self.base_domains())?;
-            patch.custom_domain = Some(Some(d));
-        }
+        let patch = self.normalize_patch(patch, &self.base_domains())?;
         let changed = self
-            .joined_change(name, true, move |cp, old| {
-                if !old.state.is_live() {
-                    return Err(ControlError::Conflict(format!(
-                        "session {:?} is {} and can no longer be changed",
-                        old.name, old.state
-                    )));
-                }
-                let mut rec = old.clone();
-                patch.apply(&mut rec);
-                model::validate_target(&rec)?;
-                cp.check_session_target(Some(old), &rec)?;
-                cp.check_static_keys(&rec)?;
-                Ok(rec)
-            })
+            .joined_change(name, true, move |cp, old| cp.patched(old, patch))
             .await?;
         let rec = changed.finish(self).await?;
         tracing::info!(session = %name, "session changed");
         Ok(rec)
+    }
+
+    /// A patch's slug and custom domain in the forms they are stored in
+    /// (`base_domains`: the gateway's), or why not: the checks of a patch
+    /// that need no stored record.
+    fn normalize_patch(
+        &self,
+        mut patch: SessionPatch,
+        base_domains: &[String],
+    ) -> Result<SessionPatch, ControlError> {
+        if let Some(Some(s)) = &patch.slug {
+            patch.slug = Some(Some(model::normalize_slug(s)?));
+        }
+        if let Some(Some(d)) = &patch.custom_domain {
+            let d = model::normalize_custom_domain(d, base_domains)?;
+            patch.custom_domain = Some(Some(d));
+        }
+        Ok(patch)
+    }
+
+    /// The record `patch` (normalised) makes of `old`, checked: the session
+    /// must be live, and the result a valid target that the target policy
+    /// and the static routes allow. (Its slug and custom domain against
+    /// the other sessions are checked in the transaction.)
+    fn patched(
+        &self,
+        old: &SessionRecord,
+        patch: SessionPatch,
+    ) -> Result<SessionRecord, ControlError> {
+        if !old.state.is_live() {
+            return Err(ControlError::Conflict(format!(
+                "session {:?} is {} and can no longer be changed",
+                old.name, old.state
+            )));
+        }
+        let mut rec = old.clone();
+        patch.apply(&mut rec);
+        model::validate_target(&rec)?;
+        self.check_session_target(Some(old), &rec)?;
+        self.check_static_keys(&rec)?;
+        Ok(rec)
+    }
+
+    /// Applies many patches, all or nothing: each item is checked as
+    /// [`Self::patch_session`] checks one, in the order given, and every
+    /// change is written in one transaction (one commit, its change-log
+    /// rows and audit lines with it) and published as one route-table
+    /// update. A refusal names the item by its place in `items`; nothing
+    /// is changed unless every item is accepted.
+    pub async fn patch_sessions(
+        &self,
+        items: Vec<(String, SessionPatch)>,
+    ) -> Result<Vec<SessionRecord>, PatchBatchError> {
+        if items.len() > MAX_PATCH_BATCH {
+            return Err(PatchBatchError::TooMany(items.len()));
+        }
+        let refused = |index: usize, name: &str, error: ControlError| PatchBatchError::Item {
+            index,
+            name: name.to_string(),
+            error,
+        };
+        // The checks that need no stored record, before any lock is taken.
+        let base_domains = self.base_domains();
+        let mut first_at: HashMap<&str, usize> = HashMap::with_capacity(items.len());
+        for (index, (name, _)) in items.iter().enumerate() {
+            if let Some(first) = first_at.insert(name.as_str(), index) {
+                return Err(PatchBatchError::Duplicate {
+                    name: name.clone(),
+                    first,
+                    again: index,
+                });
+            }
+        }
+        drop(first_at);
+        let mut patches = Vec::with_capacity(items.len());
+        for (index, (name, patch)) in items.into_iter().enumerate() {
+            match self.normalize_patch(patch, &base_domains) {
+                Ok(patch) => patches.push((name, patch)),
+                Err(e) => return Err(refused(index, &name, e)),
+            }
+        }
+        if patches.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let mut tx = self.writes.begin().await.map_err(ControlError::from)?;
+        let names: Vec<String> = patches.iter().map(|(name, _)| name.clone()).collect();
+        let mut stored = store::sessions_get_many(&mut tx, &names)
+            .await
+            .map_err(ControlError::from)?;
+        drop(names);
+        let mut olds = Vec::with_capacity(patches.len());
+        let mut missing = Vec::new();
+        for (index, (name, _)) in patches.iter().enumerate() {
+            match stored.remove(name) {
+                Some(old) => olds.push(old),
+                None => missing.push((index, name.clone())),
+            }
+        }
+        if !missing.is_empty() {
+            // Dropping the transaction rolls it back (it wrote nothing).
+            return Err(PatchBatchError::Missing(missing));
+        }
+        let mut changed = Vec::with_capacity(olds.len());
+        for (index, ((name, patch), old)) in patches.into_iter().zip(olds).enumerate() {
+            match self.patched(&old, patch) {
+                Ok(rec) => changed.push((old, rec)),
+                Err(e) => return Err(refused(index, &name, e)),
+            }
+        }
+        if let Err(e) = Self::write_patched(&mut tx, &changed).await {
+            // Some rows may be written: rolled back before the lock goes.
+            if let Err(rollback) = tx.rollback().await {
+                tracing::error!(error = %rollback, "rolling back a refused batch of patches");
+            }
+            return Err(e);
+        }
+        let _lock = tx.commit().await.map_err(ControlError::from)?;
+        let mut update = RouteUpdate::default();
+        self.add_route_changes(changed.iter().map(|(old, rec)| (old, rec)), &mut update)?;
+        self.apply_update(update).await?;
+        tracing::info!(sessions = changed.len(), "sessions changed in one batch");
+        Ok(changed.into_iter().map(|(_, rec)| rec).collect())
+    }
+
+    /// Writes each `(old, new)` of a batch of patches in `tx`, in order,
+    /// each item's new slug or custom domain checked against the other
+    /// live sessions as the items before it left them (as single patches
+    /// one after the other would be): two items cannot take the same slug,
+    /// and a swap needs a free slug in between. The rows are written in
+    /// batches, each before the next check that reads them. (A slug or
+    /// custom domain an item keeps needs no check: it held it alone, and an
+    /// item before it that took it was refused.)
+    async fn write_patched(
+        tx: &mut store::Conn,
+        changed: &[(SessionRecord, SessionRecord)],
+    ) -> Result<(), PatchBatchError> {
+        let mut unwritten: Vec<(&SessionRecord, &SessionRecord)> = Vec::new();
+        for (index, (old, rec)) in changed.iter().enumerate() {
+            let new_key = (rec.slug.is_some() && rec.slug != old.slug)
+                || (rec.custom_domain.is_some() && rec.custom_domain != old.custom_domain);
+            if new_key {
+                store::sessions_update_rows(tx, &unwritten)
+                    .await
+                    .map_err(ControlError::from)?;
+                unwritten.clear();
+                let checked = async {
+                    check_unique_keys(tx, rec).await?;
+                    check_portal_slug(tx, rec, old.slug.as_deref()).await
+                };
+                if let Err(error) = checked.await {
+                    return Err(PatchBatchError::Item {
+                        index,
+                        name: rec.name.clone(),
+                        error,
+                    });
+                }
+            }
+            unwritten.push((old, rec));
+        }
+        store::sessions_update_rows(tx, &unwritten)
+            .await
+            .map_err(ControlError::from)?;
+        Ok(())
     }
 
     /// Replaces the groups a session is shared with.

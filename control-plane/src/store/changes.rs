@@ -108,6 +108,37 @@ pub async fn log_change(c: &mut Conn, kind: ChangeKind, name: &str) -> Result<()
     Ok(())
 }
 
+/// [`log_change`] for each of `names`, in that order, in one round trip.
+pub async fn log_changes(c: &mut Conn, kind: ChangeKind, names: &[&str]) -> Result<(), StoreError> {
+    if engine_of(c) != Engine::Postgres || names.is_empty() {
+        return Ok(());
+    }
+    let names = serde_json::to_string(names).map_err(|e| StoreError::Corrupt {
+        what: "change log",
+        key: kind.as_str().to_string(),
+        message: e.to_string(),
+    })?;
+    // As in `log_change`; the insert runs to its end whatever the outer
+    // query reads of it, and one notification is enough.
+    sqlx::query(
+        "WITH ordered AS (SELECT pg_advisory_xact_lock($1) AS locked), \
+              logged AS (INSERT INTO changes (kind, name, origin, at_ms) \
+                         SELECT $2, n.name, $4, $5 FROM ordered, \
+                         json_array_elements_text($3::json) WITH ORDINALITY AS n (name, i) \
+                         ORDER BY n.i RETURNING seq) \
+         SELECT pg_notify($6, '') FROM (SELECT 1 FROM logged LIMIT 1) AS one",
+    )
+    .bind(ORDER_LOCK)
+    .bind(kind.as_str())
+    .bind(names)
+    .bind(replica_id())
+    .bind(ms(now_ms()))
+    .bind(CHANNEL)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
 /// The rows after `seq`, oldest first, at most `limit`.
 pub async fn changes_after(c: &mut Conn, seq: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
     let rows = sqlx::query(

@@ -77,6 +77,35 @@ pub async fn audit_insert(c: &mut Conn, row: &AuditRow) -> Result<(), StoreError
     Ok(())
 }
 
+/// [`audit_insert`] for each of `rows`, in order, in a few statements.
+pub async fn audit_insert_many(c: &mut Conn, rows: &[AuditRow]) -> Result<(), StoreError> {
+    let read = match engine_of(c) {
+        Engine::Sqlite => {
+            "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+             json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
+             json_extract(value, '$[4]') FROM json_each($1) ORDER BY key"
+        }
+        Engine::Postgres => {
+            "SELECT (v->>0)::bigint, v->>1, v->>2, v->>3, v->>4 \
+             FROM json_array_elements($1::json) WITH ORDINALITY AS a (v, i) ORDER BY i"
+        }
+    };
+    let sql = format!("INSERT INTO audit (at_ms, session, action, actor, detail) {read}");
+    for chunk in rows.chunks(500) {
+        let json = serde_json::Value::Array(
+            chunk
+                .iter()
+                .map(|r| serde_json::json!([ms(r.at_ms), r.session, r.action, r.actor, r.detail]))
+                .collect(),
+        );
+        sqlx::query(&sql)
+            .bind(json.to_string())
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(())
+}
+
 /// `session`'s history, oldest first, at most `limit` lines (the newest).
 pub async fn audit_list(
     c: &mut Conn,

@@ -369,6 +369,219 @@ pub async fn session_update_row(c: &mut Conn, s: &SessionRecord) -> Result<(), S
     log_change(c, ChangeKind::Session, &s.name).await
 }
 
+/// Sessions [`sessions_get_many`] reads, and [`sessions_update_rows`]
+/// writes, per statement.
+const MANY_CHUNK: usize = 500;
+
+/// The stored records of those of `names` that exist, with their groups,
+/// by name: two statements per [`MANY_CHUNK`] names, each chunk's names one
+/// JSON parameter.
+pub async fn sessions_get_many(
+    c: &mut Conn,
+    names: &[String],
+) -> Result<HashMap<String, SessionRecord>, StoreError> {
+    let listed = match engine_of(c) {
+        Engine::Sqlite => "SELECT value FROM json_each($1)",
+        Engine::Postgres => "SELECT json_array_elements_text($1::json)",
+    };
+    let rows_sql = format!("SELECT {SESSION_SELECT} FROM sessions WHERE name IN ({listed})");
+    let groups_sql = format!(
+        "SELECT session_name, group_name FROM session_groups WHERE session_name IN ({listed}) \
+         ORDER BY group_name"
+    );
+    let mut records = HashMap::with_capacity(names.len());
+    for chunk in names.chunks(MANY_CHUNK) {
+        let json = serde_json::to_string(chunk).map_err(|e| StoreError::Corrupt {
+            what: "session",
+            key: String::new(),
+            message: format!("names as JSON: {e}"),
+        })?;
+        for row in sqlx::query(&rows_sql)
+            .bind(json.as_str())
+            .fetch_all(&mut *c)
+            .await?
+        {
+            let rec = session_row(&row)?;
+            records.insert(rec.name.clone(), rec);
+        }
+        for row in sqlx::query(&groups_sql)
+            .bind(json.as_str())
+            .fetch_all(&mut *c)
+            .await?
+        {
+            let name: String = row.try_get("session_name")?;
+            if let Some(rec) = records.get_mut(&name) {
+                rec.groups.push(row.try_get("group_name")?);
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// [`session_update_row`] for many records at once, with the same effects
+/// (each row overwritten but its groups, an audit line and a change-log
+/// row per record), in a few statements: each chunk's rows are one JSON
+/// parameter that one `UPDATE … FROM` reads. Each record comes with the
+/// row as stored now (read in this transaction), and only the columns in
+/// which some record differs from it are written.
+pub async fn sessions_update_rows(
+    c: &mut Conn,
+    records: &[(&SessionRecord, &SessionRecord)],
+) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let columns: Vec<&str> = COLUMN_DIFFERS
+        .iter()
+        .filter(|(_, differs)| records.iter().any(|(old, new)| differs(old, new)))
+        .map(|(col, _)| *col)
+        .collect();
+    if !columns.is_empty() {
+        let set = columns
+            .iter()
+            .map(|col| format!("{col} = j.{col}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = match engine_of(c) {
+            Engine::Sqlite => {
+                // Each row's object parsed once (JSONB, materialized), not
+                // once per column read from it.
+                let extracted = std::iter::once("name")
+                    .chain(columns.iter().copied())
+                    .map(|col| format!("json_extract(r.v, '$.{col}') AS {col}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "WITH r AS MATERIALIZED (SELECT jsonb(value) AS v FROM json_each($1)) \
+                     UPDATE sessions SET {set} FROM (SELECT {extracted} FROM r) AS j \
+                     WHERE sessions.name = j.name"
+                )
+            }
+            // Typed by the table's own row type (absent keys are NULL, and
+            // not written).
+            Engine::Postgres => format!(
+                "UPDATE sessions SET {set} \
+                 FROM json_populate_recordset(NULL::sessions, $1::json) AS j \
+                 WHERE sessions.name = j.name"
+            ),
+        };
+        for chunk in records.chunks(MANY_CHUNK) {
+            // Only the name and the columns written.
+            let rows: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|(_, new)| {
+                    std::iter::once("name")
+                        .chain(columns.iter().copied())
+                        .map(|col| (col.to_string(), column_json(new, col)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into()
+                })
+                .collect();
+            sqlx::query(&sql)
+                .bind(serde_json::Value::Array(rows).to_string())
+                .execute(&mut *c)
+                .await?;
+        }
+    }
+    let written: Vec<&SessionRecord> = records.iter().map(|(_, new)| *new).collect();
+    crate::audit::record_many(c, &written).await?;
+    let names: Vec<&str> = written.iter().map(|s| s.name.as_str()).collect();
+    log_changes(c, ChangeKind::Session, &names).await
+}
+
+/// Every column of [`SESSION_COLS`] of `s`, as `bind_session` binds them,
+/// in a JSON object keyed by column.
+/// Column `col` (of [`SESSION_COLS`]) of `s`, as `bind_session` binds it,
+/// as JSON.
+fn column_json(s: &SessionRecord, col: &str) -> serde_json::Value {
+    use serde_json::json;
+    match col {
+        "name" => json!(s.name),
+        "kind" => json!(s.kind.as_str()),
+        "remote_host" => json!(s.remote_host),
+        "remote_port" => json!(s.remote_port.map(i64::from)),
+        "url" => json!(s.url),
+        "https" => json!(s.https),
+        "tls_verify" => json!(s.tls_verify),
+        "slug" => json!(s.slug),
+        "strip_prefix" => json!(s.strip_prefix),
+        "rewrite_host" => json!(s.rewrite_host),
+        "custom_domain" => json!(s.custom_domain),
+        "workspace_port" => json!(s.workspace_port.map(i64::from)),
+        "owner" => json!(s.owner),
+        "public" => json!(s.public),
+        "state" => json!(s.state.as_str()),
+        "created_ms" => json!(ms(s.created_ms)),
+        "activated_ms" => json!(opt_ms(s.activated_ms)),
+        "expires_ms" => json!(opt_ms(s.expires_ms)),
+        "last_activity_ms" => json!(opt_ms(s.last_activity_ms)),
+        "paused_ms" => json!(opt_ms(s.paused_ms)),
+        "state_changed_ms" => json!(ms(s.state_changed_ms)),
+        "duration_secs" => json!(opt_ms(s.duration_secs)),
+        "idle_timeout_secs" => json!(opt_ms(s.idle_timeout_secs)),
+        "extendable" => json!(s.extendable),
+        "environment" => json!(s.environment),
+        "labels" => json!(labels_json(s)),
+        "activate_by_ms" => json!(opt_ms(s.activate_by_ms)),
+        "allow_any_upgrade" => json!(s.allow_any_upgrade),
+        "shared_origin" => json!(s.shared_origin),
+        "analytics_url" => json!(s.analytics_url),
+        "parameters" => json!(serde_json::to_string(&s.parameters).unwrap_or_else(|_| "[]".into())),
+        "parameter_headers" => json!(s.parameter_headers),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// Whether two records differ in a column, for each column but `name`.
+type Differs = fn(&SessionRecord, &SessionRecord) -> bool;
+const COLUMN_DIFFERS: &[(&str, Differs)] = &[
+    ("kind", |o, n| o.kind != n.kind),
+    ("remote_host", |o, n| o.remote_host != n.remote_host),
+    ("remote_port", |o, n| o.remote_port != n.remote_port),
+    ("url", |o, n| o.url != n.url),
+    ("https", |o, n| o.https != n.https),
+    ("tls_verify", |o, n| o.tls_verify != n.tls_verify),
+    ("slug", |o, n| o.slug != n.slug),
+    ("strip_prefix", |o, n| o.strip_prefix != n.strip_prefix),
+    ("rewrite_host", |o, n| o.rewrite_host != n.rewrite_host),
+    ("custom_domain", |o, n| o.custom_domain != n.custom_domain),
+    ("workspace_port", |o, n| {
+        o.workspace_port != n.workspace_port
+    }),
+    ("owner", |o, n| o.owner != n.owner),
+    ("public", |o, n| o.public != n.public),
+    ("state", |o, n| o.state != n.state),
+    ("created_ms", |o, n| o.created_ms != n.created_ms),
+    ("activated_ms", |o, n| o.activated_ms != n.activated_ms),
+    ("expires_ms", |o, n| o.expires_ms != n.expires_ms),
+    ("last_activity_ms", |o, n| {
+        o.last_activity_ms != n.last_activity_ms
+    }),
+    ("paused_ms", |o, n| o.paused_ms != n.paused_ms),
+    ("state_changed_ms", |o, n| {
+        o.state_changed_ms != n.state_changed_ms
+    }),
+    ("duration_secs", |o, n| o.duration_secs != n.duration_secs),
+    ("idle_timeout_secs", |o, n| {
+        o.idle_timeout_secs != n.idle_timeout_secs
+    }),
+    ("extendable", |o, n| o.extendable != n.extendable),
+    ("environment", |o, n| o.environment != n.environment),
+    ("labels", |o, n| o.labels != n.labels),
+    ("activate_by_ms", |o, n| {
+        o.activate_by_ms != n.activate_by_ms
+    }),
+    ("allow_any_upgrade", |o, n| {
+        o.allow_any_upgrade != n.allow_any_upgrade
+    }),
+    ("shared_origin", |o, n| o.shared_origin != n.shared_origin),
+    ("analytics_url", |o, n| o.analytics_url != n.analytics_url),
+    ("parameters", |o, n| o.parameters != n.parameters),
+    ("parameter_headers", |o, n| {
+        o.parameter_headers != n.parameter_headers
+    }),
+];
+
 /// Removes the record for good (retention purge, or replacing a finished one).
 pub async fn session_purge(c: &mut Conn, name: &str) -> Result<bool, StoreError> {
     let r = sqlx::query("DELETE FROM sessions WHERE name = $1")

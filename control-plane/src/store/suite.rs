@@ -69,6 +69,7 @@ on_both_engines!(
     users_are_listed_case_insensitively_with_wildcards_escaped_and_paged,
     groups_and_members_round_trip_in_byte_order,
     sessions_round_trip_every_column,
+    sessions_updated_in_bulk_round_trip_every_column,
     session_listing_filters_and_pages,
     slug_neighbours_follow_byte_order_whatever_the_locale,
     live_names_are_unique_and_the_duplicate_is_named,
@@ -366,6 +367,119 @@ async fn sessions_round_trip_every_column(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(all, [empty, changed]);
+}
+
+/// A record with every column of `session`'s flipped: each boolean, each
+/// optional value set, each value another.
+fn flipped(name: &str, owner: &str) -> SessionRecord {
+    SessionRecord {
+        kind: SessionKind::Link,
+        remote_host: Some("backend.internal".into()),
+        remote_port: Some(65_535),
+        url: Some("https://example.org/x?y=1".into()),
+        https: true,
+        tls_verify: false,
+        slug: Some(format!("/labs/{name}")),
+        shared_origin: true,
+        strip_prefix: true,
+        rewrite_host: true,
+        allow_any_upgrade: true,
+        custom_domain: Some(format!("{name}.example.org")),
+        workspace_port: Some(1),
+        public: true,
+        state: SessionState::Paused,
+        created_ms: 1_700_000_000_000,
+        activated_ms: Some(1_700_000_000_001),
+        expires_ms: Some(i64::MAX as u64),
+        last_activity_ms: Some(3),
+        paused_ms: Some(4),
+        state_changed_ms: 5,
+        duration_secs: Some(3_600),
+        idle_timeout_secs: Some(600),
+        extendable: false,
+        environment: Some("env-1".into()),
+        labels: BTreeMap::from([
+            ("course".into(), "Rust 101".into()),
+            ("émoji".into(), "✓ \"q\"".into()),
+        ]),
+        activate_by_ms: Some(6),
+        analytics_url: Some("https://hooks.example.org/a".into()),
+        parameters: vec![RequestParameter {
+            name: "WORKSHOP_USER".into(),
+            value: "o'brien \"quoted\"".into(),
+        }],
+        parameter_headers: true,
+        ..session(name, owner)
+    }
+}
+
+async fn sessions_updated_in_bulk_round_trip_every_column(engine: Engine) {
+    let f = Fixture::new(engine, "session-bulk-update").await;
+    let mut c = f.conn().await;
+    for u in ["ann", "bob"] {
+        user_insert(&mut c, &user(u)).await.unwrap();
+    }
+    group_insert(&mut c, "team", 1).await.unwrap();
+    let plain = SessionRecord {
+        groups: vec!["team".into()],
+        ..session("plain", "ann")
+    };
+    let full = flipped("full", "ann");
+    let same = session("same", "ann");
+    for s in [&plain, &full, &same] {
+        session_insert(&mut c, s).await.unwrap();
+    }
+    let names: Vec<String> = ["plain", "full", "same", "none"]
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let got = sessions_get_many(&mut c, &names).await.unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got["plain"], plain);
+    assert_eq!(got["full"], full);
+
+    // Every column flipped both ways, in one call; one record unchanged.
+    let plain_now = SessionRecord {
+        owner: "bob".into(),
+        ..flipped("plain", "ann")
+    };
+    let full_now = SessionRecord {
+        groups: Vec::new(),
+        ..session("full", "bob")
+    };
+    sessions_update_rows(
+        &mut c,
+        &[(&plain, &plain_now), (&full, &full_now), (&same, &same)],
+    )
+    .await
+    .unwrap();
+    // The groups stay as stored.
+    let plain_now = SessionRecord {
+        groups: plain.groups.clone(),
+        ..plain_now
+    };
+    let got = sessions_get_many(&mut c, &names).await.unwrap();
+    assert_eq!(got["plain"], plain_now);
+    assert_eq!(got["full"], full_now);
+    assert_eq!(got["same"], same);
+    assert_eq!(session_get(&mut c, "plain").await.unwrap(), Some(plain_now));
+    // An audit line each, as `session_update_row` writes.
+    for name in ["plain", "full", "same"] {
+        let lines = audit_list(&mut c, name, 10).await.unwrap();
+        assert_eq!(
+            lines.iter().map(|l| l.action.as_str()).collect::<Vec<_>>(),
+            ["create", "update"],
+            "{name}"
+        );
+    }
+    // On PostgreSQL, a change-log row each, in order.
+    if engine == Engine::Postgres {
+        let logged = changes_after(&mut c, 0, 100).await.unwrap();
+        let names: Vec<&str> = logged.iter().map(|ch| ch.name.as_str()).collect();
+        assert_eq!(names[names.len() - 3..], ["plain", "full", "same"]);
+    }
+    // Nothing to write is no statement at all.
+    sessions_update_rows(&mut c, &[]).await.unwrap();
 }
 
 async fn session_listing_filters_and_pages(engine: Engine) {

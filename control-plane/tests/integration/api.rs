@@ -1077,6 +1077,230 @@ async fn bulk_applies_where_applicable_and_reports_each_name(engine: Engine) {
     .await;
 }
 
+/// The upstream the gateway's table holds for session `name`, as text.
+fn upstream_of(api: &Api, name: &str) -> String {
+    match &api
+        .route(name)
+        .unwrap_or_else(|| panic!("no route for {name}"))
+        .target
+    {
+        RouteTarget::Upstream(u) => u.to_string(),
+        other => panic!("{name}: not an upstream: {other:?}"),
+    }
+}
+
+/// Each item's history lines for a change, from the audit log.
+async fn changes_logged(api: &Api, name: &str) -> usize {
+    api.cp
+        .session_history(name)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|row| row.action == "change")
+        .count()
+}
+
+async fn batched_patch_changes_every_session_in_one_version(engine: Engine) {
+    let api = Api::on(engine, "patch-batch").await;
+    api.user("ann").await;
+    for n in ["a", "b", "c"] {
+        api.ok("POST", "/api/v1/sessions", Some(tunnel(n, "ann", 9)))
+            .await;
+    }
+    for n in ["d", "e"] {
+        api.ok(
+            "POST",
+            "/api/v1/sessions",
+            Some(json!({"name": n, "owner": "ann", "remote_port": 9, "slug": format!("/{n}")})),
+        )
+        .await;
+    }
+    let v1 = api.routes.load().version();
+
+    let r = api
+        .ok(
+            "PATCH",
+            "/api/v1/sessions",
+            Some(json!({"sessions": [
+                {"name": "c", "remote_port": 9003},
+                {"name": "a", "remote_host": "127.0.0.1", "remote_port": 9001, "public": true},
+                {"name": "b", "remote_port": 9002, "labels": {"moved": "yes"}},
+            ]})),
+        )
+        .await;
+    assert_eq!(r["applied"], 3, "{r}");
+    let results: Vec<(&str, &str)> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["name"].as_str().unwrap(), x["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        results,
+        [("c", "running"), ("a", "running"), ("b", "running")]
+    );
+    // Every change is in the gateway's table, in one new version.
+    assert_eq!(api.routes.load().version(), v1 + 1);
+    assert_eq!(upstream_of(&api, "a"), "http://127.0.0.1:9001");
+    assert_eq!(upstream_of(&api, "b"), "http://localhost:9002");
+    assert_eq!(upstream_of(&api, "c"), "http://localhost:9003");
+    assert!(api.route("a").unwrap().public && !api.route("b").unwrap().public);
+    let b = api.ok("GET", "/api/v1/sessions/b", None).await;
+    assert_eq!(
+        (b["remote_port"].as_u64(), &b["labels"]),
+        (Some(9002), &json!({"moved": "yes"}))
+    );
+    // One audit line per item, as a single patch writes.
+    for n in ["a", "b", "c"] {
+        assert_eq!(changes_logged(&api, n).await, 1, "{n}");
+    }
+    assert_eq!(changes_logged(&api, "d").await, 0);
+
+    // Items apply in order, each seeing those before it: a slug one item
+    // frees, a later one may take.
+    api.ok(
+        "PATCH",
+        "/api/v1/sessions",
+        Some(json!({"sessions": [{"name": "d", "slug": "/f"}, {"name": "e", "slug": "/d"}]})),
+    )
+    .await;
+    assert_eq!(api.route("d").unwrap().spec.slugs, ["/f"]);
+    assert_eq!(api.route("e").unwrap().spec.slugs, ["/d"]);
+    // An empty batch changes nothing and is no error.
+    let r = api
+        .ok("PATCH", "/api/v1/sessions", Some(json!({"sessions": []})))
+        .await;
+    assert_eq!(
+        (r["applied"].as_u64(), r["results"].as_array().map(Vec::len)),
+        (Some(0), Some(0))
+    );
+}
+
+async fn batched_patch_with_a_bad_item_changes_nothing_and_names_it(engine: Engine) {
+    let api = Api::on(engine, "patch-batch-bad").await;
+    api.user("ann").await;
+    for n in ["a", "b", "gone"] {
+        api.ok("POST", "/api/v1/sessions", Some(tunnel(n, "ann", 9)))
+            .await;
+    }
+    api.ok(
+        "POST",
+        "/api/v1/sessions",
+        Some(json!({"name": "s", "owner": "ann", "remote_port": 9, "slug": "/s"})),
+    )
+    .await;
+    api.ok("DELETE", "/api/v1/sessions/gone", None).await;
+    let ok_item = json!({"name": "a", "remote_port": 9100});
+    let too_many: Vec<Value> = (0..10_001).map(|_| json!({"name": "a"})).collect();
+
+    let before = api.snapshot().await;
+    // The items, and the status, code and fragments of the message.
+    type Refusal<'a> = (u16, &'a str, &'a [&'a str]);
+    let cases: Vec<(Value, Refusal)> = vec![
+        // An invalid value: 422 as for one patch, the item and field named.
+        (
+            json!([ok_item, {"name": "b", "remote_port": 0}]),
+            (422, "invalid", &["sessions[1]", "\"b\"", "remote_port"]),
+        ),
+        (
+            json!([ok_item, {"name": "b", "url": "https://x.org"}]),
+            (422, "invalid", &["sessions[1]", "\"b\"", "url"]),
+        ),
+        // What the single patch refuses as JSON.
+        (
+            json!([ok_item, {"name": "b", "bogus": 1}]),
+            (400, "invalid_json", &["sessions[1]", "\"b\"", "bogus"]),
+        ),
+        (
+            json!([ok_item, {"name": "b", "remote_port": "x"}]),
+            (400, "invalid_json", &["sessions[1]", "remote_port"]),
+        ),
+        (
+            json!([{"remote_port": 1}]),
+            (400, "invalid_json", &["sessions[0]", "name"]),
+        ),
+        (
+            json!([ok_item, 7]),
+            (400, "invalid_json", &["sessions[1]", "object"]),
+        ),
+        // A session listed twice.
+        (
+            json!([ok_item, {"name": "b"}, {"name": "a", "remote_port": 9200}]),
+            (400, "bad_request", &["sessions[2]", "sessions[0]", "\"a\""]),
+        ),
+        // Missing sessions: 404, each named.
+        (
+            json!([ok_item, {"name": "zz", "remote_port": 1}, {"name": "yy"}]),
+            (
+                404,
+                "not_found",
+                &[
+                    "sessions[1] \"zz\"",
+                    "sessions[2] \"yy\"",
+                    "nothing changed",
+                ],
+            ),
+        ),
+        // A finished session cannot be changed.
+        (
+            json!([ok_item, {"name": "gone", "remote_port": 1}]),
+            (409, "conflict", &["sessions[1]", "deleted"]),
+        ),
+        // A slug another session holds, and one two items would take.
+        (
+            json!([ok_item, {"name": "b", "slug": "/s"}]),
+            (409, "conflict", &["sessions[1]", "/s"]),
+        ),
+        (
+            json!([{"name": "a", "slug": "/x"}, {"name": "b", "slug": "/x"}]),
+            (409, "conflict", &["sessions[1]", "/x", "\"a\""]),
+        ),
+        // Taken before it is freed: the order counts.
+        (
+            json!([{"name": "a", "slug": "/s"}, {"name": "s", "slug": "/t"}]),
+            (409, "conflict", &["sessions[0]", "/s"]),
+        ),
+        // Over the batch limit.
+        (
+            Value::Array(too_many),
+            (413, "payload_too_large", &["10001", "10000"]),
+        ),
+    ];
+    for (items, (status, code, fragments)) in cases {
+        let (s, v) = api
+            .call(
+                "PATCH",
+                "/api/v1/sessions",
+                Some(json!({"sessions": items})),
+            )
+            .await;
+        assert_eq!(
+            (s.as_u16(), v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{v}"
+        );
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        for f in fragments {
+            assert!(msg.contains(f), "{msg:?} lacks {f:?}");
+        }
+    }
+    for body in [json!({"session": []}), json!({"sessions": {}}), json!([])] {
+        let (s, v) = api.call("PATCH", "/api/v1/sessions", Some(body)).await;
+        assert_eq!(
+            (s.as_u16(), v["error"]["code"].as_str()),
+            (400, Some("invalid_json")),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        api.snapshot().await,
+        before,
+        "a refused batch changed stored state"
+    );
+    assert_eq!(changes_logged(&api, "a").await, 0);
+    assert_eq!(upstream_of(&api, "a"), "http://localhost:9");
+}
+
 async fn openapi_document_covers_every_endpoint(engine: Engine) {
     let api = Api::on(engine, "openapi").await;
     let (s, doc) = api.raw("GET", "/api/openapi.json", None, None, "").await;
@@ -1084,7 +1308,7 @@ async fn openapi_document_covers_every_endpoint(engine: Engine) {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
     for (path, methods) in [
-        ("/api/v1/sessions", &["get", "post"][..]),
+        ("/api/v1/sessions", &["get", "post", "patch"][..]),
         ("/api/v1/sessions/{name}", &["get", "patch", "delete"]),
         ("/api/v1/sessions/{name}/{action}", &["post"]),
         ("/api/v1/sessions/{name}/groups", &["put"]),
@@ -1137,6 +1361,9 @@ async fn openapi_document_covers_every_endpoint(engine: Engine) {
         "Group",
         "BulkRequest",
         "BulkResponse",
+        "PatchBatchRequest",
+        "SessionPatchItem",
+        "PatchBatchResponse",
         "ErrorBody",
         "AccessRequest",
         "AccessLink",
@@ -1600,6 +1827,8 @@ crate::common::on_both_engines! {
     patch_and_share_are_hot_swapped_and_bad_patches_change_nothing,
     listing_filters_and_pages,
     bulk_applies_where_applicable_and_reports_each_name,
+    batched_patch_changes_every_session_in_one_version,
+    batched_patch_with_a_bad_item_changes_nothing_and_names_it,
     openapi_document_covers_every_endpoint,
     access_links_and_key_rotation_through_the_router,
     environments_crud_with_bad_input_refused,

@@ -427,6 +427,16 @@ async fn a_user_sees_and_does_only_what_the_api_lets_an_owner_or_member() {
         )
         .await;
     assert_eq!(s, 403, "{v}");
+    // Nor in a batch: the batched patch is refused as the single one is.
+    let (s, v) = bob
+        .api(
+            "PATCH",
+            "/api/v1/sessions",
+            Some(json!({"sessions": [{"name": "bob-own", "remote_port": 10}]})),
+            csrf,
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
     // Sharing: with groups he is in only.
     let (s, v) = bob
         .api(

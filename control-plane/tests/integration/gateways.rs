@@ -504,6 +504,88 @@ async fn a_created_session_answers_on_both_gateways_before_the_api_answers() {
 }
 
 #[tokio::test]
+async fn a_batched_patch_moves_every_target_on_both_gateways_before_the_api_answers() {
+    let before = Origin::named("before");
+    let after = Origin::named("after");
+    let c = cluster("gateways-patch-batch", "").await;
+    let names: Vec<String> = (0..40).map(|i| format!("lab-{i}")).collect();
+    for name in &names {
+        let (s, v) =
+            c.cp.api(
+                "POST",
+                "/api/v1/sessions",
+                Some(public_session(name, before.addr.port())),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    for name in &names {
+        assert_eq!(c.gw2.open(name).await, (200, "before".to_string()));
+    }
+    let version_before = c.cp.wait_in_step(&["gw1", "gw2"], DEADLINE).await;
+
+    let items: Vec<Value> = names
+        .iter()
+        .map(|name| json!({"name": name, "remote_port": after.addr.port()}))
+        .collect();
+    let answer = api_raw(
+        c.cp.api,
+        Some(TOKEN),
+        "PATCH",
+        "/api/v1/sessions",
+        Some(&json!({ "sessions": items })),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(
+        answer.header("warning").is_none(),
+        "a gateway lagged behind the batch: {:?}",
+        answer.header("warning")
+    );
+    let body: Value = serde_json::from_str(&answer.text()).expect("a JSON answer");
+    assert_eq!(body["applied"], names.len(), "{body}");
+    // The whole batch is one table version.
+    let version: u64 = answer
+        .header("sessiongate-table-version")
+        .expect("a write's answer names its table version")
+        .parse()
+        .expect("the table version is a number");
+    assert_eq!(version, version_before + 1);
+    // No polling: both gateways applied it before the answer.
+    for name in &names {
+        assert_eq!(c.gw1.open(name).await, (200, "after".to_string()), "{name}");
+        assert_eq!(c.gw2.open(name).await, (200, "after".to_string()), "{name}");
+    }
+
+    // A refused batch (one item missing) changes nothing on either gateway.
+    let mut items: Vec<Value> = names
+        .iter()
+        .map(|name| json!({"name": name, "remote_port": before.addr.port()}))
+        .collect();
+    items.push(json!({"name": "nobody", "remote_port": before.addr.port()}));
+    let (s, v) =
+        c.cp.api(
+            "PATCH",
+            "/api/v1/sessions",
+            Some(json!({ "sessions": items })),
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("\"nobody\""),
+        "{v}"
+    );
+    assert_eq!(c.cp.gateways().await["version"].as_u64(), Some(version));
+    for name in &names {
+        assert_eq!(c.gw1.open(name).await, (200, "after".to_string()), "{name}");
+        assert_eq!(c.gw2.open(name).await, (200, "after".to_string()), "{name}");
+    }
+}
+
+#[tokio::test]
 async fn evict_closes_a_websocket_held_through_gateway_2_within_1s() {
     let peer = WsEcho::start();
     let c = cluster("gateways-evict", "").await;
