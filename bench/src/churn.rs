@@ -174,7 +174,8 @@ runs: each call is one `PATCH /api/v1/sessions` of N sessions in turn (one
 transaction, one table version), at the rate of changes given (rate / N
 calls per second). The `no churn` case is the same load without updates;
 the two alternate within every round. Changes/s is the sessions moved by
-successful calls over the churn run's duration; API latency is per call,
+successful calls answered while wrk ran, over the time the calls' ticks
+stand for (one period, N / rate, each); API latency is per call,
 from sending it to the end of its answer, pooled over rounds. A failed call
 (any status but 2xx, or no answer in 10 s) flags the run like a wrk error.",
 };

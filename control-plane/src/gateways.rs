@@ -32,6 +32,26 @@ use tokio_util::codec::{Encoder, LengthDelimitedCodec};
 /// Messages kept for gateways that resume.
 pub const RING: usize = 4096;
 
+/// Route changes the ring's messages may hold in all: as many as [`RING`]
+/// messages of single writes batched by the publisher (64 at most) hold.
+/// A batched write (`PATCH /api/v1/sessions`, up to 10,000 sessions) makes
+/// one message of all its changes; without this bound a ring of them would
+/// keep gigabytes. A gateway further behind gets a snapshot instead.
+#[cfg(not(test))]
+pub const RING_CHANGES: usize = RING * 64;
+/// Small in unit tests, which fill it.
+#[cfg(test)]
+pub const RING_CHANGES: usize = 4096;
+
+/// The route changes `message` carries (a snapshot: none kept apart from
+/// the table it shares).
+fn changes_in(message: &Message) -> usize {
+    match message {
+        Message::Delta(d) => d.upserts.len() + d.removals.len(),
+        _ => 0,
+    }
+}
+
 /// The largest frame either end accepts (a snapshot of a very large table).
 pub const MAX_FRAME: usize = 256 << 20;
 
@@ -102,6 +122,8 @@ struct Remote {
 
 struct State {
     ring: VecDeque<Arc<Entry>>,
+    /// The route changes the ring's messages hold in all.
+    ring_changes: usize,
     /// The keys gateways verify with, and whether they changed since the
     /// last message (then the next one carries them).
     keys: Arc<KeyRing>,
@@ -174,6 +196,7 @@ impl Gateways {
             epoch: new_epoch(),
             state: Mutex::new(State {
                 ring: VecDeque::new(),
+                ring_changes: 0,
                 keys,
                 keys_dirty: false,
             }),
@@ -581,11 +604,17 @@ impl Hub {
         }
         if matches!(message, Message::Snapshot(_)) {
             state.ring.clear();
+            state.ring_changes = 0;
         }
         let version = message.version();
+        state.ring_changes += changes_in(&message);
         state.ring.push_back(Entry::new(message));
-        while state.ring.len() > RING {
-            state.ring.pop_front();
+        // The newest message always stays.
+        while state.ring.len() > RING || (state.ring_changes > RING_CHANGES && state.ring.len() > 1)
+        {
+            if let Some(old) = state.ring.pop_front() {
+                state.ring_changes = state.ring_changes.saturating_sub(changes_in(&old.message));
+            }
         }
         drop(state);
         self.news.send_replace(version);
@@ -677,6 +706,40 @@ mod tests {
         }
         let (frames, _) = g.catch_up(Some(v1));
         assert!(matches!(&messages(&frames)[..], [Message::Snapshot(_)]));
+    }
+
+    #[test]
+    fn the_ring_keeps_a_bounded_number_of_route_changes() {
+        let (routes, g) = hub(Vec::new());
+        let v1 = routes.load().version();
+        // Big batches: each version changes a quarter of the bound.
+        let batch = RING_CHANGES / 4;
+        let specs = |round: usize| -> Vec<RouteChange> {
+            (0..batch)
+                .map(|i| RouteChange::Upsert(spec(&format!("r{round}-{i}"))))
+                .collect()
+        };
+        routes.apply(None, specs(0)).unwrap();
+        let v2 = routes.load().version();
+        for round in 1..4 {
+            routes.apply(None, specs(round)).unwrap();
+        }
+        // Four batches fill the bound exactly: v1 still resumes.
+        let (frames, _) = g.catch_up(Some(v1));
+        assert_eq!(frames.len(), 4);
+        assert!(matches!(&messages(&frames[..1])[..], [Message::Delta(_)]));
+        // A fifth pushes the first out: v1 gets the whole table, v2 the rest.
+        routes.apply(None, specs(4)).unwrap();
+        let (frames, _) = g.catch_up(Some(v1));
+        assert!(matches!(&messages(&frames)[..], [Message::Snapshot(_)]));
+        assert_eq!(g.catch_up(Some(v2)).0.len(), 4);
+        // One batch over the bound alone is kept: the newest always is.
+        let v = routes.load().version();
+        let huge: Vec<RouteChange> = (0..RING_CHANGES + 1)
+            .map(|i| RouteChange::Upsert(spec(&format!("h{i}"))))
+            .collect();
+        routes.apply(None, huge).unwrap();
+        assert_eq!(g.catch_up(Some(v)).0.len(), 1);
     }
 
     #[test]
