@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::{
@@ -23,7 +24,10 @@ pub struct Config {
     pub workshop: WorkshopConfig,
     pub log: LogConfig,
     pub console: ConsoleConfig,
-    pub routes: Vec<StaticRoute>,
+    /// Shared, not copied, by every holder of the configuration (the server,
+    /// the reloader): with a million static routes each copy is hundreds of
+    /// megabytes.
+    pub routes: Arc<[StaticRoute]>,
 }
 
 /// The web console (`/ui/`). It is always on the control-plane listener;
@@ -963,15 +967,25 @@ impl Config {
     }
 
     fn file_route_specs(&self) -> Result<Vec<RouteSpec>, ConfigError> {
+        // Many static routes share an upstream: parsed once, each route's
+        // copy shares the one parsed authority instead of holding its own.
+        let mut upstreams: std::collections::HashMap<&str, Upstream> = Default::default();
         self.routes
             .iter()
             .enumerate()
             .map(|(i, r)| {
                 let key = |field: &str| format!("routes[{i}].{field}");
-                let upstream = Upstream::parse(&r.upstream).map_err(|e| ConfigError::Invalid {
-                    key: key("upstream"),
-                    message: e.to_string(),
-                })?;
+                let upstream = match upstreams.get(r.upstream.as_str()) {
+                    Some(u) => u.clone(),
+                    None => {
+                        let u = Upstream::parse(&r.upstream).map_err(|e| ConfigError::Invalid {
+                            key: key("upstream"),
+                            message: e.to_string(),
+                        })?;
+                        upstreams.insert(&r.upstream, u.clone());
+                        u
+                    }
+                };
                 let target = RouteTarget::Upstream(upstream);
                 let spec = match (&r.host, &r.slug) {
                     (Some(h), None) => RouteSpec::new(format!("static:host:{h}"), target).host(h),

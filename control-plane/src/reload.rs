@@ -14,6 +14,13 @@ use gateway::{RouteChange, RouteHandle, RouteSpec};
 
 use crate::config::{Config, ConfigError};
 
+/// The SHA-256 of `text`.
+fn sha256(text: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref());
+    out
+}
+
 /// How often the file is compared with what was last loaded.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -24,9 +31,10 @@ pub struct Reloader {
     path: Option<PathBuf>,
     /// The configuration currently applied.
     current: Config,
-    /// The file's bytes when last read, so that an unchanged file is not re-parsed
-    /// and a bad file is reported once, not every second.
-    last_text: Option<String>,
+    /// The SHA-256 of the file's bytes when last read, so that an unchanged
+    /// file is not re-parsed and a bad file is reported once, not every
+    /// second. A digest, not the text: a file of many routes is megabytes.
+    last_digest: Option<[u8; 32]>,
     routes: RouteHandle,
     /// Told the static routes after each successful reload (the control plane
     /// keeps sessions off their slugs and hosts).
@@ -41,7 +49,7 @@ impl Reloader {
         Reloader {
             path,
             current,
-            last_text: None,
+            last_digest: None,
             routes,
             on_routes: None,
         }
@@ -93,11 +101,16 @@ impl Reloader {
                 return;
             }
         };
-        if !forced && self.last_text.as_deref() == Some(text.as_str()) {
+        let digest = sha256(&text);
+        if !forced && self.last_digest == Some(digest) {
             return;
         }
-        self.last_text = Some(text.clone());
-        match self.apply(&text, &path) {
+        self.last_digest = Some(digest);
+        let applied = self.apply(&text, &path);
+        drop(text);
+        // Parsing and compiling a large file is transient; give it back.
+        crate::memory::release_freed();
+        match applied {
             Ok(Some(version)) => {
                 tracing::info!(version, path = %path.display(), "configuration reloaded")
             }

@@ -264,6 +264,10 @@ impl Server {
             "route table loaded"
         );
         drop(table);
+        drop(static_specs);
+        // Parsing, validating and compiling the static routes (and the
+        // in-process gateway's copy) peaked well above what is kept.
+        crate::memory::release_freed();
         warn_exposed_key_material(&config, database.sqlite_path());
         let login = config.access.login_url.trim();
         if !login.is_empty() && config.login_url().is_none() {

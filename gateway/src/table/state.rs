@@ -14,23 +14,37 @@ use super::{RouteSpec, RouteTarget};
 use crate::clock::unix_millis;
 
 /// Runtime state of a route that outlives table versions.
-#[derive(Debug)]
+///
+/// Every route has one, in every table that holds the route (a million
+/// static routes, a million of these), and nearly all are never revoked and
+/// never carry a WebSocket: what only those need sits behind one pointer
+/// that stays `None` until then, which keeps this at 48 bytes.
+#[derive(Debug, Default)]
 pub struct RouteState {
     /// Unix milliseconds of the last request or upgraded-connection traffic; 0 = never.
     last_activity_ms: AtomicU64,
     /// The revocation clock's time of the last revocation; 0 = never. Read
     /// by every response head and body poll, written only by revocations.
     revoked_at: AtomicU64,
-    /// What the route admits, as of `revoked_at`. Read only by what was let
-    /// in before a revocation; `None` until the first.
-    admission: Mutex<Option<Admission>>,
     /// Set once the route's app was logged for setting a cookie it may not:
     /// an app that does it does it on every response, and one line says it.
     cookie_warned: AtomicBool,
-    /// Upgraded connections, so that revocations can close them. Touched
-    /// only when one starts or ends. A `std` mutex: every critical section
-    /// is one insert, remove or pass, never across `.await`.
-    live: Mutex<LiveConnections>,
+    /// What the route admits since its last revocation, and its upgraded
+    /// connections. A `std` mutex: every critical section is one insert,
+    /// remove or pass, never across `.await`.
+    rare: Mutex<Rare>,
+}
+
+/// The parts of a [`RouteState`] that only revoked routes and routes with
+/// upgraded connections use.
+#[derive(Debug, Default)]
+struct Rare {
+    /// What the route admits, as of `revoked_at`. Read only by what was let
+    /// in before a revocation; `None` until the first.
+    admission: Option<Box<Admission>>,
+    /// Upgraded connections, so that revocations can close them; `None`
+    /// while there are none.
+    live: Option<Box<LiveConnections>>,
 }
 
 /// The upgraded connections (WebSockets) open on a route.
@@ -55,18 +69,6 @@ struct LiveEntry {
 /// Granularity of the activity clock. Writing the shared atomic at most once per
 /// interval keeps the route's cache line from bouncing between cores under load.
 const ACTIVITY_GRANULARITY_MS: u64 = 1000;
-
-impl Default for RouteState {
-    fn default() -> Self {
-        RouteState {
-            last_activity_ms: AtomicU64::new(0),
-            cookie_warned: AtomicBool::new(false),
-            revoked_at: AtomicU64::new(0),
-            admission: Mutex::new(None),
-            live: Mutex::new(LiveConnections::default()),
-        }
-    }
-}
 
 impl RouteState {
     /// Records activity now.
@@ -105,7 +107,10 @@ impl RouteState {
 
     /// Number of live upgraded connections (WebSockets and other `Upgrade`s).
     pub fn upgraded_count(&self) -> usize {
-        self.lock_live().entries.len()
+        self.lock_rare()
+            .live
+            .as_ref()
+            .map_or(0, |l| l.entries.len())
     }
 
     /// The route changed in a way that may end some of what it let in
@@ -120,12 +125,22 @@ impl RouteState {
         let closed = {
             // The time is taken under the lock, so that concurrent
             // revocations store their admissions and times in one order.
-            // Lock order: `admission`, then `live`.
-            let mut current = self.admission.lock().unwrap_or_else(|e| e.into_inner());
+            let mut rare = self.lock_rare();
             let at = revocation::tick();
             self.revoked_at.store(at, Ordering::SeqCst);
-            let admission = current.insert(Admission::of(now));
-            self.close_live_where(|target, user| admission.admits(target, user, true).is_err())
+            let Rare { admission, live } = &mut *rare;
+            let admission = admission.insert(Box::new(Admission::of(now)));
+            let mut n = 0;
+            for entry in live.iter().flat_map(|l| l.entries.values()) {
+                if admission
+                    .admits(&entry.target, entry.user.as_ref(), true)
+                    .is_err()
+                {
+                    let _ = entry.close.send(true);
+                    n += 1;
+                }
+            }
+            n
         };
         revocation::wake(self);
         closed
@@ -150,23 +165,10 @@ impl RouteState {
         user: Option<&Arc<str>>,
         live: bool,
     ) -> Result<(), Refusal> {
-        let admission = self.admission.lock().unwrap_or_else(|e| e.into_inner());
-        match &*admission {
+        match &self.lock_rare().admission {
             Some(a) => a.admits(target, user, live),
             None => Ok(()),
         }
-    }
-
-    fn close_live_where(&self, pred: impl Fn(&RouteTarget, Option<&Arc<str>>) -> bool) -> usize {
-        let live = self.lock_live();
-        let mut n = 0;
-        for entry in live.entries.values() {
-            if pred(&entry.target, entry.user.as_ref()) {
-                let _ = entry.close.send(true);
-                n += 1;
-            }
-        }
-        n
     }
 
     /// Registers a live upgraded connection to `target`; the guard
@@ -180,7 +182,8 @@ impl RouteState {
         user: Option<Arc<str>>,
     ) -> (LiveGuard, watch::Receiver<bool>) {
         let (tx, rx) = watch::channel(false);
-        let mut live = self.lock_live();
+        let mut rare = self.lock_rare();
+        let live = rare.live.get_or_insert_with(Box::default);
         let id = live.next_id;
         live.next_id += 1;
         live.entries.insert(
@@ -191,7 +194,7 @@ impl RouteState {
                 close: tx,
             },
         );
-        drop(live);
+        drop(rare);
         (
             LiveGuard {
                 state: Arc::clone(self),
@@ -201,11 +204,11 @@ impl RouteState {
         )
     }
 
-    fn lock_live(&self) -> MutexGuard<'_, LiveConnections> {
-        // A panic while holding this lock cannot leave the entries inconsistent
-        // (every critical section is a single insert/remove/iterate), so a
-        // poisoned lock is still safe to use.
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_rare(&self) -> MutexGuard<'_, Rare> {
+        // A panic while holding this lock cannot leave it inconsistent (every
+        // critical section is a single insert/remove/iterate, or an
+        // admission stored whole), so a poisoned lock is still safe to use.
+        self.rare.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -218,7 +221,14 @@ pub(crate) struct LiveGuard {
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.state.lock_live().entries.remove(&self.id);
+        let mut rare = self.state.lock_rare();
+        if let Some(live) = &mut rare.live {
+            live.entries.remove(&self.id);
+            if live.entries.is_empty() {
+                // Ids need only be unique among the live; the memory goes.
+                rare.live = None;
+            }
+        }
     }
 }
 
@@ -227,6 +237,33 @@ mod tests {
     use super::*;
     use crate::access::AccessList;
     use crate::table::Upstream;
+
+    /// Every route of every table has one: what it costs per route is
+    /// part of the gateway's memory per route (`bench routes`).
+    #[test]
+    fn route_state_stays_small_until_revoked_or_upgraded() {
+        assert!(
+            std::mem::size_of::<RouteState>() <= 48,
+            "RouteState is {} bytes",
+            std::mem::size_of::<RouteState>()
+        );
+        let state = RouteState::default();
+        assert!(state.lock_rare().admission.is_none() && state.lock_rare().live.is_none());
+    }
+
+    #[test]
+    fn live_connections_free_their_memory_when_the_last_one_ends() {
+        let target = RouteTarget::Upstream(Upstream::parse("http://127.0.0.1:1").unwrap());
+        let state = Arc::new(RouteState::default());
+        let (g1, _rx1) = state.register_live(target.clone(), None);
+        let (g2, _rx2) = state.register_live(target, None);
+        drop(g1);
+        assert!(state.lock_rare().live.is_some());
+        assert_eq!(state.upgraded_count(), 1);
+        drop(g2);
+        assert!(state.lock_rare().live.is_none());
+        assert_eq!(state.upgraded_count(), 0);
+    }
 
     #[test]
     fn revoke_closes_only_the_tunnels_the_route_no_longer_lets_in() {
