@@ -459,6 +459,10 @@ impl Gateways {
             .unwrap_or_else(|e| e.into_inner());
         let table = self.hub.routes.load();
         for (f, c) in self.hub.local.iter().zip(collectors.iter_mut()) {
+            if f.shares_table() {
+                // Its proxies touch this table's routes themselves.
+                continue;
+            }
             for (id, ms) in c.collect(&f.routes().load()) {
                 if let Some(route) = table.route(&id) {
                     route.state.observe_activity(ms);
@@ -589,6 +593,11 @@ impl Hub {
             }
         };
         for f in &self.local {
+            if f.shares_table() {
+                // `next` is in its table already: it is this one.
+                f.applied_in_place(previous, next, &message);
+                continue;
+            }
             if let Err(e) = f.apply(&message) {
                 // Cannot happen (it follows nothing else); a snapshot mends it.
                 tracing::error!(error = %e, "in-process gateway refused a change; sending the whole table");

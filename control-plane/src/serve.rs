@@ -106,8 +106,10 @@ pub struct Server {
     database: crate::store::DatabaseUrl,
 }
 
-/// The gateway of `serve`, in this process: it follows the control plane's
-/// table through the same messages a remote gateway reads from its stream.
+/// The gateway of `serve`, in this process: its proxies read the control
+/// plane's own table (one copy of each route), and it is told each version
+/// as the control plane stores it, through the same messages a remote
+/// gateway reads from its stream (the keys, and what to close).
 struct LocalGatewayParts {
     follower: Follower,
     listener: TcpListener,
@@ -191,7 +193,7 @@ impl Server {
 
         let (gateway, port, https_port, own) = match mode {
             Mode::Serve => {
-                let g = bind_gateway(&config).await?;
+                let g = bind_gateway(&config, &routes).await?;
                 let port = g
                     .listener
                     .local_addr()
@@ -464,10 +466,15 @@ pub(crate) async fn bind_gateway_listeners(
     })
 }
 
-async fn bind_gateway(config: &Config) -> Result<LocalGatewayParts, ServeError> {
+/// `serve`'s gateway: its proxies read `routes`, the control plane's own
+/// table, so that each route is held once in the process.
+async fn bind_gateway(
+    config: &Config,
+    routes: &RouteHandle,
+) -> Result<LocalGatewayParts, ServeError> {
     let l = bind_gateway_listeners(config).await?;
     Ok(LocalGatewayParts {
-        follower: Follower::new(gateway::access::KeyRing::throwaway()),
+        follower: Follower::sharing(routes.clone(), gateway::access::KeyRing::throwaway()),
         listener: l.listener,
         tls: l.tls,
         upstream_tls: l.upstream_tls,

@@ -128,6 +128,9 @@ pub struct Follower {
     epoch: Arc<std::sync::atomic::AtomicU64>,
     /// The change-log watermark of the version held (0: none).
     watermark: Arc<std::sync::atomic::AtomicU64>,
+    /// Its table is its leader's own (`serve`'s gateway and control plane
+    /// in one process): one copy of every route, not two.
+    shared: bool,
 }
 
 impl Follower {
@@ -140,7 +143,26 @@ impl Follower {
             ready: Arc::new(AtomicBool::new(false)),
             epoch: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             watermark: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            shared: false,
         }
+    }
+
+    /// A follower whose proxies read `routes`, the table its leader (the
+    /// control plane in the same process) stores its versions in, instead
+    /// of a copy built from the leader's messages. The leader tells it each
+    /// version through [`Follower::applied_in_place`]. Not ready until the
+    /// first message.
+    pub fn sharing(routes: RouteHandle, keys: KeyRing) -> Self {
+        Follower {
+            routes,
+            shared: true,
+            ..Follower::new(keys)
+        }
+    }
+
+    /// Whether it [shares](Follower::sharing) its leader's table.
+    pub fn shares_table(&self) -> bool {
+        self.shared
     }
 
     /// The table its proxies read.
@@ -182,21 +204,65 @@ impl Follower {
     /// request that starts after this returns. A delta that does not apply
     /// on the version held is refused, and nothing changes: the caller
     /// resumes from the version it holds.
+    ///
+    /// A follower that [shares](Follower::sharing) its leader's table does
+    /// not change the table (its leader stored the version already): see
+    /// [`Follower::applied_in_place`].
     pub fn apply(&self, message: &Message) -> Result<Applied, FollowError> {
+        if self.shared {
+            let table = self.routes.current();
+            return Ok(self.applied_in_place(&table, &table, message));
+        }
+        let (previous, next) = match message {
+            Message::Heartbeat { .. } => {
+                let table = self.routes.current();
+                (Arc::clone(&table), table)
+            }
+            Message::Snapshot(s) => {
+                self.routes
+                    .replace(s.version, &s.settings, s.routes.clone())?
+            }
+            Message::Delta(d) => {
+                let changes = d
+                    .upserts
+                    .iter()
+                    .cloned()
+                    .map(RouteChange::Upsert)
+                    .chain(d.removals.iter().cloned().map(RouteChange::Remove))
+                    .collect();
+                self.routes
+                    .apply_at(d.base, d.version, d.settings.as_ref(), changes)?
+            }
+        };
+        Ok(self.applied_in_place(&previous, &next, message))
+    }
+
+    /// What follows `message` once its table is in place, `previous` the
+    /// table before it and `next` the one now served: the keys, epoch and
+    /// watermark it brings, and the live connections of changed and removed
+    /// routes that the route as it is now no longer admits, closed.
+    ///
+    /// For a follower that [shares](Follower::sharing) its leader's table,
+    /// this is all of applying a message: the leader calls it as it stores
+    /// each version (`previous` then the version it replaced).
+    pub fn applied_in_place(
+        &self,
+        previous: &RouteTable,
+        next: &RouteTable,
+        message: &Message,
+    ) -> Applied {
+        let same = std::ptr::eq(previous, next);
         let applied = match message {
             Message::Heartbeat { .. } => Applied {
                 version: self.version(),
                 closed: 0,
             },
             Message::Snapshot(s) => {
-                let (previous, next) =
-                    self.routes
-                        .replace(s.version, &s.settings, s.routes.clone())?;
                 self.keys.store_shared(Arc::clone(&s.keys));
                 self.epoch.store(s.epoch, Ordering::Release);
                 self.watermark.store(s.watermark, Ordering::Release);
                 let mut closed = 0;
-                for old in previous.routes().iter() {
+                for old in previous.routes().iter().filter(|_| !same) {
                     closed += match next.route(&old.id) {
                         Some(now) if Arc::ptr_eq(&now.state, &old.state) => {
                             now.state.revoke(Some(&now.spec))
@@ -210,16 +276,6 @@ impl Follower {
                 }
             }
             Message::Delta(d) => {
-                let changes = d
-                    .upserts
-                    .iter()
-                    .cloned()
-                    .map(RouteChange::Upsert)
-                    .chain(d.removals.iter().cloned().map(RouteChange::Remove))
-                    .collect();
-                let (previous, next) =
-                    self.routes
-                        .apply_at(d.base, d.version, d.settings.as_ref(), changes)?;
                 if let Some(keys) = &d.keys {
                     self.keys.store_shared(Arc::clone(keys));
                 }
@@ -228,14 +284,14 @@ impl Follower {
                 }
                 self.watermark.store(d.watermark, Ordering::Release);
                 let mut closed = 0;
-                for spec in &d.upserts {
+                for spec in d.upserts.iter().filter(|_| !same) {
                     if previous.route(&spec.id).is_some() {
                         if let Some(now) = next.route(&spec.id) {
                             closed += now.state.revoke(Some(&now.spec));
                         }
                     }
                 }
-                for id in &d.removals {
+                for id in d.removals.iter().filter(|_| !same) {
                     if let Some(old) = previous.route(id) {
                         closed += old.state.revoke(None);
                     }
@@ -254,7 +310,7 @@ impl Follower {
             }
         };
         self.ready.store(true, Ordering::Release);
-        Ok(applied)
+        applied
     }
 
     /// Serves `snapshot` (read from its table file) at once, before the
@@ -284,6 +340,50 @@ mod tests {
             base_domains: vec!["example.test".into()],
             portal_host: None,
         }
+    }
+
+    /// `serve`: the gateway's proxies read the control plane's own table.
+    /// Told a stored version, the follower copies nothing, and closes what
+    /// the change ends as a follower with its own copy would.
+    #[test]
+    fn a_follower_sharing_its_leaders_table_copies_nothing_and_closes_what_a_change_ends() {
+        let routes = RouteHandle::new();
+        let f = Follower::sharing(routes.clone(), ring("boot"));
+        assert!(f.shares_table() && !f.is_ready());
+        let first = routes
+            .publish(&settings(), vec![spec("a", 1), spec("b", 1)])
+            .unwrap();
+        // The leader's first snapshot: the table is left as the leader stored it.
+        let applied = f.apply(&snapshot(first.version(), Vec::new())).unwrap();
+        assert_eq!(applied.version, first.version());
+        assert!(f.is_ready());
+        assert_eq!(f.keys().load().current_id(), "k1");
+        assert!(Arc::ptr_eq(&f.routes().current(), &first));
+        assert_eq!(f.routes().current().routes().len(), 2);
+
+        let a = first.route("a").unwrap();
+        let (_ga, mut rx_a) = a.state.register_live(a.target.clone(), None);
+        let b = first.route("b").unwrap();
+        let (_gb, rx_b) = b.state.register_live(b.target.clone(), None);
+        let next = routes
+            .apply(None, vec![RouteChange::Upsert(spec("a", 2))])
+            .unwrap();
+        let delta = Message::Delta(Arc::new(Delta {
+            base: first.version(),
+            version: next.version(),
+            upserts: vec![spec("a", 2)],
+            ..Delta::default()
+        }));
+        let applied = f.applied_in_place(&first, &next, &delta);
+        assert_eq!(applied.version, next.version());
+        assert_eq!(applied.closed, 1, "a moved to another target");
+        assert!(*rx_a.borrow_and_update());
+        assert!(!*rx_b.borrow(), "b did not change");
+        assert!(Arc::ptr_eq(&f.routes().current(), &next));
+        assert!(Arc::ptr_eq(
+            next.route("b").unwrap(),
+            first.route("b").unwrap()
+        ));
     }
 
     fn snapshot(version: u64, routes: Vec<RouteSpec>) -> Message {
