@@ -186,11 +186,11 @@ impl RouteTable {
                 .and_then(|t| t.route(&compiled.spec.id))
                 .map(|r| Arc::clone(&r.state))
                 .unwrap_or_default();
-            let route = compiled.into_route(state);
+            let (route, keys) = compiled.into_route(state);
             for (what, map, keys) in [
-                ("host", &mut table.hosts, &route.keys.hosts),
-                ("label", &mut table.labels, &route.keys.labels),
-                ("slug", &mut table.slugs, &route.keys.slugs),
+                ("host", &mut table.hosts, &keys.hosts),
+                ("label", &mut table.labels, &keys.labels),
+                ("slug", &mut table.slugs, &keys.slugs),
             ] {
                 for key in keys {
                     // On a conflict the whole table is dropped, so there is
@@ -296,11 +296,11 @@ impl RouteTable {
         }
         for c in compiled {
             let state = carried.remove(&c.spec.id).unwrap_or_default();
-            let route = c.into_route(state);
+            let (route, keys) = c.into_route(state);
             for (map, keys) in [
-                (&mut self.hosts, &route.keys.hosts),
-                (&mut self.labels, &route.keys.labels),
-                (&mut self.slugs, &route.keys.slugs),
+                (&mut self.hosts, &keys.hosts),
+                (&mut self.labels, &keys.labels),
+                (&mut self.slugs, &keys.slugs),
             ] {
                 for key in keys {
                     map.insert(Arc::clone(key), Arc::clone(&route));
@@ -311,12 +311,14 @@ impl RouteTable {
         Ok(())
     }
 
-    /// Removes the keys `route` is filed under.
+    /// Removes the keys `route` is filed under: its spec's, normalised
+    /// again (the same pure functions that filed it, so the same keys).
     fn unfile(&mut self, route: &Route) {
+        let keys = RouteKeys::of(&route.spec);
         for (map, keys) in [
-            (&mut self.hosts, &route.keys.hosts),
-            (&mut self.labels, &route.keys.labels),
-            (&mut self.slugs, &route.keys.slugs),
+            (&mut self.hosts, &keys.hosts),
+            (&mut self.labels, &keys.labels),
+            (&mut self.slugs, &keys.slugs),
         ] {
             for key in keys {
                 let removed = map.remove(key);
@@ -382,12 +384,15 @@ impl CompiledSpec {
         Ok(CompiledSpec { spec, keys })
     }
 
-    fn into_route(self, state: Arc<RouteState>) -> Arc<Route> {
-        Arc::new(Route {
-            spec: self.spec,
-            state,
-            keys: self.keys,
-        })
+    /// The route, and the keys to file it under.
+    fn into_route(self, state: Arc<RouteState>) -> (Arc<Route>, RouteKeys) {
+        (
+            Arc::new(Route {
+                spec: self.spec,
+                state,
+            }),
+            self.keys,
+        )
     }
 }
 
@@ -504,6 +509,45 @@ mod tests {
         // The earlier versions still answer as they did.
         assert_eq!(&*before.labels.get("a").unwrap().id, "a");
         assert!(before.labels.get("elsewhere").is_none());
+    }
+
+    /// A route keeps no copy of its normalised keys: removing or replacing
+    /// one normalises its spec's names again, and must free exactly the keys
+    /// it was filed under, whatever case and trailing dots or slashes the
+    /// spec spelled them with.
+    #[test]
+    fn removing_a_route_frees_its_keys_as_normalised_from_the_spec() {
+        let handle = RouteHandle::new();
+        let mut odd = spec("odd");
+        odd.hosts = vec!["App.Example.TEST.".into()];
+        odd.labels = vec!["Odd".into()];
+        odd.slugs = vec!["/Lab/".into()];
+        let t = handle
+            .publish(&TableSettings::default(), vec![odd, spec("other")])
+            .unwrap();
+        assert_eq!(&*t.hosts.get("app.example.test").unwrap().id, "odd");
+        assert_eq!(&*t.labels.get("odd").unwrap().id, "odd");
+        assert_eq!(&*t.slugs.get("/Lab").unwrap().id, "odd");
+
+        let t = handle
+            .apply(None, vec![RouteChange::Remove("odd".into())])
+            .unwrap();
+        assert!(t.hosts.get("app.example.test").is_none());
+        assert!(t.labels.get("odd").is_none());
+        assert!(t.slugs.get("/Lab").is_none());
+        assert_eq!((t.hosts.len(), t.labels.len(), t.slugs.len()), (0, 1, 0));
+
+        // Free, so another route may take every one of them.
+        let mut taker = spec("taker");
+        taker.hosts = vec!["app.example.test".into()];
+        taker.labels = vec!["odd".into()];
+        taker.slugs = vec!["/Lab".into()];
+        let t = handle
+            .apply(None, vec![RouteChange::Upsert(taker)])
+            .unwrap();
+        assert_eq!(&*t.hosts.get("app.example.test").unwrap().id, "taker");
+        assert_eq!(&*t.labels.get("odd").unwrap().id, "taker");
+        assert_eq!(&*t.slugs.get("/Lab").unwrap().id, "taker");
     }
 
     #[test]

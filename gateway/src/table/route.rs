@@ -307,17 +307,17 @@ impl RouteSpec {
 
 /// A compiled route, shared by every table version that contains it
 /// unchanged: the spec it was built from (read through `Deref`, so
-/// `route.paused` is the spec's), its runtime state, and the keys it is
-/// filed under.
+/// `route.paused` is the spec's) and its runtime state.
+///
+/// The normalised keys it is filed under are not kept: a table of a million
+/// routes would hold each name twice more. Removing a route normalises its
+/// spec's names again ([`RouteKeys::of`]).
 #[derive(Debug)]
 pub struct Route {
     /// The spec it was built from, as validated: what the proxy reads, and
     /// what `GET /api/v1/routes` shows.
     pub spec: RouteSpec,
     pub state: Arc<RouteState>,
-    /// The normalised keys it is filed under, so that replacing or removing it
-    /// frees exactly those. The strings are shared with the maps' keys.
-    pub(super) keys: RouteKeys,
 }
 
 impl std::ops::Deref for Route {
@@ -334,6 +334,31 @@ pub(super) struct RouteKeys {
     pub(super) hosts: Vec<Arc<str>>,
     pub(super) labels: Vec<Arc<str>>,
     pub(super) slugs: Vec<Arc<str>>,
+}
+
+impl RouteKeys {
+    /// The keys of `spec`, which the table already validated: the forms
+    /// [`crate::names`] normalises its names to.
+    pub(super) fn of(spec: &RouteSpec) -> RouteKeys {
+        use crate::names;
+        RouteKeys {
+            hosts: spec
+                .hosts
+                .iter()
+                .map(|h| names::normalize_name(h).into())
+                .collect(),
+            labels: spec
+                .labels
+                .iter()
+                .map(|l| names::normalize_name(l).into())
+                .collect(),
+            slugs: spec
+                .slugs
+                .iter()
+                .filter_map(|s| names::normalize_slug(s).ok().map(Into::into))
+                .collect(),
+        }
+    }
 }
 
 /// An absolute `http`/`https` URL that can be sent as a `Location` header.
