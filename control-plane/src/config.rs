@@ -28,6 +28,30 @@ pub struct Config {
     /// the reloader): with a million static routes each copy is hundreds of
     /// megabytes.
     pub routes: Arc<[StaticRoute]>,
+    /// The SHA-256 of the file's text it was loaded from, so that the
+    /// reloader does not parse an unchanged file again.
+    #[serde(skip)]
+    pub source: SourceDigest,
+}
+
+/// The SHA-256 of the text a configuration was loaded from (`None`: the
+/// embedded defaults). Not part of what the configuration says: any two are
+/// equal, so that two configurations that say the same compare equal
+/// whatever their files' comments and spacing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SourceDigest(pub Option<[u8; 32]>);
+
+impl PartialEq for SourceDigest {
+    fn eq(&self, _: &SourceDigest) -> bool {
+        true
+    }
+}
+
+/// The SHA-256 of `text`.
+pub fn sha256(text: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref());
+    out
 }
 
 /// The web console (`/ui/`). It is always on the control-plane listener;
@@ -547,7 +571,10 @@ impl Config {
                 })?
         };
         config.validate()?;
-        Ok(config)
+        Ok(Config {
+            source: SourceDigest(path.map(|_| sha256(text))),
+            ..config
+        })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -12,14 +12,7 @@ use std::sync::Arc;
 
 use gateway::{RouteChange, RouteHandle, RouteSpec};
 
-use crate::config::{Config, ConfigError};
-
-/// The SHA-256 of `text`.
-fn sha256(text: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref());
-    out
-}
+use crate::config::{sha256, Config, ConfigError};
 
 /// How often the file is compared with what was last loaded.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -43,13 +36,13 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(path: Option<PathBuf>, current: Config, routes: RouteHandle) -> Self {
-        // No remembered text: the first check parses the file once and finds it
-        // equal to `current` (nothing is republished), while an edit saved
-        // between start-up's read and now is still applied.
+        // The digest of the text `current` was loaded from: an unchanged file
+        // is not parsed again, while an edit saved between start-up's read
+        // and now differs from it and is applied.
         Reloader {
             path,
+            last_digest: current.source.0,
             current,
-            last_digest: None,
             routes,
             on_routes: None,
         }
@@ -169,5 +162,37 @@ impl Reloader {
         self.current.gateway.base_domains = next.gateway.base_domains;
         self.current.gateway.portal_host = next.gateway.portal_host;
         Ok(Some(table.version()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "[gateway]\nbase_domains = [\"example.test\"]\n\n[[routes]]\nhost = \"a.example.test\"\nupstream = \"http://127.0.0.1:9\"\n";
+
+    /// Start-up read the file once: the reloader starts from that text's
+    /// digest, so an unchanged file is not parsed a second time (with many
+    /// routes, a second copy of all of them for a moment), and an edit saved
+    /// since start-up still differs from it.
+    #[test]
+    fn the_reloader_starts_from_the_digest_of_the_text_start_up_loaded() {
+        let dir = std::env::temp_dir().join(format!("sg-reload-digest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let config = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(config.source.0, Some(sha256(FILE)));
+        let reloader = Reloader::new(Some(path.clone()), config, RouteHandle::new());
+        assert_eq!(reloader.last_digest, Some(sha256(FILE)));
+
+        // Comments and spacing are not what a configuration says.
+        let commented =
+            Config::from_toml(&format!("# edited\n{FILE}"), Some(&path), Vec::new()).unwrap();
+        assert_ne!(commented.source.0, Some(sha256(FILE)));
+        assert!(commented == reloader.current);
+        // The embedded defaults have no file.
+        assert_eq!(Config::load(None, Vec::new()).unwrap().source.0, None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
