@@ -30,7 +30,7 @@ const CA_VALIDITY: Duration = Duration::from_secs(3650 * 86_400);
 const LEAF_VALIDITY: Duration = Duration::from_secs(397 * 86_400);
 
 /// Tolerance for clocks slightly behind ours (VMs, containers).
-const BACKDATE: Duration = Duration::from_secs(3600);
+pub(crate) const BACKDATE: Duration = Duration::from_secs(3600);
 
 /// The files [`generate`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,7 +157,7 @@ fn reusable_ca(files: &DevFiles, leaf_not_after: i64) -> Option<Issuer<'static, 
 
 /// Lower-cases, drops a trailing dot, and refuses what cannot be a DNS name
 /// (the domain also becomes a file name, so nothing path-like gets through).
-fn checked_domain(domain: &str) -> Result<String, CertError> {
+pub(crate) fn checked_domain(domain: &str) -> Result<String, CertError> {
     let normalized = normalize_name(domain);
     let invalid = |reason: &str| CertError::InvalidDomain {
         domain: domain.to_string(),
@@ -189,7 +189,7 @@ fn checked_domain(domain: &str) -> Result<String, CertError> {
     Ok(normalized)
 }
 
-fn generate_error(what: &'static str) -> impl Fn(rcgen::Error) -> CertError {
+pub(crate) fn generate_error(what: &'static str) -> impl Fn(rcgen::Error) -> CertError {
     move |e| CertError::Generate {
         what,
         reason: e.to_string(),
@@ -198,7 +198,7 @@ fn generate_error(what: &'static str) -> impl Fn(rcgen::Error) -> CertError {
 
 /// Writes `bytes` to a hidden temporary file beside `path` (created with mode
 /// 0600 when `private`), then renames it over `path`.
-fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertError> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()

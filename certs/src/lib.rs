@@ -36,11 +36,14 @@
 //! - `reload.rs`: [`CertDir`], [`reload_now`], [`spawn_reloader`].
 //! - `tls.rs`: [`server_config`], [`client_config`], [`AcceptAnyServerCert`].
 //! - `dev.rs`: [`dev::generate`], a development CA and wildcard certificate.
+//! - `on_demand.rs`: [`on_demand::OnDemand`], leaves for exact served names
+//!   from the development CA, issued at the first handshake that asks.
 #![forbid(unsafe_code)]
 
 pub mod dev;
 mod error;
 mod load;
+pub mod on_demand;
 mod reload;
 mod resolver;
 mod tls;

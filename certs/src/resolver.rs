@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::on_demand::OnDemand;
 use crate::LoadedCert;
 
 /// One loaded certificate as the expiry gauge
@@ -105,6 +106,20 @@ impl CertStore {
             })
         });
         found.or(self.default.as_ref())
+    }
+
+    /// The certificate that covers `sni` by its exact name, or by a wildcard
+    /// that browsers accept ([`crate::on_demand::browsers_accept_wildcard`]):
+    /// not the default, and not `*.localhost` for `nb.localhost`.
+    pub fn lookup_for_browsers(&self, sni: &str) -> Option<&Arc<LoadedCert>> {
+        let sni = normalize_lookup(sni);
+        self.exact.get(&*sni).or_else(|| {
+            let (label, parent) = sni.split_once('.')?;
+            if label.is_empty() || !crate::on_demand::browsers_accept_wildcard(parent) {
+                return None;
+            }
+            self.wildcard.get(parent)
+        })
     }
 
     /// The certificate of the pair named `name` (file stem).
@@ -210,6 +225,9 @@ pub fn name_covers(pattern_names: &[String], host: &str) -> bool {
 /// store.
 pub struct SniResolver {
     current: ArcSwap<CertStore>,
+    /// Leaves for served names that no loaded certificate covers in a way
+    /// browsers accept ([`SniResolver::set_on_demand`]).
+    on_demand: std::sync::OnceLock<Arc<OnDemand>>,
     /// Serializes reloads (the poller and a SIGHUP) so that two of them do not
     /// each start from the same store and the slower one undo the other's
     /// keep-the-last-good decisions.
@@ -220,8 +238,39 @@ impl SniResolver {
     pub fn new(store: CertStore) -> SniResolver {
         SniResolver {
             current: ArcSwap::from_pointee(store),
+            on_demand: std::sync::OnceLock::new(),
             reload_lock: Mutex::new(()),
         }
+    }
+
+    /// From now on, a handshake for a name that no loaded certificate
+    /// covers by its exact name or by a wildcard browsers accept gets a leaf
+    /// from `on_demand`, if it issues one (the name is served). Set once;
+    /// a second call changes nothing and returns `false`.
+    pub fn set_on_demand(&self, on_demand: Arc<OnDemand>) -> bool {
+        self.on_demand.set(on_demand).is_ok()
+    }
+
+    /// The on-demand issuer, when one is set.
+    pub fn on_demand(&self) -> Option<&Arc<OnDemand>> {
+        self.on_demand.get()
+    }
+
+    /// The certificate a handshake for `sni` gets: a loaded one that covers
+    /// it as browsers accept, else an on-demand leaf, else the store's
+    /// wildcard or default. `issue`: whether an on-demand leaf may be
+    /// issued now (a handshake), or only one already held be used.
+    fn choose(&self, sni: Option<&str>, issue: bool) -> Option<Arc<LoadedCert>> {
+        let store = self.current.load();
+        if let (Some(od), Some(name)) = (self.on_demand.get(), sni) {
+            if store.lookup_for_browsers(name).is_none() {
+                let leaf = if issue { od.get(name) } else { od.held(name) };
+                if leaf.is_some() {
+                    return leaf;
+                }
+            }
+        }
+        store.lookup(sni).cloned()
     }
 
     /// The current store.
@@ -242,9 +291,7 @@ impl SniResolver {
     /// that the client would get if it reconnected, which is what a `421`
     /// (retry on a new connection) is for.
     pub fn covers(&self, sni: Option<&str>, host: &str) -> bool {
-        self.current
-            .load()
-            .lookup(sni)
+        self.choose(sni, false)
             .is_some_and(|c| name_covers(c.dns_names(), host))
     }
 
@@ -273,7 +320,8 @@ impl fmt::Debug for SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current.load().resolve(client_hello.server_name())
+        self.choose(client_hello.server_name(), true)
+            .map(|c| c.certified_key().clone())
     }
 }
 
@@ -409,6 +457,57 @@ mod tests {
             let (tls, _server_side) = handshake(&server, &client, sni).await.unwrap();
             assert_eq!(leaf_names(&tls), [expected], "sni {sni:?}");
         }
+    }
+
+    /// The embedded default: the development certificate for `localhost`
+    /// and `*.localhost`, which browsers refuse for `nb.localhost`. A served
+    /// name gets its own leaf from the same CA; a name not served gets the
+    /// default and no leaf; a name the loaded certificate covers exactly
+    /// keeps it.
+    #[tokio::test]
+    async fn served_names_under_a_single_label_wildcard_get_on_demand_leaves() {
+        let dir = TempDir::new("store-on-demand");
+        let files = crate::dev::generate("localhost", dir.path()).unwrap();
+        let dev = LoadedCert::from_files("localhost", &files.cert, &files.key).unwrap();
+        let resolver = Arc::new(SniResolver::new(CertStore::new([dev], Some("localhost"))));
+        let served: crate::on_demand::Serves =
+            Arc::new(|n: &str| n == "localhost" || n == "nb.localhost");
+        let od = Arc::new(
+            OnDemand::open(
+                &files.ca_cert,
+                &files.ca_key,
+                &dir.path().join("on-demand"),
+                served,
+                crate::on_demand::OnDemandSettings::default(),
+            )
+            .unwrap(),
+        );
+        assert!(resolver.set_on_demand(od.clone()));
+        // Asking what a name would be served never issues.
+        resolver.covers(Some("nb.localhost"), "nb.localhost");
+        assert_eq!(od.issued(), 0);
+        let server = Arc::new(crate::server_config(resolver.clone()));
+        let client = insecure_client();
+
+        let cases = [
+            (Some("nb.localhost"), vec!["nb.localhost"], 1),
+            (Some("nb.localhost"), vec!["nb.localhost"], 1),
+            (Some("other.localhost"), vec!["localhost", "*.localhost"], 1),
+            (Some("localhost"), vec!["localhost", "*.localhost"], 1),
+            (None, vec!["localhost", "*.localhost"], 1),
+        ];
+        for (sni, expected, issued) in cases {
+            let (tls, _server_side) = handshake(&server, &client, sni).await.unwrap();
+            assert_eq!(leaf_names(&tls), expected, "sni {sni:?}");
+            assert_eq!(od.issued(), issued, "after sni {sni:?}");
+        }
+        // The 421 check sees the leaf the handshake got.
+        assert!(resolver.covers(Some("nb.localhost"), "nb.localhost"));
+        assert!(!resolver.covers(Some("nb.localhost"), "other.localhost"));
+        // A browser-accepted wildcard is used as it is: no leaf.
+        let store = resolver.store();
+        assert!(store.lookup_for_browsers("nb.localhost").is_none());
+        assert!(store.lookup_for_browsers("localhost").is_some());
     }
 
     #[tokio::test]

@@ -164,6 +164,11 @@ pub struct TlsConfig {
     /// With no certificate in `certs_dir` at start, generate a development
     /// CA and a certificate for the first base domain there.
     pub generate_dev_certificate: bool,
+    /// With the development CA in `certs_dir` (`ca.crt` + `ca.key`): give a
+    /// served name that no loaded certificate covers as browsers accept (a
+    /// session under `*.localhost`, which browsers refuse) a short-lived
+    /// leaf of its own from that CA, at its first handshake.
+    pub on_demand_dev: bool,
     /// Answer plain HTTP with a 308 to the same URL over HTTPS.
     pub redirect_http: bool,
     /// How often the certificates directory is checked for changes.
@@ -178,6 +183,7 @@ impl Default for TlsConfig {
             certs_dir: String::new(),
             default_certificate: String::new(),
             generate_dev_certificate: true,
+            on_demand_dev: true,
             redirect_http: false,
             reload_interval_secs: 5,
             upstream_ca_file: String::new(),

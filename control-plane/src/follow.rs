@@ -180,7 +180,7 @@ pub async fn run(
         instance: instance.as_str().into(),
     };
 
-    let listeners = bind_gateway_listeners(&config).await?;
+    let listeners = bind_gateway_listeners(&config, follower.routes()).await?;
     let admin = tokio::net::TcpListener::bind(config.gateway.admin_listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -632,6 +632,7 @@ async fn serve_admin(
                             r.certificates().into_iter().map(|c| (c.name, c.not_after)),
                         );
                     }
+                    t.observe_on_demand(certs.as_deref());
                     let table = f.routes().load();
                     let mut text = t.render();
                     m.render(&mut text);

@@ -15,6 +15,7 @@ pub struct Metrics {
     sessions: IntGaugeVec,
     tls_handshakes: IntCounterVec,
     certificate_expiry: IntGaugeVec,
+    on_demand: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -76,9 +77,19 @@ impl Metrics {
             &["name"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let on_demand = IntCounterVec::new(
+            Opts::new(
+                "sessiongate_tls_on_demand_certificates_total",
+                "Leaves for served names from the development CA (tls.on_demand_dev), by result: \
+                 issued, or rate_limited (a new name refused by the issuance rate limit).",
+            ),
+            &["result"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         let mut collectors = vec![
             Box::new(tls_handshakes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(certificate_expiry.clone()),
+            Box::new(on_demand.clone()),
         ];
         if !gateway_only {
             collectors.extend([
@@ -103,6 +114,9 @@ impl Metrics {
         for r in ["ok", "failed"] {
             tls_handshakes.with_label_values(&[r]);
         }
+        for r in ["issued", "rate_limited"] {
+            on_demand.with_label_values(&[r]);
+        }
         Metrics {
             registry,
             reaper_actions,
@@ -110,6 +124,19 @@ impl Metrics {
             sessions,
             tls_handshakes,
             certificate_expiry,
+            on_demand,
+        }
+    }
+
+    /// Brings the on-demand certificate counters up to what `resolver`'s
+    /// issuer counted (it keeps its own totals; these only ever grow).
+    pub fn observe_on_demand(&self, resolver: Option<&certs::SniResolver>) {
+        let Some(od) = resolver.and_then(|r| r.on_demand()) else {
+            return;
+        };
+        for (result, total) in [("issued", od.issued()), ("rate_limited", od.rate_limited())] {
+            let c = self.on_demand.with_label_values(&[result]);
+            c.inc_by(total.saturating_sub(c.get()));
         }
     }
 

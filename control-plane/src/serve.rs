@@ -443,8 +443,13 @@ pub(crate) struct GatewayListeners {
 
 /// Binds the gateway's HTTP (and HTTPS) listeners and prepares the
 /// certificates and upstream TLS, as the configuration says.
+///
+/// `routes` is the table the gateway serves: with `tls.on_demand_dev`, a name
+/// it serves that no loaded certificate covers as browsers accept gets a
+/// leaf of its own from the development CA ([`enable_on_demand`]).
 pub(crate) async fn bind_gateway_listeners(
     config: &Config,
+    routes: &RouteHandle,
 ) -> Result<GatewayListeners, ServeError> {
     // Re-encryption to https upstreams: checked now, so that a bad CA
     // bundle stops start-up with its file named.
@@ -459,6 +464,9 @@ pub(crate) async fn bind_gateway_listeners(
         Some(addr) => Some(prepare_tls(config, addr).await?),
         None => None,
     };
+    if let Some(t) = &tls {
+        enable_on_demand(config, t, routes.clone());
+    }
     Ok(GatewayListeners {
         listener,
         tls,
@@ -472,7 +480,7 @@ async fn bind_gateway(
     config: &Config,
     routes: &RouteHandle,
 ) -> Result<LocalGatewayParts, ServeError> {
-    let l = bind_gateway_listeners(config).await?;
+    let l = bind_gateway_listeners(config, routes).await?;
     Ok(LocalGatewayParts {
         follower: Follower::sharing(routes.clone(), gateway::access::KeyRing::throwaway()),
         listener: l.listener,
@@ -710,6 +718,44 @@ async fn prepare_tls(config: &Config, addr: SocketAddr) -> Result<TlsParts, Serv
         dir,
         default_name,
     })
+}
+
+/// With `tls.on_demand_dev` and the development CA in the certificates
+/// directory (`ca.crt` + `ca.key`, as `generate_dev_certificate` or `sessiongate
+/// certs dev` leave them): handshakes for names `routes` serves (a base
+/// domain, the portal host, a session's host) that no loaded certificate
+/// covers by exact name or by a wildcard browsers accept get a leaf of their
+/// own, kept in `<certs_dir>/on-demand`. `*.localhost` is such a wildcard that
+/// browsers refuse, so this is what gives `https://<session>.localhost` to a
+/// browser on the embedded defaults. Names not served never get a leaf.
+fn enable_on_demand(config: &Config, tls: &TlsParts, routes: RouteHandle) {
+    if !config.tls.on_demand_dev {
+        return;
+    }
+    let (ca_cert, ca_key) = (tls.dir.join("ca.crt"), tls.dir.join("ca.key"));
+    if !ca_cert.exists() || !ca_key.exists() {
+        tracing::debug!(dir = %tls.dir.display(), "no development CA: no on-demand certificates");
+        return;
+    }
+    let serves: certs::on_demand::Serves = Arc::new(move |name: &str| {
+        let table = routes.load();
+        table.base_domains().any(|b| b == name)
+            || table.portal_host() == Some(name)
+            || gateway::router::lookup(&table, name, "/").is_some()
+    });
+    match certs::on_demand::OnDemand::open(
+        &ca_cert,
+        &ca_key,
+        &tls.dir.join("on-demand"),
+        serves,
+        certs::on_demand::OnDemandSettings::default(),
+    ) {
+        Ok(od) => {
+            tls.resolver.set_on_demand(Arc::new(od));
+            tracing::info!(ca = %ca_cert.display(), "on-demand certificates from the development CA for served names");
+        }
+        Err(e) => tracing::warn!(error = %e, "development CA unusable: no on-demand certificates"),
+    }
 }
 
 /// The training portal's API on the portal host: the gateway hands those

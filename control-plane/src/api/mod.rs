@@ -634,6 +634,7 @@ async fn metrics(State(cp): State<Control>) -> Response {
         }
     }
     cp.metrics().set_certificates(cp.certificate_expiries());
+    cp.metrics().observe_on_demand(cp.certificate_resolver());
     let table = cp.routes().load();
     let mut text = cp.metrics().render();
     cp.gateway_metrics().render(&mut text);

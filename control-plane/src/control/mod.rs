@@ -279,6 +279,11 @@ impl ControlPlane {
     }
 
     /// `(pair name, notAfter)` of every certificate served, for metrics.
+    /// The HTTPS listener's certificate resolver, in `serve` with one.
+    pub fn certificate_resolver(&self) -> Option<&certs::SniResolver> {
+        self.certificates.as_deref()
+    }
+
     pub fn certificate_expiries(&self) -> Vec<(String, i64)> {
         self.certificates
             .as_ref()

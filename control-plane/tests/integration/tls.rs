@@ -465,3 +465,74 @@ async fn first_start_generates_a_development_certificate_for_the_base_domain() {
         assert_eq!(presented(&s), der(&root.join("data/certs/dev.test.crt")));
     }
 }
+
+/// The embedded default base domain, `localhost`: browsers refuse the
+/// development certificate's `*.localhost` for `nb.localhost`, so a served
+/// session's host gets a leaf of its own from the same CA at its first
+/// handshake, and a client trusting only that CA reaches the session. A name
+/// the table does not serve gets the default certificate and no leaf.
+#[tokio::test]
+async fn a_session_under_localhost_gets_an_on_demand_leaf_and_unserved_names_get_none() {
+    let backend = origin("plain", None);
+    let root = temp_dir("tls-on-demand");
+    let sg = InProcess::start(&root, "[gateway]\nbase_domains = [\"localhost\"]\n").await;
+    let https = https_addr(&sg);
+    let certs = root.join("data/certs");
+    let ca = certs.join("ca.crt");
+    let (s, v) = sg
+        .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = sg
+        .api(
+            "POST",
+            "/api/v1/sessions",
+            Some(public_session("nb", backend.addr.port())),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    let leaves = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(certs.join("on-demand"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".crt"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    assert!(leaves().is_empty());
+
+    let mut s = connect(https, &ca, "nb.localhost", &[b"http/1.1"]).await;
+    assert_ne!(presented(&s), der(&certs.join("localhost.crt")));
+    let (status, body) = get(&mut s, "nb.localhost", "/").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(leaves(), ["nb.localhost.crt"]);
+    // The base domain itself: the development certificate names it exactly.
+    let s = connect(https, &ca, "localhost", &[b"http/1.1"]).await;
+    assert_eq!(presented(&s), der(&certs.join("localhost.crt")));
+    // Not served: the default certificate, no new leaf.
+    let tcp = TcpStream::connect(https).await.unwrap();
+    let insecure =
+        tokio_rustls::TlsConnector::from(Arc::new(certs::client_config(false, None).unwrap()));
+    let s = insecure
+        .connect(ServerName::try_from("ghost.localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(presented(&s), der(&certs.join("localhost.crt")));
+    assert_eq!(leaves(), ["nb.localhost.crt"]);
+    // A second handshake for the session reuses its leaf.
+    let again = connect(https, &ca, "nb.localhost", &[b"http/1.1"]).await;
+    assert_eq!(
+        presented(&again),
+        der(&certs.join("on-demand/nb.localhost.crt"))
+    );
+    let metrics = reqwest_metrics(&sg).await;
+    assert!(
+        metrics.contains("sessiongate_tls_on_demand_certificates_total{result=\"issued\"} 1"),
+        "{metrics}"
+    );
+}
