@@ -52,7 +52,7 @@ mod tls;
 mod testutil;
 
 pub use error::CertError;
-pub use load::{load_pair, LoadedCert};
+pub use load::{load_pair, read_ca, LoadedCert};
 pub use reload::{reload_now, spawn_reloader, CertDir, MIN_POLL_INTERVAL};
 pub use resolver::{name_covers, CertInfo, CertStore, SniResolver};
 pub use tls::{

@@ -136,6 +136,27 @@ pub fn load_pair(cert_pem: &Path, key_pem: &Path) -> Result<Arc<CertifiedKey>, C
     LoadedCert::from_files(name, cert_pem, key_pem).map(|c| c.key)
 }
 
+/// The subject of the CA certificate in the PEM file `path` (its first
+/// certificate), for `sessiongate certs trust`: an error names the file and
+/// says why it is not one to trust (unreadable, no certificate, not a CA).
+pub fn read_ca(path: &Path) -> Result<String, CertError> {
+    let bytes = std::fs::read(path).map_err(|e| CertError::io(path, e))?;
+    let chain = parse_chain(&bytes, path)?;
+    let bad = |reason: String| CertError::BadCertificate {
+        path: path.to_path_buf(),
+        index: 1,
+        reason,
+    };
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| bad(e.to_string()))?;
+    if !cert.is_ca() {
+        return Err(bad(
+            "not a CA certificate (no basicConstraints CA:TRUE)".into()
+        ));
+    }
+    Ok(cert.subject().to_string())
+}
+
 /// Every `CERTIFICATE` section of the file, each checked to be X.509 so that
 /// a corrupt intermediate is reported at load rather than at a handshake.
 fn parse_chain(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {

@@ -75,6 +75,7 @@ pub mod serve;
 pub mod session;
 pub mod store;
 pub mod time;
+pub mod trust;
 pub mod workshop;
 pub mod writes;
 

@@ -144,6 +144,24 @@ enum CertsCommand {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Print how to trust the development CA: the system store (Debian,
+    /// Fedora, macOS), Chromium's and Firefox's NSS databases, and curl.
+    ///
+    /// The CA is `ca.crt` in the certificates directory (`tls.certs_dir`,
+    /// by default `<data_dir>/certs`) of the configuration, or --ca.
+    Trust {
+        /// The CA certificate (PEM); default: ca.crt in the certificates
+        /// directory that --config (or the embedded defaults) names.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// The configuration file whose certificates directory holds the CA.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also install it in the system store, where update-ca-certificates
+        /// or update-ca-trust is here (as root).
+        #[arg(long)]
+        install: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -270,6 +288,32 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("sessiongate certs dev: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Certs(CertsCommand::Trust {
+            ca,
+            config,
+            install,
+        }) => {
+            let ca = match ca {
+                Some(ca) => ca,
+                None => match Config::load(config.as_deref(), std::env::vars()) {
+                    Ok(cfg) => cfg.certs_dir().join("ca.crt"),
+                    Err(e) => {
+                        eprintln!("sessiongate certs trust: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            match control_plane::trust::certs_trust(&ca, install) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sessiongate certs trust: {e}");
                     ExitCode::FAILURE
                 }
             }
