@@ -176,6 +176,9 @@ async fn run_with<L: Listener>(
         .keep_alive(true);
     builder
         .http2()
+        // WebSockets over HTTP/2 (RFC 8441): browsers open them on the
+        // connection they already have when the server offers it.
+        .enable_connect_protocol()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(config.h2_keep_alive_interval));

@@ -251,6 +251,20 @@ async fn reqwest_metrics(sg: &Endpoints) -> String {
     testkit::http(sg.api, "127.0.0.1", "/metrics", "").await.1
 }
 
+/// Sends `text` on `ws` and returns the text message that comes back.
+async fn echo<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, text: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::text(text)).await.unwrap();
+    let back = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("an echo in time")
+        .expect("a message")
+        .expect("not an error");
+    back.into_text().unwrap().as_str().to_owned()
+}
+
 #[tokio::test]
 async fn h2_by_alpn_and_websockets_over_tls() {
     let backend = origin("plain", None);
@@ -282,17 +296,41 @@ async fn h2_by_alpn_and_websockets_over_tls() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"plain HTTP/1.1");
 
+    // A WebSocket on the same HTTP/2 connection (RFC 8441), as browsers
+    // open one: an extended CONNECT, answered 200, then frames on the
+    // stream; the upstream got an HTTP/1.1 Upgrade.
+    let mut req = hyper::Request::connect("https://ws.sessions.test/")
+        .header("sec-websocket-version", "13")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    assert!(resp.headers().get("upgrade").is_none());
+    assert!(resp.headers().get("sec-websocket-accept").is_none());
+    let upgraded = hyper::upgrade::on(&mut resp)
+        .await
+        .expect("the stream is the tunnel");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    assert_eq!(echo(&mut ws, "over h2").await, "over h2");
+    // The connection still serves ordinary requests beside it.
+    let req = hyper::Request::get("https://nb.sessions.test/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    drop(ws);
+
     let s = connect(https, &ca, "ws.sessions.test", &[b"http/1.1"]).await;
     let (mut ws, _) = tokio_tungstenite::client_async("wss://ws.sessions.test/", s)
         .await
         .expect("WebSocket handshake over TLS");
-    ws.send(Message::text("over tls")).await.unwrap();
-    let echo = tokio::time::timeout(DEADLINE, ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(echo.into_text().unwrap().as_str(), "over tls");
+    assert_eq!(echo(&mut ws, "over tls").await, "over tls");
     drop(sg);
 }
 

@@ -26,7 +26,7 @@ pub use hop::{connection_has, remove_hop_by_hop};
 pub use request_id::{new_request_id, request_id, X_REQUEST_ID};
 pub use rewrite::{rewrite_request, rewrite_response, rewrite_switch, UpstreamHead};
 pub use set_cookie::{filter_set_cookies, SetCookieChanges};
-pub use upgrade::{requested_upgrade, switched_as_requested};
+pub use upgrade::{is_h2_websocket, requested_upgrade, switched_as_requested, websocket_key};
 
 /// A header map of `pairs`, in order, repeated names appended: what the
 /// header tests start from.

@@ -37,6 +37,34 @@ pub fn requested_upgrade(version: Version, headers: &HeaderMap, any: bool) -> Op
         .then(|| HeaderValue::from_static(WEBSOCKET))
 }
 
+/// Whether a request is an HTTP/2 WebSocket handshake (RFC 8441): an
+/// extended `CONNECT` whose `:protocol` is `websocket`. The gateway passes it
+/// to the upstream as an HTTP/1.1 Upgrade, and answers the client `200`
+/// once the upstream has switched.
+pub fn is_h2_websocket(
+    version: Version,
+    method: &http::Method,
+    protocol: Option<&hyper::ext::Protocol>,
+) -> bool {
+    version == Version::HTTP_2
+        && method == http::Method::CONNECT
+        && protocol.is_some_and(|p| p.as_str().eq_ignore_ascii_case(WEBSOCKET))
+}
+
+/// A fresh `Sec-WebSocket-Key` (16 random bytes, base64) for the HTTP/1.1
+/// handshake the upstream gets in place of an HTTP/2 one, which has none.
+pub fn websocket_key() -> HeaderValue {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    let mut nonce = [0u8; 16];
+    // The system's random source failing leaves zeros: still a valid key
+    // (it only proves the upstream speaks WebSocket, it is no secret).
+    let _ = ring::rand::SystemRandom::new().fill(&mut nonce);
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&key)
+        .unwrap_or_else(|_| HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="))
+}
+
 /// Whether a `101 Switching Protocols` switched to what the client asked
 /// for: its `Upgrade` (`switched`) names one or more protocols, each of them
 /// one the request's `Upgrade` (`requested`) listed, tokens compared without
@@ -61,6 +89,32 @@ fn tokens(list: &str) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
     use crate::headers::test_map as map;
+
+    #[test]
+    fn an_h2_websocket_is_an_extended_connect_for_websocket_only() {
+        use http::Method;
+        let ws = hyper::ext::Protocol::from_static("websocket");
+        let ws_upper = hyper::ext::Protocol::from_static("WebSocket");
+        let other = hyper::ext::Protocol::from_static("connect-udp");
+        let cases: &[(Version, Method, Option<&hyper::ext::Protocol>, bool)] = &[
+            (Version::HTTP_2, Method::CONNECT, Some(&ws), true),
+            (Version::HTTP_2, Method::CONNECT, Some(&ws_upper), true),
+            (Version::HTTP_2, Method::CONNECT, Some(&other), false),
+            (Version::HTTP_2, Method::CONNECT, None, false),
+            (Version::HTTP_2, Method::GET, Some(&ws), false),
+            (Version::HTTP_11, Method::CONNECT, Some(&ws), false),
+        ];
+        for (version, method, protocol, want) in cases {
+            assert_eq!(
+                is_h2_websocket(*version, method, *protocol),
+                *want,
+                "{version:?} {method} {protocol:?}"
+            );
+        }
+        let key = websocket_key();
+        assert_eq!(key.len(), 24, "16 bytes in base64");
+        assert_ne!(key, websocket_key(), "a fresh key each time");
+    }
 
     #[test]
     fn an_upgrade_is_requested_with_connection_upgrade_on_http_1_1() {

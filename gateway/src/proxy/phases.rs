@@ -316,8 +316,16 @@ impl Proxy {
             None => upstream_uri(req.uri(), target, upstream)?,
         };
         let version = req.version();
-        let upgrade =
-            headers::requested_upgrade(version, req.headers(), target.route.allow_any_upgrade);
+        let h2_websocket = headers::is_h2_websocket(
+            version,
+            req.method(),
+            req.extensions().get::<hyper::ext::Protocol>(),
+        );
+        let upgrade = if h2_websocket {
+            Some(HeaderValue::from_static("websocket"))
+        } else {
+            headers::requested_upgrade(version, req.headers(), target.route.allow_any_upgrade)
+        };
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         // CHP without --no-x-forward passes the client's own forwarding
@@ -385,6 +393,15 @@ impl Proxy {
             for (name, value) in &chp.headers {
                 parts.headers.insert(name.clone(), value.clone());
             }
+        }
+        if h2_websocket {
+            // RFC 8441 to RFC 6455: the upstream gets a GET with the
+            // Upgrade headers (set above) and a key of its own.
+            parts.method = http::Method::GET;
+            parts.extensions.remove::<hyper::ext::Protocol>();
+            parts
+                .headers
+                .insert(header::SEC_WEBSOCKET_KEY, headers::websocket_key());
         }
         parts.uri = uri;
         parts.version = Version::HTTP_11;
@@ -526,10 +543,21 @@ impl Proxy {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
         parts.version = client.version;
-        note_set_cookies(
-            &admitted.route,
-            headers::rewrite_switch(&mut parts.headers, protocol),
-        );
+        let changes = headers::rewrite_switch(&mut parts.headers, protocol);
+        if client.version == Version::HTTP_2 {
+            // An HTTP/2 WebSocket (RFC 8441) is accepted with a 200 on its
+            // stream; HTTP/2 has no Connection or Upgrade, and the accept
+            // key answered the upstream's own handshake.
+            parts.status = StatusCode::OK;
+            for name in [
+                header::CONNECTION,
+                header::UPGRADE,
+                header::SEC_WEBSOCKET_ACCEPT,
+            ] {
+                parts.headers.remove(name);
+            }
+        }
+        note_set_cookies(&admitted.route, changes);
         let route = Arc::clone(&admitted.route);
         tunnel::spawn(
             admitted,
