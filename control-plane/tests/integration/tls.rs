@@ -324,13 +324,26 @@ async fn h2_by_alpn_and_websockets_over_tls() {
         .body(Empty::<Bytes>::new())
         .unwrap();
     assert_eq!(send.send_request(req).await.unwrap().status(), 200);
-    drop(ws);
+    let mut h2_ws = ws;
 
     let s = connect(https, &ca, "ws.sessions.test", &[b"http/1.1"]).await;
     let (mut ws, _) = tokio_tungstenite::client_async("wss://ws.sessions.test/", s)
         .await
         .expect("WebSocket handshake over TLS");
     assert_eq!(echo(&mut ws, "over tls").await, "over tls");
+
+    // Pausing the session closes both, the HTTP/2 one as the HTTP/1.1 one.
+    let (s, v) = sg.api("POST", "/api/v1/sessions/ws/pause", None).await;
+    assert_eq!(s, 200, "{v}");
+    for (what, next) in [
+        ("h2", tokio::time::timeout(DEADLINE, h2_ws.next()).await),
+        ("http/1.1", tokio::time::timeout(DEADLINE, ws.next()).await),
+    ] {
+        match next.unwrap_or_else(|_| panic!("{what}: still open after the pause")) {
+            None | Some(Ok(Message::Close(_))) | Some(Err(_)) => {}
+            Some(Ok(m)) => panic!("{what}: {m:?} after the pause"),
+        }
+    }
     drop(sg);
 }
 
