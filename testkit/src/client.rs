@@ -212,6 +212,23 @@ impl Endpoints {
             .await
     }
 
+    /// Creates the user `ann` and her public session `name` to loopback
+    /// `port` ([`crate::server::public_session`]); fails the test on any
+    /// other answer than 201.
+    pub async fn ann_public_session(&self, name: &str, port: u16) {
+        let (s, v) = self
+            .api(
+                "POST",
+                "/api/v1/users",
+                Some(serde_json::json!({"name": "ann"})),
+            )
+            .await;
+        assert!(s == 201 || s == 409, "creating ann: {s} {v}");
+        let body = crate::server::public_session(name, port);
+        let (s, v) = self.api("POST", "/api/v1/sessions", Some(body)).await;
+        assert_eq!(s, 201, "creating session {name}: {v}");
+    }
+
     /// A request to the API with another token, or none.
     pub async fn api_with_token(
         &self,

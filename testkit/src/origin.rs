@@ -119,6 +119,9 @@ pub enum Reply {
     /// what a private route let through to the app. Bytes that are not
     /// UTF-8 show as U+FFFD; UTF-8 shows as it is.
     PathAndCookie,
+    /// This HTML page (`text/html`): what a browser test loads, its script
+    /// talking to the origin's other paths (`/ws`, the WebSocket echo).
+    Page(&'static str),
 }
 
 /// A snapshot of the origin's counters.
@@ -446,6 +449,14 @@ async fn answer(
     Ok(match origin.reply {
         Reply::Json => json_reply(origin.name, req).await,
         Reply::Name => Response::new(full(origin.name)),
+        Reply::Page(html) => {
+            let mut resp = Response::new(full(html));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
         Reply::NameAndVersion => {
             Response::new(full(format!("{} {:?}", origin.name, req.version())))
         }

@@ -530,18 +530,7 @@ async fn a_session_under_localhost_gets_an_on_demand_leaf_and_unserved_names_get
     let https = https_addr(&sg);
     let certs = root.join("data/certs");
     let ca = certs.join("ca.crt");
-    let (s, v) = sg
-        .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = sg
-        .api(
-            "POST",
-            "/api/v1/sessions",
-            Some(public_session("nb", backend.addr.port())),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
+    sg.ann_public_session("nb", backend.addr.port()).await;
 
     let leaves = || -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(certs.join("on-demand"))
