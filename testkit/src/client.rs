@@ -205,6 +205,14 @@ pub struct Endpoints {
     pub token: String,
 }
 
+/// The body of `POST /api/v1/sessions` that creates a public session `name`
+/// of the user `ann` for the origin on `127.0.0.1:<port>`: no access check,
+/// so a plain client reaches it.
+pub fn public_session(name: &str, port: u16) -> Value {
+    serde_json::json!({"name": name, "owner": "ann", "public": true,
+           "remote_host": "127.0.0.1", "remote_port": port})
+}
+
 impl Endpoints {
     /// A request to the API with the admin token.
     pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -224,7 +232,7 @@ impl Endpoints {
             )
             .await;
         assert!(s == 201 || s == 409, "creating ann: {s} {v}");
-        let body = crate::server::public_session(name, port);
+        let body = public_session(name, port);
         let (s, v) = self.api("POST", "/api/v1/sessions", Some(body)).await;
         assert_eq!(s, 201, "creating session {name}: {v}");
     }

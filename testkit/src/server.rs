@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use control_plane::auth;
 use control_plane::config::Config;
 use control_plane::serve::{ServeError, Server};
-use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -57,13 +56,7 @@ fn merge(base: &mut toml::Table, extra: toml::Table) {
     }
 }
 
-/// The body of `POST /api/v1/sessions` that creates a public session `name`
-/// of the user `ann` for the origin on `127.0.0.1:<port>`: no access check,
-/// so a plain client reaches it.
-pub fn public_session(name: &str, port: u16) -> Value {
-    json!({"name": name, "owner": "ann", "public": true,
-           "remote_host": "127.0.0.1", "remote_port": port})
-}
+pub use crate::client::public_session;
 
 /// A running in-process server. Dereferences to its [`Endpoints`]
 /// (`sg.gateway`, `sg.api`, `sg.https`, `sg.token`, `sg.api(…)`,
@@ -162,13 +155,7 @@ mod tests {
     async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
         let origin = Origin::named("app");
         let sg = InProcess::start(&temp_dir("testkit-shutdown"), "").await;
-        let (s, v) = sg
-            .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
-            .await;
-        assert_eq!(s, 201, "{v}");
-        let body = public_session("app", origin.addr.port());
-        let (s, v) = sg.api("POST", "/api/v1/sessions", Some(body)).await;
-        assert_eq!(s, 201, "{v}");
+        sg.ann_public_session("app", origin.addr.port()).await;
 
         let gateway = sg.gateway;
         let in_flight =
