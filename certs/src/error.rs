@@ -64,6 +64,11 @@ pub enum CertError {
     /// rcgen refused to build a development certificate.
     #[error("generating the development {what}: {reason}")]
     Generate { what: &'static str, reason: String },
+
+    /// An ACME order, or the account it needs, failed; `reason` names the
+    /// cause as the ACME server or the network gave it.
+    #[error("ACME certificate for {name}: {reason}")]
+    Acme { name: String, reason: String },
 }
 
 impl CertError {

@@ -37,9 +37,16 @@
 //! - `tls.rs`: [`server_config`], [`client_config`], [`AcceptAnyServerCert`].
 //! - `dev.rs`: [`dev::generate`], a development CA and wildcard certificate.
 //! - `on_demand.rs`: [`on_demand::OnDemand`], leaves for exact served names
-//!   from the development CA, issued at the first handshake that asks.
+//!   from the development CA, issued at the first handshake that asks; the
+//!   [`on_demand::Source`] trait that it and ACME implement.
+//! - `acme.rs`: [`acme::Acme`], certificates from an ACME CA (HTTP-01 and
+//!   TLS-ALPN-01), renewed at two thirds of their lifetime.
+//! - `accept.rs`: [`Acceptor`], the TLS listener's handshake: ClientHello,
+//!   then the on-demand certificate or ACME answer it needs, then the rest.
 #![forbid(unsafe_code)]
 
+mod accept;
+pub mod acme;
 pub mod dev;
 mod error;
 mod load;
@@ -51,6 +58,7 @@ mod tls;
 #[cfg(test)]
 mod testutil;
 
+pub use accept::{Accepted, Acceptor};
 pub use error::CertError;
 pub use load::{load_pair, read_ca, LoadedCert};
 pub use reload::{reload_now, spawn_reloader, CertDir, MIN_POLL_INTERVAL};

@@ -26,6 +26,7 @@ use crate::CertError;
 pub struct LoadedCert {
     name: String,
     dns_names: Vec<String>,
+    not_before: i64,
     not_after: i64,
     /// A CA certificate (basicConstraints cA) is not served: the development
     /// CA that [`dev::generate`](crate::dev::generate) writes may share the
@@ -90,6 +91,7 @@ impl LoadedCert {
         Ok(LoadedCert {
             name,
             dns_names: leaf.dns_names,
+            not_before: leaf.not_before,
             not_after: leaf.not_after,
             is_ca: leaf.is_ca,
             key: Arc::new(certified),
@@ -105,6 +107,12 @@ impl LoadedCert {
     /// trailing dot; wildcards kept as written (`*.example.com`).
     pub fn dns_names(&self) -> &[String] {
         &self.dns_names
+    }
+
+    /// The leaf's notBefore, in Unix seconds: with notAfter, its lifetime,
+    /// of which renewal waits out two thirds.
+    pub fn not_before(&self) -> i64 {
+        self.not_before
     }
 
     /// The leaf's notAfter, in Unix seconds.
@@ -228,6 +236,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// What the resolver and the gauge need from the leaf certificate.
 struct LeafFacts {
     dns_names: Vec<String>,
+    not_before: i64,
     not_after: i64,
     is_ca: bool,
 }
@@ -256,6 +265,7 @@ impl LeafFacts {
         }
         Ok(LeafFacts {
             dns_names,
+            not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
             is_ca: cert.is_ca(),
         })

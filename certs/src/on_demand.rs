@@ -16,7 +16,9 @@
 //! issued again once less than a third of their lifetime is left.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -32,6 +34,45 @@ use crate::{CertError, LoadedCert};
 /// Whether a name is one the gateway serves (a base domain, a session's
 /// host): only those get a leaf.
 pub type Serves = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// A future that gets a certificate ready, resolving when it is held (or
+/// when none will be, for now).
+pub type Preparing = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// What an issuer counted since start, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Certificates newly issued (renewals included; not those read back
+    /// from disk).
+    pub issued: u64,
+    /// Issuances that failed.
+    pub failed: u64,
+    /// New names refused by the rate limit.
+    pub rate_limited: u64,
+}
+
+/// Where the TLS listener gets a certificate for a name that no loaded
+/// certificate covers as browsers accept: the development CA
+/// ([`OnDemand`]) or an ACME CA ([`crate::acme::Acme`]).
+///
+/// The split between [`prepare`](Source::prepare) and
+/// [`held`](Source::held) keeps issuance off the handshake: the listener
+/// reads the ClientHello, awaits `prepare` (which may take an ACME order's
+/// seconds without holding a worker thread), then the handshake's
+/// certificate resolver, which must answer at once, takes what is `held`.
+pub trait Source: Send + Sync + 'static {
+    /// `dev` or `acme`: which metric counts it.
+    fn kind(&self) -> &'static str;
+    /// Whether `name` (lower case, no trailing dot) is this source's to
+    /// issue for.
+    fn claims(&self, name: &str) -> bool;
+    /// The certificate held for `name`, issuing nothing.
+    fn held(&self, name: &str) -> Option<Arc<LoadedCert>>;
+    /// Gets a certificate for `name` held, unless a fresh one already is,
+    /// the rate limit refuses, or the name is backing off after a failure.
+    fn prepare(self: Arc<Self>, name: String) -> Preparing;
+    fn counts(&self) -> Counts;
+}
 
 /// How an [`OnDemand`] issues.
 #[derive(Clone, Debug)]
@@ -65,15 +106,41 @@ pub struct OnDemand {
     /// Held while issuing, so that two handshakes for a new name make one
     /// leaf; lookups take only `cache`.
     issuing: Mutex<()>,
-    bucket: Mutex<Bucket>,
+    bucket: RateLimit,
     issued: AtomicU64,
     rate_limited: AtomicU64,
 }
 
 /// A token bucket: `tokens` left, refilled at `per_second` up to `burst`.
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+pub(crate) struct RateLimit {
+    bucket: Mutex<(f64, Instant)>,
+    burst: f64,
+    per_second: f64,
+}
+
+impl RateLimit {
+    pub(crate) fn new(burst: u32, per_second: f64) -> RateLimit {
+        RateLimit {
+            bucket: Mutex::new((f64::from(burst), Instant::now())),
+            burst: f64::from(burst),
+            per_second,
+        }
+    }
+
+    /// Takes a token if one is left.
+    pub(crate) fn take(&self) -> bool {
+        let mut b = lock(&self.bucket);
+        let now = Instant::now();
+        let refill = now.duration_since(b.1).as_secs_f64() * self.per_second;
+        b.0 = (b.0 + refill).min(self.burst);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl OnDemand {
@@ -103,10 +170,7 @@ impl OnDemand {
             issuer,
             dir: dir.to_path_buf(),
             serves,
-            bucket: Mutex::new(Bucket {
-                tokens: f64::from(settings.burst),
-                at: Instant::now(),
-            }),
+            bucket: RateLimit::new(settings.burst, settings.per_second),
             settings,
             cache: Mutex::new(HashMap::new()),
             issuing: Mutex::new(()),
@@ -141,7 +205,7 @@ impl OnDemand {
             lock(&self.cache).insert(name, cert.clone());
             return Some(cert);
         }
-        if !self.take_token() {
+        if !self.bucket.take() {
             self.rate_limited.fetch_add(1, Ordering::Relaxed);
             // A leaf due for renewal is still valid: serve it meanwhile.
             return held.filter(|c| c.not_after() > now);
@@ -229,18 +293,37 @@ impl OnDemand {
             name, &cert_path, &key_path,
         )?))
     }
+}
 
-    fn take_token(&self) -> bool {
-        let mut b = lock(&self.bucket);
-        let now = Instant::now();
-        let refill = now.duration_since(b.at).as_secs_f64() * self.settings.per_second;
-        b.tokens = (b.tokens + refill).min(f64::from(self.settings.burst));
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
+impl Source for OnDemand {
+    fn kind(&self) -> &'static str {
+        "dev"
+    }
+
+    fn claims(&self, name: &str) -> bool {
+        (self.serves)(name)
+    }
+
+    fn held(&self, name: &str) -> Option<Arc<LoadedCert>> {
+        OnDemand::held(self, name)
+    }
+
+    fn prepare(self: Arc<Self>, name: String) -> Preparing {
+        if OnDemand::held(&self, &name).is_some_and(|c| !self.due(&c, unix_now())) {
+            return Box::pin(std::future::ready(()));
+        }
+        // Key generation, signing and two file writes: a blocking thread's
+        // work, not a proxy worker's.
+        Box::pin(async move {
+            let _ = tokio::task::spawn_blocking(move || self.get(&name)).await;
+        })
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            issued: self.issued(),
+            failed: 0,
+            rate_limited: self.rate_limited(),
         }
     }
 }
@@ -262,13 +345,13 @@ pub fn browsers_accept_wildcard(parent: &str) -> bool {
     parent.trim_end_matches('.').contains('.')
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is one lookup, insert or refill: a panic in
     // another cannot leave the data half-changed.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::on_demand::OnDemand;
+use crate::on_demand::{Preparing, Source};
 use crate::LoadedCert;
 
 /// One loaded certificate as the expiry gauge
@@ -225,9 +225,10 @@ pub fn name_covers(pattern_names: &[String], host: &str) -> bool {
 /// store.
 pub struct SniResolver {
     current: ArcSwap<CertStore>,
-    /// Leaves for served names that no loaded certificate covers in a way
-    /// browsers accept ([`SniResolver::set_on_demand`]).
-    on_demand: std::sync::OnceLock<Arc<OnDemand>>,
+    /// Certificates for served names that no loaded certificate covers in
+    /// a way browsers accept ([`SniResolver::set_on_demand`]), asked in
+    /// order.
+    on_demand: std::sync::OnceLock<Box<[Arc<dyn Source>]>>,
     /// Serializes reloads (the poller and a SIGHUP) so that two of them do not
     /// each start from the same store and the slower one undo the other's
     /// keep-the-last-good decisions.
@@ -244,29 +245,55 @@ impl SniResolver {
     }
 
     /// From now on, a handshake for a name that no loaded certificate
-    /// covers by its exact name or by a wildcard browsers accept gets a leaf
-    /// from `on_demand`, if it issues one (the name is served). Set once;
-    /// a second call changes nothing and returns `false`.
-    pub fn set_on_demand(&self, on_demand: Arc<OnDemand>) -> bool {
-        self.on_demand.set(on_demand).is_ok()
+    /// covers by its exact name or by a wildcard browsers accept gets a
+    /// certificate from the first of `sources` that claims the name, once
+    /// [`prepare`](Self::prepare) has had it issued. Set once; a second call
+    /// changes nothing and returns `false`.
+    pub fn set_on_demand(&self, sources: Vec<Arc<dyn Source>>) -> bool {
+        self.on_demand.set(sources.into_boxed_slice()).is_ok()
     }
 
-    /// The on-demand issuer, when one is set.
-    pub fn on_demand(&self) -> Option<&Arc<OnDemand>> {
-        self.on_demand.get()
+    /// The on-demand sources, in the order they are asked.
+    pub fn on_demand(&self) -> &[Arc<dyn Source>] {
+        self.on_demand.get().map_or(&[], |s| s)
+    }
+
+    /// Which on-demand source (`dev`, `acme`) would give `name` a
+    /// certificate, if no loaded one covers it.
+    pub fn on_demand_kind(&self, name: &str) -> Option<&'static str> {
+        let name = crate::load::normalize_name(name);
+        self.on_demand()
+            .iter()
+            .find(|s| s.claims(&name))
+            .map(|s| s.kind())
+    }
+
+    /// What a handshake for `sni` needs done before its certificate can be
+    /// chosen: an on-demand certificate issued or renewed. `None` when there
+    /// is nothing to wait for (a loaded certificate covers the name, or no
+    /// source claims it). Awaited by [`crate::Acceptor`] between reading
+    /// the ClientHello and answering it.
+    pub fn prepare(&self, sni: &str) -> Option<Preparing> {
+        let sources = self.on_demand.get()?;
+        let name = crate::load::normalize_name(sni);
+        if self.current.load().lookup_for_browsers(&name).is_some() {
+            return None;
+        }
+        let source = sources.iter().find(|s| s.claims(&name))?;
+        Some(Arc::clone(source).prepare(name))
     }
 
     /// The certificate a handshake for `sni` gets: a loaded one that covers
-    /// it as browsers accept, else an on-demand leaf, else the store's
-    /// wildcard or default. `issue`: whether an on-demand leaf may be
-    /// issued now (a handshake), or only one already held be used.
-    fn choose(&self, sni: Option<&str>, issue: bool) -> Option<Arc<LoadedCert>> {
+    /// it as browsers accept, else one held by an on-demand source, else
+    /// the store's wildcard or default. Never issues: that is
+    /// [`prepare`](Self::prepare)'s, before the handshake.
+    fn choose(&self, sni: Option<&str>) -> Option<Arc<LoadedCert>> {
         let store = self.current.load();
-        if let (Some(od), Some(name)) = (self.on_demand.get(), sni) {
+        if let (Some(sources), Some(name)) = (self.on_demand.get(), sni) {
             if store.lookup_for_browsers(name).is_none() {
-                let leaf = if issue { od.get(name) } else { od.held(name) };
-                if leaf.is_some() {
-                    return leaf;
+                let name = crate::load::normalize_name(name);
+                if let Some(held) = sources.iter().find_map(|s| s.held(&name)) {
+                    return Some(held);
                 }
             }
         }
@@ -291,7 +318,7 @@ impl SniResolver {
     /// that the client would get if it reconnected, which is what a `421`
     /// (retry on a new connection) is for.
     pub fn covers(&self, sni: Option<&str>, host: &str) -> bool {
-        self.choose(sni, false)
+        self.choose(sni)
             .is_some_and(|c| name_covers(c.dns_names(), host))
     }
 
@@ -320,7 +347,7 @@ impl fmt::Debug for SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.choose(client_hello.server_name(), true)
+        self.choose(client_hello.server_name())
             .map(|c| c.certified_key().clone())
     }
 }
@@ -328,7 +355,9 @@ impl ResolvesServerCert for SniResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{handshake, insecure_client, leaf_names, loaded, TempDir};
+    use crate::testutil::{
+        handshake, handshake_through, insecure_client, leaf_names, loaded, TempDir,
+    };
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
@@ -473,7 +502,7 @@ mod tests {
         let served: crate::on_demand::Serves =
             Arc::new(|n: &str| n == "localhost" || n == "nb.localhost");
         let od = Arc::new(
-            OnDemand::open(
+            crate::on_demand::OnDemand::open(
                 &files.ca_cert,
                 &files.ca_key,
                 &dir.path().join("on-demand"),
@@ -482,25 +511,35 @@ mod tests {
             )
             .unwrap(),
         );
-        assert!(resolver.set_on_demand(od.clone()));
+        assert!(resolver.set_on_demand(vec![od.clone()]));
         // Asking what a name would be served never issues.
         resolver.covers(Some("nb.localhost"), "nb.localhost");
         assert_eq!(od.issued(), 0);
+        // Neither does a handshake that skips the listener's preparation:
+        // the resolver itself only takes what is held.
         let server = Arc::new(crate::server_config(resolver.clone()));
         let client = insecure_client();
+        let (tls, _) = handshake(&server, &client, Some("nb.localhost"))
+            .await
+            .unwrap();
+        assert_eq!(leaf_names(&tls), ["localhost", "*.localhost"]);
+        assert_eq!(od.issued(), 0);
 
+        let acceptor = crate::Acceptor::new(resolver.clone());
         let cases = [
-            (Some("nb.localhost"), vec!["nb.localhost"], 1),
-            (Some("nb.localhost"), vec!["nb.localhost"], 1),
-            (Some("other.localhost"), vec!["localhost", "*.localhost"], 1),
-            (Some("localhost"), vec!["localhost", "*.localhost"], 1),
-            (None, vec!["localhost", "*.localhost"], 1),
+            ("nb.localhost", vec!["nb.localhost"], 1),
+            ("nb.localhost", vec!["nb.localhost"], 1),
+            ("other.localhost", vec!["localhost", "*.localhost"], 1),
+            ("localhost", vec!["localhost", "*.localhost"], 1),
         ];
         for (sni, expected, issued) in cases {
-            let (tls, _server_side) = handshake(&server, &client, sni).await.unwrap();
+            let tls = handshake_through(&acceptor, &client, sni).await.unwrap();
             assert_eq!(leaf_names(&tls), expected, "sni {sni:?}");
             assert_eq!(od.issued(), issued, "after sni {sni:?}");
         }
+        // Without SNI: the default, nothing issued.
+        let (tls, _) = handshake(&server, &client, None).await.unwrap();
+        assert_eq!(leaf_names(&tls), ["localhost", "*.localhost"]);
         // The 421 check sees the leaf the handshake got.
         assert!(resolver.covers(Some("nb.localhost"), "nb.localhost"));
         assert!(!resolver.covers(Some("nb.localhost"), "other.localhost"));

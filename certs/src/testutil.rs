@@ -109,6 +109,24 @@ pub async fn handshake(
     Ok((c?, s?))
 }
 
+/// As [`handshake`], the server side through the listener's
+/// [`crate::Acceptor`] (on-demand certificates prepared first).
+pub async fn handshake_through(
+    acceptor: &crate::Acceptor,
+    client: &Arc<ClientConfig>,
+    sni: &str,
+) -> io::Result<client::TlsStream<DuplexStream>> {
+    let (c, s) = tokio::io::duplex(64 * 1024);
+    let name = ServerName::try_from(sni.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let connector = TlsConnector::from(client.clone());
+    let (c, s) = tokio::join!(connector.connect(name, c), acceptor.accept(s));
+    match s? {
+        crate::Accepted::Tls(_) => c,
+        crate::Accepted::Challenge => Err(io::Error::other("answered as a challenge")),
+    }
+}
+
 /// The DNS names of the leaf certificate the server presented.
 pub fn leaf_names(tls: &client::TlsStream<DuplexStream>) -> Vec<String> {
     let (_, conn) = tls.get_ref();

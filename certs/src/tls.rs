@@ -75,6 +75,29 @@ pub fn server_config(resolver: Arc<SniResolver>) -> ServerConfig {
     )
 }
 
+/// The configuration that answers one TLS-ALPN-01 validation (RFC 8737):
+/// `cert` (self-signed, with the acmeIdentifier extension) for every name,
+/// and ALPN `acme-tls/1` only, so nothing else can be negotiated on it.
+pub(crate) fn challenge_config(cert: Arc<rustls::sign::CertifiedKey>) -> ServerConfig {
+    #[derive(Debug)]
+    struct Always(Arc<rustls::sign::CertifiedKey>);
+    impl rustls::server::ResolvesServerCert for Always {
+        fn resolve(
+            &self,
+            _: rustls::server::ClientHello<'_>,
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .expect("the ring provider supports TLS 1.2 and 1.3 with these suites")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Always(cert)));
+    config.alpn_protocols = vec![crate::acme::ACME_TLS_ALPN.to_vec()];
+    config
+}
+
 /// Whether a TLS listener asks its clients for a certificate, as Node's
 /// `requestCert` and `rejectUnauthorized` say (the CHP mode's
 /// `--api-ssl-request-cert` and `--api-ssl-reject-unauthorized`).

@@ -175,6 +175,49 @@ pub struct TlsConfig {
     pub reload_interval_secs: u64,
     /// A PEM bundle trusted for `https://` upstreams besides the system roots.
     pub upstream_ca_file: String,
+    /// Certificates from an ACME CA (`[tls.acme]`).
+    pub acme: AcmeConfig,
+}
+
+/// `[tls.acme]`: certificates from an ACME CA (RFC 8555) for real names,
+/// kept in `<data_dir>/acme`. Off while `directory_url` is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// The CA's directory, e.g. `https://acme-v02.api.letsencrypt.org/directory`.
+    pub directory_url: String,
+    /// The account's contact address (optional).
+    pub email: String,
+    /// A PEM bundle trusted for the directory besides Mozilla's roots: a
+    /// private ACME CA (step-ca, pebble).
+    pub ca_file: String,
+    /// `http-01` (answered on `gateway.http_listen`, port 80 for a public
+    /// CA) or `tls-alpn-01` (on `gateway.https_listen`, port 443).
+    pub challenge: String,
+    /// Names ordered at start and kept renewed.
+    pub domains: Vec<String>,
+    /// Also order, at its first handshake, a certificate for a name the
+    /// gateway serves (a base domain, a session's host or custom domain)
+    /// that no loaded certificate covers. `localhost` names stay with the
+    /// development CA.
+    pub on_demand: bool,
+    /// How often certificates are checked for renewal (due at two thirds
+    /// of their lifetime).
+    pub check_interval_secs: u64,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            directory_url: String::new(),
+            email: String::new(),
+            ca_file: String::new(),
+            challenge: "http-01".into(),
+            domains: Vec::new(),
+            on_demand: false,
+            check_interval_secs: 3600,
+        }
+    }
 }
 
 impl Default for TlsConfig {
@@ -187,6 +230,7 @@ impl Default for TlsConfig {
             redirect_http: false,
             reload_interval_secs: 5,
             upstream_ca_file: String::new(),
+            acme: AcmeConfig::default(),
         }
     }
 }
@@ -781,6 +825,56 @@ impl Config {
                 "tls.reload_interval_secs",
                 "must be 1-86400 seconds".into(),
             ));
+        }
+        let acme = &t.acme;
+        if !acme.directory_url.is_empty() {
+            match url::Url::parse(&acme.directory_url) {
+                Ok(u) if u.scheme() == "https" && u.host_str().is_some() => {}
+                _ => {
+                    return Err(invalid(
+                        "tls.acme.directory_url",
+                        format!(
+                            "{:?} is not an https:// URL of an ACME directory",
+                            acme.directory_url
+                        ),
+                    ))
+                }
+            }
+            if certs::acme::ChallengeKind::parse(&acme.challenge).is_none() {
+                return Err(invalid(
+                    "tls.acme.challenge",
+                    format!(
+                        "{:?} is not http-01 or tls-alpn-01 (dns-01 is not supported)",
+                        acme.challenge
+                    ),
+                ));
+            }
+            if self.https_listen().is_none() {
+                return Err(invalid(
+                    "tls.acme.directory_url",
+                    "needs gateway.https_listen, where the certificates are served".into(),
+                ));
+            }
+            if acme.domains.is_empty() && !acme.on_demand {
+                return Err(invalid(
+                    "tls.acme.domains",
+                    "name at least one domain, or set tls.acme.on_demand".into(),
+                ));
+            }
+            for d in &acme.domains {
+                if d.starts_with("*.") {
+                    return Err(invalid(
+                        "tls.acme.domains",
+                        format!("{d:?}: a wildcard needs the dns-01 challenge, which is not supported; list the names, or use on_demand"),
+                    ));
+                }
+            }
+            if acme.check_interval_secs == 0 || acme.check_interval_secs > 86_400 {
+                return Err(invalid(
+                    "tls.acme.check_interval_secs",
+                    "must be 1-86400 seconds".into(),
+                ));
+            }
         }
         if t.redirect_http && self.https_listen().is_none() {
             return Err(invalid(

@@ -16,6 +16,7 @@ pub struct Metrics {
     tls_handshakes: IntCounterVec,
     certificate_expiry: IntGaugeVec,
     on_demand: IntCounterVec,
+    acme: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -86,10 +87,21 @@ impl Metrics {
             &["result"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let acme = IntCounterVec::new(
+            Opts::new(
+                "sessiongate_tls_acme_certificates_total",
+                "ACME orders ([tls.acme]), first certificates and renewals, by result: issued, \
+                 failed (the log names the CA's reason; the current certificate keeps serving), \
+                 or rate_limited (a new on-demand name refused by the order rate limit).",
+            ),
+            &["result"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         let mut collectors = vec![
             Box::new(tls_handshakes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(certificate_expiry.clone()),
             Box::new(on_demand.clone()),
+            Box::new(acme.clone()),
         ];
         if !gateway_only {
             collectors.extend([
@@ -117,6 +129,9 @@ impl Metrics {
         for r in ["issued", "rate_limited"] {
             on_demand.with_label_values(&[r]);
         }
+        for r in ["issued", "failed", "rate_limited"] {
+            acme.with_label_values(&[r]);
+        }
         Metrics {
             registry,
             reaper_actions,
@@ -125,18 +140,36 @@ impl Metrics {
             tls_handshakes,
             certificate_expiry,
             on_demand,
+            acme,
         }
     }
 
     /// Brings the on-demand certificate counters up to what `resolver`'s
     /// issuer counted (it keeps its own totals; these only ever grow).
     pub fn observe_on_demand(&self, resolver: Option<&certs::SniResolver>) {
-        let Some(od) = resolver.and_then(|r| r.on_demand()) else {
+        let Some(resolver) = resolver else {
             return;
         };
-        for (result, total) in [("issued", od.issued()), ("rate_limited", od.rate_limited())] {
-            let c = self.on_demand.with_label_values(&[result]);
-            c.inc_by(total.saturating_sub(c.get()));
+        for source in resolver.on_demand() {
+            let n = source.counts();
+            let (vec, results) = match source.kind() {
+                "acme" => (
+                    &self.acme,
+                    &[
+                        ("issued", n.issued),
+                        ("failed", n.failed),
+                        ("rate_limited", n.rate_limited),
+                    ][..],
+                ),
+                _ => (
+                    &self.on_demand,
+                    &[("issued", n.issued), ("rate_limited", n.rate_limited)][..],
+                ),
+            };
+            for (result, total) in results {
+                let c = vec.with_label_values(&[result]);
+                c.inc_by(total.saturating_sub(c.get()));
+            }
         }
     }
 

@@ -73,6 +73,8 @@ pub(crate) struct TlsParts {
     resolver: Arc<certs::SniResolver>,
     dir: PathBuf,
     default_name: String,
+    /// `[tls.acme]`: its challenges are answered by both listeners.
+    acme: Option<Arc<certs::acme::Acme>>,
 }
 
 /// The certificates' answer to "may this connection carry that Host?", and
@@ -460,12 +462,12 @@ pub(crate) async fn bind_gateway_listeners(
         no_verify: Arc::new(certs::client_config(false, None)?),
     };
     let listener = bind("gateway.http_listen", config.gateway.http_listen).await?;
-    let tls = match config.https_listen() {
+    let mut tls = match config.https_listen() {
         Some(addr) => Some(prepare_tls(config, addr).await?),
         None => None,
     };
-    if let Some(t) = &tls {
-        enable_on_demand(config, t, routes.clone());
+    if let Some(t) = &mut tls {
+        enable_on_demand(config, t, routes.clone())?;
     }
     Ok(GatewayListeners {
         listener,
@@ -497,12 +499,17 @@ pub(crate) struct GatewayTasks {
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     https: Option<tokio::task::JoinHandle<()>>,
     reloader: Option<tokio::task::JoinHandle<()>>,
+    /// ACME orders and renewals.
+    acme: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl GatewayTasks {
     /// Waits for the listeners to drain (after the stop signal).
     pub async fn finish(self) {
         if let Some(t) = self.reloader {
+            t.abort();
+        }
+        if let Some(t) = self.acme {
             t.abort();
         }
         if let Ok(Err(e)) = self.http.await {
@@ -548,6 +555,10 @@ pub(crate) fn spawn_gateway(
     if let (true, Some(a)) = (config.tls.redirect_http, https_addr) {
         proxy = proxy.with_https_redirect(a.port());
     }
+    let acme = tls.as_ref().and_then(|t| t.acme.clone());
+    if let Some(acme) = &acme {
+        proxy = proxy.with_acme_challenges(acme.challenges());
+    }
     let http = tokio::spawn(gateway::run(
         listener,
         Arc::new(proxy),
@@ -566,8 +577,10 @@ pub(crate) fn spawn_gateway(
             tls.resolver.clone(),
             interval,
         ));
-        let acceptor =
-            tokio_rustls::TlsAcceptor::from(Arc::new(certs::server_config(tls.resolver.clone())));
+        let mut acceptor = certs::Acceptor::new(tls.resolver.clone());
+        if let Some(acme) = &acme {
+            acceptor = acceptor.with_challenges(acme.challenges());
+        }
         let coverage = Arc::new(Coverage {
             resolver: tls.resolver.clone(),
             metrics: parts.tls_metrics.clone(),
@@ -599,6 +612,8 @@ pub(crate) fn spawn_gateway(
         http,
         https,
         reloader,
+        // Started once the listeners that answer its challenges are.
+        acme: acme.map(|a| a.spawn()),
     })
 }
 
@@ -717,45 +732,86 @@ async fn prepare_tls(config: &Config, addr: SocketAddr) -> Result<TlsParts, Serv
         resolver,
         dir,
         default_name,
+        acme: None,
     })
 }
 
-/// With `tls.on_demand_dev` and the development CA in the certificates
-/// directory (`ca.crt` + `ca.key`, as `generate_dev_certificate` or `sessiongate
-/// certs dev` leave them): handshakes for names `routes` serves (a base
-/// domain, the portal host, a session's host) that no loaded certificate
-/// covers by exact name or by a wildcard browsers accept get a leaf of their
-/// own, kept in `<certs_dir>/on-demand`. `*.localhost` is such a wildcard that
-/// browsers refuse, so this is what gives `https://<session>.localhost` to a
-/// browser on the embedded defaults. Names not served never get a leaf.
-fn enable_on_demand(config: &Config, tls: &TlsParts, routes: RouteHandle) {
-    if !config.tls.on_demand_dev {
-        return;
-    }
-    let (ca_cert, ca_key) = (tls.dir.join("ca.crt"), tls.dir.join("ca.key"));
-    if !ca_cert.exists() || !ca_key.exists() {
-        tracing::debug!(dir = %tls.dir.display(), "no development CA: no on-demand certificates");
-        return;
-    }
+/// On-demand certificates for names `routes` serves (a base domain, the
+/// portal host, a session's host) that no loaded certificate covers by
+/// exact name or by a wildcard browsers accept, asked in this order:
+///
+/// - with `[tls.acme]`, from the ACME CA: the names in `tls.acme.domains`,
+///   and with `tls.acme.on_demand` any served name a public CA issues for;
+/// - with `tls.on_demand_dev` and the development CA in the certificates
+///   directory (`ca.crt` + `ca.key`, as `generate_dev_certificate` or
+///   `sessiongate certs dev` leave them), a leaf of its own from that CA,
+///   kept in `<certs_dir>/on-demand`. `*.localhost` is a wildcard that
+///   browsers refuse, so this is what gives `https://<session>.localhost`
+///   to a browser on the embedded defaults.
+///
+/// Names not served never get a certificate.
+fn enable_on_demand(
+    config: &Config,
+    tls: &mut TlsParts,
+    routes: RouteHandle,
+) -> Result<(), ServeError> {
     let serves: certs::on_demand::Serves = Arc::new(move |name: &str| {
         let table = routes.load();
         table.base_domains().any(|b| b == name)
             || table.portal_host() == Some(name)
             || gateway::router::lookup(&table, name, "/").is_some()
     });
-    match certs::on_demand::OnDemand::open(
-        &ca_cert,
-        &ca_key,
-        &tls.dir.join("on-demand"),
-        serves,
-        certs::on_demand::OnDemandSettings::default(),
-    ) {
-        Ok(od) => {
-            tls.resolver.set_on_demand(Arc::new(od));
-            tracing::info!(ca = %ca_cert.display(), "on-demand certificates from the development CA for served names");
-        }
-        Err(e) => tracing::warn!(error = %e, "development CA unusable: no on-demand certificates"),
+    let mut sources: Vec<Arc<dyn certs::on_demand::Source>> = Vec::new();
+    let a = &config.tls.acme;
+    if !a.directory_url.is_empty() {
+        let mut settings = certs::acme::AcmeSettings::new(
+            a.directory_url.clone(),
+            config.control_plane.data_dir.join("acme"),
+        );
+        settings.email = a.email.clone();
+        settings.ca_file = (!a.ca_file.trim().is_empty()).then(|| PathBuf::from(a.ca_file.trim()));
+        // Checked with the configuration.
+        settings.challenge = certs::acme::ChallengeKind::parse(&a.challenge)
+            .unwrap_or(certs::acme::ChallengeKind::Http01);
+        settings.domains = a.domains.clone();
+        settings.on_demand = a.on_demand;
+        settings.check_interval = Duration::from_secs(a.check_interval_secs);
+        let acme = certs::acme::Acme::open(settings, serves.clone())?;
+        tracing::info!(
+            directory = %a.directory_url,
+            challenge = %a.challenge,
+            domains = ?a.domains,
+            on_demand = a.on_demand,
+            "certificates from the ACME CA"
+        );
+        sources.push(acme.clone());
+        tls.acme = Some(acme);
     }
+    let (ca_cert, ca_key) = (tls.dir.join("ca.crt"), tls.dir.join("ca.key"));
+    if !config.tls.on_demand_dev {
+    } else if !ca_cert.exists() || !ca_key.exists() {
+        tracing::debug!(dir = %tls.dir.display(), "no development CA: no on-demand certificates from it");
+    } else {
+        match certs::on_demand::OnDemand::open(
+            &ca_cert,
+            &ca_key,
+            &tls.dir.join("on-demand"),
+            serves,
+            certs::on_demand::OnDemandSettings::default(),
+        ) {
+            Ok(od) => {
+                sources.push(Arc::new(od));
+                tracing::info!(ca = %ca_cert.display(), "on-demand certificates from the development CA for served names");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "development CA unusable: no on-demand certificates")
+            }
+        }
+    }
+    if !sources.is_empty() {
+        tls.resolver.set_on_demand(sources);
+    }
+    Ok(())
 }
 
 /// The training portal's API on the portal host: the gateway hands those

@@ -28,10 +28,11 @@ use crate::metrics::GatewayMetrics;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// TLS termination for a listener: the rustls configuration (certificates,
-/// versions, suites, ALPN, resumption) comes from the `certs` crate.
+/// versions, suites, ALPN, resumption), on-demand certificates and ACME
+/// TLS-ALPN-01 answers come from the `certs` crate.
 #[derive(Clone)]
 pub struct TlsListener {
-    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub acceptor: certs::Acceptor,
 }
 
 impl std::fmt::Debug for TlsListener {
@@ -240,7 +241,10 @@ async fn run_with<L: Listener>(
                     let accepted =
                         tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await;
                     match accepted {
-                        Ok(Ok(stream)) => {
+                        Ok(Ok(certs::Accepted::Challenge)) => {
+                            tracing::debug!(%remote, "ACME TLS-ALPN-01 validation answered");
+                        }
+                        Ok(Ok(certs::Accepted::Tls(stream))) => {
                             let sni = stream.get_ref().1.server_name().map(Arc::from);
                             proxy.count_tls_handshake(true);
                             let lease = lease(proxy.metrics());

@@ -19,6 +19,8 @@
 //!   addresses and admin token.
 //! - [`routes`]: route specs, table settings and empty tables.
 //! - [`wait`]: polling with a deadline ([`eventually`], [`DEADLINE`]).
+//! - [`pebble`]: a real ACME CA (Debian's pebble, with challtestsrv as its
+//!   DNS) on loopback ports.
 //! - [`fs`]: scratch directories ([`temp_dir`], [`TempDir`]).
 //! - [`rng`]: a deterministic generator ([`XorShift`]).
 //! - `server` (feature `control-plane`): `sessiongate serve` in process on
@@ -33,6 +35,7 @@ pub mod client;
 pub mod fs;
 mod listen;
 pub mod origin;
+pub mod pebble;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod rng;

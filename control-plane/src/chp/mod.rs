@@ -281,7 +281,9 @@ pub async fn run(a: ChpArgs) -> Result<(), ChpError> {
     };
     let proxy_task = tokio::spawn(serve_proxy(
         public,
-        public_tls.map(|acceptor| TlsListener { acceptor }),
+        public_tls.map(|acceptor| TlsListener {
+            acceptor: certs::Acceptor::plain(acceptor.config().clone()),
+        }),
         Arc::clone(&proxy),
         server,
         stopped(stop_rx.clone()),

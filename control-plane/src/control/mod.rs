@@ -306,7 +306,15 @@ impl ControlPlane {
                     .any(|c| certs::name_covers(&c.dns_names, d))
             })
         };
+        let on_demand = |d: &str| self.certificates.as_ref().and_then(|r| r.on_demand_kind(d));
         match &rec.custom_domain {
+            Some(d) if !covered(d) && on_demand(d) == Some("acme") => Vec::new(),
+            Some(d) if !covered(d) && on_demand(d) == Some("dev") => vec![format!(
+                "no certificate in the certificates directory covers custom_domain {d:?}; \
+                 TLS handshakes for it get a leaf from the development CA, which only browsers \
+                 that trust that CA accept, until {d}.crt and {d}.key are added or \
+                 [tls.acme] on_demand orders one"
+            )],
             Some(d) if !covered(d) => vec![format!(
                 "no certificate in the certificates directory covers custom_domain {d:?}; \
                  TLS handshakes for it get the default certificate until {d}.crt and {d}.key are added"

@@ -103,6 +103,9 @@ pub struct Proxy {
     /// `308` to the same URL over HTTPS on this port.
     https_redirect: Option<u16>,
     portal: Option<Arc<dyn PortalService>>,
+    /// ACME HTTP-01 answers, on a plain listener: checked before anything
+    /// else, the HTTPS redirect included (RFC 8555 section 8.3).
+    acme: Option<Arc<certs::acme::Challenges>>,
     /// A following gateway's readiness: until it holds a table every
     /// request answers 503 (`None`: always ready, as in `serve`).
     ready: Option<Arc<std::sync::atomic::AtomicBool>>,
@@ -139,6 +142,7 @@ impl Proxy {
             tls: None,
             https_redirect: None,
             portal: None,
+            acme: None,
             ready: None,
             metrics: Arc::new(GatewayMetrics::new()),
             access_log: false,
@@ -199,6 +203,12 @@ impl Proxy {
     pub fn with_tls(mut self, coverage: Arc<dyn HostCoverage>) -> Self {
         self.proto = "https";
         self.tls = Some(coverage);
+        self
+    }
+
+    /// Answers ACME HTTP-01 validations for open orders, on any host.
+    pub fn with_acme_challenges(mut self, challenges: Arc<certs::acme::Challenges>) -> Self {
+        self.acme = Some(challenges);
         self
     }
 

@@ -109,6 +109,9 @@ impl Proxy {
         })?;
         let name = normalize_host(sent_str)
             .ok_or_else(|| ProxyError::InvalidHost(sent_str.to_string()))?;
+        if let Some(answer) = self.acme.as_ref().and_then(|c| c.http01(req.uri().path())) {
+            return Err(Stop::Answer(acme_answer(answer)));
+        }
         if let Some(port) = self.https_redirect {
             let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
             return Err(Stop::Answer(https_redirect(&name, port, pq)));
@@ -930,6 +933,16 @@ fn upstream_cause(err: &ProxyError) -> Option<UpstreamCause> {
 }
 
 /// `308 Permanent Redirect` to the same host, path and query over HTTPS.
+/// An HTTP-01 answer: the key authorization as text (RFC 8555 section 8.3).
+fn acme_answer(key_authorization: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(key_authorization));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp
+}
+
 fn https_redirect(host: &str, port: u16, path_and_query: &str) -> Response<ProxyBody> {
     let location = if port == 443 {
         format!("https://{host}{path_and_query}")
