@@ -609,6 +609,22 @@ impl Source for Acme {
         Box::pin(self.order_once(name))
     }
 
+    fn managed(&self) -> Vec<crate::CertInfo> {
+        let mut all: Vec<crate::CertInfo> = lock(&self.entries)
+            .iter()
+            .filter_map(|(name, e)| {
+                let c = e.cert.as_ref()?;
+                Some(crate::CertInfo {
+                    name: format!("acme/{name}"),
+                    dns_names: c.dns_names().to_vec(),
+                    not_after: c.not_after(),
+                })
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
     fn counts(&self) -> Counts {
         Counts {
             issued: self.issued.load(Ordering::Relaxed),

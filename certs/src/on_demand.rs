@@ -72,6 +72,12 @@ pub trait Source: Send + Sync + 'static {
     /// the rate limit refuses, or the name is backing off after a failure.
     fn prepare(self: Arc<Self>, name: String) -> Preparing;
     fn counts(&self) -> Counts;
+    /// The certificates it keeps renewed, for the expiry gauge. The
+    /// development CA's short-lived leaves are not listed: one series per
+    /// session host would say nothing an operator acts on.
+    fn managed(&self) -> Vec<crate::CertInfo> {
+        Vec::new()
+    }
 }
 
 /// How an [`OnDemand`] issues.

@@ -322,9 +322,15 @@ impl SniResolver {
             .is_some_and(|c| name_covers(c.dns_names(), host))
     }
 
-    /// Name, DNS names and notAfter of every certificate now served.
+    /// Name, DNS names and notAfter of every certificate now served: the
+    /// loaded ones, and those an on-demand source keeps renewed (ACME's,
+    /// named `acme/<name>`).
     pub fn certificates(&self) -> Vec<CertInfo> {
-        self.current.load().certificates()
+        let mut all = self.current.load().certificates();
+        for source in self.on_demand() {
+            all.extend(source.managed());
+        }
+        all
     }
 
     /// Held by a reload from reading the old store until storing the new one.

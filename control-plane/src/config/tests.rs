@@ -283,6 +283,36 @@ fn errors_name_the_key_or_variable() {
             &[("SESSIONGATE_GATEWAY_MAX_CONNECTIONS_PER_IP", "some")],
             "SESSIONGATE_GATEWAY_MAX_CONNECTIONS_PER_IP",
         ),
+        (
+            "[tls.acme]\ndirectory_url = \"http://acme.test/dir\"\ndomains = [\"a.example.com\"]\n",
+            &[],
+            "tls.acme.directory_url",
+        ),
+        (
+            "[tls.acme]\ndirectory_url = \"https://acme.test/dir\"\ndomains = [\"a.example.com\"]\nchallenge = \"dns-01\"\n",
+            &[],
+            "dns-01 is not supported",
+        ),
+        (
+            "[tls.acme]\ndirectory_url = \"https://acme.test/dir\"\ndomains = [\"*.example.com\"]\n",
+            &[],
+            "a wildcard needs the dns-01 challenge",
+        ),
+        (
+            "[tls.acme]\ndirectory_url = \"https://acme.test/dir\"\n",
+            &[],
+            "tls.acme.domains",
+        ),
+        (
+            "[gateway]\nhttps_listen = \"\"\n[tls.acme]\ndirectory_url = \"https://acme.test/dir\"\non_demand = true\n",
+            &[],
+            "needs gateway.https_listen",
+        ),
+        (
+            "[tls.acme]\ndirectory_url = \"https://acme.test/dir\"\non_demand = true\ncheck_interval_secs = 0\n",
+            &[],
+            "tls.acme.check_interval_secs",
+        ),
         ("[[routes]]\nupstream = \"http://127.0.0.1:1\"\n", &[], "routes[0]"),
         (
             "[[routes]]\nhost = \"a.localhost\"\nupstream = \"tcp://x:1\"\n",

@@ -53,6 +53,7 @@
 mod common;
 
 mod access;
+mod acme;
 mod api;
 mod console;
 mod ctl;
