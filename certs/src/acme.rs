@@ -292,12 +292,14 @@ impl Acme {
     /// Orders what is missing or due and not backing off.
     async fn maintain(self: &Arc<Self>) {
         let mut names: HashSet<String> = self.settings.domains.iter().cloned().collect();
-        names.extend(
-            lock(&self.entries)
-                .iter()
-                .filter(|(_, e)| e.cert.is_some())
-                .map(|(n, _)| n.clone()),
-        );
+        let held: Vec<String> = lock(&self.entries)
+            .iter()
+            .filter(|(_, e)| e.cert.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        // An on-demand name is renewed while it is served: a deleted
+        // session's certificate is left to expire, not ordered forever.
+        names.extend(held.into_iter().filter(|n| self.wants_on_demand(n)));
         let mut names: Vec<String> = names.into_iter().collect();
         names.sort();
         for name in names {
@@ -565,6 +567,12 @@ impl Acme {
         Ok((chain, key))
     }
 
+    /// Whether `name` is ordered on demand: `on_demand` is set, and the
+    /// gateway serves the name, which a public CA may issue for.
+    fn wants_on_demand(&self, name: &str) -> bool {
+        self.settings.on_demand && Acme::issuable(name) && (self.serves)(name)
+    }
+
     /// Whether `name` is one an ACME CA may issue for: a DNS name of two
     /// labels or more, not `localhost` or under it.
     fn issuable(name: &str) -> bool {
@@ -584,7 +592,7 @@ impl Source for Acme {
     fn claims(&self, name: &str) -> bool {
         self.settings.domains.iter().any(|d| d == name)
             || lock(&self.entries).contains_key(name)
-            || (self.settings.on_demand && Acme::issuable(name) && (self.serves)(name))
+            || self.wants_on_demand(name)
     }
 
     fn held(&self, name: &str) -> Option<Arc<LoadedCert>> {
@@ -592,9 +600,17 @@ impl Source for Acme {
     }
 
     fn prepare(self: Arc<Self>, name: String) -> Preparing {
-        // Held: served as it is; renewal is the maintenance task's.
-        if self.held(&name).is_some() || !self.wanted(&name) {
+        if !self.wanted(&name) {
             return Box::pin(std::future::ready(()));
+        }
+        if let Some(held) = self.held(&name) {
+            // Due but still valid: renewed beside the handshake, which is
+            // served the current certificate. Expired: the handshake waits.
+            let renewal = self.clone().order_once(name);
+            if held.not_after() > unix_now() {
+                return Box::pin(std::future::ready(()));
+            }
+            return Box::pin(renewal);
         }
         let running = lock(&self.inflight).get(&name).cloned();
         if let Some(running) = running {
