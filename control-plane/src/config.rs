@@ -24,6 +24,7 @@ pub struct Config {
     pub workshop: WorkshopConfig,
     pub log: LogConfig,
     pub console: ConsoleConfig,
+    pub oidc: OidcConfig,
     /// Shared, not copied, by every holder of the configuration (the server,
     /// the reloader): with a million static routes each copy is hundreds of
     /// megabytes.
@@ -232,6 +233,68 @@ impl Default for TlsConfig {
             upstream_ca_file: String::new(),
             acme: AcmeConfig::default(),
         }
+    }
+}
+
+/// `[oidc]`: OpenID Connect sign-in at the gateway and in the console,
+/// beside access links. Off while `issuer` is empty.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The provider's issuer URL; discovery reads
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    /// Better from `SESSIONGATE_OIDC_CLIENT_SECRET` than from the file.
+    pub client_secret: String,
+    pub scopes: Vec<String>,
+    /// The host the callback lives on (`<scheme>://<redirect_host>/_sessiongate/oidc/callback`,
+    /// with the scheme and port of access links); empty: `gateway.portal_host`.
+    pub redirect_host: String,
+    pub groups_claim: String,
+    pub username_claim: String,
+    /// Email domains allowed to sign in; empty: any.
+    pub allowed_domains: Vec<String>,
+    /// The user's groups follow the groups claim at each sign-in.
+    pub sync_groups: bool,
+    /// A PEM bundle trusted for the provider besides Mozilla's roots.
+    pub ca_file: String,
+    /// The console's "Sign in with ..." name; empty: the issuer's host.
+    pub display_name: String,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        OidcConfig {
+            issuer: String::new(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            scopes: vec![
+                "openid".into(),
+                "profile".into(),
+                "email".into(),
+                "groups".into(),
+            ],
+            redirect_host: String::new(),
+            groups_claim: "groups".into(),
+            username_claim: "preferred_username".into(),
+            allowed_domains: Vec::new(),
+            sync_groups: true,
+            ca_file: String::new(),
+            display_name: String::new(),
+        }
+    }
+}
+
+// Not derived: the client secret must not reach a log line.
+impl std::fmt::Debug for OidcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("redirect_host", &self.redirect_host)
+            .finish_non_exhaustive()
     }
 }
 
@@ -537,6 +600,7 @@ const ENV_SECTIONS: &[&str] = &[
     "workshop",
     "log",
     "console",
+    "oidc",
 ];
 const ENV_PREFIX: &str = "SESSIONGATE_";
 
@@ -826,6 +890,39 @@ impl Config {
                 "must be 1-86400 seconds".into(),
             ));
         }
+        let o = &self.oidc;
+        if !o.issuer.is_empty() {
+            match url::Url::parse(&o.issuer) {
+                Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some() => {}
+                _ => {
+                    return Err(invalid(
+                        "oidc.issuer",
+                        format!("{:?} is not an http(s) URL", o.issuer),
+                    ))
+                }
+            }
+            if o.client_id.is_empty() {
+                return Err(invalid(
+                    "oidc.client_id",
+                    "is required with oidc.issuer".into(),
+                ));
+            }
+            if !o.scopes.iter().any(|s| s == "openid") {
+                return Err(invalid("oidc.scopes", "must include \"openid\"".into()));
+            }
+            if !o.redirect_host.is_empty() && !is_hostname(&o.redirect_host) {
+                return Err(invalid(
+                    "oidc.redirect_host",
+                    format!("{:?} is not a host name", o.redirect_host),
+                ));
+            }
+            if o.username_claim.is_empty() || o.groups_claim.is_empty() {
+                return Err(invalid(
+                    "oidc.username_claim",
+                    "username_claim and groups_claim name claims; they may not be empty".into(),
+                ));
+            }
+        }
         let acme = &t.acme;
         if !acme.directory_url.is_empty() {
             match url::Url::parse(&acme.directory_url) {
@@ -1059,6 +1156,48 @@ impl Config {
     }
 
     /// The login URL when it is set and allowed.
+    /// OpenID Connect's settings, when `[oidc]` is on; the ports as for
+    /// [`Self::access_settings`].
+    pub fn oidc_settings(
+        &self,
+        gateway_port: u16,
+        https_port: Option<u16>,
+    ) -> Option<crate::oidc::OidcSettings> {
+        let o = &self.oidc;
+        if o.issuer.is_empty() {
+            return None;
+        }
+        let access = self.access_settings(gateway_port, https_port);
+        let redirect_host = if o.redirect_host.is_empty() {
+            self.gateway.portal_host.clone()
+        } else {
+            o.redirect_host.to_ascii_lowercase()
+        };
+        let display_name = if o.display_name.is_empty() {
+            url::Url::parse(&o.issuer)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_else(|| o.issuer.clone())
+        } else {
+            o.display_name.clone()
+        };
+        Some(crate::oidc::OidcSettings {
+            issuer: o.issuer.clone(),
+            client_id: o.client_id.clone(),
+            client_secret: o.client_secret.clone(),
+            scopes: o.scopes.clone(),
+            scheme: access.link_scheme.clone(),
+            redirect_host,
+            port: access.link_port,
+            groups_claim: o.groups_claim.clone(),
+            username_claim: o.username_claim.clone(),
+            allowed_domains: o.allowed_domains.clone(),
+            sync_groups: o.sync_groups,
+            ca_file: (!o.ca_file.trim().is_empty()).then(|| PathBuf::from(o.ca_file.trim())),
+            display_name,
+        })
+    }
+
     pub fn login_url(&self) -> Option<String> {
         let url = self.access.login_url.trim();
         (!url.is_empty() && self.redirect_policy().allows(url)).then(|| url.to_string())

@@ -198,6 +198,7 @@ pub async fn run(
             keys: follower.keys().clone(),
             activator: Some(Arc::new(RemoteActivator(up.clone()))),
             login_url: config.login_url().map(Arc::from),
+            oidc: None,
         },
         portal: None,
         metrics: metrics.clone(),

@@ -67,6 +67,7 @@ pub mod gateways;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
+pub mod oidc;
 pub mod permissions;
 pub mod publish;
 pub mod reload;

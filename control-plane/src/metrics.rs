@@ -17,6 +17,7 @@ pub struct Metrics {
     certificate_expiry: IntGaugeVec,
     on_demand: IntCounterVec,
     acme: IntCounterVec,
+    oidc: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -97,8 +98,19 @@ impl Metrics {
             &["result"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let oidc = IntCounterVec::new(
+            Opts::new(
+                "sessiongate_oidc_sign_ins_total",
+                "OpenID Connect sign-ins ([oidc]) by result: ok, forbidden (not the session's owner \
+                 or a member, or not an allowed domain), refused (state, code or provider error), \
+                 invalid_token (the ID token failed verification), provider_unavailable, bad_request.",
+            ),
+            &["result"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         let mut collectors = vec![
-            Box::new(tls_handshakes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(oidc.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_handshakes.clone()),
             Box::new(certificate_expiry.clone()),
             Box::new(on_demand.clone()),
             Box::new(acme.clone()),
@@ -132,6 +144,16 @@ impl Metrics {
         for r in ["issued", "failed", "rate_limited"] {
             acme.with_label_values(&[r]);
         }
+        for r in [
+            "ok",
+            "forbidden",
+            "refused",
+            "invalid_token",
+            "provider_unavailable",
+            "bad_request",
+        ] {
+            oidc.with_label_values(&[r]);
+        }
         Metrics {
             registry,
             reaper_actions,
@@ -141,6 +163,7 @@ impl Metrics {
             certificate_expiry,
             on_demand,
             acme,
+            oidc,
         }
     }
 
@@ -171,6 +194,10 @@ impl Metrics {
                 c.inc_by(total.saturating_sub(c.get()));
             }
         }
+    }
+
+    pub fn count_oidc_sign_in(&self, result: &str) {
+        self.oidc.with_label_values(&[result]).inc();
     }
 
     pub fn count_tls_handshake(&self, ok: bool) {

@@ -259,6 +259,20 @@ impl Server {
         control.gateways().set_ack_timeout(Duration::from_millis(
             config.control_plane.gateway_ack_timeout_ms,
         ));
+        if let Some(settings) = config.oidc_settings(port, https_port) {
+            let oidc = crate::oidc::Oidc::new(settings).map_err(|reason| {
+                ServeError::Config(crate::config::ConfigError::Invalid {
+                    key: "oidc.ca_file".into(),
+                    message: reason,
+                })
+            })?;
+            tracing::info!(
+                issuer = %config.oidc.issuer,
+                callback = %oidc.callback_url(),
+                "OpenID Connect sign-in; register the callback with the provider"
+            );
+            control.set_oidc(Arc::new(oidc));
+        }
         let portal = Arc::new(Portal::new(control.clone(), config.workshop_settings(port)));
         let table = routes.load();
         tracing::info!(
@@ -344,15 +358,25 @@ impl Server {
 
         let mut gateway_tasks = None;
         if let Some(g) = self.gateway {
-            let portal: Arc<dyn PortalService> = Arc::new(PortalRoutes(
-                api::workshop_router().with_state(ApiState::new(self.portal.clone())),
-            ));
+            let portal: Arc<dyn PortalService> = Arc::new(PortalRoutes {
+                router: api::workshop_router()
+                    .merge(crate::oidc::router())
+                    .with_state(ApiState::new(self.portal.clone())),
+                oidc_host: self.control.oidc().map(|o| o.redirect_host().to_string()),
+            });
+            let oidc = self.control.oidc().map(|o| {
+                Arc::new(gateway::access::OidcRedirect {
+                    login: format!("{}{}login", o.origin(), crate::oidc::PREFIX).into(),
+                    origin: o.origin().into(),
+                })
+            });
             let parts = ProxyParts {
                 routes: g.follower.routes().clone(),
                 access: AccessConfig {
                     keys: g.follower.keys().clone(),
                     activator: Some(Arc::new(InProcessActivator(self.control.clone()))),
                     login_url: self.config.login_url().map(Arc::from),
+                    oidc,
                 },
                 portal: Some(portal),
                 metrics: self.control.gateway_metrics().clone(),
@@ -816,7 +840,11 @@ fn enable_on_demand(
 
 /// The training portal's API on the portal host: the gateway hands those
 /// requests to the control plane's workshop router in the same process.
-struct PortalRoutes(axum::Router);
+struct PortalRoutes {
+    router: axum::Router,
+    /// OpenID Connect's callback host, when it is not the portal host.
+    oidc_host: Option<String>,
+}
 
 /// The most a portal answer may hold: they are small JSON documents and
 /// redirects, so anything larger is a fault, not an answer to pass on.
@@ -824,7 +852,13 @@ const PORTAL_ANSWER_LIMIT: usize = 1 << 20;
 
 impl PortalService for PortalRoutes {
     fn claims(&self, path: &str) -> bool {
-        path.starts_with("/workshops/") || path.starts_with("/oauth2/")
+        path.starts_with("/workshops/")
+            || path.starts_with("/oauth2/")
+            || path.starts_with(crate::oidc::PREFIX)
+    }
+
+    fn claims_on(&self, host: &str, path: &str) -> bool {
+        self.oidc_host.as_deref() == Some(host) && path.starts_with(crate::oidc::PREFIX)
     }
 
     fn call(
@@ -832,7 +866,7 @@ impl PortalService for PortalRoutes {
         req: hyper::Request<hyper::body::Incoming>,
         client: SocketAddr,
     ) -> std::pin::Pin<Box<dyn Future<Output = hyper::Response<ProxyBody>> + Send>> {
-        let router = self.0.clone();
+        let router = self.router.clone();
         Box::pin(async move {
             let path = req.uri().path().to_string();
             let mut req = req.map(axum::body::Body::new);

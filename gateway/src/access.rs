@@ -42,6 +42,13 @@ pub const COOKIE_NAMES: [&str; 3] = [COOKIE, COOKIE_HOST, COOKIE_SECURE];
 /// Where an access link lands, relative to the session's root.
 pub const ACTIVATE_PATH: &str = "/__sessiongate/activate";
 
+/// Where an OpenID Connect sign-out clears a session host's cookie, relative
+/// to the session's root; `?next=` goes on to the sign-out's next step.
+pub const SIGNOUT_PATH: &str = "/__sessiongate/signout";
+
+/// The OpenID Connect endpoints on the callback host, relative to its root.
+pub const OIDC_PREFIX: &str = "/_sessiongate/oidc/";
+
 const FORMAT: &str = "1";
 /// Bytes of an HMAC-SHA256 tag.
 const MAC_LEN: usize = 32;
@@ -607,6 +614,20 @@ pub struct AccessConfig {
     /// `notification=session-invalid` added; already checked against the
     /// redirect allow-list. `None`: answer 401.
     pub login_url: Option<Arc<str>>,
+    /// With OpenID Connect: where sign-in starts and sign-out continues.
+    pub oidc: Option<Arc<OidcRedirect>>,
+}
+
+/// The gateway's part in OpenID Connect sign-in: a browser without a valid
+/// cookie for a private session goes to `login` (with `rd=` the URL it
+/// asked for), and a session host's sign-out goes on only to `origin`'s
+/// OIDC endpoints (an allow-list of one, so `next=` is no open redirect).
+#[derive(Clone, Debug)]
+pub struct OidcRedirect {
+    /// `https://portal.example.com/_sessiongate/oidc/login`.
+    pub login: Arc<str>,
+    /// `https://portal.example.com`.
+    pub origin: Arc<str>,
 }
 
 impl fmt::Debug for AccessConfig {
@@ -615,6 +636,7 @@ impl fmt::Debug for AccessConfig {
             .field("keys", &self.keys)
             .field("activator", &self.activator.is_some())
             .field("login_url", &self.login_url)
+            .field("oidc", &self.oidc)
             .finish()
     }
 }

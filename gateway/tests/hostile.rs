@@ -28,6 +28,7 @@ fn access(activator: Option<Arc<dyn Activator>>) -> AccessConfig {
         keys: KeyHandle::new(keys()),
         activator,
         login_url: None,
+        oidc: None,
     }
 }
 

@@ -109,6 +109,7 @@ async fn an_access_link_tells_the_control_plane_whose_cookie_the_browser_holds()
             keys: KeyHandle::new(keys()),
             activator: Some(activator),
             login_url: None,
+            oidc: None,
         })
     })
     .await;

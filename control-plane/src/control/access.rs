@@ -40,6 +40,9 @@ pub(super) async fn load_keys(
     Ok(acc::key_ring(&rows, settings.key_grace)?)
 }
 
+/// The longest an OpenID Connect hand-off link lives.
+pub const HANDOFF_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl ControlPlane {
     /// The URL on the session's own host that opens it with `token` (what
     /// `POST …/access` answers).
@@ -80,12 +83,36 @@ impl ControlPlane {
         user: &str,
         path: Option<&str>,
     ) -> Result<AccessLink, ControlError> {
+        self.issue_link(name, user, path, self.access.link_ttl)
+            .await
+    }
+
+    /// An OpenID Connect sign-in's hand-off to the session's own host: an
+    /// access link (single use, for that session's host) that lives at most
+    /// [`HANDOFF_TTL`], since the browser follows it at once.
+    pub async fn create_handoff_link(
+        &self,
+        name: &str,
+        user: &str,
+        path: &str,
+    ) -> Result<AccessLink, ControlError> {
+        let ttl = self.access.link_ttl.min(HANDOFF_TTL);
+        self.issue_link(name, user, Some(path), ttl).await
+    }
+
+    async fn issue_link(
+        &self,
+        name: &str,
+        user: &str,
+        path: Option<&str>,
+        ttl: std::time::Duration,
+    ) -> Result<AccessLink, ControlError> {
         model::validate_user_name("user", user)?;
         let path = path.unwrap_or("/");
         acc::validate_entry_path(path).map_err(|m| ControlError::Invalid(invalid("path", m)))?;
         let now = self.now_ms();
         let token = auth::random_token()?;
-        let expires_ms = now + self.access.link_ttl.as_millis() as u64;
+        let expires_ms = now + ttl.as_millis() as u64;
         let mut tx = self.writes.begin().await?;
         let s = store::session_get(&mut tx, name)
             .await?

@@ -177,6 +177,8 @@ pub struct ControlPlane {
     /// Whether this replica runs the reaper (see [`replicas`]); always,
     /// alone on SQLite.
     leader: std::sync::atomic::AtomicBool,
+    /// OpenID Connect sign-in, when `[oidc]` is configured.
+    oidc: std::sync::OnceLock<Arc<crate::oidc::Oidc>>,
 }
 
 impl ControlPlane {
@@ -242,6 +244,7 @@ impl ControlPlane {
             applied_change: std::sync::atomic::AtomicI64::new(applied_change),
             change_reader: tokio::sync::Mutex::new(replicas::Watermark::default()),
             leader: std::sync::atomic::AtomicBool::new(true),
+            oidc: std::sync::OnceLock::new(),
         };
         let n = cp.publish_stored_sessions().await?;
         tracing::info!(sessions = n, "sessions restored from the store");
@@ -393,6 +396,15 @@ impl ControlPlane {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Enables OpenID Connect sign-in; once.
+    pub fn set_oidc(&self, oidc: Arc<crate::oidc::Oidc>) {
+        let _ = self.oidc.set(oidc);
+    }
+
+    pub fn oidc(&self) -> Option<&Arc<crate::oidc::Oidc>> {
+        self.oidc.get()
     }
 
     /// The write lock, for the operations built on this one (the workshop).

@@ -101,6 +101,67 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// With OpenID Connect, a browser's GET without a valid cookie goes to
+    /// sign in, with the URL it asked for as `rd`. `None` without OIDC, or
+    /// for a request a redirect cannot answer (a POST, an API client's
+    /// `fetch`), which gets 401 as before.
+    pub(super) fn oidc_sign_in(
+        &self,
+        req: &http::Request<hyper::body::Incoming>,
+    ) -> Option<Response<ProxyBody>> {
+        let oidc = self.access.as_ref()?.oidc.as_ref()?;
+        if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+            return None;
+        }
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(header::HOST)?.to_str().ok())?;
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let rd = format!("{}://{host}{pq}", self.proto);
+        let url = format!("{}?rd={}", oidc.login, crate::chp::encode_component(&rd));
+        Some(redirect(&url))
+    }
+
+    /// `/__sessiongate/signout`: clears this host's cookie, then goes on to
+    /// `next` if it is one of the OIDC endpoints on the callback host (the
+    /// sign-out's next step), else says it is done.
+    pub(super) fn sign_out(&self, slug: Option<&str>, query: Option<&str>) -> Response<ProxyBody> {
+        let next = query
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("next=")))
+            .and_then(crate::chp::decode)
+            .filter(|n| {
+                self.access
+                    .as_ref()
+                    .and_then(|a| a.oidc.as_ref())
+                    .is_some_and(|o| {
+                        n.strip_prefix(&*o.origin)
+                            .is_some_and(|rest| rest.starts_with(access::OIDC_PREFIX))
+                    })
+            });
+        let mut resp = match next {
+            Some(n) => redirect(&n),
+            None => {
+                let mut r = Response::new(ProxyBody::full("signed out\n"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                r
+            }
+        };
+        let cookie = access::clear_cookie(self.secure(), slug);
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+}
+
 /// Why a private route refused a request.
 pub(super) enum AccessDenied {
     /// No valid cookie for this session.

@@ -80,6 +80,11 @@ pub trait HostCoverage: Send + Sync + 'static {
 pub trait PortalService: Send + Sync + 'static {
     /// Whether `path` (on the portal host) is the service's.
     fn claims(&self, path: &str) -> bool;
+    /// Whether `path` on `host`, another host than the portal's, is the
+    /// service's (OpenID Connect's callback host).
+    fn claims_on(&self, _host: &str, _path: &str) -> bool {
+        false
+    }
     /// Answers `req`, which came from `client` (for the service's
     /// brute-force limit).
     fn call(

@@ -16,7 +16,7 @@ use tracing::Instrument as _;
 
 use super::access::AccessDenied;
 use super::{ConnInfo, Proxy};
-use crate::access::{self, ACTIVATE_PATH};
+use crate::access::{self, ACTIVATE_PATH, SIGNOUT_PATH};
 use crate::access_log::{self, AccessEntry, LoggedBody};
 use crate::body::{ProxyBody, UpstreamBody, UpstreamRequestBody};
 use crate::clock::unix_millis;
@@ -158,7 +158,10 @@ impl Proxy {
         }
         let table = self.routes.load();
         if let Some(portal) = &self.portal {
-            if table.portal_host() == Some(&*host.name) && portal.claims(req.uri().path()) {
+            let path = req.uri().path();
+            if (table.portal_host() == Some(&*host.name) && portal.claims(path))
+                || portal.claims_on(&host.name, path)
+            {
                 drop(table);
                 ctx.kind = RequestKind::Portal;
                 return Err(Stop::Answer(portal.call(req, conn.remote).await));
@@ -186,6 +189,10 @@ impl Proxy {
                 )
                 .await?;
             return Err(Stop::Answer(answer));
+        }
+        if target.relative_path(path) == SIGNOUT_PATH && target.route.access.is_some() {
+            let slug = target.slug(path);
+            return Err(Stop::Answer(self.sign_out(slug, req.uri().query())));
         }
         Ok((req, target))
     }
@@ -257,6 +264,9 @@ impl Proxy {
                 Ok(())
             }
             Err(AccessDenied::SignIn) => {
+                if let Some(answer) = self.oidc_sign_in(req) {
+                    return Err(Stop::Answer(answer));
+                }
                 if let Some(url) = self.access.as_ref().and_then(|a| a.login_url.as_deref()) {
                     let login = access::with_notification(url, "session-invalid");
                     return Err(Stop::Answer(redirect(&login)));

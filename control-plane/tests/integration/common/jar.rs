@@ -12,6 +12,9 @@
 //! `cookie_store` counts `http://localhost` and loopback IP addresses as
 //! secure origins, but not `http://<name>.localhost`.
 //!
+//! A URL whose host is an IPv4 address goes to that address instead (the
+//! OpenID Connect provider of the tests).
+//!
 //! Plain HTTP only, one new TCP connection per request, `GET` only. Every
 //! request panics, naming its URL, if it is not answered within
 //! [`super::DEADLINE`].
@@ -261,7 +264,12 @@ impl Browser {
             request.headers_mut().append(name, value);
         }
 
-        let gateway = self.gateway;
+        // Every name reaches the gateway; an IP address (the test's OpenID
+        // Connect provider on 127.0.0.1) is itself.
+        let gateway = match (url.host(), url.port_or_known_default()) {
+            (Some(url::Host::Ipv4(ip)), Some(port)) => SocketAddr::from((ip, port)),
+            _ => self.gateway,
+        };
         let exchange = async {
             let stream = TcpStream::connect(gateway)
                 .await
