@@ -71,6 +71,7 @@ mod jar;
 mod lifecycle;
 mod logging;
 mod metrics;
+mod oidc;
 mod postgres;
 mod reaper;
 mod serve;
