@@ -689,6 +689,14 @@ async fn callback(
     let user = &identity.username;
     let signin = crate::console::signin::cookie(&headers, SIGNIN_COOKIE);
     let (location, host) = match to {
+        Return::Console if cp.access_settings().console_portal_host.is_none() => {
+            return failure(
+                cp,
+                OidcError::BadRequest(
+                    "console sign-in with OpenID Connect needs the console on the portal host (console.portal = true)".into(),
+                ),
+            )
+        }
         Return::Console => match cp.create_console_link(user).await {
             Ok((token, _)) => (cp.console_link_url(oidc.redirect_host(), &token), None),
             Err(e) => return failure(cp, OidcError::Forbidden(e.to_string())),

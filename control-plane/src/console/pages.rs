@@ -213,6 +213,9 @@ async fn running_count(cp: &Control, caller: &Caller) -> u64 {
 struct SignIn {
     error: Option<String>,
     nonce: String,
+    /// With OpenID Connect and the console on the portal host: where
+    /// "Sign in with <provider>" goes, and the provider's name.
+    oidc: Option<(String, String)>,
 }
 
 /// Whether the browser reached the console over HTTPS: through a gateway
@@ -226,13 +229,28 @@ fn over_https(headers: &HeaderMap) -> bool {
         .is_some_and(|p| p.split(',').next_back().map(str::trim) == Some("https"))
 }
 
-fn sign_in_page(status: StatusCode, error: Option<String>, secure: bool) -> Response {
+fn sign_in_page(
+    cp: &crate::control::ControlPlane,
+    status: StatusCode,
+    error: Option<String>,
+    secure: bool,
+) -> Response {
     let nonce = signin::login_nonce();
+    let oidc = cp
+        .oidc()
+        .filter(|_| cp.access_settings().console_portal_host.is_some())
+        .map(|o| {
+            (
+                format!("{}{}login?console=1", o.origin(), crate::oidc::PREFIX),
+                o.display_name().to_string(),
+            )
+        });
     let mut resp = render(
         status,
         &SignIn {
             error,
             nonce: nonce.clone(),
+            oidc,
         },
     );
     resp.headers_mut()
@@ -244,7 +262,7 @@ pub async fn home(State(cp): State<Control>, headers: HeaderMap) -> Response {
     if signed(&cp, &headers).await.is_ok() {
         return see_other("/ui/sessions");
     }
-    sign_in_page(StatusCode::OK, None, over_https(&headers))
+    sign_in_page(&cp, StatusCode::OK, None, over_https(&headers))
 }
 
 /// `POST /ui/login`: an API token for a console cookie.
@@ -266,6 +284,7 @@ pub async fn login(State(cp): State<Control>, req: Request) -> Response {
     let nonce = signin::cookie(&headers, LOGIN_COOKIE).unwrap_or("");
     if nonce.is_empty() || !constant_time_eq(nonce.as_bytes(), fields.get("csrf").as_bytes()) {
         return sign_in_page(
+            &cp,
             StatusCode::FORBIDDEN,
             Some("The sign-in form was out of date. Try again.".into()),
             secure,
@@ -273,7 +292,12 @@ pub async fn login(State(cp): State<Control>, req: Request) -> Response {
     }
     let failures = cp.failures(Guessed::ApiToken);
     if let Err(t) = failures.check(client) {
-        return sign_in_page(StatusCode::TOO_MANY_REQUESTS, Some(t.to_string()), secure);
+        return sign_in_page(
+            &cp,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(t.to_string()),
+            secure,
+        );
     }
     let caller = match cp.check_token_named(fields.get("token").trim()) {
         Some((kind @ (TokenKind::Admin | TokenKind::Readonly), name)) => {
@@ -281,6 +305,7 @@ pub async fn login(State(cp): State<Control>, req: Request) -> Response {
         }
         Some((TokenKind::Gateway, _)) => {
             return sign_in_page(
+                &cp,
                 StatusCode::FORBIDDEN,
                 Some("A gateway token cannot sign in to the console.".into()),
                 secure,
@@ -289,6 +314,7 @@ pub async fn login(State(cp): State<Control>, req: Request) -> Response {
         None => {
             failures.fail(client);
             return sign_in_page(
+                &cp,
                 StatusCode::UNAUTHORIZED,
                 Some("That token is not valid.".into()),
                 secure,

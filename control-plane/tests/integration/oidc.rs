@@ -104,10 +104,14 @@ impl Drop for Provider {
 /// and the session `lab` shared with group `physics` (owned by carol), and
 /// `lab2` likewise, both in front of one origin.
 async fn setup(name: &str, port: u16) -> (InProcess, Origin, PathBuf) {
+    setup_with(name, port, "").await
+}
+
+async fn setup_with(name: &str, port: u16, extra: &str) -> (InProcess, Origin, PathBuf) {
     let root = temp_dir(name);
     let config = format!(
         "[oidc]\nissuer = \"http://127.0.0.1:{port}\"\nclient_id = \"sessiongate\"\n\
-         client_secret = \"{SECRET}\"\n"
+         client_secret = \"{SECRET}\"\ndisplay_name = \"Test IdP\"\n{extra}"
     );
     let sg = InProcess::start(&root, &config).await;
     let origin = Origin::builder("oidc-origin")
@@ -369,4 +373,28 @@ async fn with_the_provider_down_a_clear_page_and_access_links_still_work() {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_lab(&b.follow(v["url"].as_str().unwrap()).await);
+}
+
+#[tokio::test]
+async fn the_console_signs_in_with_the_provider_and_lists_the_groups_sessions() {
+    let port = free_port();
+    let (sg, _origin, root) = setup_with("oidc-console", port, "[console]\nportal = true\n").await;
+    let _idp = Provider::start(&root, port, &callback(&sg));
+    let b = Browser::new(sg.gateway);
+    let home = format!("http://localhost:{}/ui/", sg.gateway.port());
+    let page = b.get(&home).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let start = page
+        .body
+        .split("id=\"oidc-signin\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no Sign in with button: {}", page.body))
+        .replace("&amp;", "&");
+    assert!(page.body.contains("Sign in with Test IdP"), "{}", page.body);
+    let page = b.follow(&start).await;
+    assert_eq!(page.status, 200, "{} {}", page.url, page.body);
+    assert_eq!(page.url.path(), "/ui/sessions", "{}", page.body);
+    // alice is in physics, which lab and lab2 are shared with.
+    assert!(page.body.contains("lab2"), "{}", page.body);
 }
