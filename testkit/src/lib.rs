@@ -19,6 +19,8 @@
 //!   addresses and admin token.
 //! - [`routes`]: route specs, table settings and empty tables.
 //! - [`wait`]: polling with a deadline ([`eventually`], [`DEADLINE`]).
+//! - [`oidc`]: a real OpenID Connect provider (npm's oidc-provider under
+//!   node) on a loopback port.
 //! - [`pebble`]: a real ACME CA (Debian's pebble, with challtestsrv as its
 //!   DNS) on loopback ports.
 //! - [`fs`]: scratch directories ([`temp_dir`], [`TempDir`]).
@@ -34,6 +36,7 @@
 pub mod client;
 pub mod fs;
 mod listen;
+pub mod oidc;
 pub mod origin;
 pub mod pebble;
 #[cfg(feature = "postgres")]
