@@ -404,6 +404,16 @@ pub struct GatewayConfig {
     /// `sessiongate gateway`: where its table file lives (relative to the
     /// working directory).
     pub data_dir: PathBuf,
+    /// The address sessions' workspace ports (raw TCP) are opened on.
+    pub workspace_listen_address: String,
+    /// Clients (CIDRs) that may connect to a workspace port.
+    pub workspace_allowed_clients: Vec<String>,
+    /// The ports a workspace port may be, `LOW-HIGH` (inclusive).
+    pub workspace_port_range: String,
+    /// Open connections per session's workspace port.
+    pub workspace_max_connections: usize,
+    /// A workspace connection idle this long (no byte either way) closes.
+    pub workspace_idle_timeout_secs: u64,
 }
 
 /// Keys of `[gateway]` that only `sessiongate gateway` (or `serve`'s
@@ -411,6 +421,9 @@ pub struct GatewayConfig {
 /// warning, rather than refusing a file shared with its gateways.
 pub const GATEWAY_ONLY_KEYS: &[&str] = &[
     "http_listen",
+    "workspace_allowed_clients",
+    "workspace_max_connections",
+    "workspace_idle_timeout_secs",
     "https_listen",
     "admin_listen",
     "control_plane_url",
@@ -545,6 +558,11 @@ impl Default for GatewayConfig {
             control_plane_url: String::new(),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             data_dir: PathBuf::from("data"),
+            workspace_listen_address: "127.0.0.1".into(),
+            workspace_allowed_clients: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            workspace_port_range: "30000-32767".into(),
+            workspace_max_connections: 64,
+            workspace_idle_timeout_secs: 3600,
         }
     }
 }
@@ -719,6 +737,33 @@ impl Config {
         }
         gateway::headers::TrustedProxies::parse(&g.trusted_proxies)
             .map_err(|e| invalid("gateway.trusted_proxies", e.to_string()))?;
+        gateway::headers::TrustedProxies::parse(&g.workspace_allowed_clients)
+            .map_err(|e| invalid("gateway.workspace_allowed_clients", e.to_string()))?;
+        if g.workspace_listen_address
+            .parse::<std::net::IpAddr>()
+            .is_err()
+        {
+            return Err(invalid(
+                "gateway.workspace_listen_address",
+                format!("{:?} is not an IP address", g.workspace_listen_address),
+            ));
+        }
+        if parse_port_range(&g.workspace_port_range).is_none() {
+            return Err(invalid(
+                "gateway.workspace_port_range",
+                format!(
+                    "{:?} is not LOW-HIGH with 1 <= LOW <= HIGH <= 65535",
+                    g.workspace_port_range
+                ),
+            ));
+        }
+        if g.workspace_max_connections == 0 || g.workspace_idle_timeout_secs == 0 {
+            return Err(invalid(
+                "gateway.workspace_max_connections",
+                "workspace_max_connections and workspace_idle_timeout_secs must be at least 1"
+                    .into(),
+            ));
+        }
         let url = g.control_plane_url.trim();
         if !url.is_empty() {
             // The same URLs `ctl --server` takes, comma-separated.
@@ -1279,6 +1324,29 @@ impl Config {
     }
 
     /// The proxies whose forwarding headers are kept (validated at load).
+    /// The gateway's workspace ports, as `[gateway]` says.
+    pub fn workspace_config(&self) -> gateway::workspace::WorkspaceConfig {
+        let g = &self.gateway;
+        gateway::workspace::WorkspaceConfig {
+            listen: self.workspace_policy().listen,
+            allowed_clients: gateway::headers::TrustedProxies::parse(&g.workspace_allowed_clients)
+                .unwrap_or_default(),
+            max_connections: g.workspace_max_connections,
+            idle_timeout: Duration::from_secs(g.workspace_idle_timeout_secs),
+            connect_timeout: Duration::from_secs(g.upstream_connect_timeout_secs),
+        }
+    }
+
+    /// Where the control plane may put workspace ports (checked at load).
+    pub fn workspace_policy(&self) -> crate::control::WorkspacePolicy {
+        let g = &self.gateway;
+        let d = crate::control::WorkspacePolicy::default();
+        crate::control::WorkspacePolicy {
+            listen: g.workspace_listen_address.parse().unwrap_or(d.listen),
+            range: parse_port_range(&g.workspace_port_range).unwrap_or(d.range),
+        }
+    }
+
     pub fn trusted_proxies(&self) -> gateway::headers::TrustedProxies {
         gateway::headers::TrustedProxies::parse(&self.gateway.trusted_proxies).unwrap_or_default()
     }
@@ -1406,6 +1474,13 @@ fn env_value(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
 }
 
 /// A hostname in any case, with or without one trailing dot.
+/// `LOW-HIGH`, inclusive, 1 <= LOW <= HIGH.
+fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let (low, high) = s.split_once('-')?;
+    let (low, high): (u16, u16) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
+    (low >= 1 && low <= high).then_some((low, high))
+}
+
 fn is_hostname(s: &str) -> bool {
     names::is_hostname(&names::normalize_name(s))
 }

@@ -72,6 +72,7 @@ pub fn route_spec(
         allow_any_upgrade: s.allow_any_upgrade,
         request_headers: parameter_headers(s)?,
         target_path: None,
+        workspace_port: s.workspace_port.filter(|&p| p != 0),
     }))
 }
 

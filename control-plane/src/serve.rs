@@ -252,6 +252,7 @@ impl Server {
                     static_keys: StaticKeys::from_specs(&static_specs),
                     targets: TargetPolicy::new(config.target_rules(), own_listeners),
                     failures: config.failure_limits(),
+                    workspace: config.workspace_policy(),
                 },
             )
             .await?,
@@ -525,6 +526,8 @@ pub(crate) struct GatewayTasks {
     reloader: Option<tokio::task::JoinHandle<()>>,
     /// ACME orders and renewals.
     acme: Option<tokio::task::JoinHandle<()>>,
+    /// Sessions' workspace ports.
+    workspace: tokio::task::JoinHandle<()>,
 }
 
 impl GatewayTasks {
@@ -536,6 +539,7 @@ impl GatewayTasks {
         if let Some(t) = self.acme {
             t.abort();
         }
+        self.workspace.abort();
         if let Ok(Err(e)) = self.http.await {
             tracing::error!(error = %e, "gateway stopped with an error");
         }
@@ -589,6 +593,12 @@ pub(crate) fn spawn_gateway(
         config.server_config(),
         stopped(stop.clone()),
     ));
+    let workspace = gateway::workspace::spawn(
+        parts.routes.clone(),
+        config.workspace_config(),
+        parts.metrics.clone(),
+        stop.clone(),
+    );
     tracing::info!("gateway listening on http://{gateway_addr}");
     let mut reloader = None;
     let mut https = None;
@@ -638,6 +648,7 @@ pub(crate) fn spawn_gateway(
         reloader,
         // Started once the listeners that answer its challenges are.
         acme: acme.map(|a| a.spawn()),
+        workspace,
     })
 }
 

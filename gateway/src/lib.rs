@@ -57,6 +57,7 @@ pub mod sync;
 pub mod table;
 mod tunnel;
 pub mod upstream;
+pub mod workspace;
 
 pub use proxy::{ConnInfo, HostCoverage, PortalService, Proxy};
 pub use publish::{PublishError, Queued, RoutePublisher};

@@ -69,7 +69,23 @@ pub struct GatewayMetrics {
     websockets_open: AtomicI64,
     /// Connections closed at once for `max_connections_per_ip`.
     refused_per_ip: AtomicU64,
+    /// Workspace ports ([`crate::workspace`]): connections by result,
+    /// open now, bytes from clients and from sessions.
+    workspace_results: [AtomicU64; WORKSPACE_RESULTS.len()],
+    workspace_open: AtomicI64,
+    workspace_bytes_in: AtomicU64,
+    workspace_bytes_out: AtomicU64,
 }
+
+/// The results `sessiongate_workspace_connections_total` counts.
+const WORKSPACE_RESULTS: [&str; 6] = [
+    "accepted",
+    "refused_client",
+    "refused_limit",
+    "refused_state",
+    "upstream_failed",
+    "bind_failed",
+];
 
 impl std::fmt::Debug for GatewayMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,7 +114,34 @@ impl GatewayMetrics {
             connections_open: AtomicI64::new(0),
             websockets_open: AtomicI64::new(0),
             refused_per_ip: AtomicU64::new(0),
+            workspace_results: Default::default(),
+            workspace_open: AtomicI64::new(0),
+            workspace_bytes_in: AtomicU64::new(0),
+            workspace_bytes_out: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a workspace connection (or listener) by `result`, one of
+    /// [`WORKSPACE_RESULTS`].
+    pub fn workspace_connection(&self, result: &str) {
+        if let Some(i) = WORKSPACE_RESULTS.iter().position(|r| *r == result) {
+            self.workspace_results[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn workspace_open(&self, delta: i64) {
+        self.workspace_open.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Bytes a workspace connection read from its client (`inbound`) or
+    /// from the session.
+    pub fn workspace_bytes(&self, inbound: bool, n: u64) {
+        let c = if inbound {
+            &self.workspace_bytes_in
+        } else {
+            &self.workspace_bytes_out
+        };
+        c.fetch_add(n, Ordering::Relaxed);
     }
 
     fn shard(&self) -> &Shard {
@@ -217,6 +260,31 @@ impl GatewayMetrics {
             self.connections_open.load(Ordering::Relaxed).max(0),
             self.websockets_open.load(Ordering::Relaxed).max(0),
             self.refused_per_ip.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sessiongate_workspace_connections_total Workspace port connections by result (accepted; refused_client: not in workspace_allowed_clients; refused_limit: the session had workspace_max_connections open; refused_state: paused or waiting; upstream_failed: the session's port refused or timed out; bind_failed: a listener could not be opened).\n\
+             # TYPE sessiongate_workspace_connections_total counter"
+        );
+        for (i, r) in WORKSPACE_RESULTS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "sessiongate_workspace_connections_total{{result=\"{r}\"}} {}",
+                self.workspace_results[i].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sessiongate_workspace_connections_open Workspace port connections open now.\n\
+             # TYPE sessiongate_workspace_connections_open gauge\n\
+             sessiongate_workspace_connections_open {}\n\
+             # HELP sessiongate_workspace_bytes_total Bytes through workspace ports, by direction (in: from clients, out: from sessions).\n\
+             # TYPE sessiongate_workspace_bytes_total counter\n\
+             sessiongate_workspace_bytes_total{{direction=\"in\"}} {}\n\
+             sessiongate_workspace_bytes_total{{direction=\"out\"}} {}",
+            self.workspace_open.load(Ordering::Relaxed).max(0),
+            self.workspace_bytes_in.load(Ordering::Relaxed),
+            self.workspace_bytes_out.load(Ordering::Relaxed)
         );
     }
 }

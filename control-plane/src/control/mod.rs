@@ -109,6 +109,28 @@ pub struct Settings {
     pub targets: TargetPolicy,
     /// Failed authentications allowed per client address.
     pub failures: FailureLimits,
+    /// Where sessions' workspace ports may be, and on which address the
+    /// gateway opens them.
+    pub workspace: WorkspacePolicy,
+}
+
+/// The workspace ports a session may be given (`gateway.workspace_*`).
+#[derive(Clone, Debug)]
+pub struct WorkspacePolicy {
+    /// The address the gateway's workspace listeners bind: a port is free
+    /// when it can be bound there.
+    pub listen: std::net::IpAddr,
+    /// Inclusive.
+    pub range: (u16, u16),
+}
+
+impl Default for WorkspacePolicy {
+    fn default() -> Self {
+        WorkspacePolicy {
+            listen: std::net::IpAddr::from([127, 0, 0, 1]),
+            range: (30_000, 32_767),
+        }
+    }
 }
 
 impl Settings {
@@ -121,6 +143,7 @@ impl Settings {
             static_keys: StaticKeys::default(),
             targets: TargetPolicy::default(),
             failures: FailureLimits::default(),
+            workspace: WorkspacePolicy::default(),
         }
     }
 }
@@ -179,6 +202,7 @@ pub struct ControlPlane {
     leader: std::sync::atomic::AtomicBool,
     /// OpenID Connect sign-in, when `[oidc]` is configured.
     oidc: std::sync::OnceLock<Arc<crate::oidc::Oidc>>,
+    workspace: WorkspacePolicy,
 }
 
 impl ControlPlane {
@@ -245,6 +269,7 @@ impl ControlPlane {
             change_reader: tokio::sync::Mutex::new(replicas::Watermark::default()),
             leader: std::sync::atomic::AtomicBool::new(true),
             oidc: std::sync::OnceLock::new(),
+            workspace: settings.workspace,
         };
         let n = cp.publish_stored_sessions().await?;
         tracing::info!(sessions = n, "sessions restored from the store");
@@ -396,6 +421,10 @@ impl ControlPlane {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn workspace_policy(&self) -> &WorkspacePolicy {
+        &self.workspace
     }
 
     /// Enables OpenID Connect sign-in; once.

@@ -259,6 +259,67 @@ impl ControlPlane {
     }
 }
 
+/// Gives `rec` the workspace port it asks for, or a free one in the range
+/// for 0, or refuses (409) a port outside the range, another live
+/// session's, or one something else holds on the gateway's host. `old`:
+/// the record before a change (its own port is not a conflict).
+pub(crate) async fn assign_workspace_port(
+    c: &mut Conn,
+    rec: &mut SessionRecord,
+    old: Option<&SessionRecord>,
+    policy: &super::WorkspacePolicy,
+) -> Result<(), ControlError> {
+    let Some(asked) = rec.workspace_port else {
+        return Ok(());
+    };
+    let (low, high) = policy.range;
+    let taken = store::live_workspace_ports(c, &rec.name).await?;
+    let bindable = |port: u16| std::net::TcpListener::bind((policy.listen, port)).is_ok();
+    if asked != 0 {
+        if !(low..=high).contains(&asked) {
+            return Err(ControlError::Conflict(format!(
+                "workspace_port {asked} is outside gateway.workspace_port_range {low}-{high}"
+            )));
+        }
+        if let Some((_, other)) = taken.iter().find(|(p, _)| *p == asked) {
+            return Err(ControlError::Conflict(format!(
+                "workspace_port {asked} is used by session {other:?}"
+            )));
+        }
+        let own = old.and_then(|o| o.workspace_port) == Some(asked);
+        if !own && !bindable(asked) {
+            return Err(ControlError::Conflict(format!(
+                "workspace_port {asked} is in use on the gateway's host ({})",
+                policy.listen
+            )));
+        }
+        return Ok(());
+    }
+    // 0: keep the port it has, else a free one, from a random place in
+    // the range so that ports are not handed out in order.
+    if let Some(p) = old.and_then(|o| o.workspace_port) {
+        rec.workspace_port = Some(p);
+        return Ok(());
+    }
+    let span = u32::from(high - low) + 1;
+    let start = crate::auth::random_hex(4)
+        .ok()
+        .and_then(|h| u32::from_str_radix(&h, 16).ok())
+        .unwrap_or(0)
+        % span;
+    for i in 0..span {
+        let port = low + u16::try_from((start + i) % span).unwrap_or(0);
+        if taken.iter().any(|(p, _)| *p == port) || !bindable(port) {
+            continue;
+        }
+        rec.workspace_port = Some(port);
+        return Ok(());
+    }
+    Err(ControlError::Conflict(format!(
+        "no free workspace port in gateway.workspace_port_range {low}-{high}"
+    )))
+}
+
 /// Refuses a session whose slug or custom domain another live session has.
 pub(crate) async fn check_unique_keys(
     c: &mut Conn,

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::origins::check_portal_slug;
-use super::routing::{check_unique_keys, RouteUpdate};
+use super::routing::{assign_workspace_port, check_unique_keys, RouteUpdate};
 use super::{sorted_unique, unknown, ControlPlane};
 use crate::access as acc;
 use crate::error::ControlError;
@@ -147,6 +147,8 @@ impl ControlPlane {
                     }
                     check_unique_keys(c, &rec).await?;
                     check_portal_slug(c, &rec, None).await?;
+                    let mut rec = rec;
+                    assign_workspace_port(c, &mut rec, None, cp.workspace_policy()).await?;
                     store::session_insert(c, &rec).await?;
                     let update = cp.route_update(None, Some(&rec))?;
                     Ok::<_, ControlError>((rec, update.changes))
@@ -390,6 +392,16 @@ impl ControlPlane {
     ) -> Result<(), PatchBatchError> {
         let mut unwritten: Vec<(&SessionRecord, &SessionRecord)> = Vec::new();
         for (index, (old, rec)) in changed.iter().enumerate() {
+            if rec.workspace_port != old.workspace_port {
+                return Err(PatchBatchError::Item {
+                    index,
+                    name: rec.name.clone(),
+                    error: ControlError::Invalid(crate::session::model::Invalid {
+                        field: "workspace_port".into(),
+                        message: "is changed by a single session's PATCH, not in a batch".into(),
+                    }),
+                });
+            }
             let new_key = (rec.slug.is_some() && rec.slug != old.slug)
                 || (rec.custom_domain.is_some() && rec.custom_domain != old.custom_domain);
             if new_key {
@@ -506,10 +518,14 @@ impl ControlPlane {
                     let old = store::session_get(c, &name)
                         .await?
                         .ok_or_else(|| ControlError::not_found("session", &name))?;
-                    let rec = change(cp, &old)?;
+                    let mut rec = change(cp, &old)?;
                     if check_keys {
                         check_unique_keys(c, &rec).await?;
                         check_portal_slug(c, &rec, old.slug.as_deref()).await?;
+                    }
+                    if rec.workspace_port != old.workspace_port {
+                        assign_workspace_port(c, &mut rec, Some(&old), cp.workspace_policy())
+                            .await?;
                     }
                     store::session_update_row(c, &rec).await?;
                     let update = cp.route_update(Some(&old), Some(&rec))?;

@@ -744,10 +744,10 @@ pub fn validate_target(s: &SessionRecord) -> Result<(), Invalid> {
     if s.strip_prefix && s.slug.is_none() {
         return Err(invalid("strip_prefix", "only applies with a slug"));
     }
-    if s.workspace_port.is_some() {
+    if s.workspace_port.is_some() && s.kind != SessionKind::Tunnel {
         return Err(invalid(
             "workspace_port",
-            "raw TCP workspace ports are not available in this build",
+            "applies to tunnel sessions only: a link session has no port to forward to",
         ));
     }
     validate_secs("duration", s.duration_secs)?;

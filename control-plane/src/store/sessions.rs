@@ -687,6 +687,29 @@ pub async fn live_session_with(
     Ok(row.map(|r| r.try_get("name")).transpose()?)
 }
 
+/// The workspace ports of live sessions other than `except`, with their
+/// sessions.
+pub async fn live_workspace_ports(
+    c: &mut Conn,
+    except: &str,
+) -> Result<Vec<(u16, String)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT name, workspace_port FROM sessions WHERE workspace_port IS NOT NULL \
+         AND name <> $1 AND state NOT IN ('expired', 'deleted')",
+    )
+    .bind(except)
+    .fetch_all(&mut *c)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let port: i64 = r.try_get("workspace_port")?;
+        if let Ok(p) = u16::try_from(port) {
+            out.push((p, r.try_get("name")?));
+        }
+    }
+    Ok(out)
+}
+
 /// Live sessions other than `except` whose slug is a proper ancestor of
 /// `slug` (`/a` for `/a/b`) or lies under it (`/a/b/c`), as `(name,
 /// owner, slug)`, by slug. The range `slug/` to `slug0` (`0` follows `/`)

@@ -80,3 +80,4 @@ mod workshop;
 mod workshop_catalog;
 mod workshop_oauth;
 mod workshop_request;
+mod workspace;

@@ -107,6 +107,8 @@ struct WireRoute {
     allow_any_upgrade: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     headers: Option<WireHeaders>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    workspace_port: Option<u16>,
 }
 
 fn yes() -> bool {
@@ -222,6 +224,7 @@ fn route_out(r: &RouteSpec, groups: &mut GroupsOut) -> WireRoute {
                 })
                 .collect(),
         }),
+        workspace_port: r.workspace_port,
     }
 }
 
@@ -291,6 +294,7 @@ fn route_in(r: WireRoute, groups: &[Arc<Members>]) -> Result<RouteSpec, WireErro
         request_headers,
         // CHP routes (`sessiongate chp`) never travel on the route stream.
         target_path: None,
+        workspace_port: r.workspace_port,
     })
 }
 

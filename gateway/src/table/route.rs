@@ -207,6 +207,9 @@ pub struct RouteSpec {
     /// A path (and query) the upstream request's path is joined to: a CHP
     /// target's own path (`http://host:port/base`). `None` elsewhere.
     pub target_path: Option<Arc<str>>,
+    /// A raw TCP port on the gateway spliced to the upstream's host and
+    /// port (a session's workspace port; [`crate::workspace`]).
+    pub workspace_port: Option<u16>,
 }
 
 impl RouteSpec {
@@ -232,7 +235,15 @@ impl RouteSpec {
             allow_any_upgrade: false,
             request_headers: None,
             target_path: None,
+            workspace_port: None,
         }
+    }
+
+    /// Opens raw TCP port `port` on the gateway to the upstream (see
+    /// [`RouteSpec::workspace_port`]).
+    pub fn workspace_port(mut self, port: u16) -> Self {
+        self.workspace_port = Some(port);
+        self
     }
 
     /// Joins the upstream request's path to `path` (see

@@ -1,0 +1,334 @@
+//! Workspace ports: raw TCP from a port on the gateway to a session's
+//! `remote_host:remote_port`. The peer is a line echo server on
+//! `127.0.0.1:0`, and once a real client: `psql` against the tests'
+//! PostgreSQL cluster through the workspace port.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use testkit::server::InProcess;
+use testkit::temp_dir;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::common::Sessiongate;
+
+/// A TCP server that echoes every line back.
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if w.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+const RANGE: &str = "[gateway]\nworkspace_port_range = \"41000-41999\"\n";
+
+/// Creates ann's session `name` to `echo` asking for workspace port
+/// `port`; the answer.
+async fn session(
+    sg: &InProcess,
+    name: &str,
+    echo: SocketAddr,
+    port: u16,
+) -> (u16, serde_json::Value) {
+    sg.api(
+        "POST",
+        "/api/v1/sessions",
+        Some(
+            json!({"name": name, "owner": "ann", "remote_host": "127.0.0.1",
+                    "remote_port": echo.port(), "workspace_port": port}),
+        ),
+    )
+    .await
+}
+
+async fn ann(sg: &InProcess) {
+    let (s, v) = sg
+        .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+}
+
+/// Connects to the workspace port, retrying while its listener opens.
+async fn connect(port: u16) -> TcpStream {
+    let end = Instant::now() + testkit::DEADLINE;
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < end,
+                    "workspace port {port} never opened: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Sends a line and reads one back.
+async fn line(s: &mut TcpStream, text: &str) -> String {
+    s.write_all(format!("{text}\n").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(testkit::DEADLINE, async {
+        loop {
+            let n = s.read(&mut byte).await.unwrap();
+            if n == 0 || byte[0] == b'\n' {
+                break;
+            }
+            buf.push(byte[0]);
+        }
+    })
+    .await
+    .expect("an answer in time");
+    String::from_utf8(buf).unwrap()
+}
+
+/// Waits until connecting to `port` is refused (its listener closed).
+async fn refused(port: u16) {
+    let end = Instant::now() + testkit::DEADLINE;
+    while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        assert!(Instant::now() < end, "workspace port {port} still accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn port_of(v: &serde_json::Value) -> u16 {
+    v["workspace_port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("no workspace_port in {v}"))
+}
+
+#[tokio::test]
+async fn port_0_gets_a_free_port_in_the_range_and_tcp_is_spliced_to_the_session() {
+    let root = temp_dir("ws-port-random");
+    let sg = InProcess::start(&root, RANGE).await;
+    ann(&sg).await;
+    let echo = echo_server().await;
+    let (s, v) = session(&sg, "db", echo, 0).await;
+    assert_eq!(s, 201, "{v}");
+    let port = port_of(&v);
+    assert!((41000..=41999).contains(&port), "{port}");
+    assert_eq!(v["remote_port"], echo.port());
+    let mut c = connect(port).await;
+    assert_eq!(line(&mut c, "hello").await, "hello");
+    assert_eq!(line(&mut c, "over raw tcp").await, "over raw tcp");
+    // The port is stored: GET shows it.
+    let (_, got) = sg.api("GET", "/api/v1/sessions/db", None).await;
+    assert_eq!(port_of(&got), port);
+    let metrics = testkit::http(sg.api, "127.0.0.1", "/metrics", "").await.1;
+    assert!(
+        metrics.contains("sessiongate_workspace_connections_total{result=\"accepted\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sessiongate_workspace_bytes_total{direction=\"in\"} 19"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_taken_or_out_of_range_port_is_a_409_naming_it() {
+    let root = temp_dir("ws-port-conflict");
+    let sg = InProcess::start(&root, RANGE).await;
+    ann(&sg).await;
+    let echo = echo_server().await;
+    let (s, v) = session(&sg, "a", echo, 0).await;
+    assert_eq!(s, 201, "{v}");
+    let port = port_of(&v);
+    let (s, v) = session(&sg, "b", echo, port).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v.to_string().contains(&format!(
+            "workspace_port {port} is used by session \\\"a\\\""
+        )),
+        "{v}"
+    );
+    let (s, v) = session(&sg, "c", echo, 5432).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v.to_string()
+            .contains("5432 is outside gateway.workspace_port_range 41000-41999"),
+        "{v}"
+    );
+    // Held by another program on the gateway's host.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = holder.local_addr().unwrap().port();
+    let root2 = temp_dir("ws-port-held");
+    let sg2 = InProcess::start(
+        &root2,
+        &format!("[gateway]\nworkspace_port_range = \"{held}-{held}\"\n"),
+    )
+    .await;
+    ann(&sg2).await;
+    let (s, v) = session(&sg2, "d", echo, held).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v.to_string()
+            .contains(&format!("workspace_port {held} is in use")),
+        "{v}"
+    );
+    let (s, v) = session(&sg2, "e", echo, 0).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v.to_string().contains("no free workspace port"), "{v}");
+    // Nothing was stored for the refused ones.
+    for name in ["b", "c"] {
+        let (s, _) = sg
+            .api("GET", &format!("/api/v1/sessions/{name}"), None)
+            .await;
+        assert_eq!(s, 404);
+    }
+}
+
+#[tokio::test]
+async fn pause_refuses_new_connections_and_evict_closes_a_live_one_within_a_second() {
+    let root = temp_dir("ws-port-lifecycle");
+    let sg = InProcess::start(&root, RANGE).await;
+    ann(&sg).await;
+    let echo = echo_server().await;
+    let (_, v) = session(&sg, "vnc", echo, 0).await;
+    let port = port_of(&v);
+    let mut live = connect(port).await;
+    assert_eq!(line(&mut live, "before").await, "before");
+
+    let (s, v) = sg.api("POST", "/api/v1/sessions/vnc/pause", None).await;
+    assert_eq!(s, 200, "{v}");
+    refused(port).await;
+    let (s, v) = sg.api("POST", "/api/v1/sessions/vnc/resume", None).await;
+    assert_eq!(s, 200, "{v}");
+    let mut live = connect(port).await;
+    assert_eq!(line(&mut live, "again").await, "again");
+
+    let (s, v) = sg.api("POST", "/api/v1/sessions/vnc/evict", None).await;
+    let evicted = Instant::now();
+    assert_eq!(s, 200, "{v}");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(1), live.read(&mut buf))
+        .await
+        .expect("closed within 1 s of the eviction")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed, not answered");
+    assert!(evicted.elapsed() < Duration::from_secs(1));
+    refused(port).await;
+}
+
+#[tokio::test]
+async fn a_client_outside_the_allowed_networks_is_refused() {
+    let root = temp_dir("ws-port-clients");
+    let sg = InProcess::start(
+        &root,
+        "[gateway]\nworkspace_port_range = \"41000-41999\"\nworkspace_allowed_clients = [\"127.0.0.1/32\"]\n",
+    )
+    .await;
+    ann(&sg).await;
+    let echo = echo_server().await;
+    let (_, v) = session(&sg, "ssh", echo, 0).await;
+    let port = port_of(&v);
+    let mut ok = connect(port).await;
+    assert_eq!(line(&mut ok, "allowed").await, "allowed");
+    // From 127.0.0.2: accepted by the kernel, closed by the gateway.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap();
+    let _ = other.write_all(b"let me in\n").await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(testkit::DEADLINE, other.read(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "no echo for a client outside the networks");
+    let metrics = testkit::http(sg.api, "127.0.0.1", "/metrics", "").await.1;
+    assert!(
+        metrics.contains("sessiongate_workspace_connections_total{result=\"refused_client\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_reopens_every_workspace_port() {
+    let root = temp_dir("ws-port-restart");
+    let echo = echo_server().await;
+    let mut sg = Sessiongate::start(&root, RANGE, &[]).await;
+    let (s, v) = sg
+        .api("POST", "/api/v1/users", Some(json!({"name": "ann"})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let mut ports = Vec::new();
+    for name in ["one", "two"] {
+        let (s, v) = sg
+            .api(
+                "POST",
+                "/api/v1/sessions",
+                Some(
+                    json!({"name": name, "owner": "ann", "remote_host": "127.0.0.1",
+                            "remote_port": echo.port(), "workspace_port": 0}),
+                ),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        ports.push(port_of(&v));
+    }
+    sg.restart().await;
+    for port in ports {
+        let mut c = connect(port).await;
+        assert_eq!(line(&mut c, "after restart").await, "after restart");
+    }
+}
+
+#[tokio::test]
+async fn psql_reaches_postgresql_through_a_workspace_port() {
+    let url = testkit::postgres::database("workspace").await;
+    let parsed = url::Url::parse(&url).unwrap();
+    let pg_port = parsed.port().unwrap();
+    let root = temp_dir("ws-port-psql");
+    let sg = InProcess::start(&root, RANGE).await;
+    ann(&sg).await;
+    let (s, v) = sg
+        .api(
+            "POST",
+            "/api/v1/sessions",
+            Some(
+                json!({"name": "pg", "owner": "ann", "remote_host": "127.0.0.1",
+                        "remote_port": pg_port, "workspace_port": 0}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let port = port_of(&v);
+    drop(connect(port).await);
+    let mut through = parsed.clone();
+    through.set_port(Some(port)).unwrap();
+    let out = tokio::process::Command::new("psql")
+        .arg(through.as_str())
+        .args(["-tAc", "select 'through the workspace port ' || 6*7"])
+        .output()
+        .await
+        .expect("psql runs (Debian's postgresql-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "through the workspace port 42"
+    );
+}
