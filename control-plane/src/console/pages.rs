@@ -1015,9 +1015,10 @@ pub async fn detail(
         ("Slug", opt(v.slug.clone())),
         ("Custom domain", opt(v.custom_domain.clone())),
         (
-            "Workspace port",
+            "Local port (workspace)",
             opt(v.workspace_port.map(|p| p.to_string())),
         ),
+        ("Remote port", opt(v.remote_port.map(|p| p.to_string()))),
         ("Public", if v.public { "yes" } else { "no" }.into()),
         (
             "Shared with",

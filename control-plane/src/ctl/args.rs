@@ -205,6 +205,10 @@ pub struct CreateSession {
     /// A full hostname routed to this session.
     #[arg(long, value_name = "DOMAIN")]
     pub custom_domain: Option<String>,
+    /// A raw TCP port on the gateway forwarded to the session's port (SSH,
+    /// VNC, a database); 0 picks a free one in gateway.workspace_port_range.
+    #[arg(long)]
+    pub workspace_port: Option<u16>,
     /// A group whose members may open it; repeat for several.
     #[arg(long = "group", value_name = "GROUP")]
     pub groups: Vec<String>,

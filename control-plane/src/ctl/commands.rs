@@ -202,7 +202,7 @@ fn new_session(c: CreateSession) -> NewSession {
         rewrite_host: c.rewrite_host,
         allow_any_upgrade: c.allow_any_upgrade,
         custom_domain: c.custom_domain,
-        workspace_port: None,
+        workspace_port: c.workspace_port,
         owner: c.owner,
         groups: c.groups,
         public: c.public,

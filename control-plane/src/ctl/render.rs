@@ -93,6 +93,11 @@ pub(super) fn session_details(s: &Session, out: &mut String) {
             pairs.push(("upgrades", "any protocol".to_string()));
         }
     }
+    if let Some(port) = s.workspace_port {
+        // As the seed's table has them: the gateway's port, the app's.
+        pairs.push(("local port", port.to_string()));
+        pairs.push(("remote port", cell(s.remote_port)));
+    }
     pairs.push(("slug", cell(s.slug.as_deref())));
     if s.shared_origin {
         pairs.push(("shared origin", "true".into()));

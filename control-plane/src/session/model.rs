@@ -236,6 +236,8 @@ pub struct Session {
     #[serde(default)]
     pub allow_any_upgrade: bool,
     pub custom_domain: Option<String>,
+    /// The gateway's port forwarded to the session's (the "local port" of
+    /// the seed's table; `remote_port` is the other).
     pub workspace_port: Option<u16>,
     pub owner: String,
     pub groups: Vec<String>,
@@ -378,7 +380,11 @@ pub struct NewSession {
     /// A full hostname routed to this session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_domain: Option<String>,
-    /// A raw TCP listener for the session (not available in this build).
+    /// A raw TCP port on the gateway (`gateway.workspace_listen_address`)
+    /// forwarded to `remote_host:remote_port`, for apps that are not HTTP
+    /// (SSH, VNC, a database); 0 picks a free one in
+    /// `gateway.workspace_port_range`. A port outside the range, another
+    /// session's, or held on the host answers 409.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace_port: Option<u16>,
     /// An existing user's name.

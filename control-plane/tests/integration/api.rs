@@ -587,8 +587,14 @@ async fn create_session_validates_and_publishes_its_route(engine: Engine) {
             json!({"name": "x", "owner": "ann", "remote_port": 1, "duration": 0}),
             (422, "invalid", "duration"),
         ),
+        // Workspace ports exist now (issue 24): one outside the range is a
+        // conflict naming it, and a link session has no port to forward.
         (
             json!({"name": "x", "owner": "ann", "remote_port": 1, "workspace_port": 2222}),
+            (409, "conflict", "workspace_port 2222 is outside"),
+        ),
+        (
+            json!({"name": "x", "owner": "ann", "kind": "link", "url": "https://example.com/", "workspace_port": 0}),
             (422, "invalid", "workspace_port"),
         ),
         (
