@@ -155,6 +155,49 @@ fn reusable_ca(files: &DevFiles, leaf_not_after: i64) -> Option<Issuer<'static, 
     None
 }
 
+/// A client certificate for `common_name`, signed by the CA in `ca_cert` +
+/// `ca_key` (as [`generate`] writes them), valid for `validity`: the PEM
+/// certificate and its new private key, which is not kept anywhere. For
+/// workspace ports over TLS, where the common name is the user.
+pub fn client_certificate(
+    ca_cert: &Path,
+    ca_key: &Path,
+    common_name: &str,
+    validity: Duration,
+) -> Result<(String, String), CertError> {
+    let ca = LoadedCert::from_files("ca", ca_cert, ca_key)?;
+    let pem = std::fs::read_to_string(ca_key).map_err(|e| CertError::io(ca_key, e))?;
+    let ca_pair = KeyPair::from_pem(&pem).map_err(generate_error("client certificate CA key"))?;
+    let issuer = Issuer::from_ca_cert_der(&ca.certified_key().cert[0], ca_pair)
+        .map_err(generate_error("client certificate CA"))?;
+    let key = KeyPair::generate().map_err(generate_error("client key"))?;
+    let mut params = CertificateParams::new(Vec::<String>::new())
+        .map_err(generate_error("client certificate"))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let now = ASN1Time::now().to_datetime();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + validity;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(generate_error("client certificate"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The subject common name of a DER certificate (a client's, on a
+/// workspace port), if it has one.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
 /// Lower-cases, drops a trailing dot, and refuses what cannot be a DNS name
 /// (the domain also becomes a file name, so nothing path-like gets through).
 pub(crate) fn checked_domain(domain: &str) -> Result<String, CertError> {

@@ -58,6 +58,31 @@ pub struct AccessLink {
     pub expires: String,
 }
 
+/// A client certificate for a session's workspace port over TLS.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClientCert {
+    /// PEM; its common name is the user.
+    pub certificate: String,
+    /// PEM; made for this answer and kept nowhere else.
+    pub key: String,
+    /// PEM: the workspace CA, to verify the gateway's side with.
+    pub ca: String,
+    /// RFC 3339 UTC.
+    pub expires: String,
+}
+
+/// The request for a workspace client certificate.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertRequest {
+    /// The user it names: the owner or a member of a group the session is
+    /// shared with.
+    pub user: String,
+    /// Days it is valid (default 30, at most 397).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days: Option<u64>,
+}
+
 /// The request for an access link.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -414,6 +414,10 @@ pub struct GatewayConfig {
     pub workspace_max_connections: usize,
     /// A workspace connection idle this long (no byte either way) closes.
     pub workspace_idle_timeout_secs: u64,
+    /// Workspace ports speak TLS and require a client certificate from
+    /// the workspace CA (`<data_dir>/workspace-ca`) naming a user the
+    /// session lets in.
+    pub workspace_tls: bool,
 }
 
 /// Keys of `[gateway]` that only `sessiongate gateway` (or `serve`'s
@@ -424,6 +428,7 @@ pub const GATEWAY_ONLY_KEYS: &[&str] = &[
     "workspace_allowed_clients",
     "workspace_max_connections",
     "workspace_idle_timeout_secs",
+    "workspace_tls",
     "https_listen",
     "admin_listen",
     "control_plane_url",
@@ -563,6 +568,7 @@ impl Default for GatewayConfig {
             workspace_port_range: "30000-32767".into(),
             workspace_max_connections: 64,
             workspace_idle_timeout_secs: 3600,
+            workspace_tls: false,
         }
     }
 }
@@ -1334,6 +1340,7 @@ impl Config {
             max_connections: g.workspace_max_connections,
             idle_timeout: Duration::from_secs(g.workspace_idle_timeout_secs),
             connect_timeout: Duration::from_secs(g.upstream_connect_timeout_secs),
+            tls: None,
         }
     }
 
@@ -1344,6 +1351,7 @@ impl Config {
         crate::control::WorkspacePolicy {
             listen: g.workspace_listen_address.parse().unwrap_or(d.listen),
             range: parse_port_range(&g.workspace_port_range).unwrap_or(d.range),
+            ca_dir: self.control_plane.data_dir.join("workspace-ca"),
         }
     }
 

@@ -593,9 +593,13 @@ pub(crate) fn spawn_gateway(
         config.server_config(),
         stopped(stop.clone()),
     ));
+    let mut workspace_config = config.workspace_config();
+    if config.gateway.workspace_tls {
+        workspace_config.tls = Some(workspace_tls(config)?);
+    }
     let workspace = gateway::workspace::spawn(
         parts.routes.clone(),
-        config.workspace_config(),
+        workspace_config,
         parts.metrics.clone(),
         stop.clone(),
     );
@@ -847,6 +851,29 @@ fn enable_on_demand(
         tls.resolver.set_on_demand(sources);
     }
     Ok(())
+}
+
+/// The TLS of workspace ports (`gateway.workspace_tls`): the workspace
+/// CA's server certificate, and a client certificate required from the
+/// same CA (its common name is checked against the session's users).
+fn workspace_tls(config: &Config) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, ServeError> {
+    let dir = config.workspace_policy().ca_dir;
+    datadir::create_private_dir(&dir).map_err(|source| ServeError::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let files = crate::control::workspace_ca(&dir)?;
+    let leaf = certs::LoadedCert::from_files("localhost", &files.cert, &files.key)?;
+    let resolver = Arc::new(certs::SniResolver::new(certs::CertStore::new(
+        [leaf],
+        Some("localhost"),
+    )));
+    let tls = certs::server_config_with_client_certs(
+        resolver,
+        certs::ClientCerts::Required(Some(&files.ca_cert)),
+    )?;
+    tracing::info!(ca = %files.ca_cert.display(), "workspace ports speak TLS with client certificates from this CA");
+    Ok(Arc::new(tls))
 }
 
 /// The training portal's API on the portal host: the gateway hands those

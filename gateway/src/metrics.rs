@@ -78,9 +78,10 @@ pub struct GatewayMetrics {
 }
 
 /// The results `sessiongate_workspace_connections_total` counts.
-const WORKSPACE_RESULTS: [&str; 6] = [
+const WORKSPACE_RESULTS: [&str; 7] = [
     "accepted",
     "refused_client",
+    "refused_identity",
     "refused_limit",
     "refused_state",
     "upstream_failed",
@@ -263,7 +264,7 @@ impl GatewayMetrics {
         );
         let _ = writeln!(
             out,
-            "# HELP sessiongate_workspace_connections_total Workspace port connections by result (accepted; refused_client: not in workspace_allowed_clients; refused_limit: the session had workspace_max_connections open; refused_state: paused or waiting; upstream_failed: the session's port refused or timed out; bind_failed: a listener could not be opened).\n\
+            "# HELP sessiongate_workspace_connections_total Workspace port connections by result (accepted; refused_client: not in workspace_allowed_clients; refused_identity: no client certificate of a user the session lets in, with workspace_tls; refused_limit: the session had workspace_max_connections open; refused_state: paused or waiting; upstream_failed: the session's port refused or timed out; bind_failed: a listener could not be opened).\n\
              # TYPE sessiongate_workspace_connections_total counter"
         );
         for (i, r) in WORKSPACE_RESULTS.iter().enumerate() {

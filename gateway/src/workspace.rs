@@ -47,6 +47,10 @@ pub struct WorkspaceConfig {
     pub idle_timeout: Duration,
     /// How long connecting to the upstream may take.
     pub connect_timeout: Duration,
+    /// `gateway.workspace_tls`: the listeners speak TLS and require a
+    /// client certificate from the workspace CA, whose common name must be
+    /// a user the session lets in (its owner or a member of its groups).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for WorkspaceConfig {
@@ -57,9 +61,13 @@ impl Default for WorkspaceConfig {
             max_connections: 64,
             idle_timeout: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
+
+/// How long a workspace client has for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the table's version is looked at for changes.
 const POLL: Duration = Duration::from_millis(100);
@@ -170,7 +178,42 @@ async fn accept_loop(
         };
         let (config, metrics) = (config.clone(), metrics.clone());
         tokio::spawn(async move {
-            splice(client, peer, current, &config, &metrics).await;
+            match &config.tls {
+                None => splice(client, peer, current, None, &config, &metrics).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                    let stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(client),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        _ => {
+                            metrics.workspace_connection("refused_identity");
+                            tracing::warn!(%peer, route = %current.id, "workspace connection refused: no TLS handshake with a client certificate from the workspace CA");
+                            return;
+                        }
+                    };
+                    let user = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| certs::dev::common_name(c));
+                    let allowed = match (&user, &current.access) {
+                        (Some(u), Some(list)) => list.allows(u),
+                        _ => false,
+                    };
+                    if !allowed {
+                        metrics.workspace_connection("refused_identity");
+                        tracing::warn!(%peer, route = %current.id, user = ?user, "workspace connection refused: the certificate's user is neither the session's owner nor a member of a group it is shared with");
+                        return;
+                    }
+                    let user: Option<Arc<str>> = user.map(Arc::from);
+                    splice(stream, peer, current, user, &config, &metrics).await;
+                }
+            }
             drop(slot);
         });
     }
@@ -179,10 +222,11 @@ async fn accept_loop(
 /// Connects to the route's upstream and copies bytes both ways until
 /// either side closes, the route closes its live connections, or the idle
 /// timeout passes.
-async fn splice(
-    mut client: TcpStream,
+async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
+    mut client: C,
     peer: SocketAddr,
     route: Arc<Route>,
+    user: Option<Arc<str>>,
     config: &WorkspaceConfig,
     metrics: &GatewayMetrics,
 ) {
@@ -199,8 +243,9 @@ async fn splice(
         .trim_matches(['[', ']'])
         .to_string();
     let port = upstream.authority.port_u16().unwrap_or(80);
-    // Registered before connecting: a revocation from here on closes it.
-    let (guard, mut close) = route.state.register_live(route.target.clone(), None);
+    // Registered before connecting: a revocation from here on closes it
+    // (of the certificate's user, on a TLS port).
+    let (guard, mut close) = route.state.register_live(route.target.clone(), user);
     let connected = tokio::time::timeout(
         config.connect_timeout,
         TcpStream::connect((host.as_str(), port)),
@@ -267,15 +312,15 @@ async fn splice(
 
 /// One side of a splice: counts the bytes read from it (client: in,
 /// upstream: out) and route activity.
-struct Counted<'a> {
-    io: &'a mut TcpStream,
+struct Counted<'a, S> {
+    io: &'a mut S,
     moved: &'a AtomicBool,
     state: &'a Route,
     metrics: &'a GatewayMetrics,
     inbound: bool,
 }
 
-impl AsyncRead for Counted<'_> {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -293,7 +338,7 @@ impl AsyncRead for Counted<'_> {
     }
 }
 
-impl AsyncWrite for Counted<'_> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

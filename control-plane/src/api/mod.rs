@@ -358,6 +358,10 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/sessions/{name}/access",
             post(access::create_access),
         )
+        .route(
+            "/api/v1/sessions/{name}/client-cert",
+            post(access::create_client_cert),
+        )
         .route("/api/v1/access/keys/rotate", post(access::rotate_keys))
         .route(
             "/api/v1/environments",

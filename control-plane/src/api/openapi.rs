@@ -23,6 +23,7 @@ use super::{access, directory, environments, gateway, routes, sessions, workshop
         sessions::set_groups,
         sessions::bulk_action,
         access::create_access,
+        access::create_client_cert,
         access::rotate_keys,
         environments::list_environments,
         environments::create_environment,

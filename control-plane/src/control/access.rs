@@ -100,6 +100,72 @@ impl ControlPlane {
         self.issue_link(name, user, Some(path), ttl).await
     }
 
+    /// A client certificate naming `user` for session `name`'s workspace
+    /// port over TLS, from the workspace CA (made at first need). The user
+    /// must be one the session lets in now; revoking them later closes
+    /// their connections, as for WebSockets.
+    pub async fn issue_client_cert(
+        &self,
+        name: &str,
+        user: &str,
+        days: Option<u64>,
+    ) -> Result<crate::access::ClientCert, ControlError> {
+        model::validate_user_name("user", user)?;
+        let days = days.unwrap_or(30);
+        if !(1..=397).contains(&days) {
+            return Err(ControlError::Invalid(invalid("days", "must be 1 to 397")));
+        }
+        let s = self.get_session(name).await?;
+        if !s.state.is_live() {
+            return Err(ControlError::Finished {
+                name: name.to_string(),
+                state: s.state,
+            });
+        }
+        if s.workspace_port.is_none() {
+            return Err(ControlError::Conflict(format!(
+                "session {name:?} has no workspace_port"
+            )));
+        }
+        if !self.user_exists(user).await? {
+            return Err(unknown("user", "user", &[user.to_string()]));
+        }
+        if !acc::allowed(&s, user, &self.group_cache()) {
+            return Err(ControlError::Forbidden(format!(
+                "user {user:?} is neither the owner of session {name:?} nor a member of a group it is shared with"
+            )));
+        }
+        let dir = self.workspace_policy().ca_dir.clone();
+        let validity = std::time::Duration::from_secs(days * 86_400);
+        let issued = tokio::task::spawn_blocking({
+            let user = user.to_string();
+            move || -> Result<(String, String, String), certs::CertError> {
+                let files = super::workspace_ca(&dir)?;
+                let (cert, key) =
+                    certs::dev::client_certificate(&files.ca_cert, &files.ca_key, &user, validity)?;
+                // Checked to be a CA, then given as the file has it.
+                certs::read_ca(&files.ca_cert)?;
+                let ca = std::fs::read_to_string(&files.ca_cert).map_err(|e| {
+                    certs::CertError::Generate {
+                        what: "workspace CA",
+                        reason: format!("{}: {e}", files.ca_cert.display()),
+                    }
+                })?;
+                Ok((cert, key, ca))
+            }
+        })
+        .await
+        .map_err(|e| ControlError::Internal(e.to_string()))?
+        .map_err(|e| ControlError::Internal(e.to_string()))?;
+        tracing::info!(session = %name, user = %user, days, "workspace client certificate issued");
+        Ok(crate::access::ClientCert {
+            certificate: issued.0,
+            key: issued.1,
+            ca: issued.2,
+            expires: rfc3339_millis(self.now_ms() + days * 86_400_000),
+        })
+    }
+
     async fn issue_link(
         &self,
         name: &str,

@@ -122,6 +122,9 @@ pub struct WorkspacePolicy {
     pub listen: std::net::IpAddr,
     /// Inclusive.
     pub range: (u16, u16),
+    /// The workspace CA (`ca.crt` + `ca.key`), which signs the client
+    /// certificates of workspace ports over TLS; made at first need.
+    pub ca_dir: std::path::PathBuf,
 }
 
 impl Default for WorkspacePolicy {
@@ -129,8 +132,28 @@ impl Default for WorkspacePolicy {
         WorkspacePolicy {
             listen: std::net::IpAddr::from([127, 0, 0, 1]),
             range: (30_000, 32_767),
+            ca_dir: std::path::PathBuf::from("data/workspace-ca"),
         }
     }
+}
+
+/// The CA of workspace ports over TLS in `dir`, made (with a server
+/// certificate for `localhost` beside it) if it is not there yet.
+pub fn workspace_ca(dir: &std::path::Path) -> Result<certs::dev::DevFiles, certs::CertError> {
+    let files = certs::dev::DevFiles {
+        ca_cert: dir.join("ca.crt"),
+        ca_key: dir.join("ca.key"),
+        cert: dir.join("localhost.crt"),
+        key: dir.join("localhost.key"),
+        ca_reused: true,
+    };
+    if [&files.ca_cert, &files.ca_key, &files.cert, &files.key]
+        .iter()
+        .all(|p| p.exists())
+    {
+        return Ok(files);
+    }
+    certs::dev::generate("localhost", dir)
 }
 
 impl Settings {

@@ -143,6 +143,21 @@ pub enum SessionsCommand {
         #[arg(long)]
         path: Option<String>,
     },
+    /// Issue a client certificate naming USER for the session's workspace
+    /// port over TLS (gateway.workspace_tls): writes USER.crt, USER.key
+    /// (0600) and workspace-ca.crt into --out.
+    ClientCert {
+        name: String,
+        /// The owner, or a member of a group the session is shared with.
+        #[arg(long)]
+        user: String,
+        /// Days it is valid (default 30, at most 397).
+        #[arg(long)]
+        days: Option<u64>,
+        /// The directory the files go to.
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
+    },
 }
 
 /// One or more session names; several go in one bulk request.

@@ -118,6 +118,39 @@ async fn sessions(
                 .await?;
             return emit(out, output, &reply, render::access_link);
         }
+        S::ClientCert {
+            name,
+            user,
+            days,
+            out: dir,
+        } => {
+            let endpoint = format!("{}/client-cert", named(SESSIONS, &name));
+            let body = crate::access::ClientCertRequest {
+                user: user.clone(),
+                days,
+            };
+            let reply = api
+                .post::<crate::access::ClientCert>(&endpoint, &body)
+                .await?;
+            if matches!(output, Output::Json) {
+                print_json(out, &reply);
+                return Ok(());
+            }
+            let cert = reply.parse()?;
+            let files = [
+                (format!("{user}.crt"), &cert.certificate, false),
+                (format!("{user}.key"), &cert.key, true),
+                ("workspace-ca.crt".to_string(), &cert.ca, false),
+            ];
+            for (file, text, private) in files {
+                let path = dir.join(&file);
+                write_file(&path, text, private)
+                    .map_err(|e| CtlError::Setup(format!("writing {}: {e}", path.display())))?;
+                let _ = writeln!(out, "wrote {}", path.display());
+            }
+            let _ = writeln!(out, "valid until {}", cert.expires);
+            return Ok(());
+        }
         S::Delete(n) => ("delete", BulkAction::Delete, n.names),
         S::Pause(n) => ("pause", BulkAction::Pause, n.names),
         S::Resume(n) => ("resume", BulkAction::Resume, n.names),
@@ -406,6 +439,21 @@ async fn rotate_keys(api: &ApiClient, output: Output, out: &mut String) -> Resul
 
 /// Prints an answer: the server's JSON as it came with `--output json`,
 /// otherwise the typed answer through `render`.
+/// Writes `text` to `path`, mode 0600 when `private` (a key).
+fn write_file(path: &std::path::Path, text: &str, private: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    options.open(path)?.write_all(text.as_bytes())
+}
+
 fn emit<T: DeserializeOwned>(
     out: &mut String,
     output: Output,

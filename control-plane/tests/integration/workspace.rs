@@ -332,3 +332,179 @@ async fn psql_reaches_postgresql_through_a_workspace_port() {
         "through the workspace port 42"
     );
 }
+
+/// A TLS client with `cert`'s chain and key (PEM, as the API gives them),
+/// trusting `ca`; `None` sends no certificate.
+fn tls_client(ca: &str, cert: Option<&serde_json::Value>) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match cert {
+        Some(v) => {
+            let chain =
+                CertificateDer::pem_slice_iter(v["certificate"].as_str().unwrap().as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect();
+            let key = PrivateKeyDer::from_pem_slice(v["key"].as_str().unwrap().as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// Connects over TLS and sends a line: the line echoed, or `None` when
+/// the gateway closed the connection instead.
+async fn tls_line(
+    connector: &tokio_rustls::TlsConnector,
+    port: u16,
+    text: &str,
+) -> (
+    Option<String>,
+    Option<tokio_rustls::client::TlsStream<TcpStream>>,
+) {
+    let tcp = connect(port).await;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = match connector.connect(name, tcp).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("TLS to workspace port {port}: {e}");
+            return (None, None);
+        }
+    };
+    if tls.write_all(format!("{text}\n").as_bytes()).await.is_err() {
+        return (None, None);
+    }
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(testkit::DEADLINE, async {
+        loop {
+            match tls.read(&mut byte).await {
+                Ok(1) if byte[0] != b'\n' => buf.push(byte[0]),
+                Ok(1) => return true,
+                _ => return false,
+            }
+        }
+    })
+    .await
+    .expect("an answer or a close in time");
+    if read {
+        (Some(String::from_utf8(buf).unwrap()), Some(tls))
+    } else {
+        (None, None)
+    }
+}
+
+#[tokio::test]
+async fn over_tls_a_members_certificate_gets_in_and_a_non_members_does_not() {
+    let root = temp_dir("ws-port-tls");
+    let sg = InProcess::start(
+        &root,
+        "[gateway]\nworkspace_port_range = \"41000-41999\"\nworkspace_tls = true\n",
+    )
+    .await;
+    for u in ["ann", "bob", "eve"] {
+        let (s, v) = sg
+            .api("POST", "/api/v1/users", Some(json!({"name": u})))
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = sg
+        .api(
+            "POST",
+            "/api/v1/groups",
+            Some(json!({"name": "team", "members": ["bob"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let echo = echo_server().await;
+    let (s, v) = sg
+        .api(
+            "POST",
+            "/api/v1/sessions",
+            Some(
+                json!({"name": "db", "owner": "ann", "groups": ["team"], "remote_host": "127.0.0.1",
+                        "remote_port": echo.port(), "workspace_port": 0}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let port = port_of(&v);
+    // eve owns a session of her own, so she can get a certificate at all.
+    let (s, v) = sg
+        .api(
+            "POST",
+            "/api/v1/sessions",
+            Some(
+                json!({"name": "eves", "owner": "eve", "remote_host": "127.0.0.1",
+                        "remote_port": echo.port(), "workspace_port": 0}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    let (s, bob) = sg
+        .api(
+            "POST",
+            "/api/v1/sessions/db/client-cert",
+            Some(json!({"user": "bob"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{bob}");
+    let (s, v) = sg
+        .api(
+            "POST",
+            "/api/v1/sessions/db/client-cert",
+            Some(json!({"user": "eve"})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, eve) = sg
+        .api(
+            "POST",
+            "/api/v1/sessions/eves/client-cert",
+            Some(json!({"user": "eve"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{eve}");
+    let ca = bob["ca"].as_str().unwrap().to_string();
+
+    // bob, a member: in.
+    let (answer, live) = tls_line(&tls_client(&ca, Some(&bob)), port, "bob here").await;
+    assert_eq!(answer.as_deref(), Some("bob here"));
+    // eve's certificate (a valid one, from the same CA): refused.
+    let (answer, _) = tls_line(&tls_client(&ca, Some(&eve)), port, "eve here").await;
+    assert_eq!(answer, None, "a non-member's certificate is refused");
+    // No certificate at all: refused.
+    let (answer, _) = tls_line(&tls_client(&ca, None), port, "anyone").await;
+    assert_eq!(answer, None);
+
+    // Unsharing the session revokes bob: his live connection closes
+    // within a second.
+    let mut live = live.unwrap();
+    let (s, v) = sg
+        .api(
+            "PUT",
+            "/api/v1/sessions/db/groups",
+            Some(json!({"groups": []})),
+        )
+        .await;
+    assert!(s == 200 || s == 204, "{s} {v}");
+    let unshared = Instant::now();
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(1), live.read(&mut buf))
+        .await
+        .expect("closed within 1 s of the unshare")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(unshared.elapsed() < Duration::from_secs(1));
+    let metrics = testkit::http(sg.api, "127.0.0.1", "/metrics", "").await.1;
+    assert!(
+        metrics.contains("sessiongate_workspace_connections_total{result=\"refused_identity\"} 2"),
+        "{metrics}"
+    );
+}
