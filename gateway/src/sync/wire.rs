@@ -461,6 +461,7 @@ mod tests {
                 )
                 .unwrap(),
             ));
+            s.workspace_port = (id == "a").then_some(31_000);
             s
         };
         let link =
@@ -490,6 +491,9 @@ mod tests {
         assert_eq!(back.routes.len(), 3);
         let a = &back.routes[0];
         assert_eq!(a.target.to_string(), "http://[::1]:8888");
+        // A workspace port reaches remote gateways, which open it too.
+        assert_eq!(a.workspace_port, Some(31_000));
+        assert_eq!(back.routes[1].workspace_port, None);
         let access = a.access.as_ref().unwrap();
         assert!(access.groups[0].contains("carol"));
         assert_eq!(
