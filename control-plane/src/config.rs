@@ -418,6 +418,9 @@ pub struct GatewayConfig {
     /// the workspace CA (`<data_dir>/workspace-ca`) naming a user the
     /// session lets in.
     pub workspace_tls: bool,
+    /// Also count workspace bytes per session, labelled by session name
+    /// (a series per session with a workspace port).
+    pub workspace_session_metrics: bool,
 }
 
 /// Keys of `[gateway]` that only `sessiongate gateway` (or `serve`'s
@@ -429,6 +432,7 @@ pub const GATEWAY_ONLY_KEYS: &[&str] = &[
     "workspace_max_connections",
     "workspace_idle_timeout_secs",
     "workspace_tls",
+    "workspace_session_metrics",
     "https_listen",
     "admin_listen",
     "control_plane_url",
@@ -569,6 +573,7 @@ impl Default for GatewayConfig {
             workspace_max_connections: 64,
             workspace_idle_timeout_secs: 3600,
             workspace_tls: false,
+            workspace_session_metrics: false,
         }
     }
 }

@@ -594,6 +594,9 @@ pub(crate) fn spawn_gateway(
         stopped(stop.clone()),
     ));
     let mut workspace_config = config.workspace_config();
+    if config.gateway.workspace_session_metrics {
+        parts.metrics.enable_workspace_per_session();
+    }
     if config.gateway.workspace_tls {
         workspace_config.tls = Some(workspace_tls(config)?);
     }

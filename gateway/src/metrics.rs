@@ -75,6 +75,12 @@ pub struct GatewayMetrics {
     workspace_open: AtomicI64,
     workspace_bytes_in: AtomicU64,
     workspace_bytes_out: AtomicU64,
+    /// `gateway.workspace_session_metrics`: bytes per session (route id),
+    /// in and out. Off by default: a label per session is a series per
+    /// session in every scrape.
+    workspace_per_session: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::BTreeMap<std::sync::Arc<str>, [u64; 2]>>,
+    >,
 }
 
 /// The results `sessiongate_workspace_connections_total` counts.
@@ -119,6 +125,22 @@ impl GatewayMetrics {
             workspace_open: AtomicI64::new(0),
             workspace_bytes_in: AtomicU64::new(0),
             workspace_bytes_out: AtomicU64::new(0),
+            workspace_per_session: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Counts workspace bytes per session too, labelled by session.
+    pub fn enable_workspace_per_session(&self) {
+        let _ = self.workspace_per_session.set(Default::default());
+    }
+
+    /// Bytes of session `route`'s workspace connections, when per-session
+    /// counting is on.
+    pub fn workspace_session_bytes(&self, route: &std::sync::Arc<str>, inbound: bool, n: u64) {
+        if let Some(m) = self.workspace_per_session.get() {
+            let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = m.entry(route.clone()).or_default();
+            entry[usize::from(!inbound)] += n;
         }
     }
 
@@ -287,6 +309,24 @@ impl GatewayMetrics {
             self.workspace_bytes_in.load(Ordering::Relaxed),
             self.workspace_bytes_out.load(Ordering::Relaxed)
         );
+        if let Some(m) = self.workspace_per_session.get() {
+            let _ = writeln!(
+                out,
+                "# HELP sessiongate_workspace_session_bytes_total Bytes through each session's workspace port, by direction (gateway.workspace_session_metrics).\n\
+                 # TYPE sessiongate_workspace_session_bytes_total counter"
+            );
+            let m = m.lock().unwrap_or_else(|e| e.into_inner());
+            for (route, [i, o]) in m.iter() {
+                // Sessions' routes are `session:<name>`; the label is the name.
+                let name = route.strip_prefix("session:").unwrap_or(route);
+                let session = name.replace(['\\', '"', '\n'], "_");
+                let _ = writeln!(
+                    out,
+                    "sessiongate_workspace_session_bytes_total{{session=\"{session}\",direction=\"in\"}} {i}\n\
+                     sessiongate_workspace_session_bytes_total{{session=\"{session}\",direction=\"out\"}} {o}"
+                );
+            }
+        }
     }
 }
 

@@ -333,6 +333,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
             self.moved.store(true, Ordering::Relaxed);
             self.state.state.touch();
             self.metrics.workspace_bytes(self.inbound, n as u64);
+            self.metrics
+                .workspace_session_bytes(&self.state.id, self.inbound, n as u64);
         }
         poll
     }

@@ -117,7 +117,7 @@ fn port_of(v: &serde_json::Value) -> u16 {
 #[tokio::test]
 async fn port_0_gets_a_free_port_in_the_range_and_tcp_is_spliced_to_the_session() {
     let root = temp_dir("ws-port-random");
-    let sg = InProcess::start(&root, RANGE).await;
+    let sg = InProcess::start(&root, &format!("{RANGE}workspace_session_metrics = true\n")).await;
     ann(&sg).await;
     let echo = echo_server().await;
     let (s, v) = session(&sg, "db", echo, 0).await;
@@ -140,6 +140,13 @@ async fn port_0_gets_a_free_port_in_the_range_and_tcp_is_spliced_to_the_session(
         metrics.contains("sessiongate_workspace_bytes_total{direction=\"in\"} 19"),
         "{metrics}"
     );
+    // Per session, as workspace_session_metrics asks: 19 bytes each way.
+    for direction in ["in", "out"] {
+        let series = format!(
+            "sessiongate_workspace_session_bytes_total{{session=\"db\",direction=\"{direction}\"}} 19"
+        );
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
 }
 
 #[tokio::test]
