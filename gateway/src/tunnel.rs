@@ -73,11 +73,7 @@ pub(crate) fn spawn(
         };
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
         tokio::pin!(copy);
-        // Four ticks per timeout, as the server's idle check: closed once
-        // four in a row saw no byte read on either side.
-        let tick = (idle_timeout / 4).max(Duration::from_millis(10));
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-        let mut quiet_ticks = 0u32;
+        let mut idle = IdleCheck::new(idle_timeout);
         loop {
             tokio::select! {
                 res = &mut copy => {
@@ -94,15 +90,10 @@ pub(crate) fn spawn(
                     tracing::debug!(upstream = %upstream_name, "tunnel closed: the server is shutting down");
                     break;
                 }
-                _ = ticker.tick() => {
-                    if moved.swap(false, Ordering::Relaxed) {
-                        quiet_ticks = 0;
-                    } else {
-                        quiet_ticks += 1;
-                        if quiet_ticks >= 4 {
-                            tracing::debug!(upstream = %upstream_name, "tunnel closed: idle");
-                            break;
-                        }
+                _ = idle.tick() => {
+                    if idle.expired(&moved) {
+                        tracing::debug!(upstream = %upstream_name, "tunnel closed: idle");
+                        break;
                     }
                 }
             }
@@ -112,6 +103,40 @@ pub(crate) fn spawn(
         drop(lease);
     });
     Ok(())
+}
+
+/// The idle check of a byte-copying connection (a tunnel, a workspace
+/// port), as the server's own: four ticks per timeout, and idle once four
+/// in a row saw no byte read on either side.
+pub(crate) struct IdleCheck {
+    ticker: tokio::time::Interval,
+    quiet: u32,
+}
+
+impl IdleCheck {
+    pub(crate) fn new(timeout: Duration) -> IdleCheck {
+        let tick = (timeout / 4).max(Duration::from_millis(10));
+        IdleCheck {
+            ticker: tokio::time::interval_at(tokio::time::Instant::now() + tick, tick),
+            quiet: 0,
+        }
+    }
+
+    /// The next tick.
+    pub(crate) async fn tick(&mut self) {
+        self.ticker.tick().await;
+    }
+
+    /// At a tick: whether the whole timeout passed with nothing `moved`
+    /// (which it clears).
+    pub(crate) fn expired(&mut self, moved: &AtomicBool) -> bool {
+        if moved.swap(false, Ordering::Relaxed) {
+            self.quiet = 0;
+        } else {
+            self.quiet += 1;
+        }
+        self.quiet >= 4
+    }
 }
 
 /// Resolves when the listener begins to drain (or is gone); never without

@@ -283,9 +283,7 @@ async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
     };
     let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
     tokio::pin!(copy);
-    let tick = (config.idle_timeout / 4).max(Duration::from_millis(10));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-    let mut quiet = 0u32;
+    let mut idle = crate::tunnel::IdleCheck::new(config.idle_timeout);
     loop {
         tokio::select! {
             _ = &mut copy => break,
@@ -293,15 +291,10 @@ async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
                 tracing::debug!(%peer, route = %route.id, "workspace connection closed by the route");
                 break;
             }
-            _ = ticker.tick() => {
-                if moved.swap(false, Ordering::Relaxed) {
-                    quiet = 0;
-                } else {
-                    quiet += 1;
-                    if quiet >= 4 {
-                        tracing::debug!(%peer, route = %route.id, "workspace connection closed: idle");
-                        break;
-                    }
+            _ = idle.tick() => {
+                if idle.expired(&moved) {
+                    tracing::debug!(%peer, route = %route.id, "workspace connection closed: idle");
+                    break;
                 }
             }
         }

@@ -180,6 +180,24 @@ fn env_overrides_every_kind_of_key() {
 }
 
 #[test]
+fn the_oidc_client_secret_comes_from_the_environment_and_stays_out_of_debug() {
+    let c = Config::from_toml(
+        "[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"sessiongate\"\n",
+        None,
+        env(&[("SESSIONGATE_OIDC_CLIENT_SECRET", "s3cret-from-env")]),
+    )
+    .unwrap();
+    assert_eq!(c.oidc.client_secret, "s3cret-from-env");
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("s3cret-from-env"), "{shown}");
+    let s = c.oidc_settings(8080, None).expect("oidc is on");
+    // The callback host defaults to the portal host, with the access
+    // links' scheme and port.
+    assert_eq!(s.redirect_host, "localhost");
+    assert_eq!((s.scheme.as_str(), s.port), ("http", Some(8080)));
+}
+
+#[test]
 fn the_database_comes_from_the_file_or_the_environment() {
     use crate::store::{DatabaseUrl, Engine};
     let c = Config::from_toml(

@@ -515,3 +515,47 @@ async fn over_tls_a_members_certificate_gets_in_and_a_non_members_does_not() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn the_connection_cap_and_the_idle_timeout_close_what_is_over() {
+    let root = temp_dir("ws-port-limits");
+    let sg = InProcess::start(
+        &root,
+        "[gateway]\nworkspace_port_range = \"41000-41999\"\nworkspace_max_connections = 1\n\
+         workspace_idle_timeout_secs = 1\n",
+    )
+    .await;
+    ann(&sg).await;
+    let echo = echo_server().await;
+    let (_, v) = session(&sg, "cap", echo, 0).await;
+    let port = port_of(&v);
+    let mut first = connect(port).await;
+    assert_eq!(line(&mut first, "one").await, "one");
+    // A second while the first is open: closed at once.
+    let mut second = connect(port).await;
+    let _ = second.write_all(b"two\n").await;
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(testkit::DEADLINE, second.read(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "over workspace_max_connections");
+    // The first, silent, closes after the 1 s idle timeout (and not long
+    // after: four ticks of 250 ms).
+    let quiet = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+        .await
+        .expect("closed when idle")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let waited = quiet.elapsed();
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    let metrics = testkit::http(sg.api, "127.0.0.1", "/metrics", "").await.1;
+    assert!(
+        metrics.contains("sessiongate_workspace_connections_total{result=\"refused_limit\"} 1"),
+        "{metrics}"
+    );
+    // The slot is free again.
+    let mut third = connect(port).await;
+    assert_eq!(line(&mut third, "three").await, "three");
+}
