@@ -3,7 +3,7 @@
 //! gets a TCP listener on the gateway, on that port; every connection it
 //! accepts is spliced to the route's upstream host and port.
 //!
-//! [`spawn`] follows the route table: after each new table version it opens
+//! [`spawn`] follows the route table (woken by each stored version): it opens
 //! the listeners of the routes that have a port and may be used, and closes
 //! those of routes that are gone, paused or waiting for an access link, or
 //! whose port changed. A closed listener refuses new connections at once.
@@ -69,9 +69,6 @@ impl Default for WorkspaceConfig {
 /// How long a workspace client has for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How often the table's version is looked at for changes.
-const POLL: Duration = Duration::from_millis(100);
-
 /// One open listener.
 struct Open {
     route: Arc<str>,
@@ -87,6 +84,7 @@ pub fn spawn(
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let config = Arc::new(config);
+    let mut changed = routes.subscribe();
     tokio::spawn(async move {
         let mut open: HashMap<u16, Open> = HashMap::new();
         let mut seen = None;
@@ -129,13 +127,16 @@ pub fn spawn(
                         }
                         Err(e) => {
                             metrics.workspace_connection("bind_failed");
-                            tracing::error!(%addr, route = %route, error = %e, "workspace port could not be opened; tried again at the next table change");
+                            tracing::error!(%addr, route = %route, error = %e, "workspace port could not be opened; tried again at the next table change or in 30 s");
                         }
                     }
                 }
             }
+            // A port that could not be bound is tried again at the next
+            // change, or after a while.
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
+                r = changed.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep(Duration::from_secs(30)) => { seen = None; }
                 _ = stop.wait_for(|s| *s) => break,
             }
         }

@@ -77,6 +77,9 @@ struct HandleInner {
     publish: Mutex<()>,
     /// Told of every stored version (the control plane's table only).
     observer: OnceLock<Arc<dyn TableObserver>>,
+    /// The version last stored, for tasks that follow the table (the
+    /// workspace ports) instead of looking at it on a timer.
+    stored: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for dyn TableObserver {
@@ -99,6 +102,7 @@ impl RouteHandle {
                 table: ArcSwap::from_pointee(RouteTable::default()),
                 publish: Mutex::new(()),
                 observer: OnceLock::new(),
+                stored: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -106,6 +110,11 @@ impl RouteHandle {
     /// The current table: one atomic load.
     pub fn load(&self) -> arc_swap::Guard<Arc<RouteTable>> {
         self.inner.table.load()
+    }
+
+    /// Changes whenever a table is stored (its value: the version).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.stored.subscribe()
     }
 
     /// The current table as an owned `Arc` (for long-lived readers).
@@ -129,6 +138,7 @@ impl RouteHandle {
             previous.version + 1,
         )?);
         self.inner.table.store(Arc::clone(&table));
+        self.inner.stored.send_replace(table.version);
         self.tell(&previous, &table, TableChange::Rebuilt);
         Ok(table)
     }
@@ -164,6 +174,7 @@ impl RouteHandle {
             version,
         )?);
         self.inner.table.store(Arc::clone(&table));
+        self.inner.stored.send_replace(table.version);
         Ok((previous, table))
     }
 
@@ -190,6 +201,7 @@ impl RouteHandle {
         next.apply_changes(changes)?;
         let next = Arc::new(next);
         self.inner.table.store(Arc::clone(&next));
+        self.inner.stored.send_replace(next.version);
         Ok((previous, next))
     }
 
@@ -214,6 +226,7 @@ impl RouteHandle {
         let (upserted, removed) = net_ids(touched);
         let next = Arc::new(next);
         self.inner.table.store(Arc::clone(&next));
+        self.inner.stored.send_replace(next.version);
         self.tell(
             &previous,
             &next,
@@ -259,6 +272,7 @@ impl RouteHandle {
             let version = next.version;
             let next = Arc::new(next);
             self.inner.table.store(Arc::clone(&next));
+            self.inner.stored.send_replace(next.version);
             let (upserted, removed) = net_ids(touched);
             self.tell(
                 &previous,
@@ -297,6 +311,21 @@ pub(crate) struct AppliedGroups {
 mod tests {
     use super::*;
     use crate::table::test_spec as spec;
+
+    #[test]
+    fn subscribers_see_every_stored_version() {
+        let handle = RouteHandle::new();
+        let mut rx = handle.subscribe();
+        assert_eq!(*rx.borrow_and_update(), 0);
+        let settings = TableSettings::default();
+        handle.publish(&settings, vec![spec("a")]).unwrap();
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 1);
+        handle.replace(7, &settings, vec![spec("b")]).unwrap();
+        assert_eq!(handle.load().version(), 7);
+        assert_eq!(*rx.borrow_and_update(), 7);
+        assert!(!rx.has_changed().unwrap(), "nothing stored since");
+    }
 
     #[test]
     fn state_carries_over_by_id_across_publishes() {
