@@ -604,6 +604,12 @@ impl Source for Acme {
             return Box::pin(std::future::ready(()));
         }
         if let Some(held) = self.held(&name) {
+            // A stored certificate for a name no longer listed or served
+            // is served as it is until it expires, never ordered again.
+            let listed = self.settings.domains.iter().any(|d| d == &name);
+            if !listed && !self.wants_on_demand(&name) {
+                return Box::pin(std::future::ready(()));
+            }
             // Due but still valid: renewed beside the handshake, which is
             // served the current certificate. Expired: the handshake waits.
             let renewal = self.clone().order_once(name);
