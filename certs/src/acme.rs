@@ -437,18 +437,8 @@ impl Acme {
 
     /// The HTTP client for the directory: Mozilla's roots and `ca_file`.
     fn http(&self) -> Result<Box<dyn instant_acme::HttpClient>, String> {
-        let mut tls = crate::client_config(true, self.settings.ca_file.as_deref())
-            .map_err(|e| e.to_string())?;
-        // hyper-rustls sets ALPN itself (see `client_config`).
-        tls.alpn_protocols.clear();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
         let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(connector);
+            crate::https_client(self.settings.ca_file.as_deref()).map_err(|e| e.to_string())?;
         Ok(Box::new(HttpClient(client)))
     }
 

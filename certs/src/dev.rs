@@ -240,8 +240,9 @@ pub(crate) fn generate_error(what: &'static str) -> impl Fn(rcgen::Error) -> Cer
 }
 
 /// Writes `bytes` to a hidden temporary file beside `path` (created with mode
-/// 0600 when `private`), then renames it over `path`.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertError> {
+/// 0600 when `private`), then renames it over `path`: a reader never sees
+/// half a file, and a key is never readable by others, not even briefly.
+pub fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()

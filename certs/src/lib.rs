@@ -64,6 +64,6 @@ pub use load::{load_pair, read_ca, LoadedCert};
 pub use reload::{reload_now, spawn_reloader, CertDir, MIN_POLL_INTERVAL};
 pub use resolver::{name_covers, CertInfo, CertStore, SniResolver};
 pub use tls::{
-    client_config, client_config_with_identity, server_config, server_config_with_client_certs,
-    AcceptAnyServerCert, ClientCerts,
+    client_config, client_config_with_identity, https_client, server_config,
+    server_config_with_client_certs, AcceptAnyServerCert, ClientCerts,
 };

@@ -174,6 +174,37 @@ pub fn client_config(verify: bool, extra_ca: Option<&Path>) -> Result<ClientConf
     client_config_with_identity(verify, extra_ca, None)
 }
 
+/// A hyper client for talking to a service (an ACME directory, an OpenID
+/// Connect provider) over `https://` (and `http://` for a loopback test
+/// server): certificates verified against Mozilla's roots and `extra_ca`,
+/// HTTP/1.1, bodies of type `B`.
+pub fn https_client<B>(
+    extra_ca: Option<&Path>,
+) -> Result<
+    hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        B,
+    >,
+    CertError,
+>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut tls = client_config(true, extra_ca)?;
+    // hyper-rustls sets ALPN itself (see `client_config`).
+    tls.alpn_protocols.clear();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
+}
+
 /// As [`client_config`], presenting the certificate chain and key in the PEM
 /// files `identity` (certificate, key) to upstreams that ask for one (the
 /// CHP mode's `--client-ssl-cert` and `--client-ssl-key`).

@@ -69,7 +69,7 @@ const SIGNIN_COOKIE: &str = "sessiongate_oidc";
 pub const PREFIX: &str = gateway::access::OIDC_PREFIX;
 
 /// What `[oidc]` configures.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct OidcSettings {
     pub issuer: String,
     pub client_id: String,
@@ -88,6 +88,18 @@ pub struct OidcSettings {
     pub ca_file: Option<std::path::PathBuf>,
     /// The provider's display name on the console's button.
     pub display_name: String,
+}
+
+// Not derived: the client secret must not reach a log line.
+impl std::fmt::Debug for OidcSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcSettings")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("redirect_host", &self.redirect_host)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The provider's discovery document, the fields used.
@@ -186,17 +198,7 @@ pub struct Oidc {
 
 impl Oidc {
     pub fn new(s: OidcSettings) -> Result<Oidc, String> {
-        let mut tls =
-            certs::client_config(true, s.ca_file.as_deref()).map_err(|e| e.to_string())?;
-        tls.alpn_protocols.clear();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let http =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(connector);
+        let http = certs::https_client(s.ca_file.as_deref()).map_err(|e| e.to_string())?;
         Ok(Oidc {
             s,
             http,
@@ -215,6 +217,12 @@ impl Oidc {
             (Some(p), _) => format!(":{p}"),
         };
         format!("{}://{}{port}", self.s.scheme, self.s.redirect_host)
+    }
+
+    /// Where a sign-in starts (the gateway sends browsers here with `rd=`,
+    /// the console's button with `console=1`).
+    pub fn login_url(&self) -> String {
+        format!("{}{PREFIX}login", self.origin())
     }
 
     /// The redirect URI registered with the provider.
@@ -334,16 +342,7 @@ impl Oidc {
         };
         let url = format!("{}{sep}{query}", d.authorization_endpoint);
         let mut pending = lock(&self.pending);
-        pending.retain(|_, p| p.at.elapsed() < PENDING_TTL);
-        if pending.len() >= PENDING_MAX {
-            if let Some(oldest) = pending
-                .iter()
-                .min_by_key(|(_, p)| p.at)
-                .map(|(k, _)| k.clone())
-            {
-                pending.remove(&oldest);
-            }
-        }
+        make_room(&mut pending, PENDING_TTL, PENDING_MAX, |p| p.at);
         pending.insert(
             state.clone(),
             Pending {
@@ -481,12 +480,7 @@ impl Oidc {
 
     fn remember(&self, signin: Option<&str>, host: Option<String>, id_token: String) -> String {
         let mut all = lock(&self.signins);
-        all.retain(|_, s| s.at.elapsed() < SIGNIN_TTL);
-        if all.len() >= SIGNINS_MAX {
-            if let Some(oldest) = all.iter().min_by_key(|(_, s)| s.at).map(|(k, _)| k.clone()) {
-                all.remove(&oldest);
-            }
-        }
+        make_room(&mut all, SIGNIN_TTL, SIGNINS_MAX, |s| s.at);
         let id = signin
             .filter(|id| all.contains_key(*id))
             .map(str::to_string)
@@ -578,6 +572,26 @@ fn form_component(text: &str) -> String {
     serde_urlencoded::to_string([("", text)])
         .map(|s| s.trim_start_matches('=').to_string())
         .unwrap_or_default()
+}
+
+/// Drops the entries older than `ttl`, then the oldest while `max` are
+/// held, so that one more fits: a flood of sign-ins cannot grow memory.
+fn make_room<V>(
+    map: &mut HashMap<String, V>,
+    ttl: Duration,
+    max: usize,
+    at: impl Fn(&V) -> Instant,
+) {
+    map.retain(|_, v| at(v).elapsed() < ttl);
+    if map.len() >= max {
+        if let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, v)| at(v))
+            .map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -367,7 +367,7 @@ impl Server {
             });
             let oidc = self.control.oidc().map(|o| {
                 Arc::new(gateway::access::OidcRedirect {
-                    login: format!("{}{}login", o.origin(), crate::oidc::PREFIX).into(),
+                    login: o.login_url().into(),
                     origin: o.origin().into(),
                 })
             });

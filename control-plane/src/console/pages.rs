@@ -241,7 +241,7 @@ fn sign_in_page(
         .filter(|_| cp.access_settings().console_portal_host.is_some())
         .map(|o| {
             (
-                format!("{}{}login?console=1", o.origin(), crate::oidc::PREFIX),
+                format!("{}?console=1", o.login_url()),
                 o.display_name().to_string(),
             )
         });

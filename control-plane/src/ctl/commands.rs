@@ -144,8 +144,9 @@ async fn sessions(
             ];
             for (file, text, private) in files {
                 let path = dir.join(&file);
-                write_file(&path, text, private)
-                    .map_err(|e| CtlError::Setup(format!("writing {}: {e}", path.display())))?;
+                // Atomic, and a key is 0600 from its first byte.
+                certs::dev::write_atomically(&path, text.as_bytes(), private)
+                    .map_err(|e| CtlError::Setup(e.to_string()))?;
                 let _ = writeln!(out, "wrote {}", path.display());
             }
             let _ = writeln!(out, "valid until {}", cert.expires);
@@ -439,21 +440,6 @@ async fn rotate_keys(api: &ApiClient, output: Output, out: &mut String) -> Resul
 
 /// Prints an answer: the server's JSON as it came with `--output json`,
 /// otherwise the typed answer through `render`.
-/// Writes `text` to `path`, mode 0600 when `private` (a key).
-fn write_file(path: &std::path::Path, text: &str, private: bool) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if private { 0o600 } else { 0o644 });
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    options.open(path)?.write_all(text.as_bytes())
-}
-
 fn emit<T: DeserializeOwned>(
     out: &mut String,
     output: Output,
